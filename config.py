@@ -1,0 +1,177 @@
+"""The data layout of the seed README, relative to one root (decisions D10).
+
+Nothing here is edited by hand: the root comes from ``--data_root`` (default ``.``, or the
+environment variable ``METAHMR_ROOT``), the image folders from ``--img_root`` (default
+``<data_root>/datasets``). Every lookup of a file that must exist goes through
+:func:`require`, which raises :class:`MissingFileError` naming the file, where it was expected
+and where the seed README says to get it.
+
+Layout (``${ROOT}``)::
+
+    ckpt/{cliff_hrnet_3dpw,cliff_hrnet_h36m,hmr_resnet_3dpw,hmr_resnet_h36m}.pt
+    data/smpl_mean_params.npz, data/J_regressor_h36m.npy, data/J_regressor_extra.npy
+    data/datasets/*.npz                     (SPIN-format annotations)
+    data/VOC/pascal_occluders.npy
+    data/smpl/SMPL_{NEUTRAL,MALE,FEMALE}.pkl
+    models/backbones/{pose_hrnet_w48_256x192.pth, pose_resnet.pth}
+    models/ckpt/{hmr.pt, res50-PA45.7_MJE72.0_MVE85.3_3dpw.pt, hr48-PA43.0_MJE69.0_MVE81.2_3dpw.pt}
+    datasets/{h36m,coco,pw3d,mpii,mpii3d}/  (raw images; ``--img_root`` moves this)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SYNTHETIC_ROOT = "data/synthetic"
+
+# npz annotation files under <root>/data/datasets/
+DATASET_FILES = {
+    "test": {
+        "h36m-p1": "h36m_mosh_val_p1.npz",
+        "h36m-p2": "h36m_mosh_val_p2_fixname_openpose.npz",
+        "coco": "coco_2014_smpl_val_openpose.npz",
+        "mpi-inf-3dhp": "mpi_inf_3dhp_valid_openpose.npz",
+        "3dpw": "3dpw_test_w2d_smpl3d_gender_openpose.npz",
+    },
+    "train": {
+        "h36m": "h36m_mosh_train_fixname.npz",
+        "mpii": "mpii_smpl_w3d_train.npz",
+        "coco": "coco_2014_smpl_train.npz",
+        "mpi-inf-3dhp": "mpi_inf_3dhp_train_name_revised.npz",
+        "3dpw": "3dpw_train_w2d_smpl3d_gender.npz",
+    },
+}
+TEST_DATASETS = tuple(DATASET_FILES["test"])
+TRAIN_DATASETS = tuple(DATASET_FILES["train"])
+
+# image folder (under img_root) of each dataset name; the npz imgname is joined onto it
+DATASET_FOLDERS = {
+    "h36m": "h36m", "h36m-p1": "h36m", "h36m-p2": "h36m",
+    "coco": "coco", "3dpw": "pw3d", "mpii": "mpii", "mpi-inf-3dhp": "mpii3d",
+}
+
+# released weight files (relative to root) and where the seed README says to get them
+_SMPL_SRC = "the SMPL website (https://smpl.is.tue.mpg.de/), seed README 'Data Preparation' step 1"
+_SPIN_SRC = "SPIN's data files (https://github.com/nkolot/SPIN), seed README step 2"
+_CLIFF_SRC = "the CLIFF Google Drive folder named in the seed README, step 2"
+_BACKBONE_SRC = "the pretrained-weights Google Drive folder of the seed README, step 3"
+_CKPT_SRC = "the Meta-HMR checkpoint Google Drive folders of the seed README, step 4"
+_DATASET_SRC = ("the official dataset websites (images) and SPIN/CLIFF (npz annotations), "
+                "seed README step 2; or build the synthetic stand-in world with "
+                "`python -m datasets.synthetic --root data/synthetic`")
+
+BACKBONE_FILES = {  # main-network backbone initialisation
+    "resnet": "models/backbones/pose_resnet.pth",
+    "hrnet": "models/backbones/pose_hrnet_w48_256x192.pth",
+    "resnet18": "models/backbones/resnet18.pth",  # our small extra backbone
+}
+AUX_FILES = {  # aux-network initialisation, by (model, backbone)
+    ("cliff", "resnet"): "models/ckpt/res50-PA45.7_MJE72.0_MVE85.3_3dpw.pt",
+    ("cliff", "hrnet"): "models/ckpt/hr48-PA43.0_MJE69.0_MVE81.2_3dpw.pt",
+    ("hmr", "resnet"): "models/ckpt/hmr.pt",
+    ("cliff", "resnet18"): "models/ckpt/cliff_res18.pt",   # our small extra backbone
+    ("hmr", "resnet18"): "models/ckpt/hmr_res18.pt",
+}
+RELEASED_CHECKPOINTS = ("ckpt/cliff_hrnet_3dpw.pt", "ckpt/cliff_hrnet_h36m.pt",
+                        "ckpt/hmr_resnet_3dpw.pt", "ckpt/hmr_resnet_h36m.pt")
+
+
+class MissingFileError(FileNotFoundError):
+    """A file of the data layout is missing; the message says what, where and from where."""
+
+
+def require(path: str | os.PathLike, what: str, source: str = "") -> Path:
+    """Return ``Path(path)`` if it exists, else raise :class:`MissingFileError`.
+
+    Args:
+        path: the expected location.
+        what: a few words naming the file (e.g. "SMPL neutral body model").
+        source: where to get it (a sentence pointing at the seed README).
+    """
+    p = Path(path)
+    if not p.exists():
+        msg = f"{what} not found: expected at {p.resolve()}"
+        if source:
+            msg += f". Get it from {source}"
+        raise MissingFileError(msg)
+    return p
+
+
+def default_root() -> str:
+    return os.environ.get("METAHMR_ROOT", ".")
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """All paths of the layout, under ``root`` (and ``img_root`` for the raw images)."""
+
+    root: Path = Path(".")
+    img_root: Path | None = None
+
+    @classmethod
+    def from_options(cls, options) -> "DataPaths":
+        """Build from parsed options having ``data_root`` and optionally ``img_root``."""
+        root = getattr(options, "data_root", None) or default_root()
+        img_root = getattr(options, "img_root", None)
+        return cls(Path(root), Path(img_root) if img_root else None)
+
+    # -- directories -------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.img_root if self.img_root is not None else self.root / "datasets"
+
+    @property
+    def smpl_dir(self) -> Path:
+        return self.data_dir / "smpl"
+
+    # -- files -------------------------------------------------------------------------------
+    def smpl_model(self, gender: str = "neutral") -> Path:
+        name = {"neutral": "NEUTRAL", "male": "MALE", "female": "FEMALE"}[gender]
+        return require(self.smpl_dir / f"SMPL_{name}.pkl", f"SMPL {gender} body model", _SMPL_SRC)
+
+    def smpl_mean_params(self) -> Path:
+        return require(self.data_dir / "smpl_mean_params.npz", "SMPL mean parameters", _SPIN_SRC)
+
+    def j_regressor_extra(self) -> Path:
+        return require(self.data_dir / "J_regressor_extra.npy", "extra joint regressor", _SPIN_SRC)
+
+    def j_regressor_h36m(self) -> Path:
+        return require(self.data_dir / "J_regressor_h36m.npy", "H36M joint regressor", _SPIN_SRC)
+
+    def occluders(self) -> Path:
+        return require(self.data_dir / "VOC" / "pascal_occluders.npy",
+                       "Pascal VOC occluders (pascal_occluders.npy)",
+                       "the occluder file used by the released code (Pascal VOC 2012 objects)")
+
+    def dataset_npz(self, name: str, is_train: bool) -> Path:
+        split = "train" if is_train else "test"
+        files = DATASET_FILES[split]
+        if name not in files:
+            raise ValueError(f"unknown {split} dataset {name!r}; choose from {sorted(files)}")
+        return require(self.data_dir / "datasets" / files[name],
+                       f"{name} {split} annotations", _DATASET_SRC)
+
+    def image_folder(self, name: str) -> Path:
+        return require(self.images_dir / DATASET_FOLDERS[name], f"{name} image folder",
+                       _DATASET_SRC)
+
+    def backbone_checkpoint(self, backbone: str) -> Path:
+        if backbone not in BACKBONE_FILES:
+            raise ValueError(f"no pretrained backbone file known for {backbone!r}")
+        return require(self.root / BACKBONE_FILES[backbone], f"pretrained {backbone} backbone",
+                       _BACKBONE_SRC)
+
+    def aux_checkpoint(self, model: str, backbone: str) -> Path:
+        key = (model, backbone)
+        if key not in AUX_FILES:
+            raise ValueError(f"no auxiliary-network checkpoint known for {model}/{backbone}")
+        return require(self.root / AUX_FILES[key], f"{model}/{backbone} aux-network checkpoint",
+                       _CLIFF_SRC if model == "cliff" else _SPIN_SRC)
+
+    def release_checkpoint(self, path: str | os.PathLike) -> Path:
+        return require(path, "Meta-HMR checkpoint", _CKPT_SRC)
