@@ -1,0 +1,30 @@
+"""Datasets: SPIN-format npz + images -> training / evaluation samples.
+
+Public API (imported lazily, so ``python -m datasets.synthetic`` does not pull in torch/cv2):
+``BaseDataset``, ``MixedDataset``, ``DatasetError``, ``SyntheticOcclusion``.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "BaseDataset": "datasets.base_dataset",
+    "DatasetError": "datasets.base_dataset",
+    "MixedDataset": "datasets.mixed_dataset",
+    "mixture_partition": "datasets.mixed_dataset",
+    "SyntheticOcclusion": "datasets.occlusion",
+    "OccluderFileError": "datasets.occlusion",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'datasets' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

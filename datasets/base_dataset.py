@@ -1,0 +1,352 @@
+"""SPIN-format datasets: npz annotations + images -> augmented crops (upstream-behaviour.md §6).
+
+One :class:`BaseDataset` per (dataset name, split). The npz is read once in ``__init__`` and
+validated (required keys, lengths, shapes, NaN/inf, a visible GT keypoint per sample); each
+``__getitem__`` reads one image and runs the pipeline of §6.3:
+
+1. keypoints (49, 3) = OpenPose 25 + GT 24; for 3DPW the image is resized to (W//2, H//2) and
+   the keypoints and the npz focal length are halved;
+2. bbox from the visible GT keypoints (x1.2, 4:3 rule); the npz center/scale are ignored;
+3. training draws (numpy global state, in this order): flip ``uniform() <= 0.5``,
+   ``pn = uniform(1-nf, 1+nf, 3)``, ``rot = clip(randn()*rf, -2rf, 2rf)``,
+   ``sc = clip(randn()*sf + 1, 1-sf, 1+sf)``, then ``uniform() <= 0.6`` zeroes rot;
+   ``scale *= sc``;
+4. flip of image, centre (``x -> W-1-x``), keypoints, S and pose;
+5. ``full_trans`` (rotated), ``crop_trans`` and ``inv_trans`` (not rotated); keypoints mapped
+   with ``full_trans`` into crop pixels; S and the root orientation rotated by -rot;
+6. image: optional photometric augmentation (``--ALB``, RGB kept), ``cv2.warpAffine``
+   (bilinear, black border), synthetic occlusion (training h36m / mpi-inf-3dhp with
+   ``--syn_occ``), pixel noise, ImageNet normalisation, CHW.
+
+Bad data raises :class:`DatasetError` naming the file, the sample index and the problem. With
+``options.skip_bad_images`` a missing or unreadable image is replaced by the next readable one
+(index + 1, + 2, ... wrapping); ``dataset.n_skipped`` counts the replacements over every process
+that used this dataset object (DataLoader workers included, through a shared-memory counter),
+and each sample's ``n_skipped`` entry says how many images were skipped to produce it.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+import constants
+from config import DataPaths
+from datasets.occlusion import SyntheticOcclusion
+from utils import imutils
+
+__all__ = ["BaseDataset", "DatasetError", "OCCLUDED_DATASETS", "HALF_SIZE_DATASETS"]
+
+OCCLUDED_DATASETS = ("h36m", "mpi-inf-3dhp")   # --syn_occ applies to their training samples
+HALF_SIZE_DATASETS = ("3dpw",)                 # images at half resolution (§6.3 item 1)
+
+# npz key -> expected per-sample shape (None = any trailing shape)
+_SHAPES = {"part": (24, 3), "openpose": (25, 3), "pose": (72,), "S": (24, 4),
+           "center": (2,), "has_smpl": (), "gender": ()}
+
+
+class DatasetError(ValueError):
+    """Bad dataset content; the message names the file, the sample index and what is wrong."""
+
+
+def _opt(options, name, default):
+    value = getattr(options, name, default)
+    return default if value is None else value
+
+
+class BaseDataset(Dataset):
+    """One SPIN-format dataset.
+
+    Args:
+        options: namespace; reads ``bbox_type`` ('rect'), ``rot_factor`` (30), ``noise_factor``
+            (0.4), ``scale_factor`` (0.25), ``ignore_3d``, ``syn_occ``, ``ALB``,
+            ``skip_bad_images`` (all False by default); missing attributes take these defaults.
+        dataset: dataset name of ``config.DATASET_FILES`` ('h36m', '3dpw', 'h36m-p2', ...).
+        is_train: training split and augmentation, or test split without augmentation.
+        paths: data layout; default ``DataPaths.from_options(options)``.
+    """
+
+    def __init__(self, options, dataset: str, is_train: bool, paths: DataPaths | None = None):
+        super().__init__()
+        self.options = options
+        self.dataset = dataset
+        self.is_train = bool(is_train)
+        self.paths = paths if paths is not None else DataPaths.from_options(options)
+        self.bbox_type = _opt(options, "bbox_type", "rect")
+        self.crop_h, self.crop_w = constants.crop_size(self.bbox_type)
+        self.rot_factor = float(_opt(options, "rot_factor", 30.0))
+        self.noise_factor = float(_opt(options, "noise_factor", 0.4))
+        self.scale_factor = float(_opt(options, "scale_factor", 0.25))
+        self.ignore_3d = bool(_opt(options, "ignore_3d", False))
+        self.use_alb = bool(_opt(options, "ALB", False))
+        self.skip_bad_images = bool(_opt(options, "skip_bad_images", False))
+        self.half_size = dataset in HALF_SIZE_DATASETS
+        self.use_syn_occ = (bool(_opt(options, "syn_occ", False)) and self.is_train
+                            and dataset in OCCLUDED_DATASETS)
+        self.npz_file = self.paths.dataset_npz(dataset, self.is_train)
+        self.img_dir = self.paths.image_folder(dataset)
+        # occluders: only needed (and only required to exist) when they will be used (D8)
+        self.occluder = SyntheticOcclusion(self.paths.occluders()) if self.use_syn_occ else None
+        self._skipped = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._warned_skip = False
+        self._load(self.npz_file)
+
+    # -- annotations -------------------------------------------------------------------------
+    def _fail(self, msg: str, index: int | None = None) -> DatasetError:
+        where = f"{self.npz_file}" + (f", sample {index}" if index is not None else "")
+        return DatasetError(f"{self.dataset} ({where}): {msg}")
+
+    def _load(self, path: Path) -> None:
+        data = _read_npz(path)
+        for key in ("imgname", "part"):
+            if key not in data:
+                raise self._fail(f"missing required key {key!r} (keys present: {sorted(data)})")
+        if ("pose" in data) != ("shape" in data):
+            have, miss = ("pose", "shape") if "pose" in data else ("shape", "pose")
+            raise self._fail(f"has {have!r} but no {miss!r}: SMPL needs both")
+        if data["imgname"].ndim != 1:
+            raise self._fail(f"'imgname' has shape {data['imgname'].shape}, expected (N,)")
+        n = len(data["imgname"])
+        per_sample = {k: v for k, v in data.items() if v.ndim > 0}
+        lengths = {k: len(v) for k, v in per_sample.items()}
+        if k_bad := [k for k, m in lengths.items() if m != n and k != "focal_length"]:
+            listing = ", ".join(f"{k} has {m}" for k, m in lengths.items())
+            raise self._fail(f"arrays of different lengths ({', '.join(k_bad)} differ from "
+                             f"imgname): {listing}")
+        if n == 0:
+            raise self._fail("no samples (imgname is empty)")
+        for key, shape in _SHAPES.items():
+            if key in data and data[key].shape[1:] != shape:
+                if key == "S" and data[key].shape[1:] == (24, 3):
+                    continue
+                raise self._fail(f"{key!r} has shape {data[key].shape}, expected (N, "
+                                 f"{', '.join(map(str, shape))})" if shape else
+                                 f"{key!r} has shape {data[key].shape}, expected (N,)")
+        if "shape" in data and (data["shape"].ndim != 2 or data["shape"].shape[1] < 10):
+            raise self._fail(f"'shape' has shape {data['shape'].shape}, expected (N, 10)")
+        if "focal_length" in data and data["focal_length"].size not in (1, n):
+            raise self._fail(f"'focal_length' has shape {data['focal_length'].shape}, expected "
+                             f"a scalar or one value per sample ({n})")
+        for key, arr in data.items():  # NaN / inf anywhere in the numeric annotations
+            if arr.dtype.kind in "fc":
+                ok = np.isfinite(arr.reshape(len(arr), -1) if arr.ndim else arr.reshape(1, 1))
+                bad = ~ok.all(axis=1)
+                if bad.any():
+                    i = int(np.argmax(bad))
+                    raise self._fail(f"{key!r} contains NaN or inf (first at sample {i}, "
+                                     f"{int(bad.sum())} samples affected)", i)
+
+        self.n = n
+        self.imgname = data["imgname"].astype(str)
+        self.part = data["part"].astype(np.float32)
+        self.openpose = (data["openpose"].astype(np.float32) if "openpose" in data
+                         else np.zeros((n, 25, 3), np.float32))
+        if self.half_size:
+            self.part[..., :2] /= 2
+            self.openpose[..., :2] /= 2
+        center, scale, n_vis = imutils.bbox_from_keypoints(self.part)
+        if (n_vis == 0).any():
+            i = int(np.argmax(n_vis == 0))
+            raise self._fail(f"no visible GT 2D keypoint ('part' confidence > 0) to build the "
+                             f"bbox ({int((n_vis == 0).sum())} such samples, first is {i})", i)
+        if (scale <= 0).any():
+            i = int(np.argmax(scale <= 0))
+            raise self._fail(f"degenerate bbox: all visible GT 2D keypoints at one point "
+                             f"({int((scale <= 0).sum())} such samples, first is {i})", i)
+        self.center, self.scale = center, scale
+        self.has_pose_shape = "pose" in data
+        if self.has_pose_shape:
+            self.pose = data["pose"].astype(np.float32)
+            self.betas = data["shape"][:, :10].astype(np.float32)
+        if "has_smpl" in data:
+            self.has_smpl = data["has_smpl"].astype(np.float32)
+            if not self.has_pose_shape and (self.has_smpl != 0).any():
+                i = int(np.argmax(self.has_smpl != 0))
+                raise self._fail("'has_smpl' is set but the file has no 'pose'/'shape'", i)
+        else:
+            self.has_smpl = np.full(n, 1.0 if self.has_pose_shape else 0.0, np.float32)
+        self.has_pose_3d = 1.0 if "S" in data else 0.0
+        if "S" in data:
+            s = data["S"].astype(np.float32)
+            if s.shape[2] == 3:  # no confidence column: all joints valid
+                s = np.concatenate([s, np.ones_like(s[..., :1])], -1)
+            self.pose_3d = s
+        if self.ignore_3d:
+            self.has_smpl = np.zeros(n, np.float32)
+            self.has_pose_3d = 0.0
+        if "gender" in data:
+            g = np.char.lower(np.char.strip(data["gender"].astype(str)))
+            self.gender = np.where(g == "m", 0, 1).astype(np.int64)
+        else:
+            self.gender = np.full(n, -1, np.int64)
+        self.focal_length = None
+        if "focal_length" in data:
+            f = data["focal_length"].astype(np.float64).reshape(-1)
+            f = np.broadcast_to(f, (n,)).copy()
+            if (f <= 0).any():
+                i = int(np.argmax(f <= 0))
+                raise self._fail(f"'focal_length' is not positive ({f[i]})", i)
+            self.focal_length = f / 2 if self.half_size else f
+        self.maskname = data["maskname"].astype(str) if "maskname" in data else None
+        self.partname = data["partname"].astype(str) if "partname" in data else None
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def n_skipped(self) -> int:
+        """Images skipped (missing/unreadable, with ``skip_bad_images``), all processes."""
+        return int(self._skipped.item())
+
+    # -- images ------------------------------------------------------------------------------
+    def image_path(self, index: int) -> str:
+        return os.path.join(self.img_dir, self.imgname[index])
+
+    def _read_image(self, index: int) -> np.ndarray | None:
+        """BGR uint8 image (halved for 3DPW); None if bad and ``skip_bad_images``."""
+        path = self.image_path(index)
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None or img.size == 0:
+            why = ("file does not exist" if not os.path.exists(path) else
+                   "file exists but could not be decoded (corrupt or not an image)")
+            if not self.skip_bad_images:
+                raise self._fail(f"cannot read image {path}: {why} (pass --skip_bad_images "
+                                 f"to replace bad images by the next readable one)", index)
+            if not self._warned_skip:
+                warnings.warn(f"{self.dataset}: skipping unreadable image {path} "
+                              f"(sample {index}): {why}; later skips are only counted",
+                              stacklevel=3)
+                self._warned_skip = True
+            return None
+        if self.half_size:
+            h, w = img.shape[:2]
+            img = cv2.resize(img, (w // 2, h // 2))
+        return img
+
+    # -- one sample --------------------------------------------------------------------------
+    def augm_params(self):
+        """Draw (flip, pn, rot, sc) in the released order; eval: (0, None, 0, 1)."""
+        if not self.is_train:
+            return 0, None, 0.0, 1.0
+        flip = 1 if np.random.uniform() <= 0.5 else 0
+        pn = np.random.uniform(1 - self.noise_factor, 1 + self.noise_factor, 3)
+        rot = min(2 * self.rot_factor, max(-2 * self.rot_factor,
+                                           np.random.randn() * self.rot_factor))
+        sc = min(1 + self.scale_factor, max(1 - self.scale_factor,
+                                            np.random.randn() * self.scale_factor + 1))
+        if np.random.uniform() <= 0.6:
+            rot = 0.0
+        return flip, pn, float(rot), float(sc)
+
+    def __getitem__(self, index):
+        index = int(index)
+        if not -self.n <= index < self.n:
+            raise IndexError(f"index {index} out of range for {self.dataset} "
+                             f"({self.npz_file}) of {self.n} samples")
+        index %= self.n
+        start, skipped = index, 0
+        img = self._read_image(index)
+        while img is None:
+            skipped += 1
+            self._skipped += 1
+            if skipped >= self.n:
+                raise self._fail(f"no readable image in the whole dataset (tried all {self.n} "
+                                 f"samples, starting at {start}; images under {self.img_dir})")
+            index = (index + 1) % self.n
+            img = self._read_image(index)
+        item = self._process(index, img)
+        item["n_skipped"] = skipped
+        return item
+
+    def _process(self, index: int, img: np.ndarray) -> dict:
+        img_h, img_w = img.shape[:2]
+        flip, pn, rot, sc = self.augm_params()
+        center = self.center[index].copy()
+        scale = float(self.scale[index]) * sc
+        keypoints = np.concatenate([self.openpose[index], self.part[index]], 0)  # (49, 3)
+        pose = self.pose[index].copy() if self.has_pose_shape else np.zeros(72, np.float32)
+        betas = self.betas[index] if self.has_pose_shape else np.zeros(10, np.float32)
+        pose_3d = self.pose_3d[index] if self.has_pose_3d else np.zeros((24, 4), np.float32)
+        if flip:
+            img = cv2.flip(img, 1)
+            center[0] = img_w - 1 - center[0]
+            keypoints = imutils.flip_keypoints_2d(keypoints, img_w, constants.J49_FLIP_PERM)
+            pose_3d = imutils.flip_joints_3d(pose_3d, constants.J24_FLIP_PERM)
+            pose = imutils.flip_smpl_pose(pose)
+        if rot != 0.0 and self.has_pose_3d:
+            pose_3d = imutils.rotate_points_inplane(pose_3d, rot)
+        if rot != 0.0 and self.has_pose_shape:
+            pose = imutils.rotate_root_orientation(pose, rot)
+        out_size = (self.crop_w, self.crop_h)
+        full_trans = imutils.get_affine_transform(center, scale, rot, out_size)
+        crop_trans = imutils.get_affine_transform(center, scale, 0.0, out_size)
+        inv_trans = imutils.get_affine_transform(center, scale, 0.0, out_size, inv=True)
+
+        # pixels: BGR until the crop exists (cheaper), RGB from there on
+        if self.use_alb:
+            img = imutils.photometric_augment(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+        crop = cv2.warpAffine(img, full_trans, out_size, flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        if not self.use_alb:
+            crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+        if self.occluder is not None:
+            crop = self.occluder(crop)
+        img_t = torch.from_numpy(imutils.normalize_image(crop, pn))
+
+        kp_crop = keypoints.copy()
+        kp_crop[:, :2] = imutils.transform_points(keypoints[:, :2].astype(np.float64), full_trans)
+        focal = (float(self.focal_length[index]) if self.focal_length is not None
+                 else float(imutils.diagonal_focal(img_h, img_w)))
+        binfo = imutils.bbox_info(center, scale, img_h, img_w, focal)
+        f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+        return {
+            "img": img_t,
+            "keypoints": f32(kp_crop),
+            "keypoints_full": f32(keypoints),
+            "pose": f32(pose),
+            "betas": f32(betas),
+            "pose_3d": f32(pose_3d),
+            "has_smpl": f32(self.has_smpl[index]),
+            "has_pose_3d": f32(self.has_pose_3d),
+            "scale": f32(scale),
+            "center": f32(center),
+            "orig_shape": f32([img_h, img_w]),
+            "img_h": f32(img_h),
+            "img_w": f32(img_w),
+            "focal_length": f32(focal),
+            "bbox_info": f32(binfo),
+            "full_trans": f32(full_trans),
+            "crop_trans": f32(crop_trans),
+            "inv_trans": f32(inv_trans),
+            "is_flipped": int(flip),
+            "rot_angle": f32(rot),
+            "scale_factor": f32(sc),
+            "gender": int(self.gender[index]),
+            "sample_index": index,
+            "dataset_name": self.dataset,
+            "imgname": self.image_path(index),
+            "maskname": "" if self.maskname is None else str(self.maskname[index]),
+            "partname": "" if self.partname is None else str(self.partname[index]),
+        }
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an npz, materialised (object arrays allowed only when present)."""
+    try:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except ValueError as e:
+            if "allow_pickle" not in str(e):
+                raise
+            with np.load(path, allow_pickle=True) as z:
+                return {k: z[k] for k in z.files}
+    except DatasetError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unreadable-file error, re-raised with the name
+        raise DatasetError(f"cannot read annotation file {path}: {type(e).__name__}: {e}") from e

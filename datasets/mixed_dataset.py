@@ -1,0 +1,97 @@
+"""The training mixture of H36M, COCO + MPII, MPI-INF-3DHP [and 3DPW] (upstream §6.4).
+
+Each item draws ``p = np.random.rand()`` and takes the first dataset whose cumulative partition
+reaches ``p``; the sample index is ``index % len(that dataset)``. The partition comes from
+``constants.MIX_WITHOUT_3DPW`` / ``constants.MIX_WITH_3DPW``; the 'lsp_coco_mpii' share is
+split between COCO and MPII in proportion to their lengths. Order of the partition: h36m, coco,
+mpii, mpi-inf-3dhp[, 3dpw]. The epoch length is the largest dataset's length (released
+behaviour, §9.2 item 18), not the sum.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from torch.utils.data import Dataset
+
+import constants
+from config import DataPaths
+from datasets.base_dataset import BaseDataset
+
+__all__ = ["MixedDataset", "mixture_partition"]
+
+_SPLIT_KEY = "lsp_coco_mpii"
+_SPLIT_INTO = ("coco", "mpii")
+
+
+def mixture_partition(ratios: Mapping[str, float], lengths: Mapping[str, int]) -> dict[str, float]:
+    """Per-dataset probabilities from the constants' ratios and the dataset lengths.
+
+    Args:
+        ratios: e.g. ``constants.MIX_WITH_3DPW`` ('lsp_coco_mpii' is split over coco and mpii).
+        lengths: number of samples of each dataset named in the result.
+    Returns:
+        ordered dict name -> probability (sums to 1).
+    """
+    out: dict[str, float] = {}
+    for name, r in ratios.items():
+        if name == _SPLIT_KEY:
+            total = sum(lengths[k] for k in _SPLIT_INTO)
+            for k in _SPLIT_INTO:
+                out[k] = r * lengths[k] / total
+        else:
+            out[name] = r
+    return out
+
+
+class MixedDataset(Dataset):
+    """Training mixture.
+
+    Args:
+        options: passed to each :class:`BaseDataset` (reads ``train_3dpw`` here).
+        paths: data layout; default ``DataPaths.from_options(options)``.
+        use_3dpw: include 3DPW-train (``MIX_WITH_3DPW``); default ``options.train_3dpw``.
+        datasets: prebuilt datasets by name, instead of building ``BaseDataset``s (tests, or
+            custom mixtures); must hold every name of the partition.
+    """
+
+    def __init__(self, options, paths: DataPaths | None = None, use_3dpw: bool | None = None,
+                 *, datasets: Mapping[str, Dataset] | None = None):
+        super().__init__()
+        if use_3dpw is None:
+            use_3dpw = bool(getattr(options, "train_3dpw", False))
+        ratios = constants.MIX_WITH_3DPW if use_3dpw else constants.MIX_WITHOUT_3DPW
+        names = [n for r in ratios for n in (_SPLIT_INTO if r == _SPLIT_KEY else (r,))]
+        if datasets is None:
+            paths = paths if paths is not None else DataPaths.from_options(options)
+            datasets = {n: BaseDataset(options, n, is_train=True, paths=paths) for n in names}
+        missing = [n for n in names if n not in datasets]
+        if missing:
+            raise ValueError(f"MixedDataset needs datasets {names}; missing {missing}")
+        self.names = names
+        self.datasets = [datasets[n] for n in names]
+        self.lengths = [len(d) for d in self.datasets]
+        if empty := [n for n, m in zip(names, self.lengths) if m == 0]:
+            raise ValueError(f"MixedDataset: empty dataset(s) {empty}")
+        self.partition = mixture_partition(ratios, dict(zip(names, self.lengths)))
+        self._cum = np.cumsum([self.partition[n] for n in names])
+        self._cum[-1] = 1.0  # guard against rounding: every p in [0, 1) finds a dataset
+        self.length = max(self.lengths)
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def n_skipped(self) -> int:
+        """Images skipped by the member datasets (``skip_bad_images``), all processes."""
+        return sum(int(getattr(d, "n_skipped", 0)) for d in self.datasets)
+
+    def choose(self, p: float) -> int:
+        """Index of the dataset that a uniform draw ``p`` in [0, 1) selects."""
+        return int(np.searchsorted(self._cum, p, side="left"))
+
+    def __getitem__(self, index):
+        p = np.random.rand()
+        i = self.choose(p)
+        ds = self.datasets[i]
+        return ds[int(index) % self.lengths[i]]

@@ -1,0 +1,249 @@
+"""Strict loading of every released weight file, and stand-in files for the synthetic world (D9).
+
+File formats (reference/checkpoint_layout.md §2-3):
+
+* Meta-HMR checkpoints (``ckpt/*.pt``, our training checkpoints): ``{'model': main state_dict,
+  'model_aux': aux state_dict, ...}`` -> :func:`load_metahmr_checkpoint` (a leading ``module.``
+  of DDP-saved files is removed).
+* Aux init (:func:`load_aux_weights`): CLIFF ResNet ``res50-…pt`` ``['model']`` with ``module.``
+  and ``encoder.`` removed; CLIFF HR48 ``hr48-…pt`` ``['model']`` with ``module.`` removed;
+  SPIN ``hmr.pt`` ``['model']`` as is, where missing ``init_*`` buffers keep the mean params.
+* Main backbone init (:func:`load_backbone_weights`): ``pose_resnet.pth`` ``['state_dict']`` with
+  ``backbone.`` removed, trunk keys only; ``pose_hrnet_w48_256x192.pth`` a plain HRNet-COCO
+  state_dict, of which the stem, layer1, transitions and stages 2-4 load into ``model.backbone``.
+
+Every load reads with ``map_location='cpu', weights_only=True`` and is strict: a missing,
+unexpected or wrongly shaped key raises :class:`CheckpointError` naming the file and the keys.
+Two documented tolerances: BN ``num_batches_tracked`` counters may be absent from backbone files,
+and the COCO pose-HRNet file lacks ``stage4.2.fuse_layers.{1,2,3}`` (its last module fuses to the
+highest resolution only), which PARE's multi-scale stage 4 has and keeps random, as upstream.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import config
+from config import require
+
+from .regressor import Regressor, build_model
+
+INIT_BUFFERS = ("init_pose", "init_shape", "init_cam")
+HRNET_TRUNK_PREFIXES = ("conv1", "bn1", "conv2", "bn2", "layer1", "transition1", "transition2",
+                        "transition3", "stage2", "stage3", "stage4")
+_COCO_HRNET_ABSENT = re.compile(r"^stage4\.2\.fuse_layers\.[123]\.")
+_SHOW = 12
+
+
+class CheckpointError(RuntimeError):
+    """A weight file does not match the network it is loaded into (message names file + keys)."""
+
+
+def _fmt(keys: list) -> str:
+    head = ", ".join(str(k) for k in keys[:_SHOW])
+    return f"[{head}{f', ... ({len(keys) - _SHOW} more)' if len(keys) > _SHOW else ''}]"
+
+
+def _read(path: str | os.PathLike, what: str) -> object:
+    p = require(path, what)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+        raise CheckpointError(f"{p}: cannot read {what} with torch.load(weights_only=True): "
+                              f"{exc}") from exc
+
+
+def _entry(obj: object, key: str, path) -> Mapping:
+    if not isinstance(obj, Mapping) or key not in obj:
+        found = sorted(obj)[:_SHOW] if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"{path}: expected a dict with a {key!r} entry, found {found}")
+    value = obj[key]
+    if not isinstance(value, Mapping):
+        raise CheckpointError(f"{path}: [{key!r}] is a {type(value).__name__}, not a state_dict")
+    return value
+
+
+def _load_strict(module: nn.Module, state: Mapping, path, what: str,
+                 may_miss: Callable[[str], bool] = lambda k: False,
+                 own_keys: list[str] | None = None) -> list[str]:
+    """Load ``state`` into ``module`` after checking keys and shapes; returns tolerated misses.
+
+    own_keys: the part of ``module.state_dict()`` the file must cover (default: all of it).
+    """
+    own = module.state_dict()
+    if own_keys is not None:
+        own = {k: own[k] for k in own_keys}
+    missing = [k for k in own if k not in state and not may_miss(k)]
+    tolerated = [k for k in own if k not in state and may_miss(k)]
+    unexpected = [k for k in state if k not in own]
+    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" if torch.is_tensor(v)
+           else f"{k}: not a tensor ({type(v).__name__})"
+           for k, v in state.items()
+           if k in own and (not torch.is_tensor(v) or v.shape != own[k].shape)]
+    if missing or unexpected or bad:
+        lines = [f"{path}: {what} does not match {type(module).__name__}"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_fmt(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
+        if bad:
+            lines.append(f"  wrong shapes ({len(bad)}): {_fmt(bad)}")
+        raise CheckpointError("\n".join(lines))
+    module.load_state_dict(state, strict=own_keys is None and not tolerated)
+    return tolerated
+
+
+def _is_counter(key: str) -> bool:
+    return key.endswith(".num_batches_tracked")
+
+
+def _strip_prefix(state: Mapping, prefix: str) -> dict:
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+
+
+def load_metahmr_checkpoint(path: str | os.PathLike, model: nn.Module,
+                            model_aux: nn.Module | None = None) -> dict:
+    """Load a Meta-HMR checkpoint's ``model`` (and ``model_aux`` if given) strictly.
+
+    Returns the whole checkpoint dict (optimizer and bookkeeping entries included).
+    """
+    ckpt = _read(path, "Meta-HMR checkpoint")
+    _load_strict(model, _strip_prefix(_entry(ckpt, "model", path), "module."), path,
+                 "['model'] (main network)")
+    if model_aux is not None:
+        _load_strict(model_aux, _strip_prefix(_entry(ckpt, "model_aux", path), "module."), path,
+                     "['model_aux'] (aux network)")
+    return ckpt
+
+
+def load_aux_weights(path: str | os.PathLike, model_aux: nn.Module, model: str = "cliff",
+                     backbone: str = "resnet") -> list[str]:
+    """Initialise the aux network from the CLIFF / SPIN-HMR checkpoint (upstream key mapping).
+
+    Returns the keys that were allowed to be missing (HMR: the ``init_*`` buffers absent from
+    ``hmr.pt``, which keep their mean-parameter values).
+    """
+    state = _entry(_read(path, f"{model}/{backbone} aux-network checkpoint"), "model", path)
+    if model == "cliff" and backbone in ("resnet", "resnet18"):
+        state = {k.replace("module.", "").replace("encoder.", ""): v for k, v in state.items()}
+        return _load_strict(model_aux, state, path, "CLIFF ResNet checkpoint ['model']")
+    if model == "cliff" and backbone == "hrnet":
+        state = {k.replace("module.", ""): v for k, v in state.items()}
+        return _load_strict(model_aux, state, path, "CLIFF HRNet checkpoint ['model']")
+    if model == "hmr" and backbone in ("resnet", "resnet18"):
+        return _load_strict(model_aux, _strip_prefix(state, "module."), path,
+                            "HMR checkpoint ['model']", may_miss=lambda k: k in INIT_BUFFERS)
+    raise ValueError(f"no aux-network checkpoint format for model={model!r}, backbone={backbone!r}")
+
+
+def load_backbone_weights(path: str | os.PathLike, model: Regressor,
+                          backbone: str | None = None) -> list[str]:
+    """Initialise the main network's encoder from a pretrained pose backbone; head untouched.
+
+    backbone: 'resnet' | 'resnet18' (``['state_dict']``, ``backbone.`` removed, trunk keys kept)
+    or 'hrnet' (plain HRNet-COCO state_dict into ``model.backbone``); default
+    ``model.backbone_name``. Returns the tolerated missing keys (see the module docstring).
+    """
+    backbone = backbone or model.backbone_name
+    obj = _read(path, f"pretrained {backbone} backbone")
+    if backbone in ("resnet", "resnet18"):
+        state = {k.replace("backbone.", ""): v for k, v in _entry(obj, "state_dict", path).items()}
+        target, what, trunk = model, f"{backbone} backbone trunk", model.trunk_state_keys()
+        state = {k: v for k, v in state.items() if k in set(trunk)}
+        if not state:
+            raise CheckpointError(f"{path}: no {backbone} trunk key found (expected e.g. "
+                                  f"'backbone.conv1.weight' under 'state_dict')")
+        may_miss = _is_counter
+    elif backbone == "hrnet":
+        if not isinstance(obj, Mapping) or not isinstance(getattr(model, "backbone", None),
+                                                          nn.Module):
+            raise CheckpointError(f"{path}: expected a plain HRNet state_dict and a CLIFF-HRNet "
+                                  f"main network (with .backbone)")
+        state = {k: v for k, v in obj.items() if k.split(".")[0] in HRNET_TRUNK_PREFIXES}
+        if not state:
+            raise CheckpointError(f"{path}: no HRNet trunk key (conv1, layer1, stage2, ...) found;"
+                                  f" keys must be unprefixed, e.g. 'conv1.weight'")
+        target, what = model.backbone, "pose-HRNet trunk"
+        trunk = [k for k in target.state_dict() if k.split(".")[0] in HRNET_TRUNK_PREFIXES]
+        def may_miss(k: str) -> bool:
+            return _is_counter(k) or bool(_COCO_HRNET_ABSENT.match(k))
+    else:
+        raise ValueError(f"no pretrained-backbone format for {backbone!r}")
+    return _load_strict(target, state, path, what, may_miss=may_miss, own_keys=trunk)
+
+
+# -- stand-in weight files for the synthetic world ----------------------------------------------
+def _save_atomic(obj: object, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _seeded(seed: int, fn: Callable[[], Regressor]) -> Regressor:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fn()
+
+
+def write_standin_weights(root: str | os.PathLike, backbones=("resnet18", "resnet"), seed: int = 0,
+                          mean_params: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Write randomly initialised weight files in the released formats under ``root``.
+
+    For each backbone: the main-backbone file (``config.BACKBONE_FILES``) and the aux files
+    (``config.AUX_FILES``: CLIFF, and HMR for the ResNets), each from its own seeded network
+    (``mean_params`` fills the CLIFF files' ``init_*`` buffers). Files are written atomically.
+    Returns {label: path}, labels like 'backbone/resnet', 'aux/cliff/resnet'.
+    """
+    root, out = Path(root), {}
+    for i, bb in enumerate(backbones):
+        if bb not in config.BACKBONE_FILES:
+            raise ValueError(f"unknown backbone {bb!r}: expected some of "
+                             f"{sorted(config.BACKBONE_FILES)}")
+        s = seed + 10 * i
+        main = _seeded(s, lambda: build_model("cliff", bb, "main"))
+        if bb == "hrnet":
+            state = {k: v for k, v in main.backbone.state_dict().items()
+                     if k.split(".")[0] in HRNET_TRUNK_PREFIXES and not _COCO_HRNET_ABSENT.match(k)}
+            gen = torch.Generator().manual_seed(s)   # COCO heatmap layer (17 joints), unused
+            state["final_layer.weight"] = torch.randn(17, 48, 1, 1, generator=gen) * 1e-3
+            state["final_layer.bias"] = torch.zeros(17)
+            bfile = state
+        else:
+            trunk = set(main.trunk_state_keys())
+            bfile = {"state_dict": {"backbone." + k: v for k, v in main.state_dict().items()
+                                    if k in trunk}}
+        out[f"backbone/{bb}"] = _save_atomic(bfile, root / config.BACKBONE_FILES[bb])
+        del main, bfile
+
+        aux = _seeded(s + 1, lambda: build_model("cliff", bb, "aux", mean_params=mean_params))
+        if bb == "hrnet":
+            state = {"module." + k: v for k, v in aux.state_dict().items()}
+        else:
+            trunk = set(aux.trunk_state_keys())
+            state = {("module.encoder." if k in trunk else "module.") + k: v
+                     for k, v in aux.state_dict().items()}
+        out[f"aux/cliff/{bb}"] = _save_atomic({"model": state},
+                                              root / config.AUX_FILES["cliff", bb])
+        del aux, state
+
+        if ("hmr", bb) in config.AUX_FILES:
+            hmr = _seeded(s + 2, lambda: build_model("hmr", bb, "aux"))
+            state = {k: v for k, v in hmr.state_dict().items() if k not in INIT_BUFFERS}
+            out[f"aux/hmr/{bb}"] = _save_atomic({"model": state},
+                                                root / config.AUX_FILES["hmr", bb])
+    return out
+
+
+__all__ = ["CheckpointError", "load_metahmr_checkpoint", "load_aux_weights",
+           "load_backbone_weights", "write_standin_weights"]

@@ -1,0 +1,239 @@
+"""HMR / CLIFF regressors with iterative error feedback (upstream-behaviour.md §2.1, §2.2, §4.1).
+
+One class, :class:`Regressor`, covers the six released networks and the small ResNet-18 extra:
+
+===========  ==========  ========================================  ==========  =========
+model        backbone    encoder (state_dict prefix)               feature D   IEF iters
+===========  ==========  ========================================  ==========  =========
+cliff / hmr  resnet      torchvision ResNet-50 trunk (none, flat)  2048        10 / 3
+cliff / hmr  resnet18    torchvision ResNet-18 trunk (none, flat)  512         10 / 3
+cliff        hrnet main  pose HRNet-W48 (``backbone.``)            720         10
+cliff        hrnet aux   classification HRNet-W48 (``encoder.``)   2048        3
+===========  ==========  ========================================  ==========  =========
+
+(main = 10 iterations, aux = 3). The state_dict keys, shapes and order are those of the released
+networks (``shared/reference/state_dict/*.tsv``): the mean-parameter buffers ``init_pose``
+[1,144], ``init_shape`` [1,10], ``init_cam`` [1,3] first, then the modules in upstream order.
+
+The head (fc1, fc2, decpose, decshape, deccam) is the only fast-weight set (decisions D3). It
+reads its weights through module attributes and computes every linear map with
+:func:`batched_linear`, so it works under ``torch.func.functional_call`` with either shared
+weights ([out, in] / [out]) or per-sample weights ([B, out, in] / [B, out]).
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import constants
+from config import require
+from . import backbones
+from utils.geometry import batch_rodrigues, rot6d_to_rotmat, rotmat_to_rot6d
+
+NPOSE = 6 * constants.NUM_JOINTS_SMPL      # 144
+NSHAPE = constants.NUM_BETAS               # 10
+NCAM = 3
+NBBOX = 3                                  # CLIFF bbox_info
+HIDDEN = 1024
+HEAD_LAYERS = ("fc1", "fc2", "decpose", "decshape", "deccam")
+HEAD_PARAM_NAMES = tuple(f"{layer}.{p}" for layer in HEAD_LAYERS for p in ("weight", "bias"))
+MODELS = ("cliff", "hmr")
+BACKBONES = ("resnet", "hrnet", "resnet18")
+ROLES = ("main", "aux")
+DEFAULT_N_ITER = {"main": 10, "aux": 3}
+
+
+class RegressorOutput(NamedTuple):
+    pred_rotmat: torch.Tensor   # [B, 24, 3, 3]
+    pred_betas: torch.Tensor    # [B, 10]
+    pred_cam: torch.Tensor      # [B, 3] weak-perspective crop camera [s, tx, ty]
+    pred_pose6d: torch.Tensor   # [B, 144]
+
+
+def batched_linear(x: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x Wᵀ + b with shared or per-sample weights.
+
+    x: [B, in]; weight: [out, in] (shared) or [B, out, in] (sample i uses weight[i]);
+    bias: None, [out] or [B, out]. Returns [B, out].
+    """
+    if weight.dim() == 2:
+        if bias is not None and bias.dim() == 2:
+            return F.linear(x, weight) + bias
+        return F.linear(x, weight, bias)
+    if weight.dim() != 3 or x.dim() != 2 or weight.shape[0] != x.shape[0]:
+        raise ValueError(f"batched_linear: per-sample weight {tuple(weight.shape)} does not match "
+                         f"input {tuple(x.shape)} (expected weight [B, out, in], x [B, in])")
+    if bias is None:
+        return torch.bmm(x.unsqueeze(1), weight.transpose(1, 2)).squeeze(1)
+    bias = bias.unsqueeze(-2).expand(x.shape[0], 1, weight.shape[1])   # [B, 1, out]
+    return torch.baddbmm(bias, x.unsqueeze(1), weight.transpose(1, 2)).squeeze(1)
+
+
+def identity_mean_params() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stand-in mean parameters: identity 6D pose [1,144], zero shape [1,10], zero cam [1,3]."""
+    pose = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0]).repeat(constants.NUM_JOINTS_SMPL)
+    return pose[None], torch.zeros(1, NSHAPE), torch.zeros(1, NCAM)
+
+
+def load_mean_params(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Read SPIN's ``smpl_mean_params.npz``: -> pose6d [1,144], shape [1,10], cam [1,3] (float32).
+
+    The file's ``pose`` is the 144-d 6D mean pose (SPIN); a 72-d axis-angle pose is converted.
+    """
+    p = require(path, "SMPL mean parameters (smpl_mean_params.npz)")
+    with np.load(p) as f:
+        missing = [k for k in ("pose", "shape", "cam") if k not in f.files]
+        if missing:
+            raise ValueError(f"{p}: missing keys {missing} (has {f.files})")
+        pose, shape, cam = (torch.as_tensor(np.asarray(f[k], dtype=np.float32)).reshape(1, -1)
+                            for k in ("pose", "shape", "cam"))
+    if pose.shape[1] == 3 * constants.NUM_JOINTS_SMPL:        # axis-angle -> 6D
+        pose = rotmat_to_rot6d(batch_rodrigues(pose.reshape(-1, 3))).reshape(1, NPOSE)
+    for name, t, n in (("pose", pose, NPOSE), ("shape", shape, NSHAPE), ("cam", cam, NCAM)):
+        if t.shape[1] != n:
+            raise ValueError(f"{p}: '{name}' has {t.shape[1]} values, expected {n}"
+                             + (" (6D) or 72 (axis-angle)" if name == "pose" else ""))
+    return pose, shape, cam
+
+
+class Regressor(nn.Module):
+    """HMR/CLIFF regressor: encoder + IEF head. Build with :func:`build_model`.
+
+    Attributes: ``model_type`` ('cliff'|'hmr'), ``backbone_name``, ``role``, ``bbox_type``,
+    ``use_bbox_info``, ``feature_dim``, ``n_iter``, ``head_param_names``.
+    """
+
+    head_param_names = HEAD_PARAM_NAMES
+
+    def __init__(self, model: str = "cliff", backbone: str = "resnet", role: str = "main",
+                 bbox_type: str = "rect", mean_params: str | os.PathLike | None = None,
+                 n_iter: int | None = None) -> None:
+        super().__init__()
+        for name, value, choices in (("model", model, MODELS), ("backbone", backbone, BACKBONES),
+                                     ("role", role, ROLES)):
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}: expected one of {choices}")
+        constants.crop_size(bbox_type)            # validates bbox_type
+        if model == "hmr" and backbone == "hrnet":
+            raise ValueError("there is no HMR network with an HRNet backbone (upstream has none); "
+                             "use --backbone resnet (or resnet18) with --model hmr")
+        self.model_type, self.backbone_name, self.role, self.bbox_type = (
+            model, backbone, role, bbox_type)
+        self.use_bbox_info = model == "cliff"
+        self.n_iter = DEFAULT_N_ITER[role] if n_iter is None else int(n_iter)
+
+        init = identity_mean_params() if mean_params is None else load_mean_params(mean_params)
+        for name, value in zip(("init_pose", "init_shape", "init_cam"), init):
+            self.register_buffer(name, value)
+
+        if backbone in backbones.RESNET_DIMS:
+            for name, mod in backbones.resnet_trunk(backbone).items():
+                self.add_module(name, mod)
+            self.feature_dim = backbones.RESNET_DIMS[backbone]
+            self._build_head()
+        elif role == "main":               # released order: head, then backbone.*
+            self.feature_dim = backbones.POSE_HRNET_DIM
+            self._build_head()
+            self.backbone = backbones.PoseHRNet()
+        else:                              # released order: encoder.*, then head
+            self.feature_dim = backbones.CLS_HRNET_DIM
+            self.encoder = backbones.cls_hrnet_w48()
+            self._build_head()
+
+    def _build_head(self) -> None:
+        n_in = self.feature_dim + (NBBOX if self.use_bbox_info else 0) + NPOSE + NSHAPE + NCAM
+        self.fc1 = nn.Linear(n_in, HIDDEN)
+        self.drop1 = nn.Dropout(0.5)
+        self.fc2 = nn.Linear(HIDDEN, HIDDEN)
+        self.drop2 = nn.Dropout(0.5)
+        self.decpose = nn.Linear(HIDDEN, NPOSE)
+        self.decshape = nn.Linear(HIDDEN, NSHAPE)
+        self.deccam = nn.Linear(HIDDEN, NCAM)
+        for layer in (self.decpose, self.decshape, self.deccam):
+            nn.init.xavier_uniform_(layer.weight, gain=0.01)
+
+    # -- structure ---------------------------------------------------------------------------
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        """(H, W) of the input crop for this net's bbox type: (256, 192) rect, (224, 224) square."""
+        return constants.crop_size(self.bbox_type)
+
+    def head_params(self) -> dict[str, nn.Parameter]:
+        """The 10 fast-weight parameters, by state_dict name, in upstream order."""
+        return {name: self.get_parameter(name) for name in HEAD_PARAM_NAMES}
+
+    def trunk_state_keys(self) -> list[str]:
+        """state_dict keys of the encoder (everything but the init buffers and the head)."""
+        skip = {"init_pose", "init_shape", "init_cam"}
+        return [k for k in self.state_dict() if k.split(".")[0] not in skip | set(HEAD_LAYERS)]
+
+    # -- forward -----------------------------------------------------------------------------
+    def extract_features(self, img: torch.Tensor) -> torch.Tensor:
+        """img [B, 3, H, W] (ImageNet-normalised crop) -> features [B, feature_dim]."""
+        if img.dim() != 4 or img.shape[1] != 3:
+            raise ValueError(f"expected an image batch [B, 3, H, W], got {tuple(img.shape)}")
+        if self.backbone_name == "hrnet" and (img.shape[2] % 32 or img.shape[3] % 32):
+            raise ValueError(f"HRNet needs H and W divisible by 32, got {tuple(img.shape[2:])}")
+        if self.backbone_name in backbones.RESNET_DIMS:
+            return backbones.resnet_features(self, img)
+        return self.backbone(img) if self.role == "main" else self.encoder(img)
+
+    def forward(self, img: torch.Tensor | None = None, bbox_info: torch.Tensor | None = None,
+                n_iter: int | None = None, features: torch.Tensor | None = None
+                ) -> RegressorOutput:
+        """Regress SMPL parameters by iterative error feedback from the mean parameters.
+
+        img: [B, 3, H, W], or ``features`` [B, feature_dim] (then the encoder is skipped, D4);
+        bbox_info: [B, 3] (CLIFF only; ignored by HMR); n_iter: IEF iterations (default
+        ``self.n_iter``). Returns :class:`RegressorOutput` (rotmat [B,24,3,3], betas [B,10],
+        cam [B,3], pose6d [B,144]).
+        """
+        if (img is None) == (features is None):
+            raise ValueError("pass exactly one of img [B,3,H,W] or features [B,D]")
+        if features is None:
+            features = self.extract_features(img)
+        if features.dim() != 2 or features.shape[1] != self.feature_dim:
+            raise ValueError(f"features must be [B, {self.feature_dim}], got "
+                             f"{tuple(features.shape)}")
+        batch = features.shape[0]
+        parts = [features]
+        if self.use_bbox_info:
+            if bbox_info is None or tuple(bbox_info.shape) != (batch, NBBOX):
+                got = None if bbox_info is None else tuple(bbox_info.shape)
+                raise ValueError(f"CLIFF needs bbox_info [B={batch}, 3], got {got}")
+            parts.append(bbox_info.to(features.dtype))
+        n_iter = self.n_iter if n_iter is None else n_iter
+        if n_iter < 0:
+            raise ValueError(f"n_iter must be >= 0, got {n_iter}")
+
+        pose = self.init_pose.expand(batch, -1)
+        shape = self.init_shape.expand(batch, -1)
+        cam = self.init_cam.expand(batch, -1)
+        for _ in range(n_iter):
+            x = torch.cat(parts + [pose, shape, cam], dim=1)
+            x = self.drop1(batched_linear(x, self.fc1.weight, self.fc1.bias))
+            x = self.drop2(batched_linear(x, self.fc2.weight, self.fc2.bias))
+            pose = batched_linear(x, self.decpose.weight, self.decpose.bias) + pose
+            shape = batched_linear(x, self.decshape.weight, self.decshape.bias) + shape
+            cam = batched_linear(x, self.deccam.weight, self.deccam.bias) + cam
+        rotmat = rot6d_to_rotmat(pose).view(batch, constants.NUM_JOINTS_SMPL, 3, 3)
+        return RegressorOutput(rotmat, shape, cam, pose)
+
+
+def build_model(model: str = "cliff", backbone: str = "resnet", role: str = "main",
+                bbox_type: str = "rect", mean_params: str | os.PathLike | None = None,
+                n_iter: int | None = None) -> Regressor:
+    """Build a randomly initialised network with the released architecture and state_dict keys.
+
+    model: 'cliff' | 'hmr'; backbone: 'resnet' | 'hrnet' (cliff only) | 'resnet18';
+    role: 'main' (10 IEF iterations) | 'aux' (3); bbox_type: 'rect' (256×192) | 'square' (224²),
+    which sets the crop size only; mean_params: path of smpl_mean_params.npz, or None for
+    identity-pose / zero stand-ins. Load weights with :mod:`models.checkpoints`.
+    """
+    return Regressor(model, backbone, role, bbox_type, mean_params, n_iter)

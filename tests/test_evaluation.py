@@ -1,0 +1,299 @@
+"""Evaluation with test-time optimisation (train/evaluation.py, eval_cliff.py, eval_hmr.py).
+
+Independent facts used: a prediction equal to the GT has zero error; a rigid offset of every
+point by c gives a mean error |c| and a zero Procrustes error; a similarity transform of the GT
+(scipy rotation, scale, shift) has zero PA error; Procrustes can only lower the error; per-sample
+adaptation of a sample cannot depend on the other samples of its batch, nor on their order; a
+batch of one adapted as a batch is that sample adapted on its own; gradient steps on the 2D loss
+lower the 2D loss; a mesh rendered over an image covers the projections of its interior joints.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+import constants
+from config import DataPaths
+from train import evaluation as ev
+from utils.options import parse_eval
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures: random resnet18 networks saved as a train.py-style checkpoint
+@pytest.fixture(scope="module")
+def ckpts(synthetic_root, tmp_path_factory):
+    from models import build_model
+    paths = DataPaths(Path(synthetic_root))
+    out = {}
+    for model in ("cliff", "hmr"):
+        torch.manual_seed(0)
+        main = build_model(model=model, backbone="resnet18", role="main", bbox_type="rect",
+                           mean_params=paths.smpl_mean_params())
+        aux = build_model(model=model, backbone="resnet18", role="aux", bbox_type="rect",
+                          mean_params=paths.smpl_mean_params())
+        path = tmp_path_factory.mktemp("ckpt") / f"{model}.pt"
+        torch.save({"model": main.state_dict(), "model_aux": aux.state_dict()}, path)
+        out[model] = path
+    return out
+
+
+def _opts(root, model="cliff", *extra):
+    argv = ["--data_root", str(root), "--dataset", "3dpw", "--bbox_type", "rect",
+            "--backbone", "resnet18", "--batch_size", "2", "--test_val_step", "2",
+            "--inner_lr", "1e-5", "--after_innerlr", "1e-5", "--device", "cpu",
+            "--num_workers", "0", "--log_freq", "0", *map(str, extra)]
+    return parse_eval(model, argv)
+
+
+@pytest.fixture(scope="module")
+def nets(synthetic_root, ckpts):
+    o = _opts(synthetic_root)
+    return ev.build_eval_networks(o, DataPaths.from_options(o), ckpts["cliff"])
+
+
+def _run(root, nets, *extra, **kw):
+    o = _opts(root, "cliff", *extra)
+    return ev.evaluate(*nets, o, o.dataset, max_batches=o.max_batches, log=lambda s: None,
+                       return_per_sample=True, **kw)
+
+
+_CACHE: dict = {}
+
+
+def _run_cached(root, nets, *extra):
+    key = tuple(map(str, extra))
+    if key not in _CACHE:
+        _CACHE[key] = _run(root, nets, *extra)
+    return _CACHE[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+def test_errors_zero_offset_and_similarity():
+    rng = np.random.default_rng(0)
+    gt = rng.normal(size=(3, 14, 3)) * 0.3
+    gv = rng.normal(size=(3, 50, 3))
+    e = ev.errors_mm(gt, gt, gv, gv)
+    for k in ("mpjpe", "pa_mpjpe", "pve"):
+        np.testing.assert_allclose(e[k], 0.0, atol=1e-6)
+
+    c = np.array([0.03, -0.04, 0.12])                       # |c| = 0.13 m
+    e = ev.errors_mm(gt + c, gt, gv + c, gv)
+    np.testing.assert_allclose(e["mpjpe"], 130.0, rtol=1e-9)
+    np.testing.assert_allclose(e["pve"], 130.0, rtol=1e-9)
+    np.testing.assert_allclose(e["pa_mpjpe"], 0.0, atol=1e-6)
+
+    R = Rotation.from_rotvec([0.3, -1.2, 0.5]).as_matrix()
+    sim = 1.7 * gt @ R.T + np.array([1.0, 2.0, -3.0])
+    e = ev.errors_mm(torch.as_tensor(sim), torch.as_tensor(gt))
+    assert (e["mpjpe"] > 100).all()
+    np.testing.assert_allclose(e["pa_mpjpe"], 0.0, atol=1e-6)
+    assert np.isnan(e["pve"]).all()
+
+    noisy = gt + rng.normal(size=gt.shape) * 0.02
+    e = ev.errors_mm(noisy, gt)
+    assert (e["pa_mpjpe"] <= e["mpjpe"] + 1e-9).all() and (e["pa_mpjpe"] > 0).all()
+
+
+def test_joint_protocols(synthetic_root):
+    paths = DataPaths(Path(synthetic_root))
+    rng = np.random.default_rng(1)
+    B = 3
+    pose = torch.as_tensor(rng.normal(size=(B, 72)) * 0.2, dtype=torch.float32)
+    betas = torch.as_tensor(rng.normal(size=(B, 10)), dtype=torch.float32)
+    s = torch.as_tensor(rng.normal(size=(B, 24, 4)), dtype=torch.float32)
+    batch = {"pose": pose, "betas": betas, "gender": torch.tensor([0, 1, -1]), "pose_3d": s}
+
+    t = ev.EvalTargets(paths, "3dpw")
+    from models.smpl import build_smpl
+    from utils.geometry import batch_rodrigues
+    rot = batch_rodrigues(pose.reshape(-1, 3)).reshape(B, 24, 3, 3)
+    ref = {g: build_smpl(paths, g)(betas=betas, body_pose=rot[:, 1:], global_orient=rot[:, :1],
+                                   pose2rot=False).vertices for g in ("male", "female")}
+    gt = t.targets(batch)
+    torch.testing.assert_close(gt["vertices"][0], ref["male"][0])
+    torch.testing.assert_close(gt["vertices"][1], ref["female"][1])
+    torch.testing.assert_close(gt["vertices"][2], ref["male"][2])
+    jr = torch.as_tensor(np.load(paths.j_regressor_h36m()), dtype=torch.float32)
+    j17 = torch.einsum("jv,bvc->bjc", jr, gt["vertices"])
+    expect = j17[:, constants.H36M_TO_J14] - j17[:, :1]
+    torch.testing.assert_close(gt["joints"], expect)
+    assert gt["joints"].shape == (B, 14, 3)
+    # scoring the GT mesh against itself
+    err, pj17 = t.score(gt["vertices"], gt)
+    assert pj17.shape == (B, 17, 3)
+    np.testing.assert_allclose(err["mpjpe"], 0, atol=1e-4)
+    np.testing.assert_allclose(err["pve"], 0, atol=1e-4)
+
+    mocap = ev.EvalTargets(paths, "h36m-p2", h36m_gt="mocap").targets(batch)["joints"]
+    sel = s[:, constants.J24_TO_J14, :3]
+    torch.testing.assert_close(mocap, sel - 0.5 * (sel[:, 2:3] + sel[:, 3:4]))
+    mosh = ev.EvalTargets(paths, "h36m-p2").targets(batch)["joints"]
+    torch.testing.assert_close(mosh, expect)             # released default: the MoSh mesh
+
+    mpi = ev.EvalTargets(paths, "mpi-inf-3dhp")
+    g = mpi.targets(batch)
+    assert g["vertices"] is None
+    torch.testing.assert_close(g["joints"], s[:, constants.J24_TO_J17, :3])
+    err, _ = mpi.score(ref["male"], g)
+    assert np.isnan(err["pve"]).all() and np.isfinite(err["mpjpe"]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# the evaluation loop
+def test_evaluate_sample_mode_and_result_file(synthetic_root, nets, tmp_path):
+    class Writer:
+        def __init__(self):
+            self.tags = {}
+
+        def add_scalar(self, tag, value, step=None):
+            self.tags[tag] = value
+
+    w = Writer()
+    rf = tmp_path / "res.npz"
+    logs = []
+    o = _opts(synthetic_root, "cliff", "--max_batches", 2, "--after_innerlr", "1e-3",
+              "--result_file", rf, "--log_freq", 1)
+    r = ev.evaluate(*nets, o, "3dpw", writer=w, max_batches=2, log=logs.append,
+                    return_per_sample=True)
+    n = r["n"]
+    assert n == 4 and len(logs) == 2 and "MPJPE" in logs[0]
+    ps = r["per_sample"]
+    assert (ps["pa_mpjpe"] <= ps["mpjpe"] + 1e-6).all()
+    assert (ps["pa_mpjpe_before"] <= ps["mpjpe_before"] + 1e-6).all()
+    assert r["PA-MPJPE"] <= r["MPJPE"] and np.isfinite(r["PVE"])
+    assert r["n_nonfinite"] == 0 and r["mean_tto_steps"] == 3
+    # TTO lowers the 2D keypoint loss it optimises
+    assert r["loss_2d_after"] < r["loss_2d_before"]
+    assert w.tags["3dpw/MPJPE"] == r["MPJPE"] and "3dpw/PVE_before" in w.tags
+
+    with np.load(rf) as z:
+        keys = set(z.files)
+        data = {k: z[k] for k in z.files}
+    want = {"imgname", "mpjpe", "pa_mpjpe", "pve", "pred_joints", "pose", "betas", "camera",
+            "translation", "tto_steps", "nonfinite"}
+    assert want <= keys
+    for k in keys:
+        assert len(data[k]) == n, k
+    assert data["pred_joints"].shape == (n, 17, 3) and data["pose"].shape == (n, 72)
+    assert data["betas"].shape == (n, 10) and data["camera"].shape == (n, 3)
+    assert data["translation"].shape == (n, 3) and (data["translation"][:, 2] > 0).all()
+    for k in ("pred_joints", "pose", "betas", "camera"):
+        assert np.abs(data[k]).sum() > 0, f"{k} left empty"
+    np.testing.assert_allclose(data["mpjpe"], ps["mpjpe"])
+    # the axis-angle pose reproduces the predicted mesh's joints
+    from models.smpl import build_smpl
+    smpl = build_smpl(DataPaths(Path(synthetic_root)), "neutral")
+    pose = torch.as_tensor(data["pose"])
+    v = smpl(betas=torch.as_tensor(data["betas"]), body_pose=pose[:, 3:],
+             global_orient=pose[:, :3]).vertices
+    jr = torch.as_tensor(np.load(DataPaths(Path(synthetic_root)).j_regressor_h36m()),
+                         dtype=torch.float32)
+    np.testing.assert_allclose(torch.einsum("jv,bvc->bjc", jr, v).numpy(),
+                               data["pred_joints"], atol=1e-4)
+
+
+def test_batch_of_one_batch_mode_equals_sample_mode(synthetic_root, nets):
+    a = _run_cached(synthetic_root, nets, "--batch_size", 1, "--max_batches", 3)
+    b = _run(synthetic_root, nets, "--batch_size", 1, "--max_batches", 2, "--tto_mode", "batch")
+    pa, pb = a["per_sample"], b["per_sample"]
+    for k in ("pred_joints", "pose", "betas", "camera", "mpjpe"):
+        np.testing.assert_allclose(pa[k][:2], pb[k], atol=1e-5, err_msg=k)
+    np.testing.assert_array_equal(pa["tto_steps"][:2], pb["tto_steps"])
+
+
+def test_sample_mode_independent_of_batch_size_and_order(synthetic_root, nets):
+    one = _run_cached(synthetic_root, nets, "--batch_size", 1, "--max_batches", 3)["per_sample"]
+    three = _run(synthetic_root, nets, "--batch_size", 3, "--max_batches", 1,
+                 "--tto_chunk", 0)["per_sample"]
+    np.testing.assert_array_equal(one["sample_index"], three["sample_index"])
+    for k in ("mpjpe", "pa_mpjpe", "pve"):
+        np.testing.assert_allclose(one[k], three[k], atol=1e-3, rtol=0, err_msg=k)
+    np.testing.assert_allclose(one["pred_joints"], three["pred_joints"], atol=1e-5)
+    # a batch mixing other samples, in another order: each sample keeps its own result
+    shuf = _run(synthetic_root, nets, "--batch_size", 3, "--max_batches", 1, "--shuffle",
+                "--seed", 5)["per_sample"]
+    idx = {int(i): j for j, i in enumerate(one["sample_index"])}
+    for j, i in enumerate(shuf["sample_index"]):
+        if int(i) in idx:
+            np.testing.assert_allclose(shuf["mpjpe"][j], one["mpjpe"][idx[int(i)]], atol=1e-3)
+
+
+@pytest.mark.parametrize("model", ["cliff", "hmr"])
+def test_viz_draws_the_mesh(synthetic_root, ckpts, tmp_path, model):
+    vd = tmp_path / "viz"
+    o = _opts(synthetic_root, model, "--viz", "--viz_dir", vd, "--viz_max", -1,
+              "--test_val_step", 0, "--save_obj")
+    o.viz_backend = "software"
+    net = ev.build_eval_networks(o, DataPaths.from_options(o), ckpts[model])
+    r = ev.evaluate(*net, o, "3dpw", max_batches=1, return_per_sample=True)
+    names = sorted(p.name[:-len("_input.jpg")] for p in vd.glob("*_input.jpg"))
+    assert len(names) == r["n"] == 2
+    ps = r["per_sample"]
+    for j, name in enumerate(names):
+        for tag in ("before", "ours_gt", "compare"):
+            assert (vd / f"{name}_{tag}.jpg").is_file()
+        import trimesh
+        assert len(trimesh.load(vd / f"{name}.obj", process=False).vertices) == 6890
+    # the overlay covers the projections of the body's interior joints (pelvis, spine, thorax)
+    from models.smpl import build_smpl
+    smpl = build_smpl(DataPaths(Path(synthetic_root)), "neutral")
+    for j in range(r["n"]):
+        img = Path(ps["imgname"][j])
+        name = f"{img.parent.name}-{img.stem}"
+        assert name in names
+        inp = cv2.imread(str(vd / f"{name}_input.jpg")).astype(int)
+        out = cv2.imread(str(vd / f"{name}_ours_gt.jpg")).astype(int)
+        pose = torch.as_tensor(ps["pose"][j:j + 1])
+        joints = smpl(betas=torch.as_tensor(ps["betas"][j:j + 1]), body_pose=pose[:, 3:],
+                      global_orient=pose[:, :3]).joints[0].numpy()
+        cam = joints[[25 + 14, 25 + 15, 25 + 16]] + ps["translation"][j]
+        h, w = inp.shape[:2]
+        if model == "cliff":
+            from datasets import BaseDataset
+            f = float(BaseDataset(o, "3dpw", False)[int(ps["sample_index"][j])]["focal_length"])
+        else:
+            f = constants.FOCAL_LENGTH
+        uv = f * cam[:, :2] / cam[:, 2:] + np.array([w / 2, h / 2])
+        inside = [(int(round(u)), int(round(v))) for u, v in uv if 2 <= u < w - 2 and 2 <= v < h - 2]
+        assert inside, "no joint projects into the image"
+        for u, v in inside:
+            assert np.abs(out[v, u] - inp[v, u]).sum() > 30, (name, u, v)
+        assert np.abs(out - inp).max(-1).mean() < 200   # most of the image is untouched
+
+
+def test_eval_script_end_to_end(synthetic_root, ckpts, tmp_path):
+    js, rf = tmp_path / "m.json", tmp_path / "r.npz"
+    cmd = [sys.executable, "eval_cliff.py", "--dataset", "3dpw", "--bbox_type", "rect",
+           "--backbone", "resnet18", "--batch_size", "2", "--inner_lr", "1e-5",
+           "--after_innerlr", "1e-5", "--inner_step", "1", "--test_val_step", "1",
+           "--adapt_val_step", "--checkpoint", str(ckpts["cliff"]), "--data_root",
+           str(synthetic_root), "--max_batches", "1", "--num_workers", "0", "--device", "cpu",
+           "--json_out", str(js), "--result_file", str(rf)]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "MPJPE:" in p.stdout and "PA-MPJPE:" in p.stdout and "PVE:" in p.stdout
+    data = json.loads(js.read_text())
+    assert data["metrics"]["n"] == 2 and data["options"]["batch_size"] == 2
+    assert data["metrics"]["PA-MPJPE"] <= data["metrics"]["MPJPE"]
+    with np.load(rf) as z:
+        assert len(z["mpjpe"]) == 2
+
+
+def test_missing_checkpoint_is_a_clear_error(synthetic_root, tmp_path):
+    o = _opts(synthetic_root)
+    with pytest.raises(SystemExit, match="--checkpoint is required"):
+        ev.main(o)
+    o.checkpoint = str(tmp_path / "nope.pt")
+    with pytest.raises(SystemExit, match="nope.pt"):
+        ev.main(o)

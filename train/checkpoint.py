@@ -1,0 +1,76 @@
+"""Atomic checkpoints and resume (decisions D9, D13).
+
+A checkpoint is one plain dict (``torch.load(..., weights_only=True)`` safe):
+``model``, ``model_aux``, ``optimizer``, ``epoch``, ``batch_idx``, ``batch_size``,
+``dataset_perm`` (the sampler's permutation of the current epoch, or None at an epoch end),
+``total_step_count``, ``options`` (a plain dict) and ``rng`` (torch / numpy / python states).
+The keys of the released checkpoints are kept, so files written here load in the released
+eval scripts and vice versa.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash or kill during the write leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def rng_state() -> dict:
+    """RNG states as weights_only-safe values."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": repr(random.getstate()),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    import ast
+    random.setstate(ast.literal_eval(state["python"]))
+
+
+def load(path: str | os.PathLike) -> dict:
+    """Load a checkpoint on the CPU; a clear error names a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path.resolve()}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - rethrown with the file named
+        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
+
+
+def latest(folder: str | os.PathLike) -> Path | None:
+    """Newest ``*.pt`` of a run's checkpoint folder (``current.pt`` wins on equal times)."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.pt"), key=lambda p: (p.stat().st_mtime_ns, p.name == "current.pt"))
+    return files[-1] if files else None

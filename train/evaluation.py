@@ -1,0 +1,509 @@
+"""Evaluation with test-time optimisation: eval_cliff.py, eval_hmr.py and the in-training test.
+
+One batch, in order (upstream-behaviour §7, decisions D2, D6-D8):
+
+1. :func:`train.meta.test_time_optimize` adapts the main network to the batch (step 0: head SGD
+   with the aux pseudo-labels + 2D loss; then Adam steps on all weights with the 2D loss),
+   per sample (``--tto_mode sample``) or per batch (``batch``, the released behaviour). It
+   returns the predictions at the loaded weights (``before``) and after TTO (``after``).
+2. :class:`EvalTargets` builds the ground truth of the protocol (:func:`EvalTargets.targets`):
+
+   * every set but MPI-INF-3DHP: the GT mesh from ``pose``/``betas`` with the *gendered* SMPL
+     (male, female where ``gender == 1``; male for all when the npz has no gender), joints
+     ``J_regressor_h36m @ vertices``, the 14 LSP joints (``H36M_TO_J14``) minus the H36M pelvis
+     (joint 0); the prediction likewise from the predicted (neutral) mesh;
+   * MPI-INF-3DHP: GT = ``pose_3d[:, J24_TO_J17]`` (already pelvis-centred in the npz); the
+     prediction = 17 regressed joints (``H36M_TO_J17``) minus the H36M pelvis; no PVE;
+   * ``--h36m_gt mocap`` (h36m-p1/p2): SPIN's standard protocol. GT = the mocap joints
+     ``pose_3d[:, J24_TO_J14]`` centred on the midpoint of its hips (GT-24 joints 2 and 3);
+     the prediction as above (regressed from the mesh, minus the H36M pelvis). PVE is still
+     against the gendered MoSh mesh.
+3. :func:`errors_mm`: MPJPE, PA-MPJPE (per-sample Procrustes) and PVE (unaligned, not centred)
+   in millimetres, before and after TTO.
+
+``--result_file`` (npz; .json also accepted) keeps per-sample errors and predictions,
+``--json_out`` the final metrics and the resolved options, ``--viz`` mesh overlays.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import constants
+from config import DataPaths, MissingFileError
+from train.meta import Camera, TTOConfig, test_time_optimize
+from utils.pose_utils import mpjpe as _mpjpe, pve as _pve, reconstruction_error
+
+__all__ = ["build_eval_networks", "evaluate", "main", "EvalTargets", "errors_mm",
+           "h36m_joints", "lsp14_centred", "j17_centred", "select_device", "seed_everything"]
+
+METRICS = ("MPJPE", "PA-MPJPE", "PVE")
+_KEY = {"MPJPE": "mpjpe", "PA-MPJPE": "pa_mpjpe", "PVE": "pve"}
+NO_MESH_DATASETS = ("mpi-inf-3dhp",)   # GT is 3D joints only: no PVE
+MOCAP_DATASETS = ("h36m-p1", "h36m-p2")
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics (pure functions)
+def h36m_joints(j_regressor: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
+    """[17,V] regressor, [B,V,3] vertices -> [B,17,3] H36M joints."""
+    return torch.einsum("jv,bvc->bjc", j_regressor.to(vertices.dtype), vertices)
+
+
+def lsp14_centred(j17: torch.Tensor) -> torch.Tensor:
+    """[B,17,3] H36M-regressor joints -> [B,14,3] LSP joints minus the H36M pelvis."""
+    p = constants.H36M_PELVIS
+    return j17[:, constants.H36M_TO_J14] - j17[:, p:p + 1]
+
+
+def j17_centred(j17: torch.Tensor) -> torch.Tensor:
+    """[B,17,3] H36M-regressor joints -> [B,17,3] (``H36M_TO_J17`` order) minus the pelvis."""
+    p = constants.H36M_PELVIS
+    return j17[:, constants.H36M_TO_J17] - j17[:, p:p + 1]
+
+
+def errors_mm(pred_joints, gt_joints, pred_vertices=None, gt_vertices=None) -> dict:
+    """Per-sample errors in mm (inputs in metres, joints already centred by the protocol).
+
+    pred_joints, gt_joints: [B,J,3]; pred_vertices, gt_vertices: [B,V,3] or None.
+    Returns {'mpjpe': [B], 'pa_mpjpe': [B], 'pve': [B] (NaN without vertices)} float64 numpy.
+    PA-MPJPE aligns each sample with its own similarity transform (float64 Procrustes).
+    """
+    to_np = lambda x: x.detach().double().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, np.float64)  # noqa: E731
+    pj, gj = to_np(pred_joints), to_np(gt_joints)
+    out = {"mpjpe": 1000.0 * _mpjpe(pj, gj),
+           "pa_mpjpe": 1000.0 * reconstruction_error(pj, gj, reduction=None)}
+    if pred_vertices is not None and gt_vertices is not None:
+        out["pve"] = 1000.0 * _pve(to_np(pred_vertices), to_np(gt_vertices))
+    else:
+        out["pve"] = np.full(len(pj), np.nan)
+    return out
+
+
+class EvalTargets(nn.Module):
+    """Ground truth of the evaluation protocols (module docstring, item 2).
+
+    Holds ``J_regressor_h36m`` [17,6890] as a buffer and the male / female SMPL models used for
+    the GT meshes (not built for MPI-INF-3DHP), so ``.to(device)`` moves everything.
+    """
+
+    def __init__(self, paths: DataPaths, dataset: str, h36m_gt: str = "mosh"):
+        super().__init__()
+        if h36m_gt not in ("mosh", "mocap"):
+            raise ValueError(f"h36m_gt must be 'mosh' or 'mocap', got {h36m_gt!r}")
+        self.dataset = dataset
+        self.mocap = h36m_gt == "mocap" and dataset in MOCAP_DATASETS
+        f = paths.j_regressor_h36m()
+        jr = np.load(f)
+        if jr.ndim != 2 or jr.shape[0] != 17:
+            raise ValueError(f"{f}: J_regressor_h36m must be [17, V], got {jr.shape}")
+        self.register_buffer("j_regressor", torch.as_tensor(np.asarray(jr, np.float32)))
+        self.has_mesh = dataset not in NO_MESH_DATASETS
+        if self.has_mesh:
+            from models.smpl import build_smpl
+            self.smpl_male = build_smpl(paths, "male")
+            self.smpl_female = build_smpl(paths, "female")
+
+    @torch.no_grad()
+    def gt_vertices(self, pose: torch.Tensor, betas: torch.Tensor, gender: torch.Tensor):
+        """pose [B,72] axis-angle, betas [B,10], gender [B] (0 m, 1 f, -1 unknown -> male)."""
+        from utils.geometry import batch_rodrigues
+        B = pose.shape[0]
+        rot = batch_rodrigues(pose.reshape(-1, 3)).reshape(B, 24, 3, 3)
+
+        def run(smpl):
+            return smpl(betas=betas, body_pose=rot[:, 1:], global_orient=rot[:, :1],
+                        pose2rot=False).vertices
+
+        verts = run(self.smpl_male)
+        female = gender == 1
+        if bool(female.any()):
+            verts = torch.where(female[:, None, None], run(self.smpl_female), verts)
+        return verts
+
+    @torch.no_grad()
+    def targets(self, batch: dict) -> dict:
+        """GT of a batch: {'joints': [B,14|17,3] centred, 'vertices': [B,V,3] or None}."""
+        verts = None
+        if self.has_mesh:
+            verts = self.gt_vertices(batch["pose"], batch["betas"], batch["gender"])
+        if not self.has_mesh:
+            joints = batch["pose_3d"][:, constants.J24_TO_J17, :3]
+        elif self.mocap:
+            s = batch["pose_3d"][:, constants.J24_TO_J14, :3]
+            hips = 0.5 * (s[:, constants.GT24_RHIP] + s[:, constants.GT24_LHIP])
+            joints = s - hips[:, None]
+        else:
+            joints = lsp14_centred(h36m_joints(self.j_regressor, verts))
+        return {"joints": joints, "vertices": verts}
+
+    @torch.no_grad()
+    def score(self, pred_vertices: torch.Tensor, targets: dict) -> tuple[dict, torch.Tensor]:
+        """Errors of a predicted (neutral) mesh [B,V,3] -> (errors_mm dict, [B,17,3] joints)."""
+        j17 = h36m_joints(self.j_regressor, pred_vertices)
+        pj = j17_centred(j17) if not self.has_mesh else lsp14_centred(j17)
+        return errors_mm(pj, targets["joints"], pred_vertices, targets["vertices"]), j17
+
+
+# ------------------------------------------------------------------------------------------------
+# Networks and setup
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_eval_networks(options, paths: DataPaths, checkpoint_path) -> tuple[nn.Module, nn.Module]:
+    """Main and aux networks with the checkpoint's weights (strict), eval mode, aux frozen."""
+    from models import build_model
+    from models.checkpoints import load_metahmr_checkpoint
+    mean = paths.smpl_mean_params()
+    model = build_model(model=options.model, backbone=options.backbone, role="main",
+                        bbox_type=options.bbox_type, mean_params=mean)
+    model_aux = build_model(model=options.model, backbone=options.backbone, role="aux",
+                            bbox_type=options.bbox_type, mean_params=mean)
+    load_metahmr_checkpoint(checkpoint_path, model, model_aux)
+    model.eval()
+    model_aux.eval()
+    model_aux.requires_grad_(False)
+    return model, model_aux
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
+
+
+_SMPL_CACHE: dict = {}
+
+
+def _neutral_smpl(paths: DataPaths, device: torch.device):
+    key = (str(Path(paths.root).resolve()), str(device))
+    if key not in _SMPL_CACHE:
+        from models.smpl import build_smpl
+        _SMPL_CACHE.clear()
+        _SMPL_CACHE[key] = build_smpl(paths, "neutral").to(device)
+    return _SMPL_CACHE[key]
+
+
+# ------------------------------------------------------------------------------------------------
+# The evaluation loop
+def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | None = None,
+             device=None, smpl=None, writer=None, max_batches: int = 0, log=print,
+             batch_size: int | None = None, num_workers: int | None = None,
+             step: int | None = None, return_per_sample: bool = False) -> dict:
+    """TTO + metrics over a test set (upstream-behaviour §7).
+
+    Args:
+        options: parsed eval options (or the training options: ``eval_batch_size`` is then
+            passed as ``batch_size``). Reads bbox_type, model, TTO options, ``h36m_gt``,
+            ``log_freq``, ``shuffle``, ``num_workers``, ``result_file``, ``viz*``, ``seed``.
+        smpl: the neutral SMPL (built from ``paths`` when None).
+        writer: TensorBoard writer: logs ``<ds>/MPJPE`` etc. at ``step``.
+        max_batches: stop after this many batches (0 = all).
+    Returns:
+        {'MPJPE', 'PA-MPJPE', 'PVE' (not for MPI-INF-3DHP), the same with '_before', 'n',
+        'n_nonfinite', 'mean_tto_steps', 'loss_2d_before', 'loss_2d_after',
+        'tto_s_per_image'}; with ``return_per_sample`` also 'per_sample': the arrays of
+        :func:`write_result_file`.
+    """
+    from datasets import BaseDataset
+    from tqdm import tqdm
+    o = options
+    paths = paths if paths is not None else DataPaths.from_options(o)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    smpl = smpl if smpl is not None else _neutral_smpl(paths, device)
+    bs = int(batch_size if batch_size is not None else o.batch_size)
+    nw = int(num_workers if num_workers is not None else getattr(o, "num_workers", 0))
+    log_freq = int(getattr(o, "log_freq", 0) or 0)
+    h36m_gt = getattr(o, "h36m_gt", "mosh")
+
+    ds = BaseDataset(o, dataset_name, is_train=False, paths=paths)
+    gen = torch.Generator().manual_seed(int(getattr(o, "seed", 0)))
+    loader = DataLoader(ds, batch_size=bs, shuffle=bool(getattr(o, "shuffle", False)),
+                        num_workers=nw, drop_last=False, generator=gen,
+                        pin_memory=device.type == "cuda")
+    targets_model = EvalTargets(paths, dataset_name, h36m_gt).to(device)
+    camera, cfg = Camera.from_options(o), TTOConfig.from_options(o)
+    viz = _Visualizer(o, ds, smpl, camera) if getattr(o, "viz", False) else None
+
+    # the networks are only read; restore their modes afterwards (in-training use)
+    modes = (model.training, model_aux.training,
+             [p.requires_grad for p in model_aux.parameters()])
+    model.eval()
+    model_aux.eval()
+    model_aux.requires_grad_(False)
+    keep = {k: [] for k in ("imgname", "sample_index", "tto_steps", "nonfinite", "pred_joints",
+                            "pose", "betas", "camera", "translation",
+                            *(f"{_KEY[m]}{s}" for m in METRICS for s in ("", "_before")))}
+    loss_sum = {"before": 0.0, "after": 0.0}
+    tto_time = 0.0
+    total = min(len(loader), max_batches) if max_batches else len(loader)
+    bar = tqdm(loader, total=total, desc=f"eval {dataset_name}", leave=False,
+               disable=None)   # no bar when stderr is not a terminal
+    try:
+        for i, batch in enumerate(bar):
+            if max_batches and i >= max_batches:
+                break
+            b = _to_device(batch, device)
+            B = b["img"].shape[0]
+            t0 = time.perf_counter()
+            res = test_time_optimize(model, model_aux, b, smpl, camera, cfg)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            tto_time += time.perf_counter() - t0
+            tgt = targets_model.targets(b)
+            err_after, j17 = targets_model.score(res.after["vertices"], tgt)
+            err_before, _ = targets_model.score(res.before["vertices"], tgt)
+            for k in ("mpjpe", "pa_mpjpe", "pve"):
+                keep[k].append(err_after[k])
+                keep[k + "_before"].append(err_before[k])
+            loss_sum["before"] += float(res.loss_2d_before.float().mean()) * B
+            loss_sum["after"] += float(res.loss_2d_after.float().mean()) * B
+            _collect(keep, b, res, j17, camera)
+            if viz is not None:
+                viz(b, res)
+            n = sum(len(x) for x in keep["mpjpe"])
+            run = {m: float(np.mean(np.concatenate(keep[_KEY[m]]))) for m in METRICS[:2]}
+            bar.set_postfix({"MPJPE": f"{run['MPJPE']:.1f}", "PA": f"{run['PA-MPJPE']:.1f}"})
+            if log_freq and (i + 1) % log_freq == 0:
+                log(f"[{dataset_name}] batch {i + 1}/{total}, {n} samples: " + ", ".join(
+                    f"{m} {float(np.mean(np.concatenate(keep[_KEY[m]]))):.2f}"
+                    for m in METRICS if dataset_name not in NO_MESH_DATASETS or m != "PVE"))
+    finally:
+        bar.close()
+        if viz is not None:
+            viz.close()
+        model.train(modes[0])
+        model_aux.train(modes[1])
+        for p, r in zip(model_aux.parameters(), modes[2]):
+            p.requires_grad_(r)
+
+    arrays = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in keep.items()}
+    n = len(arrays["mpjpe"])
+    if n == 0:
+        raise RuntimeError(f"evaluation of {dataset_name}: no sample was evaluated "
+                           f"(dataset of {len(ds)} samples, max_batches={max_batches})")
+    res_dict: dict = {}
+    for m in METRICS:
+        if m == "PVE" and dataset_name in NO_MESH_DATASETS:
+            continue
+        res_dict[m] = float(arrays[_KEY[m]].mean())
+        res_dict[m + "_before"] = float(arrays[_KEY[m] + "_before"].mean())
+    res_dict.update(n=n, n_nonfinite=int(arrays["nonfinite"].sum()),
+                    mean_tto_steps=float(arrays["tto_steps"].mean()),
+                    loss_2d_before=loss_sum["before"] / n, loss_2d_after=loss_sum["after"] / n,
+                    tto_s_per_image=tto_time / n)
+    if writer is not None:
+        for k in (*METRICS, *(m + "_before" for m in METRICS), "n_nonfinite", "mean_tto_steps"):
+            if k in res_dict:
+                writer.add_scalar(f"{dataset_name}/{k}", res_dict[k], step)
+    if getattr(o, "result_file", None):
+        write_result_file(o.result_file, arrays)
+    if return_per_sample:
+        res_dict["per_sample"] = arrays
+    return res_dict
+
+
+def _collect(keep: dict, b: dict, res, j17: torch.Tensor, camera: Camera) -> None:
+    """Append the per-sample predictions of one batch to ``keep``."""
+    from utils.geometry import rotmat_to_axis_angle
+    a = res.after
+    B = a["rotmat"].shape[0]
+    np_ = lambda x: x.detach().float().cpu().numpy()  # noqa: E731
+    keep["imgname"].append(np.asarray(b["imgname"], dtype=str))
+    keep["sample_index"].append(np_(torch.as_tensor(b["sample_index"])).astype(np.int64))
+    keep["tto_steps"].append(np_(res.steps).astype(np.int64))
+    keep["nonfinite"].append(np_(res.nonfinite).astype(bool))
+    keep["pred_joints"].append(np_(j17))
+    keep["pose"].append(np_(rotmat_to_axis_angle(a["rotmat"].reshape(-1, 3, 3)).reshape(B, 72)))
+    keep["betas"].append(np_(a["betas"]))
+    keep["camera"].append(np_(a["cam"]))
+    keep["translation"].append(np_(camera.full_translation(a["cam"], b)))
+
+
+def write_result_file(path, arrays: dict) -> Path:
+    """Per-sample results: npz (default) or JSON (``.json``). Arrays have N rows each.
+
+    Keys: imgname, sample_index, mpjpe, pa_mpjpe, pve (+ ``_before``; mm; PVE NaN for
+    MPI-INF-3DHP), pred_joints [N,17,3] (H36M regressor order, camera-free, not centred),
+    pose [N,72] axis-angle, betas [N,10], camera [N,3] crop camera (s, tx, ty),
+    translation [N,3] full-image camera translation (CLIFF) or crop translation (HMR),
+    tto_steps [N], nonfinite [N].
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        with open(path, "w") as f:
+            json.dump({k: v.tolist() for k, v in arrays.items()}, f)
+    else:
+        np.savez(path, **arrays)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# --viz
+class _Visualizer:
+    """Renders the predicted meshes (before / after TTO) over the input images (``--viz``).
+
+    CLIFF: the original image (3DPW at half size, through the dataset's own reader) with the
+    per-image focal length and the image centre, mesh translated by the full-image camera.
+    HMR: the un-normalised crop with focal 5000 and the crop centre.
+    Files in ``--viz_dir``: ``<name>_input.jpg``, ``<name>_before.jpg``,
+    ``<name>_ours_gt.jpg`` (``_ours_openpose.jpg`` with --use_openpose2d), ``<name>_compare.jpg``
+    (the three side by side) and, with ``--save_obj``, ``<name>.obj`` (the adapted mesh in
+    camera coordinates). ``<name>`` is ``<sequence>-<frame>`` for 3DPW and the image stem
+    otherwise (``_<sample index>`` appended when a name repeats).
+    """
+
+    AFTER_GT = (0.65, 0.74, 0.86)       # light blue
+    AFTER_OPENPOSE = (0.95, 0.62, 0.78)  # pink
+    BEFORE = (0.80, 0.80, 0.80)         # grey
+
+    def __init__(self, o, dataset, smpl, camera: Camera):
+        from utils.renderer import Renderer
+        self.dataset, self.camera = dataset, camera
+        self.dir = Path(getattr(o, "viz_dir", None) or "eval_result/img_viz")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.max = int(getattr(o, "viz_max", 0))
+        self.save_obj = bool(getattr(o, "save_obj", False))
+        self.suffix = "ours_openpose" if getattr(o, "use_openpose2d", False) else "ours_gt"
+        self.color = self.AFTER_OPENPOSE if getattr(o, "use_openpose2d", False) else self.AFTER_GT
+        faces = getattr(smpl, "faces", None)
+        if faces is None:
+            faces = smpl.faces_tensor
+        self.faces = np.asarray(faces.cpu() if torch.is_tensor(faces) else faces, np.int64)
+        self.renderer = Renderer(self.faces, backend=getattr(o, "viz_backend", "auto"))
+        self.count = 0
+        self.names: set[str] = set()
+        self.written: list[Path] = []
+
+    def _indices(self, B: int) -> range:
+        if self.max == 0:
+            return range(1)
+        if self.max < 0:
+            return range(B)
+        return range(min(B, max(0, self.max - self.count)))
+
+    def _name(self, imgname: str, index: int) -> str:
+        p = Path(imgname)
+        name = f"{p.parent.name}-{p.stem}" if self.dataset.dataset == "3dpw" else p.stem
+        if name in self.names:
+            name = f"{name}_{index}"
+        self.names.add(name)
+        return name
+
+    def _image(self, b: dict, i: int) -> np.ndarray:
+        """RGB uint8 background of sample i."""
+        import cv2
+        if self.camera.kind == "hmr":
+            mean = torch.tensor(constants.IMG_NORM_MEAN).view(3, 1, 1)
+            std = torch.tensor(constants.IMG_NORM_STD).view(3, 1, 1)
+            img = (b["img"][i].detach().float().cpu() * std + mean).clamp(0, 1)
+            return np.ascontiguousarray((img.permute(1, 2, 0).numpy() * 255).round()
+                                        .astype(np.uint8))
+        idx = int(b["sample_index"][i])
+        reader = getattr(self.dataset, "read_image", None) or self.dataset._read_image
+        bgr = reader(idx)
+        if bgr is None:
+            raise RuntimeError(f"--viz: cannot read {b['imgname'][i]}")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def __call__(self, b: dict, res) -> None:
+        import cv2
+        B = res.after["vertices"].shape[0]
+        for i in self._indices(B):
+            img = self._image(b, i)
+            h, w = img.shape[:2]
+            if self.camera.kind == "hmr":
+                f, c = constants.FOCAL_LENGTH, (self.camera.crop_w / 2.0, self.camera.crop_h / 2.0)
+            else:
+                f, c = float(b["focal_length"][i]), (w / 2.0, h / 2.0)
+            name = self._name(str(b["imgname"][i]), int(b["sample_index"][i]))
+            out = {"input": img}
+            for tag, pred, col in (("before", res.before, self.BEFORE),
+                                   (self.suffix, res.after, self.color)):
+                t = self.camera.full_translation(pred["cam"][i:i + 1], _slice1(b, i))[0]
+                verts = (pred["vertices"][i] + t).detach().float().cpu().numpy()
+                out[tag] = self.renderer.render(verts, f, c, img, color=col)
+                if tag == self.suffix and self.save_obj:
+                    from utils.renderer import save_obj
+                    self.written.append(save_obj(verts, self.faces, self.dir / f"{name}.obj"))
+            out["compare"] = np.concatenate([out["input"], out["before"], out[self.suffix]], 1)
+            for tag, im in out.items():
+                p = self.dir / f"{name}_{tag}.jpg"
+                if not cv2.imwrite(str(p), cv2.cvtColor(im, cv2.COLOR_RGB2BGR)):
+                    raise OSError(f"--viz: could not write {p}")
+                self.written.append(p)
+            self.count += 1
+
+    def close(self) -> None:
+        self.renderer.close()
+
+
+def _slice1(b: dict, i: int) -> dict:
+    return {k: v[i:i + 1] for k, v in b.items() if torch.is_tensor(v)}
+
+
+# ------------------------------------------------------------------------------------------------
+# eval_cliff.py / eval_hmr.py
+def main(options) -> dict:
+    """Evaluate a checkpoint on a test set; print the metrics and write the requested files."""
+    o = options
+    seed_everything(o.seed)
+    device = select_device(o.device)
+    paths = DataPaths.from_options(o)
+    if getattr(o, "synthetic", False):
+        from datasets.synthetic import build_world
+        build_world(paths.root)
+    if not o.checkpoint:
+        raise SystemExit("error: --checkpoint is required (a Meta-HMR checkpoint with 'model' "
+                         "and 'model_aux', e.g. ckpt/cliff_hrnet_3dpw.pt from the seed README, "
+                         "or a train.py checkpoint)")
+    try:
+        ckpt = paths.release_checkpoint(o.checkpoint)
+        model, model_aux = build_eval_networks(o, paths, ckpt)
+    except MissingFileError as e:
+        raise SystemExit(f"error: {e}") from e
+    model.to(device)
+    model_aux.to(device)
+    smpl = _neutral_smpl(paths, device)
+    res = evaluate(model, model_aux, o, o.dataset, paths=paths, device=device, smpl=smpl,
+                   max_batches=o.max_batches)
+    print(format_results(o.dataset, res))
+    if getattr(o, "json_out", None):
+        from utils.options import to_dict
+        Path(o.json_out).parent.mkdir(parents=True, exist_ok=True)
+        with open(o.json_out, "w") as f:
+            json.dump({"dataset": o.dataset, "metrics": res, "options": to_dict(o)}, f,
+                      indent=2, sort_keys=True)
+    return res
+
+
+def format_results(dataset: str, r: dict) -> str:
+    """The final stdout block: MPJPE / PA-MPJPE / PVE after (and before) TTO, in mm."""
+    lines = [f"*** Final results: {dataset}, {r['n']} samples ***"]
+    for m in METRICS:
+        if m in r:
+            lines.append(f"{m}: {r[m]:.2f} mm (before TTO: {r[m + '_before']:.2f})")
+    lines.append(f"TTO: {r['mean_tto_steps']:.2f} steps per sample on average, "
+                 f"{r['n_nonfinite']} non-finite, {r['tto_s_per_image']:.3f} s per image; "
+                 f"2D loss {r['loss_2d_before']:.6f} -> {r['loss_2d_after']:.6f}")
+    return "\n".join(lines)
+
+

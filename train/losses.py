@@ -1,0 +1,274 @@
+"""Every loss term once (upstream-behaviour §5), shared by the training inner step, the outer step
+and test-time optimisation (TTO).
+
+Each term returns a **per-sample** value [B]; :func:`reduce_per_sample` turns it into
+
+* ``mode='batch'``: the released normalisation, ``sum(mask * v) / sum(mask)`` (the mean over the
+  N samples that pass the mask; 0, still in the graph, when the mask is empty). With the
+  per-sample definitions below this is exactly SPIN's ``mean`` over the selected elements:
+  2D ``sum conf (p-g)^2 / (B 49 2)``, 3D ``sum conf d^2 / (N 24 3)``, vertices
+  ``sum |d| / (N V 3)``, pose ``sum d^2 / (N 24 9)``, betas ``sum d^2 / (N 10)``, camera mean
+  over B;
+* ``mode='sample'``: ``mask * v`` [B], each sample's loss as if the batch were that one sample.
+  The sum over samples of these values is the objective whose gradient with respect to a
+  sample's own (fast) weights is that sample's own loss gradient (per-sample adaptation, D2).
+
+Who calls :func:`smpl_loss`:
+
+* inner step / TTO step 0: ``target`` = pseudo-labels of the aux network
+  (:func:`aux_targets`: aux vertices, rotmats, betas, and ``joints_3d`` = aux ``joints[:, 25:49]``
+  with conf 1) plus the GT 2D keypoints and the GT ``has_smpl`` / ``has_pose_3d`` masks;
+* outer step: ``target`` = GT; the caller multiplies ``total`` by ``constants.OUTER_LOSS_SCALE``;
+* TTO steps >= 1: ``terms=('keypoints_2d',), weighted=False`` (the raw 2D loss, not x5; the
+  OpenPose / GT confidence multipliers still apply, see :meth:`LossWeights.with_openpose2d`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+import constants
+
+__all__ = [
+    "keypoint_2d_loss", "keypoint_3d_loss", "vertex_loss", "pose_loss", "betas_loss",
+    "camera_loss", "reduce_per_sample", "LossWeights", "smpl_loss", "aux_targets", "ALL_TERMS",
+]
+
+NUM_OPENPOSE = 25
+
+ALL_TERMS = ("vertices", "keypoints_2d", "keypoints_3d", "pose", "betas", "cam")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+# ----------------------------------------------------------------------------------------------
+# per-sample terms
+
+def keypoint_2d_loss(pred: torch.Tensor, gt: torch.Tensor, openpose_weight: float = 0.0,
+                     gt_weight: float = 1.0, num_openpose: int = NUM_OPENPOSE) -> torch.Tensor:
+    """Confidence-weighted squared 2D error per sample.
+
+    pred: [B, J, 2] normalised crop coords; gt: [B, J, 3] normalised coords + conf.
+    conf[:, :num_openpose] *= openpose_weight, conf[:, num_openpose:] *= gt_weight;
+    returns [B] = sum over (J, 2) of conf (p - g)^2 / (J * 2). Zero-confidence entries still
+    count in the denominator (SPIN, spec §9.2-16).
+    """
+    _check(pred.dim() == 3 and pred.shape[-1] == 2,
+           f"keypoint_2d_loss: pred must be [B,J,2], got {tuple(pred.shape)}")
+    _check(gt.shape == (*pred.shape[:2], 3),
+           f"keypoint_2d_loss: gt must be [B,J,3] matching pred {tuple(pred.shape)}, "
+           f"got {tuple(gt.shape)}")
+    gt = gt.to(pred.dtype)
+    j = pred.shape[1]
+    w = torch.full((j,), float(gt_weight), dtype=pred.dtype, device=pred.device)
+    w[:min(num_openpose, j)] = float(openpose_weight)
+    conf = gt[..., 2] * w                                              # [B, J]
+    sq = ((pred - gt[..., :2]) ** 2).sum(-1)                           # [B, J]
+    return (conf * sq).sum(-1) / (j * 2)
+
+
+def keypoint_3d_loss(pred: torch.Tensor, gt: torch.Tensor, rhip: int = constants.GT24_RHIP,
+                     lhip: int = constants.GT24_LHIP) -> torch.Tensor:
+    """Hip-centred, confidence-weighted squared 3D error per sample.
+
+    pred: [B, 24, 3] (the model's joints[:, 25:49]); gt: [B, 24, 4] (xyz + conf).
+    Each side is centred on its own midpoint of joints ``rhip`` and ``lhip``; returns [B] =
+    sum conf d^2 / (24 * 3).
+    """
+    _check(pred.dim() == 3 and pred.shape[-1] == 3,
+           f"keypoint_3d_loss: pred must be [B,J,3], got {tuple(pred.shape)}")
+    _check(gt.shape == (*pred.shape[:2], 4),
+           f"keypoint_3d_loss: gt must be [B,J,4] matching pred {tuple(pred.shape)}, "
+           f"got {tuple(gt.shape)}")
+    gt = gt.to(pred.dtype)
+    conf, g = gt[..., 3], gt[..., :3]
+    g = g - 0.5 * (g[:, rhip] + g[:, lhip])[:, None]
+    p = pred - 0.5 * (pred[:, rhip] + pred[:, lhip])[:, None]
+    return (conf * ((p - g) ** 2).sum(-1)).sum(-1) / (pred.shape[1] * 3)
+
+
+def _same_shape(pred, gt, name):
+    _check(pred.shape == gt.shape,
+           f"{name}: pred and gt shapes differ: {tuple(pred.shape)} vs {tuple(gt.shape)}")
+    _check(pred.dim() >= 2, f"{name}: expected a batch [B, ...], got {tuple(pred.shape)}")
+
+
+def vertex_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """L1 per sample: pred, gt [B, V, 3] -> [B] = sum |d| / (V * 3)."""
+    _same_shape(pred, gt, "vertex_loss")
+    return (pred - gt.to(pred.dtype)).abs().flatten(1).mean(1)
+
+
+def pose_loss(pred_rotmat: torch.Tensor, gt_rotmat: torch.Tensor) -> torch.Tensor:
+    """MSE on rotation matrices per sample: [B, 24, 3, 3] x2 -> [B] = sum d^2 / (24 * 9)."""
+    _same_shape(pred_rotmat, gt_rotmat, "pose_loss")
+    return ((pred_rotmat - gt_rotmat.to(pred_rotmat.dtype)) ** 2).flatten(1).mean(1)
+
+
+def betas_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """MSE on shape coefficients per sample: [B, 10] x2 -> [B] = sum d^2 / 10."""
+    _same_shape(pred, gt, "betas_loss")
+    return ((pred - gt.to(pred.dtype)) ** 2).flatten(1).mean(1)
+
+
+def camera_loss(pred_cam: torch.Tensor) -> torch.Tensor:
+    """Camera scale regulariser per sample: pred_cam [B, 3] (s, tx, ty) -> [B] = exp(-10 s)^2."""
+    _check(pred_cam.dim() == 2 and pred_cam.shape[-1] == 3,
+           f"camera_loss: pred_cam must be [B,3], got {tuple(pred_cam.shape)}")
+    return torch.exp(-10.0 * pred_cam[:, 0]) ** 2
+
+
+# ----------------------------------------------------------------------------------------------
+# reduction
+
+def reduce_per_sample(values: torch.Tensor, mask: torch.Tensor | None = None,
+                      mode: str = "batch") -> torch.Tensor:
+    """Per-sample values [B] (and an optional bool/float mask [B]) -> batch or sample loss.
+
+    mode 'batch': sum(mask v) / sum(mask), a 0-dim tensor; 0 (connected to the graph, so
+    backward works) when the mask is empty. Without a mask: the mean over B.
+    mode 'sample': mask v, [B]. Masked-out samples give exactly 0 even if their value is
+    non-finite.
+    """
+    _check(values.dim() == 1, f"reduce_per_sample: values must be [B], got {tuple(values.shape)}")
+    if mask is None:
+        m = torch.ones_like(values)
+    else:
+        _check(mask.shape == values.shape,
+               f"reduce_per_sample: mask {tuple(mask.shape)} does not match values "
+               f"{tuple(values.shape)}")
+        m = mask.to(device=values.device, dtype=values.dtype)
+    v = torch.where(m != 0, values * m, torch.zeros_like(values))
+    if mode == "sample":
+        return v
+    if mode == "batch":
+        return v.sum() / m.sum().clamp(min=1.0) if mask is not None else v.mean()
+    raise ValueError(f"reduce_per_sample: mode must be 'batch' or 'sample', got {mode!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# weights and the combined loss
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Term weights (spec §5): identical in the inner and outer steps."""
+    shape: float = 0.5        # vertices L1
+    keypoint: float = 5.0     # 2D and 3D keypoints
+    pose: float = 1.0
+    beta: float = 0.001
+    cam: float = 1.0
+    openpose: float = 0.0     # conf multiplier of the 25 OpenPose joints in the 2D loss
+    gt: float = 1.0           # conf multiplier of the 24 GT joints in the 2D loss
+
+    @classmethod
+    def from_options(cls, opts) -> "LossWeights":
+        """From parsed options (shape_loss_weight, keypoint_loss_weight, pose_loss_weight,
+        beta_loss_weight, openpose_train_weight, gt_train_weight); cam is fixed at 1."""
+        names = {"shape": "shape_loss_weight", "keypoint": "keypoint_loss_weight",
+                 "pose": "pose_loss_weight", "beta": "beta_loss_weight",
+                 "openpose": "openpose_train_weight", "gt": "gt_train_weight"}
+        missing = [o for o in names.values() if not hasattr(opts, o)]
+        if missing:
+            raise ValueError(f"LossWeights.from_options: options lack {missing}")
+        return cls(**{k: float(getattr(opts, o)) for k, o in names.items()})
+
+    def with_openpose2d(self) -> "LossWeights":
+        """Weights for a 2D loss on OpenPose keypoints (eval ``--use_openpose2d``): the 25
+        OpenPose joints with weight 1, the 24 GT joints with weight 0."""
+        return replace(self, openpose=1.0, gt=0.0)
+
+    def term_weight(self, term: str) -> float:
+        return {"vertices": self.shape, "keypoints_2d": self.keypoint,
+                "keypoints_3d": self.keypoint, "pose": self.pose, "betas": self.beta,
+                "cam": self.cam}[term]
+
+
+# term -> (pred keys, target keys incl. mask)
+_NEEDS = {
+    "vertices": (("vertices",), ("vertices", "has_smpl")),
+    "keypoints_2d": (("keypoints_2d",), ("keypoints_2d",)),
+    "keypoints_3d": (("joints",), ("joints_3d", "has_pose_3d")),
+    "pose": (("rotmat",), ("rotmat", "has_smpl")),
+    "betas": (("betas",), ("betas", "has_smpl")),
+    "cam": (("cam",), ()),
+}
+
+
+def smpl_loss(pred: dict, target: dict, weights: LossWeights | None = None, mode: str = "batch",
+              terms=ALL_TERMS, weighted: bool = True) -> dict:
+    """The Meta-HMR loss: weighted sum of the requested terms.
+
+    pred: 'vertices' [B,V,3], 'keypoints_2d' [B,49,2] (normalised), 'joints' [B,49,3]
+    (joints[:, 25:49] enter the 3D term), 'rotmat' [B,24,3,3], 'betas' [B,10], 'cam' [B,3].
+    target: 'vertices', 'keypoints_2d' [B,49,3], 'joints_3d' [B,24,4], 'rotmat', 'betas',
+    'has_smpl' [B], 'has_pose_3d' [B]. Only the keys of the requested terms are needed.
+    Masks: vertices / pose / betas by has_smpl, keypoints_3d by has_pose_3d, 2D and cam none.
+    weighted=False drops the term weights (TTO steps >= 1); the openpose / gt confidence
+    multipliers of the 2D term still apply.
+
+    Returns {term: weighted value, ..., 'total': sum}; each is 0-dim in 'batch' mode and [B] in
+    'sample' mode. Raises ValueError naming the term when a key it needs is missing.
+    """
+    weights = weights if weights is not None else LossWeights()
+    if isinstance(terms, str):
+        terms = (terms,)
+    unknown = [t for t in terms if t not in _NEEDS]
+    _check(not unknown, f"smpl_loss: unknown term(s) {unknown}; known: {list(_NEEDS)}")
+    _check(len(terms) > 0, "smpl_loss: no terms requested")
+    _check(mode in ("batch", "sample"), f"smpl_loss: mode must be 'batch' or 'sample', got {mode!r}")
+    for term in terms:
+        p_keys, t_keys = _NEEDS[term]
+        miss = [f"pred[{k!r}]" for k in p_keys if k not in pred]
+        miss += [f"target[{k!r}]" for k in t_keys if k not in target]
+        _check(not miss, f"smpl_loss: term {term!r} needs {', '.join(miss)}")
+
+    out = {}
+    for term in terms:
+        if term == "vertices":
+            v, m = vertex_loss(pred["vertices"], target["vertices"]), target["has_smpl"]
+        elif term == "keypoints_2d":
+            v = keypoint_2d_loss(pred["keypoints_2d"], target["keypoints_2d"],
+                                 weights.openpose, weights.gt)
+            m = None
+        elif term == "keypoints_3d":
+            joints = pred["joints"]
+            n3 = target["joints_3d"].shape[1]
+            _check(joints.dim() == 3 and joints.shape[1] >= NUM_OPENPOSE + n3,
+                   f"smpl_loss: term 'keypoints_3d' needs pred['joints'] with at least "
+                   f"{NUM_OPENPOSE + n3} joints, got {tuple(joints.shape)}")
+            v = keypoint_3d_loss(joints[:, NUM_OPENPOSE:NUM_OPENPOSE + n3], target["joints_3d"])
+            m = target["has_pose_3d"]
+        elif term == "pose":
+            v, m = pose_loss(pred["rotmat"], target["rotmat"]), target["has_smpl"]
+        elif term == "betas":
+            v, m = betas_loss(pred["betas"], target["betas"]), target["has_smpl"]
+        else:  # cam
+            v, m = camera_loss(pred["cam"]), None
+        w = weights.term_weight(term) if weighted else 1.0
+        out[term] = w * reduce_per_sample(v, m, mode)
+    total = None
+    for term in terms:
+        total = out[term] if total is None else total + out[term]
+    out["total"] = total
+    return out
+
+
+def aux_targets(aux_pred: dict, keypoints_2d: torch.Tensor, has_smpl: torch.Tensor,
+                has_pose_3d: torch.Tensor) -> dict:
+    """Pseudo-label target of the inner step / TTO step 0 from the aux network's output.
+
+    aux_pred: dict with 'vertices' [B,V,3], 'joints' [B,49,3], 'rotmat' [B,24,3,3],
+    'betas' [B,10]; keypoints_2d: [B,49,3] GT (or OpenPose) 2D keypoints, normalised + conf;
+    has_smpl, has_pose_3d: [B] GT availability flags (they mask the pseudo-label terms, spec §2.3).
+    Returns the target dict of :func:`smpl_loss`, with joints_3d = aux joints[:, 25:49] and
+    conf 1. Nothing is detached (second-order MAML differentiates through the aux network).
+    """
+    joints = aux_pred["joints"][:, NUM_OPENPOSE:NUM_OPENPOSE + constants.NUM_JOINTS_SMPL]
+    joints_3d = torch.cat((joints, torch.ones_like(joints[..., :1])), dim=-1)
+    return {"vertices": aux_pred["vertices"], "rotmat": aux_pred["rotmat"],
+            "betas": aux_pred["betas"], "joints_3d": joints_3d, "keypoints_2d": keypoints_2d,
+            "has_smpl": has_smpl, "has_pose_3d": has_pose_3d}

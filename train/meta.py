@@ -1,0 +1,412 @@
+"""Fast weights, the meta inner step and test-time optimisation (decisions D2-D6).
+
+The main network is never copied. Adapted weights are plain tensors passed to the network
+through :func:`torch.func.functional_call`:
+
+* the *inner step* (training) and *TTO step 0* take SGD steps of ``inner_lr`` on the regression
+  head (``fc1, fc2, decpose, decshape, deccam``) with the combined loss: pseudo-labels from the
+  auxiliary network + the 2D keypoint loss + the camera term;
+* *TTO steps >= 1* take Adam steps of ``after_innerlr`` on all weights with the 2D loss only.
+
+Granularity (``tto_mode``): ``batch`` adapts one set of weights per batch (the released code);
+``sample`` adapts every sample on its own. In the inner step, per-sample head weights carry a
+leading batch dimension (the head's linear layers run as batched matmuls), so one backward gives
+every sample its own gradient. In TTO, per-sample adaptation of all weights is vectorised with
+``torch.func.vmap`` over chunks of ``tto_chunk`` samples (1 = a loop over samples).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.func import functional_call, grad_and_value, vmap
+
+from constants import FOCAL_LENGTH, crop_size
+from train.losses import LossWeights, smpl_loss
+from utils.geometry import (batch_rodrigues, cam_crop2full, normalize_keypoints_2d,
+                            project_crop, project_full_to_crop)
+
+Tensor = torch.Tensor
+Params = dict[str, Tensor]
+
+INNER_TERMS = ("vertices", "keypoints_2d", "keypoints_3d", "pose", "betas", "cam")
+TTO_TERMS = ("keypoints_2d",)
+
+
+# ------------------------------------------------------------------------------------------------
+# Cameras: CLIFF's full-image perspective camera or HMR's crop camera
+@dataclass(frozen=True)
+class Camera:
+    """Projection of the predicted joints into normalised crop coordinates.
+
+    ``kind='cliff'``: the crop camera is converted to a full-image translation
+    (:func:`cam_crop2full`), projected with the image's focal length and centre, and mapped into
+    the crop with ``crop_trans``. ``kind='hmr'``: fixed focal 5000 in the crop.
+    """
+
+    kind: str
+    crop_h: int
+    crop_w: int
+
+    @classmethod
+    def from_options(cls, options) -> "Camera":
+        h, w = crop_size(options.bbox_type)
+        return cls(options.model, h, w)
+
+    def img_hw(self, batch: dict) -> Tensor:
+        """[B,2] full-image (h, w)."""
+        return torch.stack([batch["img_h"], batch["img_w"]], dim=-1).float()
+
+    def full_translation(self, cam: Tensor, batch: dict) -> Tensor:
+        """[B,3] camera translation in the full image (CLIFF) or the crop (HMR)."""
+        if self.kind == "cliff":
+            return cam_crop2full(cam, batch["center"], batch["scale"], self.img_hw(batch),
+                                 batch["focal_length"])
+        s = cam[:, 0]
+        tz = 2 * FOCAL_LENGTH / (self.crop_h * s + 1e-9)
+        return torch.stack([cam[:, 1], cam[:, 2], tz], dim=-1)
+
+    def project(self, joints: Tensor, cam: Tensor, batch: dict) -> Tensor:
+        """joints [B,J,3], cam [B,3] -> [B,J,2] normalised crop coordinates."""
+        if self.kind == "cliff":
+            t = self.full_translation(cam, batch)
+            return project_full_to_crop(joints, t, batch["focal_length"], self.img_hw(batch),
+                                        batch["crop_trans"], (self.crop_h, self.crop_w))
+        return project_crop(joints, cam, (self.crop_h, self.crop_w), bbox_size=self.crop_h)
+
+    def target_keypoints(self, batch: dict) -> Tensor:
+        """[B,49,3] normalised GT/OpenPose 2D keypoints of the batch (crop pixels in the batch)."""
+        return normalize_keypoints_2d(batch["keypoints"], (self.crop_h, self.crop_w))
+
+
+# ------------------------------------------------------------------------------------------------
+# Forward through head (+ optional fast weights) and SMPL
+def run_head(model, features: Tensor, bbox_info: Tensor | None, params: Params | None = None):
+    """The regression head on precomputed backbone features, with ``params`` substituted."""
+    kwargs = {"features": features, "bbox_info": bbox_info if model.use_bbox_info else None}
+    if params is None:
+        return model(**kwargs)
+    return functional_call(model, params, (), kwargs, strict=False)
+
+
+def smpl_predict(out, smpl, camera: Camera, batch: dict) -> dict[str, Tensor]:
+    """Regressor output -> dict(rotmat, betas, cam, vertices, joints [B,49,3], keypoints_2d)."""
+    rotmat, betas, cam = out[0], out[1], out[2]
+    so = smpl(betas=betas, body_pose=rotmat[:, 1:], global_orient=rotmat[:, :1], pose2rot=False)
+    return {"rotmat": rotmat, "betas": betas, "cam": cam, "vertices": so.vertices,
+            "joints": so.joints, "keypoints_2d": camera.project(so.joints, cam, batch)}
+
+
+def gt_targets(batch: dict, gt_vertices: Tensor, camera: Camera) -> dict[str, Tensor]:
+    """Supervised targets of the outer loss."""
+    pose = batch["pose"]
+    return {
+        "keypoints_2d": camera.target_keypoints(batch),
+        "joints_3d": batch["pose_3d"],
+        "vertices": gt_vertices,
+        "rotmat": batch_rodrigues(pose.reshape(-1, 3)).reshape(pose.shape[0], 24, 3, 3),
+        "betas": batch["betas"],
+        "has_smpl": batch["has_smpl"],
+        "has_pose_3d": batch["has_pose_3d"],
+    }
+
+
+def pseudo_targets(aux_pred: dict, batch: dict, camera: Camera,
+                   detach: bool = True) -> dict[str, Tensor]:
+    """Inner-step / TTO step-0 targets: aux-network pseudo-labels + 2D keypoints.
+
+    The pseudo-label terms stay masked by the GT flags ``has_smpl`` / ``has_pose_3d``
+    (released behaviour). ``detach=False`` keeps the aux graph (second-order MAML: the aux
+    network receives the meta-gradient).
+    """
+    d = (lambda t: t.detach()) if detach else (lambda t: t)  # noqa: E731
+    j = d(aux_pred["joints"][:, 25:])
+    return {
+        "keypoints_2d": camera.target_keypoints(batch),
+        "joints_3d": torch.cat([j, torch.ones_like(j[..., :1])], dim=-1),
+        "vertices": d(aux_pred["vertices"]),
+        "rotmat": d(aux_pred["rotmat"]),
+        "betas": d(aux_pred["betas"]),
+        "has_smpl": batch["has_smpl"],
+        "has_pose_3d": batch["has_pose_3d"],
+    }
+
+
+def _total(losses: dict[str, Tensor]) -> Tensor:
+    """Scalar objective: the batch loss, or the sum of per-sample losses (sample mode)."""
+    t = losses["total"]
+    return t.sum() if t.dim() else t
+
+
+# ------------------------------------------------------------------------------------------------
+# Training inner step
+def inner_adapt(model, features: Tensor, bbox_info: Tensor | None, batch: dict, targets: dict,
+                smpl, camera: Camera, weights: LossWeights, lr: float, steps: int, mode: str,
+                first_order: bool) -> tuple[Params, dict[str, Tensor]]:
+    """SGD steps of ``lr`` on the head fast weights with the inner (pseudo-label) loss.
+
+    Args:
+        features: [B,D] backbone features (computed once per iteration, decisions D4).
+        mode: 'sample' (every sample its own fast weights: tensors get a leading [B] dim) or
+            'batch' (one set for the batch).
+        first_order: FOMAML (gradients detached); otherwise the graph is kept (MAML).
+    Returns:
+        fast weights {name: tensor} and logging values: 'inner_loss' (before the first step)
+        and 'inner_grad_norm' (of the first step), both detached scalars.
+    """
+    fast: Params = dict(model.head_params())
+    B = features.shape[0]
+    if mode == "sample":
+        fast = {k: v.unsqueeze(0).expand(B, *v.shape) for k, v in fast.items()}
+    elif mode != "batch":
+        raise ValueError(f"unknown tto_mode {mode!r}")
+    info: dict[str, Tensor] = {}
+    feats = features.detach() if first_order else features
+    for step in range(steps):
+        pred = smpl_predict(run_head(model, feats, bbox_info, fast), smpl, camera, batch)
+        loss = _total(smpl_loss(pred, targets, weights, mode=mode, terms=INNER_TERMS))
+        names = list(fast)
+        grads = torch.autograd.grad(loss, [fast[k] for k in names], create_graph=not first_order)
+        if step == 0:
+            info["inner_loss"] = loss.detach() / (B if mode == "sample" else 1)
+            info["inner_grad_norm"] = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads))
+        fast = {k: fast[k] - lr * (g.detach() if first_order else g) for k, g in zip(names, grads)}
+    return fast, info
+
+
+# ------------------------------------------------------------------------------------------------
+# Test-time optimisation
+@dataclass
+class TTOConfig:
+    """Test-time optimisation settings (option names in brackets)."""
+
+    inner_lr: float = 1e-5          # step-0 SGD on the head (--inner_lr)
+    after_innerlr: float = 1e-5     # Adam lr of steps >= 1 (--after_innerlr)
+    test_val_step: int = 14         # extra steps after step 0 (--test_val_step)
+    adapt_val_step: bool = False    # early stop (--adapt_val_step)
+    adapt_tol: float = 2e-5         # |delta loss| threshold (--adapt_tol)
+    no_use_adam: bool = False       # steps >= 1: head SGD of after_innerlr (--no_use_adam)
+    no_inner_step: bool = False     # skip the step-0 SGD (--no_inner_step)
+    use_openpose2d: bool = False    # 2D loss on OpenPose keypoints (--use_openpose2d)
+    mode: str = "sample"            # --tto_mode
+    chunk: int = 0                  # --tto_chunk (sample mode; 0 = whole batch)
+    weights: LossWeights = dataclasses.field(default_factory=LossWeights)
+
+    @classmethod
+    def from_options(cls, o) -> "TTOConfig":
+        w = LossWeights.from_options(o)
+        # the test-time 2D loss uses GT keypoints, or OpenPose ones with --use_openpose2d
+        w = dataclasses.replace(w, openpose=1.0 if o.use_openpose2d else 0.0,
+                                gt=0.0 if o.use_openpose2d else 1.0)
+        return cls(o.inner_lr, o.after_innerlr, o.test_val_step, o.adapt_val_step,
+                   getattr(o, "adapt_tol", 2e-5), o.no_use_adam, o.no_inner_step,
+                   o.use_openpose2d, getattr(o, "tto_mode", "sample"),
+                   getattr(o, "tto_chunk", 0), w)
+
+
+@dataclass
+class TTOResult:
+    """Predictions after TTO ('after') and at the loaded weights ('before'), per sample."""
+
+    after: dict[str, Tensor]
+    before: dict[str, Tensor]
+    steps: Tensor        # [B] number of weight updates each sample received
+    nonfinite: Tensor    # [B] bool: TTO went non-finite; the last finite prediction is kept
+    loss_2d_before: Tensor  # [B] or [1] 2D loss at the loaded weights
+    loss_2d_after: Tensor   # 2D loss at the final weights
+
+
+_PRED_KEYS = ("rotmat", "betas", "cam", "vertices", "joints", "keypoints_2d")
+
+
+def _slice(batch: dict, idx) -> dict:
+    return {k: v[idx] for k, v in batch.items() if isinstance(v, Tensor)}
+
+
+def _group_objective(model, buffers: Params, smpl, camera: Camera, cfg: TTOConfig,
+                     stage0: bool, in_vmap: bool):
+    """f(head, rest, inputs) -> (loss, (loss_2d, pred)) for one group of samples."""
+    w2d = dataclasses.replace(cfg.weights, keypoint=1.0)
+
+    def f(head: Params, rest: Params, inputs: dict):
+        if in_vmap:   # one sample -> a batch of one
+            inputs = {k: v.unsqueeze(0) for k, v in inputs.items()}
+        out = functional_call(model, {**buffers, **rest, **head}, (),
+                              {"img": inputs["img"],
+                               "bbox_info": inputs["bbox_info"] if model.use_bbox_info else None},
+                              strict=False)
+        pred = smpl_predict(out, smpl, camera, inputs)
+        l2d = smpl_loss(pred, inputs, w2d, mode="batch", terms=TTO_TERMS)["total"]
+        if stage0:
+            loss = smpl_loss(pred, inputs, cfg.weights, mode="batch", terms=INNER_TERMS)["total"]
+        else:
+            loss = l2d
+        return loss, (l2d.detach(), {k: pred[k].detach() for k in _PRED_KEYS})
+
+    return f
+
+
+def test_time_optimize(model, model_aux, batch: dict, smpl, camera: Camera,
+                       cfg: TTOConfig) -> TTOResult:
+    """Adapt to a batch and predict (decisions D6). ``model`` and ``model_aux`` are not modified.
+
+    Both networks should be in eval mode. ``batch`` holds the dataset's tensors on the device.
+    """
+    B = batch["img"].shape[0]
+    with torch.no_grad():
+        aux_out = model_aux(batch["img"], batch["bbox_info"] if model_aux.use_bbox_info else None)
+        aux_pred = smpl_predict(aux_out, smpl, camera, batch)
+    inputs = {"img": batch["img"], "bbox_info": batch["bbox_info"],
+              **{k: batch[k] for k in ("center", "scale", "img_h", "img_w", "focal_length",
+                                       "crop_trans") if k in batch}}
+    inputs.update(pseudo_targets(aux_pred, batch, camera))
+    if cfg.mode == "batch":
+        return _tto_group(model, smpl, camera, cfg, inputs, vectorised=False)
+    if cfg.mode != "sample":
+        raise ValueError(f"unknown tto_mode {cfg.mode!r}")
+    chunk = B if cfg.chunk <= 0 else cfg.chunk
+    parts = []
+    for s in range(0, B, chunk):
+        sub = _slice(inputs, slice(s, s + chunk))
+        parts.append(_tto_group(model, smpl, camera, cfg, sub, vectorised=chunk > 1))
+    if len(parts) == 1:
+        return parts[0]
+    cat = lambda xs: torch.cat(xs, dim=0)  # noqa: E731
+    return TTOResult(
+        after={k: cat([p.after[k] for p in parts]) for k in _PRED_KEYS},
+        before={k: cat([p.before[k] for p in parts]) for k in _PRED_KEYS},
+        steps=cat([p.steps for p in parts]), nonfinite=cat([p.nonfinite for p in parts]),
+        loss_2d_before=cat([p.loss_2d_before.reshape(-1) for p in parts]),
+        loss_2d_after=cat([p.loss_2d_after.reshape(-1) for p in parts]))
+
+
+def _tto_group(model, smpl, camera: Camera, cfg: TTOConfig, inputs: dict,
+               vectorised: bool) -> TTOResult:
+    """TTO of one group of B samples.
+
+    ``vectorised=False``: the group is one task with one set of weights (batch mode, or a
+    single sample in sample mode). ``vectorised=True``: every sample is its own task; the
+    per-sample weights carry a leading [B] dimension and the steps run under ``vmap``.
+    """
+    B = inputs["img"].shape[0]
+    G = B if vectorised else 1                 # number of independent weight sets
+    device = inputs["img"].device
+    head_names = list(model.head_param_names)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    buffers = {k: b for k, b in model.named_buffers()}
+    head = {k: params[k] for k in head_names}
+    rest = {k: v for k, v in params.items() if k not in head}
+
+    def per_group(p: Params) -> Params:      # independent copies for every group
+        if vectorised:
+            return {k: v.unsqueeze(0).expand(G, *v.shape).clone() for k, v in p.items()}
+        return {k: v.clone() for k, v in p.items()}
+
+    def per_sample(pred: dict) -> dict:       # vmap outputs [G,1,...] -> [B,...]
+        return {k: v.reshape(B, *v.shape[2:]) for k, v in pred.items()} if vectorised else pred
+
+    def evaluate(stage0: bool, head_p: Params, rest_p: Params, rest_batched: bool, need: str):
+        """Loss [G], 2D loss [G], predictions, and gradients for need='head'|'all'|'none'."""
+        f = _group_objective(model, buffers, smpl, camera, cfg, stage0, vectorised)
+        dims = (0, 0 if rest_batched else None, 0)
+        if need == "none":
+            with torch.no_grad():
+                fn = vmap(f, in_dims=dims) if vectorised else f
+                loss, (l2d, pred) = fn(head_p, rest_p, inputs)
+            grads = None
+        else:
+            fn = grad_and_value(f, argnums=0 if need == "head" else (0, 1), has_aux=True)
+            if vectorised:
+                fn = vmap(fn, in_dims=dims)
+            grads, (loss, (l2d, pred)) = fn(head_p, rest_p, inputs)
+            if need == "head":
+                grads = (grads, {})
+        return loss.reshape(-1), l2d.reshape(-1), per_sample(pred), grads
+
+    def to_samples(x: Tensor) -> Tensor:      # [G] -> [B]
+        return x if vectorised else x.expand(B)
+
+    def merge(dst: dict | None, src: dict, mask: Tensor) -> dict:
+        """dst[k][samples of the groups in mask] = src[k][...]."""
+        if dst is None:
+            dst = {k: v.clone() for k, v in src.items()}
+        m = to_samples(mask)
+        for k in dst:
+            dst[k][m] = src[k][m]
+        return dst
+
+    head_w = per_group(head) if vectorised else dict(head)
+    rest_w, rest_batched, adam = rest, False, None
+    steps = torch.zeros(G, dtype=torch.long, device=device)
+    done = torch.zeros(G, dtype=torch.bool, device=device)
+    stop_flag = torch.zeros_like(done)
+    nonfinite = torch.zeros_like(done)
+    final = before = last_pred = None
+    loss2d_before = prev2d = None
+
+    for t in range(cfg.test_val_step + 1):
+        stage0 = t == 0 and not cfg.no_inner_step
+        use_adam = not stage0 and not cfg.no_use_adam
+        if use_adam and adam is None:       # all weights become per-group leaf tensors
+            head_w = {k: v.detach().clone() for k, v in head_w.items()}
+            rest_w, rest_batched = per_group(rest), vectorised
+            leaves = {**head_w, **rest_w}
+            for v in leaves.values():
+                v.requires_grad_(True)
+            adam = torch.optim.Adam(list(leaves.values()), lr=cfg.after_innerlr)
+        loss, l2d, pred, grads = evaluate(stage0, head_w, rest_w, rest_batched,
+                                          "all" if use_adam else "head")
+        finite = torch.isfinite(loss) & torch.isfinite(l2d)
+        finite &= to_samples_all_finite(pred, B, G, vectorised)
+        if t == 0:
+            before = {k: v.clone() for k, v in pred.items()}
+            loss2d_before = l2d.clone()
+        newly_bad = ~finite & ~done
+        finish = stop_flag & ~done & finite   # stopped after the previous update
+        if finish.any():
+            final = merge(final, pred, finish)
+        if newly_bad.any():                   # keep the last finite prediction
+            nonfinite |= newly_bad
+            final = merge(final, last_pred if last_pred is not None else pred, newly_bad)
+        done |= finish | newly_bad
+        last_pred = pred if last_pred is None else merge(last_pred, pred, finite & ~done)
+        if bool(done.all()):
+            break
+        active = ~done
+        if use_adam:
+            gh, gr = grads
+            for k, v in leaves.items():
+                g = gh.get(k, gr.get(k))
+                v.grad = None if g is None else torch.nan_to_num(g.detach())
+            adam.step()
+        else:                                 # SGD on the head fast weights
+            lr = cfg.inner_lr if stage0 else cfg.after_innerlr
+            head_w = {k: (head_w[k] - lr * torch.nan_to_num(grads[0][k])).detach()
+                      for k in head_names}
+        steps += active.long()
+        if t >= 1 and cfg.adapt_val_step and prev2d is not None:
+            stop_flag |= (prev2d - l2d).abs() < cfg.adapt_tol
+        prev2d = l2d
+
+    loss2d_after = prev2d if prev2d is not None else loss2d_before
+    if not bool(done.all()):
+        _, l2d_final, pred, _ = evaluate(False, head_w, rest_w, rest_batched, "none")
+        fin = torch.isfinite(l2d_final) & to_samples_all_finite(pred, B, G, vectorised)
+        todo = ~done
+        final = merge(final, pred, todo & fin)
+        if (todo & ~fin).any():
+            nonfinite |= todo & ~fin
+            final = merge(final, last_pred, todo & ~fin)
+        loss2d_after = torch.where(todo & fin, l2d_final, loss2d_after)
+    return TTOResult(after=final, before=before, steps=to_samples(steps),
+                     nonfinite=to_samples(nonfinite), loss_2d_before=loss2d_before,
+                     loss_2d_after=loss2d_after)
+
+
+def to_samples_all_finite(pred: dict, B: int, G: int, vectorised: bool) -> Tensor:
+    """[G] bool: every predicted vertex and camera value of the group is finite."""
+    ok = torch.stack([torch.isfinite(pred[k].reshape(B, -1)).all(1) for k in ("vertices", "cam")])
+    ok = ok.all(0)
+    return ok if vectorised else ok.all().reshape(1)

@@ -1,0 +1,334 @@
+"""Meta-HMR training: one trainer for HMR and CLIFF (the camera model is the only difference).
+
+One iteration (``Trainer.run_step``), decisions D2-D5:
+
+1. GT mesh from the GT SMPL parameters (neutral model).
+2. Backbone features of the main network, once (reused by the inner and the outer pass).
+3. Aux pseudo-labels (frozen aux network; no_grad + eval mode under ``--first_order``).
+4. Inner step: ``inner_step`` SGD steps of ``inner_lr`` on the head fast weights with the
+   pseudo-label + 2D loss (per sample or per batch: ``--tto_mode``).
+5. Outer loss: the supervised loss at the adapted weights, x60; Adam on the main network
+   (and the aux group unless ``--no_learn_loss``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+import constants
+from config import DataPaths
+from train import checkpoint as ckpt
+from train import distributed as dist
+from train.data import EpochSampler, SeededDataset
+from train.losses import LossWeights, smpl_loss
+from train.meta import (Camera, gt_targets, inner_adapt, pseudo_targets, run_head,
+                        smpl_predict)
+from utils.options import save_options, to_dict
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_networks(options, paths: DataPaths, pretrained: bool = True):
+    """Main and aux networks, initialised as released (decisions D5, D9)."""
+    from models import build_model
+    from models.checkpoints import load_aux_weights, load_backbone_weights
+    mean = paths.smpl_mean_params()
+    model = build_model(options.model, options.backbone, "main", options.bbox_type, mean)
+    model_aux = build_model(options.model, options.backbone, "aux", options.bbox_type, mean)
+    if pretrained:
+        if not options.no_pretrained_backbone:
+            f = options.backbone_checkpoint or paths.backbone_checkpoint(options.backbone)
+            load_backbone_weights(f, model, options.backbone)
+        f = options.aux_checkpoint or paths.aux_checkpoint(options.model, options.backbone)
+        load_aux_weights(f, model_aux, options.model, options.backbone)
+    return model, model_aux
+
+
+class Trainer:
+    """The training loop, plain and explicit."""
+
+    def __init__(self, options):
+        self.options = o = options
+        self.device = select_device(o.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(dist.local_rank())
+            self.device = torch.device("cuda", dist.local_rank())
+        self.rank, self.world = dist.init(self.device)
+        self.main = self.rank == 0
+        seed_everything(o.seed)
+        self.paths = DataPaths.from_options(o)
+        if getattr(o, "synthetic", False) and self.main:
+            from datasets.synthetic import build_world
+            build_world(self.paths.root)
+        dist.barrier()
+        self.run_dir = Path(o.log_dir).absolute() / o.name
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        if self.main:
+            save_options(o, self.run_dir / "config.json")
+
+        from models.smpl import build_smpl
+        self.smpl = build_smpl(self.paths, "neutral").to(self.device)
+        self.model, self.model_aux = build_networks(o, self.paths)
+        self.model.to(self.device)
+        self.model_aux.to(self.device)
+        self.camera = Camera.from_options(o)
+        self.weights = LossWeights.from_options(o)
+        self.meta = o.inner_step > 0
+        # the aux network is frozen under --first_order (decisions D5)
+        self.aux_grad = self.meta and not o.first_order
+        self.model_aux.requires_grad_(self.aux_grad)
+        groups = [{"params": list(self.model.parameters()), "lr": o.outer_lr,
+                   "betas": (o.beta1, o.beta2), "eps": o.eps_adam}]
+        if not o.no_learn_loss:
+            groups.append({"params": list(self.model_aux.parameters()), "lr": o.aux_lr})
+        self.optimizer = torch.optim.Adam(groups)
+        amp = o.amp if self.device.type == "cuda" else "off"
+        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+
+        from datasets import MixedDataset
+        self.dataset = SeededDataset(MixedDataset(o, paths=self.paths), o.seed)
+        self.sampler = EpochSampler(len(self.dataset), o.shuffle_train, o.seed, self.rank,
+                                    self.world)
+        self.epoch, self.batch_idx, self.step = 0, 0, 0
+        self.n_nonfinite = self.nonfinite_run = 0
+        self.writer = None
+        if o.pretrained_checkpoint:
+            self.load_pretrained(o.pretrained_checkpoint)
+        if o.resume:
+            self.resume(o.checkpoint)
+        if self.world > 1:       # identical start on every rank
+            for t in list(self.model.state_dict().values()) + list(self.model_aux.state_dict().values()):
+                torch.distributed.broadcast(t, 0)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state(self, dataset_perm) -> dict:
+        return {"model": self.model.state_dict(), "model_aux": self.model_aux.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+                "batch_idx": self.batch_idx, "batch_size": self.options.batch_size,
+                "dataset_perm": dataset_perm, "total_step_count": self.step,
+                "options": to_dict(self.options), "rng": ckpt.rng_state(),
+                "n_nonfinite": self.n_nonfinite}
+
+    def save(self, name: str, mid_epoch: bool) -> Path | None:
+        if not self.main:
+            return None
+        perm = list(self.sampler.perm) if mid_epoch else None
+        return ckpt.atomic_save(self.state(perm), self.ckpt_dir / name)
+
+    def load_pretrained(self, path) -> None:
+        """Weights only (released Meta-HMR checkpoints included)."""
+        from models.checkpoints import load_metahmr_checkpoint
+        data = load_metahmr_checkpoint(path, self.model, self.model_aux)
+        if "optimizer" in data:
+            try:
+                self.optimizer.load_state_dict(data["optimizer"])
+            except ValueError as e:
+                print(f"note: optimizer state of {path} not loaded ({e})")
+
+    def resume(self, path=None) -> None:
+        path = path or ckpt.latest(self.ckpt_dir)
+        if path is None:
+            if self.main:
+                print(f"--resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
+            return
+        data = ckpt.load(path)
+        self.model.load_state_dict(data["model"])
+        self.model_aux.load_state_dict(data["model_aux"])
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.epoch, self.batch_idx = int(data["epoch"]), int(data["batch_idx"])
+        self.step = int(data["total_step_count"])
+        self.n_nonfinite = int(data.get("n_nonfinite", 0))
+        self.resume_perm = data.get("dataset_perm")
+        if "rng" in data:
+            ckpt.set_rng_state(data["rng"])
+        if self.main:
+            print(f"resumed from {path}: epoch {self.epoch}, batch {self.batch_idx}, "
+                  f"step {self.step}")
+
+    # -- one iteration -------------------------------------------------------------------------
+    def run_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        o = self.options
+        img, bbox_info = batch["img"], batch["bbox_info"]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            with torch.no_grad():
+                pose = batch["pose"]
+                gt_vertices = self.smpl(betas=batch["betas"], body_pose=pose[:, 3:],
+                                        global_orient=pose[:, :3]).vertices
+            gt = gt_targets(batch, gt_vertices, self.camera)
+            features = self.model.extract_features(img)
+            fast, log = None, {}
+            if self.meta:
+                self.model_aux.train(o.aux_mode == "train")
+                with torch.set_grad_enabled(self.aux_grad):
+                    aux_pred = smpl_predict(self.model_aux(img, bbox_info), self.smpl,
+                                            self.camera, batch)
+                targets = pseudo_targets(aux_pred, batch, self.camera, detach=not self.aux_grad)
+                fast, log = inner_adapt(self.model, features, bbox_info, batch, targets,
+                                        self.smpl, self.camera, self.weights, o.inner_lr,
+                                        o.inner_step, o.tto_mode, o.first_order)
+            pred = smpl_predict(run_head(self.model, features, bbox_info, fast), self.smpl,
+                                self.camera, batch)
+            losses = smpl_loss(pred, gt, self.weights, mode="batch")
+        loss = constants.OUTER_LOSS_SCALE * losses["total"]
+        out = {f"loss_{k}": v.detach() for k, v in losses.items() if k != "total"}
+        out.update(loss=loss.detach(), **log)
+        if self.meta and self.step % max(o.summary_steps, 1) == 0:
+            with torch.no_grad():   # the inner loss at the adapted weights (logging only)
+                p = smpl_predict(run_head(self.model, features.detach(), bbox_info, fast),
+                                 self.smpl, self.camera, batch)
+                after = smpl_loss(p, targets, self.weights, mode=o.tto_mode)["total"]
+                out["inner_loss_after"] = after.mean() if after.dim() else after
+        if not torch.isfinite(loss):
+            return {**out, "skipped": True}
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.world > 1:
+            self.sync_gradients()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return out
+
+    def sync_gradients(self) -> None:
+        """Average gradients over DDP ranks and share rank 0's BN statistics."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        i = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[i:i + n].view_as(p.grad))
+            i += n
+        for b in list(self.model.buffers()) + list(self.model_aux.buffers()):
+            torch.distributed.broadcast(b, 0)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train(self) -> None:
+        o = self.options
+        start_time = time.time()
+        per_epoch = len(self.dataset) // (o.batch_size * self.world)
+        if per_epoch == 0:
+            raise SystemExit(f"error: batch_size {o.batch_size} x {self.world} process(es) is "
+                             f"larger than the training set ({len(self.dataset)} samples)")
+        from tqdm import tqdm
+        resume_perm = getattr(self, "resume_perm", None)
+        while self.epoch < o.num_epochs:
+            self.dataset.epoch = self.epoch
+            self.sampler.set_epoch(self.epoch, resume_perm, self.batch_idx, o.batch_size)
+            resume_perm = None
+            loader = DataLoader(self.dataset, batch_size=o.batch_size, sampler=self.sampler,
+                                num_workers=o.num_workers, drop_last=True,
+                                pin_memory=o.pin_memory and self.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(o.seed))
+            bar = tqdm(loader, desc=f"epoch {self.epoch}", initial=self.batch_idx,
+                       total=per_epoch, disable=not self.main, dynamic_ncols=True)
+            for batch in bar:
+                batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                         for k, v in batch.items()}
+                self.model.train()
+                out = self.run_step(batch)
+                self.batch_idx += 1
+                self.step += 1
+                self.account(out, bar)
+                if self.main and o.checkpoint_steps > 0 and self.step % o.checkpoint_steps == 0:
+                    self.save("current.pt", mid_epoch=self.batch_idx < per_epoch)
+                if time.time() - start_time > o.time_to_run:
+                    self.save("current.pt", mid_epoch=True)
+                    print(f"time_to_run reached: saved {self.ckpt_dir / 'current.pt'}")
+                    return self.finish()
+                if o.max_steps and self.step >= o.max_steps:
+                    self.save("current.pt", mid_epoch=self.batch_idx < per_epoch)
+                    return self.finish()
+            self.epoch += 1
+            self.batch_idx = 0
+            self.save("current.pt", mid_epoch=False)
+            if self.epoch > o.test_start_epoch and (self.epoch % o.test_epochs == 0
+                                                   or self.epoch % o.save_epochs == 0):
+                self.test_and_save()
+        return self.finish()
+
+    def account(self, out: dict, bar) -> None:
+        """Count non-finite steps, update the bar, write TensorBoard scalars."""
+        o = self.options
+        if out.get("skipped"):
+            self.n_nonfinite += 1
+            self.nonfinite_run += 1
+            print(f"warning: non-finite loss at step {self.step}; step skipped "
+                  f"({self.n_nonfinite} so far)")
+            if self.nonfinite_run >= o.max_nonfinite:
+                raise FloatingPointError(f"{self.nonfinite_run} consecutive non-finite losses "
+                                         f"(step {self.step}); stopping. Lower --outer_lr / "
+                                         f"--inner_lr or check the data.")
+        else:
+            self.nonfinite_run = 0
+        if not self.main:
+            return
+        if self.step % 10 == 0 or self.step == 1:
+            bar.set_postfix(loss=f"{float(out['loss']):.4f}")
+        if self.step % o.summary_steps == 0:
+            if self.writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            for k, v in out.items():
+                if torch.is_tensor(v):
+                    self.writer.add_scalar(f"train/{k}", float(v), self.step)
+            for i, g in enumerate(self.optimizer.param_groups):
+                self.writer.add_scalar(f"lr/group{i}", g["lr"], self.step)
+            self.writer.add_scalar("train/n_nonfinite", self.n_nonfinite, self.step)
+
+    def test_and_save(self) -> None:
+        """Evaluate on the configured test sets and keep a checkpoint named by the results."""
+        o = self.options
+        self.save("previous.pt", mid_epoch=False)
+        names = [d for d in o.eval_datasets.split(",") if d]
+        if not self.main or not names:
+            dist.barrier()
+            return
+        from train.evaluation import evaluate
+        self.model.eval()
+        results = {}
+        for ds in names:
+            results[ds] = evaluate(self.model, self.model_aux, o, ds, paths=self.paths,
+                                   device=self.device, smpl=self.smpl, writer=self.writer,
+                                   batch_size=o.eval_batch_size, max_batches=o.eval_max_batches)
+        self.model.train()
+        tag = "_".join(f"{ds.replace('-p2', '').replace('-', '')}_mp{r['MPJPE']:.2f}"
+                       f"_pa{r['PA-MPJPE']:.2f}_pve{r.get('PVE', float('nan')):.2f}"
+                       for ds, r in results.items())
+        with open(self.run_dir / "test_log.txt", "a") as f:
+            f.write(f"epoch {self.epoch} step {self.step}: " + ", ".join(
+                f"{ds} MPJPE {r['MPJPE']:.2f} PA-MPJPE {r['PA-MPJPE']:.2f} "
+                f"PVE {r.get('PVE', float('nan')):.2f}" for ds, r in results.items()) + "\n")
+        self.save(f"previous_{self.epoch}_{tag}.pt", mid_epoch=False)
+        dist.barrier()
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.main and self.n_nonfinite:
+            print(f"{self.n_nonfinite} step(s) skipped for non-finite losses")
+        dist.cleanup()
+
+
+def main(options) -> None:
+    Trainer(options).train()

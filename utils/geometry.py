@@ -1,0 +1,422 @@
+"""Rotations, cameras and projections (SPIN / CLIFF conventions), batched, in torch.
+
+Every function is pure and batched, works in float32 and float64 (the output has the dtype and
+device of the main input) and documents its shapes. The two projections used by the training
+losses and by test-time optimisation live here so that there is one definition of each:
+
+* :func:`project_full_to_crop`: CLIFF full-image perspective camera (upstream-behaviour §4.4);
+* :func:`project_crop`: HMR crop camera with the fixed focal length 5000 (§2.6).
+
+Camera translation vectors are ``[tx, ty, tz]`` in the camera frame (OpenCV: x right, y down,
+z forward); crop cameras are ``[s, tx, ty]`` (weak-perspective scale and translation).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import constants
+
+__all__ = [
+    "rot6d_to_rotmat", "rotmat_to_rot6d", "batch_rodrigues", "axis_angle_to_rotmat",
+    "quat_to_rotmat", "rotmat_to_quat", "rotmat_to_axis_angle", "cam_crop2full",
+    "perspective_projection", "estimate_translation_np", "estimate_translation",
+    "project_full_to_crop", "project_crop", "normalize_keypoints_2d", "crop_cam_to_translation",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+def _per_sample(value, batch: int, width: int, like: torch.Tensor, name: str,
+                vector: bool = False) -> torch.Tensor:
+    """Broadcast a value to [B, width] with ``like``'s dtype/device.
+
+    vector=False (a per-sample scalar such as a focal length): a number, [B] or [B, width].
+    vector=True (a point or size such as a centre): [width] (shared by the batch) or [B, width].
+    """
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if t.dim() == 2 and t.shape == (batch, width):
+        return t
+    if vector:
+        if t.dim() == 1 and t.shape[0] == width:
+            return t[None].expand(batch, width)
+        raise ValueError(f"{name}: expected [{width}] or [{batch},{width}], "
+                         f"got shape {tuple(t.shape)}")
+    if t.dim() == 0:
+        return t.expand(batch, width)
+    if t.dim() == 1 and t.shape[0] == batch:
+        return t[:, None].expand(batch, width)
+    raise ValueError(f"{name}: expected a number, [{batch}] or [{batch},{width}], "
+                     f"got shape {tuple(t.shape)}")
+
+
+def _check_last(x: torch.Tensor, size: int, name: str) -> None:
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[-1] != size:
+        raise ValueError(f"{name}: expected last dimension {size}, got shape {tuple(x.shape)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# rotations
+
+def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
+    """6D rotation representation -> rotation matrices (SPIN convention).
+
+    x: [B, 6k] (or any [..., 6m]) -> [B*k, 3, 3] (all rotations flattened, in order).
+    The values are read as ``reshape(-1, 3, 2)``: the first column a1 is entries (0, 2, 4) and the
+    second a2 is entries (1, 3, 5) of each 6-vector, so the identity is [1, 0, 0, 1, 0, 0].
+    Gram-Schmidt: b1 = a1/|a1|, b2 = normalise(a2 - (b1.a2) b1), b3 = b1 x b2; R = [b1 b2 b3]
+    (columns).
+    """
+    if not torch.is_tensor(x):
+        raise TypeError(f"rot6d_to_rotmat: expected a torch.Tensor, got {type(x).__name__}")
+    if x.numel() % 6 != 0 or x.dim() == 0 or x.shape[-1] % 6 != 0:
+        raise ValueError(f"rot6d_to_rotmat: last dimension must be a multiple of 6, "
+                         f"got shape {tuple(x.shape)}")
+    x = x.reshape(-1, 3, 2)
+    a1, a2 = x[:, :, 0], x[:, :, 1]
+    b1 = F.normalize(a1, dim=-1)
+    b2 = F.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
+    b3 = torch.linalg.cross(b1, b2, dim=-1)
+    return torch.stack((b1, b2, b3), dim=-1)
+
+
+def rotmat_to_rot6d(rotmat: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices -> 6D representation (inverse layout of :func:`rot6d_to_rotmat`).
+
+    rotmat: [..., 3, 3] -> [..., 6] = (R00, R01, R10, R11, R20, R21), i.e. the first two columns
+    read row by row. ``rot6d_to_rotmat(rotmat_to_rot6d(R)) == R`` for rotations; reshape a
+    [B, 24, 6] result to [B, 144] for the regressor's pose vector.
+    """
+    if rotmat.dim() < 2 or rotmat.shape[-2:] != (3, 3):
+        raise ValueError(f"rotmat_to_rot6d: expected [..., 3, 3], got {tuple(rotmat.shape)}")
+    return rotmat[..., :, :2].reshape(*rotmat.shape[:-2], 6)
+
+
+def _skew(v: torch.Tensor) -> torch.Tensor:
+    """[..., 3] -> [..., 3, 3] cross-product matrix [v]x."""
+    x, y, z = v.unbind(-1)
+    o = torch.zeros_like(x)
+    return torch.stack((o, -z, y, z, o, -x, -y, x, o), dim=-1).reshape(*v.shape[:-1], 3, 3)
+
+
+def batch_rodrigues(axisangle: torch.Tensor) -> torch.Tensor:
+    """Axis-angle -> rotation matrix: R = I + A [v]x + B [v]x^2.
+
+    axisangle: [B, 3] (or [..., 3]) -> [B, 3, 3] (or [..., 3, 3]).
+    A = sin(t)/t and B = (1-cos t)/t^2 with t = |v|; for t < 1e-2 both come from their Taylor
+    series (error < 1e-16), so the result is exact at t = 0 and the gradient there is finite
+    (dR/dv at 0 is the skew generator).
+    """
+    _check_last(axisangle, 3, "batch_rodrigues")
+    v = axisangle
+    t2 = (v * v).sum(-1, keepdim=True)[..., None]           # [..., 1, 1]
+    small = t2 < 1e-4
+    t2_safe = torch.where(small, torch.ones_like(t2), t2)
+    t = torch.sqrt(t2_safe)
+    a_big = torch.sin(t) / t
+    b_big = (1.0 - torch.cos(t)) / t2_safe
+    a_small = 1.0 - t2 / 6.0 + t2 * t2 / 120.0
+    b_small = 0.5 - t2 / 24.0 + t2 * t2 / 720.0
+    a = torch.where(small, a_small, a_big)
+    b = torch.where(small, b_small, b_big)
+    k = _skew(v)
+    eye = torch.eye(3, dtype=v.dtype, device=v.device).expand(k.shape)
+    return eye + a * k + b * (k @ k)
+
+
+axis_angle_to_rotmat = batch_rodrigues
+
+
+def quat_to_rotmat(quat: torch.Tensor) -> torch.Tensor:
+    """Quaternion (w, x, y, z), normalised first -> rotation matrix.
+
+    quat: [B, 4] (or [..., 4]) -> [B, 3, 3].
+    """
+    _check_last(quat, 4, "quat_to_rotmat")
+    q = F.normalize(quat, dim=-1)
+    w, x, y, z = q.unbind(-1)
+    w2, x2, y2, z2 = w * w, x * x, y * y, z * z
+    wx, wy, wz = w * x, w * y, w * z
+    xy, xz, yz = x * y, x * z, y * z
+    r = torch.stack((
+        w2 + x2 - y2 - z2, 2 * (xy - wz), 2 * (wy + xz),
+        2 * (wz + xy), w2 - x2 + y2 - z2, 2 * (yz - wx),
+        2 * (xz - wy), 2 * (wx + yz), w2 - x2 - y2 + z2), dim=-1)
+    return r.reshape(*quat.shape[:-1], 3, 3)
+
+
+def rotmat_to_quat(rotmat: torch.Tensor) -> torch.Tensor:
+    """Rotation matrix -> unit quaternion (w, x, y, z) with w >= 0.
+
+    rotmat: [..., 3, 3] -> [..., 4]. Shepperd's method: of the four ways to recover the
+    quaternion, the one with the largest denominator (>= 1) is used, so it is accurate for every
+    angle including pi; gradients are finite everywhere.
+    """
+    if rotmat.dim() < 2 or rotmat.shape[-2:] != (3, 3):
+        raise ValueError(f"rotmat_to_quat: expected [..., 3, 3], got {tuple(rotmat.shape)}")
+    m = rotmat
+    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
+    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
+    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
+    # 4 q_k^2 for k = w, x, y, z
+    sq = torch.stack((1 + m00 + m11 + m22, 1 + m00 - m11 - m22,
+                      1 - m00 + m11 - m22, 1 - m00 - m11 + m22), dim=-1)
+    r = torch.sqrt(sq.clamp(min=0.25))          # 2|q_k|; only the largest (>= 1) is used
+    # candidate k (rows) equals 4 q_k * (w, x, y, z)
+    cand = torch.stack((
+        torch.stack((sq[..., 0], m21 - m12, m02 - m20, m10 - m01), dim=-1),
+        torch.stack((m21 - m12, sq[..., 1], m10 + m01, m02 + m20), dim=-1),
+        torch.stack((m02 - m20, m10 + m01, sq[..., 2], m21 + m12), dim=-1),
+        torch.stack((m10 - m01, m02 + m20, m21 + m12, sq[..., 3]), dim=-1),
+    ), dim=-2)                                   # [..., 4, 4]
+    cand = cand / (2.0 * r[..., None])
+    best = sq.argmax(dim=-1)                     # [...]
+    q = torch.gather(cand, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
+    q = F.normalize(q, dim=-1)
+    return torch.where(q[..., :1] < 0, -q, q)
+
+
+def rotmat_to_axis_angle(rotmat: torch.Tensor) -> torch.Tensor:
+    """Rotation matrix -> axis-angle vector (angle in [0, pi]).
+
+    rotmat: [B, 3, 3] (or [..., 3, 3]) -> [B, 3]. Goes through :func:`rotmat_to_quat` and
+    angle = 2 atan2(|v|, w), so it is robust near pi (where the axis sign is arbitrary) and
+    near 0 (Taylor series of angle/|v|).
+    """
+    q = rotmat_to_quat(rotmat)
+    w, v = q[..., :1], q[..., 1:]
+    n2 = (v * v).sum(-1, keepdim=True)
+    small = n2 < 1e-12
+    n = torch.sqrt(torch.where(small, torch.ones_like(n2), n2))
+    angle = 2.0 * torch.atan2(n, w)
+    w_safe = torch.where(small, w, torch.ones_like(w))      # w >= 1/sqrt(2) where small
+    factor = torch.where(small, 2.0 / w_safe - (2.0 / 3.0) * n2 / w_safe ** 3, angle / n)
+    return v * factor
+
+
+# ----------------------------------------------------------------------------------------------
+# cameras
+
+def cam_crop2full(crop_cam: torch.Tensor, center: torch.Tensor, scale: torch.Tensor,
+                  full_img_shape: torch.Tensor, focal_length) -> torch.Tensor:
+    """CLIFF: crop weak-perspective camera -> full-image camera translation.
+
+    crop_cam: [B, 3] (s, tx, ty); center: [B, 2] (or [2]) bbox centre (cx, cy) in full-image pixels;
+    scale: [B] bbox height / 200; full_img_shape: [B, 2] (h, w); focal_length: [B] or float.
+    Returns [B, 3] (tx, ty, tz) with b = 200 scale, bs = b s + 1e-9, tz = 2 f / bs,
+    tx = 2 (cx - w/2) / bs + t_x, ty = 2 (cy - h/2) / bs + t_y.
+    """
+    _check_last(crop_cam, 3, "cam_crop2full crop_cam")
+    bsz = crop_cam.shape[0]
+    center = _per_sample(center, bsz, 2, crop_cam, "cam_crop2full center", vector=True)
+    hw = _per_sample(full_img_shape, bsz, 2, crop_cam, "cam_crop2full full_img_shape",
+                     vector=True)
+    scale = _per_sample(scale, bsz, 1, crop_cam, "cam_crop2full scale")[:, 0]
+    f = _per_sample(focal_length, bsz, 1, crop_cam, "cam_crop2full focal_length")[:, 0]
+    h, w = hw[:, 0], hw[:, 1]
+    cx, cy = center[:, 0], center[:, 1]
+    bs = scale * 200.0 * crop_cam[:, 0] + 1e-9
+    tz = 2.0 * f / bs
+    tx = 2.0 * (cx - w / 2.0) / bs + crop_cam[:, 1]
+    ty = 2.0 * (cy - h / 2.0) / bs + crop_cam[:, 2]
+    return torch.stack((tx, ty, tz), dim=-1)
+
+
+def crop_cam_to_translation(crop_cam: torch.Tensor, bbox_size, focal_length=constants.FOCAL_LENGTH
+                            ) -> torch.Tensor:
+    """HMR: crop camera (s, tx, ty) -> translation [tx, ty, 2 f / (bbox_size s + 1e-9)].
+
+    crop_cam: [B, 3]; bbox_size: float or [B] (224 square, 256 rect). Returns [B, 3].
+    """
+    _check_last(crop_cam, 3, "crop_cam_to_translation crop_cam")
+    bsz = crop_cam.shape[0]
+    size = _per_sample(bbox_size, bsz, 1, crop_cam, "crop_cam_to_translation bbox_size")[:, 0]
+    f = _per_sample(focal_length, bsz, 1, crop_cam, "crop_cam_to_translation focal_length")[:, 0]
+    tz = 2.0 * f / (size * crop_cam[:, 0] + 1e-9)
+    return torch.stack((crop_cam[:, 1], crop_cam[:, 2], tz), dim=-1)
+
+
+def perspective_projection(points: torch.Tensor, rotation: torch.Tensor | None,
+                           translation: torch.Tensor, focal_length, camera_center) -> torch.Tensor:
+    """Pinhole projection of 3D points into pixels.
+
+    points: [B, N, 3]; rotation: [B, 3, 3] or None (identity); translation: [B, 3];
+    focal_length: float, [B] or [B, 2] (fx, fy); camera_center: [B, 2] or [2] (cx, cy).
+    Returns [B, N, 2]: u = fx X/Z + cx, v = fy Y/Z + cy with (X, Y, Z) = R p + t.
+    """
+    _check_last(points, 3, "perspective_projection points")
+    if points.dim() != 3:
+        raise ValueError(f"perspective_projection: points must be [B,N,3], got {tuple(points.shape)}")
+    bsz = points.shape[0]
+    if rotation is not None:
+        points = points @ rotation.transpose(-1, -2)
+    points = points + translation[:, None, :]
+    f = _per_sample(focal_length, bsz, 2, points, "perspective_projection focal_length")
+    c = _per_sample(camera_center, bsz, 2, points, "perspective_projection camera_center",
+                    vector=True)
+    xy = points[..., :2] / points[..., 2:3]
+    return xy * f[:, None, :] + c[:, None, :]
+
+
+def project_full_to_crop(joints: torch.Tensor, cam_t_full: torch.Tensor, focal_length,
+                         img_hw: torch.Tensor, crop_trans: torch.Tensor,
+                         crop_hw: Sequence[int]) -> torch.Tensor:
+    """CLIFF 2D keypoints: full-image perspective projection, mapped into normalised crop coords.
+
+    joints: [B, J, 3] (root-relative SMPL joints); cam_t_full: [B, 3] from :func:`cam_crop2full`;
+    focal_length: [B] or float; img_hw: [B, 2] full image (h, w); crop_trans: [B, 2, 3] affine map
+    from full-image pixels to crop pixels (the un-rotated one, spec §4.4); crop_hw: (h, w) of
+    the crop. Projects with K = [[f,0,w/2],[0,f,h/2]] (R = I), applies crop_trans, then
+    x -> 2x/crop_w - 1, y -> 2y/crop_h - 1. Returns [B, J, 2].
+    """
+    _check_last(joints, 3, "project_full_to_crop joints")
+    bsz = joints.shape[0]
+    hw = _per_sample(img_hw, bsz, 2, joints, "project_full_to_crop img_hw", vector=True)
+    center = torch.stack((hw[:, 1], hw[:, 0]), dim=-1) / 2.0
+    full = perspective_projection(joints, None, cam_t_full, focal_length, center)  # [B,J,2]
+    crop_trans = torch.as_tensor(crop_trans, dtype=joints.dtype, device=joints.device)
+    if crop_trans.shape != (bsz, 2, 3):
+        raise ValueError(f"project_full_to_crop: crop_trans must be [{bsz},2,3], "
+                         f"got {tuple(crop_trans.shape)}")
+    crop = full @ crop_trans[:, :, :2].transpose(-1, -2) + crop_trans[:, None, :, 2]
+    return _normalise_xy(crop, crop_hw)
+
+
+def project_crop(joints: torch.Tensor, crop_cam: torch.Tensor, crop_hw: Sequence[int],
+                 bbox_size) -> torch.Tensor:
+    """HMR 2D keypoints in normalised crop coords (spec §2.6).
+
+    joints: [B, J, 3]; crop_cam: [B, 3] (s, tx, ty); crop_hw: (h, w); bbox_size: float or [B].
+    t = [tx, ty, 2*5000/(bbox_size s + 1e-9)], f = 5000, principal point 0; x is divided by
+    crop_w/2 and y by crop_h/2. Returns [B, J, 2].
+    """
+    t = crop_cam_to_translation(crop_cam, bbox_size)
+    zero = torch.zeros(2, dtype=joints.dtype, device=joints.device)
+    uv = perspective_projection(joints, None, t, constants.FOCAL_LENGTH, zero)
+    h, w = _crop_hw(crop_hw)
+    half = torch.tensor([w / 2.0, h / 2.0], dtype=uv.dtype, device=uv.device)
+    return uv / half
+
+
+def _crop_hw(crop_hw) -> tuple[float, float]:
+    if len(crop_hw) != 2:
+        raise ValueError(f"crop_hw must be (h, w), got {crop_hw!r}")
+    return float(crop_hw[0]), float(crop_hw[1])
+
+
+def _normalise_xy(xy: torch.Tensor, crop_hw) -> torch.Tensor:
+    h, w = _crop_hw(crop_hw)
+    size = torch.tensor([w, h], dtype=xy.dtype, device=xy.device)
+    return 2.0 * xy / size - 1.0
+
+
+def normalize_keypoints_2d(kp: torch.Tensor, crop_hw: Sequence[int]) -> torch.Tensor:
+    """Crop-pixel keypoints -> normalised crop coords.
+
+    kp: [B, J, 3] (x, y, conf) in crop pixels; crop_hw: (h, w). Returns [B, J, 3] with
+    x -> 2x/crop_w - 1, y -> 2y/crop_h - 1 and the confidence unchanged.
+    """
+    _check_last(kp, 3, "normalize_keypoints_2d")
+    return torch.cat((_normalise_xy(kp[..., :2], crop_hw), kp[..., 2:]), dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# least-squares camera translation (SPIN's estimate_translation, derived from the pinhole model)
+#
+# u = f (X + tx)/(Z + tz) + cx  <=>  f tx - (u - cx) tz = (u - cx) Z - f X   (same for v, y)
+# Each joint gives two rows, weighted by sqrt(conf); the 3x3 normal equations give t.
+
+def _center_from(img_size, center):
+    if center is not None:
+        return center
+    if np.ndim(img_size) == 0:
+        return (float(img_size) / 2.0, float(img_size) / 2.0)
+    h, w = img_size
+    return (float(w) / 2.0, float(h) / 2.0)
+
+
+def estimate_translation_np(S: np.ndarray, joints_2d: np.ndarray,
+                            focal_length: float = constants.FOCAL_LENGTH,
+                            img_size=constants.IMG_RES, center=None) -> np.ndarray:
+    """Camera translation that best projects S onto joints_2d (weighted least squares).
+
+    S: [N, 3] joints (camera orientation, no translation); joints_2d: [N, 3] (u, v, conf) in
+    pixels; focal_length: float; img_size: int (square) or (h, w); center: (cx, cy), default
+    the image centre. Returns [3] float64. Raises ValueError with fewer than 2 joints of
+    positive confidence.
+    """
+    S = np.asarray(S, dtype=np.float64)
+    joints_2d = np.asarray(joints_2d, dtype=np.float64)
+    if S.ndim != 2 or S.shape[1] != 3 or joints_2d.shape != (S.shape[0], 3):
+        raise ValueError(f"estimate_translation_np: expected S [N,3] and joints_2d [N,3], "
+                         f"got {S.shape} and {joints_2d.shape}")
+    conf = joints_2d[:, 2]
+    if int((conf > 0).sum()) < 2:
+        raise ValueError("estimate_translation_np: need at least 2 joints with conf > 0")
+    cx, cy = _center_from(img_size, center)
+    du, dv = joints_2d[:, 0] - cx, joints_2d[:, 1] - cy
+    n = S.shape[0]
+    A = np.zeros((2 * n, 3))
+    A[0::2, 0] = focal_length
+    A[0::2, 2] = -du
+    A[1::2, 1] = focal_length
+    A[1::2, 2] = -dv
+    b = np.empty(2 * n)
+    b[0::2] = du * S[:, 2] - focal_length * S[:, 0]
+    b[1::2] = dv * S[:, 2] - focal_length * S[:, 1]
+    wgt = np.repeat(np.sqrt(np.clip(conf, 0, None)), 2)
+    return np.linalg.solve((A * wgt[:, None] ** 2).T @ A, (A * wgt[:, None] ** 2).T @ b)
+
+
+def estimate_translation(S: torch.Tensor, joints_2d: torch.Tensor,
+                         focal_length=constants.FOCAL_LENGTH, img_size=constants.IMG_RES,
+                         center=None, normalized: bool = False) -> torch.Tensor:
+    """Batched torch version of :func:`estimate_translation_np`.
+
+    S: [B, N, 3]; joints_2d: [B, N, 3] (u, v, conf) in pixels, or in [-1, 1] with
+    ``normalized=True`` (then u = img_w/2 (x + 1), as SPIN does); focal_length: float or [B];
+    img_size: int or (h, w); center: (cx, cy) or [B, 2], default the image centre.
+    Returns [B, 3] (no gradient is needed; it is differentiable anyway). Unlike SPIN's batched
+    wrapper it does not slice joints: pass the joints to use.
+    """
+    _check_last(S, 3, "estimate_translation S")
+    if S.dim() != 3 or joints_2d.shape != S.shape:
+        raise ValueError(f"estimate_translation: expected S and joints_2d [B,N,3], "
+                         f"got {tuple(S.shape)} and {tuple(joints_2d.shape)}")
+    bsz = S.shape[0]
+    joints_2d = joints_2d.to(S.dtype)
+    few = ((joints_2d[..., 2] > 0).sum(-1) < 2).nonzero()
+    if few.numel():
+        raise ValueError(f"estimate_translation: sample(s) {few[:, 0].tolist()} have fewer than "
+                         f"2 joints with conf > 0")
+    if np.ndim(img_size) == 0:
+        h = w = float(img_size)
+    else:
+        h, w = float(img_size[0]), float(img_size[1])
+    uv = joints_2d[..., :2]
+    if normalized:
+        uv = 0.5 * torch.tensor([w, h], dtype=S.dtype, device=S.device) * (uv + 1.0)
+    c = _per_sample(_center_from(img_size, center), bsz, 2, S, "estimate_translation center",
+                    vector=True)
+    f = _per_sample(focal_length, bsz, 1, S, "estimate_translation focal_length")[:, :, None]
+    d = uv - c[:, None, :]                                  # [B, N, 2]
+    wgt = joints_2d[..., 2].clamp(min=0)[..., None]          # [B, N, 1]
+    # rows: [f, 0, -du] and [0, f, -dv]; right-hand side d*Z - f*XY
+    rhs = d * S[..., 2:3] - f * S[..., :2]                   # [B, N, 2]
+    sw = wgt.sum(1)[:, 0]                                    # [B]
+    f2 = f[:, 0, 0]
+    ata = torch.zeros(bsz, 3, 3, dtype=S.dtype, device=S.device)
+    ata[:, 0, 0] = ata[:, 1, 1] = f2 * f2 * sw
+    ata[:, 0, 2] = ata[:, 2, 0] = -f2 * (wgt[..., 0] * d[..., 0]).sum(1)
+    ata[:, 1, 2] = ata[:, 2, 1] = -f2 * (wgt[..., 0] * d[..., 1]).sum(1)
+    ata[:, 2, 2] = (wgt * d * d).sum((1, 2))
+    atb = torch.stack((f2 * (wgt[..., 0] * rhs[..., 0]).sum(1),
+                       f2 * (wgt[..., 0] * rhs[..., 1]).sum(1),
+                       -(wgt * d * rhs).sum((1, 2))), dim=-1)
+    return torch.linalg.solve(ata, atb)

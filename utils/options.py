@@ -1,0 +1,233 @@
+"""Command-line options of train.py, eval_cliff.py, eval_hmr.py (decisions D1).
+
+Every option the seed README uses keeps its name, meaning and default; leftovers that nothing
+reads are dropped and unknown options are an error. Every option has a type and a help line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+BACKBONES = ("resnet", "hrnet", "resnet18")
+
+
+def _bool_pair(p: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
+    p.add_argument(f"--{name}", dest=name, action="store_true", help=help)
+    p.add_argument(f"--no_{name}", dest=name, action="store_false", help=f"disable --{name}")
+    p.set_defaults(**{name: default})
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data and device")
+    g.add_argument("--data_root", type=str, default=os.environ.get("METAHMR_ROOT", "."),
+                   help="root of the seed README's layout (ckpt/, data/, models/); env METAHMR_ROOT")
+    g.add_argument("--img_root", type=str, default=None,
+                   help="folder holding the raw image folders (h36m, coco, pw3d, mpii, mpii3d); "
+                        "default <data_root>/datasets")
+    g.add_argument("--synthetic", action="store_true",
+                   help="use the synthetic stand-in world in data/synthetic (built when missing)")
+    g.add_argument("--device", type=str, default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto = cuda when available")
+    g.add_argument("--amp", type=str, default="off", choices=("off", "bf16", "fp16"),
+                   help="mixed precision on CUDA")
+    g.add_argument("--seed", type=int, default=2023, help="seed of python, numpy, torch, data order")
+    g.add_argument("--skip_bad_images", action="store_true",
+                   help="skip unreadable images (counted and reported) instead of failing")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", type=str, default="cliff", choices=("cliff", "hmr"),
+                   help="regressor family: cliff (bbox input, full-image camera) or hmr")
+    g.add_argument("--backbone", type=str, default="resnet", choices=BACKBONES,
+                   help="resnet (ResNet-50), hrnet (HRNet-W48) or resnet18 (small, extra)")
+
+    g = p.add_argument_group("test-time optimisation")
+    g.add_argument("--tto_mode", type=str, default="sample", choices=("sample", "batch"),
+                   help="sample: adapt every sample on its own (paper); batch: one adapted copy "
+                        "per batch (released code; needed to reproduce its published numbers)")
+    g.add_argument("--tto_chunk", type=int, default=0,
+                   help="sample mode: samples adapted together (vectorised); 0 = whole batch, "
+                        "1 = one at a time (least memory)")
+    g.add_argument("--inner_lr", type=float, default=1e-5,
+                   help="SGD step of the head fast weights (training inner step and TTO step 0)")
+    g.add_argument("--use_openpose2d", action="store_true",
+                   help="test-time 2D loss on OpenPose keypoints instead of GT 2D keypoints")
+    g.add_argument("--adapt_val_step", action="store_true",
+                   help="stop test-time steps once |loss change| < --adapt_tol")
+    g.add_argument("--adapt_tol", type=float, default=2e-5, help="early-stop threshold of TTO")
+    g.add_argument("--no_use_adam", action="store_true",
+                   help="TTO steps >= 1: head-only SGD of after_innerlr instead of Adam on all weights")
+    g.add_argument("--no_inner_step", action="store_true",
+                   help="TTO: skip the step-0 head SGD step (every step is 2D-loss Adam)")
+
+    g = p.add_argument_group("loss weights")
+    g.add_argument("--shape_loss_weight", type=float, default=0.5, help="per-vertex L1 weight")
+    g.add_argument("--keypoint_loss_weight", type=float, default=5.0, help="2D and 3D keypoint weight")
+    g.add_argument("--pose_loss_weight", type=float, default=1.0, help="rotmat MSE weight")
+    g.add_argument("--beta_loss_weight", type=float, default=0.001, help="betas MSE weight")
+    g.add_argument("--openpose_train_weight", type=float, default=0.0,
+                   help="confidence multiplier of the 25 OpenPose joints in the training 2D loss")
+    g.add_argument("--gt_train_weight", type=float, default=1.0,
+                   help="confidence multiplier of the 24 GT joints in the training 2D loss")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Meta-HMR training (dual networks, meta inner step)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("run")
+    g.add_argument("--name", type=str, default="train_coco_loss", help="experiment name")
+    g.add_argument("--time_to_run", type=float, default=math.inf,
+                   help="wall-clock budget in seconds; on expiry save current.pt and exit")
+    g.add_argument("--resume", action="store_true",
+                   help="resume from --checkpoint, or the newest checkpoint of the run folder")
+    g.add_argument("--num_workers", type=int, default=4, help="training DataLoader workers")
+    _bool_pair(g, "pin_memory", True, "DataLoader pin_memory")
+    g.add_argument("--log_dir", type=str, default="logs", help="root folder of the runs")
+    g.add_argument("--checkpoint", type=str, default=None, help="checkpoint to --resume from")
+    g.add_argument("--from_json", type=str, default=None,
+                   help="load all options from a config.json (command-line values are ignored)")
+    g.add_argument("--pretrained_checkpoint", type=str, default=None,
+                   help="load model (+ model_aux, optimizer) weights before training")
+    g.add_argument("--aux_checkpoint", type=str, default=None,
+                   help="aux-network init file; default: the CLIFF/HMR file of the layout")
+    g.add_argument("--backbone_checkpoint", type=str, default=None,
+                   help="main-backbone init file; default: the layout's pose_resnet/pose_hrnet")
+    g.add_argument("--no_pretrained_backbone", action="store_true",
+                   help="start the main backbone from random weights")
+    g.add_argument("--num_epochs", type=int, default=1600, help="number of epochs")
+    g.add_argument("--max_steps", type=int, default=0,
+                   help="stop after this many iterations in total (0 = no limit)")
+    g.add_argument("--batch_size", type=int, default=256, help="training batch size")
+    g.add_argument("--eval_batch_size", type=int, default=20,
+                   help="batch size of the in-training evaluation")
+    g.add_argument("--eval_datasets", type=str, default="3dpw,h36m-p2",
+                   help="comma-separated test sets of the in-training evaluation ('' = none)")
+    g.add_argument("--eval_max_batches", type=int, default=0,
+                   help="in-training evaluation: at most this many batches per set (0 = all)")
+    g.add_argument("--syn_occ", action="store_true",
+                   help="paste Pascal VOC occluders on H36M and MPI-INF-3DHP training crops")
+    g.add_argument("--bbox_type", type=str, default="square", choices=("square", "rect"),
+                   help="square 224x224 or rect 256x192 crops")
+    g.add_argument("--ALB", action="store_true", help="photometric augmentation of the full image")
+    g.add_argument("--train_3dpw", action="store_true",
+                   help="train on the mixture with 3DPW (40/30/10/20) instead of without (50/30/20)")
+    g.add_argument("--rot_factor", type=float, default=30.0, help="rotation sigma in degrees")
+    g.add_argument("--noise_factor", type=float, default=0.4, help="pixel noise U[1-n, 1+n]")
+    g.add_argument("--scale_factor", type=float, default=0.25, help="scale sigma, clipped to 1+-s")
+    g.add_argument("--ignore_3d", action="store_true", help="ignore 3D and SMPL supervision")
+    _bool_pair(g, "shuffle_train", True, "shuffle the training data")
+
+    g = p.add_argument_group("meta-learning")
+    g.add_argument("--no_inner", action="store_true",
+                   help="no inner step: plain supervised training (baseline)")
+    g.add_argument("--inner_step", type=int, default=1, help="inner SGD steps per iteration")
+    g.add_argument("--first_order", action="store_true", help="first-order MAML (FOMAML)")
+    g.add_argument("--aux_mode", type=str, default="eval", choices=("eval", "train"),
+                   help="aux network mode under --first_order: eval (no dropout, frozen BN) or "
+                        "train (released behaviour: dropout on, BN statistics drift)")
+    g.add_argument("--outer_lr", type=float, default=1e-4, help="Adam lr of the main network")
+    g.add_argument("--beta1", type=float, default=0.9, help="Adam beta1 (main network)")
+    g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (main network)")
+    g.add_argument("--eps_adam", type=float, default=1e-8, help="Adam eps (main network)")
+    g.add_argument("--aux_lr", type=float, default=1e-6, help="Adam lr of the aux network")
+    g.add_argument("--no_learn_loss", action="store_true", help="leave the aux net out of Adam")
+    g.add_argument("--after_innerlr", type=float, default=2e-7,
+                   help="test-time Adam lr for steps >= 1 (in-training evaluation)")
+    g.add_argument("--test_val_step", type=int, default=0,
+                   help="extra test-time steps after step 0 (in-training evaluation)")
+    g.add_argument("--max_nonfinite", type=int, default=5,
+                   help="stop after this many consecutive non-finite losses")
+
+    g = p.add_argument_group("logging and checkpoints")
+    g.add_argument("--summary_steps", type=int, default=100, help="TensorBoard scalar period")
+    g.add_argument("--log_images", action="store_true",
+                   help="render mesh overlays to TensorBoard every summary_steps")
+    g.add_argument("--checkpoint_steps", type=int, default=1000,
+                   help="write current.pt every N iterations (0 = only at epoch ends)")
+    g.add_argument("--test_epochs", type=int, default=50, help="evaluate + save every N epochs")
+    g.add_argument("--save_epochs", type=int, default=50, help="also save/test every N epochs")
+    g.add_argument("--test_start_epoch", type=int, default=0, help="no test/save before this epoch")
+    _add_common(p)
+    return p
+
+
+def eval_parser(model: str) -> argparse.ArgumentParser:
+    """Options of eval_cliff.py (model='cliff') and eval_hmr.py (model='hmr')."""
+    p = argparse.ArgumentParser(description=f"Meta-HMR evaluation ({model.upper()}) with TTO",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--checkpoint", type=str, default=None, help="Meta-HMR checkpoint (model, model_aux)")
+    g.add_argument("--dataset", type=str, default="h36m-p1",
+                   choices=("h36m-p1", "h36m-p2", "3dpw", "mpi-inf-3dhp", "coco"), help="test set")
+    g.add_argument("--h36m_gt", type=str, default="mosh", choices=("mosh", "mocap"),
+                   help="H36M ground truth: MoSh SMPL fit (released) or mocap joints (standard)")
+    g.add_argument("--log_freq", type=int, default=8 if model == "cliff" else 50,
+                   help="print running metrics every N batches")
+    g.add_argument("--batch_size", type=int, default=40, help="evaluation (and TTO) batch size")
+    g.add_argument("--shuffle", action="store_true", help="shuffle the test set")
+    g.add_argument("--num_workers", type=int, default=8, help="DataLoader workers")
+    g.add_argument("--max_batches", type=int, default=0, help="evaluate at most N batches (0 = all)")
+    g.add_argument("--result_file", type=str, default=None,
+                   help="write per-sample errors and predictions (.npz) here")
+    g.add_argument("--json_out", type=str, default=None, help="write the final metrics as JSON")
+    g.add_argument("--viz", action="store_true", help="render meshes over the input images")
+    g.add_argument("--viz_dir", type=str, default="eval_result/img_viz", help="--viz output folder")
+    g.add_argument("--viz_max", type=int, default=0,
+                   help="render at most N samples (0 = first sample of every batch, -1 = all)")
+    g.add_argument("--save_obj", action="store_true", help="with --viz, also export meshes (.obj)")
+    g.add_argument("--bbox_type", type=str, default="rect", choices=("square", "rect"),
+                   help="square 224x224 or rect 256x192 crops")
+    g.add_argument("--test_val_step", type=int, default=7 if model == "cliff" else 14,
+                   help="extra test-time steps after step 0")
+    g.add_argument("--after_innerlr", type=float, default=2e-7 if model == "cliff" else 1e-5,
+                   help="test-time Adam lr for steps >= 1")
+    g.add_argument("--inner_step", type=int, default=1,
+                   help="accepted for compatibility; evaluation always takes one step 0")
+    _add_common(p)
+    p.set_defaults(model=model)
+    return p
+
+
+def resolve(options: argparse.Namespace) -> argparse.Namespace:
+    """Apply --synthetic and check option combinations (errors name the options)."""
+    if getattr(options, "synthetic", False):
+        from config import SYNTHETIC_ROOT
+        if options.data_root in (".", os.environ.get("METAHMR_ROOT", ".")):
+            options.data_root = SYNTHETIC_ROOT
+    if options.model == "hmr" and options.backbone == "hrnet":
+        raise SystemExit("error: --model hmr has no HRNet variant (choose --backbone resnet)")
+    if getattr(options, "no_inner", False):
+        options.inner_step = 0
+    return options
+
+
+def parse_train(argv=None) -> argparse.Namespace:
+    p = train_parser()
+    options = p.parse_args(argv)
+    if options.from_json:
+        with open(options.from_json) as f:
+            data = json.load(f)
+        unknown = sorted(set(data) - set(vars(options)))
+        if unknown:
+            raise SystemExit(f"error: {options.from_json} has unknown options {unknown}")
+        options = argparse.Namespace(**{**vars(p.parse_args([])), **data})
+    return resolve(options)
+
+
+def parse_eval(model: str, argv=None) -> argparse.Namespace:
+    return resolve(eval_parser(model).parse_args(argv))
+
+
+def save_options(options: argparse.Namespace, path: str | Path) -> None:
+    """Write the resolved options as JSON (decisions D1)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(to_dict(options), f, indent=2, sort_keys=True)
+
+
+def to_dict(options: argparse.Namespace) -> dict:
+    """Plain dict of options (safe for json and ``torch.load(weights_only=True)``)."""
+    return {k: v for k, v in vars(options).items()
+            if v is None or isinstance(v, (bool, int, float, str))}
