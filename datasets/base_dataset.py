@@ -210,9 +210,10 @@ class BaseDataset(Dataset):
     def _read_image(self, index: int) -> np.ndarray | None:
         """BGR uint8 image (halved for 3DPW); None if bad and ``skip_bad_images``."""
         path = self.image_path(index)
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        exists = os.path.isfile(path)  # (a stat; spares cv2's own warning on missing files)
+        img = cv2.imread(path, cv2.IMREAD_COLOR) if exists else None
         if img is None or img.size == 0:
-            why = ("file does not exist" if not os.path.exists(path) else
+            why = ("file does not exist" if not exists else
                    "file exists but could not be decoded (corrupt or not an image)")
             if not self.skip_bad_images:
                 raise self._fail(f"cannot read image {path}: {why} (pass --skip_bad_images "

@@ -321,11 +321,19 @@ def test_sample_keys_and_collate(world):
     for k in ("imgname", "dataset_name", "maskname", "partname"):
         assert isinstance(batch[k], list) and len(batch[k]) == n
     assert all(Path(p).is_file() for p in batch["imgname"])
-    assert set(batch["gender"].tolist()) <= {0, 1}
+    assert set(batch["gender"].tolist()) <= {-1, 0, 1}
+    raw = np.load(ds.npz_file)
+    want_gender = ([{"m": 0, "f": 1}[str(g)] for g in raw["gender"][:n]] if "gender" in raw
+                   else [-1] * n)
+    assert batch["gender"].tolist() == want_gender
     assert torch.isfinite(batch["img"]).all()
     # ignore_3d switches the 3D supervision off
     it = _ds(world, "h36m", True, ignore_3d=True)[0]
     assert float(it["has_smpl"]) == 0 and float(it["has_pose_3d"]) == 0
+    h36m = _ds(world, "h36m", True)
+    raw = np.load(h36m.npz_file)
+    assert [int(h36m[i]["gender"]) for i in range(2)] == [
+        0 if str(g) == "m" else 1 for g in raw["gender"][:2]]
 
 
 def test_occluders_loaded_only_when_used(tmp_path):

@@ -65,6 +65,7 @@ def test_sphere_covers_projected_centre_not_corners(backend):
     r = _make(faces, backend)
     mask = r.render_mask(verts, (FX, FY), (CX, CY), H, W)
     assert mask.shape == (H, W) and mask.dtype == bool
+    assert r.backend == backend, "pyrender failed and fell back to software"
     u = FX * centre[0] / centre[2] + CX        # 40.0
     v = FY * centre[1] / centre[2] + CY        # 17.5
     assert mask[int(round(v)), int(round(u))]
@@ -85,6 +86,7 @@ def test_square_covers_its_projected_rectangle(backend):
     verts, faces = _square(u0, u1, v0, v1, z=6.0)
     r = _make(faces, backend)
     mask = r.render_mask(verts, (FX, FY), (CX, CY), H, W)
+    assert r.backend == backend, "pyrender failed and fell back to software"
     cols = np.arange(W)[None, :]
     rows = np.arange(H)[:, None]
     inside = (cols >= u0) & (cols <= u1) & (rows >= v0) & (rows <= v1)
@@ -102,7 +104,7 @@ def test_square_covers_its_projected_rectangle(backend):
     assert (mask_flipped == mask).mean() > 0.99
 
 
-def test_pyrender_and_software_masks_agree():
+def test_pyrender_and_software_agree():
     _gl_or_skip()
     sphere_v, sphere_f = _sphere([-0.4, 0.1, 5.0], 0.6)
     box = trimesh.creation.box(extents=(0.5, 0.9, 0.4))
@@ -118,6 +120,12 @@ def test_pyrender_and_software_masks_agree():
         m_sw = sw.render_mask(verts, f, c, h, w)
         iou = (m_gl & m_sw).sum() / (m_gl | m_sw).sum()
         assert iou > 0.9, (h, w, iou)
+        assert gl.backend == "pyrender", "pyrender failed and fell back to software"
+    # and the shading is alike: same headlight, same colour where fully lit
+    rgb_gl, m_gl = gl._render_layers(verts, (FX, FY), (CX, CY), H, W, (0.65, 0.74, 0.86))
+    rgb_sw, m_sw = sw._render_layers(verts, (FX, FY), (CX, CY), H, W, (0.65, 0.74, 0.86))
+    both = m_gl & m_sw
+    assert np.abs(rgb_gl[both] - rgb_sw[both]).mean() < 0.08
     gl.close()
 
 
@@ -131,6 +139,7 @@ def test_overlay_changes_only_masked_pixels(backend):
     out = r.render(verts, FX, (CX, CY), image, color=(1.0, 0.0, 0.0), alpha=0.9)
     mask = r.render_mask(verts, FX, (CX, CY), H, W)
     assert out.shape == image.shape and out.dtype == np.uint8
+    assert r.backend == backend, "pyrender failed and fell back to software"
     assert np.array_equal(image, image_before), "render modified its input"
     changed = (out != image).any(-1)
     assert mask.sum() > 50
@@ -169,7 +178,9 @@ def test_bad_inputs_raise():
 
 def test_env_platform_is_respected_and_auto_falls_back(monkeypatch):
     """A PYOPENGL_PLATFORM that cannot work is not overridden: auto -> software."""
+    # monkeypatch restores the cached probe result (and the env) afterwards
     monkeypatch.setattr(renderer_mod, "_GL_PLATFORM_CACHE", renderer_mod._UNSET)
+    monkeypatch.setattr(renderer_mod, "_GL_PLATFORM_CACHE_REASONS", [])
     monkeypatch.setenv("PYOPENGL_PLATFORM", "no-such-platform")
     faces = np.array([[0, 1, 2]])
     r = Renderer(faces, backend="auto")
@@ -178,7 +189,6 @@ def test_env_platform_is_respected_and_auto_falls_back(monkeypatch):
     assert any("no-such-platform" in s for s in renderer_mod.gl_failure_reasons())
     with pytest.raises(RuntimeError, match="no GL context"):
         Renderer(faces, backend="pyrender")
-    monkeypatch.setattr(renderer_mod, "_GL_PLATFORM_CACHE", renderer_mod._UNSET)
 
 
 _TRAP_SCRIPT = r"""

@@ -251,8 +251,9 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
     keep = {k: [] for k in ("imgname", "sample_index", "tto_steps", "nonfinite", "pred_joints",
                             "pose", "betas", "camera", "translation",
                             *(f"{_KEY[m]}{s}" for m in METRICS for s in ("", "_before")))}
-    loss_sum = {"before": 0.0, "after": 0.0}
-    tto_time = 0.0
+    loss_sum, loss_n = {"before": 0.0, "after": 0.0}, {"before": 0, "after": 0}
+    err_sum = {m: 0.0 for m in METRICS}
+    tto_time, n = 0.0, 0
     total = min(len(loader), max_batches) if max_batches else len(loader)
     bar = tqdm(loader, total=total, desc=f"eval {dataset_name}", leave=False,
                disable=None)   # no bar when stderr is not a terminal
@@ -273,18 +274,25 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
             for k in ("mpjpe", "pa_mpjpe", "pve"):
                 keep[k].append(err_after[k])
                 keep[k + "_before"].append(err_before[k])
-            loss_sum["before"] += float(res.loss_2d_before.float().mean()) * B
-            loss_sum["after"] += float(res.loss_2d_after.float().mean()) * B
+            for when, loss in (("before", res.loss_2d_before), ("after", res.loss_2d_after)):
+                loss = loss.detach().float().reshape(-1)
+                ok = torch.isfinite(loss)
+                # batch mode: one value for the batch, i.e. the mean over its B samples
+                w = B if loss.numel() == 1 else 1
+                loss_sum[when] += float(loss[ok].sum()) * w
+                loss_n[when] += int(ok.sum()) * w
             _collect(keep, b, res, j17, camera)
             if viz is not None:
                 viz(b, res)
-            n = sum(len(x) for x in keep["mpjpe"])
-            run = {m: float(np.mean(np.concatenate(keep[_KEY[m]]))) for m in METRICS[:2]}
+            n += B
+            for m in METRICS:
+                err_sum[m] += float(np.sum(err_after[_KEY[m]]))
+            run = {m: err_sum[m] / n for m in METRICS
+                   if dataset_name not in NO_MESH_DATASETS or m != "PVE"}
             bar.set_postfix({"MPJPE": f"{run['MPJPE']:.1f}", "PA": f"{run['PA-MPJPE']:.1f}"})
             if log_freq and (i + 1) % log_freq == 0:
-                log(f"[{dataset_name}] batch {i + 1}/{total}, {n} samples: " + ", ".join(
-                    f"{m} {float(np.mean(np.concatenate(keep[_KEY[m]]))):.2f}"
-                    for m in METRICS if dataset_name not in NO_MESH_DATASETS or m != "PVE"))
+                log(f"[{dataset_name}] batch {i + 1}/{total}, {n} samples: "
+                    + ", ".join(f"{m} {v:.2f}" for m, v in run.items()))
     finally:
         bar.close()
         if viz is not None:
@@ -307,7 +315,8 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
         res_dict[m + "_before"] = float(arrays[_KEY[m] + "_before"].mean())
     res_dict.update(n=n, n_nonfinite=int(arrays["nonfinite"].sum()),
                     mean_tto_steps=float(arrays["tto_steps"].mean()),
-                    loss_2d_before=loss_sum["before"] / n, loss_2d_after=loss_sum["after"] / n,
+                    loss_2d_before=loss_sum["before"] / max(loss_n["before"], 1),
+                    loss_2d_after=loss_sum["after"] / max(loss_n["after"], 1),
                     tto_s_per_image=tto_time / n)
     if writer is not None:
         for k in (*METRICS, *(m + "_before" for m in METRICS), "n_nonfinite", "mean_tto_steps"):

@@ -62,6 +62,86 @@ def build_networks(options, paths: DataPaths, pretrained: bool = True):
     return model, model_aux
 
 
+class MetaStep:
+    """One training iteration (module docstring), independent of data loading and logging.
+
+    Used by :class:`Trainer` and by ``bench/train_step.py``.
+    """
+
+    def __init__(self, options, model, model_aux, smpl, optimizer, device: torch.device,
+                 world: int = 1):
+        o = self.options = options
+        self.model, self.model_aux, self.smpl, self.optimizer = model, model_aux, smpl, optimizer
+        self.world = world
+        self.camera = Camera.from_options(o)
+        self.weights = LossWeights.from_options(o)
+        self.meta = o.inner_step > 0
+        self.aux_grad = self.meta and not o.first_order
+        self.model_aux.requires_grad_(self.aux_grad)   # frozen under --first_order (D5)
+        self.device = device
+        amp = o.amp if device.type == "cuda" else "off"
+        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+
+    def __call__(self, batch: dict, log_inner: bool = False) -> dict[str, torch.Tensor]:
+        """One iteration; ``log_inner`` also measures the inner loss after the inner step."""
+        o = self.options
+        img, bbox_info = batch["img"], batch["bbox_info"]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            with torch.no_grad():
+                pose = batch["pose"]
+                gt_vertices = self.smpl(betas=batch["betas"], body_pose=pose[:, 3:],
+                                        global_orient=pose[:, :3]).vertices
+            gt = gt_targets(batch, gt_vertices, self.camera)
+            features = self.model.extract_features(img)        # once (decisions D4)
+            fast, log = None, {}
+            if self.meta:
+                self.model_aux.train(o.aux_mode == "train")
+                with torch.set_grad_enabled(self.aux_grad):
+                    aux_pred = smpl_predict(self.model_aux(img, bbox_info), self.smpl,
+                                            self.camera, batch)
+                targets = pseudo_targets(aux_pred, batch, self.camera, detach=not self.aux_grad)
+                fast, log = inner_adapt(self.model, features, bbox_info, batch, targets,
+                                        self.smpl, self.camera, self.weights, o.inner_lr,
+                                        o.inner_step, o.tto_mode, o.first_order)
+            pred = smpl_predict(run_head(self.model, features, bbox_info, fast), self.smpl,
+                                self.camera, batch)
+            losses = smpl_loss(pred, gt, self.weights, mode="batch")
+        loss = constants.OUTER_LOSS_SCALE * losses["total"]
+        out = {f"loss_{k}": v.detach() for k, v in losses.items() if k != "total"}
+        out.update(loss=loss.detach(), **log)
+        if self.meta and log_inner:
+            with torch.no_grad():   # the inner loss at the adapted weights (logging only)
+                p = smpl_predict(run_head(self.model, features.detach(), bbox_info, fast),
+                                 self.smpl, self.camera, batch)
+                after = smpl_loss(p, targets, self.weights, mode=o.tto_mode)["total"]
+                out["inner_loss_after"] = after.mean() if after.dim() else after
+        if not torch.isfinite(loss):
+            return {**out, "skipped": True}
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.world > 1:
+            self.sync_gradients()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return out
+
+    def sync_gradients(self) -> None:
+        """Average gradients over DDP ranks and share rank 0's BN statistics."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        i = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[i:i + n].view_as(p.grad))
+            i += n
+        for b in list(self.model.buffers()) + list(self.model_aux.buffers()):
+            torch.distributed.broadcast(b, 0)
+
+
 class Trainer:
     """The training loop, plain and explicit."""
 
@@ -89,20 +169,13 @@ class Trainer:
         self.model, self.model_aux = build_networks(o, self.paths)
         self.model.to(self.device)
         self.model_aux.to(self.device)
-        self.camera = Camera.from_options(o)
-        self.weights = LossWeights.from_options(o)
-        self.meta = o.inner_step > 0
-        # the aux network is frozen under --first_order (decisions D5)
-        self.aux_grad = self.meta and not o.first_order
-        self.model_aux.requires_grad_(self.aux_grad)
         groups = [{"params": list(self.model.parameters()), "lr": o.outer_lr,
                    "betas": (o.beta1, o.beta2), "eps": o.eps_adam}]
         if not o.no_learn_loss:
             groups.append({"params": list(self.model_aux.parameters()), "lr": o.aux_lr})
         self.optimizer = torch.optim.Adam(groups)
-        amp = o.amp if self.device.type == "cuda" else "off"
-        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+        self.run_step = MetaStep(o, self.model, self.model_aux, self.smpl, self.optimizer,
+                                 self.device, self.world)
 
         from datasets import MixedDataset
         self.dataset = SeededDataset(MixedDataset(o, paths=self.paths), o.seed)
@@ -110,6 +183,7 @@ class Trainer:
                                     self.world)
         self.epoch, self.batch_idx, self.step = 0, 0, 0
         self.n_nonfinite = self.nonfinite_run = 0
+        self.history: list[torch.Tensor] = []   # outer loss per step (detached)
         self.writer = None
         if o.pretrained_checkpoint:
             self.load_pretrained(o.pretrained_checkpoint)
@@ -164,64 +238,6 @@ class Trainer:
             print(f"resumed from {path}: epoch {self.epoch}, batch {self.batch_idx}, "
                   f"step {self.step}")
 
-    # -- one iteration -------------------------------------------------------------------------
-    def run_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        o = self.options
-        img, bbox_info = batch["img"], batch["bbox_info"]
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            with torch.no_grad():
-                pose = batch["pose"]
-                gt_vertices = self.smpl(betas=batch["betas"], body_pose=pose[:, 3:],
-                                        global_orient=pose[:, :3]).vertices
-            gt = gt_targets(batch, gt_vertices, self.camera)
-            features = self.model.extract_features(img)
-            fast, log = None, {}
-            if self.meta:
-                self.model_aux.train(o.aux_mode == "train")
-                with torch.set_grad_enabled(self.aux_grad):
-                    aux_pred = smpl_predict(self.model_aux(img, bbox_info), self.smpl,
-                                            self.camera, batch)
-                targets = pseudo_targets(aux_pred, batch, self.camera, detach=not self.aux_grad)
-                fast, log = inner_adapt(self.model, features, bbox_info, batch, targets,
-                                        self.smpl, self.camera, self.weights, o.inner_lr,
-                                        o.inner_step, o.tto_mode, o.first_order)
-            pred = smpl_predict(run_head(self.model, features, bbox_info, fast), self.smpl,
-                                self.camera, batch)
-            losses = smpl_loss(pred, gt, self.weights, mode="batch")
-        loss = constants.OUTER_LOSS_SCALE * losses["total"]
-        out = {f"loss_{k}": v.detach() for k, v in losses.items() if k != "total"}
-        out.update(loss=loss.detach(), **log)
-        if self.meta and self.step % max(o.summary_steps, 1) == 0:
-            with torch.no_grad():   # the inner loss at the adapted weights (logging only)
-                p = smpl_predict(run_head(self.model, features.detach(), bbox_info, fast),
-                                 self.smpl, self.camera, batch)
-                after = smpl_loss(p, targets, self.weights, mode=o.tto_mode)["total"]
-                out["inner_loss_after"] = after.mean() if after.dim() else after
-        if not torch.isfinite(loss):
-            return {**out, "skipped": True}
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.world > 1:
-            self.sync_gradients()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return out
-
-    def sync_gradients(self) -> None:
-        """Average gradients over DDP ranks and share rank 0's BN statistics."""
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        torch.distributed.all_reduce(flat)
-        flat /= self.world
-        i = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[i:i + n].view_as(p.grad))
-            i += n
-        for b in list(self.model.buffers()) + list(self.model_aux.buffers()):
-            torch.distributed.broadcast(b, 0)
-
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> None:
         o = self.options
@@ -246,7 +262,7 @@ class Trainer:
                 batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
                          for k, v in batch.items()}
                 self.model.train()
-                out = self.run_step(batch)
+                out = self.run_step(batch, log_inner=(self.step + 1) % o.summary_steps == 0)
                 self.batch_idx += 1
                 self.step += 1
                 self.account(out, bar)
@@ -270,6 +286,7 @@ class Trainer:
     def account(self, out: dict, bar) -> None:
         """Count non-finite steps, update the bar, write TensorBoard scalars."""
         o = self.options
+        self.history.append(out["loss"])
         if out.get("skipped"):
             self.n_nonfinite += 1
             self.nonfinite_run += 1

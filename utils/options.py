@@ -48,7 +48,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="sample: adapt every sample on its own (paper); batch: one adapted copy "
                         "per batch (released code; needed to reproduce its published numbers)")
     g.add_argument("--tto_chunk", type=int, default=0,
-                   help="sample mode: samples adapted together (vectorised); 0 = whole batch, "
+                   help="sample mode: samples adapted together under vmap; 0 = auto (whole batch "
+                        "on CUDA, one at a time on the CPU, where a loop is faster), "
                         "1 = one at a time (least memory)")
     g.add_argument("--inner_lr", type=float, default=1e-5,
                    help="SGD step of the head fast weights (training inner step and TTO step 0)")

@@ -202,9 +202,9 @@ class Renderer:
         faces: [F, 3] int vertex indices (e.g. the SMPL faces).
         backend: 'auto' (pyrender if a GL context can be made, else software), 'pyrender'
             (raise if no GL context) or 'software'.
-        light_intensity: strength of the directional light (pyrender) shining along the
-            camera's viewing direction.
-        ambient: ambient light level (pyrender), 0..1.
+        light_intensity: strength of the pyrender directional light shining along the
+            camera's viewing direction (3.0: a surface facing the camera shows ``color``).
+        ambient: brightness of an unlit surface relative to ``color``, 0..1 (both backends).
 
     Attributes:
         backend: 'pyrender' or 'software', the backend actually used.
@@ -316,7 +316,7 @@ class Renderer:
     def _render_software(self, v, fx, fy, cx, cy, height, width, color):
         from utils.raster import render_mesh_software
         rgb, mask = render_mesh_software(v, self.faces, (fx, fy), (cx, cy), height, width,
-                                         color=color)
+                                         color=color, ambient=self.ambient)
         return np.asarray(rgb, dtype=np.float32), np.asarray(mask, dtype=bool)
 
     def _render_pyrender(self, v, fx, fy, cx, cy, height, width, color):
@@ -327,11 +327,14 @@ class Renderer:
         # 180 deg rotation about x.
         v_gl = v * np.array([1.0, -1.0, -1.0])
         mesh = trimesh.Trimesh(v_gl, self.faces, process=False)
+        # pyrender shades in linear space and writes pow(colour, 1/2.2): linearise the inputs so
+        # that a fully lit surface shows ``color`` and an unlit one ``ambient * color``, as in
+        # the software rasteriser.
         material = pyrender.MetallicRoughnessMaterial(
-            metallicFactor=0.1, roughnessFactor=0.7, alphaMode="OPAQUE", doubleSided=True,
-            baseColorFactor=(*color, 1.0))
+            metallicFactor=0.0, roughnessFactor=0.8, alphaMode="OPAQUE", doubleSided=True,
+            baseColorFactor=(*(np.asarray(color) ** 2.2), 1.0))
         scene = pyrender.Scene(bg_color=(0.0, 0.0, 0.0, 0.0),
-                               ambient_light=(self.ambient,) * 3)
+                               ambient_light=(self.ambient ** 2.2,) * 3)
         scene.add(pyrender.Mesh.from_trimesh(mesh, material=material, smooth=True))
 
         z = v[:, 2]
@@ -350,14 +353,20 @@ class Renderer:
         if not self._holds_gl:
             _SHARED_GL.acquire()
             self._holds_gl = True
-        color_img, _ = _SHARED_GL.render(scene, height, width)
-        # pyrender multisamples: alpha is the covered fraction of each pixel and the colour is
-        # premultiplied by it. Covered = at least half the pixel (~ its centre inside the mesh,
-        # as in the software rasteriser); the colour is un-premultiplied there.
-        a = color_img[..., 3].astype(np.float32)
-        mask = a >= 128
+        color_img, depth = _SHARED_GL.render(scene, height, width)
         rgb = np.zeros((height, width, 3), np.float32)
-        rgb[mask] = np.clip(color_img[..., :3][mask].astype(np.float32) / a[mask, None], 0, 1)
+        if color_img.shape[-1] == 4:
+            # Framebuffer platforms (EGL) multisample: alpha is the covered fraction of each
+            # pixel and the colour is premultiplied by it. Covered = at least half the pixel
+            # (~ its centre inside the mesh, as in the software rasteriser); the colour is
+            # un-premultiplied there.
+            a = color_img[..., 3].astype(np.float32)
+            mask = a >= 128
+            rgb[mask] = np.clip(color_img[..., :3][mask].astype(np.float32) / a[mask, None], 0, 1)
+        else:
+            # OSMesa has no framebuffers: pyrender returns RGB only, not multisampled.
+            mask = depth > 0
+            rgb[mask] = color_img[mask].astype(np.float32) / 255.0
         return rgb, mask
 
 

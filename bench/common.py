@@ -1,0 +1,333 @@
+"""Shared pieces of the benchmarks (decisions D15): machine description, synthetic inputs, the
+body model, peak-memory measurement, one child process per mode, tables and JSON.
+
+Every benchmark runs random-weight networks on synthetic inputs, so no data file is needed. The
+SMPL-format body model is the synthetic world's stand-in (``datasets.synthetic_body``), written once
+into a cache folder (``~/.cache/metahmr_bench``, or ``$METAHMR_BENCH_CACHE``); its cost is that
+of the real SMPL (6890 vertices, 24 joints), which is all a timing needs.
+
+Each mode is measured in a fresh child process (the script re-runs itself with ``--_child MODE``)
+so that its peak memory is its own: the peak of one mode never hides the next one's, and the
+allocator starts empty every time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CHILD_MARK = "@@BENCH_RESULT@@ "     # prefix of the child's result line on stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# machine
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device) -> dict:
+    """The machine and software the figures were measured on."""
+    info = {
+        "device": str(device),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_mb=round(props.total_memory / 2**20),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def select_device(name: str) -> torch.device:
+    """'auto' | 'cpu' | 'cuda' -> a device; a clear exit when CUDA is asked for and missing."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------------
+# synthetic inputs
+def synthetic_batch(batch_size: int, crop_hw: tuple[int, int], device: torch.device,
+                    seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch with every key the training step and TTO read, shaped like the dataset's output.
+
+    Geometry is plausible (a person-sized box inside a 1000x1000 image, the crop maps from
+    ``utils.imutils``), values are random: img [B,3,H,W] ~ N(0,1) (ImageNet-normalised range);
+    pose [B,72] ~ N(0, 0.2²) axis-angle; betas [B,10] ~ N(0,1); pose_3d [B,24,4] (metres,
+    conf 1); keypoints [B,49,3] crop pixels inside the crop, conf 1; has_smpl, has_pose_3d [B]
+    ones; center [B,2], scale [B] (bbox height / 200), img_h, img_w, focal_length [B]
+    (CLIFF's diagonal focal), bbox_info [B,3], crop_trans [B,2,3].
+    """
+    from utils import imutils
+    h, w = crop_hw
+    g = np.random.default_rng(seed)
+    B = batch_size
+    img_h = np.full(B, 1000.0)
+    img_w = np.full(B, 1000.0)
+    center = np.stack([g.uniform(400, 600, B), g.uniform(400, 600, B)], -1)
+    scale = g.uniform(1.5, 2.5, B)
+    focal = imutils.diagonal_focal(img_h, img_w) * np.ones(B)
+    crop_trans = np.stack([imutils.get_affine_transform(center[i], scale[i], 0.0, (w, h))
+                           for i in range(B)])
+    kp = np.concatenate([g.uniform(0.1 * w, 0.9 * w, (B, 49, 1)),
+                         g.uniform(0.1 * h, 0.9 * h, (B, 49, 1)), np.ones((B, 49, 1))], -1)
+    pose_3d = np.concatenate([g.normal(0, 0.3, (B, 24, 3)), np.ones((B, 24, 1))], -1)
+    arrays = {
+        "img": g.standard_normal((B, 3, h, w)),
+        "pose": g.normal(0, 0.2, (B, 72)),
+        "betas": g.standard_normal((B, 10)),
+        "pose_3d": pose_3d,
+        "keypoints": kp,
+        "has_smpl": np.ones(B),
+        "has_pose_3d": np.ones(B),
+        "center": center,
+        "scale": scale,
+        "img_h": img_h,
+        "img_w": img_w,
+        "focal_length": focal,
+        "bbox_info": imutils.bbox_info(center, scale, img_h, img_w, focal),
+        "crop_trans": crop_trans,
+    }
+    return {k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=device)
+            for k, v in arrays.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# body model
+def cache_root() -> Path:
+    """Folder holding the stand-in body model of the benchmarks."""
+    return Path(os.environ.get("METAHMR_BENCH_CACHE",
+                               Path.home() / ".cache" / "metahmr_bench")).expanduser()
+
+
+def body_model_root(root: str | os.PathLike | None = None) -> Path:
+    """A data root holding ``data/smpl/SMPL_NEUTRAL.pkl``, ``data/J_regressor_extra.npy`` and
+    ``data/smpl_mean_params.npz``.
+
+    ``root`` given: used as is (e.g. the real data root, to time the real SMPL). Otherwise the
+    synthetic world's stand-ins are written into :func:`cache_root` the first time.
+    """
+    if root is not None:
+        return Path(root)
+    root = cache_root()
+    from config import DataPaths, MissingFileError
+    paths = DataPaths(root)
+    try:
+        paths.smpl_model("neutral")
+        paths.j_regressor_extra()
+        paths.smpl_mean_params()
+        return root
+    except MissingFileError:
+        pass
+    write_standin_body_model(root)
+    return root
+
+
+def write_standin_body_model(root: str | os.PathLike) -> None:
+    """Write the synthetic world's neutral body model (SMPL pickle format, plain numpy), its
+    ``J_regressor_extra`` [9, 6890] and SPIN-format mean parameters (upright mean pose, zero
+    shape, camera (0.9, 0, 0)) under ``root/data``: about 2 s, nothing else of the world."""
+    import pickle
+    from config import DataPaths
+    from datasets import synthetic_body
+    paths = DataPaths(Path(root))
+    print(f"writing the synthetic body model into {paths.data_dir} (once)", file=sys.stderr)
+    model = synthetic_body.build_body_model("neutral")
+    extra, _ = synthetic_body.extra_regressors(model)
+    mean_pose = np.zeros(72)
+    mean_pose[0] = np.pi                  # upright in the camera frame (y down), as SPIN's mean
+    mean = synthetic_body.mean_params(mean_pose)
+    paths.smpl_dir.mkdir(parents=True, exist_ok=True)
+    files = ((paths.data_dir / "J_regressor_extra.npy", lambda fh: np.save(fh, extra)),
+             (paths.data_dir / "smpl_mean_params.npz", lambda fh: np.savez(fh, **mean)),
+             (paths.smpl_dir / "SMPL_NEUTRAL.pkl",
+              lambda fh: pickle.dump(model.data, fh, protocol=2)))
+    for path, write in files:
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)            # atomic: a concurrent run never reads half a file
+
+
+def build_body_model(device: torch.device, root: str | os.PathLike | None = None):
+    """The neutral SMPL of :func:`body_model_root`, on ``device``."""
+    from config import DataPaths
+    from models.smpl import build_smpl
+    return build_smpl(DataPaths(body_model_root(root)), "neutral").to(device)
+
+
+def build_networks(model: str, backbone: str, bbox_type: str, device: torch.device,
+                   seed: int, root: str | os.PathLike | None = None):
+    """Main and aux networks with random weights (seeded) and the mean parameters of
+    :func:`body_model_root`, on ``device``."""
+    from config import DataPaths
+    from models import build_model
+    mean = DataPaths(body_model_root(root)).smpl_mean_params()
+    torch.manual_seed(seed)
+    main = build_model(model, backbone, "main", bbox_type, mean).to(device)
+    aux = build_model(model, backbone, "aux", bbox_type, mean).to(device)
+    return main, aux
+
+
+# ------------------------------------------------------------------------------------------------
+# timing and memory
+def time_iterations(fn: Callable[[], object], iters: int, warmup: int,
+                    device: torch.device) -> tuple[list[float], list[float]]:
+    """Wall seconds and process CPU seconds (all threads) of each of ``iters`` calls of ``fn``
+    after ``warmup`` untimed calls. On a shared machine the wall time rises with the other
+    processes' load; the CPU time much less (a contended CPU still inflates it a little)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    wall, cpu = [], []
+    for _ in range(iters):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        synchronize(device)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu
+
+
+def _status_kb(key: str) -> int:
+    m = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    if m is None:
+        raise OSError(f"/proc/self/status has no {key}")
+    return int(m.group(1))
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the process's RSS high-water mark (Linux >= 4.0); False where impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak memory of a code region, in MiB, above what was in use when the region began.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (stats reset on entry), minus the memory
+    allocated on entry. CPU: the RSS high-water mark (``VmHWM``, reset on entry through
+    ``/proc/self/clear_refs``; else ``getrusage().ru_maxrss``, then only a lower bound when the
+    set-up peaked higher) minus the RSS on entry. After the region: ``peak_mb`` (increase),
+    ``total_mb`` (absolute peak), ``method``.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            self.method = "cuda max_memory_allocated - allocated at start"
+        else:
+            self.reset = _reset_rss_peak()
+            self.base = _rss_bytes()
+            self.method = ("RSS high-water (VmHWM, reset at start) - RSS at start" if self.reset
+                           else "ru_maxrss - RSS at start (lower bound: peak not resettable)")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        elif self.reset:
+            peak = _status_kb("VmHWM") * 1024
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.peak_mb = (peak - self.base) / 2**20
+        self.total_mb = peak / 2**20
+
+
+def _rss_bytes() -> int:
+    try:
+        return _status_kb("VmRSS") * 1024
+    except OSError:
+        return 0
+
+
+def summarize(times: Sequence[float]) -> dict:
+    """Median (the figure), mean, min and max of per-iteration seconds."""
+    return {"median": statistics.median(times), "mean": statistics.fmean(times),
+            "min": min(times), "max": max(times), "n": len(times)}
+
+
+# ------------------------------------------------------------------------------------------------
+# one child process per mode
+def child_result(result: dict) -> None:
+    """Child side: hand the mode's figures to the parent (one marked line on stdout)."""
+    print(CHILD_MARK + json.dumps(result), flush=True)
+
+
+def run_child(script: str | os.PathLike, mode: str, argv: Sequence[str]) -> dict:
+    """Parent side: run ``script --_child mode argv...`` in a fresh interpreter; its figures."""
+    cmd = [sys.executable, str(script), *argv, "--_child", mode]
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(CHILD_MARK)]
+    other = [ln for ln in proc.stdout.splitlines() if not ln.startswith(CHILD_MARK)]
+    if other:
+        print("\n".join(other))
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"mode {mode!r} failed (exit code {proc.returncode}); its traceback is "
+                           f"above. Command: {' '.join(cmd)}")
+    return json.loads(lines[-1][len(CHILD_MARK):])
+
+
+# ------------------------------------------------------------------------------------------------
+# output
+def print_table(title: str | None, columns: Sequence[tuple[str, str, str]], rows: dict[str, dict]) -> None:
+    """Print ``rows`` {name: figures} as a table; columns: (key, header, format spec)."""
+    width = max([4] + [len(n) for n in rows]) + 2
+    cw = [max(len(h), 10) + 2 for _, h, _ in columns]
+    if title:
+        print(title)
+    print(f"{'mode':<{width}}" + "".join(f"{h:>{c}}" for (_, h, _), c in zip(columns, cw)))
+    for name, r in rows.items():
+        cells = []
+        for (k, _, fmt), c in zip(columns, cw):
+            v = r.get(k)
+            cells.append(f"{'-' if v is None else format(v, fmt):>{c}}")
+        print(f"{name:<{width}}" + "".join(cells))
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {p}")

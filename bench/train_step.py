@@ -1,0 +1,216 @@
+"""Training-iteration cost of Meta-HMR against plain training (decisions D15).
+
+    python bench/train_step.py --model cliff --backbone resnet --batch_size 4 --device cpu \
+                               [--iters 10] [--warmup 2] [--amp off|bf16|fp16] [--json out.json]
+
+One full iteration of ``train.trainer.MetaStep`` (GT mesh, backbone once, aux pseudo-labels,
+inner step, outer loss, backward, Adam) per call, on random-weight networks and a synthetic
+batch (no data file needed), in four modes:
+
+=================  ===============================================================
+plain              ``--no_inner``: supervised training only (the baseline)
+meta_fo_batch      ``--first_order --tto_mode batch`` (released granularity)
+meta_fo_sample     ``--first_order --tto_mode sample`` (per-sample fast weights)
+meta_so            second-order MAML, sample mode (aux network gets the meta-gradient)
+=================  ===============================================================
+
+Figures per mode: seconds per iteration (median of ``--iters`` after ``--warmup``), peak memory
+above the set-up (CPU: RSS high-water; CUDA: ``max_memory_allocated``), each measured in its
+own child process, and the ratio to ``plain`` measured in the same run.
+
+Adam runs with learning rate 0 by default (``--train_lr``: the training rates): its arithmetic
+is the same at any rate, and every timed iteration then does the same work from the same
+weights. With random weights and one fixed batch, meta-training at the real rates diverges
+within a few iterations (the CLIFF 2D loss explodes, the loss turns non-finite and the step
+skips backward and Adam), which would make the times meaningless.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench import common  # noqa: E402
+
+MODES = {
+    "plain": ["--no_inner"],
+    "meta_fo_batch": ["--first_order", "--tto_mode", "batch"],
+    "meta_fo_sample": ["--first_order", "--tto_mode", "sample"],
+    "meta_so": ["--tto_mode", "sample"],
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="cliff", choices=("cliff", "hmr"))
+    p.add_argument("--backbone", default="resnet", choices=("resnet", "hrnet", "resnet18"))
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--bbox_type", default="rect", choices=("rect", "square"),
+                   help="crop size: rect 256x192 (released) or square 224x224")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
+                   help="mixed precision (CUDA only; ignored on CPU, as in training)")
+    p.add_argument("--inner_step", type=int, default=1, help="inner SGD steps of the meta modes")
+    p.add_argument("--iters", type=int, default=10, help="timed iterations per mode")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations before timing")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help=f"comma-separated subset of {','.join(MODES)}")
+    p.add_argument("--train_lr", action="store_true",
+                   help="Adam at the training learning rates (default 0: every iteration starts "
+                        "from the same weights; random-weight meta-training can diverge)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
+    p.add_argument("--smpl_root", default=None,
+                   help="data root holding data/smpl/SMPL_NEUTRAL.pkl and "
+                        "data/J_regressor_extra.npy (default: the synthetic stand-in, cached)")
+    p.add_argument("--in_process", action="store_true",
+                   help="measure every mode in this process (faster; on the CPU a mode's peak "
+                        "memory can then be hidden by an earlier one's)")
+    p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.mode_list = [m for m in args.modes.split(",") if m]
+    bad = [m for m in args.mode_list if m not in MODES]
+    if bad or not args.mode_list:
+        p.error(f"--modes: unknown {bad}; choose from {list(MODES)}")
+    if args.model == "hmr" and args.backbone == "hrnet":
+        p.error("--model hmr has no HRNet variant (choose --backbone resnet or resnet18)")
+    if args.iters < 1 or args.warmup < 0 or args.batch_size < 1:
+        p.error("--iters and --batch_size must be >= 1, --warmup >= 0")
+    return args
+
+
+def train_options(args, mode: str) -> argparse.Namespace:
+    """The training options of one mode, through the real parser (defaults as train.py)."""
+    from utils.options import resolve, train_parser
+    argv = ["--model", args.model, "--backbone", args.backbone,
+            "--batch_size", str(args.batch_size), "--bbox_type", args.bbox_type,
+            "--device", args.device, "--amp", args.amp, "--inner_step", str(args.inner_step),
+            "--seed", str(args.seed), *MODES[mode]]
+    return resolve(train_parser().parse_args(argv))
+
+
+def measure_mode(args, mode: str) -> dict:
+    """Build networks, SMPL, Adam and a batch; time ``MetaStep`` in this process."""
+    from constants import crop_size
+    from train.trainer import MetaStep
+    device = common.select_device(args.device)
+    o = train_options(args, mode)
+    model, model_aux = common.build_networks(o.model, o.backbone, o.bbox_type, device,
+                                             args.seed, args.smpl_root)
+    model.train()
+    # as Trainer builds it; learning rates 0 unless --train_lr (module docstring)
+    groups = [{"params": list(model.parameters()), "lr": o.outer_lr if args.train_lr else 0.0,
+               "betas": (o.beta1, o.beta2), "eps": o.eps_adam}]
+    if not o.no_learn_loss:
+        groups.append({"params": list(model_aux.parameters()),
+                       "lr": o.aux_lr if args.train_lr else 0.0})
+    optimizer = torch.optim.Adam(groups)
+    smpl = common.build_body_model(device, args.smpl_root)
+    step = MetaStep(o, model, model_aux, smpl, optimizer, device)
+    batch = common.synthetic_batch(args.batch_size, crop_size(o.bbox_type), device, args.seed)
+    losses, skipped = [], []
+
+    def one():
+        out = step(batch)
+        losses.append(float(out["loss"]))
+        skipped.append(bool(out.get("skipped", False)))
+
+    with common.PeakMemory(device) as mem:
+        times, cpu_times = common.time_iterations(one, args.iters, args.warmup, device)
+    t = common.summarize(times)
+    return {"s_per_iter": t["median"], "images_per_s": args.batch_size / t["median"],
+            "peak_mb": mem.peak_mb, "peak_total_mb": mem.total_mb, "times_s": times,
+            "cpu_s_per_iter": common.summarize(cpu_times)["median"], "cpu_times_s": cpu_times,
+            "mean_s": t["mean"], "min_s": t["min"], "max_s": t["max"],
+            "loss_first": losses[0], "loss_last": losses[-1],
+            "skipped_steps": sum(skipped), "memory_method": mem.method}
+
+
+def run(args) -> dict:
+    device = common.select_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    common.body_model_root(args.smpl_root)        # written once, before the children start
+    modes = {}
+    for mode in args.mode_list:
+        print(f"measuring {mode} ...", file=sys.stderr, flush=True)
+        if args.in_process:
+            modes[mode] = measure_mode(args, mode)
+        else:
+            modes[mode] = common.run_child(__file__, mode, _child_argv(args))
+    plain = modes.get("plain")
+    for r in modes.values():
+        r["ratio_to_plain"] = r["s_per_iter"] / plain["s_per_iter"] if plain else None
+        r["cpu_ratio_to_plain"] = (r["cpu_s_per_iter"] / plain["cpu_s_per_iter"]
+                                   if plain and plain["cpu_s_per_iter"] > 0 else None)
+        r["peak_ratio_to_plain"] = (r["peak_mb"] / plain["peak_mb"]
+                                    if plain and plain["peak_mb"] > 0 else None)
+    from constants import crop_size
+    h, w = crop_size(args.bbox_type)
+    config = {"model": args.model, "backbone": args.backbone, "batch_size": args.batch_size,
+              "bbox_type": args.bbox_type, "crop_hw": [h, w],
+              "amp": args.amp if device.type == "cuda" else "off",
+              "inner_step": args.inner_step, "iters": args.iters, "warmup": args.warmup,
+              "seed": args.seed, "isolated_processes": not args.in_process,
+              "adam_lr": "training rates" if args.train_lr else 0.0,
+              "weights": "random", "inputs": "synthetic random batch",
+              "body_model": "given root" if args.smpl_root else "synthetic stand-in (SMPL format)",
+              "mode_flags": {m: " ".join(MODES[m]) for m in args.mode_list}}
+    return {"modes": modes, "machine": common.machine_info(device), "config": config}
+
+
+def _child_argv(args) -> list[str]:
+    argv = ["--model", args.model, "--backbone", args.backbone, "--batch_size",
+            str(args.batch_size), "--bbox_type", args.bbox_type, "--device", args.device,
+            "--amp", args.amp, "--inner_step", str(args.inner_step), "--iters", str(args.iters),
+            "--warmup", str(args.warmup), "--threads", str(args.threads),
+            "--seed", str(args.seed)]
+    if args.train_lr:
+        argv.append("--train_lr")
+    if args.smpl_root:
+        argv += ["--smpl_root", args.smpl_root]
+    return argv
+
+
+def report(res: dict) -> None:
+    for name, r in res["modes"].items():
+        if r.get("skipped_steps"):
+            print(f"warning: {name}: {r['skipped_steps']} iteration(s) had a non-finite loss and "
+                  f"skipped backward and Adam; its time is not representative")
+    c, m = res["config"], res["machine"]
+    where = m.get("gpu", m["cpu"])
+    print(f"\nMetaStep, {c['model']}/{c['backbone']}, batch {c['batch_size']}, crop "
+          f"{c['crop_hw'][0]}x{c['crop_hw'][1]}, amp {c['amp']}, {c['iters']} iters after "
+          f"{c['warmup']} warm-up; {m['device']} ({where}), {m['torch_threads']} threads, "
+          f"torch {m['torch']}")
+    cols = [("s_per_iter", "s/iter", ".3f"), ("ratio_to_plain", "x plain", ".2f"),
+            ("images_per_s", "img/s", ".2f")]
+    if m["device"] == "cpu":
+        cols += [("cpu_s_per_iter", "CPU s/iter", ".3f"), ("cpu_ratio_to_plain", "CPU x plain", ".2f")]
+    cols += [("peak_mb", "peak MiB", ".0f"), ("peak_ratio_to_plain", "mem x plain", ".2f")]
+    common.print_table(None, cols, res["modes"])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args._child:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        common.child_result(measure_mode(args, args._child))
+        return 0
+    res = run(args)
+    report(res)
+    if args.json:
+        common.write_json(args.json, res)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

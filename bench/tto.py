@@ -1,0 +1,207 @@
+"""Test-time optimisation throughput, per sample against per batch (decisions D15).
+
+    python bench/tto.py --model cliff --backbone resnet --batch_size 20 --device cpu \
+                        [--tto_chunk 0] [--adapt_val_step] [--iters 3] [--warmup 1] [--json out.json]
+
+Times ``train.meta.test_time_optimize`` on random-weight networks and a synthetic batch (no data
+file needed) at the seed README's evaluation settings: ``--inner_lr 1e-5 --after_innerlr 1e-5
+--inner_step 1 --test_val_step 14`` (step 0 + 14 Adam steps), ``--bbox_type rect``.
+``--adapt_val_step`` is off by default so that every step runs (random weights would make the
+early stop arbitrary); turn it on to time the README command as is.
+
+Modes: ``batch`` (one adapted copy per batch, the released code) and ``sample`` (every sample
+adapted on its own; ``--tto_chunk`` samples vectorised together, 0 = the whole batch). Figures:
+images per second (batch size / median seconds per batch), peak memory above the set-up
+(CPU: RSS high-water; CUDA: ``max_memory_allocated``), each mode in its own child process, and
+the sample/batch ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench import common  # noqa: E402
+
+MODES = ("batch", "sample")
+README_TTO = ["--inner_lr", "1e-5", "--after_innerlr", "1e-5", "--inner_step", "1"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="cliff", choices=("cliff", "hmr"))
+    p.add_argument("--backbone", default="resnet", choices=("resnet", "hrnet", "resnet18"))
+    p.add_argument("--batch_size", type=int, default=20, help="evaluation (TTO) batch size")
+    p.add_argument("--bbox_type", default="rect", choices=("rect", "square"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--tto_chunk", type=int, default=0,
+                   help="sample mode: samples adapted together (0 = whole batch, 1 = a loop)")
+    p.add_argument("--test_val_step", type=int, default=14, help="Adam steps after step 0")
+    p.add_argument("--adapt_val_step", action="store_true",
+                   help="early stop at |loss change| < 2e-5 (off here: all steps run)")
+    p.add_argument("--iters", type=int, default=3, help="timed batches per mode")
+    p.add_argument("--warmup", type=int, default=1, help="untimed batches before timing")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of batch,sample")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
+    p.add_argument("--smpl_root", default=None,
+                   help="data root holding data/smpl/SMPL_NEUTRAL.pkl and "
+                        "data/J_regressor_extra.npy (default: the synthetic stand-in, cached)")
+    p.add_argument("--in_process", action="store_true",
+                   help="measure both modes in this process (CPU peak memory then less honest)")
+    p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.mode_list = [m for m in args.modes.split(",") if m]
+    bad = [m for m in args.mode_list if m not in MODES]
+    if bad or not args.mode_list:
+        p.error(f"--modes: unknown {bad}; choose from {list(MODES)}")
+    if args.model == "hmr" and args.backbone == "hrnet":
+        p.error("--model hmr has no HRNet variant (choose --backbone resnet or resnet18)")
+    if args.iters < 1 or args.warmup < 0 or args.batch_size < 1 or args.tto_chunk < 0:
+        p.error("--iters and --batch_size must be >= 1, --warmup and --tto_chunk >= 0")
+    return args
+
+
+def eval_options(args, mode: str) -> argparse.Namespace:
+    """The evaluation options of one mode, through the real eval parser."""
+    from utils.options import eval_parser, resolve
+    argv = ["--backbone", args.backbone, "--batch_size", str(args.batch_size),
+            "--bbox_type", args.bbox_type, "--device", args.device, *README_TTO,
+            "--test_val_step", str(args.test_val_step), "--tto_mode", mode,
+            "--tto_chunk", str(args.tto_chunk), "--seed", str(args.seed)]
+    if args.adapt_val_step:
+        argv.append("--adapt_val_step")
+    return resolve(eval_parser(args.model).parse_args(argv))
+
+
+def measure_mode(args, mode: str) -> dict:
+    """Build networks, SMPL and a batch; time ``test_time_optimize`` in this process."""
+    from constants import crop_size
+    from train.meta import Camera, TTOConfig, test_time_optimize
+    device = common.select_device(args.device)
+    o = eval_options(args, mode)
+    model, model_aux = common.build_networks(o.model, o.backbone, o.bbox_type, device,
+                                             args.seed, args.smpl_root)
+    model.eval()
+    model_aux.eval()
+    model_aux.requires_grad_(False)           # as in evaluation
+    smpl = common.build_body_model(device, args.smpl_root)
+    camera, cfg = Camera.from_options(o), TTOConfig.from_options(o)
+    batch = common.synthetic_batch(args.batch_size, crop_size(o.bbox_type), device, args.seed)
+    last = {}
+
+    def one():
+        last["res"] = test_time_optimize(model, model_aux, batch, smpl, camera, cfg)
+
+    with common.PeakMemory(device) as mem:
+        times, cpu_times = common.time_iterations(one, args.iters, args.warmup, device)
+    t = common.summarize(times)
+    res = last["res"]
+    return {"images_per_s": args.batch_size / t["median"], "s_per_batch": t["median"],
+            "s_per_image": t["median"] / args.batch_size,
+            "peak_mb": mem.peak_mb, "peak_total_mb": mem.total_mb, "times_s": times,
+            "cpu_s_per_batch": common.summarize(cpu_times)["median"], "cpu_times_s": cpu_times,
+            "mean_s": t["mean"], "min_s": t["min"], "max_s": t["max"],
+            "mean_steps": float(res.steps.float().mean()),
+            "nonfinite": int(res.nonfinite.sum()),
+            "loss_2d_before": float(res.loss_2d_before.float().mean()),
+            "loss_2d_after": float(res.loss_2d_after.float().mean()),
+            "memory_method": mem.method}
+
+
+def run(args) -> dict:
+    device = common.select_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    common.body_model_root(args.smpl_root)        # written once, before the children start
+    modes = {}
+    for mode in args.mode_list:
+        print(f"measuring {mode} ...", file=sys.stderr, flush=True)
+        if args.in_process:
+            modes[mode] = measure_mode(args, mode)
+        else:
+            modes[mode] = common.run_child(__file__, mode, _child_argv(args))
+    ratios = {}
+    if "batch" in modes and "sample" in modes:
+        b, s = modes["batch"], modes["sample"]
+        ratios = {"sample_over_batch_time": s["s_per_batch"] / b["s_per_batch"],
+                  "sample_over_batch_peak_mb": (s["peak_mb"] / b["peak_mb"]
+                                                if b["peak_mb"] > 0 else None)}
+        for r in modes.values():
+            r["time_ratio_to_batch"] = r["s_per_batch"] / b["s_per_batch"]
+            r["cpu_ratio_to_batch"] = (r["cpu_s_per_batch"] / b["cpu_s_per_batch"]
+                                       if b["cpu_s_per_batch"] > 0 else None)
+            r["peak_ratio_to_batch"] = r["peak_mb"] / b["peak_mb"] if b["peak_mb"] > 0 else None
+    from constants import crop_size
+    h, w = crop_size(args.bbox_type)
+    config = {"model": args.model, "backbone": args.backbone, "batch_size": args.batch_size,
+              "bbox_type": args.bbox_type, "crop_hw": [h, w], "tto_chunk": args.tto_chunk,
+              "steps": f"1 + {args.test_val_step}", "test_val_step": args.test_val_step,
+              "adapt_val_step": args.adapt_val_step, "inner_lr": 1e-5, "after_innerlr": 1e-5,
+              "iters": args.iters, "warmup": args.warmup, "seed": args.seed,
+              "isolated_processes": not args.in_process, "weights": "random",
+              "inputs": "synthetic random batch",
+              "body_model": "given root" if args.smpl_root else "synthetic stand-in (SMPL format)"}
+    return {"modes": modes, "ratios": ratios, "machine": common.machine_info(device),
+            "config": config}
+
+
+def _child_argv(args) -> list[str]:
+    argv = ["--model", args.model, "--backbone", args.backbone, "--batch_size",
+            str(args.batch_size), "--bbox_type", args.bbox_type, "--device", args.device,
+            "--tto_chunk", str(args.tto_chunk), "--test_val_step", str(args.test_val_step),
+            "--iters", str(args.iters), "--warmup", str(args.warmup),
+            "--threads", str(args.threads), "--seed", str(args.seed)]
+    if args.adapt_val_step:
+        argv.append("--adapt_val_step")
+    if args.smpl_root:
+        argv += ["--smpl_root", args.smpl_root]
+    return argv
+
+
+def report(res: dict) -> None:
+    c, m = res["config"], res["machine"]
+    where = m.get("gpu", m["cpu"])
+    print(f"\ntest_time_optimize, {c['model']}/{c['backbone']}, batch {c['batch_size']}, crop "
+          f"{c['crop_hw'][0]}x{c['crop_hw'][1]}, steps {c['steps']}, adapt_val_step "
+          f"{'on' if c['adapt_val_step'] else 'off'}, tto_chunk {c['tto_chunk']}, "
+          f"{c['iters']} batches after {c['warmup']} warm-up; {m['device']} ({where}), "
+          f"{m['torch_threads']} threads, torch {m['torch']}")
+    cols = [("images_per_s", "img/s", ".2f"), ("s_per_batch", "s/batch", ".2f"),
+            ("time_ratio_to_batch", "time x batch", ".2f")]
+    if m["device"] == "cpu":
+        cols += [("cpu_s_per_batch", "CPU s/batch", ".2f"),
+                 ("cpu_ratio_to_batch", "CPU x batch", ".2f")]
+    cols += [("peak_mb", "peak MiB", ".0f"), ("peak_ratio_to_batch", "mem x batch", ".2f"),
+             ("mean_steps", "steps", ".1f"), ("nonfinite", "nonfinite", "d")]
+    common.print_table(None, cols, res["modes"])
+    r = res["ratios"]
+    if r:
+        print(f"sample/batch: {r['sample_over_batch_time']:.2f}x the time per batch"
+              + (f", {r['sample_over_batch_peak_mb']:.2f}x the peak memory"
+                 if r["sample_over_batch_peak_mb"] is not None else ""))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args._child:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        common.child_result(measure_mode(args, args._child))
+        return 0
+    res = run(args)
+    report(res)
+    if args.json:
+        common.write_json(args.json, res)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,218 @@
+"""SPIN's SMPL wrapper over ``smplx.SMPL`` (upstream-behaviour.md §4.3).
+
+``SMPL`` loads ``SMPL_{NEUTRAL,MALE,FEMALE}.pkl`` (the official chumpy pickles, read through
+chumpy-fixed, or the synthetic stand-ins of ``datasets/synthetic_body.py``: same code path)
+with ``create_transl=False``, adds the 9 rows of ``J_regressor_extra`` (a [9, 6890] buffer) to
+smplx's 45 joints and gathers the 54 source joints with ``constants.JOINT_MAP`` into SPIN's 49:
+
+* source 0-23: the SMPL skeleton; 24-34: smplx's vertex keypoints (nose, right/left eye,
+  right/left ear, left big toe, left small toe, left heel, right big toe, right small toe,
+  right heel; SMPL vertex ids ``constants.SMPLX_VERTEX_JOINTS``); 35-44: fingertips (unused);
+  45-53: ``J_regressor_extra`` rows;
+* output 0-24: OpenPose BODY_25 order; 25-48: the 24 "GT" joints (``constants.JOINT_NAMES``).
+
+The forward pass accepts axis-angle (``pose2rot=True``: ``global_orient`` [B, 3], ``body_pose``
+[B, 69]) or rotation matrices (``pose2rot=False``: [B, 1, 3, 3] and [B, 23, 3, 3], as SPIN and
+the regressors use it).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import smplx
+import torch
+from smplx.lbs import vertices2joints
+from smplx.utils import Struct
+
+import constants
+from config import DataPaths
+
+__all__ = ["SMPL", "SMPLOutput", "build_smpl", "load_regressor", "load_smpl_data",
+           "SMPLFileError", "NUM_SOURCE_JOINTS"]
+
+NUM_VERTS = 6890
+NUM_SOURCE_JOINTS = 54          # 24 SMPL + 21 smplx vertex joints + 9 extra
+
+# key -> expected shape (None: any size on that axis)
+_EXPECTED = {
+    "v_template": (NUM_VERTS, 3), "f": (None, 3), "J_regressor": (24, NUM_VERTS),
+    "weights": (NUM_VERTS, 24), "posedirs": (NUM_VERTS, 3, 207),
+    "shapedirs": (NUM_VERTS, 3, None), "kintree_table": (2, 24),
+}
+
+
+class SMPLFileError(ValueError):
+    """An SMPL model or regressor file is unreadable or has the wrong content."""
+
+
+@dataclass
+class SMPLOutput:
+    """Output of :class:`SMPL`.
+
+    vertices [B, 6890, 3]; joints [B, 49, 3] (SPIN order); smpl_joints [B, 24, 3] (the posed
+    SMPL skeleton); the inputs (betas [B, 10], global_orient, body_pose) echoed back.
+    """
+    vertices: torch.Tensor
+    joints: torch.Tensor
+    smpl_joints: torch.Tensor
+    betas: Optional[torch.Tensor] = None
+    global_orient: Optional[torch.Tensor] = None
+    body_pose: Optional[torch.Tensor] = None
+    full_pose: Optional[torch.Tensor] = None
+
+
+def _dense(x) -> np.ndarray:
+    """numpy array from a numpy / scipy.sparse / chumpy value."""
+    if "scipy.sparse" in str(type(x)):
+        x = x.toarray()
+    elif hasattr(x, "r") and not isinstance(x, np.ndarray):   # chumpy Ch
+        x = x.r
+    return np.asarray(x)
+
+
+def load_smpl_data(path: str | os.PathLike) -> dict:
+    """Read and check an SMPL pickle; returns its dict (arrays as in the file).
+
+    Raises :class:`SMPLFileError` naming the file when it cannot be unpickled (e.g. chumpy
+    missing for the official files) or a key is missing or has the wrong shape.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            data = pickle.load(fh, encoding="latin1")
+    except ModuleNotFoundError as e:
+        raise SMPLFileError(f"cannot unpickle SMPL model {path}: module {e.name!r} is missing "
+                            "(the official SMPL pickles need chumpy: pip install chumpy-fixed)"
+                            ) from e
+    except Exception as e:   # noqa: BLE001 - re-raised with the file name
+        raise SMPLFileError(f"cannot read SMPL model {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(data, dict):
+        raise SMPLFileError(f"SMPL model {path}: expected a pickled dict, got {type(data)}")
+    for key, shape in _EXPECTED.items():
+        if key not in data:
+            raise SMPLFileError(f"SMPL model {path}: missing key {key!r} "
+                                f"(keys present: {sorted(data)})")
+        got = tuple(_dense(data[key]).shape) if key != "J_regressor" else tuple(data[key].shape)
+        if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
+            want = "x".join("N" if s is None else str(s) for s in shape)
+            raise SMPLFileError(f"SMPL model {path}: {key!r} has shape {got}, expected {want}")
+    if _dense(data["shapedirs"]).shape[2] < constants.NUM_BETAS:
+        raise SMPLFileError(f"SMPL model {path}: 'shapedirs' has "
+                            f"{_dense(data['shapedirs']).shape[2]} components, need >= 10")
+    return data
+
+
+def load_regressor(path: str | os.PathLike, rows: int | None = None) -> torch.Tensor:
+    """A joint regressor ``.npy`` ([rows, 6890]) as a float32 tensor.
+
+    Raises :class:`SMPLFileError` naming the file if it is unreadable, not 2-D with 6890
+    columns, has ``rows`` != the expected count, or holds NaN/inf.
+    """
+    path = Path(path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as e:   # noqa: BLE001
+        raise SMPLFileError(f"cannot read joint regressor {path}: {type(e).__name__}: {e}") from e
+    want = f"[{rows if rows is not None else 'N'}, {NUM_VERTS}]"
+    if arr.ndim != 2 or arr.shape[1] != NUM_VERTS or (rows is not None and arr.shape[0] != rows):
+        raise SMPLFileError(f"joint regressor {path} has shape {arr.shape}, expected {want}")
+    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
+        raise SMPLFileError(f"joint regressor {path} holds non-finite or non-numeric values")
+    return torch.as_tensor(arr.astype(np.float32))
+
+
+class SMPL(smplx.SMPL):
+    """SMPL with SPIN's 49 joints.
+
+    Args:
+        model_path: an ``SMPL_*.pkl`` file, or a folder holding ``SMPL_{GENDER}.pkl``.
+        joint_regressor_extra: path of ``J_regressor_extra.npy`` or a [9, 6890] array.
+        gender: 'neutral' | 'male' | 'female' (used when ``model_path`` is a folder).
+        **kwargs: passed to ``smplx.SMPL`` (e.g. ``dtype``, ``batch_size``);
+            ``create_transl`` defaults to False.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, joint_regressor_extra,
+                 gender: str = "neutral", **kwargs):
+        kwargs.setdefault("create_transl", False)
+        kwargs.pop("get_skin", None)
+        path = Path(model_path)
+        if path.is_dir():
+            path = path / f"SMPL_{gender.upper()}.pkl"
+        if not path.exists():
+            raise SMPLFileError(f"SMPL model not found: {path.resolve()}")
+        data = load_smpl_data(path)
+        data = {k: (v if k in ("bs_style", "bs_type") or "scipy.sparse" in str(type(v))
+                    else _dense(v)) for k, v in data.items()}
+        # smplx prints a warning for 10-component shape spaces (the SPIN files); keep quiet
+        with contextlib.redirect_stdout(io.StringIO()):
+            super().__init__(model_path=str(path), data_struct=Struct(**data), gender=gender,
+                             **kwargs)
+        self.model_file = str(path)
+        if isinstance(joint_regressor_extra, (str, os.PathLike)):
+            extra = load_regressor(joint_regressor_extra, rows=9)
+        else:
+            extra = torch.as_tensor(np.asarray(joint_regressor_extra, dtype=np.float32))
+            if extra.shape != (9, NUM_VERTS):
+                raise SMPLFileError(f"J_regressor_extra has shape {tuple(extra.shape)}, "
+                                    f"expected [9, {NUM_VERTS}]")
+        self.register_buffer("J_regressor_extra", extra.to(self.dtype))
+        self.register_buffer("joint_map", torch.tensor(constants.JOINT_MAP, dtype=torch.long))
+
+    def forward(self, betas: Optional[torch.Tensor] = None,
+                body_pose: Optional[torch.Tensor] = None,
+                global_orient: Optional[torch.Tensor] = None, pose2rot: bool = True,
+                **kwargs) -> SMPLOutput:
+        """Pose and shape the body.
+
+        Args:
+            betas: [B, 10]. body_pose: [B, 69] axis-angle (``pose2rot=True``) or
+                [B, 23, 3, 3] rotation matrices (``pose2rot=False``). global_orient: [B, 3] or
+                [B, 1, 3, 3] likewise. Missing inputs fall back to the module's parameters.
+        Returns:
+            :class:`SMPLOutput` with vertices [B, 6890, 3], joints [B, 49, 3],
+            smpl_joints [B, 24, 3].
+        """
+        kwargs.pop("get_skin", None)
+        if pose2rot:
+            _check(body_pose, "body_pose", (69,))
+            _check(global_orient, "global_orient", (3,))
+        else:
+            _check(body_pose, "body_pose", (23, 3, 3))
+            _check(global_orient, "global_orient", (1, 3, 3))
+        _check(betas, "betas", (self.num_betas,))
+        out = super().forward(betas=betas, body_pose=body_pose, global_orient=global_orient,
+                              pose2rot=pose2rot, **kwargs)
+        extra = vertices2joints(self.J_regressor_extra, out.vertices)
+        source = torch.cat([out.joints, extra], dim=1)            # [B, 54, 3]
+        return SMPLOutput(vertices=out.vertices, joints=source[:, self.joint_map],
+                          smpl_joints=out.joints[:, :24], betas=out.betas,
+                          global_orient=out.global_orient, body_pose=out.body_pose,
+                          full_pose=out.full_pose)
+
+
+def _check(x, name: str, tail: tuple) -> None:
+    if x is None:
+        return
+    if not torch.is_tensor(x):
+        raise TypeError(f"SMPL: {name} must be a tensor, got {type(x).__name__}")
+    if tuple(x.shape[1:]) != tail or x.dim() != len(tail) + 1:
+        want = ", ".join(["B"] + [str(t) for t in tail])
+        raise ValueError(f"SMPL: {name} has shape {tuple(x.shape)}, expected [{want}]")
+
+
+def build_smpl(paths: DataPaths, gender: str = "neutral", **kwargs) -> SMPL:
+    """The SMPL model of ``gender`` from the data layout ``paths`` (with its extra regressor).
+
+    Missing files raise :class:`config.MissingFileError` naming the file and where to get it.
+    """
+    if gender not in ("neutral", "male", "female"):
+        raise ValueError(f"gender must be 'neutral', 'male' or 'female', got {gender!r}")
+    return SMPL(paths.smpl_model(gender), paths.j_regressor_extra(), gender=gender, **kwargs)

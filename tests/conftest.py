@@ -1,0 +1,50 @@
+"""Shared pytest fixtures: a tiny synthetic world built once per session, and its SMPL.
+
+``synthetic_root``: the data root of a tiny world (``datasets.synthetic.build_world``: every
+train/test set with ``TEST_WORLD_SIZE`` samples at ``TEST_WORLD_IMG_SIZE`` px, the body models,
+regressors, mean parameters, occluders and the resnet18 stand-in weights). It is built in the
+session's temporary folder, or reused from ``$METAHMR_TEST_WORLD`` when that names a folder
+(built there the first time; rebuilt automatically when the generator version changes).
+
+Also: two torch threads (the test machine has two cores), and ``torch._dynamo`` imported before
+anything can create a GL context (importing triton after a GL context exists segfaults).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch._dynamo  # noqa: F401  must precede any GL context (triton/GL segfault)
+
+import pytest
+
+torch.set_num_threads(2)
+
+TEST_WORLD_SIZE = 4
+TEST_WORLD_IMG_SIZE = 128
+TEST_WORLD_WEIGHTS = ("resnet18",)
+
+
+def world_sizes() -> dict:
+    """Samples per set of the session world (every train and test set)."""
+    from datasets.synthetic import DEFAULT_SIZES
+    return {k: TEST_WORLD_SIZE for k in DEFAULT_SIZES}
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """Path of the session's tiny synthetic world (``config.DataPaths(root)`` layout)."""
+    from datasets.synthetic import build_world
+    cache = os.environ.get("METAHMR_TEST_WORLD")
+    root = Path(cache) if cache else tmp_path_factory.mktemp("synthetic_world")
+    return build_world(root, sizes=world_sizes(), img_size=TEST_WORLD_IMG_SIZE, seed=0,
+                       weights=TEST_WORLD_WEIGHTS, log=None)
+
+
+@pytest.fixture(scope="session")
+def smpl_neutral(synthetic_root):
+    """The neutral :class:`models.smpl.SMPL` of the synthetic world (float32, CPU)."""
+    from config import DataPaths
+    from models.smpl import build_smpl
+    return build_smpl(DataPaths(synthetic_root), "neutral")

@@ -1,0 +1,140 @@
+"""The meta inner step and test-time optimisation (train/meta.py) on the synthetic world."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from config import DataPaths
+from models import build_model
+from train.losses import LossWeights, smpl_loss
+from train.meta import (INNER_TERMS, Camera, TTOConfig, inner_adapt, pseudo_targets, run_head,
+                        smpl_predict, test_time_optimize)
+from utils.options import train_parser
+
+
+def _options(root, **kw):
+    o = train_parser().parse_args(["--data_root", str(root), "--backbone", "resnet18",
+                                   "--bbox_type", "rect", "--model", kw.pop("model", "cliff")])
+    for k, v in kw.items():
+        setattr(o, k, v)
+    return o
+
+
+def _batch(root, options, n=3, dataset="3dpw"):
+    from datasets import BaseDataset
+    ds = BaseDataset(options, dataset, is_train=False, paths=DataPaths(root))
+    items = [ds[i] for i in range(n)]
+    return torch.utils.data.default_collate(items)
+
+
+@pytest.fixture(scope="module")
+def setup(synthetic_root, smpl_neutral):
+    torch.manual_seed(0)
+    o = _options(synthetic_root)
+    mean = DataPaths(synthetic_root).smpl_mean_params()
+    model = build_model("cliff", "resnet18", "main", "rect", mean).eval()
+    aux = build_model("cliff", "resnet18", "aux", "rect", mean).eval()
+    # give the heads a non-trivial output so the losses have real gradients
+    with torch.no_grad():
+        for m in (model, aux):
+            for name in ("decpose", "decshape", "deccam"):
+                getattr(m, name).weight.normal_(0, 1e-3)
+    batch = _batch(synthetic_root, o)
+    return o, model, aux, batch, smpl_neutral
+
+
+def _inner(setup, mode, idx=None, lr=1e-5, first_order=True):
+    o, model, aux, batch, smpl = setup
+    if idx is not None:
+        batch = {k: v[idx] if torch.is_tensor(v) else v for k, v in batch.items()}
+    cam = Camera.from_options(o)
+    with torch.no_grad():
+        aux_pred = smpl_predict(aux(batch["img"], batch["bbox_info"]), smpl, cam, batch)
+        feats = model.extract_features(batch["img"])
+    targets = pseudo_targets(aux_pred, batch, cam)
+    fast, info = inner_adapt(model, feats, batch["bbox_info"], batch, targets, smpl, cam,
+                             LossWeights(), lr, 1, mode, first_order)
+    return fast, info, feats, targets, batch, cam
+
+
+@pytest.mark.parametrize("mode", ["batch", "sample"])
+def test_inner_step_changes_only_head_and_lowers_loss(setup, mode):
+    o, model, aux, _, smpl = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast, info, feats, targets, batch, cam = _inner(setup, mode)
+    assert set(fast) == set(model.head_param_names)
+    for k, v in model.state_dict().items():      # the module itself is untouched
+        assert torch.equal(v, before[k]), k
+
+    def loss_at(params):
+        with torch.no_grad():
+            p = smpl_predict(run_head(model, feats, batch["bbox_info"], params), smpl, cam, batch)
+            t = smpl_loss(p, targets, LossWeights(), mode=mode, terms=INNER_TERMS)["total"]
+        return t.sum()
+
+    assert loss_at(fast) < loss_at(None)
+
+
+def test_sample_mode_equals_batch_mode_one_sample_at_a_time(setup):
+    fast_s, *_ = _inner(setup, "sample")
+    for i in range(fast_s["fc1.weight"].shape[0]):
+        fast_b, *_ = _inner(setup, "batch", idx=slice(i, i + 1))
+        for k in fast_b:
+            torch.testing.assert_close(fast_s[k][i], fast_b[k], rtol=1e-4, atol=1e-7)
+
+
+def test_second_order_gradient_reaches_aux(setup):
+    o, model, aux, batch, smpl = setup
+    cam = Camera.from_options(o)
+    aux.zero_grad(set_to_none=True)
+    aux.requires_grad_(True)
+    try:
+        aux_pred = smpl_predict(aux(batch["img"], batch["bbox_info"]), smpl, cam, batch)
+        feats = model.extract_features(batch["img"])
+        targets = pseudo_targets(aux_pred, batch, cam, detach=False)
+        fast, _ = inner_adapt(model, feats, batch["bbox_info"], batch, targets, smpl, cam,
+                              LossWeights(), 1e-5, 1, "sample", first_order=False)
+        p = smpl_predict(run_head(model, feats, batch["bbox_info"], fast), smpl, cam, batch)
+        p["keypoints_2d"].square().mean().backward()
+        g = [q.grad for q in aux.head_params().values()]
+        assert all(x is not None for x in g) and sum(float(x.abs().sum()) for x in g) > 0
+    finally:
+        aux.requires_grad_(False)
+        aux.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+
+
+def _tto_cfg(o, **kw):
+    ns = argparse.Namespace(**{**vars(o), "after_innerlr": 1e-5, "test_val_step": 3,
+                               "adapt_val_step": False, **kw})
+    return TTOConfig.from_options(ns)
+
+
+def test_tto_vectorised_equals_loop_and_batch_mode_single(setup):
+    o, model, aux, batch, smpl = setup
+    cam = Camera.from_options(o)
+    vec = test_time_optimize(model, aux, batch, smpl, cam, _tto_cfg(o, tto_mode="sample",
+                                                                     tto_chunk=3))
+    loop = test_time_optimize(model, aux, batch, smpl, cam, _tto_cfg(o, tto_mode="sample",
+                                                                      tto_chunk=1))
+    for k in ("vertices", "cam", "rotmat"):
+        torch.testing.assert_close(vec.after[k], loop.after[k], rtol=1e-3, atol=1e-4)
+    one = {k: v[:1] if torch.is_tensor(v) else v for k, v in batch.items()}
+    b1 = test_time_optimize(model, aux, one, smpl, cam, _tto_cfg(o, tto_mode="batch"))
+    torch.testing.assert_close(b1.after["vertices"], loop.after["vertices"][:1])
+    # TTO lowers the 2D loss and leaves the model untouched
+    assert float(vec.loss_2d_after.mean()) < float(vec.loss_2d_before.mean())
+    assert vec.steps.tolist() == [4] * batch["img"].shape[0]
+
+
+def test_tto_early_stop_and_nonfinite(setup):
+    o, model, aux, batch, smpl = setup
+    cam = Camera.from_options(o)
+    r = test_time_optimize(model, aux, batch, smpl, cam,
+                           _tto_cfg(o, tto_mode="sample", adapt_val_step=True, adapt_tol=1e9))
+    assert r.steps.tolist() == [2] * batch["img"].shape[0]   # step 0 + one Adam step, then stop
+    bad = _tto_cfg(o, tto_mode="sample", after_innerlr=1e30, test_val_step=2)
+    r = test_time_optimize(model, aux, batch, smpl, cam, bad)
+    assert torch.isfinite(r.after["vertices"]).all()
