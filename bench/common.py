@@ -200,6 +200,29 @@ def build_networks(model: str, backbone: str, bbox_type: str, device: torch.devi
     return main, aux
 
 
+@torch.no_grad()
+def calibrate_batchnorm(net: torch.nn.Module, batch: dict) -> None:
+    """Set every BatchNorm's running statistics to those of ``batch`` (one forward pass in
+    training mode with a cumulative average); the network's mode is restored.
+
+    A random-weight network in eval mode normalises with running mean 0 / variance 1, which
+    does not normalise at all: through ResNet-50's 53 layers the features grow until the first
+    test-time step is non-finite (and TTO stops after one step). Calibrated, the eval-mode
+    network has activations of a trained one's scale, so every step runs.
+    """
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    was_training = net.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    net(batch["img"], batch["bbox_info"] if net.use_bbox_info else None)
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    net.train(was_training)
+
+
 # ------------------------------------------------------------------------------------------------
 # timing and memory
 def time_iterations(fn: Callable[[], object], iters: int, warmup: int,

@@ -115,6 +115,8 @@ def measure_mode(args, mode: str) -> dict:
     smpl = common.build_body_model(device, args.smpl_root)
     step = MetaStep(o, model, model_aux, smpl, optimizer, device)
     batch = common.synthetic_batch(args.batch_size, crop_size(o.bbox_type), device, args.seed)
+    for net in (model, model_aux):            # the aux network runs in eval mode
+        common.calibrate_batchnorm(net, batch)
     losses, skipped = [], []
 
     def one():

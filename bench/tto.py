@@ -95,6 +95,8 @@ def measure_mode(args, mode: str) -> dict:
     smpl = common.build_body_model(device, args.smpl_root)
     camera, cfg = Camera.from_options(o), TTOConfig.from_options(o)
     batch = common.synthetic_batch(args.batch_size, crop_size(o.bbox_type), device, args.seed)
+    for net in (model, model_aux):
+        common.calibrate_batchnorm(net, batch)
     last = {}
 
     def one():

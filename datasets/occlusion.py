@@ -141,9 +141,12 @@ def _paste_over(src: np.ndarray, dst: np.ndarray, center):
     if cx0 >= cx1 or cy0 >= cy1:
         return None
     patch = src[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
-    alpha = patch[..., 3].astype(np.float32) * (1.0 / 255.0)
     region = (slice(cy0, cy1), slice(cx0, cx1))
-    d = dst[region].astype(np.float32)
-    blended = alpha[..., None] * patch[..., :3].astype(np.float32) + (1.0 - alpha[..., None]) * d
-    dst[region] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
-    return region, alpha
+    # round(a/255 * src + (1 - a/255) * dst) in exact integer arithmetic (max 255*255 < 2^16)
+    a = patch[..., 3:4].astype(np.uint16)
+    acc = patch[..., :3].astype(np.uint16) * a
+    acc += dst[region].astype(np.uint16) * (255 - a)
+    acc += 127
+    acc //= 255
+    dst[region] = acc.astype(np.uint8)
+    return region, patch[..., 3].astype(np.float32) * (1.0 / 255.0)

@@ -191,7 +191,7 @@ def test_keypoints_are_projected_3d_joints_mapped_to_the_crop(world):
             vis = kp[25:, 2] > 0
             assert vis.sum() >= 10
             err = np.abs(crop[vis] - kp[25:][vis, :2]).max()
-            assert err < 1.0, f"{name}[{i}]: 2D keypoints off their 3D projection by {err:.2f} px"
+            assert err < 0.1, f"{name}[{i}]: 2D keypoints off their 3D projection by {err:.2f} px"
 
 
 def test_rotation_turns_3d_joints_like_the_2d_crop(world):

@@ -33,7 +33,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.transform import Rotation
 
 from config import DataPaths, MissingFileError
 from utils import demo
@@ -390,3 +389,30 @@ def test_openpose_json_parsing(tmp_path):
     assert n == 2 and kp0[2, 2] == 0
     np.testing.assert_allclose(center, [20, 50])
     assert scale == pytest.approx(max(20 * 4 / 3, 60) / 200 * 1.2)
+
+
+def test_export_dataset_inputs(synthetic_root, tmp_path):
+    """--from_dataset: images copied, keypoints written in OpenPose format (npz or GT)."""
+    import constants
+    paths = DataPaths(Path(synthetic_root))
+    z = _npz(synthetic_root)
+    img, kp = demo.export_dataset_inputs(paths, DATASET, tmp_path / "a", [0, 2])
+    names = [Path(str(n)).stem for n in z["imgname"][[0, 2]]]
+    assert sorted(p.stem for p in demo.list_images(img)) == sorted(names)
+    people = demo.read_openpose_json(kp / f"{names[1]}_keypoints.json")
+    assert len(people) == 1
+    np.testing.assert_allclose(people[0], z["openpose"][2])
+    src = paths.image_folder(DATASET) / z["imgname"][2]
+    assert (img / f"{names[1]}.jpg").read_bytes() == src.read_bytes()
+    _, kp = demo.export_dataset_inputs(paths, DATASET, tmp_path / "b", [0], keypoints="gt")
+    op = demo.read_openpose_json(kp / f"{names[0]}_keypoints.json")[0]
+    filled = op[:, 2] > 0
+    assert (z["part"][0][:, 2] > 0).all()                     # every GT joint visible
+    assert filled.sum() == 17 and not filled[[1, 8]].any()   # no neck / mid-hip in GT-24
+    for o_idx in np.flatnonzero(filled):                       # the same joint, by name
+        g_idx = int(np.flatnonzero((z["part"][0] == op[o_idx]).all(1))[0])
+        op_name = constants.JOINT_NAMES[o_idx][3:]             # "RAnkle", "Nose", "LEye"
+        gt_name = constants.JOINT_NAMES[25 + g_idx]            # "Right Ankle", "Nose", ...
+        side = op_name[0] if len(op_name) > 1 and op_name[1].isupper() else ""
+        want = (f"{'Right' if side == 'R' else 'Left'} {op_name[1:]}" if side else op_name)
+        assert gt_name == want, (o_idx, g_idx, gt_name, want)

@@ -49,7 +49,7 @@ def ckpts(synthetic_root, tmp_path_factory):
 
 def _opts(root, model="cliff", *extra):
     argv = ["--data_root", str(root), "--dataset", "3dpw", "--bbox_type", "rect",
-            "--backbone", "resnet18", "--batch_size", "2", "--test_val_step", "2",
+            "--backbone", "resnet18", "--batch_size", "2", "--test_val_step", "1",
             "--inner_lr", "1e-5", "--after_innerlr", "1e-5", "--device", "cpu",
             "--num_workers", "0", "--log_freq", "0", *map(str, extra)]
     return parse_eval(model, argv)
@@ -162,12 +162,12 @@ def test_evaluate_sample_mode_and_result_file(synthetic_root, nets, tmp_path):
     w = Writer()
     rf = tmp_path / "res.npz"
     logs = []
-    o = _opts(synthetic_root, "cliff", "--max_batches", 2, "--after_innerlr", "1e-3",
-              "--result_file", rf, "--log_freq", 1)
+    o = _opts(synthetic_root, "cliff", "--batch_size", 1, "--max_batches", 2,
+              "--test_val_step", 2, "--result_file", rf, "--log_freq", 1)
     r = ev.evaluate(*nets, o, "3dpw", writer=w, max_batches=2, log=logs.append,
                     return_per_sample=True)
     n = r["n"]
-    assert n == 4 and len(logs) == 2 and "MPJPE" in logs[0]
+    assert n == 2 and len(logs) == 2 and "MPJPE" in logs[0]
     ps = r["per_sample"]
     assert (ps["pa_mpjpe"] <= ps["mpjpe"] + 1e-6).all()
     assert (ps["pa_mpjpe_before"] <= ps["mpjpe_before"] + 1e-6).all()
@@ -214,19 +214,22 @@ def test_batch_of_one_batch_mode_equals_sample_mode(synthetic_root, nets):
 
 def test_sample_mode_independent_of_batch_size_and_order(synthetic_root, nets):
     one = _run_cached(synthetic_root, nets, "--batch_size", 1, "--max_batches", 3)["per_sample"]
+    # vectorised per-sample TTO (torch.func.vmap over the 3 samples of the batch)
     three = _run(synthetic_root, nets, "--batch_size", 3, "--max_batches", 1,
-                 "--tto_chunk", 0)["per_sample"]
+                 "--tto_chunk", 3)["per_sample"]
     np.testing.assert_array_equal(one["sample_index"], three["sample_index"])
     for k in ("mpjpe", "pa_mpjpe", "pve"):
-        np.testing.assert_allclose(one[k], three[k], atol=1e-3, rtol=0, err_msg=k)
-    np.testing.assert_allclose(one["pred_joints"], three["pred_joints"], atol=1e-5)
-    # a batch mixing other samples, in another order: each sample keeps its own result
+        np.testing.assert_allclose(one[k], three[k], atol=1e-4, rtol=0, err_msg=k)   # mm
+    np.testing.assert_allclose(one["pred_joints"], three["pred_joints"], atol=1e-6)  # m
+    # a batch mixing other samples, in another order (tto_chunk 0: a loop on the CPU)
     shuf = _run(synthetic_root, nets, "--batch_size", 3, "--max_batches", 1, "--shuffle",
                 "--seed", 5)["per_sample"]
     idx = {int(i): j for j, i in enumerate(one["sample_index"])}
-    for j, i in enumerate(shuf["sample_index"]):
-        if int(i) in idx:
-            np.testing.assert_allclose(shuf["mpjpe"][j], one["mpjpe"][idx[int(i)]], atol=1e-3)
+    common = [(j, idx[int(i)]) for j, i in enumerate(shuf["sample_index"]) if int(i) in idx]
+    assert len(common) >= 2        # 3 of the world's 4 samples: at least 2 also in `one`
+    assert shuf["sample_index"].tolist() != [0, 1, 2]          # the order did change
+    for j, k in common:
+        np.testing.assert_allclose(shuf["mpjpe"][j], one["mpjpe"][k], atol=1e-4)
 
 
 @pytest.mark.parametrize("model", ["cliff", "hmr"])

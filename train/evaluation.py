@@ -234,6 +234,8 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
     h36m_gt = getattr(o, "h36m_gt", "mosh")
 
     ds = BaseDataset(o, dataset_name, is_train=False, paths=paths)
+    n_batches = -(-len(ds) // bs)
+    nw = min(nw, n_batches if not max_batches else min(n_batches, max_batches))
     gen = torch.Generator().manual_seed(int(getattr(o, "seed", 0)))
     loader = DataLoader(ds, batch_size=bs, shuffle=bool(getattr(o, "shuffle", False)),
                         num_workers=nw, drop_last=False, generator=gen,

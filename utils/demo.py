@@ -39,7 +39,8 @@ file, image folder or bbox file is a clear error before any work (:class:`config
 
 Persons of consecutive images are batched together (``--batch_size`` people per TTO batch);
 with ``--tto_mode sample`` (default) each person is adapted on its own, so results do not
-depend on the batching. Cameras: CLIFF predicts a full-image camera (focal ``f``, principal
+depend on the batching (``--tto_mode batch`` adapts one copy per batch of people, as the
+released evaluation does per batch of frames). Cameras: CLIFF predicts a full-image camera (focal ``f``, principal
 point the image centre); HMR a crop camera, which is expressed in full-image pixels with focal
 ``5000 * 200 s / crop_h`` and principal point the bbox centre (exact, per person).
 """
@@ -84,7 +85,7 @@ PALETTE = ((0.65, 0.74, 0.86), (0.95, 0.62, 0.78), (0.70, 0.88, 0.65), (0.98, 0.
 
 
 # options of utils.options' shared groups that mean nothing here (name -> default), and those
-# the demo always implies (--use_openpose2d, --skip_bad_images)
+# the demo always implies (OpenPose 2D loss; bad images are always skipped and counted)
 _UNUSED_COMMON = {"amp": "off", "img_root": None, "openpose_train_weight": 0.0,
                   "gt_train_weight": 1.0}
 _IMPLIED_COMMON = ("use_openpose2d", "skip_bad_images")
@@ -179,8 +180,6 @@ def resolve_demo(o: argparse.Namespace) -> argparse.Namespace:
                          f"got {o.min_keypoints}")
     # the 2D loss is on the OpenPose keypoints (weight 1), never on GT slots (weight 0)
     o.use_openpose2d = True
-    # bad images are always skipped, reported and counted
-    o.skip_bad_images = True
     return o
 
 
@@ -636,7 +635,9 @@ def run_demo(o, log=None) -> dict:
         build_world(paths.root)
     # everything that must exist, before any work
     ckpt = paths.release_checkpoint(o.checkpoint)
-    paths.smpl_model("neutral"), paths.smpl_mean_params(), paths.j_regressor_extra()
+    paths.smpl_model("neutral")
+    paths.smpl_mean_params()
+    paths.j_regressor_extra()
     out_dir = Path(o.out_dir)
     if o.from_dataset is not None:
         with np.load(paths.dataset_npz(o.from_dataset, is_train=False)) as z:

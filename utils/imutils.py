@@ -257,10 +257,8 @@ def normalize_image(img, pn=None) -> np.ndarray:
     if pn is not None:
         v = np.trunc(np.clip(v * np.asarray(pn, dtype=np.float32)[:, None], 0.0, 255.0))
     lut = (v * (1.0 / (255.0 * _STD))[:, None] - (_MEAN / _STD)[:, None]).astype(np.float32)
-    out = np.empty((3,) + img.shape[:2], np.float32)
-    for c in range(3):
-        np.take(lut[c], img[:, :, c], out=out[c])
-    return out
+    out = cv2.LUT(np.ascontiguousarray(img), np.ascontiguousarray(lut.T[None]))  # (H, W, 3)
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
 def photometric_augment(img, rng=np.random) -> np.ndarray:
