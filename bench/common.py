@@ -156,18 +156,17 @@ def body_model_root(root: str | os.PathLike | None = None) -> Path:
 
 def write_standin_body_model(root: str | os.PathLike) -> None:
     """Write the synthetic world's neutral body model (SMPL pickle format, plain numpy), its
-    ``J_regressor_extra`` [9, 6890] and SPIN-format mean parameters (upright mean pose, zero
-    shape, camera (0.9, 0, 0)) under ``root/data``: about 2 s, nothing else of the world."""
+    ``J_regressor_extra`` [9, 6890] and SPIN-format mean parameters (the world's upright mean
+    pose, zero shape, camera (0.9, 0, 0)) under ``root/data``: the same files as
+    ``datasets.synthetic.build_world`` writes, about 2 s, nothing else of the world."""
     import pickle
     from config import DataPaths
-    from datasets import synthetic_body
+    from datasets import synthetic, synthetic_body
     paths = DataPaths(Path(root))
     print(f"writing the synthetic body model into {paths.data_dir} (once)", file=sys.stderr)
     model = synthetic_body.build_body_model("neutral")
     extra, _ = synthetic_body.extra_regressors(model)
-    mean_pose = np.zeros(72)
-    mean_pose[0] = np.pi                  # upright in the camera frame (y down), as SPIN's mean
-    mean = synthetic_body.mean_params(mean_pose)
+    mean = synthetic_body.mean_params(synthetic.mean_pose())
     paths.smpl_dir.mkdir(parents=True, exist_ok=True)
     files = ((paths.data_dir / "J_regressor_extra.npy", lambda fh: np.save(fh, extra)),
              (paths.data_dir / "smpl_mean_params.npz", lambda fh: np.savez(fh, **mean)),

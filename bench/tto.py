@@ -10,7 +10,8 @@ file needed) at the seed README's evaluation settings: ``--inner_lr 1e-5 --after
 early stop arbitrary); turn it on to time the README command as is.
 
 Modes: ``batch`` (one adapted copy per batch, the released code) and ``sample`` (every sample
-adapted on its own; ``--tto_chunk`` samples vectorised together, 0 = the whole batch). Figures:
+adapted on its own; ``--tto_chunk`` samples vectorised together, 0 = ``test_time_optimize``'s
+automatic choice: the whole batch on CUDA, a loop over samples on the CPU). Figures:
 images per second (batch size / median seconds per batch), peak memory above the set-up
 (CPU: RSS high-water; CUDA: ``max_memory_allocated``), each mode in its own child process, and
 the sample/batch ratio.
@@ -41,7 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bbox_type", default="rect", choices=("rect", "square"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--tto_chunk", type=int, default=0,
-                   help="sample mode: samples adapted together (0 = whole batch, 1 = a loop)")
+                   help="sample mode: samples adapted together under vmap; 0 = auto "
+                        "(test_time_optimize's choice: the whole batch on CUDA, one at a time "
+                        "on the CPU), 1 = a loop over samples")
     p.add_argument("--test_val_step", type=int, default=14, help="Adam steps after step 0")
     p.add_argument("--adapt_val_step", action="store_true",
                    help="early stop at |loss change| < 2e-5 (off here: all steps run)")
@@ -145,6 +148,7 @@ def run(args) -> dict:
     h, w = crop_size(args.bbox_type)
     config = {"model": args.model, "backbone": args.backbone, "batch_size": args.batch_size,
               "bbox_type": args.bbox_type, "crop_hw": [h, w], "tto_chunk": args.tto_chunk,
+              "tto_chunk_note": "0 = auto: whole batch on CUDA, 1 on the CPU (train/meta.py)",
               "steps": f"1 + {args.test_val_step}", "test_val_step": args.test_val_step,
               "adapt_val_step": args.adapt_val_step, "inner_lr": 1e-5, "after_innerlr": 1e-5,
               "iters": args.iters, "warmup": args.warmup, "seed": args.seed,
@@ -173,7 +177,7 @@ def report(res: dict) -> None:
     where = m.get("gpu", m["cpu"])
     print(f"\ntest_time_optimize, {c['model']}/{c['backbone']}, batch {c['batch_size']}, crop "
           f"{c['crop_hw'][0]}x{c['crop_hw'][1]}, steps {c['steps']}, adapt_val_step "
-          f"{'on' if c['adapt_val_step'] else 'off'}, tto_chunk {c['tto_chunk']}, "
+          f"{'on' if c['adapt_val_step'] else 'off'}, tto_chunk {c['tto_chunk'] or '0 (auto)'}, "
           f"{c['iters']} batches after {c['warmup']} warm-up; {m['device']} ({where}), "
           f"{m['torch_threads']} threads, torch {m['torch']}")
     cols = [("images_per_s", "img/s", ".2f"), ("s_per_batch", "s/batch", ".2f"),

@@ -378,9 +378,34 @@ def _place(verts: np.ndarray, root: np.ndarray, f: float, w: int, h: int, fill: 
     return t
 
 
+def _pose_bodies(models: dict, spec: DatasetSpec, gender, betas, pose, index: range):
+    """Vertices [n, 6890, 3], 49 joints [n, 49, 3] and root joint [n, 3] of samples ``index``
+    (float64), with the gendered model where the set stores the gender, else the neutral."""
+    import torch
+    idx = list(index)
+    n = len(idx)
+    verts, joints, root = np.zeros((n, 6890, 3)), np.zeros((n, 49, 3)), np.zeros((n, 3))
+    if spec.gendered:
+        groups = [(name, [k for k, i in enumerate(idx) if gender[i] == code])
+                  for code, name in (("m", "male"), ("f", "female"))]
+    else:
+        groups = [("neutral", list(range(n)))]
+    for name, sel in groups:
+        if not sel:
+            continue
+        rows = [idx[k] for k in sel]
+        with torch.no_grad():
+            out = models[name](betas=torch.as_tensor(betas[rows]),
+                               body_pose=torch.as_tensor(pose[rows, 3:]),
+                               global_orient=torch.as_tensor(pose[rows, :3]))
+        verts[sel] = out.vertices.numpy()
+        joints[sel] = out.joints.numpy()
+        root[sel] = out.smpl_joints[:, 0].numpy()
+    return verts, joints, root
+
+
 def _generate_dataset(key: str, n: int, img_size: int, paths: DataPaths, models: dict,
                       seed: int, log: Callable | None) -> Path:
-    import torch
     spec = DATASET_SPECS[key]
     rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
     names, seqs = _names(spec, n, rng)
@@ -405,28 +430,8 @@ def _generate_dataset(key: str, n: int, img_size: int, paths: DataPaths, models:
         pose[i, :3] = sample_global_orient(rng, spec.tilt)
         pose[i, 3:] = sample_body_pose(rng, spec.spread)
 
-    # pose the bodies (float64), gendered where the set stores the gender
-    verts = np.zeros((n, 6890, 3))
-    joints = np.zeros((n, 49, 3))
-    root = np.zeros((n, 3))
-    if spec.gendered:
-        groups = [(model_name, [i for i in range(n) if gender[i] == code])
-                  for code, model_name in (("m", "male"), ("f", "female"))]
-    else:
-        groups = [("neutral", list(range(n)))]
-    for model_name, idx in groups:
-        if not idx:
-            continue
-        with torch.no_grad():
-            out = models[model_name](betas=torch.as_tensor(betas[idx]),
-                                     body_pose=torch.as_tensor(pose[idx, 3:]),
-                                     global_orient=torch.as_tensor(pose[idx, :3]))
-        verts[idx] = out.vertices.numpy()
-        joints[idx] = out.joints.numpy()
-        root[idx] = out.smpl_joints[:, 0].numpy()
     faces = models["neutral"].faces.astype(np.int64)
     lbs_w = models["neutral"].lbs_weights.double().numpy()
-
     part = np.zeros((n, 24, 3))
     openpose = np.zeros((n, 25, 3))
     S = np.zeros((n, 24, 4))
@@ -434,12 +439,17 @@ def _generate_dataset(key: str, n: int, img_size: int, paths: DataPaths, models:
     scale = np.zeros(n)
     focal = np.zeros(n)
     backgrounds: dict[int, np.ndarray] = {}
+    chunk = 128                                 # bodies posed at a time (bounded memory)
     for i in range(n):
+        if i % chunk == 0:
+            verts, joints, root = _pose_bodies(models, spec, gender, betas, pose,
+                                               range(i, min(n, i + chunk)))
         sq = seq[seqs[i]]
         w, h, f = sq["w"], sq["h"], sq["f"]
         fill = rng.uniform(*spec.fill)
-        t = _place(verts[i], root[i], f, w, h, fill, rng)
-        v_cam, j_cam = verts[i] + t, joints[i] + t
+        b = i % chunk
+        t = _place(verts[b], root[b], f, w, h, fill, rng)
+        v_cam, j_cam = verts[b] + t, joints[b] + t
         uv = _project(j_cam, f, w, h)
         inside = (uv[:, 0] >= 0) & (uv[:, 0] <= w - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= h - 1)
         vis = np.zeros(24, bool)
