@@ -1,10 +1,12 @@
 """Shared pieces of the benchmarks (decisions D15): machine description, synthetic inputs, the
 body model, peak-memory measurement, one child process per mode, tables and JSON.
 
-Every benchmark runs random-weight networks on synthetic inputs, so no data file is needed. The
-SMPL-format body model is the synthetic world's stand-in (``datasets.synthetic_body``), written once
-into a cache folder (``~/.cache/metahmr_bench``, or ``$METAHMR_BENCH_CACHE``); its cost is that
-of the real SMPL (6890 vertices, 24 joints), which is all a timing needs.
+Every benchmark runs random-weight networks on synthetic inputs, so no data file is needed.
+The SMPL-format body model is the synthetic world's stand-in (``datasets.synthetic_body``),
+written once into a cache folder (``~/.cache/metahmr_bench``, or ``$METAHMR_BENCH_CACHE``);
+its cost is that of the real SMPL (6890 vertices, 24 joints), which is all a timing needs.
+BatchNorm statistics are set from the synthetic batch (:func:`calibrate_batchnorm`) so that
+random networks in eval mode stay finite.
 
 Each mode is measured in a fresh child process (the script re-runs itself with ``--_child MODE``)
 so that its peak memory is its own: the peak of one mode never hides the next one's, and the
@@ -333,7 +335,8 @@ def run_child(script: str | os.PathLike, mode: str, argv: Sequence[str]) -> dict
 
 # ------------------------------------------------------------------------------------------------
 # output
-def print_table(title: str | None, columns: Sequence[tuple[str, str, str]], rows: dict[str, dict]) -> None:
+def print_table(title: str | None, columns: Sequence[tuple[str, str, str]],
+                rows: dict[str, dict]) -> None:
     """Print ``rows`` {name: figures} as a table; columns: (key, header, format spec)."""
     width = max([4] + [len(n) for n in rows]) + 2
     cw = [max(len(h), 10) + 2 for _, h, _ in columns]

@@ -48,12 +48,15 @@ MODES = {
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="cliff", choices=("cliff", "hmr"))
-    p.add_argument("--backbone", default="resnet", choices=("resnet", "hrnet", "resnet18"))
-    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--model", default="cliff", choices=("cliff", "hmr"),
+                   help="regressor family: cliff (bbox input, full-image camera) or hmr")
+    p.add_argument("--backbone", default="resnet", choices=("resnet", "hrnet", "resnet18"),
+                   help="resnet (ResNet-50), hrnet (HRNet-W48; aux: cls-HRNet-W48) or resnet18")
+    p.add_argument("--batch_size", type=int, default=4, help="training batch size")
     p.add_argument("--bbox_type", default="rect", choices=("rect", "square"),
-                   help="crop size: rect 256x192 (released) or square 224x224")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+                   help="crop size: rect 256x192 (the README's) or square 224x224")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto = cuda when available")
     p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
                    help="mixed precision (CUDA only; ignored on CPU, as in training)")
     p.add_argument("--inner_step", type=int, default=1, help="inner SGD steps of the meta modes")
@@ -67,8 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
     p.add_argument("--smpl_root", default=None,
-                   help="data root holding data/smpl/SMPL_NEUTRAL.pkl and "
-                        "data/J_regressor_extra.npy (default: the synthetic stand-in, cached)")
+                   help="data root holding data/smpl/SMPL_NEUTRAL.pkl, data/J_regressor_extra.npy "
+                        "and data/smpl_mean_params.npz (default: the synthetic stand-ins, "
+                        "cached in ~/.cache/metahmr_bench or $METAHMR_BENCH_CACHE)")
     p.add_argument("--in_process", action="store_true",
                    help="measure every mode in this process (faster; on the CPU a mode's peak "
                         "memory can then be hidden by an earlier one's)")
@@ -195,7 +199,8 @@ def report(res: dict) -> None:
     cols = [("s_per_iter", "s/iter", ".3f"), ("ratio_to_plain", "x plain", ".2f"),
             ("images_per_s", "img/s", ".2f")]
     if m["device"] == "cpu":
-        cols += [("cpu_s_per_iter", "CPU s/iter", ".3f"), ("cpu_ratio_to_plain", "CPU x plain", ".2f")]
+        cols += [("cpu_s_per_iter", "CPU s/iter", ".3f"),
+                 ("cpu_ratio_to_plain", "CPU x plain", ".2f")]
     cols += [("peak_mb", "peak MiB", ".0f"), ("peak_ratio_to_plain", "mem x plain", ".2f")]
     common.print_table(None, cols, res["modes"])
 

@@ -1,7 +1,8 @@
 """Test-time optimisation throughput, per sample against per batch (decisions D15).
 
     python bench/tto.py --model cliff --backbone resnet --batch_size 20 --device cpu \
-                        [--tto_chunk 0] [--adapt_val_step] [--iters 3] [--warmup 1] [--json out.json]
+                        [--tto_chunk 0] [--adapt_val_step] [--iters 3] [--warmup 1] \
+                        [--json out.json]
 
 Times ``train.meta.test_time_optimize`` on random-weight networks and a synthetic batch (no data
 file needed) at the seed README's evaluation settings: ``--inner_lr 1e-5 --after_innerlr 1e-5
@@ -36,11 +37,15 @@ README_TTO = ["--inner_lr", "1e-5", "--after_innerlr", "1e-5", "--inner_step", "
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="cliff", choices=("cliff", "hmr"))
-    p.add_argument("--backbone", default="resnet", choices=("resnet", "hrnet", "resnet18"))
+    p.add_argument("--model", default="cliff", choices=("cliff", "hmr"),
+                   help="regressor family: cliff (bbox input, full-image camera) or hmr")
+    p.add_argument("--backbone", default="resnet", choices=("resnet", "hrnet", "resnet18"),
+                   help="resnet (ResNet-50), hrnet (HRNet-W48; aux: cls-HRNet-W48) or resnet18")
     p.add_argument("--batch_size", type=int, default=20, help="evaluation (TTO) batch size")
-    p.add_argument("--bbox_type", default="rect", choices=("rect", "square"))
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--bbox_type", default="rect", choices=("rect", "square"),
+                   help="crop size: rect 256x192 (the README's) or square 224x224")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto = cuda when available")
     p.add_argument("--tto_chunk", type=int, default=0,
                    help="sample mode: samples adapted together under vmap; 0 = auto "
                         "(test_time_optimize's choice: the whole batch on CUDA, one at a time "
@@ -50,12 +55,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="early stop at |loss change| < 2e-5 (off here: all steps run)")
     p.add_argument("--iters", type=int, default=3, help="timed batches per mode")
     p.add_argument("--warmup", type=int, default=1, help="untimed batches before timing")
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of batch,sample")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help="comma-separated subset of batch,sample")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
     p.add_argument("--smpl_root", default=None,
-                   help="data root holding data/smpl/SMPL_NEUTRAL.pkl and "
-                        "data/J_regressor_extra.npy (default: the synthetic stand-in, cached)")
+                   help="data root holding data/smpl/SMPL_NEUTRAL.pkl, data/J_regressor_extra.npy "
+                        "and data/smpl_mean_params.npz (default: the synthetic stand-ins, "
+                        "cached in ~/.cache/metahmr_bench or $METAHMR_BENCH_CACHE)")
     p.add_argument("--in_process", action="store_true",
                    help="measure both modes in this process (CPU peak memory then less honest)")
     p.add_argument("--json", default=None, help="also write the figures to this file")

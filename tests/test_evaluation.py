@@ -163,7 +163,7 @@ def test_evaluate_sample_mode_and_result_file(synthetic_root, nets, tmp_path):
     rf = tmp_path / "res.npz"
     logs = []
     o = _opts(synthetic_root, "cliff", "--batch_size", 1, "--max_batches", 2,
-              "--test_val_step", 2, "--result_file", rf, "--log_freq", 1)
+              "--result_file", rf, "--log_freq", 1)
     r = ev.evaluate(*nets, o, "3dpw", writer=w, max_batches=2, log=logs.append,
                     return_per_sample=True)
     n = r["n"]
@@ -172,7 +172,7 @@ def test_evaluate_sample_mode_and_result_file(synthetic_root, nets, tmp_path):
     assert (ps["pa_mpjpe"] <= ps["mpjpe"] + 1e-6).all()
     assert (ps["pa_mpjpe_before"] <= ps["mpjpe_before"] + 1e-6).all()
     assert r["PA-MPJPE"] <= r["MPJPE"] and np.isfinite(r["PVE"])
-    assert r["n_nonfinite"] == 0 and r["mean_tto_steps"] == 3
+    assert r["n_nonfinite"] == 0 and r["mean_tto_steps"] == 2
     # TTO lowers the 2D keypoint loss it optimises
     assert r["loss_2d_after"] < r["loss_2d_before"]
     assert w.tags["3dpw/MPJPE"] == r["MPJPE"] and "3dpw/PVE_before" in w.tags
@@ -232,21 +232,21 @@ def test_sample_mode_independent_of_batch_size_and_order(synthetic_root, nets):
         np.testing.assert_allclose(shuf["mpjpe"][j], one["mpjpe"][k], atol=1e-4)
 
 
-@pytest.mark.parametrize("model", ["cliff", "hmr"])
-def test_viz_draws_the_mesh(synthetic_root, ckpts, tmp_path, model):
+@pytest.mark.parametrize("model,n", [("cliff", 2), ("hmr", 1)])
+def test_viz_draws_the_mesh(synthetic_root, ckpts, tmp_path, model, n):
     vd = tmp_path / "viz"
     o = _opts(synthetic_root, model, "--viz", "--viz_dir", vd, "--viz_max", -1,
-              "--test_val_step", 0, "--save_obj")
+              "--test_val_step", 0, "--save_obj", "--batch_size", n)
     o.viz_backend = "software"
     net = ev.build_eval_networks(o, DataPaths.from_options(o), ckpts[model])
     r = ev.evaluate(*net, o, "3dpw", max_batches=1, return_per_sample=True)
     names = sorted(p.name[:-len("_input.jpg")] for p in vd.glob("*_input.jpg"))
-    assert len(names) == r["n"] == 2
+    assert len(names) == r["n"] == n
     ps = r["per_sample"]
-    for j, name in enumerate(names):
+    import trimesh
+    for name in names:
         for tag in ("before", "ours_gt", "compare"):
             assert (vd / f"{name}_{tag}.jpg").is_file()
-        import trimesh
         assert len(trimesh.load(vd / f"{name}.obj", process=False).vertices) == 6890
     # the overlay covers the projections of the body's interior joints (pelvis, spine, thorax)
     from models.smpl import build_smpl
@@ -272,7 +272,8 @@ def test_viz_draws_the_mesh(synthetic_root, ckpts, tmp_path, model):
         assert inside, "no joint projects into the image"
         for u, v in inside:
             assert np.abs(out[v, u] - inp[v, u]).sum() > 30, (name, u, v)
-        assert np.abs(out - inp).max(-1).mean() < 200   # most of the image is untouched
+        changed = (np.abs(out - inp).max(-1) > 40).mean()
+        assert 0 < changed < 0.8, changed                # the body, not the whole image
 
 
 def test_eval_script_end_to_end(synthetic_root, ckpts, tmp_path):

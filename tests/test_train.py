@@ -108,11 +108,12 @@ def _run(args, **kw):
 
 
 def test_sigkill_and_resume_is_bit_exact(synthetic_root, tmp_path):
-    steps = "9"
-    ref = _run(_argv(synthetic_root, tmp_path, "ref", "--max_steps", steps, "--first_order"), timeout=600)
+    # batch 1 on the 4-sample world: 4 steps per epoch; the first checkpoint (step 3) is mid-epoch
+    steps, small = "6", ["--batch_size", "1", "--first_order"]
+    ref = _run(_argv(synthetic_root, tmp_path, "ref", "--max_steps", steps, *small), timeout=600)
     assert ref.returncode == 0, ref.stderr[-3000:]
     args = _argv(synthetic_root, tmp_path, "killed", "--max_steps", steps,
-                 "--checkpoint_steps", "4", "--first_order")
+                 "--checkpoint_steps", "3", *small)
     p = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ck = tmp_path / "killed" / "checkpoints" / "current.pt"
@@ -122,8 +123,9 @@ def test_sigkill_and_resume_is_bit_exact(synthetic_root, tmp_path):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert ck.exists()
-    killed_at = torch.load(ck, map_location="cpu", weights_only=True)["total_step_count"]
-    assert killed_at < int(steps)
+    saved = torch.load(ck, map_location="cpu", weights_only=True)
+    assert saved["total_step_count"] < int(steps)
+    assert saved["dataset_perm"] is not None      # the kill came mid-epoch
     res = _run(args + ["--resume"], timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     a = torch.load(tmp_path / "ref" / "checkpoints" / "current.pt", map_location="cpu",
@@ -178,3 +180,19 @@ torch.save(tr.model.state_dict(), {str(tmp_path)!r} + f"/rank{{rank}}.pt")
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_in_training_evaluation_writes_log_and_named_checkpoint(synthetic_root, tmp_path):
+    tr = _trainer(synthetic_root, tmp_path, "--first_order", "--batch_size", "4",
+                  "--num_epochs", "1", "--test_epochs", "1", "--eval_datasets", "3dpw",
+                  "--eval_batch_size", "2", "--eval_max_batches", "1", "--test_val_step", "1",
+                  "--after_innerlr", "1e-5")
+    tr.train()
+    run = tmp_path / "t"
+    log = (run / "test_log.txt").read_text()
+    assert "3dpw MPJPE" in log and "PA-MPJPE" in log
+    named = list((run / "checkpoints").glob("previous_1_3dpw_mp*_pa*_pve*.pt"))
+    assert len(named) == 1 and (run / "checkpoints" / "previous.pt").is_file()
+    data = torch.load(named[0], map_location="cpu", weights_only=True)
+    assert {"model", "model_aux", "optimizer", "epoch", "options"} <= set(data)
+    assert data["epoch"] == 1 and data["options"]["model"] == "cliff"
