@@ -30,6 +30,9 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from utils.runtime import select_device  # noqa: E402,F401  (re-exported for the scripts)
 CHILD_MARK = "@@BENCH_RESULT@@ "     # prefix of the child's result line on stdout
 
 
@@ -62,15 +65,6 @@ def machine_info(device: torch.device) -> dict:
         info.update(gpu=props.name, gpu_memory_mb=round(props.total_memory / 2**20),
                     cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     return info
-
-
-def select_device(name: str) -> torch.device:
-    """'auto' | 'cpu' | 'cuda' -> a device; a clear exit when CUDA is asked for and missing."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is available")
-    return torch.device(name)
 
 
 def synchronize(device: torch.device) -> None:

@@ -12,7 +12,9 @@ One batch, in order (upstream-behaviour §7, decisions D2, D6-D8):
      (male, female where ``gender == 1``; male for all when the npz has no gender), joints
      ``J_regressor_h36m @ vertices``, the 14 LSP joints (``H36M_TO_J14``) minus the H36M pelvis
      (joint 0); the prediction likewise from the predicted (neutral) mesh;
-   * MPI-INF-3DHP: GT = ``pose_3d[:, J24_TO_J17]`` (already pelvis-centred in the npz); the
+   * MPI-INF-3DHP: GT = ``pose_3d[:, J24_TO_J17]``, minus its pelvis (J17 joint 14). The
+     released code assumes the npz is already pelvis-centred (SPIN's file is), so on it the
+     subtraction changes nothing; it makes camera-frame files score sensibly too. The
      prediction = 17 regressed joints (``H36M_TO_J17``) minus the H36M pelvis; no PVE;
    * ``--h36m_gt mocap`` (h36m-p1/p2): SPIN's standard protocol. GT = the mocap joints
      ``pose_3d[:, J24_TO_J14]`` centred on the midpoint of its hips (GT-24 joints 2 and 3);
@@ -27,7 +29,6 @@ One batch, in order (upstream-behaviour §7, decisions D2, D6-D8):
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import constants
+from utils.runtime import seed_everything, select_device
 from config import DataPaths, MissingFileError
 from train.meta import Camera, TTOConfig, test_time_optimize
 from utils.pose_utils import mpjpe as _mpjpe, pve as _pve, reconstruction_error
@@ -48,6 +50,7 @@ METRICS = ("MPJPE", "PA-MPJPE", "PVE")
 _KEY = {"MPJPE": "mpjpe", "PA-MPJPE": "pa_mpjpe", "PVE": "pve"}
 NO_MESH_DATASETS = ("mpi-inf-3dhp",)   # GT is 3D joints only: no PVE
 MOCAP_DATASETS = ("h36m-p1", "h36m-p2")
+MPI_PELVIS_J17 = 14   # J24_TO_J17[14] = GT-24 'Pelvis (MPII)'; H36M_TO_J17[14] = H36M pelvis
 
 
 # ------------------------------------------------------------------------------------------------
@@ -76,7 +79,11 @@ def errors_mm(pred_joints, gt_joints, pred_vertices=None, gt_vertices=None) -> d
     Returns {'mpjpe': [B], 'pa_mpjpe': [B], 'pve': [B] (NaN without vertices)} float64 numpy.
     PA-MPJPE aligns each sample with its own similarity transform (float64 Procrustes).
     """
-    to_np = lambda x: x.detach().double().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, np.float64)  # noqa: E731
+    def to_np(x):
+        if torch.is_tensor(x):
+            return x.detach().double().cpu().numpy()
+        return np.asarray(x, np.float64)
+
     pj, gj = to_np(pred_joints), to_np(gt_joints)
     out = {"mpjpe": 1000.0 * _mpjpe(pj, gj),
            "pa_mpjpe": 1000.0 * reconstruction_error(pj, gj, reduction=None)}
@@ -134,8 +141,9 @@ class EvalTargets(nn.Module):
         verts = None
         if self.has_mesh:
             verts = self.gt_vertices(batch["pose"], batch["betas"], batch["gender"])
-        if not self.has_mesh:
+        if not self.has_mesh:   # centred on its pelvis (a no-op on the SPIN file, see above)
             joints = batch["pose_3d"][:, constants.J24_TO_J17, :3]
+            joints = joints - joints[:, MPI_PELVIS_J17:MPI_PELVIS_J17 + 1]
         elif self.mocap:
             s = batch["pose_3d"][:, constants.J24_TO_J14, :3]
             hips = 0.5 * (s[:, constants.GT24_RHIP] + s[:, constants.GT24_LHIP])
@@ -154,20 +162,6 @@ class EvalTargets(nn.Module):
 
 # ------------------------------------------------------------------------------------------------
 # Networks and setup
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is available")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def build_eval_networks(options, paths: DataPaths, checkpoint_path) -> tuple[nn.Module, nn.Module]:
     """Main and aux networks with the checkpoint's weights (strict), eval mode, aux frozen."""
     from models import build_model

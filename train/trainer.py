@@ -12,11 +12,9 @@ One iteration (``Trainer.run_step``), decisions D2-D5:
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -29,21 +27,7 @@ from train.losses import LossWeights, smpl_loss
 from train.meta import (Camera, gt_targets, inner_adapt, pseudo_targets, run_head,
                         smpl_predict)
 from utils.options import save_options, to_dict
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is available")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    import random
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+from utils.runtime import seed_everything, select_device
 
 
 def build_networks(options, paths: DataPaths, pretrained: bool = True):
@@ -327,7 +311,8 @@ class Trainer:
         for ds in names:
             results[ds] = evaluate(self.model, self.model_aux, o, ds, paths=self.paths,
                                    device=self.device, smpl=self.smpl, writer=self.writer,
-                                   batch_size=o.eval_batch_size, max_batches=o.eval_max_batches)
+                                   batch_size=o.eval_batch_size, max_batches=o.eval_max_batches,
+                                   step=self.step)
         self.model.train()
         tag = "_".join(f"{ds.replace('-p2', '').replace('-', '')}_mp{r['MPJPE']:.2f}"
                        f"_pa{r['PA-MPJPE']:.2f}_pve{r.get('PVE', float('nan')):.2f}"

@@ -623,7 +623,8 @@ def run_demo(o, log=None) -> dict:
     bbox file) before any work.
     """
     from tqdm import tqdm
-    from train.evaluation import build_eval_networks, select_device, seed_everything
+    from train.evaluation import build_eval_networks
+    from utils.runtime import seed_everything, select_device
     from train.meta import Camera, TTOConfig
     from models.smpl import build_smpl
     from utils.renderer import Renderer
