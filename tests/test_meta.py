@@ -138,3 +138,18 @@ def test_tto_early_stop_and_nonfinite(setup):
     bad = _tto_cfg(o, tto_mode="sample", after_innerlr=1e30, test_val_step=2)
     r = test_time_optimize(model, aux, batch, smpl, cam, bad)
     assert torch.isfinite(r.after["vertices"]).all()
+
+
+@pytest.mark.parametrize("kind", ["cliff", "hmr"])
+def test_crop_intrinsics_reproduce_the_training_projection(setup, kind):
+    """Rendering in the crop (focal, centre of crop_intrinsics) lands where the loss projects."""
+    o, model, aux, batch, smpl = setup
+    cam = Camera(kind, 256, 192)
+    with torch.no_grad():
+        out = model(batch["img"], batch["bbox_info"])
+        pred = smpl_predict(out, smpl, cam, batch)
+    f, c = cam.crop_intrinsics(batch)
+    p = pred["joints"] + cam.full_translation(pred["cam"], batch)[:, None]
+    px = f[:, None, None] * p[..., :2] / p[..., 2:] + c[:, None]
+    norm = torch.stack([2 * px[..., 0] / 192 - 1, 2 * px[..., 1] / 256 - 1], -1)
+    torch.testing.assert_close(norm, pred["keypoints_2d"], rtol=1e-4, atol=1e-4)

@@ -196,3 +196,14 @@ def test_in_training_evaluation_writes_log_and_named_checkpoint(synthetic_root, 
     data = torch.load(named[0], map_location="cpu", weights_only=True)
     assert {"model", "model_aux", "optimizer", "epoch", "options"} <= set(data)
     assert data["epoch"] == 1 and data["options"]["model"] == "cliff"
+
+
+def test_log_images_writes_mesh_overlays(synthetic_root, tmp_path):
+    tr = _trainer(synthetic_root, tmp_path, "--first_order", "--max_steps", "1",
+                  "--summary_steps", "1", "--log_images")
+    tr.train()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / "t" / "tensorboard")).Reload()
+    assert "train/mesh" in acc.Tags()["images"]
+    assert "train/inner_loss_after" in acc.Tags()["scalars"]
+    assert "train/inner_grad_norm" in acc.Tags()["scalars"]

@@ -67,6 +67,23 @@ class Camera:
         tz = 2 * FOCAL_LENGTH / (self.crop_h * s + 1e-9)
         return torch.stack([cam[:, 1], cam[:, 2], tz], dim=-1)
 
+    def crop_intrinsics(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """Focal [B] and principal point [B,2] in crop pixels that go with
+        :meth:`full_translation` (for rendering a mesh over the network's input crop).
+
+        CLIFF: the full-image camera seen through the un-rotated similarity ``crop_trans``;
+        HMR: focal 5000 at the crop centre.
+        """
+        B = batch["img"].shape[0]
+        if self.kind == "cliff":
+            A = batch["crop_trans"].float()                 # [B,2,3] = [[k,0,a],[0,k,b]]
+            k = A[:, 0, 0]
+            centre = torch.stack([batch["img_w"], batch["img_h"]], -1).float() / 2
+            return k * batch["focal_length"].float(), (A[:, :, :2] @ centre[..., None])[..., 0] + A[:, :, 2]
+        f = torch.full((B,), FOCAL_LENGTH, device=batch["img"].device)
+        c = torch.tensor([self.crop_w / 2, self.crop_h / 2], device=f.device).expand(B, 2)
+        return f, c
+
     def project(self, joints: Tensor, cam: Tensor, batch: dict) -> Tensor:
         """joints [B,J,3], cam [B,3] -> [B,J,2] normalised crop coordinates."""
         if self.kind == "cliff":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -101,6 +102,9 @@ class MetaStep:
                                  self.smpl, self.camera, batch)
                 after = smpl_loss(p, targets, self.weights, mode=o.tto_mode)["total"]
                 out["inner_loss_after"] = after.mean() if after.dim() else after
+        if log_inner:
+            out["_viz"] = {"vertices": pred["vertices"][:4].detach(),
+                           "translation": self.camera.full_translation(pred["cam"][:4], batch).detach()}
         if not torch.isfinite(loss):
             return {**out, "skipped": True}
         self.optimizer.zero_grad(set_to_none=True)
@@ -169,6 +173,7 @@ class Trainer:
         self.n_nonfinite = self.nonfinite_run = 0
         self.history: list[torch.Tensor] = []   # outer loss per step (detached)
         self.writer = None
+        self.renderer = None
         if o.pretrained_checkpoint:
             self.load_pretrained(o.pretrained_checkpoint)
         if o.resume:
@@ -246,6 +251,7 @@ class Trainer:
                 batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
                          for k, v in batch.items()}
                 self.model.train()
+                self.last_batch = batch
                 out = self.run_step(batch, log_inner=(self.step + 1) % o.summary_steps == 0)
                 self.batch_idx += 1
                 self.step += 1
@@ -293,9 +299,29 @@ class Trainer:
             for k, v in out.items():
                 if torch.is_tensor(v):
                     self.writer.add_scalar(f"train/{k}", float(v), self.step)
+            if o.log_images and "_viz" in out:
+                self.writer.add_images("train/mesh", self.overlays(out["_viz"]), self.step,
+                                       dataformats="NHWC")
             for i, g in enumerate(self.optimizer.param_groups):
                 self.writer.add_scalar(f"lr/group{i}", g["lr"], self.step)
             self.writer.add_scalar("train/n_nonfinite", self.n_nonfinite, self.step)
+
+    def overlays(self, viz: dict) -> np.ndarray:
+        """Predicted meshes over the input crops of the last batch ([N,H,W,3] uint8)."""
+        from utils.renderer import Renderer
+        if self.renderer is None:
+            self.renderer = Renderer(self.smpl.faces)
+        batch = self.last_batch
+        n = viz["vertices"].shape[0]
+        sub = {k: v[:n] for k, v in batch.items() if torch.is_tensor(v)}
+        focal, centre = self.run_step.camera.crop_intrinsics(sub)
+        mean = torch.tensor(constants.IMG_NORM_MEAN, device=sub["img"].device).view(1, 3, 1, 1)
+        std = torch.tensor(constants.IMG_NORM_STD, device=sub["img"].device).view(1, 3, 1, 1)
+        imgs = ((sub["img"] * std + mean).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+        verts = (viz["vertices"] + viz["translation"][:, None]).cpu().numpy()
+        return np.stack([self.renderer.render(verts[i], float(focal[i]), centre[i].tolist(),
+                                              np.ascontiguousarray(imgs[i]))
+                         for i in range(n)])
 
     def test_and_save(self) -> None:
         """Evaluate on the configured test sets and keep a checkpoint named by the results."""
@@ -329,6 +355,9 @@ class Trainer:
             self.writer.close()
         if self.main and self.n_nonfinite:
             print(f"{self.n_nonfinite} step(s) skipped for non-finite losses")
+        skipped = getattr(self.dataset.dataset, "n_skipped", 0)
+        if self.main and skipped:
+            print(f"{skipped} unreadable image(s) skipped (--skip_bad_images)")
         dist.cleanup()
 
 
