@@ -184,15 +184,31 @@ class Regressor(nn.Module):
             return backbones.resnet_features(self, img)
         return self.backbone(img) if self.role == "main" else self.encoder(img)
 
+    def _head_linear(self, name: str, x: torch.Tensor, delta: dict) -> torch.Tensor:
+        """Head layer ``name`` on x [B,in], plus its per-sample delta when given."""
+        layer = getattr(self, name)
+        y = batched_linear(x, layer.weight, layer.bias)
+        dw, db = delta.get(f"{name}.weight"), delta.get(f"{name}.bias")
+        if dw is not None:
+            y = y + batched_linear(x, dw)
+        if db is not None:
+            y = y + db
+        return y
+
     def forward(self, img: torch.Tensor | None = None, bbox_info: torch.Tensor | None = None,
-                n_iter: int | None = None, features: torch.Tensor | None = None
-                ) -> RegressorOutput:
+                n_iter: int | None = None, features: torch.Tensor | None = None,
+                head_delta: dict[str, torch.Tensor] | None = None) -> RegressorOutput:
         """Regress SMPL parameters by iterative error feedback from the mean parameters.
 
         img: [B, 3, H, W], or ``features`` [B, feature_dim] (then the encoder is skipped, D4);
         bbox_info: [B, 3] (CLIFF only; ignored by HMR); n_iter: IEF iterations (default
         ``self.n_iter``). Returns :class:`RegressorOutput` (rotmat [B,24,3,3], betas [B,10],
         cam [B,3], pose6d [B,144]).
+
+        ``head_delta``: optional per-sample additive updates of head weights,
+        {name: [B, out, in] or [B, out]}: sample i runs with ``W + delta[i]``. Same maths as
+        passing per-sample weights through ``functional_call``, but the gradient of the shared
+        ``W`` stays one ordinary matmul (the per-sample meta inner step uses it).
         """
         if (img is None) == (features is None):
             raise ValueError("pass exactly one of img [B,3,H,W] or features [B,D]")
@@ -215,13 +231,15 @@ class Regressor(nn.Module):
         pose = self.init_pose.expand(batch, -1)
         shape = self.init_shape.expand(batch, -1)
         cam = self.init_cam.expand(batch, -1)
+        lin = self._head_linear
+        d = head_delta or {}
         for _ in range(n_iter):
             x = torch.cat(parts + [pose, shape, cam], dim=1)
-            x = self.drop1(batched_linear(x, self.fc1.weight, self.fc1.bias))
-            x = self.drop2(batched_linear(x, self.fc2.weight, self.fc2.bias))
-            pose = batched_linear(x, self.decpose.weight, self.decpose.bias) + pose
-            shape = batched_linear(x, self.decshape.weight, self.decshape.bias) + shape
-            cam = batched_linear(x, self.deccam.weight, self.deccam.bias) + cam
+            x = self.drop1(lin("fc1", x, d))
+            x = self.drop2(lin("fc2", x, d))
+            pose = lin("decpose", x, d) + pose
+            shape = lin("decshape", x, d) + shape
+            cam = lin("deccam", x, d) + cam
         rotmat = rot6d_to_rotmat(pose).view(batch, constants.NUM_JOINTS_SMPL, 3, 3)
         return RegressorOutput(rotmat, shape, cam, pose)
 

@@ -64,7 +64,8 @@ def test_inner_step_changes_only_head_and_lowers_loss(setup, mode):
     o, model, aux, _, smpl = setup
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fast, info, feats, targets, batch, cam = _inner(setup, mode)
-    assert set(fast) == set(model.head_param_names)
+    names = set(fast.delta if mode == "sample" else fast)
+    assert names == set(model.head_param_names)
     for k, v in model.state_dict().items():      # the module itself is untouched
         assert torch.equal(v, before[k]), k
 
@@ -79,10 +80,13 @@ def test_inner_step_changes_only_head_and_lowers_loss(setup, mode):
 
 def test_sample_mode_equals_batch_mode_one_sample_at_a_time(setup):
     fast_s, *_ = _inner(setup, "sample")
-    for i in range(fast_s["fc1.weight"].shape[0]):
+    model = setup[1]
+    head = model.head_params()
+    for i in range(fast_s.delta["fc1.weight"].shape[0]):
         fast_b, *_ = _inner(setup, "batch", idx=slice(i, i + 1))
-        for k in fast_b:
-            torch.testing.assert_close(fast_s[k][i], fast_b[k], rtol=1e-4, atol=1e-7)
+        for k in fast_b:   # per-sample weights W + delta[i] = the batch step on sample i alone
+            torch.testing.assert_close(head[k] + fast_s.delta[k][i], fast_b[k], rtol=1e-4,
+                                       atol=1e-7)
 
 
 def test_second_order_gradient_reaches_aux(setup):

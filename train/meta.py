@@ -99,12 +99,26 @@ class Camera:
 
 # ------------------------------------------------------------------------------------------------
 # Forward through head (+ optional fast weights) and SMPL
-def run_head(model, features: Tensor, bbox_info: Tensor | None, params: Params | None = None):
-    """The regression head on precomputed backbone features, with ``params`` substituted."""
+def run_head(model, features: Tensor, bbox_info: Tensor | None, params=None):
+    """The regression head on precomputed backbone features with adapted weights.
+
+    ``params``: None (the module's own weights), a dict {name: tensor} substituted through
+    ``functional_call`` (batch mode; per-sample tensors with a leading [B] also work), or a
+    :class:`FastDelta` (sample mode: per-sample additive updates of the head weights).
+    """
     kwargs = {"features": features, "bbox_info": bbox_info if model.use_bbox_info else None}
     if params is None:
         return model(**kwargs)
+    if isinstance(params, FastDelta):
+        return model(**kwargs, head_delta=params.delta)
     return functional_call(model, params, (), kwargs, strict=False)
+
+
+@dataclass
+class FastDelta:
+    """Per-sample fast weights as ``W + delta[i]``: delta {name: [B, ...]}."""
+
+    delta: dict[str, Tensor]
 
 
 def smpl_predict(out, smpl, camera: Camera, batch: dict) -> dict[str, Tensor]:
@@ -160,7 +174,7 @@ def _total(losses: dict[str, Tensor]) -> Tensor:
 # Training inner step
 def inner_adapt(model, features: Tensor, bbox_info: Tensor | None, batch: dict, targets: dict,
                 smpl, camera: Camera, weights: LossWeights, lr: float, steps: int, mode: str,
-                first_order: bool) -> tuple[Params, dict[str, Tensor]]:
+                first_order: bool) -> tuple["Params | FastDelta", dict[str, Tensor]]:
     """SGD steps of ``lr`` on the head fast weights with the inner (pseudo-label) loss.
 
     Args:
@@ -169,26 +183,39 @@ def inner_adapt(model, features: Tensor, bbox_info: Tensor | None, batch: dict, 
             'batch' (one set for the batch).
         first_order: FOMAML (gradients detached); otherwise the graph is kept (MAML).
     Returns:
-        fast weights {name: tensor} and logging values: 'inner_loss' (before the first step)
+        fast weights ({name: tensor} in batch mode, :class:`FastDelta` in sample mode, both
+        accepted by :func:`run_head`) and logging values: 'inner_loss' (before the first step)
         and 'inner_grad_norm' (of the first step), both detached scalars.
     """
-    fast: Params = dict(model.head_params())
+    head = dict(model.head_params())
     B = features.shape[0]
-    if mode == "sample":
-        fast = {k: v.unsqueeze(0).expand(B, *v.shape) for k, v in fast.items()}
-    elif mode != "batch":
+    if mode == "sample":   # per-sample updates delta[i], starting at 0 (grads are per sample)
+        zeros = {k: torch.zeros((1,) + v.shape, dtype=v.dtype, device=v.device,
+                                requires_grad=True) for k, v in head.items()}
+        delta = {k: z.expand(B, *z.shape[1:]) for k, z in zeros.items()}
+        fast = FastDelta(delta)
+    elif mode == "batch":
+        fast = head
+    else:
         raise ValueError(f"unknown tto_mode {mode!r}")
     info: dict[str, Tensor] = {}
     feats = features.detach() if first_order else features
     for step in range(steps):
         pred = smpl_predict(run_head(model, feats, bbox_info, fast), smpl, camera, batch)
         loss = _total(smpl_loss(pred, targets, weights, mode=mode, terms=INNER_TERMS))
-        names = list(fast)
-        grads = torch.autograd.grad(loss, [fast[k] for k in names], create_graph=not first_order)
+        cur = fast.delta if mode == "sample" else fast
+        names = list(cur)
+        grads = torch.autograd.grad(loss, [cur[k] for k in names], create_graph=not first_order)
         if step == 0:
             info["inner_loss"] = loss.detach() / (B if mode == "sample" else 1)
             info["inner_grad_norm"] = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads))
-        fast = {k: fast[k] - lr * (g.detach() if first_order else g) for k, g in zip(names, grads)}
+        new = {k: cur[k] - lr * (g.detach() if first_order else g) for k, g in zip(names, grads)}
+        if mode == "sample":
+            if first_order:   # detached updates: the outer gradient reaches W through W x only
+                new = {k: v.detach().requires_grad_(step + 1 < steps) for k, v in new.items()}
+            fast = FastDelta(new)
+        else:
+            fast = new
     return fast, info
 
 
