@@ -350,3 +350,18 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {p}")
+
+
+def bench_main(args, measure_mode: Callable, run: Callable, report: Callable) -> int:
+    """Shared entry of the benchmark scripts: a child measures one mode, the parent runs all
+    modes (one child each), prints the table and writes ``--json``."""
+    if args._child:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        child_result(measure_mode(args, args._child))
+        return 0
+    res = run(args)
+    report(res)
+    if args.json:
+        write_json(args.json, res)
+    return 0

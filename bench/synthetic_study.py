@@ -115,6 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="main backbone init: the aux network's trunk (as a pose_resnet file) or "
                         "random")
     g.add_argument("--num_workers", type=int, default=2, help="training DataLoader workers")
+    g.add_argument("--summary_steps", type=int, default=50,
+                   help="TensorBoard scalar period of the training runs")
     g.add_argument("--seed", type=int, default=2023, help="seed of the plain and meta runs "
                                                           "(aux pre-training: seed + 1)")
     g = p.add_argument_group("evaluation")
@@ -208,7 +210,7 @@ def train_argv(a, name: str, extra: list[str]) -> list[str]:
             "--model", "cliff", "--backbone", BACKBONE, "--bbox_type", BBOX,
             "--batch_size", str(a.batch_size), "--num_workers", str(a.num_workers),
             "--eval_datasets", "", "--checkpoint_steps", "0", "--test_epochs", "1000000",
-            "--save_epochs", "1000000", "--summary_steps", "50", "--device", "cpu",
+            "--save_epochs", "1000000", "--summary_steps", str(a.summary_steps), "--device", "cpu",
             *extra]
 
 
@@ -264,7 +266,7 @@ def load_main(world: Path, ckpt: str | Path, n_iter: int | None = None):
     from config import DataPaths
     from models import build_model
     from models.checkpoints import load_metahmr_checkpoint
-    net = build_model("cliff", BACKBONE, "main", BBOX, DataPaths(world).smpl_mean_params(),
+    net = build_model("cliff", BACKBONE, "main", BBOX, DataPaths(Path(world)).smpl_mean_params(),
                       n_iter=n_iter)
     load_metahmr_checkpoint(ckpt, net)
     return net.eval()
@@ -281,7 +283,7 @@ def export_aux(net, path: Path, world: Path):
              for k, v in net.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": state}, path)
-    aux = build_model("cliff", BACKBONE, "aux", BBOX, DataPaths(world).smpl_mean_params())
+    aux = build_model("cliff", BACKBONE, "aux", BBOX, DataPaths(Path(world)).smpl_mean_params())
     load_aux_weights(path, aux, "cliff", BACKBONE)
     for k, v in net.state_dict().items():
         if not torch.equal(aux.state_dict()[k], v):
@@ -299,7 +301,7 @@ def export_backbone(net, path: Path, world: Path) -> Path:
     state = {"backbone." + k: v.detach().clone() for k, v in net.state_dict().items() if k in trunk}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state}, path)
-    probe = build_model("cliff", BACKBONE, "main", BBOX, DataPaths(world).smpl_mean_params())
+    probe = build_model("cliff", BACKBONE, "main", BBOX, DataPaths(Path(world)).smpl_mean_params())
     load_backbone_weights(path, probe, BACKBONE)
     for k in trunk:
         if not torch.equal(probe.state_dict()[k], net.state_dict()[k]):
@@ -434,7 +436,7 @@ def evaluate_models(a, nets: dict, aux, world: Path) -> tuple[list[dict], dict]:
     every model, mode and k in 0..N (+ updates 0 = no TTO), and the aux network's scores."""
     from config import DataPaths
     from train.evaluation import evaluate
-    paths = DataPaths(world)
+    paths = DataPaths(Path(world))
     device = torch.device("cpu")
     max_batches = -(-a.max_eval // a.eval_batch_size)
     rows, aux_scores, timings = [], {}, {}

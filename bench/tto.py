@@ -203,17 +203,7 @@ def report(res: dict) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args._child:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        common.child_result(measure_mode(args, args._child))
-        return 0
-    res = run(args)
-    report(res)
-    if args.json:
-        common.write_json(args.json, res)
-    return 0
+    return common.bench_main(parse_args(argv), measure_mode, run, report)
 
 
 if __name__ == "__main__":
