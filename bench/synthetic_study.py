@@ -104,13 +104,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--img_size", type=int, default=192, help="base image side of the world")
     g.add_argument("--world_seed", type=int, default=0, help="generator seed of the world")
     g = p.add_argument_group("training")
-    g.add_argument("--aux_steps", type=int, default=400, help="steps of the aux pre-training")
-    g.add_argument("--steps", type=int, default=400, help="steps of the plain and meta runs")
+    g.add_argument("--aux_steps", type=int, default=600, help="steps of the aux pre-training")
+    g.add_argument("--steps", type=int, default=300, help="steps of the plain and meta runs")
     g.add_argument("--batch_size", type=int, default=8, help="training batch size")
-    g.add_argument("--aux_lr", type=float, default=5e-5, help="Adam lr of the aux pre-training")
+    g.add_argument("--aux_lr", type=float, default=1e-4, help="Adam lr of the aux pre-training")
     g.add_argument("--outer_lr", type=float, default=5e-5, help="Adam lr of the plain/meta runs")
-    g.add_argument("--inner_lr", type=float, default=1e-4,
-                   help="meta run: SGD step of the inner (head fast-weight) update")
+    g.add_argument("--inner_lr", type=float, default=1e-5,
+                   help="meta run: SGD step of the inner (head fast-weight) update (released "
+                        "1e-5; 1e-4 made the meta run's loss explode here)")
     g.add_argument("--main_init", default="aux_trunk", choices=("aux_trunk", "random"),
                    help="main backbone init: the aux network's trunk (as a pose_resnet file) or "
                         "random")
@@ -120,13 +121,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--seed", type=int, default=2023, help="seed of the plain and meta runs "
                                                           "(aux pre-training: seed + 1)")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--tto_steps", type=int, default=6,
+    g.add_argument("--tto_steps", type=int, default=5,
                    help="N: evaluate with --test_val_step k for k = 0..N")
     g.add_argument("--tto_inner_lr", type=float, default=None,
                    help="TTO step-0 SGD lr (--inner_lr of the evaluation); default --inner_lr")
     g.add_argument("--after_innerlr", type=float, default=1e-5,
                    help="TTO Adam lr of the steps after step 0 (README 1e-5)")
-    g.add_argument("--max_eval", type=int, default=60,
+    g.add_argument("--max_eval", type=int, default=40,
                    help="evaluate at most about this many samples per test set (whole batches)")
     g.add_argument("--eval_batch_size", type=int, default=20, help="evaluation (TTO) batch size")
     g.add_argument("--eval_workers", type=int, default=0, help="evaluation DataLoader workers")
@@ -138,6 +139,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "afresh for every k")
     g = p.add_argument_group("machine")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    g.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="device of training and evaluation")
     a = p.parse_args(argv)
     a.eval_sets = [s for s in a.eval_sets.split(",") if s]
     a.modes = [m for m in a.modes.split(",") if m]
@@ -210,7 +213,7 @@ def train_argv(a, name: str, extra: list[str]) -> list[str]:
             "--model", "cliff", "--backbone", BACKBONE, "--bbox_type", BBOX,
             "--batch_size", str(a.batch_size), "--num_workers", str(a.num_workers),
             "--eval_datasets", "", "--checkpoint_steps", "0", "--test_epochs", "1000000",
-            "--save_epochs", "1000000", "--summary_steps", str(a.summary_steps), "--device", "cpu",
+            "--save_epochs", "1000000", "--summary_steps", str(a.summary_steps), "--device", a.device,
             *extra]
 
 
@@ -316,7 +319,7 @@ def eval_options(a, mode: str, k: int):
     return parse_eval("cliff", [
         "--data_root", str(a.world), "--backbone", BACKBONE, "--bbox_type", BBOX,
         "--batch_size", str(a.eval_batch_size), "--num_workers", str(a.eval_workers),
-        "--device", "cpu", "--seed", str(a.seed), "--log_freq", "0",
+        "--device", a.device, "--seed", str(a.seed), "--log_freq", "0",
         "--inner_lr", str(a.tto_inner_lr), "--after_innerlr", str(a.after_innerlr),
         "--test_val_step", str(k), "--tto_mode", mode])
 
@@ -431,21 +434,38 @@ class TraceTTO:
                                        f"use --protocol rerun")
 
 
-def evaluate_models(a, nets: dict, aux, world: Path) -> tuple[list[dict], dict]:
+def mean_param_network(world: Path):
+    """A CLIFF network whose prediction is the mean parameters for every input (decoders
+    zeroed): the no-learning reference."""
+    from config import DataPaths
+    from models import build_model
+    net = build_model("cliff", BACKBONE, "aux", BBOX, DataPaths(Path(world)).smpl_mean_params())
+    with torch.no_grad():
+        for layer in (net.decpose, net.decshape, net.deccam):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    return net.eval()
+
+
+def evaluate_models(a, nets: dict, aux, world: Path,
+                    device: torch.device) -> tuple[list[dict], dict]:
     """Rows {dataset, model, mode, test_val_step, updates, MPJPE, PA-MPJPE, PVE, n, ...} for
-    every model, mode and k in 0..N (+ updates 0 = no TTO), and the aux network's scores."""
+    every model, mode and k in 0..N (+ updates 0 = no TTO), and the no-TTO scores of the
+    references (the aux network, the mean parameters)."""
     from config import DataPaths
     from train.evaluation import evaluate
     paths = DataPaths(Path(world))
-    device = torch.device("cpu")
     max_batches = -(-a.max_eval // a.eval_batch_size)
-    rows, aux_scores, timings = [], {}, {}
+    rows, refs, timings = [], {"aux": {}, "mean": {}}, {}
+    references = {"aux": aux, "mean": mean_param_network(world).to(device)}
     for ds in a.eval_sets:
-        # the aux network without TTO (its *_before metrics; one cheap batch-mode step 0)
-        r = evaluate(aux, aux, eval_options(a, "batch", 0), ds, paths=paths, device=device,
-                     max_batches=max_batches, log=log)
-        aux_scores[ds] = {m: r[m + "_before"] for m in METRICS} | {"n": r["n"]}
-        log(f"aux network on {ds} (no TTO, {r['n']} samples): " + _fmt_scores(aux_scores[ds]))
+        # references without TTO: their *_before metrics (one cheap batch-mode step 0)
+        for ref, net in references.items():
+            r = evaluate(net, net, eval_options(a, "batch", 0), ds, paths=paths, device=device,
+                         max_batches=max_batches, log=log)
+            refs[ref][ds] = {m: r[m + "_before"] for m in METRICS} | {"n": r["n"]}
+            log(f"{'aux network' if ref == 'aux' else 'mean parameters'} on {ds} (no TTO, "
+                f"{r['n']} samples): " + _fmt_scores(refs[ref][ds]))
         for name, net in nets.items():
             for mode in a.modes:
                 with Stopwatch() as sw, (TraceTTO(a.tto_steps) if a.protocol == "trace"
@@ -471,7 +491,7 @@ def evaluate_models(a, nets: dict, aux, world: Path) -> tuple[list[dict], dict]:
                 curve = [x for x in rows if (x["dataset"], x["model"], x["mode"]) == (ds, name, mode)]
                 log(f"{name} {ds} {mode} ({sw.wall:.0f} s): MPJPE by updates "
                     + " ".join(f"{x['MPJPE']:.1f}" for x in curve))
-    return rows, {"aux": aux_scores, "eval_timings": timings}
+    return rows, {**refs, "eval_timings": timings}
 
 
 def _row(ds, name, mode, k, updates, scores, r, nan_2d: bool) -> dict:
@@ -513,8 +533,10 @@ def plot(rows: list[dict], extra: dict, a, path: Path) -> Path:
                     ls, mk = styles[mode]
                     ax.plot(x, _curve(rows, ds, model, mode, metric), ls, marker=mk, ms=4,
                             color=colours[model], label=f"{model}, TTO {mode}")
-            aux = extra["aux"][ds][metric]
-            ax.axhline(aux, color="0.5", ls=":", lw=1, label="aux network (no TTO)")
+            ax.axhline(extra["aux"][ds][metric], color="0.4", ls=":", lw=1.2,
+                       label="aux network (no TTO)")
+            ax.axhline(extra["mean"][ds][metric], color="0.6", ls="-.", lw=1,
+                       label="mean parameters")
             ax.set_title(f"synthetic {ds}: {metric} (n={extra['aux'][ds]['n']})", fontsize=10)
             ax.set_xlabel("TTO updates (0 = none; 1 = step 0; k + 1 = --test_val_step k)",
                           fontsize=8)
@@ -527,7 +549,7 @@ def plot(rows: list[dict], extra: dict, a, path: Path) -> Path:
                  f"({a.steps} training steps each)", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
 
@@ -581,7 +603,9 @@ def markdown(rows: list[dict], extra: dict, a, command: str, machine: dict) -> s
     for ds in a.eval_sets:
         n = extra["aux"][ds]["n"]
         lines += [f"## Synthetic {ds} ({n} samples)", "",
-                  f"Aux network without TTO: {_fmt_scores(extra['aux'][ds])} mm.", ""]
+                  f"Without TTO: aux network {_fmt_scores(extra['aux'][ds])} mm; the mean "
+                  f"parameters (a network that predicts them for every image) "
+                  f"{_fmt_scores(extra['mean'][ds])} mm.", ""]
         for metric in METRICS:
             lines += [f"**{metric} (mm)**", "",
                       "| model | TTO mode | " + " | ".join(str(u) for u in range(N1 + 1)) + " |",
@@ -617,6 +641,9 @@ def main(argv=None) -> dict:
     a = parse_args(argv)
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    from train.trainer import select_device
+    device = select_device(a.device)
+    a.device = device.type
     os.chdir(REPO)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -652,22 +679,23 @@ def main(argv=None) -> dict:
                                                   "--inner_step", "1"], a.steps)
         for n in ("plain", "meta"):
             timings[f"{n} training"] = _stage_time(stages[n])
-        nets = {n: load_main(world, stages[n]["checkpoint"]) for n in MODELS}
+        nets = {n: load_main(world, stages[n]["checkpoint"]).to(device) for n in MODELS}
 
         # 3. evaluation
         with Stopwatch() as sw:
-            rows, extra = evaluate_models(a, nets, aux, world)
+            rows, extra = evaluate_models(a, nets, aux.to(device), world, device)
         timings["evaluation"] = {"wall_s": sw.wall, "cpu_s": sw.cpu}
     timings["total"] = {"wall_s": total.wall, "cpu_s": total.cpu}
 
     from bench.common import machine_info, write_json
-    machine = machine_info(torch.device("cpu"))
+    machine = machine_info(device)
     extra.update(stages=stages, total=timings["total"], timings=timings,
                  date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
     result = {"command": command, "settings": vars(a), "machine": machine,
               "world_sizes": world_sizes(a.n_train, a.n_test), "timings": timings,
               "eval_timings": extra["eval_timings"], "training": stages,
-              "aux_no_tto": extra["aux"], "rows": rows,
+              "no_tto_references": {"aux": extra["aux"], "mean_parameters": extra["mean"]},
+              "rows": rows,
               "notes": {"updates": "0 = no TTO (TTOResult.before); k + 1 = --test_val_step k",
                         "loss_2d": "mean TTO 2D loss of the returned prediction (None where "
                                    "the trace protocol does not compute it)"}}

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -73,6 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="data root holding data/smpl/SMPL_NEUTRAL.pkl, data/J_regressor_extra.npy "
                         "and data/smpl_mean_params.npz (default: the synthetic stand-ins, "
                         "cached in ~/.cache/metahmr_bench or $METAHMR_BENCH_CACHE)")
+    p.add_argument("--no_interleave", action="store_true",
+                   help="report the per-mode child timings instead of a round-robin timing "
+                        "of all modes in one process (the default: fair on a loaded machine)")
     p.add_argument("--in_process", action="store_true",
                    help="measure every mode in this process (faster; on the CPU a mode's peak "
                         "memory can then be hidden by an earlier one's)")
@@ -139,6 +143,39 @@ def measure_mode(args, mode: str) -> dict:
             "skipped_steps": sum(skipped), "memory_method": mem.method}
 
 
+def interleaved_times(args) -> dict[str, dict]:
+    """Time every mode round-robin in one process (one network pair, Adam lr 0), so that the
+    load of a shared machine hits every mode alike; medians per mode."""
+    from constants import crop_size
+    from train.trainer import MetaStep
+    device = common.select_device(args.device)
+    o0 = train_options(args, "plain")
+    model, model_aux = common.build_networks(o0.model, o0.backbone, o0.bbox_type, device,
+                                             args.seed, args.smpl_root)
+    smpl = common.build_body_model(device, args.smpl_root)
+    batch = common.synthetic_batch(args.batch_size, crop_size(o0.bbox_type), device, args.seed)
+    for net in (model, model_aux):
+        common.calibrate_batchnorm(net, batch)
+    model.train()
+    optimizer = torch.optim.Adam([{"params": list(model.parameters()), "lr": 0.0},
+                                  {"params": list(model_aux.parameters()), "lr": 0.0}])
+    steps = {m: MetaStep(train_options(args, m), model, model_aux, smpl, optimizer, device)
+             for m in args.mode_list}
+    wall = {m: [] for m in steps}
+    cpu = {m: [] for m in steps}
+    for it in range(args.warmup + args.iters):
+        for m, step in steps.items():
+            model_aux.requires_grad_(step.aux_grad)
+            t0, c0 = time.perf_counter(), time.process_time()
+            step(batch)
+            common.synchronize(device)
+            if it >= args.warmup:
+                wall[m].append(time.perf_counter() - t0)
+                cpu[m].append(time.process_time() - c0)
+    return {m: {"s_per_iter": common.summarize(wall[m])["median"], "times_s": wall[m],
+                "cpu_s_per_iter": common.summarize(cpu[m])["median"]} for m in steps}
+
+
 def run(args) -> dict:
     device = common.select_device(args.device)
     if args.threads:
@@ -151,6 +188,13 @@ def run(args) -> dict:
             modes[mode] = measure_mode(args, mode)
         else:
             modes[mode] = common.run_child(__file__, mode, _child_argv(args))
+    if not args.no_interleave:
+        print("timing all modes interleaved ...", file=sys.stderr, flush=True)
+        for m, t in interleaved_times(args).items():
+            r = modes[m]
+            r["isolated_s_per_iter"], r["isolated_cpu_s_per_iter"] = (r["s_per_iter"],
+                                                                      r["cpu_s_per_iter"])
+            r.update(t, images_per_s=args.batch_size / t["s_per_iter"])
     plain = modes.get("plain")
     for r in modes.values():
         r["ratio_to_plain"] = r["s_per_iter"] / plain["s_per_iter"] if plain else None
@@ -165,6 +209,7 @@ def run(args) -> dict:
               "amp": args.amp if device.type == "cuda" else "off",
               "inner_step": args.inner_step, "iters": args.iters, "warmup": args.warmup,
               "seed": args.seed, "isolated_processes": not args.in_process,
+              "timing": "isolated" if args.no_interleave else "interleaved round-robin",
               "adam_lr": "training rates" if args.train_lr else 0.0,
               "weights": "random", "inputs": "synthetic random batch",
               "body_model": "given root" if args.smpl_root else "synthetic stand-in (SMPL format)",
