@@ -1,7 +1,8 @@
 """The synthetic reproduction study: plain vs meta-trained CLIFF, error against test-time steps.
 
-    python bench/synthetic_study.py --out bench/out/study [--steps 400] [--aux_steps 400] \
-        [--n_train 200] [--n_test 60] [--max_eval 60] [--tto_steps 6] [--docs_dir docs/study]
+    python bench/synthetic_study.py --out bench/out/study [--steps 300] [--aux_steps 600] \
+        [--n_train 200] [--n_test 60] [--max_eval 40] [--tto_steps 5] [--threads 1] \
+        [--docs_dir docs/study] [--report_only]
 
 On the synthetic stand-in world (``datasets.synthetic``), CLIFF with the small ResNet-18 backbone
 and the rect crop (256x192), on the CPU:
@@ -28,8 +29,9 @@ and the rect crop (256x192), on the CPU:
    (``--tto_steps`` N), without early stop. "updates" in the table = k + 1 weight updates
    (TTO step 0 = one SGD step of ``--tto_inner_lr`` on the head with the aux pseudo-labels + 2D
    loss; then k Adam steps of ``--after_innerlr`` on all weights with the 2D loss); updates = 0 is
-   the network without TTO (``TTOResult.before``, the ``*_before`` metrics). The aux network
-   itself is scored without TTO for reference.
+   the network without TTO (``TTOResult.before``, the ``*_before`` metrics). For reference,
+   the aux network and the mean parameters (a network whose decoders are zero, so it predicts
+   the mean pose, shape and camera for every image) are scored without TTO.
 
    ``--protocol trace`` (default) gets every k from one TTO run of N steps per batch: it
    records the prediction the TTO loop makes at the start of each step (that is the result a run
@@ -45,8 +47,9 @@ number of updates, the set-up, training losses and timings), ``synthetic_study.j
 one row per dataset/model/mode/updates), ``synthetic_study.png`` (error against updates, plain vs
 meta: the paper's figure), ``runs/`` (training runs: config.json, TensorBoard,
 checkpoints/current.pt) and ``weights/`` (the exported aux and backbone files).
-``--docs_dir DIR`` also copies the PNG and the markdown there. Training stages whose checkpoint
-was written with the same options are reused (``--fresh`` retrains).
+``--docs_dir DIR`` also copies the PNG and the markdown there; ``--report_only`` rewrites them
+from the JSON. Training stages whose checkpoint was written with the same options and inputs
+are reused (``--fresh`` retrains).
 
 The default sizes are meant to finish in about 30 minutes on an idle 2-core CPU; the stage
 times (wall and CPU seconds) are printed and written to the JSON. The world is synthetic: the
@@ -95,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(e.g. docs/study); '' = no copy")
     g.add_argument("--fresh", action="store_true",
                    help="retrain every stage even if a checkpoint with the same options exists")
+    g.add_argument("--report_only", action="store_true",
+                   help="only rewrite the markdown and the plot from OUT/synthetic_study.json")
     g = p.add_argument_group("world")
     g.add_argument("--world", default="bench/out/study_world",
                    help="data root of the study world (built, or reused when the sizes match)")
@@ -138,7 +143,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="trace: every k from one N-step TTO run per batch; rerun: evaluate "
                         "afresh for every k")
     g = p.add_argument_group("machine")
-    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    g.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0 = torch default); on a busy machine 1 can be "
+                        "several times faster (OpenMP threads spin against other processes)")
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
                    help="device of training and evaluation")
     a = p.parse_args(argv)
@@ -217,12 +224,15 @@ def train_argv(a, name: str, extra: list[str]) -> list[str]:
             *extra]
 
 
-def run_training(a, name: str, extra: list[str], steps: int, n_iter: int | None = None) -> dict:
+def run_training(a, name: str, extra: list[str], steps: int, n_iter: int | None = None,
+                 depends: dict | None = None) -> dict:
     """Train one run with ``train.trainer.Trainer`` (the trainer of train.py) for ``steps``.
 
     n_iter: IEF iterations of the trained network (None = the main network's 10).
+    depends: what the run's inputs were made from (the world's manifest, the aux stage).
     Reuses ``runs/<name>/checkpoints/current.pt`` when ``study_stage.json`` says it was
-    written with the same options (unless ``--fresh``). Returns the stage summary.
+    written with the same options and inputs (unless ``--fresh``). Returns the stage summary
+    (with its ``stamp``).
     """
     from train.trainer import Trainer
     from utils.options import parse_train
@@ -230,12 +240,12 @@ def run_training(a, name: str, extra: list[str], steps: int, n_iter: int | None 
     run_dir = Path(a.out) / "runs" / name
     ckpt = run_dir / "checkpoints" / "current.pt"
     stamp_file = run_dir / "study_stage.json"
-    stamp = {"argv": argv, "n_iter": n_iter}
+    stamp = {"argv": argv, "n_iter": n_iter, "depends": depends}
     if not a.fresh and ckpt.is_file() and stamp_file.is_file():
         done = json.loads(stamp_file.read_text())
         if done.get("stamp") == stamp:
             log(f"{name}: reusing {ckpt} ({done['summary']['steps']} steps)")
-            return {**done["summary"], "checkpoint": str(ckpt), "reused": True}
+            return {**done["summary"], "checkpoint": str(ckpt), "reused": True, "stamp": stamp}
     log(f"{name}: training {steps} steps: train.py {' '.join(argv)}"
         + (f" (network with {n_iter} IEF iterations)" if n_iter else ""))
     stamp_file.unlink(missing_ok=True)
@@ -260,7 +270,7 @@ def run_training(a, name: str, extra: list[str], steps: int, n_iter: int | None 
     stamp_file.write_text(json.dumps({"stamp": stamp, "summary": summary}, indent=2))
     log(f"{name}: done in {sw.wall:.0f} s (CPU {sw.cpu:.0f} s); loss {summary['loss_first']:.3f} "
         f"-> {summary['loss_last']:.3f} (means of the first / last {k} steps)")
-    return {**summary, "checkpoint": str(ckpt), "reused": False}
+    return {**summary, "checkpoint": str(ckpt), "reused": False, "stamp": stamp}
 
 
 def load_main(world: Path, ckpt: str | Path, n_iter: int | None = None):
@@ -514,8 +524,16 @@ def _curve(rows, ds, model, mode, metric) -> list[float]:
     return [r[metric] for r in sel]
 
 
-def plot(rows: list[dict], extra: dict, a, path: Path) -> Path:
+def _unpack(result: dict):
+    """(rows, settings namespace, no-TTO references {'aux', 'mean'}) of a result dict."""
+    refs = result["no_tto_references"]
+    return (result["rows"], argparse.Namespace(**result["settings"]),
+            {"aux": refs["aux"], "mean": refs["mean_parameters"]})
+
+
+def plot(result: dict, path: Path) -> Path:
     """Error against TTO updates, plain vs meta (rows: test sets; columns: MPJPE, PA-MPJPE)."""
+    rows, a, extra = _unpack(result)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -554,16 +572,17 @@ def plot(rows: list[dict], extra: dict, a, path: Path) -> Path:
     return path
 
 
-def markdown(rows: list[dict], extra: dict, a, command: str, machine: dict) -> str:
-    t = extra["timings"]
-    st = extra["stages"]
-    total = extra["total"]
+def markdown(result: dict) -> str:
+    """The study as markdown: set-up, one table per test set and metric, timings."""
+    rows, a, extra = _unpack(result)
+    t, st, machine = result["timings"], result["training"], result["machine"]
+    total = t["total"]
     lines = [
         "# Synthetic reproduction study: plain vs meta-trained CLIFF, error against TTO steps",
         "",
-        f"Generated {extra['date']} by",
+        f"Generated {result.get('date', '(date not recorded)')} by",
         "",
-        f"    {command}",
+        f"    {result['command']}",
         "",
         f"on {machine['cpu']} ({machine['cpu_count']} cores, torch {machine['torch']}, "
         f"{machine['torch_threads']} threads): {total['wall_s'] / 60:.1f} min wall, "
@@ -573,6 +592,8 @@ def markdown(rows: list[dict], extra: dict, a, command: str, machine: dict) -> s
         "model, `datasets/synthetic.py`), and the networks are trained for minutes on a CPU. The "
         "numbers show how plain and meta-training behave under test-time optimisation on this "
         "world; they say nothing about the paper's real-data results.",
+        "",
+        "![error against TTO updates, plain vs meta](synthetic_study.png)",
         "",
         "## Set-up",
         "",
@@ -646,6 +667,9 @@ def main(argv=None) -> dict:
     a.device = device.type
     os.chdir(REPO)
     out = Path(a.out)
+    if a.report_only:
+        report_only(out, a.docs_dir)
+        return {}
     out.mkdir(parents=True, exist_ok=True)
     command = "python bench/synthetic_study.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
@@ -656,9 +680,11 @@ def main(argv=None) -> dict:
         timings["world"] = {"wall_s": sw.wall, "cpu_s": sw.cpu}
 
         # 1. the aux network
+        manifest = json.loads((world / "synthetic_world.json").read_text())
         aux_stage = run_training(a, "aux", ["--no_inner", "--no_pretrained_backbone",
                                             "--outer_lr", str(a.aux_lr), "--seed",
-                                            str(a.seed + 1)], a.aux_steps, n_iter=AUX_N_ITER)
+                                            str(a.seed + 1)], a.aux_steps, n_iter=AUX_N_ITER,
+                                 depends={"world": manifest})
         timings["aux training"] = _stage_time(aux_stage)
         trained = load_main(world, aux_stage["checkpoint"], n_iter=AUX_N_ITER)
         aux_file = out / "weights" / "cliff_res18_aux.pt"
@@ -673,10 +699,13 @@ def main(argv=None) -> dict:
         common = ["--aux_checkpoint", str(aux_file), "--outer_lr", str(a.outer_lr),
                   "--seed", str(a.seed), *init]
         stages = {"aux": aux_stage}
-        stages["plain"] = run_training(a, "plain", [*common, "--no_inner"], a.steps)
+        after_aux = {"aux": aux_stage["stamp"], "main_init": a.main_init}
+        stages["plain"] = run_training(a, "plain", [*common, "--no_inner"], a.steps,
+                                       depends=after_aux)
         stages["meta"] = run_training(a, "meta", [*common, "--first_order", "--tto_mode",
                                                   "sample", "--inner_lr", str(a.inner_lr),
-                                                  "--inner_step", "1"], a.steps)
+                                                  "--inner_step", "1"], a.steps,
+                                      depends=after_aux)
         for n in ("plain", "meta"):
             timings[f"{n} training"] = _stage_time(stages[n])
         nets = {n: load_main(world, stages[n]["checkpoint"]).to(device) for n in MODELS}
@@ -687,11 +716,9 @@ def main(argv=None) -> dict:
         timings["evaluation"] = {"wall_s": sw.wall, "cpu_s": sw.cpu}
     timings["total"] = {"wall_s": total.wall, "cpu_s": total.cpu}
 
-    from bench.common import machine_info, write_json
-    machine = machine_info(device)
-    extra.update(stages=stages, total=timings["total"], timings=timings,
-                 date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
-    result = {"command": command, "settings": vars(a), "machine": machine,
+    from bench.common import machine_info
+    result = {"command": command, "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+              "settings": vars(a), "machine": machine_info(device),
               "world_sizes": world_sizes(a.n_train, a.n_test), "timings": timings,
               "eval_timings": extra["eval_timings"], "training": stages,
               "no_tto_references": {"aux": extra["aux"], "mean_parameters": extra["mean"]},
@@ -699,23 +726,38 @@ def main(argv=None) -> dict:
               "notes": {"updates": "0 = no TTO (TTOResult.before); k + 1 = --test_val_step k",
                         "loss_2d": "mean TTO 2D loss of the returned prediction (None where "
                                    "the trace protocol does not compute it)"}}
+    write_outputs(result, out, a.docs_dir)
+    log(f"total {total.wall / 60:.1f} min wall, {total.cpu / 60:.1f} min CPU")
+    return result
+
+
+def write_outputs(result: dict, out: Path, docs_dir: str = "") -> tuple[Path, Path, Path]:
+    """Write synthetic_study.{json,md,png} into ``out`` (and the md + png into ``docs_dir``)."""
+    from bench.common import write_json
     json_path = out / "synthetic_study.json"
     write_json(json_path, result)
     md_path = out / "synthetic_study.md"
-    md_path.write_text(markdown(rows, extra, a, command, machine))
-    png_path = plot(rows, extra, a, out / "synthetic_study.png")
+    md_path.write_text(markdown(result))
+    png_path = plot(result, out / "synthetic_study.png")
     log(f"wrote {md_path} and {png_path} ({png_path.stat().st_size / 1024:.0f} KB)")
-    if a.docs_dir:
-        d = Path(a.docs_dir)
+    if png_path.stat().st_size > 150 * 1024:
+        log(f"warning: {png_path} is over 150 KB")
+    if docs_dir:
+        d = Path(docs_dir)
         d.mkdir(parents=True, exist_ok=True)
         for p in (md_path, png_path):
             shutil.copyfile(p, d / p.name)
         log(f"copied them to {d}")
-        if png_path.stat().st_size > 150 * 1024:
-            log(f"warning: {png_path} is over 150 KB")
     print(md_path.read_text())
-    log(f"total {total.wall / 60:.1f} min wall, {total.cpu / 60:.1f} min CPU")
-    return result
+    return json_path, md_path, png_path
+
+
+def report_only(out: Path, docs_dir: str = "") -> None:
+    """Rewrite the markdown and the plot from ``out/synthetic_study.json`` (nothing is run)."""
+    path = out / "synthetic_study.json"
+    if not path.is_file():
+        raise SystemExit(f"error: --report_only: {path} does not exist (run the study first)")
+    write_outputs(json.loads(path.read_text()), out, docs_dir)
 
 
 if __name__ == "__main__":
