@@ -265,7 +265,7 @@ def test_standin_files_load_back(tmp_path, mean_file):
     assert out["aux/hmr/resnet18"] == tmp_path / config.AUX_FILES["hmr", "resnet18"]
     assert not list(tmp_path.rglob(".*tmp*"))
 
-    raw = torch.load(out["backbone/resnet18"], weights_only=True)["state_dict"]
+    raw = torch.load(out["backbone/resnet18"], map_location="cpu", weights_only=True)["state_dict"]
     assert all(k.startswith("backbone.") for k in raw) and "backbone.fc1.weight" not in raw
     main = build_model("cliff", "resnet18", "main")
     head_before = {k: v.clone() for k, v in main.head_params().items()}
@@ -275,14 +275,14 @@ def test_standin_files_load_back(tmp_path, mean_file):
     for k, v in main.head_params().items():
         assert torch.equal(v, head_before[k])
 
-    raw = torch.load(out["aux/cliff/resnet18"], weights_only=True)["model"]
+    raw = torch.load(out["aux/cliff/resnet18"], map_location="cpu", weights_only=True)["model"]
     assert "module.encoder.conv1.weight" in raw and "module.fc1.weight" in raw
     aux = build_model("cliff", "resnet18", "aux")
     assert load_aux_weights(out["aux/cliff/resnet18"], aux, "cliff", "resnet18") == []
     assert torch.equal(aux.layer4[1].conv2.weight, raw["module.encoder.layer4.1.conv2.weight"])
     assert torch.equal(aux.init_cam, raw["module.init_cam"])
 
-    raw = torch.load(out["aux/hmr/resnet18"], weights_only=True)["model"]
+    raw = torch.load(out["aux/hmr/resnet18"], map_location="cpu", weights_only=True)["model"]
     assert "init_pose" not in raw
     hmr = build_model("hmr", "resnet18", "aux", mean_params=mean_file[0])
     init = hmr.init_pose.clone()
@@ -294,7 +294,7 @@ def test_standin_files_load_back(tmp_path, mean_file):
     with pytest.raises(CheckpointError, match="fc1.weight"):
         load_aux_weights(tmp_path / "bad.pt", hmr, "hmr", "resnet18")
 
-    bad = torch.load(out["backbone/resnet18"], weights_only=True)
+    bad = torch.load(out["backbone/resnet18"], map_location="cpu", weights_only=True)
     del bad["state_dict"]["backbone.layer3.1.bn2.weight"]
     torch.save(bad, tmp_path / "bad_backbone.pth")
     with pytest.raises(CheckpointError, match="layer3.1.bn2.weight"):

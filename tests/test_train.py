@@ -176,8 +176,8 @@ torch.save(tr.model.state_dict(), {str(tmp_path)!r} + f"/rank{{rank}}.pt")
                         "--master_port", "29533", str(script), *args], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    a = torch.load(tmp_path / "rank0.pt", map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", map_location="cpu", weights_only=True)
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
