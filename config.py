@@ -109,6 +109,11 @@ class DataPaths:
     root: Path = Path(".")
     img_root: Path | None = None
 
+    def __post_init__(self):   # accept str paths
+        object.__setattr__(self, "root", Path(self.root))
+        if self.img_root is not None:
+            object.__setattr__(self, "img_root", Path(self.img_root))
+
     @classmethod
     def from_options(cls, options) -> "DataPaths":
         """Build from parsed options having ``data_root`` and optionally ``img_root``."""
