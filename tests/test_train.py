@@ -198,9 +198,11 @@ def test_in_training_evaluation_writes_log_and_named_checkpoint(synthetic_root, 
     assert data["epoch"] == 1 and data["options"]["model"] == "cliff"
 
 
-def test_log_images_writes_mesh_overlays(synthetic_root, tmp_path):
+def test_log_images_writes_mesh_overlays(synthetic_root, tmp_path, monkeypatch):
+    import train.trainer as T
+    monkeypatch.setattr(T, "N_OVERLAYS", 2)     # fewer overlays than samples in the batch
     tr = _trainer(synthetic_root, tmp_path, "--first_order", "--max_steps", "1",
-                  "--summary_steps", "1", "--log_images")
+                  "--summary_steps", "1", "--log_images", "--batch_size", "4")
     tr.train()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(tmp_path / "t" / "tensorboard")).Reload()

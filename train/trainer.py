@@ -47,6 +47,9 @@ def build_networks(options, paths: DataPaths, pretrained: bool = True):
     return model, model_aux
 
 
+N_OVERLAYS = 4   # mesh overlays logged per summary with --log_images
+
+
 class MetaStep:
     """One training iteration (module docstring), independent of data loading and logging.
 
@@ -103,8 +106,11 @@ class MetaStep:
                 after = smpl_loss(p, targets, self.weights, mode=o.tto_mode)["total"]
                 out["inner_loss_after"] = after.mean() if after.dim() else after
         if log_inner:
-            out["_viz"] = {"vertices": pred["vertices"][:4].detach(),
-                           "translation": self.camera.full_translation(pred["cam"][:4], batch).detach()}
+            n = N_OVERLAYS
+            few = {k: v[:n] for k, v in batch.items() if torch.is_tensor(v)}
+            out["_viz"] = {"vertices": pred["vertices"][:n].detach(),
+                           "translation": self.camera.full_translation(pred["cam"][:n],
+                                                                       few).detach()}
         if not torch.isfinite(loss):
             return {**out, "skipped": True}
         self.optimizer.zero_grad(set_to_none=True)
