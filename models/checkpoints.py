@@ -54,7 +54,7 @@ def _read(path: str | os.PathLike, what: str) -> object:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise CheckpointError(f"{p}: cannot read {what} with torch.load(weights_only=True): "
+        raise CheckpointError(f"{p}: cannot read {what} (torch.load with weights_only=True): "
                               f"{exc}") from exc
 
 

@@ -1,6 +1,6 @@
 """Atomic checkpoints and resume (decisions D9, D13).
 
-A checkpoint is one plain dict (``torch.load(..., weights_only=True)`` safe):
+A checkpoint is one plain dict (safe to load with ``weights_only=True``):
 ``model``, ``model_aux``, ``optimizer``, ``epoch``, ``batch_idx``, ``batch_size``,
 ``dataset_perm`` (the sampler's permutation of the current epoch, or None at an epoch end),
 ``total_step_count``, ``options`` (a plain dict) and ``rng`` (torch / numpy / python states).

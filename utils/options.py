@@ -229,6 +229,6 @@ def save_options(options: argparse.Namespace, path: str | Path) -> None:
 
 
 def to_dict(options: argparse.Namespace) -> dict:
-    """Plain dict of options (safe for json and ``torch.load(weights_only=True)``)."""
+    """Plain dict of options (safe for json and for loading with ``weights_only=True``)."""
     return {k: v for k, v in vars(options).items()
             if v is None or isinstance(v, (bool, int, float, str))}
