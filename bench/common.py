@@ -352,6 +352,23 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     print(f"wrote {p}")
 
 
+def network_parser(doc: str, batch_size: int, batch_help: str):
+    """Argument parser with the options every benchmark shares (network, batch, crop, device)."""
+    import argparse
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="cliff", choices=("cliff", "hmr"),
+                   help="regressor family: cliff (bbox input, full-image camera) or hmr")
+    p.add_argument("--backbone", default="resnet", choices=("resnet", "hrnet", "resnet18"),
+                   help="resnet (ResNet-50), hrnet (HRNet-W48; aux: cls-HRNet-W48) or resnet18")
+    p.add_argument("--batch_size", type=int, default=batch_size, help=batch_help)
+    p.add_argument("--bbox_type", default="rect", choices=("rect", "square"),
+                   help="crop size: rect 256x192 (the README's) or square 224x224")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto = cuda when available")
+    return p
+
+
 def bench_main(args, measure_mode: Callable, run: Callable, report: Callable) -> int:
     """Shared entry of the benchmark scripts: a child measures one mode, the parent runs all
     modes (one child each), prints the table and writes ``--json``."""

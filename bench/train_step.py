@@ -47,17 +47,7 @@ MODES = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="cliff", choices=("cliff", "hmr"),
-                   help="regressor family: cliff (bbox input, full-image camera) or hmr")
-    p.add_argument("--backbone", default="resnet", choices=("resnet", "hrnet", "resnet18"),
-                   help="resnet (ResNet-50), hrnet (HRNet-W48; aux: cls-HRNet-W48) or resnet18")
-    p.add_argument("--batch_size", type=int, default=4, help="training batch size")
-    p.add_argument("--bbox_type", default="rect", choices=("rect", "square"),
-                   help="crop size: rect 256x192 (the README's) or square 224x224")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto = cuda when available")
+    p = common.network_parser(__doc__, batch_size=4, batch_help="training batch size")
     p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
                    help="mixed precision (CUDA only; ignored on CPU, as in training)")
     p.add_argument("--inner_step", type=int, default=1, help="inner SGD steps of the meta modes")

@@ -35,17 +35,7 @@ README_TTO = ["--inner_lr", "1e-5", "--after_innerlr", "1e-5", "--inner_step", "
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="cliff", choices=("cliff", "hmr"),
-                   help="regressor family: cliff (bbox input, full-image camera) or hmr")
-    p.add_argument("--backbone", default="resnet", choices=("resnet", "hrnet", "resnet18"),
-                   help="resnet (ResNet-50), hrnet (HRNet-W48; aux: cls-HRNet-W48) or resnet18")
-    p.add_argument("--batch_size", type=int, default=20, help="evaluation (TTO) batch size")
-    p.add_argument("--bbox_type", default="rect", choices=("rect", "square"),
-                   help="crop size: rect 256x192 (the README's) or square 224x224")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto = cuda when available")
+    p = common.network_parser(__doc__, batch_size=20, batch_help="evaluation (TTO) batch size")
     p.add_argument("--tto_chunk", type=int, default=0,
                    help="sample mode: samples adapted together under vmap; 0 = auto "
                         "(test_time_optimize's choice: the whole batch on CUDA, one at a time "
