@@ -369,6 +369,20 @@ def network_parser(doc: str, batch_size: int, batch_help: str):
     return p
 
 
+def measure_modes(args, script: str, measure_mode: Callable, child_argv: list[str]) -> dict:
+    """Measure every mode of ``args.mode_list``: each in a fresh child process (honest peak
+    memory), or in this process with ``--in_process``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    body_model_root(args.smpl_root)        # written once, before the children start
+    modes = {}
+    for mode in args.mode_list:
+        print(f"measuring {mode} ...", file=sys.stderr, flush=True)
+        modes[mode] = (measure_mode(args, mode) if args.in_process
+                       else run_child(script, mode, child_argv))
+    return modes
+
+
 def bench_main(args, measure_mode: Callable, run: Callable, report: Callable) -> int:
     """Shared entry of the benchmark scripts: a child measures one mode, the parent runs all
     modes (one child each), prints the table and writes ``--json``."""

@@ -168,16 +168,7 @@ def interleaved_times(args) -> dict[str, dict]:
 
 def run(args) -> dict:
     device = common.select_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    common.body_model_root(args.smpl_root)        # written once, before the children start
-    modes = {}
-    for mode in args.mode_list:
-        print(f"measuring {mode} ...", file=sys.stderr, flush=True)
-        if args.in_process:
-            modes[mode] = measure_mode(args, mode)
-        else:
-            modes[mode] = common.run_child(__file__, mode, _child_argv(args))
+    modes = common.measure_modes(args, __file__, measure_mode, _child_argv(args))
     if not args.no_interleave:
         print("timing all modes interleaved ...", file=sys.stderr, flush=True)
         for m, t in interleaved_times(args).items():

@@ -26,8 +26,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
 from bench import common  # noqa: E402
 
 MODES = ("batch", "sample")
@@ -120,16 +118,7 @@ def measure_mode(args, mode: str) -> dict:
 
 def run(args) -> dict:
     device = common.select_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    common.body_model_root(args.smpl_root)        # written once, before the children start
-    modes = {}
-    for mode in args.mode_list:
-        print(f"measuring {mode} ...", file=sys.stderr, flush=True)
-        if args.in_process:
-            modes[mode] = measure_mode(args, mode)
-        else:
-            modes[mode] = common.run_child(__file__, mode, _child_argv(args))
+    modes = common.measure_modes(args, __file__, measure_mode, _child_argv(args))
     ratios = {}
     if "batch" in modes and "sample" in modes:
         b, s = modes["batch"], modes["sample"]
