@@ -133,6 +133,27 @@ def test_tto_vectorised_equals_loop_and_batch_mode_single(setup):
     assert vec.steps.tolist() == [4] * batch["img"].shape[0]
 
 
+def test_tto_parallel_workers_equal_the_loop(setup):
+    """Samples adapted in worker threads (CPU) give the loop's results and leave the thread
+    count and the model as they were."""
+    o, model, aux, batch, smpl = setup
+    cam = Camera.from_options(o)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    threads = torch.get_num_threads()
+    loop = test_time_optimize(model, aux, batch, smpl, cam,
+                              _tto_cfg(o, tto_mode="sample", tto_chunk=1, tto_workers=1))
+    par = test_time_optimize(model, aux, batch, smpl, cam,
+                             _tto_cfg(o, tto_mode="sample", tto_chunk=1, tto_workers=3))
+    assert torch.get_num_threads() == threads
+    for k in ("vertices", "cam", "rotmat", "joints"):
+        torch.testing.assert_close(par.after[k], loop.after[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(par.before[k], loop.before[k], rtol=1e-4, atol=1e-5)
+    assert par.steps.tolist() == loop.steps.tolist()
+    assert float((par.after["vertices"] - par.before["vertices"]).abs().max()) > 1e-6
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
 def test_tto_early_stop_and_nonfinite(setup):
     o, model, aux, batch, smpl = setup
     cam = Camera.from_options(o)

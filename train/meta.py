@@ -12,18 +12,25 @@ Granularity (``tto_mode``): ``batch`` adapts one set of weights per batch (the r
 ``sample`` adapts every sample on its own. In the inner step, per-sample head weights carry a
 leading batch dimension (the head's linear layers run as batched matmuls), so one backward gives
 every sample its own gradient. In TTO, per-sample adaptation of all weights is vectorised with
-``torch.func.vmap`` over chunks of ``tto_chunk`` samples (1 = a loop over samples).
+``torch.func.vmap`` over chunks of ``tto_chunk`` samples (1 = a loop over samples). On the CPU
+the chunks run in ``tto_workers`` threads at one intra-op thread each: a batch-of-one network
+step cannot keep several cores busy, independent samples can.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from constants import FOCAL_LENGTH, crop_size
 from train.losses import LossWeights, smpl_loss
+from utils import runtime
 from utils.geometry import (batch_rodrigues, cam_crop2full, normalize_keypoints_2d,
                             project_crop, project_full_to_crop)
 
@@ -234,7 +241,8 @@ class TTOConfig:
     no_inner_step: bool = False     # skip the step-0 SGD (--no_inner_step)
     use_openpose2d: bool = False    # 2D loss on OpenPose keypoints (--use_openpose2d)
     mode: str = "sample"            # --tto_mode
-    chunk: int = 0                  # --tto_chunk (sample mode; 0 = whole batch)
+    chunk: int = 0                  # --tto_chunk (sample mode; 0 = auto)
+    workers: int = 0                # --tto_workers (sample mode on the CPU; 0 = auto)
     weights: LossWeights = dataclasses.field(default_factory=LossWeights)
 
     @classmethod
@@ -246,7 +254,7 @@ class TTOConfig:
         return cls(o.inner_lr, o.after_innerlr, o.test_val_step, o.adapt_val_step,
                    getattr(o, "adapt_tol", 2e-5), o.no_use_adam, o.no_inner_step,
                    o.use_openpose2d, getattr(o, "tto_mode", "sample"),
-                   getattr(o, "tto_chunk", 0), w)
+                   getattr(o, "tto_chunk", 0), getattr(o, "tto_workers", 0), w)
 
 
 @dataclass
@@ -270,7 +278,10 @@ def _slice(batch: dict, idx) -> dict:
 
 def _group_objective(model, buffers: Params, smpl, camera: Camera, cfg: TTOConfig,
                      stage0: bool, in_vmap: bool):
-    """f(head, rest, inputs) -> (loss, (loss_2d, pred)) for one group of samples."""
+    """f(head, rest, inputs) -> (loss, (loss_2d, pred)) for one group of samples.
+
+    ``model`` only provides the structure: every parameter and buffer is passed in.
+    """
     w2d = dataclasses.replace(cfg.weights, keypoint=1.0)
 
     def f(head: Params, rest: Params, inputs: dict):
@@ -305,18 +316,21 @@ def test_time_optimize(model, model_aux, batch: dict, smpl, camera: Camera,
               **{k: batch[k] for k in ("center", "scale", "img_h", "img_w", "focal_length",
                                        "crop_trans") if k in batch}}
     inputs.update(pseudo_targets(aux_pred, batch, camera))
+    state = ({k: p.detach() for k, p in model.named_parameters()}, dict(model.named_buffers()))
     if cfg.mode == "batch":
-        return _tto_group(model, smpl, camera, cfg, inputs, vectorised=False)
+        return _tto_group(model, state, smpl, camera, cfg, inputs, vectorised=False)
     if cfg.mode != "sample":
         raise ValueError(f"unknown tto_mode {cfg.mode!r}")
     if cfg.chunk > 0:
         chunk = cfg.chunk
     else:   # auto: vectorised on accelerators; on the CPU grouped convolutions are slower
         chunk = B if batch["img"].device.type != "cpu" else 1   # than a loop (decisions D2)
-    parts = []
-    for s in range(0, B, chunk):
-        sub = _slice(inputs, slice(s, s + chunk))
-        parts.append(_tto_group(model, smpl, camera, cfg, sub, vectorised=chunk > 1))
+    groups = [_slice(inputs, slice(s, s + chunk)) for s in range(0, B, chunk)]
+    workers = _n_workers(cfg.workers, len(groups), batch["img"].device)
+    if workers == 1:
+        parts = [_tto_group(model, state, smpl, camera, cfg, g, chunk > 1) for g in groups]
+    else:
+        parts = _parallel_groups(model, state, smpl, camera, cfg, groups, chunk > 1, workers)
     if len(parts) == 1:
         return parts[0]
     cat = lambda xs: torch.cat(xs, dim=0)  # noqa: E731
@@ -328,9 +342,57 @@ def test_time_optimize(model, model_aux, batch: dict, smpl, camera: Camera,
         loss_2d_after=cat([p.loss_2d_after.reshape(-1) for p in parts]))
 
 
-def _tto_group(model, smpl, camera: Camera, cfg: TTOConfig, inputs: dict,
-               vectorised: bool) -> TTOResult:
+def _n_workers(requested: int, n_groups: int, device: torch.device) -> int:
+    """Threads adapting groups concurrently: ``requested``, or (0) one per intra-op thread on
+    the CPU and 1 on accelerators; never more than there are groups."""
+    if requested < 0:
+        raise ValueError(f"tto_workers must be >= 0, got {requested}")
+    if requested == 0:
+        requested = torch.get_num_threads() if device.type == "cpu" else 1
+    return max(1, min(requested, n_groups))
+
+
+def stateless_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers are on the meta device (no storage).
+
+    ``functional_call`` swaps tensors on the module it runs, so two threads must not share one;
+    each worker runs its own stateless copy with the real tensors passed in.
+    """
+    memo = {}
+    for t in (*model.parameters(), *model.buffers()):
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
+def _parallel_groups(model, state, smpl, camera: Camera, cfg: TTOConfig, groups: list[dict],
+                     vectorised: bool, workers: int) -> list[TTOResult]:
+    """Adapt the groups in ``workers`` threads, each with one intra-op thread (CPU).
+
+    Every group is computed exactly as in a loop; only the float rounding of the kernels can
+    differ (they run single-threaded).
+    """
+    local = threading.local()
+
+    def job(group: dict) -> TTOResult:
+        if not hasattr(local, "net"):
+            torch.set_num_threads(1)
+            local.net = stateless_copy(model)
+        return _tto_group(local.net, state, smpl, camera, cfg, group, vectorised)
+
+    threads = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="tto") as pool:
+            return list(pool.map(job, groups))
+    finally:
+        torch.set_num_threads(threads)   # some backends share the setting between threads
+
+
+def _tto_group(model, state: tuple[Params, Params], smpl, camera: Camera, cfg: TTOConfig,
+               inputs: dict, vectorised: bool) -> TTOResult:
     """TTO of one group of B samples.
+
+    ``state``: the (parameters, buffers) to start from; ``model`` gives the structure only.
 
     ``vectorised=False``: the group is one task with one set of weights (batch mode, or a
     single sample in sample mode). ``vectorised=True``: every sample is its own task; the
@@ -340,8 +402,7 @@ def _tto_group(model, smpl, camera: Camera, cfg: TTOConfig, inputs: dict,
     G = B if vectorised else 1                 # number of independent weight sets
     device = inputs["img"].device
     head_names = list(model.head_param_names)
-    params = {k: p.detach() for k, p in model.named_parameters()}
-    buffers = {k: b for k, b in model.named_buffers()}
+    params, buffers = state
     head = {k: params[k] for k in head_names}
     rest = {k: v for k, v in params.items() if k not in head}
 
@@ -401,7 +462,7 @@ def _tto_group(model, smpl, camera: Camera, cfg: TTOConfig, inputs: dict,
             leaves = {**head_w, **rest_w}
             for v in leaves.values():
                 v.requires_grad_(True)
-            adam = torch.optim.Adam(list(leaves.values()), lr=cfg.after_innerlr)
+            adam = runtime.adam(leaves.values(), lr=cfg.after_innerlr)
         loss, l2d, pred, grads = evaluate(stage0, head_w, rest_w, rest_batched,
                                           "all" if use_adam else "head")
         finite = torch.isfinite(loss) & torch.isfinite(l2d)
@@ -423,9 +484,10 @@ def _tto_group(model, smpl, camera: Camera, cfg: TTOConfig, inputs: dict,
         active = ~done
         if use_adam:
             gh, gr = grads
+            clean = bool(finite.all())    # else zero the non-finite gradients of failed groups
             for k, v in leaves.items():
                 g = gh.get(k, gr.get(k))
-                v.grad = None if g is None else torch.nan_to_num(g.detach())
+                v.grad = None if g is None else g.detach() if clean else torch.nan_to_num(g)
             adam.step()
         else:                                 # SGD on the head fast weights
             lr = cfg.inner_lr if stage0 else cfg.after_innerlr

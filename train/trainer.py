@@ -28,6 +28,7 @@ from train.losses import LossWeights, smpl_loss
 from train.meta import (Camera, gt_targets, inner_adapt, pseudo_targets, run_head,
                         smpl_predict)
 from utils.options import save_options, to_dict
+from utils import runtime
 from utils.runtime import seed_everything, select_device
 
 
@@ -167,7 +168,7 @@ class Trainer:
                    "betas": (o.beta1, o.beta2), "eps": o.eps_adam}]
         if not o.no_learn_loss:
             groups.append({"params": list(self.model_aux.parameters()), "lr": o.aux_lr})
-        self.optimizer = torch.optim.Adam(groups)
+        self.optimizer = runtime.adam(groups)
         self.run_step = MetaStep(o, self.model, self.model_aux, self.smpl, self.optimizer,
                                  self.device, self.world)
 

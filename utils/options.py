@@ -51,6 +51,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="sample mode: samples adapted together under vmap; 0 = auto (whole batch "
                         "on CUDA, one at a time on the CPU, where a loop is faster), "
                         "1 = one at a time (least memory)")
+    g.add_argument("--tto_workers", type=int, default=0,
+                   help="sample mode: chunks adapted concurrently in this many threads of one "
+                        "intra-op thread each; 0 = auto (the torch thread count on the CPU, 1 on "
+                        "CUDA); each worker holds its own adapted weights and Adam state")
     g.add_argument("--inner_lr", type=float, default=1e-5,
                    help="SGD step of the head fast weights (training inner step and TTO step 0)")
     g.add_argument("--use_openpose2d", action="store_true",
@@ -201,6 +205,10 @@ def resolve(options: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit("error: --model hmr has no HRNet variant (choose --backbone resnet)")
     if getattr(options, "no_inner", False):
         options.inner_step = 0
+    for name in ("tto_chunk", "tto_workers"):
+        if getattr(options, name, 0) < 0:
+            raise SystemExit(f"error: --{name} must be >= 0 (0 = automatic), got "
+                             f"{getattr(options, name)}")
     return options
 
 
