@@ -23,6 +23,7 @@ weights ([out, in] / [out]) or per-sample weights ([B, out, in] / [B, out]).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -53,6 +54,32 @@ class RegressorOutput(NamedTuple):
     pred_betas: torch.Tensor    # [B, 10]
     pred_cam: torch.Tensor      # [B, 3] weak-perspective crop camera [s, tx, ty]
     pred_pose6d: torch.Tensor   # [B, 144]
+
+
+@dataclass(frozen=True)
+class LowRankDelta:
+    """A per-sample update of a linear layer's weight, kept as factors: dW[i] = u[i]ᵀ v[i].
+
+    u: [B, R, out]; v: [B, R, in]. An SGD step of the IEF head on one sample changes each weight
+    by a sum of outer products, one per iteration (R = n_iter per step):
+    dW = -lr Σ_t g_t x_tᵀ with g_t = dL/dy_t, x_t the layer input. Sample i's adapted layer then
+    maps x to W x + u[i]ᵀ (v[i] x) at O(R (in + out)) per sample, without B weight matrices.
+    """
+
+    u: torch.Tensor
+    v: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, in] -> dW[i] x[i]: [B, out]."""
+        return torch.bmm(self.u.transpose(1, 2), torch.bmm(self.v, x.unsqueeze(2))).squeeze(2)
+
+    def dense(self) -> torch.Tensor:
+        """dW as [B, out, in] (for inspection and tests)."""
+        return torch.bmm(self.u.transpose(1, 2), self.v)
+
+    def __add__(self, other: "LowRankDelta") -> "LowRankDelta":
+        """The sum of two updates: their factors side by side (rank R1 + R2)."""
+        return LowRankDelta(torch.cat([self.u, other.u], 1), torch.cat([self.v, other.v], 1))
 
 
 def batched_linear(x: torch.Tensor, weight: torch.Tensor,
@@ -184,20 +211,23 @@ class Regressor(nn.Module):
             return backbones.resnet_features(self, img)
         return self.backbone(img) if self.role == "main" else self.encoder(img)
 
-    def _head_linear(self, name: str, x: torch.Tensor, delta: dict) -> torch.Tensor:
+    def _head_linear(self, name: str, x: torch.Tensor, delta: dict,
+                     record: dict | None) -> torch.Tensor:
         """Head layer ``name`` on x [B,in], plus its per-sample delta when given."""
         layer = getattr(self, name)
         y = batched_linear(x, layer.weight, layer.bias)
         dw, db = delta.get(f"{name}.weight"), delta.get(f"{name}.bias")
         if dw is not None:
-            y = y + batched_linear(x, dw)
+            y = y + (dw(x) if isinstance(dw, LowRankDelta) else batched_linear(x, dw))
         if db is not None:
             y = y + db
+        if record is not None:
+            record.setdefault(name, []).append((x, y))
         return y
 
     def forward(self, img: torch.Tensor | None = None, bbox_info: torch.Tensor | None = None,
                 n_iter: int | None = None, features: torch.Tensor | None = None,
-                head_delta: dict[str, torch.Tensor] | None = None) -> RegressorOutput:
+                head_delta: dict | None = None, record: dict | None = None) -> RegressorOutput:
         """Regress SMPL parameters by iterative error feedback from the mean parameters.
 
         img: [B, 3, H, W], or ``features`` [B, feature_dim] (then the encoder is skipped, D4);
@@ -206,9 +236,14 @@ class Regressor(nn.Module):
         cam [B,3], pose6d [B,144]).
 
         ``head_delta``: optional per-sample additive updates of head weights,
-        {name: [B, out, in] or [B, out]}: sample i runs with ``W + delta[i]``. Same maths as
-        passing per-sample weights through ``functional_call``, but the gradient of the shared
-        ``W`` stays one ordinary matmul (the per-sample meta inner step uses it).
+        {name: [B, out, in] | :class:`LowRankDelta` (weights) or [B, out] (biases)}: sample i
+        runs with ``W + delta[i]``. Same maths as passing per-sample weights through
+        ``functional_call``, but the gradient of the shared ``W`` stays one ordinary matmul (the
+        per-sample meta inner step uses it).
+
+        ``record``: a dict that collects, under each head layer's name and in call order, the
+        pair (input [B, in], output [B, out]) of every call: dL/d(output) and the input give
+        each sample's weight gradient (the per-sample inner step).
         """
         if (img is None) == (features is None):
             raise ValueError("pass exactly one of img [B,3,H,W] or features [B,D]")
@@ -231,15 +266,18 @@ class Regressor(nn.Module):
         pose = self.init_pose.expand(batch, -1)
         shape = self.init_shape.expand(batch, -1)
         cam = self.init_cam.expand(batch, -1)
-        lin = self._head_linear
         d = head_delta or {}
+
+        def lin(name: str, x: torch.Tensor) -> torch.Tensor:
+            return self._head_linear(name, x, d, record)
+
         for _ in range(n_iter):
             x = torch.cat(parts + [pose, shape, cam], dim=1)
-            x = self.drop1(lin("fc1", x, d))
-            x = self.drop2(lin("fc2", x, d))
-            pose = lin("decpose", x, d) + pose
-            shape = lin("decshape", x, d) + shape
-            cam = lin("deccam", x, d) + cam
+            x = self.drop1(lin("fc1", x))
+            x = self.drop2(lin("fc2", x))
+            pose = lin("decpose", x) + pose
+            shape = lin("decshape", x) + shape
+            cam = lin("deccam", x) + cam
         rotmat = rot6d_to_rotmat(pose).view(batch, constants.NUM_JOINTS_SMPL, 3, 3)
         return RegressorOutput(rotmat, shape, cam, pose)
 

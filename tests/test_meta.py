@@ -82,10 +82,10 @@ def test_sample_mode_equals_batch_mode_one_sample_at_a_time(setup):
     fast_s, *_ = _inner(setup, "sample")
     model = setup[1]
     head = model.head_params()
-    for i in range(fast_s.delta["fc1.weight"].shape[0]):
+    for i in range(fast_s.dense("fc1.weight").shape[0]):
         fast_b, *_ = _inner(setup, "batch", idx=slice(i, i + 1))
         for k in fast_b:   # per-sample weights W + delta[i] = the batch step on sample i alone
-            torch.testing.assert_close(head[k] + fast_s.delta[k][i], fast_b[k], rtol=1e-4,
+            torch.testing.assert_close(head[k] + fast_s.dense(k)[i], fast_b[k], rtol=1e-4,
                                        atol=1e-7)
 
 

@@ -20,7 +20,7 @@ from torch.func import functional_call, vmap
 import config
 from models import (CheckpointError, build_model, load_aux_weights, load_backbone_weights,
                     load_metahmr_checkpoint, write_standin_weights)
-from models.regressor import HEAD_LAYERS, HEAD_PARAM_NAMES, batched_linear
+from models.regressor import HEAD_LAYERS, HEAD_PARAM_NAMES, LowRankDelta, batched_linear
 
 MANIFESTS = Path("/work/shared/reference/state_dict")
 if not MANIFESTS.exists():
@@ -160,6 +160,42 @@ def test_batched_linear_against_einsum():
     torch.testing.assert_close(batched_linear(x, w[0], b), x @ w[0].T + b)
     with pytest.raises(ValueError):
         batched_linear(x[:3], w, b)
+
+
+def test_low_rank_delta_is_a_sum_of_outer_products():
+    g = torch.Generator().manual_seed(1)
+    u, v, x = (torch.randn(*s, generator=g, dtype=torch.float64)
+               for s in ((4, 3, 6), (4, 3, 5), (4, 5)))
+    d = LowRankDelta(u, v)
+    dense = sum(torch.einsum("bo,bi->boi", u[:, r], v[:, r]) for r in range(3))
+    torch.testing.assert_close(d.dense(), dense)
+    torch.testing.assert_close(d(x), torch.einsum("boi,bi->bo", dense, x))
+    torch.testing.assert_close((d + d).dense(), 2 * dense)
+
+
+def test_head_delta_low_rank_equals_per_sample_weights(r18):
+    """W + u[i]ᵀv[i] given as factors == the dense per-sample weights through functional_call."""
+    img, bbox = _cliff_inputs()
+    feats = r18.extract_features(img).detach()
+    B, g = feats.shape[0], torch.Generator().manual_seed(2)
+    head = r18.head_params()
+    delta, dense = {}, {}
+    for k, w in head.items():
+        if k.endswith("weight"):
+            u = 1e-3 * torch.randn(B, 2, w.shape[0], generator=g)
+            v = torch.randn(B, 2, w.shape[1], generator=g)
+            delta[k] = LowRankDelta(u, v)
+            dense[k] = w.detach() + delta[k].dense()
+        else:
+            delta[k] = 1e-3 * torch.randn(B, w.shape[0], generator=g)
+            dense[k] = w.detach() + delta[k]
+    record = {}
+    with torch.no_grad():
+        low = r18(features=feats, bbox_info=bbox, head_delta=delta, record=record)
+        ref = functional_call(r18, dense, (), dict(features=feats, bbox_info=bbox))
+    torch.testing.assert_close(low.pred_cam, ref.pred_cam, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(low.pred_pose6d, ref.pred_pose6d, rtol=1e-4, atol=1e-5)
+    assert {k: len(v) for k, v in record.items()} == {n: r18.n_iter for n in HEAD_LAYERS}
 
 
 def test_sgd_step_on_fast_weights(r18):

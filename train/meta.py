@@ -29,6 +29,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from constants import FOCAL_LENGTH, crop_size
+from models.regressor import LowRankDelta
 from train.losses import LossWeights, smpl_loss
 from utils import runtime
 from utils.geometry import (batch_rodrigues, cam_crop2full, normalize_keypoints_2d,
@@ -106,14 +107,17 @@ class Camera:
 
 # ------------------------------------------------------------------------------------------------
 # Forward through head (+ optional fast weights) and SMPL
-def run_head(model, features: Tensor, bbox_info: Tensor | None, params=None):
+def run_head(model, features: Tensor, bbox_info: Tensor | None, params=None,
+             record: dict | None = None):
     """The regression head on precomputed backbone features with adapted weights.
 
     ``params``: None (the module's own weights), a dict {name: tensor} substituted through
     ``functional_call`` (batch mode; per-sample tensors with a leading [B] also work), or a
     :class:`FastDelta` (sample mode: per-sample additive updates of the head weights).
+    ``record``: see :meth:`models.Regressor.forward`.
     """
-    kwargs = {"features": features, "bbox_info": bbox_info if model.use_bbox_info else None}
+    kwargs = {"features": features, "bbox_info": bbox_info if model.use_bbox_info else None,
+              "record": record}
     if params is None:
         return model(**kwargs)
     if isinstance(params, FastDelta):
@@ -123,9 +127,15 @@ def run_head(model, features: Tensor, bbox_info: Tensor | None, params=None):
 
 @dataclass
 class FastDelta:
-    """Per-sample fast weights as ``W + delta[i]``: delta {name: [B, ...]}."""
+    """Per-sample fast weights as ``W + delta[i]``: {'<layer>.weight': LowRankDelta (factors
+    [B,R,out], [B,R,in]), '<layer>.bias': [B, out]}."""
 
-    delta: dict[str, Tensor]
+    delta: dict[str, "LowRankDelta | Tensor"]
+
+    def dense(self, name: str) -> Tensor:
+        """The update of parameter ``name`` as a [B, *shape] tensor."""
+        d = self.delta[name]
+        return d.dense() if isinstance(d, LowRankDelta) else d
 
 
 def smpl_predict(out, smpl, camera: Camera, batch: dict) -> dict[str, Tensor]:
@@ -186,44 +196,74 @@ def inner_adapt(model, features: Tensor, bbox_info: Tensor | None, batch: dict, 
 
     Args:
         features: [B,D] backbone features (computed once per iteration, decisions D4).
-        mode: 'sample' (every sample its own fast weights: tensors get a leading [B] dim) or
-            'batch' (one set for the batch).
+        mode: 'sample' (every sample its own fast weights W + delta[i], the weight updates
+            kept as low-rank factors: :func:`_per_sample_sgd`) or 'batch' (one set for the
+            batch).
         first_order: FOMAML (gradients detached); otherwise the graph is kept (MAML).
     Returns:
         fast weights ({name: tensor} in batch mode, :class:`FastDelta` in sample mode, both
         accepted by :func:`run_head`) and logging values: 'inner_loss' (before the first step)
         and 'inner_grad_norm' (of the first step), both detached scalars.
     """
-    head = dict(model.head_params())
     B = features.shape[0]
-    if mode == "sample":   # per-sample updates delta[i], starting at 0 (grads are per sample)
-        zeros = {k: torch.zeros((1,) + v.shape, dtype=v.dtype, device=v.device,
-                                requires_grad=True) for k, v in head.items()}
-        delta = {k: z.expand(B, *z.shape[1:]) for k, z in zeros.items()}
-        fast = FastDelta(delta)
-    elif mode == "batch":
-        fast = head
-    else:
+    if mode not in ("sample", "batch"):
         raise ValueError(f"unknown tto_mode {mode!r}")
+    fast: Params | FastDelta = (FastDelta({}) if mode == "sample"   # W + 0 for every sample
+                                else dict(model.head_params()))
     info: dict[str, Tensor] = {}
     feats = features.detach() if first_order else features
     for step in range(steps):
-        pred = smpl_predict(run_head(model, feats, bbox_info, fast), smpl, camera, batch)
+        record = {} if mode == "sample" else None
+        pred = smpl_predict(run_head(model, feats, bbox_info, fast, record), smpl, camera, batch)
         loss = _total(smpl_loss(pred, targets, weights, mode=mode, terms=INNER_TERMS))
-        cur = fast.delta if mode == "sample" else fast
-        names = list(cur)
-        grads = torch.autograd.grad(loss, [cur[k] for k in names], create_graph=not first_order)
+        if mode == "sample":
+            update, sq_norm = _per_sample_sgd(loss, record, lr, first_order)
+            delta = dict(fast.delta)
+            for k, d in update.items():
+                delta[k] = d if k not in delta else delta[k] + d
+            new_fast: Params | FastDelta = FastDelta(delta)
+        else:
+            names = list(fast)
+            grads = torch.autograd.grad(loss, [fast[k] for k in names],
+                                        create_graph=not first_order)
+            sq_norm = sum((g.detach() ** 2).sum() for g in grads)
+            new_fast = {k: fast[k] - lr * (g.detach() if first_order else g)
+                        for k, g in zip(names, grads)}
         if step == 0:
             info["inner_loss"] = loss.detach() / (B if mode == "sample" else 1)
-            info["inner_grad_norm"] = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads))
-        new = {k: cur[k] - lr * (g.detach() if first_order else g) for k, g in zip(names, grads)}
-        if mode == "sample":
-            if first_order:   # detached updates: the outer gradient reaches W through W x only
-                new = {k: v.detach().requires_grad_(step + 1 < steps) for k, v in new.items()}
-            fast = FastDelta(new)
-        else:
-            fast = new
+            info["inner_grad_norm"] = torch.sqrt(sq_norm)
+        fast = new_fast
     return fast, info
+
+
+def _per_sample_sgd(loss: Tensor, record: dict, lr: float,
+                    first_order: bool) -> tuple[dict, Tensor]:
+    """One SGD step of every sample's own head weights, from a summed per-sample loss.
+
+    ``record``: {layer: [(x_t [B,in], y_t [B,out]) per IEF iteration t]} of the forward pass.
+    Sample i's gradient is dL_i/dW = Σ_t g_it x_itᵀ, dL_i/db = Σ_t g_it with g_t = dL/dy_t
+    (the samples do not interact in the head), so the update is a :class:`LowRankDelta` with
+    u = -lr g, v = x. Returns the updates {param name: delta} and the squared norm of all
+    per-sample gradients (for logging), Σ_i ||Σ_t g_it x_itᵀ||² = Σ (G Gᵀ) ⊙ (X Xᵀ).
+    """
+    layers = list(record)
+    outputs = [y for name in layers for _, y in record[name]]
+    grads = torch.autograd.grad(loss, outputs, create_graph=not first_order, allow_unused=True)
+    update, sq_norm, i = {}, loss.new_zeros(()), 0
+    for name in layers:
+        calls = record[name]
+        g = torch.stack([torch.zeros_like(y) if gr is None else gr
+                         for (_, y), gr in zip(calls, grads[i:i + len(calls)])], dim=1)
+        x = torch.stack([x for x, _ in calls], dim=1)        # [B, T, in]
+        i += len(calls)
+        if first_order:
+            g, x = g.detach(), x.detach()
+        gd, xd = g.detach(), x.detach()
+        sq_norm = sq_norm + ((gd @ gd.transpose(1, 2)) * (xd @ xd.transpose(1, 2))).sum() \
+            + gd.sum(1).square().sum()
+        update[f"{name}.weight"] = LowRankDelta(-lr * g, x)
+        update[f"{name}.bias"] = -lr * g.sum(1)
+    return update, sq_norm
 
 
 # ------------------------------------------------------------------------------------------------
