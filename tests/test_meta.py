@@ -89,6 +89,61 @@ def test_sample_mode_equals_batch_mode_one_sample_at_a_time(setup):
                                        atol=1e-7)
 
 
+def _reference_inner(model, feats, batch, targets, smpl, cam, lr, create_graph):
+    """The batch-mode inner step written plainly: W - lr dL/dW by autograd on the weights."""
+    head = dict(model.head_params())
+    pred = smpl_predict(run_head(model, feats, batch["bbox_info"], head), smpl, cam, batch)
+    loss = smpl_loss(pred, targets, LossWeights(), mode="batch", terms=INNER_TERMS)["total"]
+    grads = torch.autograd.grad(loss, list(head.values()), create_graph=create_graph)
+    return {k: w - lr * g for (k, w), g in zip(head.items(), grads)}
+
+
+def test_inner_step_matches_plain_autograd(setup):
+    """Batch-mode fast weights = W - lr dL/dW from autograd on W itself."""
+    fast, _, feats, targets, batch, cam = _inner(setup, "batch", lr=1e-3)
+    o, model, aux, _, smpl = setup
+    ref = _reference_inner(model, feats, batch, targets, smpl, cam, 1e-3, create_graph=False)
+    for k in ref:
+        torch.testing.assert_close(fast[k], ref[k], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["batch", "sample"])
+def test_second_order_meta_gradient_matches_plain_autograd(setup, mode):
+    """d(outer loss at the fast weights)/dW through the inner step (MAML) equals the
+    gradient of the plainly written inner step (per sample: its average over samples alone)."""
+    o, model, aux, batch, smpl = setup
+    cam = Camera.from_options(o)
+    lr = 1e-4
+    with torch.no_grad():
+        aux_pred = smpl_predict(aux(batch["img"], batch["bbox_info"]), smpl, cam, batch)
+        feats = model.extract_features(batch["img"])
+    targets = pseudo_targets(aux_pred, batch, cam)
+    head = dict(model.head_params())
+
+    def outer(params, idx):
+        b = {k: v[idx] for k, v in batch.items() if torch.is_tensor(v)}
+        p = smpl_predict(run_head(model, feats[idx], b["bbox_info"], params), smpl, cam, b)
+        return p["keypoints_2d"].square().sum()
+
+    B = feats.shape[0]
+    fast, _ = inner_adapt(model, feats, batch["bbox_info"], batch, targets, smpl, cam,
+                          LossWeights(), lr, 1, mode, first_order=False)
+    got = torch.autograd.grad(outer(fast, slice(None)), list(head.values()))
+    groups = [slice(None)] if mode == "batch" else [slice(i, i + 1) for i in range(B)]
+    want = [torch.zeros_like(w) for w in head.values()]
+    for idx in groups:
+        b = {k: v[idx] for k, v in batch.items() if torch.is_tensor(v)}
+        t = {k: v[idx] for k, v in targets.items()}
+        ref = _reference_inner(model, feats[idx], b, t, smpl, cam, lr, create_graph=True)
+        for acc, g in zip(want, torch.autograd.grad(outer(ref, idx), list(head.values()))):
+            acc += g
+    first = torch.autograd.grad(outer(head, slice(None)), list(head.values()))
+    assert any(float((g - f).abs().max()) > 1e-6 * float(f.abs().max())
+               for g, f in zip(got, first))   # the inner step matters at this lr
+    for g, w in zip(got, want):   # float32 sums in another order: relative to the scale
+        torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-5 * float(w.abs().max()))
+
+
 def test_second_order_gradient_reaches_aux(setup):
     o, model, aux, batch, smpl = setup
     cam = Camera.from_options(o)

@@ -213,57 +213,68 @@ def inner_adapt(model, features: Tensor, bbox_info: Tensor | None, batch: dict, 
     info: dict[str, Tensor] = {}
     feats = features.detach() if first_order else features
     for step in range(steps):
-        record = {} if mode == "sample" else None
+        record: dict = {}
         pred = smpl_predict(run_head(model, feats, bbox_info, fast, record), smpl, camera, batch)
         loss = _total(smpl_loss(pred, targets, weights, mode=mode, terms=INNER_TERMS))
-        if mode == "sample":
-            update, sq_norm = _per_sample_sgd(loss, record, lr, first_order)
+        grads = _head_gradients(loss, record, create_graph=not first_order)
+        if first_order:
+            grads = {k: (g.detach(), x.detach()) for k, (g, x) in grads.items()}
+        if mode == "sample":   # sample i: W - lr Σ_t g_it x_itᵀ, kept as factors
             delta = dict(fast.delta)
-            for k, d in update.items():
-                delta[k] = d if k not in delta else delta[k] + d
+            for name, (g, x) in grads.items():
+                for k, d in ((f"{name}.weight", LowRankDelta(-lr * g, x)),
+                             (f"{name}.bias", -lr * g.sum(1))):
+                    delta[k] = d if k not in delta else delta[k] + d
             new_fast: Params | FastDelta = FastDelta(delta)
-        else:
-            names = list(fast)
-            grads = torch.autograd.grad(loss, [fast[k] for k in names],
-                                        create_graph=not first_order)
-            sq_norm = sum((g.detach() ** 2).sum() for g in grads)
-            new_fast = {k: fast[k] - lr * (g.detach() if first_order else g)
-                        for k, g in zip(names, grads)}
+        else:                  # one set: W - lr Σ_i Σ_t g_it x_itᵀ, one matmul per layer
+            new_fast = dict(fast)
+            for name, (g, x) in grads.items():
+                gw = g.flatten(0, 1).T @ x.flatten(0, 1)
+                new_fast[f"{name}.weight"] = fast[f"{name}.weight"] - lr * gw
+                new_fast[f"{name}.bias"] = fast[f"{name}.bias"] - lr * g.sum((0, 1))
         if step == 0:
             info["inner_loss"] = loss.detach() / (B if mode == "sample" else 1)
-            info["inner_grad_norm"] = torch.sqrt(sq_norm)
+            info["inner_grad_norm"] = torch.sqrt(_grad_sq_norm(grads, per_sample=mode == "sample"))
         fast = new_fast
     return fast, info
 
 
-def _per_sample_sgd(loss: Tensor, record: dict, lr: float,
-                    first_order: bool) -> tuple[dict, Tensor]:
-    """One SGD step of every sample's own head weights, from a summed per-sample loss.
+def _head_gradients(loss: Tensor, record: dict, create_graph: bool) -> dict:
+    """dL/d(head layer outputs) from a recorded forward pass.
 
-    ``record``: {layer: [(x_t [B,in], y_t [B,out]) per IEF iteration t]} of the forward pass.
-    Sample i's gradient is dL_i/dW = Σ_t g_it x_itᵀ, dL_i/db = Σ_t g_it with g_t = dL/dy_t
-    (the samples do not interact in the head), so the update is a :class:`LowRankDelta` with
-    u = -lr g, v = x. Returns the updates {param name: delta} and the squared norm of all
-    per-sample gradients (for logging), Σ_i ||Σ_t g_it x_itᵀ||² = Σ (G Gᵀ) ⊙ (X Xᵀ).
+    ``record``: {layer: [(x_t [B,in], y_t [B,out]) per IEF iteration t]} (see
+    :meth:`models.Regressor.forward`). Returns {layer: (g [B,T,out], x [B,T,in])} with
+    g_t = dL/dy_t: the weight gradient is Σ_t g_tᵀ x_t and, the samples not interacting in the
+    head, sample i's share of it is Σ_t g_it x_itᵀ: the per-sample gradients of a summed
+    per-sample loss come from the same backward as the batch gradient.
     """
     layers = list(record)
     outputs = [y for name in layers for _, y in record[name]]
-    grads = torch.autograd.grad(loss, outputs, create_graph=not first_order, allow_unused=True)
-    update, sq_norm, i = {}, loss.new_zeros(()), 0
+    grads = torch.autograd.grad(loss, outputs, create_graph=create_graph, allow_unused=True)
+    out, i = {}, 0
     for name in layers:
         calls = record[name]
         g = torch.stack([torch.zeros_like(y) if gr is None else gr
                          for (_, y), gr in zip(calls, grads[i:i + len(calls)])], dim=1)
-        x = torch.stack([x for x, _ in calls], dim=1)        # [B, T, in]
+        out[name] = (g, torch.stack([x for x, _ in calls], dim=1))
         i += len(calls)
-        if first_order:
-            g, x = g.detach(), x.detach()
-        gd, xd = g.detach(), x.detach()
-        sq_norm = sq_norm + ((gd @ gd.transpose(1, 2)) * (xd @ xd.transpose(1, 2))).sum() \
-            + gd.sum(1).square().sum()
-        update[f"{name}.weight"] = LowRankDelta(-lr * g, x)
-        update[f"{name}.bias"] = -lr * g.sum(1)
-    return update, sq_norm
+    return out
+
+
+def _grad_sq_norm(grads: dict, per_sample: bool) -> Tensor:
+    """Squared norm of the head gradient (weights and biases) of :func:`_head_gradients`:
+    of every sample's own gradient, summed (Σ_i ||Σ_t g_it x_itᵀ||² = Σ (G Gᵀ) ⊙ (X Xᵀ)), or of
+    the batch gradient."""
+    total = 0.0
+    for g, x in grads.values():
+        g, x = g.detach(), x.detach()
+        if per_sample:
+            total = total + ((g @ g.transpose(1, 2)) * (x @ x.transpose(1, 2))).sum() \
+                + g.sum(1).square().sum()
+        else:
+            total = total + (g.flatten(0, 1).T @ x.flatten(0, 1)).square().sum() \
+                + g.sum((0, 1)).square().sum()
+    return torch.as_tensor(total)
 
 
 # ------------------------------------------------------------------------------------------------
