@@ -33,12 +33,10 @@ and the rect crop (256x192), on the CPU:
    the aux network and the mean parameters (a network whose decoders are zero, so it predicts
    the mean pose, shape and camera for every image) are scored without TTO.
 
-   ``--protocol trace`` (default) gets every k from one TTO run of N steps per batch: it
-   records the prediction the TTO loop makes at the start of each step (that is the result a run
-   with ``--test_val_step k`` returns) and hands it to ``evaluate`` for each k, so the metrics
-   still come from ``evaluate``; the first and last recorded predictions are checked against the
-   run's own ``before`` / ``after``. It reaches into ``train.meta`` internals
-   (``_tto_group``, ``to_samples_all_finite``) and fails loudly if they change;
+   ``--protocol trace`` (default) gets every k from one TTO run of N steps per batch: the run
+   keeps the prediction after every update (``TTOConfig.trace``; the prediction after k + 1
+   updates is what a run with ``--test_val_step k`` returns, tested in tests/test_meta.py) and
+   hands it to ``evaluate`` for each k, so the metrics still come from ``evaluate``;
    ``--protocol rerun`` runs ``evaluate`` afresh for every k (the same numbers, about
    (N + 4) / 2 times the TTO cost).
 
@@ -340,73 +338,23 @@ class TraceTTO:
     takes its TTO result from one run of ``n`` steps per batch.
 
     ``test_time_optimize`` (as called by ``evaluate``) runs once per batch and ``tag`` with
-    ``test_val_step = n``; the TTO loop's prediction at the start of each step t (the weights
-    after t updates: t = 0 is ``before``, t = k + 1 is what ``--test_val_step k`` returns) is
-    recorded through ``train.meta.to_samples_all_finite`` (called once per step with it) per
-    group of ``train.meta._tto_group``. Where a group's prediction turned non-finite the last
-    finite one is carried on, as the loop does. The recorded first and last predictions are
-    checked against the run's ``before`` and ``after``.
+    ``test_val_step = n`` and ``trace=True``: its ``TTOResult.trace[t]`` is the prediction after
+    t weight updates, so ``trace[k + 1]`` is what ``--test_val_step k`` returns (no early stop).
     """
 
-    KEYS = ("rotmat", "betas", "cam", "vertices", "joints", "keypoints_2d")
-
     def __init__(self, n: int):
-        self.n, self.tag, self.cache, self._groups, self._rec = n, None, {}, None, None
+        self.n, self.tag, self.cache = n, None, {}
         self.batches_run = 0
 
     def __enter__(self) -> "TraceTTO":
         import train.evaluation as ev
-        import train.meta as meta
-        for mod, name in ((meta, "_tto_group"), (meta, "to_samples_all_finite"),
-                          (ev, "test_time_optimize")):
-            if not callable(getattr(mod, name, None)):
-                raise RuntimeError(f"--protocol trace: {mod.__name__}.{name} is gone (train.meta "
-                                   f"changed); use --protocol rerun")
-        self._saved = (meta._tto_group, meta.to_samples_all_finite, ev.test_time_optimize)
-        self._orig_group, self._orig_finite, self._orig_tto = self._saved
-        meta._tto_group, meta.to_samples_all_finite = self._group, self._finite
+        self._orig_tto = ev.test_time_optimize
         ev.test_time_optimize = self._tto
         return self
 
     def __exit__(self, *exc) -> None:
         import train.evaluation as ev
-        import train.meta as meta
-        meta._tto_group, meta.to_samples_all_finite, ev.test_time_optimize = self._saved
-
-    # -- hooks ---------------------------------------------------------------------------------
-    def _finite(self, pred, B, G, vectorised):
-        ok = self._orig_finite(pred, B, G, vectorised)
-        if self._rec is not None:
-            self._rec.append(({k: pred[k].detach().clone() for k in self.KEYS},
-                              ok.detach().clone().reshape(-1)))
-        return ok
-
-    def _group(self, model, smpl, camera, cfg, inputs, vectorised):
-        self._rec = []
-        try:
-            out = self._orig_group(model, smpl, camera, cfg, inputs, vectorised)
-        finally:
-            rec, self._rec = self._rec, None
-        B = inputs["img"].shape[0]
-        if not rec:
-            raise RuntimeError("--protocol trace: train.meta._tto_group no longer calls "
-                               "to_samples_all_finite; use --protocol rerun")
-        traj, last = [], None
-        for t in range(self.n + 2):
-            if t < len(rec):
-                pred, ok = rec[t]
-                ok = ok.expand(B) if ok.numel() == 1 else ok      # group flag -> samples
-                if last is None:
-                    last = {k: v.clone() for k, v in pred.items()}
-                else:
-                    last = {k: torch.where(ok.reshape(-1, *[1] * (v.dim() - 1)), pred[k], v)
-                            for k, v in last.items()}
-            traj.append(last)
-        if len(rec) > self.n + 2:
-            raise RuntimeError(f"--protocol trace: {len(rec)} predictions recorded for "
-                               f"{self.n} steps (expected {self.n + 2}); use --protocol rerun")
-        self._groups.append(traj)
-        return out
+        ev.test_time_optimize = self._orig_tto
 
     def _tto(self, model, model_aux, batch, smpl, camera, cfg):
         from train.meta import TTOResult
@@ -415,34 +363,18 @@ class TraceTTO:
             raise ValueError(f"TraceTTO: test_val_step {k} > {self.n} or adapt_val_step set")
         key = (self.tag, tuple(int(i) for i in batch["sample_index"].reshape(-1).tolist()))
         if key not in self.cache:
-            self._groups = []
-            res = self._orig_tto(model, model_aux, batch, smpl, camera,
-                                 dataclasses.replace(cfg, test_val_step=self.n))
-            groups, self._groups = self._groups, None
-            traj = [{kk: torch.cat([g[t][kk] for g in groups]) for kk in self.KEYS}
-                    for t in range(self.n + 2)]
-            self._check(res, traj)
-            self.cache[key] = (res, traj)
+            self.cache[key] = self._orig_tto(
+                model, model_aux, batch, smpl, camera,
+                dataclasses.replace(cfg, test_val_step=self.n, trace=True))
             self.batches_run += 1
-        res, traj = self.cache[key]
+        res = self.cache[key]
         last = k == self.n
         return TTOResult(
-            after=res.after if last else traj[k + 1], before=res.before,
+            after=res.after if last else res.trace[k + 1], before=res.before,
             steps=torch.clamp(res.steps, max=k + 1), nonfinite=res.nonfinite,
             loss_2d_before=res.loss_2d_before,
             loss_2d_after=res.loss_2d_after if last else torch.full_like(res.loss_2d_after,
                                                                           float("nan")))
-
-    @staticmethod
-    def _check(res, traj) -> None:
-        ok = ~res.nonfinite
-        for name, ref, got in (("before", res.before, traj[0]), ("after", res.after, traj[-1])):
-            for kk in ("vertices", "cam"):
-                if got[kk].shape != ref[kk].shape or not torch.allclose(
-                        got[kk][ok], ref[kk][ok], rtol=1e-5, atol=1e-6):
-                    raise RuntimeError(f"--protocol trace: the recorded {name} prediction "
-                                       f"({kk}) differs from the TTO result; train.meta changed? "
-                                       f"use --protocol rerun")
 
 
 def mean_param_network(world: Path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import pytest
 import torch
@@ -171,6 +172,19 @@ def _tto_cfg(o, **kw):
     return TTOConfig.from_options(ns)
 
 
+def test_tto_config_reads_each_option_into_its_field(setup):
+    o = setup[0]
+    cfg = _tto_cfg(o, inner_lr=1e-3, after_innerlr=2e-4, test_val_step=7, adapt_tol=3e-5,
+                   tto_mode="batch", tto_chunk=5, tto_workers=2, use_openpose2d=True,
+                   no_use_adam=True, no_inner_step=True, adapt_val_step=True)
+    assert (cfg.inner_lr, cfg.after_innerlr, cfg.test_val_step, cfg.adapt_tol) == (
+        1e-3, 2e-4, 7, 3e-5)
+    assert (cfg.mode, cfg.chunk, cfg.workers, cfg.trace) == ("batch", 5, 2, False)
+    assert cfg.use_openpose2d and cfg.no_use_adam and cfg.no_inner_step and cfg.adapt_val_step
+    assert isinstance(cfg.weights, LossWeights)
+    assert (cfg.weights.openpose, cfg.weights.gt) == (1.0, 0.0)
+
+
 def test_tto_vectorised_equals_loop_and_batch_mode_single(setup):
     o, model, aux, batch, smpl = setup
     cam = Camera.from_options(o)
@@ -207,6 +221,25 @@ def test_tto_parallel_workers_equal_the_loop(setup):
     assert float((par.after["vertices"] - par.before["vertices"]).abs().max()) > 1e-6
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("mode,chunk", [("sample", 1), ("sample", 3), ("batch", 0)])
+def test_tto_trace_gives_every_shorter_run(setup, mode, chunk):
+    """trace[k + 1] of one run of n steps == the result of a run with test_val_step = k."""
+    o, model, aux, batch, smpl = setup
+    cam = Camera.from_options(o)
+    cfg = _tto_cfg(o, tto_mode=mode, tto_chunk=chunk, test_val_step=2)
+    full = test_time_optimize(model, aux, batch, smpl, cam, dataclasses.replace(cfg, trace=True))
+    assert len(full.trace) == 4
+    torch.testing.assert_close(full.trace[0]["vertices"], full.before["vertices"])
+    torch.testing.assert_close(full.trace[-1]["vertices"], full.after["vertices"])
+    for k in (0, 1):
+        short = test_time_optimize(model, aux, batch, smpl, cam,
+                                   dataclasses.replace(cfg, test_val_step=k))
+        assert short.trace is None
+        torch.testing.assert_close(full.trace[k + 1]["vertices"], short.after["vertices"],
+                                   rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(full.trace[1]["vertices"], full.trace[3]["vertices"])
 
 
 def test_tto_early_stop_and_nonfinite(setup):

@@ -294,6 +294,7 @@ class TTOConfig:
     mode: str = "sample"            # --tto_mode
     chunk: int = 0                  # --tto_chunk (sample mode; 0 = auto)
     workers: int = 0                # --tto_workers (sample mode on the CPU; 0 = auto)
+    trace: bool = False             # keep the prediction of every step (TTOResult.trace)
     weights: LossWeights = dataclasses.field(default_factory=LossWeights)
 
     @classmethod
@@ -302,10 +303,12 @@ class TTOConfig:
         # the test-time 2D loss uses GT keypoints, or OpenPose ones with --use_openpose2d
         w = dataclasses.replace(w, openpose=1.0 if o.use_openpose2d else 0.0,
                                 gt=0.0 if o.use_openpose2d else 1.0)
-        return cls(o.inner_lr, o.after_innerlr, o.test_val_step, o.adapt_val_step,
-                   getattr(o, "adapt_tol", 2e-5), o.no_use_adam, o.no_inner_step,
-                   o.use_openpose2d, getattr(o, "tto_mode", "sample"),
-                   getattr(o, "tto_chunk", 0), getattr(o, "tto_workers", 0), w)
+        return cls(inner_lr=o.inner_lr, after_innerlr=o.after_innerlr,
+                   test_val_step=o.test_val_step, adapt_val_step=o.adapt_val_step,
+                   adapt_tol=getattr(o, "adapt_tol", 2e-5), no_use_adam=o.no_use_adam,
+                   no_inner_step=o.no_inner_step, use_openpose2d=o.use_openpose2d,
+                   mode=getattr(o, "tto_mode", "sample"), chunk=getattr(o, "tto_chunk", 0),
+                   workers=getattr(o, "tto_workers", 0), weights=w)
 
 
 @dataclass
@@ -318,6 +321,10 @@ class TTOResult:
     nonfinite: Tensor    # [B] bool: TTO went non-finite; the last finite prediction is kept
     loss_2d_before: Tensor  # [B] or [1] 2D loss at the loaded weights
     loss_2d_after: Tensor   # 2D loss at the final weights
+    # with TTOConfig.trace: the prediction after t weight updates, t = 0 .. test_val_step + 1
+    # (t = 0 is 'before'; t = k + 1 is what test_val_step = k returns without early stop);
+    # a sample that went non-finite or stopped keeps its last prediction
+    trace: list[dict[str, Tensor]] | None = None
 
 
 _PRED_KEYS = ("rotmat", "betas", "cam", "vertices", "joints", "keypoints_2d")
@@ -390,7 +397,10 @@ def test_time_optimize(model, model_aux, batch: dict, smpl, camera: Camera,
         before={k: cat([p.before[k] for p in parts]) for k in _PRED_KEYS},
         steps=cat([p.steps for p in parts]), nonfinite=cat([p.nonfinite for p in parts]),
         loss_2d_before=cat([p.loss_2d_before.reshape(-1) for p in parts]),
-        loss_2d_after=cat([p.loss_2d_after.reshape(-1) for p in parts]))
+        loss_2d_after=cat([p.loss_2d_after.reshape(-1) for p in parts]),
+        trace=None if not cfg.trace else [
+            {k: cat([p.trace[t][k] for p in parts]) for k in _PRED_KEYS}
+            for t in range(len(parts[0].trace))])
 
 
 def _n_workers(requested: int, n_groups: int, device: torch.device) -> int:
@@ -503,6 +513,12 @@ def _tto_group(model, state: tuple[Params, Params], smpl, camera: Camera, cfg: T
     nonfinite = torch.zeros_like(done)
     final = before = last_pred = None
     loss2d_before = prev2d = None
+    trace: list[dict] | None = [] if cfg.trace else None
+
+    def record(pred: dict, ok: Tensor) -> None:   # ok [G]: pred is finite and still current
+        if trace is not None:
+            trace.append({k: v.clone() for k, v in pred.items()} if not trace else
+                         merge({k: v.clone() for k, v in trace[-1].items()}, pred, ok))
 
     for t in range(cfg.test_val_step + 1):
         stage0 = t == 0 and not cfg.no_inner_step
@@ -521,6 +537,7 @@ def _tto_group(model, state: tuple[Params, Params], smpl, camera: Camera, cfg: T
         if t == 0:
             before = {k: v.clone() for k, v in pred.items()}
             loss2d_before = l2d.clone()
+        record(pred, finite & ~done)
         newly_bad = ~finite & ~done
         finish = stop_flag & ~done & finite   # stopped after the previous update
         if finish.any():
@@ -559,9 +576,12 @@ def _tto_group(model, state: tuple[Params, Params], smpl, camera: Camera, cfg: T
             nonfinite |= todo & ~fin
             final = merge(final, last_pred, todo & ~fin)
         loss2d_after = torch.where(todo & fin, l2d_final, loss2d_after)
+        record(pred, todo & fin)
+    if trace is not None:                     # stopped early: the rest repeat the last one
+        trace += [trace[-1]] * (cfg.test_val_step + 2 - len(trace))
     return TTOResult(after=final, before=before, steps=to_samples(steps),
                      nonfinite=to_samples(nonfinite), loss_2d_before=loss2d_before,
-                     loss_2d_after=loss2d_after)
+                     loss_2d_after=loss2d_after, trace=trace)
 
 
 def to_samples_all_finite(pred: dict, B: int, G: int, vectorised: bool) -> Tensor:
