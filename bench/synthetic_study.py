@@ -5,7 +5,7 @@
         [--docs_dir docs/study] [--report_only]
 
 On the synthetic stand-in world (``datasets.synthetic``), CLIFF with the small ResNet-18 backbone
-and the rect crop (256x192), on the CPU:
+and the rect crop (256x192, or smaller with ``--crop_scale``), on the CPU:
 
 0. **World.** A study world bigger than the test world (``--world``, default
    ``bench/out/study_world``; reused when it was built with the same sizes): ``--n_train``
@@ -105,6 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="samples of every training set of the mixture (H36M: twice this)")
     g.add_argument("--n_test", type=int, default=60, help="samples of the 3DPW and H36M-p2 test sets")
     g.add_argument("--img_size", type=int, default=192, help="base image side of the world")
+    g.add_argument("--crop_scale", type=float, default=1.0,
+                   help="network input = the rect crop (256x192) times this (train.py "
+                        "--crop_scale); 0.25 = 64x48")
     g.add_argument("--world_seed", type=int, default=0, help="generator seed of the world")
     g = p.add_argument_group("training")
     g.add_argument("--aux_steps", type=int, default=600, help="steps of the aux pre-training")
@@ -217,7 +220,7 @@ def train_argv(a, name: str, extra: list[str]) -> list[str]:
     """train.py options of one run (everything but the run-specific ``extra``)."""
     return ["--name", name, "--log_dir", str(Path(a.out) / "runs"), "--data_root", str(a.world),
             "--model", "cliff", "--backbone", BACKBONE, "--bbox_type", BBOX,
-            "--batch_size", str(a.batch_size), "--num_workers", str(a.num_workers),
+            "--crop_scale", str(a.crop_scale), "--batch_size", str(a.batch_size), "--num_workers", str(a.num_workers),
             "--eval_datasets", "", "--checkpoint_steps", "0", "--test_epochs", "1000000",
             "--save_epochs", "1000000", "--summary_steps", str(a.summary_steps), "--device", a.device,
             *extra]
@@ -327,7 +330,7 @@ def eval_options(a, mode: str, k: int):
     from utils.options import parse_eval
     return parse_eval("cliff", [
         "--data_root", str(a.world), "--backbone", BACKBONE, "--bbox_type", BBOX,
-        "--batch_size", str(a.eval_batch_size), "--num_workers", str(a.eval_workers),
+        "--crop_scale", str(a.crop_scale), "--batch_size", str(a.eval_batch_size), "--num_workers", str(a.eval_workers),
         "--device", a.device, "--seed", str(a.seed), "--log_freq", "0",
         "--inner_lr", str(a.tto_inner_lr), "--after_innerlr", str(a.after_innerlr),
         "--test_val_step", str(k), "--tto_mode", mode])
@@ -510,6 +513,10 @@ def markdown(result: dict) -> str:
     rows, a, extra = _unpack(result)
     t, st, machine = result["timings"], result["training"], result["machine"]
     total = t["total"]
+    if not hasattr(a, "crop_scale"):          # written before --crop_scale existed
+        a.crop_scale = 1.0
+    from constants import crop_size
+    crop_h, crop_w = crop_size(BBOX, a.crop_scale)
     lines = [
         "# Synthetic reproduction study: plain vs meta-trained CLIFF, error against TTO steps",
         "",
@@ -532,7 +539,8 @@ def markdown(result: dict) -> str:
         "",
         f"* World: `{a.world}`, {a.n_train} samples per training set of the mixture (H36M "
         f"{2 * a.n_train}), {a.n_test} per test set, images {a.img_size} px.",
-        f"* CLIFF, ResNet-18 backbone, rect crop 256x192, batch {a.batch_size}, Adam.",
+        f"* CLIFF, ResNet-18 backbone, rect crop {crop_h}x{crop_w} (`--crop_scale "
+        f"{a.crop_scale:g}`), batch {a.batch_size}, Adam.",
         f"* Aux network: 3 IEF iterations, trained by plain supervised training from a random "
         f"backbone ({a.aux_steps} steps, lr {a.aux_lr:g}, seed {a.seed + 1}), exported in the "
         f"CLIFF aux-checkpoint format and passed with `--aux_checkpoint`.",

@@ -78,7 +78,8 @@ class BaseDataset(Dataset):
         self.is_train = bool(is_train)
         self.paths = paths if paths is not None else DataPaths.from_options(options)
         self.bbox_type = _opt(options, "bbox_type", "rect")
-        self.crop_h, self.crop_w = constants.crop_size(self.bbox_type)
+        self.crop_h, self.crop_w = constants.crop_size(
+            self.bbox_type, float(_opt(options, "crop_scale", 1.0)))
         self.rot_factor = float(_opt(options, "rot_factor", 30.0))
         self.noise_factor = float(_opt(options, "noise_factor", 0.4))
         self.scale_factor = float(_opt(options, "scale_factor", 0.25))

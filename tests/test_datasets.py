@@ -194,6 +194,20 @@ def test_keypoints_are_projected_3d_joints_mapped_to_the_crop(world):
             assert err < 0.1, f"{name}[{i}]: 2D keypoints off their 3D projection by {err:.2f} px"
 
 
+def test_crop_scale_shrinks_the_crop_and_its_keypoints(world):
+    """--crop_scale 0.25: a 64x48 crop of the same box; the keypoints (crop px) scale alike."""
+    full, small = _fixed(_ds(world, "3dpw", False)), _fixed(_ds(world, "3dpw", False,
+                                                                  crop_scale=0.25))
+    a, b = full[0], small[0]
+    assert tuple(a["img"].shape) == (3, 256, 192) and tuple(b["img"].shape) == (3, 64, 48)
+    vis = a["keypoints"][:, 2] > 0
+    torch.testing.assert_close(b["keypoints"][vis, :2], 0.25 * a["keypoints"][vis, :2],
+                               rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(b["bbox_info"], a["bbox_info"])
+    with pytest.raises(ValueError, match="crop_scale"):
+        _ds(world, "3dpw", False, crop_scale=0.01)
+
+
 def test_rotation_turns_3d_joints_like_the_2d_crop(world):
     """The in-plane rotation of S (about the camera axis) turns the projected joints by the same
     angle as the crop map turns the 2D keypoints (directions between joints agree)."""

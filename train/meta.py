@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from constants import FOCAL_LENGTH, crop_size
+from constants import FOCAL_LENGTH, options_crop_size
 from models.regressor import LowRankDelta
 from train.losses import LossWeights, smpl_loss
 from utils import runtime
@@ -59,7 +59,7 @@ class Camera:
 
     @classmethod
     def from_options(cls, options) -> "Camera":
-        h, w = crop_size(options.bbox_type)
+        h, w = options_crop_size(options)
         return cls(options.model, h, w)
 
     def img_hw(self, batch: dict) -> Tensor:

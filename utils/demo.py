@@ -100,7 +100,7 @@ class DemoInputError(ValueError):
 def demo_parser() -> argparse.ArgumentParser:
     """Options of demo.py: the evaluation scripts' shared groups (data and device, model,
     test-time optimisation, loss weights; :mod:`utils.options`) plus the demo's own."""
-    from utils.options import _add_common
+    from utils.options import _add_common, add_crop_scale
     p = argparse.ArgumentParser(
         description="Meta-HMR demo: SMPL meshes (with test-time optimisation on OpenPose "
                     "keypoints) for every person in a folder of images",
@@ -133,6 +133,7 @@ def demo_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch_size", type=int, default=8, help="people per TTO / forward batch")
     g.add_argument("--bbox_type", type=str, default="rect", choices=("square", "rect"),
                    help="square 224x224 or rect 256x192 crops (must match the checkpoint)")
+    add_crop_scale(g)
     g.add_argument("--test_val_step", type=int, default=14,
                    help="extra test-time steps after step 0")
     g.add_argument("--after_innerlr", type=float, default=1e-5,
@@ -292,7 +293,7 @@ def bbox_from_xywh(box):
 
 
 def prepare_person(img_rgb: np.ndarray, center, scale: float, focal: float, bbox_type: str,
-                   openpose=None) -> dict:
+                   openpose=None, crop_scale: float = 1.0) -> dict:
     """One person's network input, as the dataset builds it at evaluation (no augmentation).
 
     Args:
@@ -301,13 +302,14 @@ def prepare_person(img_rgb: np.ndarray, center, scale: float, focal: float, bbox
         focal: focal length in pixels (CLIFF camera and bbox_info).
         bbox_type: 'rect' (256x192) or 'square' (224x224).
         openpose: [25, 3] OpenPose keypoints (full-image pixels, confidence) or None.
+        crop_scale: ``--crop_scale`` (the crop is the bbox type's size times this).
     Returns:
         dict of tensors: img [3, crop_h, crop_w], keypoints [49, 3] (crop pixels: OpenPose in
         slots 0-24, GT slots 25-48 zero), keypoints_full [25, 3], center [2], scale, img_h,
         img_w, focal_length, bbox_info [3], crop_trans [2, 3], has_smpl = has_pose_3d = 1
         (module docstring, item 3).
     """
-    crop_h, crop_w = constants.crop_size(bbox_type)
+    crop_h, crop_w = constants.crop_size(bbox_type, crop_scale)
     h, w = img_rgb.shape[:2]
     trans = imutils.get_affine_transform(center, scale, 0.0, (crop_w, crop_h))
     crop = cv2.warpAffine(img_rgb, trans, (crop_w, crop_h), flags=cv2.INTER_LINEAR,
@@ -576,7 +578,7 @@ def _load_image(path: Path, o, source, summary: Summary, log) -> _Image | None:
                 dropped.append(f"box {i}: width and height must be positive, got {list(item)}")
                 continue
             (center, scale), kp = bbox_from_xywh(item), None
-        people.append(prepare_person(rgb, center, scale, focal, o.bbox_type, kp))
+        people.append(prepare_person(rgb, center, scale, focal, o.bbox_type, kp, o.crop_scale))
         ids.append(i)
     if not people:
         summary.skip(path, "no_usable_people", "; ".join(dropped), log)

@@ -11,6 +11,8 @@ import math
 import os
 from pathlib import Path
 
+from constants import crop_size
+
 BACKBONES = ("resnet", "hrnet", "resnet18")
 
 
@@ -78,6 +80,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="confidence multiplier of the 24 GT joints in the training 2D loss")
 
 
+def add_crop_scale(g) -> None:
+    """``--crop_scale``: shared by training, evaluation and the demo."""
+    g.add_argument("--crop_scale", type=float, default=1.0,
+                   help="network input crop = the bbox type's size times this (1 = the released "
+                        "256x192 / 224x224, which the official checkpoints expect); smaller crops "
+                        "make quick CPU experiments (the synthetic study uses 0.25: 64x48). "
+                        "Evaluate with the value the model was trained with")
+
+
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Meta-HMR training (dual networks, meta inner step)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -115,6 +126,7 @@ def train_parser() -> argparse.ArgumentParser:
                    help="paste Pascal VOC occluders on H36M and MPI-INF-3DHP training crops")
     g.add_argument("--bbox_type", type=str, default="square", choices=("square", "rect"),
                    help="square 224x224 or rect 256x192 crops")
+    add_crop_scale(g)
     g.add_argument("--ALB", action="store_true", help="photometric augmentation of the full image")
     g.add_argument("--train_3dpw", action="store_true",
                    help="train on the mixture with 3DPW (40/30/10/20) instead of without (50/30/20)")
@@ -184,6 +196,7 @@ def eval_parser(model: str) -> argparse.ArgumentParser:
     g.add_argument("--save_obj", action="store_true", help="with --viz, also export meshes (.obj)")
     g.add_argument("--bbox_type", type=str, default="rect", choices=("square", "rect"),
                    help="square 224x224 or rect 256x192 crops")
+    add_crop_scale(g)
     g.add_argument("--test_val_step", type=int, default=7 if model == "cliff" else 14,
                    help="extra test-time steps after step 0")
     g.add_argument("--after_innerlr", type=float, default=2e-7 if model == "cliff" else 1e-5,
@@ -205,6 +218,11 @@ def resolve(options: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit("error: --model hmr has no HRNet variant (choose --backbone resnet)")
     if getattr(options, "no_inner", False):
         options.inner_step = 0
+    if hasattr(options, "crop_scale"):
+        try:
+            crop_size(options.bbox_type, options.crop_scale)
+        except ValueError as e:
+            raise SystemExit(f"error: --crop_scale: {e}") from None
     for name in ("tto_chunk", "tto_workers"):
         if getattr(options, name, 0) < 0:
             raise SystemExit(f"error: --{name} must be >= 0 (0 = automatic), got "
