@@ -1,7 +1,8 @@
 """The synthetic reproduction study: plain vs meta-trained CLIFF, error against test-time steps.
 
-    python bench/synthetic_study.py --out bench/out/study [--steps 300] [--aux_steps 600] \
-        [--n_train 200] [--n_test 60] [--max_eval 40] [--tto_steps 5] [--threads 1] \
+    python bench/synthetic_study.py --out bench/out/study [--steps 1200] [--aux_steps 2000] \
+        [--batch_size 16] [--crop_scale 0.25] [--n_train 200] [--n_test 60] [--max_eval 40] \
+        [--tto_steps 5] [--threads 1] \
         [--docs_dir docs/study] [--report_only]
 
 On the synthetic stand-in world (``datasets.synthetic``), CLIFF with the small ResNet-18 backbone
@@ -105,14 +106,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="samples of every training set of the mixture (H36M: twice this)")
     g.add_argument("--n_test", type=int, default=60, help="samples of the 3DPW and H36M-p2 test sets")
     g.add_argument("--img_size", type=int, default=192, help="base image side of the world")
-    g.add_argument("--crop_scale", type=float, default=1.0,
+    g.add_argument("--crop_scale", type=float, default=0.25,
                    help="network input = the rect crop (256x192) times this (train.py "
                         "--crop_scale); 0.25 = 64x48")
     g.add_argument("--world_seed", type=int, default=0, help="generator seed of the world")
     g = p.add_argument_group("training")
-    g.add_argument("--aux_steps", type=int, default=600, help="steps of the aux pre-training")
-    g.add_argument("--steps", type=int, default=300, help="steps of the plain and meta runs")
-    g.add_argument("--batch_size", type=int, default=8, help="training batch size")
+    g.add_argument("--aux_steps", type=int, default=2000, help="steps of the aux pre-training")
+    g.add_argument("--steps", type=int, default=1200, help="steps of the plain and meta runs")
+    g.add_argument("--batch_size", type=int, default=16, help="training batch size")
     g.add_argument("--aux_lr", type=float, default=1e-4, help="Adam lr of the aux pre-training")
     g.add_argument("--outer_lr", type=float, default=5e-5, help="Adam lr of the plain/meta runs")
     g.add_argument("--inner_lr", type=float, default=1e-5,
