@@ -352,8 +352,10 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     print(f"wrote {p}")
 
 
-def network_parser(doc: str, batch_size: int, batch_help: str):
-    """Argument parser with the options every benchmark shares (network, batch, crop, device)."""
+def network_parser(doc: str, batch_size: int, batch_help: str, modes, iters: int,
+                   warmup: int):
+    """Argument parser with the options every benchmark shares (network, batch, crop, device,
+    timing, modes, output). ``modes``: the script's mode names (all measured by default)."""
     import argparse
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -366,10 +368,48 @@ def network_parser(doc: str, batch_size: int, batch_help: str):
                    help="crop size: rect 256x192 (the README's) or square 224x224")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto = cuda when available")
+    p.add_argument("--iters", type=int, default=iters, help="timed calls per mode")
+    p.add_argument("--warmup", type=int, default=warmup, help="untimed calls before timing")
+    p.add_argument("--modes", default=",".join(modes),
+                   help=f"comma-separated subset of {','.join(modes)}")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
+    p.add_argument("--smpl_root", default=None,
+                   help="data root holding data/smpl/SMPL_NEUTRAL.pkl, data/J_regressor_extra.npy "
+                        "and data/smpl_mean_params.npz (default: the synthetic stand-ins, "
+                        "cached in ~/.cache/metahmr_bench or $METAHMR_BENCH_CACHE)")
+    p.add_argument("--in_process", action="store_true",
+                   help="measure every mode in this process (faster; on the CPU a mode's peak "
+                        "memory can then be hidden by an earlier one's)")
+    p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return p
 
 
-def measure_modes(args, script: str, measure_mode: Callable, child_argv: list[str]) -> dict:
+def parse_bench_args(p, argv, modes):
+    """Parse and check the shared options; ``args.mode_list`` = the modes to measure and
+    ``args.child_argv`` = the options a child process gets (all but the parent's own)."""
+    args = p.parse_args(argv)
+    args.mode_list = [m for m in args.modes.split(",") if m]
+    bad = [m for m in args.mode_list if m not in modes]
+    if bad or not args.mode_list:
+        p.error(f"--modes: unknown {bad}; choose from {list(modes)}")
+    if args.model == "hmr" and args.backbone == "hrnet":
+        p.error("--model hmr has no HRNet variant (choose --backbone resnet or resnet18)")
+    if args.iters < 1 or args.warmup < 0 or args.batch_size < 1:
+        p.error("--iters and --batch_size must be >= 1, --warmup >= 0")
+    parent_only = {"help", "_child", "json", "modes", "in_process"}
+    args.child_argv = []
+    for action in p._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest in parent_only or value is None or value is False:
+            continue
+        args.child_argv += ([action.option_strings[-1]] if value is True
+                            else [action.option_strings[-1], str(value)])
+    return args
+
+
+def measure_modes(args, script: str, measure_mode: Callable) -> dict:
     """Measure every mode of ``args.mode_list``: each in a fresh child process (honest peak
     memory), or in this process with ``--in_process``."""
     if args.threads:
@@ -379,7 +419,7 @@ def measure_modes(args, script: str, measure_mode: Callable, child_argv: list[st
     for mode in args.mode_list:
         print(f"measuring {mode} ...", file=sys.stderr, flush=True)
         modes[mode] = (measure_mode(args, mode) if args.in_process
-                       else run_child(script, mode, child_argv))
+                       else run_child(script, mode, args.child_argv))
     return modes
 
 

@@ -47,41 +47,18 @@ MODES = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = common.network_parser(__doc__, batch_size=4, batch_help="training batch size")
+    p = common.network_parser(__doc__, batch_size=4, batch_help="training batch size",
+                              modes=MODES, iters=10, warmup=2)
     p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
                    help="mixed precision (CUDA only; ignored on CPU, as in training)")
     p.add_argument("--inner_step", type=int, default=1, help="inner SGD steps of the meta modes")
-    p.add_argument("--iters", type=int, default=10, help="timed iterations per mode")
-    p.add_argument("--warmup", type=int, default=2, help="untimed iterations before timing")
-    p.add_argument("--modes", default=",".join(MODES),
-                   help=f"comma-separated subset of {','.join(MODES)}")
     p.add_argument("--train_lr", action="store_true",
                    help="Adam at the training learning rates (default 0: every iteration starts "
                         "from the same weights; random-weight meta-training can diverge)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
-    p.add_argument("--smpl_root", default=None,
-                   help="data root holding data/smpl/SMPL_NEUTRAL.pkl, data/J_regressor_extra.npy "
-                        "and data/smpl_mean_params.npz (default: the synthetic stand-ins, "
-                        "cached in ~/.cache/metahmr_bench or $METAHMR_BENCH_CACHE)")
     p.add_argument("--no_interleave", action="store_true",
                    help="report the per-mode child timings instead of a round-robin timing "
                         "of all modes in one process (the default: fair on a loaded machine)")
-    p.add_argument("--in_process", action="store_true",
-                   help="measure every mode in this process (faster; on the CPU a mode's peak "
-                        "memory can then be hidden by an earlier one's)")
-    p.add_argument("--json", default=None, help="also write the figures to this file")
-    p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    args.mode_list = [m for m in args.modes.split(",") if m]
-    bad = [m for m in args.mode_list if m not in MODES]
-    if bad or not args.mode_list:
-        p.error(f"--modes: unknown {bad}; choose from {list(MODES)}")
-    if args.model == "hmr" and args.backbone == "hrnet":
-        p.error("--model hmr has no HRNet variant (choose --backbone resnet or resnet18)")
-    if args.iters < 1 or args.warmup < 0 or args.batch_size < 1:
-        p.error("--iters and --batch_size must be >= 1, --warmup >= 0")
-    return args
+    return common.parse_bench_args(p, argv, MODES)
 
 
 def train_options(args, mode: str) -> argparse.Namespace:
@@ -168,7 +145,7 @@ def interleaved_times(args) -> dict[str, dict]:
 
 def run(args) -> dict:
     device = common.select_device(args.device)
-    modes = common.measure_modes(args, __file__, measure_mode, _child_argv(args))
+    modes = common.measure_modes(args, __file__, measure_mode)
     if not args.no_interleave:
         print("timing all modes interleaved ...", file=sys.stderr, flush=True)
         for m, t in interleaved_times(args).items():
@@ -196,19 +173,6 @@ def run(args) -> dict:
               "body_model": "given root" if args.smpl_root else "synthetic stand-in (SMPL format)",
               "mode_flags": {m: " ".join(MODES[m]) for m in args.mode_list}}
     return {"modes": modes, "machine": common.machine_info(device), "config": config}
-
-
-def _child_argv(args) -> list[str]:
-    argv = ["--model", args.model, "--backbone", args.backbone, "--batch_size",
-            str(args.batch_size), "--bbox_type", args.bbox_type, "--device", args.device,
-            "--amp", args.amp, "--inner_step", str(args.inner_step), "--iters", str(args.iters),
-            "--warmup", str(args.warmup), "--threads", str(args.threads),
-            "--seed", str(args.seed)]
-    if args.train_lr:
-        argv.append("--train_lr")
-    if args.smpl_root:
-        argv += ["--smpl_root", args.smpl_root]
-    return argv
 
 
 def report(res: dict) -> None:

@@ -1,7 +1,8 @@
 """Test-time optimisation throughput, per sample against per batch (decisions D15).
 
     python bench/tto.py --model cliff --backbone resnet --batch_size 20 --device cpu \
-                        [--tto_chunk 0] [--adapt_val_step] [--iters 3] [--warmup 1] \
+                        [--tto_chunk 0] [--tto_workers 0] [--adapt_val_step] [--iters 3] \
+                        [--warmup 1] \
                         [--json out.json]
 
 Times ``train.meta.test_time_optimize`` on random-weight networks and a synthetic batch (no data
@@ -33,37 +34,21 @@ README_TTO = ["--inner_lr", "1e-5", "--after_innerlr", "1e-5", "--inner_step", "
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = common.network_parser(__doc__, batch_size=20, batch_help="evaluation (TTO) batch size")
+    p = common.network_parser(__doc__, batch_size=20, batch_help="evaluation (TTO) batch size",
+                              modes=MODES, iters=3, warmup=1)
     p.add_argument("--tto_chunk", type=int, default=0,
                    help="sample mode: samples adapted together under vmap; 0 = auto "
                         "(test_time_optimize's choice: the whole batch on CUDA, one at a time "
                         "on the CPU), 1 = a loop over samples")
+    p.add_argument("--tto_workers", type=int, default=0,
+                   help="sample mode: chunks adapted concurrently in CPU threads; 0 = auto "
+                        "(one per torch thread on the CPU), 1 = one after the other")
     p.add_argument("--test_val_step", type=int, default=14, help="Adam steps after step 0")
     p.add_argument("--adapt_val_step", action="store_true",
                    help="early stop at |loss change| < 2e-5 (off here: all steps run)")
-    p.add_argument("--iters", type=int, default=3, help="timed batches per mode")
-    p.add_argument("--warmup", type=int, default=1, help="untimed batches before timing")
-    p.add_argument("--modes", default=",".join(MODES),
-                   help="comma-separated subset of batch,sample")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
-    p.add_argument("--smpl_root", default=None,
-                   help="data root holding data/smpl/SMPL_NEUTRAL.pkl, data/J_regressor_extra.npy "
-                        "and data/smpl_mean_params.npz (default: the synthetic stand-ins, "
-                        "cached in ~/.cache/metahmr_bench or $METAHMR_BENCH_CACHE)")
-    p.add_argument("--in_process", action="store_true",
-                   help="measure both modes in this process (CPU peak memory then less honest)")
-    p.add_argument("--json", default=None, help="also write the figures to this file")
-    p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    args.mode_list = [m for m in args.modes.split(",") if m]
-    bad = [m for m in args.mode_list if m not in MODES]
-    if bad or not args.mode_list:
-        p.error(f"--modes: unknown {bad}; choose from {list(MODES)}")
-    if args.model == "hmr" and args.backbone == "hrnet":
-        p.error("--model hmr has no HRNet variant (choose --backbone resnet or resnet18)")
-    if args.iters < 1 or args.warmup < 0 or args.batch_size < 1 or args.tto_chunk < 0:
-        p.error("--iters and --batch_size must be >= 1, --warmup and --tto_chunk >= 0")
+    args = common.parse_bench_args(p, argv, MODES)
+    if args.tto_chunk < 0 or args.tto_workers < 0:
+        p.error("--tto_chunk and --tto_workers must be >= 0")
     return args
 
 
@@ -73,7 +58,8 @@ def eval_options(args, mode: str) -> argparse.Namespace:
     argv = ["--backbone", args.backbone, "--batch_size", str(args.batch_size),
             "--bbox_type", args.bbox_type, "--device", args.device, *README_TTO,
             "--test_val_step", str(args.test_val_step), "--tto_mode", mode,
-            "--tto_chunk", str(args.tto_chunk), "--seed", str(args.seed)]
+            "--tto_chunk", str(args.tto_chunk), "--tto_workers", str(args.tto_workers),
+            "--seed", str(args.seed)]
     if args.adapt_val_step:
         argv.append("--adapt_val_step")
     return resolve(eval_parser(args.model).parse_args(argv))
@@ -118,7 +104,7 @@ def measure_mode(args, mode: str) -> dict:
 
 def run(args) -> dict:
     device = common.select_device(args.device)
-    modes = common.measure_modes(args, __file__, measure_mode, _child_argv(args))
+    modes = common.measure_modes(args, __file__, measure_mode)
     ratios = {}
     if "batch" in modes and "sample" in modes:
         b, s = modes["batch"], modes["sample"]
@@ -134,6 +120,7 @@ def run(args) -> dict:
     h, w = crop_size(args.bbox_type)
     config = {"model": args.model, "backbone": args.backbone, "batch_size": args.batch_size,
               "bbox_type": args.bbox_type, "crop_hw": [h, w], "tto_chunk": args.tto_chunk,
+              "tto_workers": args.tto_workers,
               "tto_chunk_note": "0 = auto: whole batch on CUDA, 1 on the CPU (train/meta.py)",
               "steps": f"1 + {args.test_val_step}", "test_val_step": args.test_val_step,
               "adapt_val_step": args.adapt_val_step, "inner_lr": 1e-5, "after_innerlr": 1e-5,
@@ -145,25 +132,13 @@ def run(args) -> dict:
             "config": config}
 
 
-def _child_argv(args) -> list[str]:
-    argv = ["--model", args.model, "--backbone", args.backbone, "--batch_size",
-            str(args.batch_size), "--bbox_type", args.bbox_type, "--device", args.device,
-            "--tto_chunk", str(args.tto_chunk), "--test_val_step", str(args.test_val_step),
-            "--iters", str(args.iters), "--warmup", str(args.warmup),
-            "--threads", str(args.threads), "--seed", str(args.seed)]
-    if args.adapt_val_step:
-        argv.append("--adapt_val_step")
-    if args.smpl_root:
-        argv += ["--smpl_root", args.smpl_root]
-    return argv
-
-
 def report(res: dict) -> None:
     c, m = res["config"], res["machine"]
     where = m.get("gpu", m["cpu"])
     print(f"\ntest_time_optimize, {c['model']}/{c['backbone']}, batch {c['batch_size']}, crop "
           f"{c['crop_hw'][0]}x{c['crop_hw'][1]}, steps {c['steps']}, adapt_val_step "
           f"{'on' if c['adapt_val_step'] else 'off'}, tto_chunk {c['tto_chunk'] or '0 (auto)'}, "
+          f"tto_workers {c.get('tto_workers') or '0 (auto)'}, "
           f"{c['iters']} batches after {c['warmup']} warm-up; {m['device']} ({where}), "
           f"{m['torch_threads']} threads, torch {m['torch']}")
     cols = [("images_per_s", "img/s", ".2f"), ("s_per_batch", "s/batch", ".2f"),

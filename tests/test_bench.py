@@ -43,10 +43,11 @@ def test_train_step_reports_every_mode_against_plain(synthetic_root, tmp_path):
 
 
 def test_tto_reports_both_modes_at_the_asked_steps(synthetic_root, tmp_path):
+    """(Each mode in its own child process, the default.)"""
     out = tmp_path / "tto.json"
     _run("tto.py", "--backbone", "resnet18", "--bbox_type", "square", "--batch_size", 2,
-         "--device", "cpu", "--test_val_step", 2, "--iters", 1, "--warmup", 0, "--in_process",
-         "--smpl_root", synthetic_root, "--json", out)
+         "--device", "cpu", "--test_val_step", 2, "--iters", 1, "--warmup", 0,
+         "--tto_workers", 2, "--smpl_root", synthetic_root, "--json", out)
     res = json.loads(out.read_text())
     b, s = res["modes"]["batch"], res["modes"]["sample"]
     for m in (b, s):
@@ -54,6 +55,7 @@ def test_tto_reports_both_modes_at_the_asked_steps(synthetic_root, tmp_path):
         assert m["images_per_s"] == pytest.approx(2 / m["s_per_batch"])
     assert res["ratios"]["sample_over_batch_time"] == pytest.approx(
         s["s_per_batch"] / b["s_per_batch"])
+    assert res["config"]["tto_workers"] == 2 and res["config"]["isolated_processes"]
 
 
 def test_data_speed_measures_the_training_pipeline(synthetic_root, tmp_path):
