@@ -34,8 +34,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
 from bench import common  # noqa: E402
 
 MODES = {
@@ -74,19 +72,14 @@ def train_options(args, mode: str) -> argparse.Namespace:
 def measure_mode(args, mode: str) -> dict:
     """Build networks, SMPL, Adam and a batch; time ``MetaStep`` in this process."""
     from constants import crop_size
-    from train.trainer import MetaStep
+    from train.trainer import MetaStep, build_optimizer
     device = common.select_device(args.device)
     o = train_options(args, mode)
     model, model_aux = common.build_networks(o.model, o.backbone, o.bbox_type, device,
                                              args.seed, args.smpl_root)
     model.train()
     # as Trainer builds it; learning rates 0 unless --train_lr (module docstring)
-    groups = [{"params": list(model.parameters()), "lr": o.outer_lr if args.train_lr else 0.0,
-               "betas": (o.beta1, o.beta2), "eps": o.eps_adam}]
-    if not o.no_learn_loss:
-        groups.append({"params": list(model_aux.parameters()),
-                       "lr": o.aux_lr if args.train_lr else 0.0})
-    optimizer = torch.optim.Adam(groups)
+    optimizer = build_optimizer(o, model, model_aux, 1.0 if args.train_lr else 0.0)
     smpl = common.build_body_model(device, args.smpl_root)
     step = MetaStep(o, model, model_aux, smpl, optimizer, device)
     batch = common.synthetic_batch(args.batch_size, crop_size(o.bbox_type), device, args.seed)
@@ -114,7 +107,7 @@ def interleaved_times(args) -> dict[str, dict]:
     """Time every mode round-robin in one process (one network pair, Adam lr 0), so that the
     load of a shared machine hits every mode alike; medians per mode."""
     from constants import crop_size
-    from train.trainer import MetaStep
+    from train.trainer import MetaStep, build_optimizer
     device = common.select_device(args.device)
     o0 = train_options(args, "plain")
     model, model_aux = common.build_networks(o0.model, o0.backbone, o0.bbox_type, device,
@@ -124,8 +117,7 @@ def interleaved_times(args) -> dict[str, dict]:
     for net in (model, model_aux):
         common.calibrate_batchnorm(net, batch)
     model.train()
-    optimizer = torch.optim.Adam([{"params": list(model.parameters()), "lr": 0.0},
-                                  {"params": list(model_aux.parameters()), "lr": 0.0}])
+    optimizer = build_optimizer(o0, model, model_aux, 0.0)
     steps = {m: MetaStep(train_options(args, m), model, model_aux, smpl, optimizer, device)
              for m in args.mode_list}
     wall = {m: [] for m in steps}

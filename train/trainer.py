@@ -51,6 +51,17 @@ def build_networks(options, paths: DataPaths, pretrained: bool = True):
 N_OVERLAYS = 4   # mesh overlays logged per summary with --log_images
 
 
+def build_optimizer(o, model, model_aux, lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """Adam over the main network (``--outer_lr``, ``--beta1/2``, ``--eps_adam``) and, unless
+    ``--no_learn_loss``, the aux network (``--aux_lr``), as released; fused where supported
+    (:func:`utils.runtime.adam`). ``lr_scale`` multiplies both rates (the benchmark uses 0)."""
+    groups = [{"params": list(model.parameters()), "lr": o.outer_lr * lr_scale,
+               "betas": (o.beta1, o.beta2), "eps": o.eps_adam}]
+    if not o.no_learn_loss:
+        groups.append({"params": list(model_aux.parameters()), "lr": o.aux_lr * lr_scale})
+    return runtime.adam(groups)
+
+
 class MetaStep:
     """One training iteration (module docstring), independent of data loading and logging.
 
@@ -164,11 +175,7 @@ class Trainer:
         self.model, self.model_aux = build_networks(o, self.paths)
         self.model.to(self.device)
         self.model_aux.to(self.device)
-        groups = [{"params": list(self.model.parameters()), "lr": o.outer_lr,
-                   "betas": (o.beta1, o.beta2), "eps": o.eps_adam}]
-        if not o.no_learn_loss:
-            groups.append({"params": list(self.model_aux.parameters()), "lr": o.aux_lr})
-        self.optimizer = runtime.adam(groups)
+        self.optimizer = build_optimizer(o, self.model, self.model_aux)
         self.run_step = MetaStep(o, self.model, self.model_aux, self.smpl, self.optimizer,
                                  self.device, self.world)
 
