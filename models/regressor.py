@@ -70,8 +70,11 @@ class LowRankDelta:
     v: torch.Tensor
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, in] -> dW[i] x[i]: [B, out]."""
-        return torch.bmm(self.u.transpose(1, 2), torch.bmm(self.v, x.unsqueeze(2))).squeeze(2)
+        """x [B, in] -> dW[i] x[i]: [B, out], in the factors' dtype even under autocast (an SGD
+        update of lr ~1e-5 times a gradient underflows in float16)."""
+        with torch.autocast(x.device.type, enabled=False):
+            vx = torch.bmm(self.v, x.to(self.v.dtype).unsqueeze(2))
+            return torch.bmm(self.u.transpose(1, 2), vx).squeeze(2)
 
     def dense(self) -> torch.Tensor:
         """dW as [B, out, in] (for inspection and tests)."""

@@ -79,6 +79,29 @@ def test_inner_step_changes_only_head_and_lowers_loss(setup, mode):
     assert loss_at(fast) < loss_at(None)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", ["batch", "sample"])
+def test_inner_step_under_autocast_keeps_the_float32_update(setup, mode, dtype):
+    """Under low-precision autocast the fast-weight update (lr 1e-5 x gradient, far below
+    float16's resolution) is built in float32 and matches the float32 step."""
+    ref, *_ = _inner(setup, mode)
+    try:
+        with torch.autocast("cpu", dtype=dtype):
+            low, info, *_ = _inner(setup, mode)
+    except RuntimeError as e:       # a torch build without CPU autocast for this dtype
+        pytest.skip(str(e))
+    assert torch.isfinite(info["inner_grad_norm"])
+    head = setup[1].head_params()
+    for k in head:
+        if mode == "sample":
+            want, got = ref.dense(k), low.dense(k)
+        else:
+            want, got = ref[k] - head[k], low[k] - head[k]
+        got, want = got.detach(), want.detach()
+        assert got.dtype == torch.float32 and float(want.norm()) > 0
+        assert float((got - want).norm() / want.norm()) < 0.15, k   # low-precision gradients
+
+
 def test_sample_mode_equals_batch_mode_one_sample_at_a_time(setup):
     fast_s, *_ = _inner(setup, "sample")
     model = setup[1]

@@ -87,7 +87,8 @@ class Camera:
             A = batch["crop_trans"].float()                 # [B,2,3] = [[k,0,a],[0,k,b]]
             k = A[:, 0, 0]
             centre = torch.stack([batch["img_w"], batch["img_h"]], -1).float() / 2
-            return k * batch["focal_length"].float(), (A[:, :, :2] @ centre[..., None])[..., 0] + A[:, :, 2]
+            principal = (A[:, :, :2] @ centre[..., None])[..., 0] + A[:, :, 2]
+            return k * batch["focal_length"].float(), principal
         f = torch.full((B,), FOCAL_LENGTH, device=batch["img"].device)
         c = torch.tensor([self.crop_w / 2, self.crop_h / 2], device=f.device).expand(B, 2)
         return f, c
@@ -211,32 +212,44 @@ def inner_adapt(model, features: Tensor, bbox_info: Tensor | None, batch: dict, 
     fast: Params | FastDelta = (FastDelta({}) if mode == "sample"   # W + 0 for every sample
                                 else dict(model.head_params()))
     info: dict[str, Tensor] = {}
-    feats = features.detach() if first_order else features
-    for step in range(steps):
-        record: dict = {}
-        pred = smpl_predict(run_head(model, feats, bbox_info, fast, record), smpl, camera, batch)
-        loss = _total(smpl_loss(pred, targets, weights, mode=mode, terms=INNER_TERMS))
-        grads = _head_gradients(loss, record, create_graph=not first_order)
-        if first_order:
-            grads = {k: (g.detach(), x.detach()) for k, (g, x) in grads.items()}
-        if mode == "sample":   # sample i: W - lr Σ_t g_it x_itᵀ, kept as factors
-            delta = dict(fast.delta)
-            for name, (g, x) in grads.items():
-                for k, d in ((f"{name}.weight", LowRankDelta(-lr * g, x)),
-                             (f"{name}.bias", -lr * g.sum(1))):
-                    delta[k] = d if k not in delta else delta[k] + d
-            new_fast: Params | FastDelta = FastDelta(delta)
-        else:                  # one set: W - lr Σ_i Σ_t g_it x_itᵀ, one matmul per layer
-            new_fast = dict(fast)
-            for name, (g, x) in grads.items():
-                gw = g.flatten(0, 1).T @ x.flatten(0, 1)
-                new_fast[f"{name}.weight"] = fast[f"{name}.weight"] - lr * gw
-                new_fast[f"{name}.bias"] = fast[f"{name}.bias"] - lr * g.sum((0, 1))
-        if step == 0:
-            info["inner_loss"] = loss.detach() / (B if mode == "sample" else 1)
-            info["inner_grad_norm"] = torch.sqrt(_grad_sq_norm(grads, per_sample=mode == "sample"))
-        fast = new_fast
+    feats = (features.detach() if first_order else features).float()
+    # float32 even under --amp: the head and SMPL are cheap, and gradients of this size
+    # times lr ~1e-5 are below float16's resolution
+    with torch.autocast(features.device.type, enabled=False):
+        for step in range(steps):
+            record: dict = {}
+            pred = smpl_predict(run_head(model, feats, bbox_info, fast, record), smpl, camera,
+                                batch)
+            loss = _total(smpl_loss(pred, targets, weights, mode=mode, terms=INNER_TERMS))
+            grads = _head_gradients(loss, record, create_graph=not first_order)
+            if first_order:
+                grads = {k: (g.detach(), x.detach()) for k, (g, x) in grads.items()}
+            if step == 0:
+                info["inner_loss"] = loss.detach() / (B if mode == "sample" else 1)
+                info["inner_grad_norm"] = torch.sqrt(_grad_sq_norm(grads, mode == "sample"))
+            fast = _sgd_step(fast, grads, lr)
     return fast, info
+
+
+def _sgd_step(fast: "Params | FastDelta", grads: dict, lr: float) -> "Params | FastDelta":
+    """Fast weights after one SGD step of ``lr`` with the gradients of :func:`_head_gradients`.
+
+    Per sample (:class:`FastDelta`): sample i gets W - lr Σ_t g_it x_itᵀ, the weight update kept
+    as factors (:class:`models.LowRankDelta`). Per batch (a dict of tensors): one set,
+    W - lr Σ_i Σ_t g_it x_itᵀ, one matmul per layer.
+    """
+    if isinstance(fast, FastDelta):
+        delta = dict(fast.delta)
+        for name, (g, x) in grads.items():
+            for k, d in ((f"{name}.weight", LowRankDelta(-lr * g, x)),
+                         (f"{name}.bias", -lr * g.sum(1))):
+                delta[k] = d if k not in delta else delta[k] + d
+        return FastDelta(delta)
+    new = dict(fast)
+    for name, (g, x) in grads.items():
+        new[f"{name}.weight"] = fast[f"{name}.weight"] - lr * (g.flatten(0, 1).T @ x.flatten(0, 1))
+        new[f"{name}.bias"] = fast[f"{name}.bias"] - lr * g.sum((0, 1))
+    return new
 
 
 def _head_gradients(loss: Tensor, record: dict, create_graph: bool) -> dict:
@@ -246,7 +259,9 @@ def _head_gradients(loss: Tensor, record: dict, create_graph: bool) -> dict:
     :meth:`models.Regressor.forward`). Returns {layer: (g [B,T,out], x [B,T,in])} with
     g_t = dL/dy_t: the weight gradient is Σ_t g_tᵀ x_t and, the samples not interacting in the
     head, sample i's share of it is Σ_t g_it x_itᵀ: the per-sample gradients of a summed
-    per-sample loss come from the same backward as the batch gradient.
+    per-sample loss come from the same backward as the batch gradient. Both come back in
+    float32 (under autocast the activations may be float16 / bfloat16): the updates are built
+    from them in float32.
     """
     layers = list(record)
     outputs = [y for name in layers for _, y in record[name]]
@@ -256,15 +271,15 @@ def _head_gradients(loss: Tensor, record: dict, create_graph: bool) -> dict:
         calls = record[name]
         g = torch.stack([torch.zeros_like(y) if gr is None else gr
                          for (_, y), gr in zip(calls, grads[i:i + len(calls)])], dim=1)
-        out[name] = (g, torch.stack([x for x, _ in calls], dim=1))
+        out[name] = (g.float(), torch.stack([x for x, _ in calls], dim=1).float())
         i += len(calls)
     return out
 
 
 def _grad_sq_norm(grads: dict, per_sample: bool) -> Tensor:
     """Squared norm of the head gradient (weights and biases) of :func:`_head_gradients`:
-    of every sample's own gradient, summed (Σ_i ||Σ_t g_it x_itᵀ||² = Σ (G Gᵀ) ⊙ (X Xᵀ)), or of
-    the batch gradient."""
+    of every sample's own gradient, summed (Σ_i ||Σ_t g_it x_itᵀ||² = Σ (G Gᵀ) ⊙ (X Xᵀ)),
+    or of the batch gradient."""
     total = 0.0
     for g, x in grads.values():
         g, x = g.detach(), x.detach()
