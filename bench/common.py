@@ -32,7 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from utils.runtime import select_device  # noqa: E402,F401  (re-exported for the scripts)
+from utils.runtime import place, select_device  # noqa: E402,F401  (select_device: for the scripts)
 CHILD_MARK = "@@BENCH_RESULT@@ "     # prefix of the child's result line on stdout
 
 
@@ -190,9 +190,9 @@ def build_networks(model: str, backbone: str, bbox_type: str, device: torch.devi
     from models import build_model
     mean = DataPaths(body_model_root(root)).smpl_mean_params()
     torch.manual_seed(seed)
-    main = build_model(model, backbone, "main", bbox_type, mean).to(device)
-    aux = build_model(model, backbone, "aux", bbox_type, mean).to(device)
-    return main, aux
+    main = build_model(model, backbone, "main", bbox_type, mean)
+    aux = build_model(model, backbone, "aux", bbox_type, mean)
+    return place(main, device), place(aux, device)     # as the scripts: --memory_format auto
 
 
 @torch.no_grad()

@@ -73,6 +73,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from utils.runtime import place  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("plain", "meta")
@@ -404,7 +405,7 @@ def evaluate_models(a, nets: dict, aux, world: Path,
     paths = DataPaths(Path(world))
     max_batches = -(-a.max_eval // a.eval_batch_size)
     rows, refs, timings = [], {"aux": {}, "mean": {}}, {}
-    references = {"aux": aux, "mean": mean_param_network(world).to(device)}
+    references = {"aux": aux, "mean": place(mean_param_network(world), device)}
     for ds in a.eval_sets:
         # references without TTO: their *_before metrics (one cheap batch-mode step 0)
         for ref, net in references.items():
@@ -659,11 +660,11 @@ def main(argv=None) -> dict:
                                       depends=after_aux)
         for n in ("plain", "meta"):
             timings[f"{n} training"] = _stage_time(stages[n])
-        nets = {n: load_main(world, stages[n]["checkpoint"]).to(device) for n in MODELS}
+        nets = {n: place(load_main(world, stages[n]["checkpoint"]), device) for n in MODELS}
 
         # 3. evaluation
         with Stopwatch() as sw:
-            rows, extra = evaluate_models(a, nets, aux.to(device), world, device)
+            rows, extra = evaluate_models(a, nets, place(aux, device), world, device)
         timings["evaluation"] = {"wall_s": sw.wall, "cpu_s": sw.cpu}
     timings["total"] = {"wall_s": total.wall, "cpu_s": total.cpu}
 

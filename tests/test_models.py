@@ -382,3 +382,29 @@ def test_hrnet_backbone_file_loads_trunk_only(tmp_path):
     torch.save({"module." + k: coco[k] for k in ("conv1.weight", "bn1.weight")}, path)
     with pytest.raises(CheckpointError, match="unprefixed"):
         load_backbone_weights(path, net)
+
+
+def test_channels_last_gives_the_same_network(r18):
+    """--memory_format: the same outputs and gradients, the same strict state_dict."""
+    import copy
+    from utils.runtime import place
+    img, bbox = _cliff_inputs()
+    cl = place(copy.deepcopy(r18), "cpu", "auto")           # auto = channels_last on the CPU
+    assert cl.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not cl.conv1.weight.is_contiguous()
+    outs = []
+    for net in (r18, cl):
+        net.zero_grad(set_to_none=True)
+        out = net(img, bbox)
+        out.pred_pose6d.square().sum().backward()
+        outs.append((out.pred_pose6d.detach(), net.layer1[0].conv1.weight.grad.clone()))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(outs[1][1], outs[0][1], rtol=1e-3, atol=1e-5)
+    plain = copy.deepcopy(r18)
+    plain.load_state_dict(cl.state_dict(), strict=True)
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, r18.state_dict()[k]), k
+    assert place(copy.deepcopy(r18), "cpu", "contiguous").conv1.weight.is_contiguous()
+    with pytest.raises(ValueError):
+        place(r18, "cpu", "nhwc")
+

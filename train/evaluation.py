@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import constants
-from utils.runtime import seed_everything, select_device
+from utils.runtime import place, seed_everything, select_device
 from config import DataPaths, MissingFileError
 from train.meta import Camera, TTOConfig, test_time_optimize
 from utils.pose_utils import mpjpe as _mpjpe, pve as _pve, reconstruction_error
@@ -485,8 +485,8 @@ def main(options) -> dict:
         model, model_aux = build_eval_networks(o, paths, ckpt)
     except MissingFileError as e:
         raise SystemExit(f"error: {e}") from e
-    model.to(device)
-    model_aux.to(device)
+    for net in (model, model_aux):
+        place(net, device, o.memory_format)
     smpl = _neutral_smpl(paths, device)
     res = evaluate(model, model_aux, o, o.dataset, paths=paths, device=device, smpl=smpl,
                    max_batches=o.max_batches)

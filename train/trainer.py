@@ -173,8 +173,8 @@ class Trainer:
         from models.smpl import build_smpl
         self.smpl = build_smpl(self.paths, "neutral").to(self.device)
         self.model, self.model_aux = build_networks(o, self.paths)
-        self.model.to(self.device)
-        self.model_aux.to(self.device)
+        for net in (self.model, self.model_aux):
+            runtime.place(net, self.device, getattr(o, "memory_format", "auto"))
         self.optimizer = build_optimizer(o, self.model, self.model_aux)
         self.run_step = MetaStep(o, self.model, self.model_aux, self.smpl, self.optimizer,
                                  self.device, self.world)

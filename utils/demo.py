@@ -626,7 +626,7 @@ def run_demo(o, log=None) -> dict:
     """
     from tqdm import tqdm
     from train.evaluation import build_eval_networks
-    from utils.runtime import seed_everything, select_device
+    from utils.runtime import place, seed_everything, select_device
     from train.meta import Camera, TTOConfig
     from models.smpl import build_smpl
     from utils.renderer import Renderer
@@ -668,8 +668,8 @@ def run_demo(o, log=None) -> dict:
     seed_everything(o.seed)
     device = select_device(o.device)
     model, model_aux = build_eval_networks(o, paths, ckpt)
-    model.to(device)
-    model_aux.to(device)
+    for net in (model, model_aux):
+        place(net, device, o.memory_format)
     smpl = build_smpl(paths, "neutral").to(device)
     faces = np.asarray(smpl.faces, dtype=np.int64)
     camera, cfg = Camera.from_options(o), TTOConfig.from_options(o)

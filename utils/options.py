@@ -35,6 +35,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="auto = cuda when available")
     g.add_argument("--amp", type=str, default="off", choices=("off", "bf16", "fp16"),
                    help="mixed precision on CUDA")
+    g.add_argument("--memory_format", type=str, default="auto",
+                   choices=("auto", "channels_last", "contiguous"),
+                   help="layout of the networks' convolution weights: auto = channels_last on "
+                        "the CPU (about 1.3x faster there), contiguous on CUDA; the values and "
+                        "the checkpoints are the same either way")
     g.add_argument("--seed", type=int, default=2023, help="seed of python, numpy, torch, data order")
     g.add_argument("--skip_bad_images", action="store_true",
                    help="skip unreadable images (counted and reported) instead of failing")
