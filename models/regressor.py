@@ -19,6 +19,9 @@ The head (fc1, fc2, decpose, decshape, deccam) is the only fast-weight set (deci
 reads its weights through module attributes and computes every linear map with
 :func:`batched_linear`, so it works under ``torch.func.functional_call`` with either shared
 weights ([out, in] / [out]) or per-sample weights ([B, out, in] / [B, out]).
+``forward(head_delta=...)`` adds per-sample weight updates, dense or as :class:`LowRankDelta`
+factors (the per-sample meta inner step), and ``forward(record=...)`` keeps every head layer's
+input and output (from which that step takes its gradients).
 """
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ through :func:`torch.func.functional_call`:
 * *TTO steps >= 1* take Adam steps of ``after_innerlr`` on all weights with the 2D loss only.
 
 Granularity (``tto_mode``): ``batch`` adapts one set of weights per batch (the released code);
-``sample`` adapts every sample on its own. In the inner step, per-sample head weights carry a
-leading batch dimension (the head's linear layers run as batched matmuls), so one backward gives
-every sample its own gradient. In TTO, per-sample adaptation of all weights is vectorised with
+``sample`` adapts every sample on its own. In the inner step, one backward to the head layers'
+outputs gives every sample its own gradient, and each sample's update of a layer's weight
+(a sum of one outer product per IEF iteration) is kept as low-rank factors. In TTO, per-sample adaptation of all weights is vectorised with
 ``torch.func.vmap`` over chunks of ``tto_chunk`` samples (1 = a loop over samples). On the CPU
 the chunks run in ``tto_workers`` threads at one intra-op thread each: a batch-of-one network
 step cannot keep several cores busy, independent samples can.
@@ -198,7 +198,7 @@ def inner_adapt(model, features: Tensor, bbox_info: Tensor | None, batch: dict, 
     Args:
         features: [B,D] backbone features (computed once per iteration, decisions D4).
         mode: 'sample' (every sample its own fast weights W + delta[i], the weight updates
-            kept as low-rank factors: :func:`_per_sample_sgd`) or 'batch' (one set for the
+            kept as low-rank factors: :func:`_sgd_step`) or 'batch' (one set for the
             batch).
         first_order: FOMAML (gradients detached); otherwise the graph is kept (MAML).
     Returns:
