@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -263,6 +264,26 @@ def test_tto_trace_gives_every_shorter_run(setup, mode, chunk):
         torch.testing.assert_close(full.trace[k + 1]["vertices"], short.after["vertices"],
                                    rtol=1e-5, atol=1e-6)
     assert not torch.allclose(full.trace[1]["vertices"], full.trace[3]["vertices"])
+
+
+def test_tto_worker_error_stops_the_batch(setup, monkeypatch):
+    """An error in one worker reaches the caller; the groups not yet started do not run."""
+    import train.meta as meta
+    o, model, aux, batch, smpl = setup
+    calls = []
+
+    def failing_group(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.2)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(meta, "_tto_group", failing_group)
+    big = {k: torch.cat([v] * 4) if torch.is_tensor(v) else v for k, v in batch.items()}
+    threads = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="boom"):
+        test_time_optimize(model, aux, big, smpl, Camera.from_options(o),
+                           _tto_cfg(o, tto_mode="sample", tto_chunk=1, tto_workers=2))
+    assert len(calls) < big["img"].shape[0] and torch.get_num_threads() == threads
 
 
 def test_tto_early_stop_and_nonfinite(setup):
