@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -33,6 +32,8 @@ from smplx.utils import Struct
 
 import constants
 from config import DataPaths
+from utils import safe_pickle
+from utils.errors import UserError
 
 __all__ = ["SMPL", "SMPLOutput", "build_smpl", "load_regressor", "load_smpl_data",
            "SMPLFileError", "NUM_SOURCE_JOINTS"]
@@ -48,7 +49,7 @@ _EXPECTED = {
 }
 
 
-class SMPLFileError(ValueError):
+class SMPLFileError(UserError, ValueError):
     """An SMPL model or regressor file is unreadable or has the wrong content."""
 
 
@@ -80,19 +81,21 @@ def _dense(x) -> np.ndarray:
 def load_smpl_data(path: str | os.PathLike) -> dict:
     """Read and check an SMPL pickle; returns its dict (arrays as in the file).
 
-    Raises :class:`SMPLFileError` naming the file when it cannot be unpickled (e.g. chumpy
-    missing for the official files) or a key is missing or has the wrong shape.
+    The pickle is read through :mod:`utils.safe_pickle` (numpy / scipy.sparse / chumpy arrays
+    and basic containers only): a file naming anything else raises
+    :class:`utils.safe_pickle.UnsafePickleError` and runs nothing. Raises
+    :class:`SMPLFileError` naming the file when it cannot be unpickled (e.g. chumpy missing for
+    the official files) or a key is missing or has the wrong shape.
     """
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            data = pickle.load(fh, encoding="latin1")
-    except ModuleNotFoundError as e:
-        raise SMPLFileError(f"cannot unpickle SMPL model {path}: module {e.name!r} is missing "
-                            "(the official SMPL pickles need chumpy: pip install chumpy-fixed)"
-                            ) from e
+        data = safe_pickle.load_file(path, what="SMPL body model")
+    except safe_pickle.UnsafePickleError:
+        raise
     except Exception as e:   # noqa: BLE001 - re-raised with the file name
-        raise SMPLFileError(f"cannot read SMPL model {path}: {type(e).__name__}: {e}") from e
+        raise SMPLFileError(f"{path}: cannot read this SMPL body model ({type(e).__name__}: "
+                            f"{e}). Use the official SMPL_*.pkl of the seed README (or the "
+                            f"synthetic world's)") from e
     if not isinstance(data, dict):
         raise SMPLFileError(f"SMPL model {path}: expected a pickled dict, got {type(data)}")
     for key, shape in _EXPECTED.items():

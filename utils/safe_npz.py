@@ -1,0 +1,60 @@
+"""Reading an ``.npz`` without ever unpickling it (issue #15, items 1 and 5).
+
+:func:`read_npz` returns every member as a materialised numpy array. It refuses, with
+:class:`NpzError` naming the file and the key:
+
+* an object array (its data is a pickle, which can run code when loaded; the official SPIN /
+  CLIFF files never hold one, and ``np.load`` is always called with ``allow_pickle=False``);
+* a zip member stored twice (``pose.npy`` twice: numpy would silently use one of them);
+* a file that is not a zip archive of ``.npy`` members.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from utils.errors import UserError
+
+__all__ = ["NpzError", "read_npz"]
+
+
+class NpzError(UserError, ValueError):
+    """An npz file that cannot be read safely; the message names the file and the key."""
+
+
+def _check_members(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [i.filename for i in zf.infolist()]
+    except zipfile.BadZipFile as e:
+        raise NpzError(f"{path}: not an npz file (not a zip archive: {e}). Pass a file written "
+                       f"by numpy.savez") from None
+    twice = sorted(n for n, c in collections.Counter(names).items() if c > 1)
+    if twice:
+        raise NpzError(f"{path}: zip member(s) stored more than once: {', '.join(twice)} "
+                       f"(which copy is meant is ambiguous; the file was tampered with or "
+                       f"written wrongly). Re-create it with numpy.savez")
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All arrays of the npz at ``path``; never unpickles (module docstring)."""
+    path = Path(path)
+    _check_members(path)
+    out = {}
+    with np.load(path, allow_pickle=False) as z:
+        for key in z.files:
+            try:
+                out[key] = z[key]
+            except ValueError as e:
+                if "allow_pickle" not in str(e) and "Object arrays" not in str(e):
+                    raise NpzError(f"{path}: cannot read array {key!r} ({e}). Re-create the "
+                                   f"file with numpy.savez") from None
+                raise NpzError(f"{path}: array {key!r} is an object array, i.e. a pickle, "
+                               f"which could run code when loaded; refused. Store it as a "
+                               f"numeric or string array (np.savez of e.g. "
+                               f"arr.astype(str)) instead") from None
+    return out

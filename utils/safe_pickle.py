@@ -1,0 +1,179 @@
+"""Restricted unpickling of every pickle the project reads (issue #15, security items 1-2).
+
+A pickle names the functions and classes it calls; an ordinary ``pickle.load`` imports and calls
+whatever the file names (``os.system`` included). :func:`load` and :func:`load_file` admit only
+what the official files need and refuse anything else with :class:`UnsafePickleError` *before*
+it is imported:
+
+* numpy: ``ndarray``, ``dtype`` (and its per-type subclasses), scalar types, and the array
+  reconstructors (``numpy[._]core.multiarray._reconstruct`` / ``scalar``,
+  ``numpy[._]core.numeric._frombuffer``);
+* scipy: the sparse matrix / array classes of ``scipy.sparse`` (``J_regressor``);
+* chumpy: subclasses of ``chumpy.ch.Ch`` (``shapedirs`` and friends of the official SMPL
+  files; chumpy itself is imported only when a file names it);
+* the basic containers and helpers a protocol-2 pickle uses: ``set``, ``frozenset``, ``list``,
+  ``dict``, ``tuple``, ``object``, ``slice``, ``complex``, ``bytes``, ``bytearray``,
+  ``collections.OrderedDict``, ``copyreg._reconstructor`` and ``_codecs.encode`` (how Python 3
+  writes bytes under protocol 2).
+
+Python-2 names (``copy_reg``, ``__builtin__``, ``numpy.core``) are mapped as ``pickle`` does.
+:func:`load_npy` reads a ``.npy`` file, unpickling object arrays (the occluder file) through the
+same filter. Nothing here imports ``models/``, ``train/`` or ``datasets/``: a raw-dataset reader
+(``datasets/prepare.py``: 3DPW's sequence pickles) uses the same functions.
+"""
+from __future__ import annotations
+
+import _compat_pickle
+import codecs
+import collections
+import copyreg
+import functools
+import importlib
+import importlib.util
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from utils.errors import UserError
+
+__all__ = ["UnsafePickleError", "RestrictedUnpickler", "load", "load_file", "load_npy"]
+
+# modules whose names are looked up at all (anything else is refused before it is imported)
+_MODULE_PREFIXES = ("numpy.core.", "numpy._core.", "scipy.sparse.", "chumpy.")
+_MODULES = ("numpy", "numpy.dtypes", "numpy.core", "numpy._core", "scipy.sparse", "chumpy",
+            "builtins")
+_BUILTINS = {set, frozenset, list, dict, tuple, object, slice, complex, bytes, bytearray,
+             int, float, bool, str}
+_NAMED = {"copyreg": copyreg._reconstructor, "_codecs": codecs.encode, "codecs": codecs.encode,
+          "collections": collections.OrderedDict}
+_ALLOWED_NAMES = {("copyreg", "_reconstructor"), ("_codecs", "encode"), ("codecs", "encode"),
+                  ("collections", "OrderedDict")}
+
+
+class UnsafePickleError(UserError, pickle.UnpicklingError):
+    """A pickle names something outside the allowed set (it could run code): refused."""
+
+
+@functools.lru_cache(maxsize=1)
+def _np_helpers() -> tuple:
+    """numpy's reconstructor functions (``numpy._core`` on numpy 2, ``numpy.core`` on 1.x)."""
+    core = "numpy._core" if importlib.util.find_spec("numpy._core") else "numpy.core"
+    found = []
+    for mod, names in ((".multiarray", ("_reconstruct", "scalar")), (".numeric", ("_frombuffer",))):
+        m = importlib.import_module(core + mod)
+        found += [getattr(m, n) for n in names if n in vars(m)]
+    return tuple(found)
+
+
+def _resolve(mod: str, name: str):
+    """Import ``mod`` and return its ``name``; numpy 1.x / old scipy module names mapped."""
+    if mod == "numpy.core" or mod.startswith("numpy.core."):
+        if importlib.util.find_spec("numpy._core"):
+            mod = "numpy._core" + mod[len("numpy.core"):]
+    elif mod.startswith("scipy.sparse."):     # scipy.sparse.csc -> scipy.sparse (same classes)
+        mod = "scipy.sparse"
+    return getattr(importlib.import_module(mod), name)
+
+
+def _admitted(module: str, obj: object) -> bool:
+    """Whether the resolved global ``obj`` (from package ``module``) is on the allow list."""
+    top = module.split(".")[0]
+    if top == "numpy":
+        return (obj in (np.ndarray, np.dtype) or any(obj is f for f in _np_helpers())
+                or (isinstance(obj, type) and issubclass(obj, (np.dtype, np.generic))))
+    if top == "scipy":
+        if not module.startswith("scipy.sparse"):
+            return False
+        import scipy.sparse as sp
+        bases = tuple(b for b in (getattr(sp, "spmatrix", None), getattr(sp, "sparray", None))
+                      if b is not None)
+        return isinstance(obj, type) and issubclass(obj, bases)
+    if top == "chumpy":
+        from chumpy.ch import Ch
+        return isinstance(obj, type) and issubclass(obj, Ch)
+    if top == "builtins":
+        return obj in _BUILTINS
+    return False
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only the allowed globals (module docstring).
+
+    Args:
+        file: a binary file object.
+        source: the file name, used in error messages.
+        what: a few words naming the file's role (e.g. "SMPL body model").
+    """
+
+    def __init__(self, file, source: str = "<pickle>", what: str = "pickle", **kwargs):
+        kwargs.setdefault("encoding", "latin1")
+        super().__init__(file, **kwargs)
+        self.source, self.what = str(source), what
+
+    def _refuse(self, module: str, name: str) -> UnsafePickleError:
+        return UnsafePickleError(
+            f"{self.source}: refused to load this {self.what}: it names {module}.{name}, which "
+            f"is not a numpy array, scipy sparse matrix, chumpy array or basic container (a "
+            f"pickle that names other things can run code when loaded). Use the official file "
+            f"(or one written by this project); do not use this one")
+
+    def find_class(self, module: str, name: str):
+        mod, nm = module, name
+        if (mod, nm) in _compat_pickle.NAME_MAPPING:          # Python-2 names
+            mod, nm = _compat_pickle.NAME_MAPPING[(mod, nm)]
+        elif mod in _compat_pickle.IMPORT_MAPPING:
+            mod = _compat_pickle.IMPORT_MAPPING[mod]
+        if (mod, nm) in _ALLOWED_NAMES:
+            return _NAMED[mod]
+        if "." in nm or not (mod in _MODULES or mod.startswith(_MODULE_PREFIXES)):
+            raise self._refuse(module, name)                   # refused before any import
+        try:
+            obj = _resolve(mod, nm)
+        except (ImportError, AttributeError) as e:
+            if mod.split(".")[0] == "chumpy" and isinstance(e, ModuleNotFoundError):
+                raise UnsafePickleError(
+                    f"{self.source}: this {self.what} holds chumpy arrays and chumpy is not "
+                    f"installed. Install it (pip install chumpy-fixed) and retry") from None
+            raise self._refuse(module, name) from None
+        if not _admitted(mod, obj):
+            raise self._refuse(module, name)
+        return obj
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError(f"{self.source}: refused to load this {self.what}: it uses "
+                                f"persistent ids, which the official files never do")
+
+
+def load(file, source: str = "<pickle>", what: str = "pickle"):
+    """Unpickle one object from the binary file object ``file`` through the allow list."""
+    return RestrictedUnpickler(file, source=source, what=what).load()
+
+
+def load_file(path: str | os.PathLike, what: str = "pickle"):
+    """Unpickle the file at ``path`` through the allow list (``encoding='latin1'``)."""
+    with open(path, "rb") as fh:
+        return load(fh, source=str(path), what=what)
+
+
+def load_npy(path: str | os.PathLike, what: str = "array file") -> np.ndarray:
+    """``np.load`` of one ``.npy`` file; an object array is unpickled through the allow list.
+
+    Raises :class:`UnsafePickleError` when the pickle names anything else, and ``ValueError``
+    (from numpy) for a file that is not a ``.npy``.
+    """
+    path = Path(path)
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        _shape, _fortran, dtype = read_header(fh)
+        if not dtype.hasobject:
+            fh.seek(0)
+            return np.lib.format.read_array(fh, allow_pickle=False)
+        arr = load(fh, source=str(path), what=what)
+    if not isinstance(arr, np.ndarray):
+        raise UnsafePickleError(f"{path}: expected a pickled numpy array in this {what}, found "
+                                f"{type(arr).__name__}. Re-create the file with np.save")
+    return arr
