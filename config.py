@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.errors import UserError   # a leaf module without imports
+
 SYNTHETIC_ROOT = "data/synthetic"
 
 # npz annotation files under <root>/data/datasets/
@@ -77,7 +79,7 @@ RELEASED_CHECKPOINTS = ("ckpt/cliff_hrnet_3dpw.pt", "ckpt/cliff_hrnet_h36m.pt",
                         "ckpt/hmr_resnet_3dpw.pt", "ckpt/hmr_resnet_h36m.pt")
 
 
-class MissingFileError(FileNotFoundError):
+class MissingFileError(UserError, FileNotFoundError):
     """A file of the data layout is missing; the message says what, where and from where."""
 
 
@@ -121,6 +123,25 @@ class DataPaths:
         img_root = getattr(options, "img_root", None)
         return cls(Path(root), Path(img_root) if img_root else None)
 
+    def check_root(self) -> None:
+        """Raise :class:`MissingFileError` when the data root (or ``img_root``) does not exist.
+
+        Said once for the folder, instead of naming only the first file missing under it.
+        """
+        for folder, option in ((self.root, "--data_root (env METAHMR_ROOT)"),
+                               (self.img_root, "--img_root")):
+            if folder is not None and not folder.is_dir():
+                raise MissingFileError(
+                    f"{folder.resolve()}: this folder, given by {option}, does not exist. Pass "
+                    f"the folder that holds the seed README's layout (data/, ckpt/, models/, "
+                    f"datasets/), or --synthetic for the stand-in world")
+
+    def _require(self, path: Path, what: str, source: str = "") -> Path:
+        """:func:`require` for a file under the root: a missing root is said first."""
+        if not path.exists():
+            self.check_root()
+        return require(path, what, source)
+
     # -- directories -------------------------------------------------------------------------
     @property
     def data_dir(self) -> Path:
@@ -137,46 +158,52 @@ class DataPaths:
     # -- files -------------------------------------------------------------------------------
     def smpl_model(self, gender: str = "neutral") -> Path:
         name = {"neutral": "NEUTRAL", "male": "MALE", "female": "FEMALE"}[gender]
-        return require(self.smpl_dir / f"SMPL_{name}.pkl", f"SMPL {gender} body model", _SMPL_SRC)
+        return self._require(self.smpl_dir / f"SMPL_{name}.pkl", f"SMPL {gender} body model",
+                             _SMPL_SRC)
 
     def smpl_mean_params(self) -> Path:
-        return require(self.data_dir / "smpl_mean_params.npz", "SMPL mean parameters", _SPIN_SRC)
+        return self._require(self.data_dir / "smpl_mean_params.npz", "SMPL mean parameters",
+                             _SPIN_SRC)
 
     def j_regressor_extra(self) -> Path:
-        return require(self.data_dir / "J_regressor_extra.npy", "extra joint regressor", _SPIN_SRC)
+        return self._require(self.data_dir / "J_regressor_extra.npy", "extra joint regressor",
+                             _SPIN_SRC)
 
     def j_regressor_h36m(self) -> Path:
-        return require(self.data_dir / "J_regressor_h36m.npy", "H36M joint regressor", _SPIN_SRC)
+        return self._require(self.data_dir / "J_regressor_h36m.npy", "H36M joint regressor",
+                             _SPIN_SRC)
 
     def occluders(self) -> Path:
-        return require(self.data_dir / "VOC" / "pascal_occluders.npy",
-                       "Pascal VOC occluders (pascal_occluders.npy)",
-                       "the occluder file used by the released code (Pascal VOC 2012 objects)")
+        return self._require(self.data_dir / "VOC" / "pascal_occluders.npy",
+                             "Pascal VOC occluders (pascal_occluders.npy)",
+                             "the occluder file of the released code (Pascal VOC 2012 objects)")
 
     def dataset_npz(self, name: str, is_train: bool) -> Path:
         split = "train" if is_train else "test"
         files = DATASET_FILES[split]
         if name not in files:
             raise ValueError(f"unknown {split} dataset {name!r}; choose from {sorted(files)}")
-        return require(self.data_dir / "datasets" / files[name],
-                       f"{name} {split} annotations", _DATASET_SRC)
+        return self._require(self.data_dir / "datasets" / files[name],
+                             f"{name} {split} annotations", _DATASET_SRC)
 
     def image_folder(self, name: str) -> Path:
-        return require(self.images_dir / DATASET_FOLDERS[name], f"{name} image folder",
-                       _DATASET_SRC)
+        return self._require(self.images_dir / DATASET_FOLDERS[name], f"{name} image folder",
+                             _DATASET_SRC)
 
     def backbone_checkpoint(self, backbone: str) -> Path:
         if backbone not in BACKBONE_FILES:
             raise ValueError(f"no pretrained backbone file known for {backbone!r}")
-        return require(self.root / BACKBONE_FILES[backbone], f"pretrained {backbone} backbone",
-                       _BACKBONE_SRC)
+        return self._require(self.root / BACKBONE_FILES[backbone],
+                             f"pretrained {backbone} backbone",
+                             _BACKBONE_SRC)
 
     def aux_checkpoint(self, model: str, backbone: str) -> Path:
         key = (model, backbone)
         if key not in AUX_FILES:
             raise ValueError(f"no auxiliary-network checkpoint known for {model}/{backbone}")
-        return require(self.root / AUX_FILES[key], f"{model}/{backbone} aux-network checkpoint",
-                       _CLIFF_SRC if model == "cliff" else _SPIN_SRC)
+        return self._require(self.root / AUX_FILES[key],
+                             f"{model}/{backbone} aux-network checkpoint",
+                             _CLIFF_SRC if model == "cliff" else _SPIN_SRC)
 
     def release_checkpoint(self, path: str | os.PathLike) -> Path:
         return require(path, "Meta-HMR checkpoint", _CKPT_SRC)
