@@ -18,15 +18,23 @@ validated (required keys, lengths, shapes, NaN/inf, a visible GT keypoint per sa
    (bilinear, black border), synthetic occlusion (training h36m / mpi-inf-3dhp with
    ``--syn_occ``), pixel noise, ImageNet normalisation, CHW.
 
-Bad data raises :class:`DatasetError` naming the file, the sample index and the problem. With
-``options.skip_bad_images`` a missing or unreadable image is replaced by the next readable one
-(index + 1, + 2, ... wrapping); ``dataset.n_skipped`` counts the replacements over every process
-that used this dataset object (DataLoader workers included, through a shared-memory counter),
-and each sample's ``n_skipped`` entry says how many images were skipped to produce it.
+The npz is read without unpickling (:func:`utils.safe_npz.read_npz`: object arrays and
+duplicated zip members are refused). Bad data raises :class:`DatasetError` naming the file, the
+sample index and the problem; a 3DPW test file without ``gender``, and a test file without
+usable ``openpose`` keypoints under ``--use_openpose2d``, are errors too. An image is unreadable
+when it is missing, undecodable, a truncated JPEG, or under 2 pixels on a side. With
+``options.skip_bad_images`` a training set replaces an unreadable image by the next readable
+one (index + 1, + 2, ... wrapping; each sample's ``n_skipped`` says how many were skipped to
+produce it), while a test set returns ``{'skipped': True, 'sample_index', 'imgname',
+'reason'}``, which :func:`collate_skipping` leaves out of the batch and lists, so that the
+sample is never scored in another's place. ``dataset.n_skipped`` counts the skips over every
+process that used this dataset object (DataLoader workers included, through a shared-memory
+counter).
 """
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -39,18 +47,23 @@ import constants
 from config import DataPaths
 from datasets.occlusion import SyntheticOcclusion
 from utils import imutils
+from utils.errors import UserError
+from utils.safe_npz import NpzError, read_npz
 
-__all__ = ["BaseDataset", "DatasetError", "OCCLUDED_DATASETS", "HALF_SIZE_DATASETS"]
+__all__ = ["BaseDataset", "DatasetError", "OCCLUDED_DATASETS", "HALF_SIZE_DATASETS",
+           "collate_skipping", "read_image_file"]
 
 OCCLUDED_DATASETS = ("h36m", "mpi-inf-3dhp")   # --syn_occ applies to their training samples
 HALF_SIZE_DATASETS = ("3dpw",)                 # images at half resolution (§6.3 item 1)
+GENDERED_TEST_SETS = ("3dpw",)   # test GT from the gendered SMPL: 'gender' is required
+_NOTED: set[str] = set()         # test files whose missing 'S' was already said
 
 # npz key -> expected per-sample shape (None = any trailing shape)
 _SHAPES = {"part": (24, 3), "openpose": (25, 3), "pose": (72,), "S": (24, 4),
            "center": (2,), "has_smpl": (), "gender": ()}
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """Bad dataset content; the message names the file, the sample index and what is wrong."""
 
 
@@ -93,6 +106,9 @@ class BaseDataset(Dataset):
         self.img_dir = self.paths.image_folder(dataset)
         # occluders: only needed (and only required to exist) when they will be used (D8)
         self.occluder = SyntheticOcclusion(self.paths.occluders()) if self.use_syn_occ else None
+        # test sets leave an unreadable image's sample out (see collate_skipping), training
+        # replaces it by the next readable one
+        self.drop_bad_images = not self.is_train
         self._skipped = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._warned_skip = False
         self._load(self.npz_file)
@@ -183,6 +199,11 @@ class BaseDataset(Dataset):
         if "gender" in data:
             g = np.char.lower(np.char.strip(data["gender"].astype(str)))
             self.gender = np.where(g == "m", 0, 1).astype(np.int64)
+        elif self.dataset in GENDERED_TEST_SETS and not self.is_train:
+            raise self._fail("has no 'gender' array, which the 3DPW protocol needs (each "
+                             "person is scored against the SMPL mesh of their gender). Use the "
+                             "released 3dpw_test_w2d_smpl3d_gender_openpose.npz, or add a "
+                             "'gender' array of 'm'/'f' per sample")
         else:
             self.gender = np.full(n, -1, np.int64)
         self.focal_length = None
@@ -194,7 +215,24 @@ class BaseDataset(Dataset):
                 raise self._fail(f"'focal_length' is not positive ({f[i]})", i)
             self.focal_length = f / 2 if self.half_size else f
         self.maskname = data["maskname"].astype(str) if "maskname" in data else None
+        if not self.is_train:
+            self._check_test_inputs(data)
         self.partname = data["partname"].astype(str) if "partname" in data else None
+
+    def _check_test_inputs(self, data: dict) -> None:
+        """Test sets: the inputs test-time optimisation reads must be there (issue #15 item 8)."""
+        if _opt(self.options, "use_openpose2d", False) and (
+                "openpose" not in data or not (data["openpose"][..., 2] > 0).any()):
+            what = "no 'openpose' array" if "openpose" not in data else \
+                "'openpose' keypoints that all have confidence 0"
+            raise self._fail(f"has {what}, so --use_openpose2d would run test-time optimisation "
+                             f"on an all-zero 2D loss. Drop --use_openpose2d (use the GT 2D "
+                             f"keypoints) or use the *_openpose.npz file of the seed README")
+        if "S" not in data and not self.ignore_3d and str(self.npz_file) not in _NOTED:
+            _NOTED.add(str(self.npz_file))
+            print(f"note: {self.dataset} ({self.npz_file}) has no 'S' (3D joints): the 3D "
+                  f"keypoint term of the test-time pseudo-label loss is dropped for it",
+                  file=sys.stderr, flush=True)
 
     def __len__(self) -> int:
         return self.n
@@ -208,27 +246,36 @@ class BaseDataset(Dataset):
     def image_path(self, index: int) -> str:
         return os.path.join(self.img_dir, self.imgname[index])
 
+    def _load_image(self, index: int) -> tuple[np.ndarray | None, str]:
+        """(BGR uint8 image, halved for 3DPW, '') or (None, why it is unreadable)."""
+        path = self.image_path(index)
+        img, why = read_image_file(path)
+        if img is not None and self.half_size:
+            h, w = img.shape[:2]
+            if min(h // 2, w // 2) < MIN_IMAGE_SIDE:
+                return None, f"image is {w}x{h} pixels, too small to halve (3DPW) and crop"
+            img = cv2.resize(img, (w // 2, h // 2))
+        return img, why
+
     def _read_image(self, index: int) -> np.ndarray | None:
         """BGR uint8 image (halved for 3DPW); None if bad and ``skip_bad_images``."""
-        path = self.image_path(index)
-        exists = os.path.isfile(path)  # (a stat; spares cv2's own warning on missing files)
-        img = cv2.imread(path, cv2.IMREAD_COLOR) if exists else None
-        if img is None or img.size == 0:
-            why = ("file does not exist" if not exists else
-                   "file exists but could not be decoded (corrupt or not an image)")
-            if not self.skip_bad_images:
-                raise self._fail(f"cannot read image {path}: {why} (pass --skip_bad_images "
-                                 f"to replace bad images by the next readable one)", index)
-            if not self._warned_skip:
-                warnings.warn(f"{self.dataset}: skipping unreadable image {path} "
-                              f"(sample {index}): {why}; later skips are only counted",
-                              stacklevel=3)
-                self._warned_skip = True
-            return None
-        if self.half_size:
-            h, w = img.shape[:2]
-            img = cv2.resize(img, (w // 2, h // 2))
+        img, why = self._load_image(index)
+        if img is None:
+            self._bad_image(index, why)
         return img
+
+    def _bad_image(self, index: int, why: str) -> None:
+        """Raise for an unreadable image, or warn once (``skip_bad_images``)."""
+        path = self.image_path(index)
+        if not self.skip_bad_images:
+            what = ("leave such samples out of the metrics" if self.drop_bad_images else
+                    "replace bad images by the next readable one")
+            raise self._fail(f"cannot read image {path}: {why}. Replace the file, or pass "
+                             f"--skip_bad_images to {what}", index)
+        if not self._warned_skip:
+            warnings.warn(f"{self.dataset}: skipping unreadable image {path} (sample {index}): "
+                          f"{why}; later skips are only counted", stacklevel=4)
+            self._warned_skip = True
 
     # -- one sample --------------------------------------------------------------------------
     def augm_params(self):
@@ -252,15 +299,19 @@ class BaseDataset(Dataset):
                              f"({self.npz_file}) of {self.n} samples")
         index %= self.n
         start, skipped = index, 0
-        img = self._read_image(index)
+        img, why = self._load_image(index)
         while img is None:
-            skipped += 1
+            self._bad_image(index, why)       # raises unless skip_bad_images
             self._skipped += 1
+            if self.drop_bad_images:          # test sets: left out, never replaced
+                return {"skipped": True, "sample_index": index,
+                        "imgname": self.image_path(index), "reason": why}
+            skipped += 1
             if skipped >= self.n:
                 raise self._fail(f"no readable image in the whole dataset (tried all {self.n} "
                                  f"samples, starting at {start}; images under {self.img_dir})")
             index = (index + 1) % self.n
-            img = self._read_image(index)
+            img, why = self._load_image(index)
         item = self._process(index, img)
         item["n_skipped"] = skipped
         return item
@@ -337,18 +388,71 @@ class BaseDataset(Dataset):
         }
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of an npz, materialised (object arrays allowed only when present)."""
+MIN_IMAGE_SIDE = 2     # pixels; a smaller image has no person to crop
+
+
+def _jpeg_truncated(path: str) -> bool:
+    """A JPEG cut short (no end-of-image marker; libjpeg would fill the rest with grey).
+
+    Cheap test first: the file ends with the EOI marker ``FF D9`` (trailing zero padding
+    allowed); only when it does not is the file fully decoded by Pillow, which raises on
+    truncated data (so files with extra bytes after EOI are still accepted).
+    """
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\xff\xd8":
+            return False
+        fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, fh.tell() - 1024))
+        if fh.read().rstrip(b"\x00").endswith(b"\xff\xd9"):
+            return False
+    from PIL import Image
     try:
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except ValueError as e:
-            if "allow_pickle" not in str(e):
-                raise
-            with np.load(path, allow_pickle=True) as z:
-                return {k: z[k] for k in z.files}
-    except DatasetError:
-        raise
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, SyntaxError):
+        return True
+    return False
+
+
+def read_image_file(path: str) -> tuple[np.ndarray | None, str]:
+    """(BGR uint8 image, '') or (None, why it cannot be used): missing, undecodable,
+    truncated JPEG, or smaller than ``MIN_IMAGE_SIDE`` pixels on a side."""
+    if not os.path.isfile(path):  # (a stat; spares cv2's own warning on missing files)
+        return None, "file does not exist"
+    if _jpeg_truncated(path):
+        return None, "truncated JPEG (the file ends before its end-of-image marker)"
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None or img.size == 0:
+        return None, "file exists but could not be decoded (corrupt or not an image)"
+    h, w = img.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        return None, f"image is {w}x{h} pixels, too small to crop a person from"
+    return img, ""
+
+
+def collate_skipping(items: list[dict]) -> dict:
+    """DataLoader ``collate_fn`` for test sets read with ``skip_bad_images``.
+
+    Samples whose image was unreadable (``{'skipped': True, ...}`` items) are left out of the
+    batch and listed under ``batch['skipped']`` (dicts with sample_index, imgname, reason);
+    the others are collated as usual. A batch of only skipped samples has no other key.
+    """
+    from torch.utils.data import default_collate
+    good = [it for it in items if not it.get("skipped")]
+    bad = [{k: it[k] for k in ("sample_index", "imgname", "reason")}
+           for it in items if it.get("skipped")]
+    batch = default_collate(good) if good else {}
+    batch["skipped"] = bad
+    return batch
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an npz, materialised; never unpickled (:func:`utils.safe_npz.read_npz`:
+    an object array or a zip member stored twice is refused, naming the file and the key)."""
+    try:
+        return read_npz(path)
+    except NpzError as e:
+        raise DatasetError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - any unreadable-file error, re-raised with the name
-        raise DatasetError(f"cannot read annotation file {path}: {type(e).__name__}: {e}") from e
+        raise DatasetError(f"{path}: cannot read this annotation file ({type(e).__name__}: "
+                           f"{e}). Re-create it with numpy.savez") from e

@@ -1,7 +1,8 @@
 """Synthetic occlusion with Pascal VOC object patches (upstream-behaviour.md §2.7, decisions D8).
 
 ``data/VOC/pascal_occluders.npy`` holds RGBA uint8 patches: an object (or list) array of
-H x W x 4 arrays, or one N x H x W x 4 array. The colour channels are RGB, like the crops.
+H x W x 4 arrays, or one N x H x W x 4 array. An object array is a pickle: it is read through
+:func:`utils.safe_pickle.load_npy` (numpy arrays only; anything else is refused, never run). The colour channels are RGB, like the crops.
 
 Per crop (numpy global random state, in this order): ``count = randint(1, 8)`` (1..7), then for
 each occluder: its index ``randint(len)``, a size factor ``U(0.2, 1.0) * min(W, H) / 256``
@@ -19,17 +20,22 @@ import os
 import cv2
 import numpy as np
 
+from utils import safe_pickle
+from utils.errors import UserError
+
 __all__ = ["SyntheticOcclusion", "load_occluders", "OccluderFileError"]
 
 
-class OccluderFileError(ValueError):
+class OccluderFileError(UserError, ValueError):
     """The occluder file is unreadable or holds something other than RGBA patches."""
 
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(path: str, mtime: float) -> tuple[np.ndarray, ...]:
     try:
-        raw = np.load(path, allow_pickle=True)
+        raw = safe_pickle.load_npy(path, what="occluder file")   # never runs code
+    except safe_pickle.UnsafePickleError:
+        raise
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
         raise OccluderFileError(f"cannot read occluder file {path}: {e}") from e
     if isinstance(raw, np.ndarray) and raw.dtype != object and raw.ndim == 4:

@@ -533,7 +533,7 @@ def test_no_visible_keypoint(tmp_path):
 def test_unreadable_npz(tmp_path):
     npz = make_npz_and_images(tmp_path, "h36m", True, n=2)
     npz.write_bytes(b"not a zip file")
-    _expect(tmp_path, "h36m", "cannot read annotation file")
+    _expect(tmp_path, "h36m", "h36m_mosh_train_fixname.npz: not an npz file")
 
 
 def test_missing_npz_and_image_folder(tmp_path):
