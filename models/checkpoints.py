@@ -21,7 +21,9 @@ highest resolution only), which PARE's multi-scale stage 4 has and keeps random,
 from __future__ import annotations
 
 import os
+import pickletools
 import re
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import torch.nn as nn
 
 import config
 from config import require
+from utils.errors import UserError
 
 from .regressor import Regressor, build_model
 
@@ -40,7 +43,7 @@ _COCO_HRNET_ABSENT = re.compile(r"^stage4\.2\.fuse_layers\.[123]\.")
 _SHOW = 12
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A weight file does not match the network it is loaded into (message names file + keys)."""
 
 
@@ -49,13 +52,91 @@ def _fmt(keys: list) -> str:
     return f"[{head}{f', ... ({len(keys) - _SHOW} more)' if len(keys) > _SHOW else ''}]"
 
 
-def _read(path: str | os.PathLike, what: str) -> object:
+def _unsafe_globals(path: Path) -> list[str]:
+    """Names a checkpoint's pickle would import beyond torch's weights-only set (never run)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - a legacy (non-zip) file: read the opcodes instead
+        pass
+    try:
+        with open(path, "rb") as fh:
+            ops = list(pickletools.genops(fh))
+    except Exception:  # noqa: BLE001 - not a pickle at all
+        return []
+    names = [str(arg).replace(" ", ".") for op, arg, _ in ops if op.name == "GLOBAL"]
+    return [n for n in names if not n.startswith(("collections.", "torch."))]
+
+
+_CODE_MODULES = ("os", "posix", "nt", "sys", "subprocess", "builtins", "__builtin__", "shutil",
+                 "socket", "importlib", "runpy", "pty", "code", "pickle", "marshal", "types",
+                 "functools", "operator", "ctypes", "webbrowser")
+
+
+def _resolved(name: str) -> object:
+    """The object a global name denotes, if its module is already imported (never imports)."""
+    mod, _, attr = name.rpartition(".")
+    return getattr(sys.modules.get(mod), attr, None)
+
+
+def _is_class(name: str) -> bool:
+    """Whether the global ``name`` is a class (a pickled object) rather than code to call."""
+    if name.split(".")[0] in _CODE_MODULES:
+        return False
+    obj = _resolved(name)
+    return isinstance(obj, type) if obj is not None else name.rpartition(".")[2][:1].isupper()
+
+
+def _refusal(p: Path, what: str, names: list[str]) -> str:
+    """The message for a file whose pickle names more than tensors and containers."""
+    code = [n for n in names if not _is_class(n)]
+    if code:
+        return (f"{p}: refused: this file contains code ({', '.join(code[:3])}), which would "
+                f"run when it is loaded. Do not use it; use the official {what} or one written "
+                f"by this project")
+    modules = [n for n in names
+               if isinstance(_resolved(n), type) and issubclass(_resolved(n), nn.Module)]
+    if modules:
+        return (f"{p}: this file holds a pickled object ({modules[0]}), not a state dict, and "
+                f"loading objects could run code. Re-save it with "
+                f"torch.save(model.state_dict()) (or a dict of state dicts)")
+    return (f"{p}: this file holds pickled objects ({', '.join(names[:3])}), not only tensors "
+            f"and plain containers, and loading objects could run code. Re-save it with plain "
+            f"dicts, lists, numbers, strings and tensors (e.g. vars(namespace))")
+
+
+def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> object:
+    """``torch.load(path, map_location='cpu', weights_only=True)`` with one-line errors.
+
+    Raises :class:`config.MissingFileError` for a missing file and :class:`CheckpointError`
+    saying why for the rest: not a PyTorch file (e.g. a text file), truncated or corrupt, a
+    pickled module instead of a state dict, other pickled objects, or code.
+    """
     p = require(path, what)
+    if p.is_dir():
+        raise CheckpointError(f"{p}: is a folder, not a {what}. Pass the .pt file")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise CheckpointError(f"{p}: cannot read {what} (torch.load with weights_only=True): "
-                              f"{exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file name and the reason
+        err = exc
+    names = _unsafe_globals(p)
+    if names:
+        raise CheckpointError(_refusal(p, what, names)) from None
+    with open(p, "rb") as fh:
+        head = fh.read(4)
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
+    if head.startswith(b"PK"):
+        raise CheckpointError(f"{p}: this {what} is truncated or corrupt ({first}). Re-download "
+                              f"or re-create it") from None
+    if head[:1] == b"\x80":   # a legacy (pre-zip) torch file
+        raise CheckpointError(f"{p}: cannot read this {what} ({type(err).__name__}: {first}). "
+                              f"Re-download or re-create it") from None
+    raise CheckpointError(f"{p}: not a PyTorch checkpoint (it starts with {head!r}: neither a "
+                          f"zip archive nor a pickle). Pass a file written by torch.save, e.g. "
+                          f"a {what} of the seed README or of train.py") from None
+
+
+def _read(path: str | os.PathLike, what: str) -> object:
+    return read_checkpoint(path, what)
 
 
 def _entry(obj: object, key: str, path) -> Mapping:
@@ -86,14 +167,16 @@ def _load_strict(module: nn.Module, state: Mapping, path, what: str,
            for k, v in state.items()
            if k in own and (not torch.is_tensor(v) or v.shape != own[k].shape)]
     if missing or unexpected or bad:
-        lines = [f"{path}: {what} does not match {type(module).__name__}"]
+        parts = [f"{path}: {what} does not match {type(module).__name__}"]
         if missing:
-            lines.append(f"  missing keys ({len(missing)}): {_fmt(missing)}")
+            parts.append(f"missing keys ({len(missing)}): {_fmt(missing)}")
         if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
+            parts.append(f"unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
         if bad:
-            lines.append(f"  wrong shapes ({len(bad)}): {_fmt(bad)}")
-        raise CheckpointError("\n".join(lines))
+            parts.append(f"wrong shapes ({len(bad)}): {_fmt(bad)}")
+        raise CheckpointError("; ".join(parts) + ". It was saved from another network: pass "
+                              "the file meant for this role, or the --model / --backbone / "
+                              "--bbox_type it was trained with")
     module.load_state_dict(state, strict=own_keys is None and not tolerated)
     return tolerated
 
@@ -245,5 +328,5 @@ def write_standin_weights(root: str | os.PathLike, backbones=("resnet18", "resne
     return out
 
 
-__all__ = ["CheckpointError", "load_metahmr_checkpoint", "load_aux_weights",
+__all__ = ["CheckpointError", "read_checkpoint", "load_metahmr_checkpoint", "load_aux_weights",
            "load_backbone_weights", "write_standin_weights"]

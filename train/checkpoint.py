@@ -59,18 +59,53 @@ def set_rng_state(state: dict) -> None:
 
 
 def load(path: str | os.PathLike) -> dict:
-    """Load a checkpoint on the CPU; a clear error names a missing or unreadable file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path.resolve()}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - rethrown with the file named
-        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
+    """Load a checkpoint on the CPU (``weights_only=True``); one-line errors for a missing,
+    unreadable or unsafe file (:func:`models.checkpoints.read_checkpoint`)."""
+    from models.checkpoints import CheckpointError, read_checkpoint
+    data = read_checkpoint(path, "training checkpoint")
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: holds a {type(data).__name__}, not a checkpoint dict. "
+                              f"Pass a checkpoint written by train.py")
+    return data
+
+
+def candidates(folder: str | os.PathLike) -> list[Path]:
+    """The run folder's ``*.pt``, newest first (``current.pt`` first on equal times)."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.pt"),
+                   key=lambda p: (p.stat().st_mtime_ns, p.name == "current.pt"), reverse=True)
+    return files
 
 
 def latest(folder: str | os.PathLike) -> Path | None:
     """Newest ``*.pt`` of a run's checkpoint folder (``current.pt`` wins on equal times)."""
-    folder = Path(folder)
-    files = sorted(folder.glob("*.pt"), key=lambda p: (p.stat().st_mtime_ns, p.name == "current.pt"))
-    return files[-1] if files else None
+    files = candidates(folder)
+    return files[0] if files else None
+
+
+def load_for_resume(folder: str | os.PathLike, log=print) -> tuple[Path, dict] | None:
+    """The newest checkpoint of ``folder`` that loads, as (path, dict); None if there is none.
+
+    An unreadable file (truncated by a crash outside the atomic rename, a full disk, a copy cut
+    short) is skipped with a message naming it, and the next newest is tried; the message also
+    names the file used. Raises :class:`models.checkpoints.CheckpointError` when every
+    checkpoint of the folder is unreadable.
+    """
+    from models.checkpoints import CheckpointError
+    bad: list[str] = []
+    for path in candidates(folder):
+        try:
+            data = load(path)
+        except CheckpointError as e:
+            bad.append(str(e))
+            if log is not None:
+                log(f"warning: --resume: skipping unreadable checkpoint {e}")
+            continue
+        if bad and log is not None:
+            log(f"--resume: using {path}, the newest checkpoint that loads")
+        return path, data
+    if bad:
+        raise CheckpointError(f"{Path(folder)}: no checkpoint of this run folder loads "
+                              f"({len(bad)} unreadable; first: {bad[0]}). Start without "
+                              f"--resume, or pass a good file with --checkpoint")
+    return None

@@ -222,8 +222,9 @@ class Trainer:
                 print(f"note: optimizer state of {path} not loaded ({e})")
 
     def resume(self, path=None) -> None:
-        path = path or ckpt.latest(self.ckpt_dir)
-        if path is None:
+        found = ((path, ckpt.load(path)) if path else   # newest that loads (issue #15 item 10)
+                 ckpt.load_for_resume(self.ckpt_dir, log=print if self.main else None))
+        if found is None:
             if self.main:
                 print(f"--resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
             return
