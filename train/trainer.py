@@ -228,7 +228,7 @@ class Trainer:
             if self.main:
                 print(f"--resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
             return
-        data = ckpt.load(path)
+        path, data = found
         self.model.load_state_dict(data["model"])
         self.model_aux.load_state_dict(data["model_aux"])
         self.optimizer.load_state_dict(data["optimizer"])
