@@ -213,10 +213,13 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
     Returns:
         {'MPJPE', 'PA-MPJPE', 'PVE' (not for MPI-INF-3DHP), the same with '_before', 'n',
         'n_nonfinite', 'mean_tto_steps', 'loss_2d_before', 'loss_2d_after',
-        'tto_s_per_image'}; with ``return_per_sample`` also 'per_sample': the arrays of
+        'tto_s_per_image', 'n_skipped', 'skipped'}; 'skipped' lists the samples left out of
+        the metrics for an unreadable image (``--skip_bad_images``) as {sample_index, imgname,
+        reason}; with ``return_per_sample`` also 'per_sample': the arrays of
         :func:`write_result_file`.
     """
     from datasets import BaseDataset
+    from datasets.base_dataset import collate_skipping
     from tqdm import tqdm
     o = options
     paths = paths if paths is not None else DataPaths.from_options(o)
@@ -233,7 +236,8 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
     gen = torch.Generator().manual_seed(int(getattr(o, "seed", 0)))
     loader = DataLoader(ds, batch_size=bs, shuffle=bool(getattr(o, "shuffle", False)),
                         num_workers=nw, drop_last=False, generator=gen,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda",
+                        collate_fn=collate_skipping)   # unreadable images: left out, listed
     targets_model = EvalTargets(paths, dataset_name, h36m_gt).to(device)
     camera, cfg = Camera.from_options(o), TTOConfig.from_options(o)
     viz = _Visualizer(o, ds, smpl, camera) if getattr(o, "viz", False) else None
@@ -249,7 +253,7 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
                             *(f"{_KEY[m]}{s}" for m in METRICS for s in ("", "_before")))}
     loss_sum, loss_n = {"before": 0.0, "after": 0.0}, {"before": 0, "after": 0}
     err_sum = {m: 0.0 for m in METRICS}
-    tto_time, n = 0.0, 0
+    tto_time, n, skipped = 0.0, 0, []
     total = min(len(loader), max_batches) if max_batches else len(loader)
     bar = tqdm(loader, total=total, desc=f"eval {dataset_name}", leave=False,
                disable=None)   # no bar when stderr is not a terminal
@@ -257,6 +261,9 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
         for i, batch in enumerate(bar):
             if max_batches and i >= max_batches:
                 break
+            skipped += batch.pop("skipped", [])      # --skip_bad_images: not scored
+            if "img" not in batch:
+                continue
             b = _to_device(batch, device)
             B = b["img"].shape[0]
             t0 = time.perf_counter()
@@ -302,7 +309,8 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
     n = len(arrays["mpjpe"])
     if n == 0:
         raise RuntimeError(f"evaluation of {dataset_name}: no sample was evaluated "
-                           f"(dataset of {len(ds)} samples, max_batches={max_batches})")
+                           f"(dataset of {len(ds)} samples, max_batches={max_batches}, "
+                           f"{len(skipped)} skipped as unreadable)")
     res_dict: dict = {}
     for m in METRICS:
         if m == "PVE" and dataset_name in NO_MESH_DATASETS:
@@ -313,7 +321,7 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
                     mean_tto_steps=float(arrays["tto_steps"].mean()),
                     loss_2d_before=loss_sum["before"] / max(loss_n["before"], 1),
                     loss_2d_after=loss_sum["after"] / max(loss_n["after"], 1),
-                    tto_s_per_image=tto_time / n)
+                    tto_s_per_image=tto_time / n, n_skipped=len(skipped), skipped=skipped)
     if writer is not None:
         for k in (*METRICS, *(m + "_before" for m in METRICS), "n_nonfinite", "mean_tto_steps"):
             if k in res_dict:
@@ -509,6 +517,11 @@ def format_results(dataset: str, r: dict) -> str:
     lines.append(f"TTO: {r['mean_tto_steps']:.2f} steps per sample on average, "
                  f"{r['n_nonfinite']} non-finite, {r['tto_s_per_image']:.3f} s per image; "
                  f"2D loss {r['loss_2d_before']:.6f} -> {r['loss_2d_after']:.6f}")
+    if r.get("n_skipped"):
+        lines.append(f"{r['n_skipped']} sample(s) left out of the metrics (unreadable images, "
+                     f"--skip_bad_images): " + "; ".join(
+                         f"{s['imgname']} (sample {s['sample_index']}: {s['reason']})"
+                         for s in r["skipped"]))
     return "\n".join(lines)
 
 

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 
 from constants import crop_size
+from utils.errors import OptionError
+from utils.option_checks import check_ranges
 
 BACKBONES = ("resnet", "hrnet", "resnet18")
 
@@ -42,7 +44,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "the checkpoints are the same either way")
     g.add_argument("--seed", type=int, default=2023, help="seed of python, numpy, torch, data order")
     g.add_argument("--skip_bad_images", action="store_true",
-                   help="skip unreadable images (counted and reported) instead of failing")
+                   help="skip unreadable images (counted and reported) instead of failing; "
+                        "evaluation leaves them out of the metrics and lists them")
+    g.add_argument("--debug", action="store_true",
+                   help="on an error, show the full traceback instead of one line (also env "
+                        "METAHMR_DEBUG=1)")
 
     g = p.add_argument_group("model")
     g.add_argument("--model", type=str, default="cliff", choices=("cliff", "hmr"),
@@ -223,6 +229,7 @@ def resolve(options: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit("error: --model hmr has no HRNet variant (choose --backbone resnet)")
     if getattr(options, "no_inner", False):
         options.inner_step = 0
+    check_ranges(options)   # every numeric option in its range (utils/option_checks.py)
     if hasattr(options, "crop_scale"):
         try:
             crop_size(options.bbox_type, options.crop_scale)
@@ -239,8 +246,15 @@ def parse_train(argv=None) -> argparse.Namespace:
     p = train_parser()
     options = p.parse_args(argv)
     if options.from_json:
-        with open(options.from_json) as f:
-            data = json.load(f)
+        try:
+            with open(options.from_json) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise OptionError(f"{options.from_json}: cannot read these options ({e}). Pass "
+                              f"the config.json of a run (--from_json)") from None
+        if not isinstance(data, dict):
+            raise OptionError(f"{options.from_json}: expected a JSON object of options. Pass "
+                              f"the config.json of a run (--from_json)")
         unknown = sorted(set(data) - set(vars(options)))
         if unknown:
             raise SystemExit(f"error: {options.from_json} has unknown options {unknown}")

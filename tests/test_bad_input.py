@@ -1,0 +1,406 @@
+"""Bad input never runs code and never passes silently (issue #15; issue #13 item 8).
+
+The security cases use crafted files whose pickle would create a marker file if it ran; each
+test asserts the marker does not exist. The other cases check that a bad file or option gives
+one clear error (or, with ``--skip_bad_images``, a counted and listed skip), never a silent
+substitute.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from config import DATASET_FILES, DataPaths, MissingFileError
+from datasets import BaseDataset, DatasetError
+from datasets.base_dataset import collate_skipping
+from utils.errors import OptionError, UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _Planted:
+    """Pickles as a call of ``os.system('touch <marker>')``: the marker exists iff it ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _opts(**kw):
+    base = dict(bbox_type="rect", rot_factor=30.0, noise_factor=0.4, scale_factor=0.25,
+                ignore_3d=False, syn_occ=False, ALB=False, skip_bad_images=False)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def _world_npz(world: Path, name: str, is_train: bool = False) -> dict:
+    split = "train" if is_train else "test"
+    with np.load(world / "data" / "datasets" / DATASET_FILES[split][name]) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _root(tmp: Path, world: Path, name: str, data: dict | None = None, is_train=False,
+          copy_images=False) -> Path:
+    """A data root with the world's images (linked, or copied) and ``data`` as the npz."""
+    (tmp / "data" / "datasets").mkdir(parents=True, exist_ok=True)
+    if copy_images:
+        shutil.copytree(world / "datasets", tmp / "datasets")
+    elif not (tmp / "datasets").exists():
+        (tmp / "datasets").symlink_to(world / "datasets")
+    for sub in ("smpl", "VOC"):
+        if not (tmp / "data" / sub).exists():
+            (tmp / "data" / sub).symlink_to(world / "data" / sub)
+    for f in ("smpl_mean_params.npz", "J_regressor_extra.npy", "J_regressor_h36m.npy"):
+        if not (tmp / "data" / f).exists():
+            (tmp / "data" / f).symlink_to(world / "data" / f)
+    split = "train" if is_train else "test"
+    data = _world_npz(world, name, is_train) if data is None else data
+    np.savez(tmp / "data" / "datasets" / DATASET_FILES[split][name], **data)
+    return tmp
+
+
+# -------------------------------------------------------------------------------------------
+# Security: nothing in a data file runs
+def test_npz_object_array_is_refused_and_never_unpickled(synthetic_root, tmp_path):
+    marker = tmp_path / "marker"
+    data = _world_npz(synthetic_root, "3dpw")
+    planted = np.empty(len(data["imgname"]), dtype=object)
+    planted[:] = [_Planted(marker)] * len(planted)
+    data["gender"] = planted
+    root = _root(tmp_path, synthetic_root, "3dpw", data)
+    with pytest.raises(DatasetError, match=r"3dpw_test.*npz: array 'gender' is an object array"):
+        BaseDataset(_opts(), "3dpw", False, DataPaths(root))
+    assert not marker.exists()
+
+
+def test_smpl_pickle_with_code_is_refused(tmp_path):
+    from models.smpl import load_smpl_data
+    from utils.safe_pickle import UnsafePickleError
+    marker, path = tmp_path / "marker", tmp_path / "SMPL_NEUTRAL.pkl"
+    for protocol in (0, 2, 5):
+        path.write_bytes(pickle.dumps({"v_template": _Planted(marker)}, protocol=protocol))
+        with pytest.raises(UnsafePickleError, match=r"SMPL_NEUTRAL.pkl: refused .*os.system"
+                                                    r"|SMPL_NEUTRAL.pkl: refused .*posix.system"):
+            load_smpl_data(path)
+    assert not marker.exists()
+    # other callables that run code are refused by name too, before anything is imported
+    for module, name in (("builtins", "eval"), ("subprocess", "call"), ("numpy", "load"),
+                         ("scipy.io", "loadmat"), ("torch", "load")):
+        path.write_bytes(f"c{module}\n{name}\n(S'x'\ntR.".encode())
+        with pytest.raises(UnsafePickleError, match=f"{module}.{name}"):
+            load_smpl_data(path)
+
+
+def test_chumpy_era_smpl_file_loads_and_matches(synthetic_root, tmp_path):
+    """An SMPL file as the official ones are written (Python-2 module names, chumpy arrays,
+    scipy.sparse J_regressor, protocol 2) loads and gives the same mesh as the plain file."""
+    import chumpy as ch
+    from models.smpl import SMPL
+    from utils import safe_pickle
+    paths = DataPaths(synthetic_root)
+    data = safe_pickle.load_file(paths.smpl_model("neutral"))
+    data["shapedirs"] = ch.array(np.asarray(data["shapedirs"]))
+    data["posedirs"] = ch.array(np.asarray(data["posedirs"]))
+    raw = pickle.dumps(data, protocol=2)
+    raw = raw.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    raw = raw.replace(b"cscipy.sparse._csc\n", b"cscipy.sparse.csc\n")
+    assert b"cnumpy.core.multiarray\n" in raw and b"cchumpy.ch\nCh\n" in raw
+    old = tmp_path / "SMPL_NEUTRAL.pkl"
+    old.write_bytes(raw)
+    torch.manual_seed(0)
+    pose, betas = torch.randn(2, 72) * 0.3, torch.randn(2, 10)
+    kw = dict(betas=betas, body_pose=pose[:, 3:], global_orient=pose[:, :3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)   # no numpy.core deprecation noise
+        new_model = SMPL(old, paths.j_regressor_extra())
+    ref = SMPL(paths.smpl_model("neutral"), paths.j_regressor_extra())(**kw)
+    out = new_model(**kw)
+    assert torch.equal(out.vertices, ref.vertices) and torch.equal(out.joints, ref.joints)
+
+
+def test_occluder_file_with_code_is_refused(tmp_path):
+    from datasets.occlusion import load_occluders
+    from utils.safe_pickle import UnsafePickleError
+    marker, path = tmp_path / "marker", tmp_path / "pascal_occluders.npy"
+    arr = np.empty(2, dtype=object)
+    arr[:] = [np.zeros((4, 4, 4), np.uint8), _Planted(marker)]
+    np.save(path, arr, allow_pickle=True)
+    with pytest.raises(UnsafePickleError, match="pascal_occluders.npy: refused"):
+        load_occluders(path)
+    assert not marker.exists()
+    arr[1] = np.full((3, 5, 4), 7, np.uint8)       # a genuine object array still loads
+    np.save(path, arr, allow_pickle=True)
+    got = load_occluders(path)
+    assert [o.shape for o in got] == [(4, 4, 4), (3, 5, 4)] and got[1][0, 0, 0] == 7
+
+
+def test_checkpoint_messages(tmp_path):
+    from models.checkpoints import CheckpointError, read_checkpoint
+    marker = tmp_path / "marker"
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
+    torch.save({"model": _Planted(marker)}, tmp_path / "code.pt")
+    (tmp_path / "text.pt").write_text("this is not a checkpoint\n")
+    torch.save({"model": {"w": torch.zeros(3)}}, tmp_path / "good.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "good.pt").read_bytes()[:200])
+    cases = {"module.pt": r"module.pt: this file holds a pickled object \(torch.nn.modules."
+                          r"linear.Linear\), not a state dict.*torch.save\(model.state_dict\(\)\)",
+             "code.pt": r"code.pt: refused: this file contains code \((os|posix).system\)",
+             "text.pt": r"text.pt: not a PyTorch checkpoint",
+             "cut.pt": r"cut.pt: this checkpoint is truncated or corrupt"}
+    for name, match in cases.items():
+        with pytest.raises(CheckpointError, match=match) as e:
+            read_checkpoint(tmp_path / name)
+        assert "\n" not in str(e.value) and isinstance(e.value, UserError)
+    assert not marker.exists()
+    assert torch.equal(read_checkpoint(tmp_path / "good.pt")["model"]["w"], torch.zeros(3))
+
+
+def test_checkpoint_of_another_network_is_one_line(synthetic_root, tmp_path):
+    from models import build_model
+    from models.checkpoints import CheckpointError, load_metahmr_checkpoint
+    mean = DataPaths(synthetic_root).smpl_mean_params()
+    hmr = build_model(model="hmr", backbone="resnet18", role="main", mean_params=mean)
+    torch.save({"model": hmr.state_dict(), "model_aux": hmr.state_dict()}, tmp_path / "h.pt")
+    cliff = build_model(model="cliff", backbone="resnet18", role="main", mean_params=mean)
+    with pytest.raises(CheckpointError, match=r"h.pt: \['model'\].*does not match.*--model") as e:
+        load_metahmr_checkpoint(tmp_path / "h.pt", cliff)
+    assert "\n" not in str(e.value)
+
+
+# -------------------------------------------------------------------------------------------
+# Nothing silent
+def test_3dpw_without_gender_is_an_error(synthetic_root, tmp_path):
+    data = _world_npz(synthetic_root, "3dpw")
+    data.pop("gender")
+    root = _root(tmp_path, synthetic_root, "3dpw", data)
+    with pytest.raises(DatasetError, match="no 'gender' array"):
+        BaseDataset(_opts(), "3dpw", False, DataPaths(root))
+
+
+def test_duplicated_npz_member_is_refused(synthetic_root, tmp_path):
+    root = _root(tmp_path, synthetic_root, "3dpw")
+    npz = root / "data" / "datasets" / DATASET_FILES["test"]["3dpw"]
+    pose = _world_npz(synthetic_root, "3dpw")["pose"]
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, pose + 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # zipfile: "Duplicate name: 'pose.npy'"
+        with zipfile.ZipFile(npz, "a") as zf:
+            zf.writestr("pose.npy", buf.getvalue())
+    with pytest.raises(DatasetError, match=r"npz: zip member\(s\) stored more than once: "
+                                           r"pose.npy"):
+        BaseDataset(_opts(), "3dpw", False, DataPaths(root))
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(raw[:int(len(raw) * keep)])
+
+
+def test_truncated_jpeg_is_unreadable(synthetic_root, tmp_path):
+    root = _root(tmp_path, synthetic_root, "3dpw", copy_images=True)
+    ds = BaseDataset(_opts(), "3dpw", False, DataPaths(root))
+    path = Path(ds.image_path(1))
+    assert path.suffix == ".jpg"
+    padded = Path(ds.image_path(2))                  # bytes after the EOI marker are fine
+    padded.write_bytes(padded.read_bytes() + b"\x00" * 16)
+    ds[2]
+    _truncate(path)
+    with pytest.raises(DatasetError, match=f"sample 1.*cannot read image {path}: truncated JPEG"):
+        ds[1]
+    # training: skipped and counted, replaced by the next readable sample
+    train_root = _root(tmp_path / "t", synthetic_root, "3dpw", is_train=True, copy_images=True)
+    tr = BaseDataset(_opts(skip_bad_images=True), "3dpw", True, DataPaths(train_root))
+    _truncate(Path(tr.image_path(0)))
+    with pytest.warns(UserWarning, match="skipping unreadable image.*truncated JPEG"):
+        item = tr[0]
+    assert item["sample_index"] == 1 and item["n_skipped"] == 1 and tr.n_skipped == 1
+
+
+def test_tiny_image_is_a_named_error(synthetic_root, tmp_path):
+    import cv2
+    root = _root(tmp_path, synthetic_root, "h36m-p2", copy_images=True)
+    ds = BaseDataset(_opts(), "h36m-p2", False, DataPaths(root))
+    path = Path(ds.image_path(0))
+    cv2.imwrite(str(path), np.zeros((1, 1, 3), np.uint8))
+    with pytest.raises(DatasetError, match=f"{path}: image is 1x1 pixels, too small"):
+        ds[0]
+
+
+def test_test_set_leaves_skipped_samples_out(synthetic_root, tmp_path):
+    """A test set never scores another sample in place of an unreadable one."""
+    root = _root(tmp_path, synthetic_root, "3dpw", copy_images=True)
+    ds = BaseDataset(_opts(skip_bad_images=True), "3dpw", False, DataPaths(root))
+    _truncate(Path(ds.image_path(1)))
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_skipping)
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        batches = list(loader)
+    assert [b["sample_index"].tolist() for b in batches] == [[0], [2, 3]]
+    assert [s["sample_index"] for s in batches[0]["skipped"]] == [1]
+    assert batches[0]["skipped"][0]["imgname"] == ds.image_path(1) and ds.n_skipped == 1
+
+
+def test_evaluation_skips_and_lists(synthetic_root, tmp_path):
+    """eval --skip_bad_images: the metrics are those of the readable samples only."""
+    from models import build_model
+    from train import evaluation as ev
+    from utils.options import parse_eval
+    root = _root(tmp_path, synthetic_root, "3dpw", copy_images=True)
+    mean = DataPaths(root).smpl_mean_params()
+    torch.manual_seed(0)
+    nets = [build_model(model="cliff", backbone="resnet18", role=r, bbox_type="rect",
+                        mean_params=mean) for r in ("main", "aux")]
+    argv = ["--data_root", str(root), "--dataset", "3dpw", "--bbox_type", "rect",
+            "--backbone", "resnet18", "--batch_size", "2", "--test_val_step", "-1",
+            "--device", "cpu", "--num_workers", "0", "--log_freq", "0", "--skip_bad_images"]
+    o = parse_eval("cliff", argv)
+    full = ev.evaluate(*nets, o, "3dpw", log=lambda s: None, return_per_sample=True)
+    _truncate(Path(root / "datasets" / "pw3d" / _world_npz(root, "3dpw")["imgname"][1]))
+    with pytest.warns(UserWarning):
+        part = ev.evaluate(*nets, o, "3dpw", log=lambda s: None, return_per_sample=True)
+    keep = np.array([0, 2, 3])
+    assert part["n"] == 3 and part["n_skipped"] == 1
+    assert [s["sample_index"] for s in part["skipped"]] == [1]
+    assert part["per_sample"]["sample_index"].tolist() == keep.tolist()
+    for m, k in (("MPJPE", "mpjpe"), ("PA-MPJPE", "pa_mpjpe"), ("PVE", "pve")):
+        assert part[m] == pytest.approx(full["per_sample"][k][keep].mean(), rel=1e-5)
+    text = ev.format_results("3dpw", part)
+    assert "1 sample(s) left out of the metrics" in text and "truncated JPEG" in text
+
+
+def test_openpose2d_without_openpose_and_missing_S_note(synthetic_root, tmp_path, capsys):
+    data = _world_npz(synthetic_root, "3dpw")
+    data.pop("openpose")
+    root = _root(tmp_path, synthetic_root, "3dpw", data)
+    with pytest.raises(DatasetError, match="no 'openpose' array.*--use_openpose2d"):
+        BaseDataset(_opts(use_openpose2d=True), "3dpw", False, DataPaths(root))
+    data = _world_npz(synthetic_root, "3dpw")
+    data["openpose"][..., 2] = 0
+    root = _root(tmp_path / "zero", synthetic_root, "3dpw", data)
+    with pytest.raises(DatasetError, match="all have confidence 0"):
+        BaseDataset(_opts(use_openpose2d=True), "3dpw", False, DataPaths(root))
+    BaseDataset(_opts(), "3dpw", False, DataPaths(root))     # GT 2D keypoints: fine
+    data = _world_npz(synthetic_root, "h36m-p2")
+    data.pop("S")
+    root = _root(tmp_path / "noS", synthetic_root, "h36m-p2", data)
+    capsys.readouterr()
+    for _ in range(2):
+        BaseDataset(_opts(), "h36m-p2", False, DataPaths(root))
+    err = capsys.readouterr().err
+    assert err.count("has no 'S'") == 1 and "pseudo-label" in err
+
+
+# -------------------------------------------------------------------------------------------
+# Options, data root, resume
+@pytest.mark.parametrize("argv, match", [
+    (["--num_epochs", "0"], "--num_epochs must be >= 1, got 0"),
+    (["--test_val_step", "-5"], "--test_val_step must be >= -1, got -5"),
+    (["--batch_size", "0"], "--batch_size must be >= 1"),
+    (["--outer_lr", "nan"], "--outer_lr must be > 0 and finite, got nan"),
+    (["--inner_lr", "inf"], "--inner_lr must be >= 0 and finite"),
+    (["--beta2", "1"], r"--beta2 must be in \[0, 1\)"),
+    (["--eval_batch_size", "-1"], "--eval_batch_size must be >= 1"),
+    (["--num_workers", "-2"], "--num_workers must be >= 0"),
+])
+def test_numeric_options_are_checked_at_parse_time(argv, match):
+    from utils.options import parse_train
+    with pytest.raises(OptionError, match=match):
+        parse_train(argv)
+
+
+def test_valid_option_edges_pass():
+    from utils.options import parse_eval, parse_train
+    o = parse_train(["--test_val_step", "-1", "--max_steps", "0", "--time_to_run", "inf",
+                     "--beta1", "0"])
+    assert o.test_val_step == -1 and o.time_to_run == float("inf")
+    assert parse_eval("cliff", ["--test_val_step", "-1", "--viz_max", "-1"]).viz_max == -1
+
+
+def test_missing_data_root_is_said(tmp_path):
+    with pytest.raises(MissingFileError, match=f"{tmp_path / 'nope'}: this folder, given by "
+                                               f"--data_root.*does not exist"):
+        DataPaths(tmp_path / "nope").smpl_model("neutral")
+
+
+def test_resume_falls_back_to_newest_readable(tmp_path):
+    from models.checkpoints import CheckpointError
+    from train import checkpoint as ckpt
+    ckpt.atomic_save({"step": 1}, tmp_path / "previous_1.pt")
+    ckpt.atomic_save({"step": 2}, tmp_path / "previous.pt")
+    ckpt.atomic_save({"step": 3}, tmp_path / "current.pt")
+    for i, name in enumerate(("previous_1.pt", "previous.pt", "current.pt")):
+        os.utime(tmp_path / name, ns=(10**18 + i * 10**9,) * 2)   # oldest .. newest
+    _truncate(tmp_path / "current.pt", 0.3)
+    logs: list[str] = []
+    path, data = ckpt.load_for_resume(tmp_path, log=logs.append)
+    assert path == tmp_path / "previous.pt" and data["step"] == 2
+    assert "current.pt" in logs[0] and "unreadable" in logs[0]
+    assert "using" in logs[-1] and "previous.pt" in logs[-1]
+    for name in ("previous.pt", "previous_1.pt"):
+        (tmp_path / name).write_text("garbage")
+    with pytest.raises(CheckpointError, match="no checkpoint of this run folder loads"):
+        ckpt.load_for_resume(tmp_path, log=None)
+    assert ckpt.load_for_resume(tmp_path / "empty", log=None) is None
+
+
+# -------------------------------------------------------------------------------------------
+# One line, exit code 2
+def test_cli_run_one_line_and_debug(capsys, monkeypatch):
+    from utils.cli import run
+
+    def bad(argv):
+        raise DatasetError("x.npz: broken.\nsecond line. Fix it")
+    monkeypatch.delenv("METAHMR_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as e:
+        run(bad, ["--foo"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "error: x.npz: broken.; second line. Fix it\n"
+    with pytest.raises(SystemExit) as e:
+        run(lambda argv: (_ for _ in ()).throw(SystemExit("error: old style")), [])
+    assert e.value.code == 2 and capsys.readouterr().err == "error: old style\n"
+    seen = []
+    with pytest.raises(DatasetError):
+        run(lambda argv: seen.append(argv) or bad(argv), ["--a", "--debug"])
+    assert seen == [["--a"]]
+    monkeypatch.setenv("METAHMR_DEBUG", "1")
+    with pytest.raises(DatasetError):
+        run(bad, [])
+    with pytest.raises(KeyError):            # a bug keeps its traceback
+        monkeypatch.delenv("METAHMR_DEBUG")
+        run(lambda argv: {}["k"], [])
+
+
+def _script(*argv, timeout=120):
+    env = {**os.environ, "METAHMR_DEBUG": ""}
+    return subprocess.run([sys.executable, *map(str, argv)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def test_entry_scripts_print_one_line(synthetic_root, tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    cases = [
+        (["train.py", "--num_epochs", "0"], "error: --num_epochs must be >= 1"),
+        (["eval_cliff.py", "--data_root", tmp_path / "nope", "--checkpoint", text, "--device",
+          "cpu", "--backbone", "resnet18"], f"error: {tmp_path / 'nope'}: this folder"),
+        (["eval_hmr.py", "--data_root", synthetic_root, "--checkpoint", text, "--device", "cpu",
+          "--backbone", "resnet18"], f"error: {text}: not a PyTorch checkpoint"),
+    ]
+    for argv, start in cases:
+        p = _script(*argv)
+        assert p.returncode == 2, p.stderr[-2000:]
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith(start), p.stderr[-2000:]
