@@ -3,7 +3,8 @@
     python demo.py --checkpoint ckpt/cliff_hrnet_3dpw.pt --backbone hrnet \
         --img_dir my_images --openpose_dir my_openpose --out_dir demo_out
 """
-from utils.demo import main, parse_demo
+from utils.cli import run
 
 if __name__ == "__main__":
-    main(parse_demo())
+    from utils.demo import main, parse_demo
+    run(lambda argv: main(parse_demo(argv)))   # one-line errors, exit code 2
