@@ -2,7 +2,8 @@
 
 ``data/VOC/pascal_occluders.npy`` holds RGBA uint8 patches: an object (or list) array of
 H x W x 4 arrays, or one N x H x W x 4 array. An object array is a pickle: it is read through
-:func:`utils.safe_pickle.load_npy` (numpy arrays only; anything else is refused, never run). The colour channels are RGB, like the crops.
+:func:`utils.safe_pickle.load_npy` (numpy arrays only; anything else is refused, never run).
+The colour channels are RGB, like the crops.
 
 Per crop (numpy global random state, in this order): ``count = randint(1, 8)`` (1..7), then for
 each occluder: its index ``randint(len)``, a size factor ``U(0.2, 1.0) * min(W, H) / 256``

@@ -14,7 +14,8 @@ writes, under ``root`` (the layout of :class:`config.DataPaths`):
 * ``data/VOC/pascal_occluders.npy``: the released format, a 1-D numpy **object array of RGBA
   uint8 patches** ``[h_i, w_i, 4]`` of varied sizes (alpha 255 on the object, 0 around it,
   anti-aliased edge), saved with ``np.save(..., allow_pickle=True)``; load it with
-  ``np.load(path, allow_pickle=True)``;
+  ``utils.safe_pickle.load_npy(path)`` (which admits numpy arrays only, so a crafted file
+  cannot run code; never ``np.load(path, allow_pickle=True)``);
 * ``data/datasets/<config.DATASET_FILES[split][name]>``: SPIN-format npz for every train
   (h36m, mpii, coco, mpi-inf-3dhp, 3dpw) and test (3dpw, h36m-p1, h36m-p2, mpi-inf-3dhp, coco)
   set, with JPEG images under ``datasets/<config.DATASET_FOLDERS[name]>/`` (``imgname`` is
