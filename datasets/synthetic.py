@@ -3,6 +3,7 @@
     python -m datasets.synthetic --root data/synthetic            # default (~700 images)
     python -m datasets.synthetic --root /tmp/w --tiny              # a few images per set
     python -m datasets.synthetic --root data/synthetic --force --weights resnet18,resnet
+    python -m datasets.synthetic --root data/synthetic --raw       # + 3DPW in the raw layout
 
 writes, under ``root`` (the layout of :class:`config.DataPaths`):
 
@@ -711,6 +712,9 @@ def main(argv=None) -> Path:
                    help="comma-separated backbones whose stand-in weights to write "
                         "(resnet18, resnet, hrnet; '' for none; default resnet18)")
     p.add_argument("--force", action="store_true", help="rebuild even if the world is complete")
+    p.add_argument("--raw", action="store_true",
+                   help="also write the 3DPW sets in the official raw layout (sequenceFiles/ "
+                        "beside imageFiles/ in datasets/pw3d; see datasets/synthetic_raw.py)")
     a = p.parse_args(argv)
     sizes = dict(TINY_SIZES) if a.tiny else dict(DEFAULT_SIZES)
     for k in sizes:
@@ -723,8 +727,12 @@ def main(argv=None) -> Path:
                                                           else DEFAULT_IMG_SIZE)
     weights = tuple(w.strip() for w in a.weights.split(",") if w.strip())
     try:
-        return build_world(a.root, sizes=sizes, img_size=img_size, seed=a.seed, force=a.force,
+        root = build_world(a.root, sizes=sizes, img_size=img_size, seed=a.seed, force=a.force,
                            weights=weights)
+        if a.raw:
+            from datasets.synthetic_raw import write_raw_3dpw
+            write_raw_3dpw(root, seed=a.seed)
+        return root
     except (ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from e
 

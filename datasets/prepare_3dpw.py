@@ -1,0 +1,240 @@
+"""Official 3DPW release -> the SPIN-format npz files of ``config.DATASET_FILES`` (3dpw).
+
+For every actor and every frame whose ``campose_valid`` is true, one sample (SPIN's 3DPW
+preprocessing, plus the keys the evaluation reads):
+
+* ``imgname``: ``imageFiles/<sequence>/image_%05d.jpg`` (the frame's index in the arrays);
+* ``pose`` [72]: the world-frame SMPL pose with the global orientation turned into the camera
+  frame (axis-angle of ``R_cam @ R_global``, ``R_cam`` the rotation of ``cam_poses``); the body
+  pose unchanged; ``shape`` [10]: the first 10 betas; ``gender``: 'm' / 'f';
+* ``S`` [24, 4]: the 24 GT joints of the 49-joint map (``constants.JOINT_NAMES[25:]``) of the
+  **gendered** SMPL posed with ``poses``, ``betas`` and ``trans``, moved by ``cam_poses`` into the
+  camera frame (metres, not root-centred), confidence 1;
+* ``part`` [24, 3]: those joints projected with ``cam_intrinsics`` (full-image pixels),
+  visibility 1 where the joint is in front of the camera and inside the image
+  (``0 <= x <= W-1``, ``0 <= y <= H-1``), else 0 (coordinates kept in front of the camera,
+  zeros behind it);
+* ``openpose`` [25, 3]: the BODY_25 joints taken from ``poses2d``'s COCO-18 joints (zeros for
+  MidHip and the six foot joints, which COCO-18 lacks);
+* ``center`` [2] / ``scale``: SPIN's box of the ``poses2d`` joints with confidence > 0: the
+  centre of the tight box and ``1.2 * max(width, height) / 200``;
+* ``focal_length``: ``cam_intrinsics[0, 0]``, only with ``with_focal_length`` (the published
+  evaluation uses the image diagonal: the released 3DPW file has no focal length).
+
+The test file comes from ``sequenceFiles/test``, the training file from ``train_splits``
+(default ``train``). Frames are never dropped silently: a valid frame is skipped only when
+``poses2d`` has no joint with confidence > 0 (no box) or no GT joint is inside the image (the
+loader needs one), and the summary counts every skipped frame by reason.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from config import DATASET_FILES, DataPaths
+from datasets.pw3d_raw import (BODY25_FROM_COCO18, RawDataError, Sequence, image_name,
+                               read_sequence, sequence_files)
+
+__all__ = ["prepare_3dpw", "SetSummary", "SKIP_INVALID", "SKIP_NO_2D", "SKIP_NO_GT",
+           "camera_frame_pose", "spin_box", "openpose_from_coco18", "image_size"]
+
+SKIP_INVALID = "campose_valid false"
+SKIP_NO_2D = "no poses2d joint with confidence > 0"
+SKIP_NO_GT = "no GT joint inside the image"
+SMPL_CHUNK = 512            # frames posed at a time
+
+
+@dataclass
+class SetSummary:
+    """What one output file was built from."""
+    name: str                                 # 'test' | 'train'
+    splits: tuple
+    files: int = 0
+    sequences: set = field(default_factory=set)
+    actors: int = 0
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    npz: Path | None = None
+
+    def line(self) -> str:
+        skipped = sum(self.skipped.values())
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
+        return (f"3dpw {self.name} ({'+'.join(self.splits)}): {self.files} sequence files, "
+                f"{len(self.sequences)} sequences, {self.actors} actors, {self.kept} frames "
+                f"kept, {skipped} skipped" + (f" ({reasons})" if reasons else "")
+                + (f" -> {self.npz}" if self.npz else ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# small pieces (each tested on its own)
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image header; RawDataError naming the file if it is missing
+    or unreadable."""
+    from PIL import Image
+    if not path.is_file():
+        raise RawDataError(f"{path}: image missing (a valid frame of the sequence files needs "
+                           "it). Extract the 3DPW imageFiles.zip into the --raw folder")
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except Exception as e:  # noqa: BLE001 - PIL raises several types
+        raise RawDataError(f"{path}: unreadable image ({type(e).__name__}: {e}). "
+                           "Re-extract imageFiles.zip") from None
+
+
+def camera_frame_pose(pose: np.ndarray, R_cam: np.ndarray) -> np.ndarray:
+    """[M, 72] poses with the global orientation (first 3) turned by ``R_cam`` [M, 3, 3]."""
+    from scipy.spatial.transform import Rotation
+    out = np.array(pose, dtype=np.float64, copy=True)
+    R = R_cam @ Rotation.from_rotvec(out[:, :3]).as_matrix()
+    out[:, :3] = Rotation.from_matrix(R).as_rotvec()
+    return out
+
+
+def spin_box(kp: np.ndarray, factor: float = 1.2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SPIN's npz box of 2D joints [M, J, 3] (conf > 0): centre [M, 2], scale [M], ok [M]."""
+    vis = kp[..., 2] > 0
+    big = np.where(vis[..., None], kp[..., :2], np.inf)
+    lo = big.min(1)
+    hi = np.where(vis[..., None], kp[..., :2], -np.inf).max(1)
+    ok = vis.any(1)
+    lo, hi = np.where(ok[:, None], lo, 0), np.where(ok[:, None], hi, 0)
+    return (lo + hi) / 2, factor * (hi - lo).max(1) / 200.0, ok
+
+
+def openpose_from_coco18(poses2d: np.ndarray) -> np.ndarray:
+    """[M, 3, 18] 3DPW ``poses2d`` -> [M, 25, 3] BODY_25 (zeros where COCO-18 has no joint)."""
+    coco = np.transpose(poses2d, (0, 2, 1))
+    out = np.zeros((len(coco), 25, 3))
+    for b, c in enumerate(BODY25_FROM_COCO18):
+        if c >= 0:
+            out[:, b] = coco[:, c]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+def _check_images(raw: Path, seq: Sequence) -> dict[int, tuple[int, int]]:
+    """(W, H) of the image of every frame valid for some actor (errors name the file)."""
+    return {int(f): image_size(raw / image_name(seq.name, int(f)))
+            for f in np.flatnonzero(seq.valid.any(0))}
+
+
+def _gt_joints(seq: Sequence, a: int, frames: np.ndarray, models: dict) -> np.ndarray:
+    """[M, 24, 3] GT joints of actor ``a`` at ``frames`` in the camera frame (float64)."""
+    import torch
+    model = models["male" if seq.genders[a] == "m" else "female"]
+    out = np.zeros((len(frames), 24, 3))
+    for s in range(0, len(frames), SMPL_CHUNK):
+        f = frames[s:s + SMPL_CHUNK]
+        t = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64)  # noqa: E731
+        with torch.no_grad():
+            j = model(betas=t(np.repeat(seq.betas[a][None], len(f), 0)),
+                      body_pose=t(seq.poses[a, f, 3:]), global_orient=t(seq.poses[a, f, :3]),
+                      transl=t(seq.trans[a, f])).joints[:, 25:].numpy()
+        R, T = seq.cam_poses[f, :3, :3], seq.cam_poses[f, :3, 3]
+        out[s:s + len(f)] = np.einsum("mij,mkj->mki", R, j) + T[:, None]
+    return out
+
+
+def _convert(seq: Sequence, sizes: dict, models: dict, with_focal: bool,
+             summary: SetSummary) -> list[dict]:
+    """The samples of one sequence (one dict of arrays per actor); counts into ``summary``."""
+    out = []
+    for a in range(seq.n_actors):
+        summary.skipped[SKIP_INVALID] += int((~seq.valid[a]).sum())
+        frames = np.flatnonzero(seq.valid[a])
+        S = _gt_joints(seq, a, frames, models)
+        p = S @ seq.K.T
+        z = S[..., 2]
+        front = z > 1e-9
+        uv = np.where(front[..., None], p[..., :2] / np.where(front, z, 1.0)[..., None], 0.0)
+        wh = np.array([sizes[int(f)] for f in frames], dtype=np.float64)     # [M, 2]
+        inside = front & (uv >= 0).all(-1) & (uv <= (wh - 1)[:, None]).all(-1)
+        part = np.concatenate([uv, inside[..., None].astype(np.float64)], -1)
+        openpose = openpose_from_coco18(seq.poses2d[a, frames])
+        center, scale, has_2d = spin_box(np.transpose(seq.poses2d[a, frames], (0, 2, 1)))
+        has_gt = inside.any(1)
+        summary.skipped[SKIP_NO_2D] += int((~has_2d).sum())
+        summary.skipped[SKIP_NO_GT] += int((has_2d & ~has_gt).sum())
+        keep = has_2d & has_gt
+        k = frames[keep]
+        summary.kept += len(k)
+        sample = {
+            "imgname": np.array([image_name(seq.name, int(f)) for f in k], dtype=str),
+            "center": center[keep], "scale": scale[keep], "part": part[keep],
+            "S": np.concatenate([S[keep], np.ones((len(k), 24, 1))], -1),
+            "pose": camera_frame_pose(seq.poses[a, k], seq.cam_poses[k, :3, :3]),
+            "shape": np.repeat(seq.betas[a][None], len(k), 0),
+            "gender": np.array([seq.genders[a]] * len(k), dtype=str),
+            "openpose": openpose[keep]}
+        if with_focal:
+            sample["focal_length"] = np.full(len(k), seq.K[0, 0])
+        out.append(sample)
+    return out
+
+
+def _load_models(data_root: Path) -> dict:
+    import torch
+    from models.smpl import build_smpl
+    paths = DataPaths(data_root)
+    return {g: build_smpl(paths, g, dtype=torch.float64) for g in ("male", "female")}
+
+
+def _write_npz(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **data)
+    os.replace(tmp, path)
+
+
+def prepare_3dpw(raw: str | os.PathLike, out: str | os.PathLike,
+                 data_root: str | os.PathLike | None = None, sets=("test", "train"),
+                 train_splits=("train",), with_focal_length: bool = False,
+                 log: Callable | None = print, models: dict | None = None) -> dict:
+    """Write the 3DPW npz files of ``sets`` under ``<out>/data/datasets/``.
+
+    Args:
+        raw: the 3DPW root (``sequenceFiles/``, ``imageFiles/``).
+        out: data root to write into. data_root: where the body models and
+            ``J_regressor_extra.npy`` are (``config.DataPaths`` layout; default ``out``).
+        sets: 'test' (from ``sequenceFiles/test``) and/or 'train' (from ``train_splits``).
+        with_focal_length: also store ``focal_length`` (``cam_intrinsics[0, 0]``).
+        models: {'male', 'female'} SMPL models (built from ``data_root`` when None).
+    Returns:
+        {set name: :class:`SetSummary`}. Every file is read and checked before anything is
+        written; problems raise :class:`RawDataError` naming the file.
+    """
+    raw, out = Path(raw), Path(out)
+    if unknown := [s for s in sets if s not in ("test", "train")]:
+        raise RawDataError(f"unknown 3DPW output set(s) {unknown}; choose from test, train")
+    if not raw.is_dir():
+        raise RawDataError(f"{raw}: no such folder. --raw must be the extracted 3DPW download "
+                           "(holding sequenceFiles/ and imageFiles/)")
+    plan = {}
+    for name in sets:
+        splits = ("test",) if name == "test" else tuple(train_splits)
+        summary = SetSummary(name, splits)
+        seqs = [read_sequence(f) for s in splits for f in sequence_files(raw, s)]
+        plan[name] = (summary, [(q, _check_images(raw, q)) for q in seqs])
+    models = models if models is not None else _load_models(Path(data_root or out))
+    for name, (summary, seqs) in plan.items():
+        parts = []
+        for seq, sizes in seqs:
+            summary.files += 1
+            summary.sequences.add(seq.name)
+            summary.actors += seq.n_actors
+            parts += _convert(seq, sizes, models, with_focal_length, summary)
+        if summary.kept == 0:
+            raise RawDataError(f"{raw}: no frame of 3DPW {name} kept ({summary.line()}); "
+                               "check the sequence files")
+        data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        summary.npz = out / "data" / "datasets" / DATASET_FILES[name]["3dpw"]
+        _write_npz(summary.npz, data)
+        if log:
+            log(summary.line())
+    return {name: summary for name, (summary, _) in plan.items()}

@@ -1,0 +1,173 @@
+"""The synthetic world's 3DPW sets in the official raw layout (``python -m datasets.synthetic --raw``).
+
+    python -m datasets.synthetic --root data/synthetic --raw
+    python -m datasets.prepare 3dpw --raw data/synthetic/datasets/pw3d --out /tmp/pw3d \
+        --data_root data/synthetic --with_focal_length
+
+:func:`write_raw_3dpw` turns the world's SPIN-format 3DPW npz files (test and train) back into
+what the official download holds (:mod:`datasets.pw3d_raw`), so the preparation tool is tested
+end to end: raw tree -> ``datasets.prepare`` -> npz, to compare with the world's own npz.
+
+* ``imageFiles/<sequence>/image_%05d.jpg``: the world's images (the world names its 3DPW images
+  that way already; with ``out`` elsewhere they are hard-linked, or copied, there);
+* ``sequenceFiles/{test,train}/<sequence>.pkl`` (pickle protocol 2, as the release): one file
+  per sequence, one actor per synthetic subject; ``N`` = the highest frame used + 1, and
+  ``campose_valid`` is true exactly at the frames the world has an image of (the others are
+  zeros, as a file of the release may hold invalid frames). The world may record a second
+  subject under a sequence name (frames 1000+) with another camera; as one file has one
+  ``cam_intrinsics``, that subject goes to ``<sequence>_<k>.pkl`` (same ``sequence`` value);
+* per frame a random world-to-camera transform ``cam_poses`` (random yaw, small tilt, offset);
+  ``poses`` holds the world-frame pose (global orientation ``R_cam^T R``, ``R`` the npz
+  camera-frame one) and ``trans`` the translation that puts the gendered SMPL's GT joints,
+  moved by ``cam_poses``, at the npz ``S``; ``cam_intrinsics`` = ``[[f, 0, W/2], [0, f, H/2],
+  [0, 0, 1]]`` with the npz ``focal_length``; ``poses2d`` = the npz ``openpose`` joints in
+  COCO-18 order ([3, 18]: x, y, confidence rows); ``genders``, ``betas`` from the npz.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import shutil
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from config import DATASET_FOLDERS, DataPaths
+from datasets.pw3d_raw import BODY25_FROM_COCO18, image_name
+
+__all__ = ["write_raw_3dpw"]
+
+_NAME = re.compile(r"^imageFiles/([^/]+)/image_(\d{5})\.jpg$")
+
+
+def _subjects(d: dict, images: Path) -> dict:
+    """{(sequence, focal, W, H): {actor key: [sample indices]}} of one npz."""
+    from PIL import Image
+    files: dict = {}
+    for i, name in enumerate(d["imgname"].astype(str)):
+        m = _NAME.match(name)
+        if not m:
+            raise ValueError(f"3dpw imgname {name!r} is not imageFiles/<seq>/image_%05d.jpg")
+        with Image.open(images / name) as im:
+            w, h = im.size
+        cam = (m.group(1), float(d["focal_length"][i]), w, h)
+        actor = (str(d["gender"][i]), tuple(np.round(d["shape"][i], 12)))
+        files.setdefault(cam, {}).setdefault(actor, []).append(i)
+    return files
+
+
+def _camera_poses(rng: np.random.Generator, n: int) -> np.ndarray:
+    """[n, 4, 4] random world-to-camera transforms (yaw anywhere, small tilt and roll)."""
+    from scipy.spatial.transform import Rotation
+    angles = np.stack([rng.uniform(-np.pi, np.pi, n), rng.normal(0, 0.15, n),
+                       rng.normal(0, 0.05, n)], 1)
+    out = np.tile(np.eye(4), (n, 1, 1))
+    out[:, :3, :3] = Rotation.from_euler("yxz", angles).as_matrix()
+    out[:, :3, 3] = rng.normal(0, 1.5, (n, 3))
+    return out
+
+
+def _actor(d: dict, idx: list, frames: np.ndarray, cam: np.ndarray, model, n: int) -> dict:
+    """World-frame arrays [n, ...] of one actor from its npz samples ``idx`` at ``frames``."""
+    import torch
+    from scipy.spatial.transform import Rotation
+    R_c, t_c = cam[frames, :3, :3], cam[frames, :3, 3]
+    pose = d["pose"][idx].astype(np.float64).copy()
+    R_g = Rotation.from_rotvec(pose[:, :3]).as_matrix()
+    pose[:, :3] = Rotation.from_matrix(np.transpose(R_c, (0, 2, 1)) @ R_g).as_rotvec()
+    betas = d["shape"][idx[0]].astype(np.float64)
+    with torch.no_grad():
+        j = model(betas=torch.as_tensor(np.repeat(betas[None], len(idx), 0)),
+                  body_pose=torch.as_tensor(pose[:, 3:]),
+                  global_orient=torch.as_tensor(pose[:, :3])).joints[:, 25:].numpy()
+    s_world = np.einsum("mkj,mji->mki", d["S"][idx, :, :3] - t_c[:, None], R_c)  # R_c^T (S-t)
+    out = {"poses": np.zeros((n, 72)), "trans": np.zeros((n, 3)),
+           "poses2d": np.zeros((n, 3, 18)), "valid": np.zeros(n, np.int64)}
+    out["poses"][frames], out["trans"][frames] = pose, (s_world - j).mean(1)
+    coco = np.zeros((len(idx), 18, 3))
+    for b, c in enumerate(BODY25_FROM_COCO18):
+        if c >= 0:
+            coco[:, c] = d["openpose"][idx, b]
+    out["poses2d"][frames] = np.transpose(coco, (0, 2, 1))
+    out["valid"][frames] = 1
+    return out
+
+
+def _link(src: Path, dst: Path) -> None:
+    if dst.exists() and os.path.samefile(src, dst):
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _write_split(d: dict, split: str, images: Path, out: Path, models: dict,
+                 seed: int) -> list[Path]:
+    written, count = [], {}
+    for (seq, f, w, h), actors in sorted(_subjects(d, images).items()):
+        k = count[seq] = count.get(seq, -1) + 1
+        stem = seq if k == 0 else f"{seq}_{k}"
+        frames = {a: np.array([int(_NAME.match(str(d["imgname"][i])).group(2)) for i in idx])
+                  for a, idx in actors.items()}
+        n = int(max(fr.max() for fr in frames.values())) + 1
+        cam = _camera_poses(np.random.default_rng([seed, zlib.crc32(f"{split}/{stem}".encode())]),
+                            n)
+        per = [_actor(d, idx, frames[a], cam, models["male" if a[0] == "m" else "female"], n)
+               for a, idx in actors.items()]
+        seq_file = {
+            "sequence": seq, "genders": [a[0] for a in actors],
+            "betas": [d["shape"][idx[0]].astype(np.float64) for idx in actors.values()],
+            "poses": [p["poses"] for p in per], "trans": [p["trans"] for p in per],
+            "poses2d": [p["poses2d"] for p in per], "campose_valid": [p["valid"] for p in per],
+            "cam_poses": cam, "img_frame_ids": np.arange(n),
+            "cam_intrinsics": np.array([[f, 0, w / 2.0], [0, f, h / 2.0], [0, 0, 1.0]])}
+        path = out / "sequenceFiles" / split / f"{stem}.pkl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".tmp"), "wb") as fh:
+            pickle.dump(seq_file, fh, protocol=2)
+        os.replace(path.with_suffix(".tmp"), path)
+        for idx in actors.values():
+            for i in idx:
+                _link(images / str(d["imgname"][i]), out / str(d["imgname"][i]))
+        written.append(path)
+    return written
+
+
+def write_raw_3dpw(root: str | os.PathLike, out: str | os.PathLike | None = None,
+                   seed: int = 0, log: Callable | None = print) -> Path:
+    """Write the world's 3DPW test and train sets under ``out`` in the official layout.
+
+    Args:
+        root: the synthetic world's data root (built by ``datasets.synthetic``).
+        out: the raw 3DPW root to write (default: the world's image folder
+            ``<root>/datasets/pw3d``, which then holds imageFiles/ and sequenceFiles/).
+        seed: seed of the random camera poses.
+    Returns:
+        the raw root.
+    """
+    import torch
+    from models.smpl import build_smpl
+    paths = DataPaths(root)
+    images = paths.images_dir / DATASET_FOLDERS["3dpw"]
+    out = Path(out) if out is not None else images
+    models = {g: build_smpl(paths, g, dtype=torch.float64) for g in ("male", "female")}
+    for split in ("test", "train"):
+        with np.load(paths.dataset_npz("3dpw", split == "train"), allow_pickle=False) as z:
+            d = {k: z[k] for k in z.files}
+        target = out / "sequenceFiles" / split
+        if target.is_dir():
+            shutil.rmtree(target)
+        files = _write_split(d, split, images, out, models, seed)
+        if log:
+            log(f"  raw 3dpw {split}: {len(files)} sequence files, {len(d['imgname'])} frames "
+                f"-> {target}")
+    if log:
+        log(f"raw 3DPW tree in {out}: python -m datasets.prepare 3dpw --raw {out} "
+            f"--out <folder> --data_root {root}")
+    return out
