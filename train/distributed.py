@@ -1,22 +1,45 @@
-"""DDP set-up for ``torchrun`` (decisions D11): rank-0 logging and checkpoints."""
+"""DDP set-up for ``torchrun`` (decisions D11): the process group, the DDP wrapper, rank-0 duties.
+
+Gradients are averaged by :class:`torch.nn.parallel.DistributedDataParallel` (bucketed
+all-reduces that overlap the backward); BatchNorm buffers follow rank 0 (DDP's
+``broadcast_buffers``) or, with ``--sync_bn`` on CUDA, are computed over all ranks
+(:class:`torch.nn.SyncBatchNorm`). Nothing here is used by a plain ``python train.py`` run.
+
+A rank that dies (or hangs) does not leave the others waiting forever: every collective has the
+process group's ``timeout`` (``--dist_timeout``); gloo raises when a peer's connection drops,
+NCCL aborts the communicator after the timeout (``TORCH_NCCL_ASYNC_ERROR_HANDLING``), and
+torchrun's agent stops the remaining workers once one has failed.
+"""
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
-def init(device: torch.device) -> tuple[int, int]:
-    """Initialise the process group when launched by torchrun; return (rank, world_size)."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return 0, 1
-    world = int(os.environ["WORLD_SIZE"])
-    if world == 1 and not dist.is_available():
+def launched() -> bool:
+    """True under torchrun (``RANK`` and ``WORLD_SIZE`` set)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init(device: torch.device, timeout_s: float = 600.0) -> tuple[int, int]:
+    """Initialise the process group when launched by torchrun; return (rank, world_size).
+
+    Backend: NCCL on CUDA, gloo on the CPU. ``timeout_s`` bounds every collective: a rank that
+    waits longer for a dead or stuck peer raises instead of hanging.
+    """
+    if not launched() or not dist.is_available():
         return 0, 1
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend,
+                                timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -38,9 +61,69 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        x = x.clone()
-        dist.all_reduce(x)
-        x /= dist.get_world_size()
-    return x
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true on any rank (one tiny all-reduce; the flag itself when not
+    distributed). Ranks must take the same branch around DDP's backward."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False,
+         find_unused_parameters: bool = False) -> nn.Module:
+    """``module`` under DDP when a process group exists (else unchanged).
+
+    ``sync_bn``: BatchNorm -> SyncBatchNorm first (in place: the parameters, buffers and
+    state_dict keys stay the same). DDP's constructor broadcasts rank 0's parameters and buffers,
+    so every rank starts identical; every forward re-broadcasts rank 0's buffers.
+    """
+    if sync_bn:
+        nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if not dist.is_initialized():
+        return module
+    ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids,
+                                               find_unused_parameters=find_unused_parameters)
+
+
+def wait_for_main(key: str, timeout_s: float) -> None:
+    """End of a section that rank 0 runs alone (the in-training evaluation, hours long): rank 0
+    marks ``key`` done in the rendezvous store, the others wait for the mark up to
+    ``timeout_s``. A store wait is not a collective, so the process group's timeout (meant for
+    dead peers) does not cut it short; a failed rank 0 ends the others through torchrun."""
+    if not dist.is_initialized():
+        return
+    store = dist.distributed_c10d._get_default_store()
+    if dist.get_rank() == 0:
+        store.set(key, "done")
+    else:
+        store.wait([key], datetime.timedelta(seconds=timeout_s))
+
+
+@contextlib.contextmanager
+def peer_errors(rank: int, timeout_s: float):
+    """Turn a failed collective (a peer died, or hung past the process group's timeout) into
+    one ``error:`` line naming this rank, instead of a long backend traceback."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not peer_failure(e):
+            raise
+        text = str(e).strip()
+        first = text.splitlines()[0][:300] if text else type(e).__name__
+        raise SystemExit(f"error: rank {rank}: lost contact with the other ranks ({first}). "
+                         f"A rank died or hung for more than --dist_timeout {timeout_s:g} s; "
+                         f"its own output says why") from e
+
+
+PEER_FAILURE_MARKS = ("gloo", "NCCL", "Timed out", "timed out", "Connection closed",
+                      "Connection reset")
+
+
+def peer_failure(e: BaseException) -> bool:
+    """A failed collective: a ``DistError`` (NCCL, the store), or gloo's plain ``RuntimeError``
+    (a peer's closed connection or a timeout)."""
+    return isinstance(e, dist.DistError) or (
+        isinstance(e, RuntimeError) and any(m in str(e) for m in PEER_FAILURE_MARKS))

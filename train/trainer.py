@@ -49,6 +49,7 @@ def build_networks(options, paths: DataPaths, pretrained: bool = True):
 
 
 N_OVERLAYS = 4   # mesh overlays logged per summary with --log_images
+EVAL_WAIT_S = 48 * 3600.0   # how long the other ranks wait for rank 0's in-training evaluation
 
 
 def build_optimizer(o, model, model_aux, lr_scale: float = 1.0) -> torch.optim.Optimizer:
@@ -68,11 +69,9 @@ class MetaStep:
     Used by :class:`Trainer` and by ``bench/train_step.py``.
     """
 
-    def __init__(self, options, model, model_aux, smpl, optimizer, device: torch.device,
-                 world: int = 1):
+    def __init__(self, options, model, model_aux, smpl, optimizer, device: torch.device):
         o = self.options = options
         self.model, self.model_aux, self.smpl, self.optimizer = model, model_aux, smpl, optimizer
-        self.world = world
         self.camera = Camera.from_options(o)
         self.weights = LossWeights.from_options(o)
         self.meta = o.inner_step > 0
@@ -82,9 +81,38 @@ class MetaStep:
         amp = o.amp if device.type == "cuda" else "off"
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+        self.net: torch.nn.Module = MetaNetworks(self)   # DDP-wrapped by distribute()
+
+    def distribute(self, sync_bn: bool = False) -> None:
+        """Run the forward under DDP (when a process group exists): its all-reduces average the
+        gradients of both networks during the backward; ``sync_bn``: SyncBatchNorm (CUDA).
+
+        DDP hooks the parameters that require a gradient: the main network, and the aux network
+        only under second order (frozen otherwise). Every one of them receives a gradient in
+        every mode (the IEF loop feeds each head output back, so even the aux camera layer
+        reaches the pseudo-labels), hence no ``find_unused_parameters`` (its graph walk every
+        step); DDP would stop with an error at the second step if one went unused.
+        """
+        self.net = dist.wrap(MetaNetworks(self), self.device, sync_bn)
 
     def __call__(self, batch: dict, log_inner: bool = False) -> dict[str, torch.Tensor]:
         """One iteration; ``log_inner`` also measures the inner loss after the inner step."""
+        out = self.net(batch, log_inner)           # MetaStep.forward, through DDP when wrapped
+        loss = out.pop("_loss")
+        if dist.any_rank(not bool(torch.isfinite(loss)), self.device):
+            if isinstance(self.net, torch.nn.parallel.DistributedDataParallel):
+                loss.backward()     # completes DDP's reduction; the gradients are discarded
+                self.optimizer.zero_grad(set_to_none=True)
+            return {**out, "skipped": True}
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return out
+
+    def forward(self, batch: dict, log_inner: bool = False) -> dict[str, torch.Tensor]:
+        """The forward pass of one iteration: the loss to back-propagate (``_loss``) and the
+        logged values (detached)."""
         o = self.options
         img, bbox_info = batch["img"], batch["bbox_info"]
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
@@ -123,29 +151,25 @@ class MetaStep:
             out["_viz"] = {"vertices": pred["vertices"][:n].detach(),
                            "translation": self.camera.full_translation(pred["cam"][:n],
                                                                        few).detach()}
-        if not torch.isfinite(loss):
-            return {**out, "skipped": True}
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.world > 1:
-            self.sync_gradients()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        out["_loss"] = loss
         return out
 
-    def sync_gradients(self) -> None:
-        """Average gradients over DDP ranks and share rank 0's BN statistics."""
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        torch.distributed.all_reduce(flat)
-        flat /= self.world
-        i = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[i:i + n].view_as(p.grad))
-            i += n
-        for b in list(self.model.buffers()) + list(self.model_aux.buffers()):
-            torch.distributed.broadcast(b, 0)
+
+class MetaNetworks(torch.nn.Module):
+    """Both networks as one module whose ``forward(batch, log_inner)`` is
+    :meth:`MetaStep.forward`, so that DDP sees the whole iteration (backbone, aux pseudo-labels,
+    inner step, outer loss) in its forward and hooks the gradients of both networks.
+
+    SMPL is deliberately not a submodule: DDP would broadcast its buffers every step.
+    """
+
+    def __init__(self, step: MetaStep):
+        super().__init__()
+        self.model, self.model_aux = step.model, step.model_aux
+        object.__setattr__(self, "step", step)     # a plain reference, not a submodule
+
+    def forward(self, batch: dict, log_inner: bool = False) -> dict[str, torch.Tensor]:
+        return self.step.forward(batch, log_inner)
 
 
 class Trainer:
@@ -157,7 +181,10 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(dist.local_rank())
             self.device = torch.device("cuda", dist.local_rank())
-        self.rank, self.world = dist.init(self.device)
+        if getattr(o, "sync_bn", False) and self.device.type != "cuda":
+            raise SystemExit("error: --sync_bn needs CUDA (SyncBatchNorm has no CPU kernel). "
+                             "Drop --sync_bn or train with --device cuda")
+        self.rank, self.world = dist.init(self.device, getattr(o, "dist_timeout", 600.0))
         self.main = self.rank == 0
         seed_everything(o.seed)
         self.paths = DataPaths.from_options(o)
@@ -177,7 +204,7 @@ class Trainer:
             runtime.place(net, self.device, getattr(o, "memory_format", "auto"))
         self.optimizer = build_optimizer(o, self.model, self.model_aux)
         self.run_step = MetaStep(o, self.model, self.model_aux, self.smpl, self.optimizer,
-                                 self.device, self.world)
+                                 self.device)
 
         from datasets import MixedDataset
         self.dataset = SeededDataset(MixedDataset(o, paths=self.paths), o.seed)
@@ -192,9 +219,8 @@ class Trainer:
             self.load_pretrained(o.pretrained_checkpoint)
         if o.resume:
             self.resume(o.checkpoint)
-        if self.world > 1:       # identical start on every rank
-            for t in list(self.model.state_dict().values()) + list(self.model_aux.state_dict().values()):
-                torch.distributed.broadcast(t, 0)
+        # under torchrun: DDP (its constructor gives every rank rank 0's weights)
+        self.run_step.distribute(sync_bn=getattr(o, "sync_bn", False))
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self, dataset_perm) -> dict:
@@ -244,6 +270,12 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> None:
+        """Train until ``--num_epochs`` / ``--max_steps`` / ``--time_to_run``; under torchrun a
+        failed collective stops this rank with one error line."""
+        with dist.peer_errors(self.rank, getattr(self.options, "dist_timeout", 600.0)):
+            return self._loop()
+
+    def _loop(self) -> None:
         o = self.options
         start_time = time.time()
         per_epoch = len(self.dataset) // (o.batch_size * self.world)
@@ -273,7 +305,7 @@ class Trainer:
                 self.account(out, bar)
                 if self.main and o.checkpoint_steps > 0 and self.step % o.checkpoint_steps == 0:
                     self.save("current.pt", mid_epoch=self.batch_idx < per_epoch)
-                if time.time() - start_time > o.time_to_run:
+                if dist.any_rank(time.time() - start_time > o.time_to_run, self.device):
                     self.save("current.pt", mid_epoch=True)
                     print(f"time_to_run reached: saved {self.ckpt_dir / 'current.pt'}")
                     return self.finish()
@@ -344,7 +376,8 @@ class Trainer:
         self.save("previous.pt", mid_epoch=False)
         names = [d for d in o.eval_datasets.split(",") if d]
         if not self.main or not names:
-            dist.barrier()
+            if names:   # rank 0 evaluates alone; no collective timeout while waiting for it
+                dist.wait_for_main(f"eval_{self.epoch}", EVAL_WAIT_S)
             return
         from train.evaluation import evaluate
         self.model.eval()
@@ -363,7 +396,7 @@ class Trainer:
                 f"{ds} MPJPE {r['MPJPE']:.2f} PA-MPJPE {r['PA-MPJPE']:.2f} "
                 f"PVE {r.get('PVE', float('nan')):.2f}" for ds, r in results.items()) + "\n")
         self.save(f"previous_{self.epoch}_{tag}.pt", mid_epoch=False)
-        dist.barrier()
+        dist.wait_for_main(f"eval_{self.epoch}", EVAL_WAIT_S)
 
     def finish(self) -> None:
         if self.writer is not None:

@@ -168,6 +168,14 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_nonfinite", type=int, default=5,
                    help="stop after this many consecutive non-finite losses")
 
+    g = p.add_argument_group("multi-GPU (torchrun + DDP)")
+    g.add_argument("--sync_bn", action="store_true",
+                   help="under torchrun on CUDA: BatchNorm statistics over all ranks "
+                        "(SyncBatchNorm) instead of each rank's own batch")
+    g.add_argument("--dist_timeout", type=float, default=600.0,
+                   help="under torchrun: seconds a rank waits in a collective for its peers "
+                        "before it stops with an error (a dead or stuck rank)")
+
     g = p.add_argument_group("logging and checkpoints")
     g.add_argument("--summary_steps", type=int, default=100, help="TensorBoard scalar period")
     g.add_argument("--log_images", action="store_true",

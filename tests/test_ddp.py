@@ -1,0 +1,153 @@
+"""Multi-process training under torchrun + DistributedDataParallel, on the CPU (gloo, 2 ranks).
+
+Independent facts: data parallelism means every rank applies the optimizer step to the mean of
+the ranks' gradients. The reference below computes each rank's gradient in this one process with
+plain autograd (no DDP, no process group), averages them by hand and takes the Adam step; the
+ranks must hold those weights (and both ranks the same ones), also for the aux network's
+meta-gradient under second order.
+
+BatchNorm and dropout: the networks run in eval mode in the comparison. In train mode a forward
+is not a function of (weights, batch) alone: dropout draws from each process's RNG, and BatchNorm
+updates running buffers that DDP replaces by rank 0's at every forward, so the reference in one
+process could not replay the ranks' forwards exactly. In eval mode (running statistics, no
+dropout) it can, and the comparison isolates what DDP must do: average the gradients.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("ddp_worker.py")
+BATCH = 2
+BN_STATS = ("running_mean", "running_var")
+
+
+def _argv(root, log_dir, name, *extra):
+    return ["--name", name, "--log_dir", str(log_dir), "--data_root", str(root),
+            "--backbone", "resnet18", "--bbox_type", "rect", "--crop_scale", "0.25",
+            "--model", "cliff", "--batch_size", str(BATCH), "--num_workers", "0",
+            "--inner_lr", "1e-3", "--outer_lr", "1e-4", "--aux_lr", "1e-4",
+            "--test_epochs", "1000", "--save_epochs", "1000", "--summary_steps", "1000",
+            "--no_pretrained_backbone", "--device", "cpu", *extra]
+
+
+def torchrun(out_dir, action: str, args, nproc: int = 2, timeout: float = 300):
+    """Run tests/ddp_worker.py under torchrun (free port: --standalone)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node", str(nproc), str(WORKER), str(out_dir), action, *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _reference(root, tmp_path, steps: int, extra) -> tuple[dict, dict, list]:
+    """One process: per step, each rank's gradient by plain autograd, their mean, Adam."""
+    import ddp_worker
+    from train.trainer import Trainer
+    from utils.options import parse_train
+    tr = Trainer(parse_train(_argv(root, tmp_path, "ref", *extra)))
+    assert tr.world == 1
+    named = [(f"{n}/{k}", p) for n, net in (("model", tr.model), ("model_aux", tr.model_aux))
+             for k, p in net.named_parameters() if p.requires_grad]
+    per_rank = []
+    for s in range(steps):
+        tr.model.eval()
+        per_rank = []
+        for r in range(2):
+            batch = ddp_worker.fixed_batch(tr.dataset, s, r, 2, BATCH)
+            loss = tr.run_step.forward(batch)["_loss"]
+            per_rank.append(torch.autograd.grad(loss, [p for _, p in named]))
+        for (_, p), g0, g1 in zip(named, *per_rank):
+            p.grad = (g0 + g1) / 2
+        tr.optimizer.step()
+    grads = {k: p.grad for k, p in named}
+    return {"model": tr.model.state_dict(), "model_aux": tr.model_aux.state_dict()}, grads, [
+        dict(zip([k for k, _ in named], g)) for g in per_rank]
+
+
+def test_ranks_apply_the_mean_gradient(synthetic_root, tmp_path):
+    """Second order (per-sample inner step): the main network's and the aux network's
+    meta-gradients are both averaged. (First order: the resume test below.)"""
+    order, extra, steps = "second", ["--tto_mode", "sample"], 2
+    r = torchrun(tmp_path, f"steps:{steps}", _argv(synthetic_root, tmp_path, "ddp", *extra))
+    assert r.returncode == 0, r.stderr[-4000:]
+    a, b = _load(tmp_path / "rank0.pt"), _load(tmp_path / "rank1.pt")
+    for net in ("model", "model_aux"):           # every rank holds the same weights
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), (net, k)
+    ref, ref_grads, local = _reference(synthetic_root, tmp_path, steps, extra)
+    aux_keys = [k for k in ref_grads if k.startswith("model_aux/")]
+    assert bool(aux_keys) == (order == "second")   # aux is trained only under second order
+    assert set(a["grads"]) == set(ref_grads)
+    for k, g in ref_grads.items():   # the last step's gradient is the mean, up to float
+        # rounding (another summation order, carried through the second-order inner step);
+        # a rank's own gradient is ~50% off the mean, far outside this tolerance
+        err = float((a["grads"][k] - g).abs().max())
+        assert err <= 1e-3 * float(g.abs().max()) + 1e-9, (k, err)
+    # the weights: Adam's update lr * m / (sqrt(v) + eps) turns a rounding-level difference of a
+    # near-zero gradient into up to ~2 lr, so a few such elements may differ; without the
+    # averaging nearly every element would (each rank's own gradient)
+    lr = 1e-4
+    for net in ("model", "model_aux"):
+        for k, v in ref[net].items():
+            diff = (a[net][k].double() - v.double()).abs()
+            assert float(diff.max()) <= 2 * steps * 1.5 * lr, (net, k)
+            assert int((diff > 1e-6).sum()) <= max(8, 1e-4 * v.numel()), (net, k)
+    # not vacuous: the ranks' own gradients are far from their mean (main and aux)
+    for prefix in ("model/", "model_aux/"):
+        keys = [k for k in local[0] if k.startswith(prefix)]
+        spread = max(float((local[0][k] - ref_grads[k]).abs().max() / ref_grads[k].abs().max())
+                     for k in keys if ref_grads[k].abs().max() > 0)
+        assert spread > 0.05, (prefix, spread)
+
+
+def test_torchrun_train_resume_continues_at_the_same_step(synthetic_root, tmp_path):
+    """Two ranks train 4 steps; a run stopped at step 3 and resumed under torchrun reaches the
+    same weights at the same step; checkpoints keep the released key names (no 'module.')."""
+    # 4 samples / (2 ranks x batch 1): 2 steps per epoch; the stop at step 3 is mid-epoch
+    small = ["--first_order", "--batch_size", "1"]
+    full = torchrun(tmp_path / "full", "train", _argv(synthetic_root, tmp_path, "full",
+                                                      "--max_steps", "4", *small))
+    assert full.returncode == 0, full.stderr[-4000:]
+    a, b = _load(tmp_path / "full" / "rank0.pt"), _load(tmp_path / "full" / "rank1.pt")
+    for k in a["model"]:   # BN running statistics: each rank's last batch (DDP hands rank 0's
+        if not k.endswith(BN_STATS):   # to every rank at the start of the next forward)
+            assert torch.equal(a["model"][k], b["model"][k]), k
+    args = _argv(synthetic_root, tmp_path, "resumed", *small, "--checkpoint_steps", "3")
+    first = torchrun(tmp_path / "part", "train", args + ["--max_steps", "3"])
+    assert first.returncode == 0, first.stderr[-4000:]
+    ck = tmp_path / "resumed" / "checkpoints" / "current.pt"
+    assert _load(ck)["total_step_count"] == 3 and _load(ck)["dataset_perm"] is not None
+    second = torchrun(tmp_path / "part", "train", args + ["--max_steps", "4", "--resume"])
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "step 3" in second.stdout
+    c = _load(tmp_path / "part" / "rank0.pt")
+    assert c["step"] == 4
+    saved, ref = _load(ck), _load(tmp_path / "full" / "checkpoints" / "current.pt")
+    assert saved["total_step_count"] == ref["total_step_count"] == 4
+    from models import build_model
+    for net, role in (("model", "main"), ("model_aux", "aux")):
+        assert list(saved[net]) == list(build_model("cliff", "resnet18", role, "rect").state_dict())
+        for k in ref[net]:
+            assert torch.equal(saved[net][k], ref[net][k]), (net, k)
+
+
+def test_a_stuck_rank_stops_the_others_within_the_timeout(synthetic_root, tmp_path):
+    """Rank 1 never takes a step: rank 0 waits in DDP's collective for --dist_timeout, then
+    stops with one error line, and torchrun ends the run (no endless hang)."""
+    t0 = time.time()
+    r = torchrun(tmp_path, "hang", _argv(synthetic_root, tmp_path, "hang", "--max_steps", "2",
+                                         "--first_order", "--dist_timeout", "5"), timeout=240)
+    elapsed = time.time() - t0
+    assert r.returncode != 0
+    assert "error: rank 0: lost contact with the other ranks" in r.stderr, r.stderr[-4000:]
+    assert elapsed < 120, elapsed
