@@ -64,7 +64,7 @@ class SetSummary:
     def line(self) -> str:
         skipped = sum(self.skipped.values())
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
-        return (f"3dpw {self.name} ({'+'.join(self.splits)}): {self.files} sequence files, "
+        return (f"3dpw {self.name} (sequenceFiles/{'+'.join(self.splits)}): {self.files} files, "
                 f"{len(self.sequences)} sequences, {self.actors} actors, {self.kept} frames "
                 f"kept, {skipped} skipped" + (f" ({reasons})" if reasons else "")
                 + (f" -> {self.npz}" if self.npz else ""))

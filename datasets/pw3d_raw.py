@@ -21,9 +21,9 @@ Each sequence file is a dict; the keys read here (every other key is ignored):
 
 Pickles can run code when loaded: the files are read through :mod:`utils.safe_pickle`, which
 admits numpy arrays, dtypes and scalars and the basic containers, and refuses every other
-global before importing it (a crafted file raises :class:`RawDataError`, nothing runs). Every problem
-(unreadable file, missing key, wrong shape or type, NaN in a valid frame, a sequence without a
-valid frame, a missing image) raises :class:`RawDataError` naming the file.
+global before importing it (a crafted file raises :class:`RawDataError`, nothing runs). Every
+problem (unreadable file, missing key, wrong shape or type, NaN in a valid frame, a sequence
+without a valid frame, a missing image) raises :class:`RawDataError` naming the file.
 """
 from __future__ import annotations
 

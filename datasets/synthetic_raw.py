@@ -1,4 +1,4 @@
-"""The synthetic world's 3DPW sets in the official raw layout (``python -m datasets.synthetic --raw``).
+"""The synthetic world's 3DPW sets in the official raw layout (``datasets.synthetic --raw``).
 
     python -m datasets.synthetic --root data/synthetic --raw
     python -m datasets.prepare 3dpw --raw data/synthetic/datasets/pw3d --out /tmp/pw3d \
@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from config import DATASET_FOLDERS, DataPaths
-from datasets.pw3d_raw import BODY25_FROM_COCO18, image_name
+from datasets.pw3d_raw import BODY25_FROM_COCO18
 
 __all__ = ["write_raw_3dpw"]
 
