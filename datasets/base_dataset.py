@@ -12,8 +12,10 @@ validated (required keys, lengths, shapes, NaN/inf, a visible GT keypoint per sa
    ``sc = clip(randn()*sf + 1, 1-sf, 1+sf)``, then ``uniform() <= 0.6`` zeroes rot;
    ``scale *= sc``;
 4. flip of image, centre (``x -> W-1-x``), keypoints, S and pose;
-5. ``full_trans`` (rotated), ``crop_trans`` and ``inv_trans`` (not rotated); keypoints mapped
-   with ``full_trans`` into crop pixels; S and the root orientation rotated by -rot;
+5. ``full_trans`` (rotated), ``crop_trans`` and ``inv_trans`` (not rotated), built as released
+   (:func:`utils.imutils.get_affine_transform`: three float32 point pairs, then
+   ``cv2.getAffineTransform``); keypoints (float64 from the npz on, as released) mapped with
+   ``full_trans`` into crop pixels; S and the root orientation rotated by -rot;
 6. image: optional photometric augmentation (``--ALB``, RGB kept), ``cv2.warpAffine``
    (bilinear, black border), synthetic occlusion (training h36m / mpi-inf-3dhp with
    ``--syn_occ``), pixel noise, ImageNet normalisation, CHW.
@@ -160,9 +162,10 @@ class BaseDataset(Dataset):
 
         self.n = n
         self.imgname = data["imgname"].astype(str)
-        self.part = data["part"].astype(np.float32)
-        self.openpose = (data["openpose"].astype(np.float32) if "openpose" in data
-                         else np.zeros((n, 25, 3), np.float32))
+        # float64 through the bbox, the affine and the keypoint map, as released (§6.3 item 5)
+        self.part = data["part"].astype(np.float64)
+        self.openpose = (data["openpose"].astype(np.float64) if "openpose" in data
+                         else np.zeros((n, 25, 3), np.float64))
         if self.half_size:
             self.part[..., :2] /= 2
             self.openpose[..., :2] /= 2

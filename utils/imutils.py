@@ -26,13 +26,14 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Affine crop transforms
 def get_affine_transform(center, scale, rot, out_size, inv: bool = False) -> np.ndarray:
-    """Similarity transform between the full image and a crop (mmpose convention, §6.3 item 5).
+    """Similarity transform between the full image and a crop, built as released (§6.3 item 5).
 
-    With ``k = crop_h / (200 * scale)`` and θ = rot in radians, a full-image pixel (x, y) maps to
-    ``x' = k( cosθ (x-cx) + sinθ (y-cy)) + crop_w/2``,
-    ``y' = k(-sinθ (x-cx) + cosθ (y-cy)) + crop_h/2``.
-    The crop therefore covers ``200*scale`` high by ``200*scale*crop_w/crop_h`` wide. This is
-    the closed form of the 3-point ``cv2.getAffineTransform`` construction (exact, and batched).
+    Geometrically, with ``k = crop_h / (200 * scale)`` and θ = rot in radians, a full-image pixel
+    (x, y) maps to ``x' = k( cosθ (x-cx) + sinθ (y-cy)) + crop_w/2``,
+    ``y' = k(-sinθ (x-cx) + cosθ (y-cy)) + crop_h/2``: the crop covers ``200*scale`` high by
+    ``200*scale*crop_w/crop_h`` wide. Numerically it is the classic three-point construction
+    (:func:`_three_point_affine`: float32 correspondences, then ``cv2.getAffineTransform``), which
+    rounds differently from that closed form (~1e-5 px) and decides the crop's pixels.
 
     Args:
         center: (..., 2) bbox centre (cx, cy) in full-image pixels.
@@ -45,26 +46,45 @@ def get_affine_transform(center, scale, rot, out_size, inv: bool = False) -> np.
     """
     center = np.asarray(center, dtype=np.float64)
     scale = np.asarray(scale, dtype=np.float64)
-    theta = np.deg2rad(np.asarray(rot, dtype=np.float64))
+    rot = np.asarray(rot, dtype=np.float64)
+    if center.shape == (2,) and scale.ndim == 0 and rot.ndim == 0:  # one sample (the dataset)
+        return _three_point_affine(center, float(scale), float(rot), out_size, inv)
+    shape = np.broadcast_shapes(center.shape[:-1], scale.shape, rot.shape)
+    cs = np.broadcast_to(center, shape + (2,)).reshape(-1, 2)
+    ss = np.broadcast_to(scale, shape).reshape(-1)
+    rs = np.broadcast_to(rot, shape).reshape(-1)
+    out = [_three_point_affine(c, float(s), float(r), out_size, inv) for c, s, r in zip(cs, ss, rs)]
+    return np.stack(out).reshape(shape + (2, 3)) if out else np.empty(shape + (2, 3))
+
+
+def _three_point_affine(center: np.ndarray, scale: float, rot: float, out_size,
+                        inv: bool) -> np.ndarray:
+    """One 2x3 matrix by the released three-point construction (§6.3 item 5, "Numerically").
+
+    ``src_w = 200 * (scale * crop_w / crop_h)``; ``src_dir`` = ``[0, -src_w/2]`` rotated by
+    θ = ``pi * rot / 180`` (x' = x cosθ - y sinθ, y' = x sinθ + y cosθ), in float64;
+    ``dst_dir = [0, -crop_w/2]``. Into float32 (3, 2) arrays: ``src = [c, c + src_dir, .]``,
+    ``dst = [crop/2, crop/2 + dst_dir, .]``; the third point of each, in float32, is the second
+    point plus the vector from the second to the first turned by 90 degrees,
+    ``p2 = p1 + [-(p0 - p1)_y, (p0 - p1)_x]``. Then ``cv2.getAffineTransform(src, dst)``
+    (``(dst, src)`` for ``inv``), a float64 matrix.
+    """
     crop_w, crop_h = float(out_size[0]), float(out_size[1])
-    shape = np.broadcast_shapes(center.shape[:-1], scale.shape, theta.shape)
-    cx = np.broadcast_to(center[..., 0], shape)
-    cy = np.broadcast_to(center[..., 1], shape)
-    c, s = np.cos(theta), np.sin(theta)
-    m = np.empty(shape + (2, 3))
-    if not inv:
-        k = crop_h / (200.0 * scale)
-        m[..., 0, 0], m[..., 0, 1] = k * c, k * s
-        m[..., 1, 0], m[..., 1, 1] = -k * s, k * c
-        m[..., 0, 2] = -k * (c * cx + s * cy) + crop_w / 2
-        m[..., 1, 2] = -k * (-s * cx + c * cy) + crop_h / 2
-    else:  # (x, y) = R(θ)^T (x' - crop/2) / k + (cx, cy)
-        ik = (200.0 * scale) / crop_h
-        m[..., 0, 0], m[..., 0, 1] = ik * c, -ik * s
-        m[..., 1, 0], m[..., 1, 1] = ik * s, ik * c
-        m[..., 0, 2] = cx - ik * (c * crop_w / 2 - s * crop_h / 2)
-        m[..., 1, 2] = cy - ik * (s * crop_w / 2 + c * crop_h / 2)
-    return m
+    src_w = 200.0 * (scale * crop_w / crop_h)
+    theta = np.pi * rot / 180.0
+    sn, cs = np.sin(theta), np.cos(theta)
+    x, y = 0.0, -0.5 * src_w
+    src_dir = np.array([x * cs - y * sn, x * sn + y * cs])
+    half = np.array([crop_w * 0.5, crop_h * 0.5])
+    src = np.zeros((3, 2), np.float32)
+    dst = np.zeros((3, 2), np.float32)
+    src[0], src[1] = center, center + src_dir
+    dst[0], dst[1] = half, half + np.array([0.0, -0.5 * crop_w])
+    for p in (src, dst):                 # float32 arithmetic, as released
+        d = p[0] - p[1]
+        p[2, 0] = p[1, 0] - d[1]         # (= p1_x + (-d_y), exactly)
+        p[2, 1] = p[1, 1] + d[0]
+    return cv2.getAffineTransform(dst, src) if inv else cv2.getAffineTransform(src, dst)
 
 
 def transform_points(points, trans) -> np.ndarray:
