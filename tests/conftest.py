@@ -6,6 +6,10 @@ regressors, mean parameters, occluders and the resnet18 stand-in weights). It is
 session's temporary folder, or reused from ``$METAHMR_TEST_WORLD`` when that names a folder
 (built there the first time; rebuilt automatically when the generator version changes).
 
+``device``: the device of the device-relevant tests, ``$METAHMR_TEST_DEVICE`` (cpu by default;
+``METAHMR_TEST_DEVICE=cuda python -m pytest -q`` runs them on the GPU and skips them where there
+is none); ``cuda_device``: the same, for CUDA-only paths (skipped on the CPU).
+
 Also: two torch threads (the test machine has two cores), and ``torch._dynamo`` imported before
 anything can create a GL context (importing triton after a GL context exists segfaults).
 """
@@ -20,6 +24,29 @@ import torch._dynamo  # noqa: F401  must precede any GL context (triton/GL segfa
 import pytest
 
 torch.set_num_threads(2)
+
+TEST_DEVICE = os.environ.get("METAHMR_TEST_DEVICE", "cpu")
+if TEST_DEVICE not in ("cpu", "cuda"):
+    raise pytest.UsageError(f"METAHMR_TEST_DEVICE must be cpu or cuda, got {TEST_DEVICE!r}")
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """The device of the device-relevant tests (networks, meta step, TTO, trainer, evaluation,
+    demo, renderer): ``$METAHMR_TEST_DEVICE``, cpu by default. With ``cuda`` and no GPU, every
+    test that asks for it is skipped (the others still run on the CPU)."""
+    if TEST_DEVICE == "cuda" and not torch.cuda.is_available():
+        pytest.skip("METAHMR_TEST_DEVICE=cuda but no CUDA device is available")
+    return torch.device(TEST_DEVICE)
+
+
+@pytest.fixture(scope="session")
+def cuda_device(device) -> torch.device:
+    """The device, for tests of CUDA-only paths (``--amp`` on CUDA, EGL, NCCL): skipped unless
+    ``METAHMR_TEST_DEVICE=cuda``."""
+    if device.type != "cuda":
+        pytest.skip("CUDA-only path: run with METAHMR_TEST_DEVICE=cuda on a GPU machine")
+    return device
 
 TEST_WORLD_SIZE = 4
 TEST_WORLD_IMG_SIZE = 128

@@ -25,13 +25,15 @@ from config import DataPaths
 from train import evaluation as ev
 from utils.options import parse_eval
 
+from conftest import TEST_DEVICE  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------
 # fixtures: random resnet18 networks saved as a train.py-style checkpoint
 @pytest.fixture(scope="module")
-def ckpts(synthetic_root, tmp_path_factory):
+def ckpts(synthetic_root, tmp_path_factory, device):   # device: skip where it is missing
     from models import build_model
     paths = DataPaths(Path(synthetic_root))
     out = {}
@@ -50,7 +52,7 @@ def ckpts(synthetic_root, tmp_path_factory):
 def _opts(root, model="cliff", *extra):
     argv = ["--data_root", str(root), "--dataset", "3dpw", "--bbox_type", "rect",
             "--backbone", "resnet18", "--batch_size", "2", "--test_val_step", "1",
-            "--inner_lr", "1e-5", "--after_innerlr", "1e-5", "--device", "cpu",
+            "--inner_lr", "1e-5", "--after_innerlr", "1e-5", "--device", TEST_DEVICE,
             "--num_workers", "0", "--log_freq", "0", *map(str, extra)]
     return parse_eval(model, argv)
 
@@ -285,7 +287,7 @@ def test_eval_script_end_to_end(synthetic_root, ckpts, tmp_path):
            "--backbone", "resnet18", "--batch_size", "2", "--inner_lr", "1e-5",
            "--after_innerlr", "1e-5", "--inner_step", "1", "--test_val_step", "1",
            "--adapt_val_step", "--checkpoint", str(ckpts["cliff"]), "--data_root",
-           str(synthetic_root), "--max_batches", "1", "--num_workers", "0", "--device", "cpu",
+           str(synthetic_root), "--max_batches", "1", "--num_workers", "0", "--device", TEST_DEVICE,
            "--json_out", str(js), "--result_file", str(rf)]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -297,7 +299,7 @@ def test_eval_script_end_to_end(synthetic_root, ckpts, tmp_path):
         assert len(z["mpjpe"]) == 2
 
 
-def test_missing_checkpoint_is_a_clear_error(synthetic_root, tmp_path):
+def test_missing_checkpoint_is_a_clear_error(synthetic_root, tmp_path, device):
     o = _opts(synthetic_root)
     with pytest.raises(SystemExit, match="--checkpoint is required"):
         ev.main(o)

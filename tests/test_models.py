@@ -8,6 +8,7 @@ weights gives; a file written and read back restores exactly the written tensors
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -114,8 +115,9 @@ def test_zero_decoders_give_mean_params(mean_file, tmp_path, axis_angle):
         torch.testing.assert_close(out.pred_pose6d[i], net.init_pose[0])
 
 
-def test_features_path_equals_image_path_and_bad_inputs(r18):
-    img, bbox = _cliff_inputs()
+def test_features_path_equals_image_path_and_bad_inputs(r18, device):
+    r18 = copy.deepcopy(r18).to(device)
+    img, bbox = (x.to(device) for x in _cliff_inputs())
     with torch.no_grad():
         a = r18(img, bbox)
         b = r18(features=r18.extract_features(img), bbox_info=bbox)
@@ -124,9 +126,9 @@ def test_features_path_equals_image_path_and_bad_inputs(r18):
     with pytest.raises(ValueError, match="bbox_info"):
         r18(img)
     with pytest.raises(ValueError, match="exactly one"):
-        r18(img, bbox, features=torch.zeros(2, 512))
+        r18(img, bbox, features=torch.zeros(2, 512, device=device))
     with pytest.raises(ValueError, match="features must be"):
-        r18(features=torch.zeros(2, 100), bbox_info=bbox)
+        r18(features=torch.zeros(2, 100, device=device), bbox_info=bbox)
 
 
 def test_functional_call_shared_and_per_sample_weights(r18):
@@ -222,33 +224,33 @@ def test_sgd_step_on_fast_weights(r18):
     assert all(p.grad is None for p in r18.parameters())
 
 
-def test_two_image_forward_resnet50():
+def test_two_image_forward_resnet50(device):
     torch.manual_seed(0)
-    cliff = build_model("cliff", "resnet", "main", "rect").eval()
-    img, bbox = _cliff_inputs(2, *cliff.crop_size)
+    cliff = build_model("cliff", "resnet", "main", "rect").eval().to(device)
+    img, bbox = (x.to(device) for x in _cliff_inputs(2, *cliff.crop_size))
     with torch.no_grad():
         out = cliff(img, bbox)
     assert out.pred_rotmat.shape == (2, 24, 3, 3) and out.pred_betas.shape == (2, 10)
-    eye = torch.eye(3).expand(2, 24, 3, 3)
+    eye = torch.eye(3, device=device).expand(2, 24, 3, 3)
     torch.testing.assert_close(out.pred_rotmat @ out.pred_rotmat.transpose(-1, -2), eye,
                                atol=1e-5, rtol=0)
-    hmr = build_model("hmr", "resnet", "aux", "square").train()
+    hmr = build_model("hmr", "resnet", "aux", "square").train().to(device)
     assert hmr.crop_size == (224, 224) and not hmr.use_bbox_info
-    out = hmr(torch.randn(2, 3, 224, 224))
+    out = hmr(torch.randn(2, 3, 224, 224, device=device))
     assert out.pred_cam.shape == (2, 3) and torch.isfinite(out.pred_cam).all()
 
 
-def test_two_image_forward_hrnet():
-    img, bbox = _cliff_inputs(2, 64, 64)
+def test_two_image_forward_hrnet(device):
+    img, bbox = (x.to(device) for x in _cliff_inputs(2, 64, 64))
     for role, dim in (("main", 720), ("aux", 2048)):
-        net = build_model("cliff", "hrnet", role).eval()
+        net = build_model("cliff", "hrnet", role).eval().to(device)
         assert net.feature_dim == dim
         with torch.no_grad():
             f = net.extract_features(img)
             out = net(features=f, bbox_info=bbox)
         assert f.shape == (2, dim) and torch.isfinite(out.pred_rotmat).all()
     with pytest.raises(ValueError, match="divisible by 32"):
-        net.extract_features(torch.zeros(1, 3, 64, 48))
+        net.extract_features(torch.zeros(1, 3, 64, 48, device=device))
 
 
 # -- checkpoints ---------------------------------------------------------------------------------

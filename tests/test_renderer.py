@@ -252,3 +252,15 @@ def test_draw_keypoints():
     assert (out[0, 0] == 0).all() and (image == 0).all()
     out2 = draw_keypoints(image, kp[:, :2], color=(0, 0, 255), radius=2)
     assert out2[5, 40, 2] == 255
+
+
+def test_egl_renders_on_the_gpu(cuda_device, monkeypatch):
+    """On a GPU machine the automatic choice is EGL (hardware offscreen), and it draws."""
+    monkeypatch.delenv("PYOPENGL_PLATFORM", raising=False)
+    assert select_gl_platform(refresh=True) == "egl", renderer_mod.gl_failure_reasons()
+    centre = np.array([0.0, 0.0, 4.0])
+    verts, faces = _sphere(centre, 0.5)
+    r = _make(faces, "pyrender")
+    mask = r.render_mask(verts, (FX, FY), (CX, CY), H, W)
+    assert mask[int(round(CY)), int(round(CX))] and not mask[0, 0]
+    r.close()

@@ -23,15 +23,17 @@ def _argv(root, log_dir, name, *extra):
             "--summary_steps", "5", "--no_pretrained_backbone", *extra]
 
 
-def _trainer(root, tmp_path, *extra):
+def _trainer(root, tmp_path, device, *extra):
+    """A Trainer on the test device (conftest ``device``)."""
     from train.trainer import Trainer
     from utils.options import parse_train
-    return Trainer(parse_train(_argv(root, tmp_path, "t", *extra)))
+    return Trainer(parse_train(_argv(root, tmp_path, "t", "--device", device.type, *extra)))
 
 
 def _first_batch(tr):
     from torch.utils.data import default_collate
-    return default_collate([tr.dataset[i] for i in range(tr.options.batch_size)])
+    batch = default_collate([tr.dataset[i] for i in range(tr.options.batch_size)])
+    return {k: v.to(tr.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _fixed_batch_loss(tr, batch) -> float:
@@ -50,8 +52,8 @@ def _fixed_batch_loss(tr, batch) -> float:
         return float(smpl_loss(pred, gt_targets(batch, gt_v, step.camera), step.weights)["total"])
 
 
-def test_training_lowers_loss(synthetic_root, tmp_path):
-    tr = _trainer(synthetic_root, tmp_path, "--max_steps", "16", "--outer_lr", "3e-5",
+def test_training_lowers_loss(synthetic_root, tmp_path, device):
+    tr = _trainer(synthetic_root, tmp_path, device, "--max_steps", "16", "--outer_lr", "3e-5",
                   "--first_order", "--batch_size", "4")
     batch = _first_batch(tr)
     before = _fixed_batch_loss(tr, batch)
@@ -64,8 +66,8 @@ def test_training_lowers_loss(synthetic_root, tmp_path):
 
 
 @pytest.mark.parametrize("first_order", [True, False])
-def test_aux_gradient_follows_first_order(synthetic_root, tmp_path, first_order):
-    tr = _trainer(synthetic_root, tmp_path, *(["--first_order"] if first_order else []))
+def test_aux_gradient_follows_first_order(synthetic_root, tmp_path, first_order, device):
+    tr = _trainer(synthetic_root, tmp_path, device, *(["--first_order"] if first_order else []))
     batch = _first_batch(tr)
     tr.model.train()
     tr.run_step(batch)
@@ -78,8 +80,8 @@ def test_aux_gradient_follows_first_order(synthetic_root, tmp_path, first_order)
     assert tr.model.fc1.weight.grad is not None and tr.model.conv1.weight.grad is not None
 
 
-def test_nonfinite_losses_are_skipped_then_stop(synthetic_root, tmp_path, monkeypatch):
-    tr = _trainer(synthetic_root, tmp_path, "--max_nonfinite", "3", "--first_order")
+def test_nonfinite_losses_are_skipped_then_stop(synthetic_root, tmp_path, monkeypatch, device):
+    tr = _trainer(synthetic_root, tmp_path, device, "--max_nonfinite", "3", "--first_order")
     batch = _first_batch(tr)
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
     import train.trainer as T
@@ -157,8 +159,9 @@ C.atomic_save({{"step": 2, "w": torch.zeros(3)}}, {str(path)!r})
     assert data["step"] == 1 and torch.equal(data["w"], torch.ones(3))
 
 
-def test_in_training_evaluation_writes_log_and_named_checkpoint(synthetic_root, tmp_path):
-    tr = _trainer(synthetic_root, tmp_path, "--first_order", "--batch_size", "4",
+def test_in_training_evaluation_writes_log_and_named_checkpoint(synthetic_root, tmp_path,
+                                                                device):
+    tr = _trainer(synthetic_root, tmp_path, device, "--first_order", "--batch_size", "4",
                   "--num_epochs", "1", "--test_epochs", "1", "--eval_datasets", "3dpw",
                   "--eval_batch_size", "2", "--eval_max_batches", "1", "--test_val_step", "1",
                   "--after_innerlr", "1e-5")
@@ -173,10 +176,10 @@ def test_in_training_evaluation_writes_log_and_named_checkpoint(synthetic_root, 
     assert data["epoch"] == 1 and data["options"]["model"] == "cliff"
 
 
-def test_log_images_writes_mesh_overlays(synthetic_root, tmp_path, monkeypatch):
+def test_log_images_writes_mesh_overlays(synthetic_root, tmp_path, monkeypatch, device):
     import train.trainer as T
     monkeypatch.setattr(T, "N_OVERLAYS", 2)     # fewer overlays than samples in the batch
-    tr = _trainer(synthetic_root, tmp_path, "--first_order", "--max_steps", "1",
+    tr = _trainer(synthetic_root, tmp_path, device, "--first_order", "--max_steps", "1",
                   "--summary_steps", "1", "--log_images", "--batch_size", "4")
     tr.train()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -184,3 +187,21 @@ def test_log_images_writes_mesh_overlays(synthetic_root, tmp_path, monkeypatch):
     assert "train/mesh" in acc.Tags()["images"]
     assert "train/inner_loss_after" in acc.Tags()["scalars"]
     assert "train/inner_grad_norm" in acc.Tags()["scalars"]
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_training_step_on_cuda(synthetic_root, tmp_path, cuda_device, amp):
+    """--amp on CUDA: the step runs under autocast (fp16 through the GradScaler), the loss is
+    finite and both networks' weights move (second order: aux too)."""
+    tr = _trainer(synthetic_root, tmp_path, cuda_device, "--amp", amp, "--aux_lr", "1e-4")
+    assert tr.run_step.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    assert tr.run_step.scaler.is_enabled() == (amp == "fp16")
+    batch = _first_batch(tr)
+    w, a = tr.model.fc1.weight.detach().clone(), tr.model_aux.fc1.weight.detach().clone()
+    tr.model.train()
+    for _ in range(20):    # fp16: the GradScaler skips Adam while its first scales overflow
+        out = tr.run_step(batch)
+        assert not out.get("skipped") and torch.isfinite(out["loss"])
+        if not torch.equal(tr.model.fc1.weight, w):
+            break
+    assert not torch.equal(tr.model.fc1.weight, w) and not torch.equal(tr.model_aux.fc1.weight, a)
