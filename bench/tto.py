@@ -5,7 +5,7 @@
                         [--warmup 1] \
                         [--json out.json]
 
-Times ``train.meta.test_time_optimize`` on random-weight networks and a synthetic batch (no data
+Times ``train.tto.test_time_optimize`` on random-weight networks and a synthetic batch (no data
 file needed) at the seed README's evaluation settings: ``--inner_lr 1e-5 --after_innerlr 1e-5
 --inner_step 1 --test_val_step 14`` (step 0 + 14 Adam steps), ``--bbox_type rect``.
 ``--adapt_val_step`` is off by default so that every step runs (random weights would make the
@@ -68,7 +68,8 @@ def eval_options(args, mode: str) -> argparse.Namespace:
 def measure_mode(args, mode: str) -> dict:
     """Build networks, SMPL and a batch; time ``test_time_optimize`` in this process."""
     from constants import crop_size
-    from train.meta import Camera, TTOConfig, test_time_optimize
+    from train.tto import TTOConfig, test_time_optimize
+    from utils.camera import Camera
     device = common.select_device(args.device)
     o = eval_options(args, mode)
     model, model_aux = common.build_networks(o.model, o.backbone, o.bbox_type, device,

@@ -75,3 +75,42 @@ def smpl_neutral(synthetic_root):
     from config import DataPaths
     from models.smpl import build_smpl
     return build_smpl(DataPaths(synthetic_root), "neutral")
+
+
+# ------------------------------------------------------------------------------------------------
+# networks and a batch for the inner-step and TTO tests
+def meta_options(root, **kw):
+    from utils.options import train_parser
+    o = train_parser().parse_args(["--data_root", str(root), "--backbone", "resnet18",
+                                   "--bbox_type", "rect", "--model", kw.pop("model", "cliff")])
+    for k, v in kw.items():
+        setattr(o, k, v)
+    return o
+
+
+def dataset_batch(root, options, n=3, dataset="3dpw"):
+    from config import DataPaths
+    from datasets import BaseDataset
+    ds = BaseDataset(options, dataset, is_train=False, paths=DataPaths(root))
+    items = [ds[i] for i in range(n)]
+    return torch.utils.data.default_collate(items)
+
+
+@pytest.fixture(scope="module")
+def setup(synthetic_root, smpl_neutral):
+    """(options, main CLIFF ResNet-18, aux, a 3-sample 3DPW batch, neutral SMPL), heads with
+    non-trivial outputs; for the inner-step and TTO tests."""
+    from config import DataPaths
+    from models import build_model
+    torch.manual_seed(0)
+    o = meta_options(synthetic_root)
+    mean = DataPaths(synthetic_root).smpl_mean_params()
+    model = build_model("cliff", "resnet18", "main", "rect", mean).eval()
+    aux = build_model("cliff", "resnet18", "aux", "rect", mean).eval()
+    # give the heads a non-trivial output so the losses have real gradients
+    with torch.no_grad():
+        for m in (model, aux):
+            for name in ("decpose", "decshape", "deccam"):
+                getattr(m, name).weight.normal_(0, 1e-3)
+    batch = dataset_batch(synthetic_root, o)
+    return o, model, aux, batch, smpl_neutral

@@ -1,4 +1,4 @@
-"""demo.py / utils/demo.py: mesh recovery with TTO on a folder of images.
+"""demo.py / train/demo.py: mesh recovery with TTO on a folder of images.
 
 Inputs are images of the synthetic world's H36M-p2 test set with OpenPose JSON files written from
 the npz ``openpose`` keypoints; the networks are random-weight resnet18 CLIFF networks saved as
@@ -35,7 +35,8 @@ import pytest
 import torch
 
 from config import DataPaths, MissingFileError
-from utils import demo
+from datasets import inputs
+from train import demo
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "h36m-p2"
@@ -214,7 +215,7 @@ def test_overlay_is_the_rendering_of_the_saved_meshes(run, inputs, smpl_neutral)
 def test_gt_body_through_the_demo_camera_lands_on_the_person(synthetic_root, inputs):
     """Geometry: the GT body, expressed as a crop camera of the demo's own bbox, is projected
     and drawn by the demo's path onto the GT 2D joints of the image."""
-    from train.meta import Camera
+    from utils.camera import Camera
     from utils.geometry import batch_rodrigues
     from utils.renderer import Renderer
     from models.smpl import build_smpl
@@ -227,7 +228,7 @@ def test_gt_body_through_the_demo_camera_lands_on_the_person(synthetic_root, inp
         rgb = cv2.imread(str(inputs["src"] / z["imgname"][i]))[..., ::-1]
         h, w = rgb.shape[:2]
         f = float(np.hypot(h, w))
-        center, scale, n, kp = demo.bbox_from_openpose(z["openpose"][i], 0.1)
+        center, scale, n, kp = inputs.bbox_from_openpose(z["openpose"][i], 0.1)
         batch = demo.collate([demo.prepare_person(np.ascontiguousarray(rgb), center, scale, f,
                                                   "rect", kp)])
         pose = torch.tensor(z["pose"][i:i + 1], dtype=torch.float32)
@@ -267,7 +268,7 @@ def test_gt_body_through_the_demo_camera_lands_on_the_person(synthetic_root, inp
 @pytest.mark.parametrize("kind", ["cliff", "hmr"])
 def test_image_camera_reproduces_the_network_projection(kind):
     """The per-person full-image camera, mapped into the crop, is the training projection."""
-    from train.meta import Camera
+    from utils.camera import Camera
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
     people = [demo.prepare_person(rgb, c, s, 200.0, "rect")
@@ -359,7 +360,7 @@ def test_options():
     assert (o.bbox_type, o.test_val_step, o.inner_lr, o.after_innerlr, o.tto_mode) == \
         ("rect", 14, 1e-5, 1e-5, "sample")
     assert o.use_openpose2d and o.focal_length is None
-    from train.meta import TTOConfig
+    from train.tto import TTOConfig
     cfg = TTOConfig.from_options(o)
     assert (cfg.weights.openpose, cfg.weights.gt) == (1.0, 0.0)
     for bad in (["--img_dir", "i"],                                          # no keypoints/bbox
@@ -377,14 +378,14 @@ def test_openpose_json_parsing(tmp_path):
     p = tmp_path / "k.json"
     kp = np.arange(75, dtype=float).reshape(25, 3)
     _write_kp(p, [kp, kp + 1])
-    people = demo.read_openpose_json(p)
+    people = inputs.read_openpose_json(p)
     assert len(people) == 2 and np.array_equal(people[1], kp + 1)
     for text in ("[1, 2]", '{"people": 3}', '{"people": [{"pose_keypoints_2d": [1, 2, 3]}]}',
                  '{"people": [{"face": []}]}', "not json"):
         p.write_text(text)
-        with pytest.raises(demo.DemoInputError, match="k.json"):
-            demo.read_openpose_json(p)
-    center, scale, n, kp0 = demo.bbox_from_openpose(
+        with pytest.raises(inputs.DemoInputError, match="k.json"):
+            inputs.read_openpose_json(p)
+    center, scale, n, kp0 = inputs.bbox_from_openpose(
         np.array([[10, 20, 0.9], [30, 80, 0.5], [500, 500, 0.05]] + [[0, 0, 0]] * 22), 0.1)
     assert n == 2 and kp0[2, 2] == 0
     np.testing.assert_allclose(center, [20, 50])
@@ -396,16 +397,16 @@ def test_export_dataset_inputs(synthetic_root, tmp_path):
     import constants
     paths = DataPaths(Path(synthetic_root))
     z = _npz(synthetic_root)
-    img, kp = demo.export_dataset_inputs(paths, DATASET, tmp_path / "a", [0, 2])
+    img, kp = inputs.export_dataset_inputs(paths, DATASET, tmp_path / "a", [0, 2])
     names = [Path(str(n)).stem for n in z["imgname"][[0, 2]]]
-    assert sorted(p.stem for p in demo.list_images(img)) == sorted(names)
-    people = demo.read_openpose_json(kp / f"{names[1]}_keypoints.json")
+    assert sorted(p.stem for p in inputs.list_images(img)) == sorted(names)
+    people = inputs.read_openpose_json(kp / f"{names[1]}_keypoints.json")
     assert len(people) == 1
     np.testing.assert_allclose(people[0], z["openpose"][2])
     src = paths.image_folder(DATASET) / z["imgname"][2]
     assert (img / f"{names[1]}.jpg").read_bytes() == src.read_bytes()
-    _, kp = demo.export_dataset_inputs(paths, DATASET, tmp_path / "b", [0], keypoints="gt")
-    op = demo.read_openpose_json(kp / f"{names[0]}_keypoints.json")[0]
+    _, kp = inputs.export_dataset_inputs(paths, DATASET, tmp_path / "b", [0], keypoints="gt")
+    op = inputs.read_openpose_json(kp / f"{names[0]}_keypoints.json")[0]
     filled = op[:, 2] > 0
     assert (z["part"][0][:, 2] > 0).all()                     # every GT joint visible
     assert filled.sum() == 17 and not filled[[1, 8]].any()   # no neck / mid-hip in GT-24

@@ -165,17 +165,15 @@ def test_gradient_step_lowers_2d_loss():
     assert float(kp.grad[:, :25].abs().sum()) == 0.0
 
 
-def test_unweighted_tto_loss_and_openpose_weights():
+def test_tto_2d_loss_weights():
+    """keypoint weight 1 gives the raw 2D loss; openpose/gt multiply the two joint groups."""
     pred, target = _batch(6)
-    w = L.LossWeights()
     raw = L.keypoint_2d_loss(pred["keypoints_2d"], target["keypoints_2d"], 0.0, 1.0).mean()
-    out = L.smpl_loss(pred, target, w, terms=("keypoints_2d",), weighted=False)
+    out = L.smpl_loss(pred, target, L.LossWeights(keypoint=1.0), terms=L.TTO_TERMS)
     torch.testing.assert_close(out["total"], raw)
-    op = w.with_openpose2d()
-    assert (op.openpose, op.gt, op.keypoint) == (1.0, 0.0, 5.0)
     raw_op = L.keypoint_2d_loss(pred["keypoints_2d"], target["keypoints_2d"], 1.0, 0.0).mean()
-    torch.testing.assert_close(L.smpl_loss(pred, target, op, terms="keypoints_2d",
-                                           weighted=False)["total"], raw_op)
+    op = L.LossWeights(keypoint=1.0, openpose=1.0, gt=0.0)
+    torch.testing.assert_close(L.smpl_loss(pred, target, op, terms="keypoints_2d")["total"], raw_op)
 
 
 def test_loss_weights_from_options_and_errors():
@@ -197,12 +195,20 @@ def test_loss_weights_from_options_and_errors():
         L.smpl_loss(pred, target, terms=("smoothness",))
 
 
-def test_aux_targets_pseudo_labels():
+def test_pseudo_targets_from_the_aux_prediction():
     pred, target = _batch(7)
     aux = {k: pred[k] + 0.0 for k in ("vertices", "joints", "rotmat", "betas")}
-    tgt = L.aux_targets(aux, target["keypoints_2d"], target["has_smpl"], target["has_pose_3d"])
+
+    class _Cam:     # pseudo_targets takes the 2D keypoints from the camera model
+        def target_keypoints(self, batch):
+            return batch["kp"]
+
+    batch = {"kp": target["keypoints_2d"], "has_smpl": target["has_smpl"],
+             "has_pose_3d": target["has_pose_3d"]}
+    tgt = L.pseudo_targets(aux, batch, _Cam())
     assert tgt["joints_3d"].shape == (B, 24, 4)
     assert (tgt["joints_3d"][..., 3] == 1).all()
+    torch.testing.assert_close(tgt["joints_3d"][..., :3], pred["joints"][:, 25:49])
     out = L.smpl_loss(pred, tgt, mode="sample")
     for k in ("vertices", "keypoints_3d", "pose", "betas"):
         assert float(out[k].abs().sum()) == 0.0, k

@@ -2,7 +2,7 @@
 
 One batch, in order (upstream-behaviour §7, decisions D2, D6-D8):
 
-1. :func:`train.meta.test_time_optimize` adapts the main network to the batch (step 0: head SGD
+1. :func:`train.tto.test_time_optimize` adapts the main network to the batch (step 0: head SGD
    with the aux pseudo-labels + 2D loss; then Adam steps on all weights with the 2D loss),
    per sample (``--tto_mode sample``) or per batch (``batch``, the released behaviour). It
    returns the predictions at the loaded weights (``before``) and after TTO (``after``).
@@ -40,7 +40,8 @@ from torch.utils.data import DataLoader
 import constants
 from utils.runtime import place, seed_everything, select_device
 from config import DataPaths, MissingFileError
-from train.meta import Camera, TTOConfig, test_time_optimize
+from train.tto import TTOConfig, test_time_optimize
+from utils.camera import Camera
 from utils.pose_utils import mpjpe as _mpjpe, pve as _pve, reconstruction_error
 
 __all__ = ["build_eval_networks", "evaluate", "main", "EvalTargets", "errors_mm",
@@ -280,10 +281,8 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
             for when, loss in (("before", res.loss_2d_before), ("after", res.loss_2d_after)):
                 loss = loss.detach().float().reshape(-1)
                 ok = torch.isfinite(loss)
-                # batch mode: one value for the batch, i.e. the mean over its B samples
-                w = B if loss.numel() == 1 else 1
-                loss_sum[when] += float(loss[ok].sum()) * w
-                loss_n[when] += int(ok.sum()) * w
+                loss_sum[when] += float(loss[ok].sum())
+                loss_n[when] += int(ok.sum())
             _collect(keep, b, res, j17, camera)
             if viz is not None:
                 viz(b, res)

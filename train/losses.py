@@ -15,29 +15,34 @@ Each term returns a **per-sample** value [B]; :func:`reduce_per_sample` turns it
 
 Who calls :func:`smpl_loss`:
 
-* inner step / TTO step 0: ``target`` = pseudo-labels of the aux network
-  (:func:`aux_targets`: aux vertices, rotmats, betas, and ``joints_3d`` = aux ``joints[:, 25:49]``
-  with conf 1) plus the GT 2D keypoints and the GT ``has_smpl`` / ``has_pose_3d`` masks;
-* outer step: ``target`` = GT; the caller multiplies ``total`` by ``constants.OUTER_LOSS_SCALE``;
-* TTO steps >= 1: ``terms=('keypoints_2d',), weighted=False`` (the raw 2D loss, not x5; the
-  OpenPose / GT confidence multipliers still apply, see :meth:`LossWeights.with_openpose2d`).
+* inner step / TTO step 0: ``target`` = :func:`pseudo_targets` (aux vertices, rotmats, betas,
+  and ``joints_3d`` = aux ``joints[:, 25:49]`` with conf 1) plus the GT 2D keypoints and the GT
+  ``has_smpl`` / ``has_pose_3d`` masks;
+* outer step: ``target`` = :func:`gt_targets`; the caller multiplies ``total`` by
+  ``constants.OUTER_LOSS_SCALE``;
+* TTO steps >= 1: ``terms=TTO_TERMS`` with the keypoint weight 1 (the raw 2D loss, not x5; the
+  OpenPose / GT confidence multipliers still apply).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 import constants
+from utils.geometry import batch_rodrigues
 
 __all__ = [
     "keypoint_2d_loss", "keypoint_3d_loss", "vertex_loss", "pose_loss", "betas_loss",
-    "camera_loss", "reduce_per_sample", "LossWeights", "smpl_loss", "aux_targets", "ALL_TERMS",
+    "camera_loss", "reduce_per_sample", "LossWeights", "smpl_loss", "gt_targets", "pseudo_targets",
+    "total", "ALL_TERMS", "INNER_TERMS", "TTO_TERMS",
 ]
 
 NUM_OPENPOSE = 25
 
 ALL_TERMS = ("vertices", "keypoints_2d", "keypoints_3d", "pose", "betas", "cam")
+INNER_TERMS = ALL_TERMS            # inner step and TTO step 0: pseudo-labels + 2D + camera
+TTO_TERMS = ("keypoints_2d",)      # TTO steps >= 1: the 2D loss alone
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -176,11 +181,6 @@ class LossWeights:
             raise ValueError(f"LossWeights.from_options: options lack {missing}")
         return cls(**{k: float(getattr(opts, o)) for k, o in names.items()})
 
-    def with_openpose2d(self) -> "LossWeights":
-        """Weights for a 2D loss on OpenPose keypoints (eval ``--use_openpose2d``): the 25
-        OpenPose joints with weight 1, the 24 GT joints with weight 0."""
-        return replace(self, openpose=1.0, gt=0.0)
-
     def term_weight(self, term: str) -> float:
         return {"vertices": self.shape, "keypoints_2d": self.keypoint,
                 "keypoints_3d": self.keypoint, "pose": self.pose, "betas": self.beta,
@@ -199,7 +199,7 @@ _NEEDS = {
 
 
 def smpl_loss(pred: dict, target: dict, weights: LossWeights | None = None, mode: str = "batch",
-              terms=ALL_TERMS, weighted: bool = True) -> dict:
+              terms=ALL_TERMS) -> dict:
     """The Meta-HMR loss: weighted sum of the requested terms.
 
     pred: 'vertices' [B,V,3], 'keypoints_2d' [B,49,2] (normalised), 'joints' [B,49,3]
@@ -207,8 +207,6 @@ def smpl_loss(pred: dict, target: dict, weights: LossWeights | None = None, mode
     target: 'vertices', 'keypoints_2d' [B,49,3], 'joints_3d' [B,24,4], 'rotmat', 'betas',
     'has_smpl' [B], 'has_pose_3d' [B]. Only the keys of the requested terms are needed.
     Masks: vertices / pose / betas by has_smpl, keypoints_3d by has_pose_3d, 2D and cam none.
-    weighted=False drops the term weights (TTO steps >= 1); the openpose / gt confidence
-    multipliers of the 2D term still apply.
 
     Returns {term: weighted value, ..., 'total': sum}; each is 0-dim in 'batch' mode and [B] in
     'sample' mode. Raises ValueError naming the term when a key it needs is missing.
@@ -248,8 +246,7 @@ def smpl_loss(pred: dict, target: dict, weights: LossWeights | None = None, mode
             v, m = betas_loss(pred["betas"], target["betas"]), target["has_smpl"]
         else:  # cam
             v, m = camera_loss(pred["cam"]), None
-        w = weights.term_weight(term) if weighted else 1.0
-        out[term] = w * reduce_per_sample(v, m, mode)
+        out[term] = weights.term_weight(term) * reduce_per_sample(v, m, mode)
     total = None
     for term in terms:
         total = out[term] if total is None else total + out[term]
@@ -257,18 +254,47 @@ def smpl_loss(pred: dict, target: dict, weights: LossWeights | None = None, mode
     return out
 
 
-def aux_targets(aux_pred: dict, keypoints_2d: torch.Tensor, has_smpl: torch.Tensor,
-                has_pose_3d: torch.Tensor) -> dict:
-    """Pseudo-label target of the inner step / TTO step 0 from the aux network's output.
+def gt_targets(batch: dict, gt_vertices: torch.Tensor, camera) -> dict:
+    """Supervised targets of the outer loss: GT 2D keypoints (normalised, ``camera``:
+    :class:`utils.camera.Camera`), 3D joints [B,24,4], vertices [B,V,3], rotmats [B,24,3,3],
+    betas [B,10] and the availability flags [B]."""
+    pose = batch["pose"]
+    return {
+        "keypoints_2d": camera.target_keypoints(batch),
+        "joints_3d": batch["pose_3d"],
+        "vertices": gt_vertices,
+        "rotmat": batch_rodrigues(pose.reshape(-1, 3)).reshape(pose.shape[0], 24, 3, 3),
+        "betas": batch["betas"],
+        "has_smpl": batch["has_smpl"],
+        "has_pose_3d": batch["has_pose_3d"],
+    }
 
-    aux_pred: dict with 'vertices' [B,V,3], 'joints' [B,49,3], 'rotmat' [B,24,3,3],
-    'betas' [B,10]; keypoints_2d: [B,49,3] GT (or OpenPose) 2D keypoints, normalised + conf;
-    has_smpl, has_pose_3d: [B] GT availability flags (they mask the pseudo-label terms, spec §2.3).
-    Returns the target dict of :func:`smpl_loss`, with joints_3d = aux joints[:, 25:49] and
-    conf 1. Nothing is detached (second-order MAML differentiates through the aux network).
+
+def pseudo_targets(aux_pred: dict, batch: dict, camera, detach: bool = True) -> dict:
+    """Inner-step / TTO step-0 targets: the aux network's prediction as pseudo-labels
+    (vertices, rotmats, betas, and ``joints_3d`` = aux ``joints[:, 25:49]`` with conf 1) plus
+    the batch's 2D keypoints.
+
+    The pseudo-label terms stay masked by the GT flags ``has_smpl`` / ``has_pose_3d``
+    (released behaviour, spec §2.3). ``detach=False`` keeps the aux graph (second-order MAML:
+    the aux network receives the meta-gradient).
     """
-    joints = aux_pred["joints"][:, NUM_OPENPOSE:NUM_OPENPOSE + constants.NUM_JOINTS_SMPL]
-    joints_3d = torch.cat((joints, torch.ones_like(joints[..., :1])), dim=-1)
-    return {"vertices": aux_pred["vertices"], "rotmat": aux_pred["rotmat"],
-            "betas": aux_pred["betas"], "joints_3d": joints_3d, "keypoints_2d": keypoints_2d,
-            "has_smpl": has_smpl, "has_pose_3d": has_pose_3d}
+    d = (lambda t: t.detach()) if detach else (lambda t: t)  # noqa: E731
+    j = d(aux_pred["joints"][:, NUM_OPENPOSE:NUM_OPENPOSE + constants.NUM_JOINTS_SMPL])
+    return {
+        "keypoints_2d": camera.target_keypoints(batch),
+        "joints_3d": torch.cat([j, torch.ones_like(j[..., :1])], dim=-1),
+        "vertices": d(aux_pred["vertices"]),
+        "rotmat": d(aux_pred["rotmat"]),
+        "betas": d(aux_pred["betas"]),
+        "has_smpl": batch["has_smpl"],
+        "has_pose_3d": batch["has_pose_3d"],
+    }
+
+
+def total(losses: dict) -> torch.Tensor:
+    """Scalar objective of :func:`smpl_loss`'s output: the batch loss, or the sum of the
+    per-sample losses (sample mode: its gradient w.r.t. a sample's own weights is that
+    sample's own loss gradient)."""
+    t = losses["total"]
+    return t.sum() if t.dim() else t

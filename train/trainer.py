@@ -24,9 +24,9 @@ from config import DataPaths
 from train import checkpoint as ckpt
 from train import distributed as dist
 from train.data import EpochSampler, SeededDataset
-from train.losses import LossWeights, smpl_loss
-from train.meta import (Camera, gt_targets, inner_adapt, pseudo_targets, run_head,
-                        smpl_predict)
+from train.inner import inner_adapt, run_head
+from train.losses import LossWeights, gt_targets, pseudo_targets, smpl_loss
+from utils.camera import Camera, smpl_predict
 from utils.options import save_options, to_dict
 from utils import runtime
 from utils.runtime import seed_everything, select_device

@@ -24,7 +24,7 @@ def _bool_pair(p: argparse.ArgumentParser, name: str, default: bool, help: str) 
     p.set_defaults(**{name: default})
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and device")
     g.add_argument("--data_root", type=str, default=os.environ.get("METAHMR_ROOT", "."),
                    help="root of the seed README's layout (ckpt/, data/, models/); env METAHMR_ROOT")
@@ -185,7 +185,7 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--test_epochs", type=int, default=50, help="evaluate + save every N epochs")
     g.add_argument("--save_epochs", type=int, default=50, help="also save/test every N epochs")
     g.add_argument("--test_start_epoch", type=int, default=0, help="no test/save before this epoch")
-    _add_common(p)
+    add_common(p)
     return p
 
 
@@ -222,7 +222,7 @@ def eval_parser(model: str) -> argparse.ArgumentParser:
                    help="test-time Adam lr for steps >= 1")
     g.add_argument("--inner_step", type=int, default=1,
                    help="accepted for compatibility; evaluation always takes one step 0")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(model=model)
     return p
 

@@ -1,0 +1,404 @@
+"""Test-time optimisation (TTO, decisions D2 and D6; upstream-behaviour §2.5, §7.2).
+
+For a batch, starting from the trained weights (never modified: adapted weights are plain
+tensors passed through :func:`torch.func.functional_call`):
+
+* step 0: one SGD step of ``inner_lr`` on the regression head with the combined loss
+  (aux pseudo-labels + 2D keypoints + camera), as the training inner step;
+* steps 1..``test_val_step``: Adam steps of ``after_innerlr`` on all weights with the raw 2D
+  loss (``--no_use_adam``: head SGD of ``after_innerlr``; ``--no_inner_step``: step 0 is an
+  Adam step too);
+* the prediction is a forward pass at the final weights. ``test_val_step = -1`` runs no step:
+  the plain network.
+
+Early stop (``--adapt_val_step``, the released rule): after each Adam step t, stop when
+``|loss_prev - loss_t| < adapt_tol``, ``loss_t`` being the objective of step t and ``loss_prev``
+the previous step's (at t = 1 the combined step-0 loss). No check under ``--no_use_adam``.
+
+Granularity (``mode``): ``batch`` adapts one set of weights per batch (the released code);
+``sample`` adapts every sample on its own, the stop decided per sample: groups of ``chunk``
+samples under :func:`torch.func.vmap` (1 = one sample at a time), run concurrently in
+``workers`` CPU threads of one intra-op thread each.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from train.losses import INNER_TERMS, TTO_TERMS, LossWeights, pseudo_targets, smpl_loss
+from utils import runtime
+from utils.camera import PRED_KEYS, Camera, smpl_predict
+
+Tensor = torch.Tensor
+Params = dict[str, Tensor]
+# observer(t, pred): after the forward pass at t weight updates, the current prediction of
+# every sample ([B, ...]; a sample that stopped or diverged keeps its last one)
+Observer = Callable[[int, dict], None]
+
+
+@dataclass
+class TTOConfig:
+    """Test-time optimisation settings (option names in brackets)."""
+
+    inner_lr: float = 1e-5          # step-0 SGD on the head (--inner_lr)
+    after_innerlr: float = 1e-5     # Adam lr of steps >= 1 (--after_innerlr)
+    test_val_step: int = 14         # steps after step 0; -1: no TTO (--test_val_step)
+    adapt_val_step: bool = False    # early stop (--adapt_val_step)
+    adapt_tol: float = 2e-5         # |delta loss| threshold (--adapt_tol)
+    no_use_adam: bool = False       # steps >= 1: head SGD of after_innerlr (--no_use_adam)
+    no_inner_step: bool = False     # no step-0 SGD: Adam from step 0 (--no_inner_step)
+    use_openpose2d: bool = False    # 2D loss on OpenPose keypoints (--use_openpose2d)
+    mode: str = "sample"            # --tto_mode
+    chunk: int = 0                  # --tto_chunk (sample mode; 0 = auto)
+    workers: int = 0                # --tto_workers (sample mode on the CPU; 0 = auto)
+    weights: LossWeights = dataclasses.field(default_factory=LossWeights)
+
+    @classmethod
+    def from_options(cls, o) -> "TTOConfig":
+        w = LossWeights.from_options(o)
+        # the test-time 2D loss uses GT keypoints, or OpenPose ones with --use_openpose2d
+        w = dataclasses.replace(w, openpose=1.0 if o.use_openpose2d else 0.0,
+                                gt=0.0 if o.use_openpose2d else 1.0)
+        return cls(inner_lr=o.inner_lr, after_innerlr=o.after_innerlr,
+                   test_val_step=o.test_val_step, adapt_val_step=o.adapt_val_step,
+                   adapt_tol=getattr(o, "adapt_tol", 2e-5), no_use_adam=o.no_use_adam,
+                   no_inner_step=o.no_inner_step, use_openpose2d=o.use_openpose2d,
+                   mode=getattr(o, "tto_mode", "sample"), chunk=getattr(o, "tto_chunk", 0),
+                   workers=getattr(o, "tto_workers", 0), weights=w)
+
+
+@dataclass
+class TTOResult:
+    """Predictions after TTO ('after') and at the loaded weights ('before'), per sample."""
+
+    after: dict[str, Tensor]
+    before: dict[str, Tensor]
+    steps: Tensor           # [B] number of weight updates each sample received
+    nonfinite: Tensor       # [B] bool: TTO went non-finite; the last finite prediction is kept
+    loss_2d_before: Tensor  # [B] 2D loss at the loaded weights
+    loss_2d_after: Tensor   # [B] 2D loss at the weights of 'after'
+
+    @staticmethod
+    def cat(parts: list["TTOResult"]) -> "TTOResult":
+        """The results of consecutive groups of samples as one."""
+        if len(parts) == 1:
+            return parts[0]
+        return TTOResult(*[
+            {k: torch.cat([getattr(p, f.name)[k] for p in parts]) for k in PRED_KEYS}
+            if f.name in ("after", "before") else
+            torch.cat([getattr(p, f.name) for p in parts])
+            for f in dataclasses.fields(TTOResult)])
+
+
+def test_time_optimize(model, model_aux, batch: dict, smpl, camera: Camera, cfg: TTOConfig,
+                       observer: Observer | None = None) -> TTOResult:
+    """Adapt to a batch and predict (decisions D6). ``model`` and ``model_aux`` are not modified.
+
+    Both networks should be in eval mode. ``batch`` holds the dataset's tensors on the device.
+    ``observer`` (optional) sees the prediction after every update (for studies).
+    """
+    B = batch["img"].shape[0]
+    with torch.no_grad():
+        aux_out = model_aux(batch["img"], batch["bbox_info"] if model_aux.use_bbox_info else None)
+        aux_pred = smpl_predict(aux_out, smpl, camera, batch)
+    inputs = {"img": batch["img"], "bbox_info": batch["bbox_info"],
+              **{k: batch[k] for k in ("center", "scale", "img_h", "img_w", "focal_length",
+                                       "crop_trans") if k in batch}}
+    inputs.update(pseudo_targets(aux_pred, batch, camera))
+    state = ({k: p.detach() for k, p in model.named_parameters()}, dict(model.named_buffers()))
+    if cfg.mode == "batch":
+        return _adapt_group(model, state, smpl, camera, cfg, inputs, False, observer)
+    if cfg.mode != "sample":
+        raise ValueError(f"unknown tto_mode {cfg.mode!r}")
+    if cfg.chunk > 0:
+        chunk = cfg.chunk
+    else:   # auto: vectorised on accelerators; on the CPU grouped convolutions are slower
+        chunk = B if batch["img"].device.type != "cpu" else 1   # than a loop (decisions D2)
+    groups = [{k: v[s:s + chunk] for k, v in inputs.items()} for s in range(0, B, chunk)]
+    workers = _n_workers(cfg.workers, len(groups), batch["img"].device)
+    if observer is not None:
+        return _observed_groups(model, state, smpl, camera, cfg, groups, chunk > 1, observer)
+    if workers == 1:
+        return TTOResult.cat([_adapt_group(model, state, smpl, camera, cfg, g, chunk > 1)
+                              for g in groups])
+    return TTOResult.cat(_parallel_groups(model, state, smpl, camera, cfg, groups, chunk > 1,
+                                          workers))
+
+
+test_time_optimize.__test__ = False  # not a pytest test, despite its name
+
+
+def _observed_groups(model, state, smpl, camera, cfg, groups, vectorised, observer):
+    """Groups one after the other, their per-step predictions joined for ``observer``."""
+    traces: list[list[dict]] = []
+    parts = []
+    for g in groups:
+        trace: list[dict] = []
+        parts.append(_adapt_group(model, state, smpl, camera, cfg, g, vectorised,
+                                  lambda t, pred: trace.append(pred)))
+        traces.append(trace)
+    n = max(len(tr) for tr in traces)     # a group that stopped early repeats its last one
+    for t in range(n):
+        observer(t, {k: torch.cat([tr[min(t, len(tr) - 1)][k] for tr in traces])
+                     for k in PRED_KEYS})
+    return TTOResult.cat(parts)
+
+
+def _n_workers(requested: int, n_groups: int, device: torch.device) -> int:
+    """Threads adapting groups concurrently: ``requested``, or (0) one per intra-op thread on
+    the CPU and 1 on accelerators; never more than there are groups."""
+    if requested < 0:
+        raise ValueError(f"tto_workers must be >= 0, got {requested}")
+    if requested == 0:
+        requested = torch.get_num_threads() if device.type == "cpu" else 1
+    return max(1, min(requested, n_groups))
+
+
+def stateless_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers are on the meta device (no storage).
+
+    ``functional_call`` swaps tensors on the module it runs, so two threads must not share one;
+    each worker runs its own stateless copy with the real tensors passed in.
+    """
+    memo = {}
+    for t in (*model.parameters(), *model.buffers()):
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
+def _parallel_groups(model, state, smpl, camera: Camera, cfg: TTOConfig, groups: list[dict],
+                     vectorised: bool, workers: int) -> list[TTOResult]:
+    """Adapt the groups in ``workers`` threads, each with one intra-op thread (CPU).
+
+    Every group is computed exactly as in a loop; only the float rounding of the kernels can
+    differ (they run single-threaded).
+    """
+    local = threading.local()
+
+    def job(group: dict) -> TTOResult:
+        if not hasattr(local, "net"):
+            torch.set_num_threads(1)
+            local.net = stateless_copy(model)
+        return _adapt_group(local.net, state, smpl, camera, cfg, group, vectorised)
+
+    threads = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="tto") as pool:
+            return list(pool.map(job, groups))
+    finally:
+        torch.set_num_threads(threads)   # some backends share the setting between threads
+
+
+# ------------------------------------------------------------------------------------------------
+# One group: G independent weight sets for its B samples (G = 1, or G = B under vmap)
+class _Objective:
+    """The group's loss, 2D loss and prediction as functions of (head, rest) weights.
+
+    ``model`` only provides the structure: every parameter and buffer is passed in.
+    ``vectorised``: every sample has its own weights (a leading [G = B] dimension), run
+    under ``vmap``; otherwise one set of weights for the whole group.
+    """
+
+    def __init__(self, model, buffers: Params, smpl, camera: Camera, cfg: TTOConfig,
+                 inputs: dict, vectorised: bool):
+        self.model, self.buffers, self.smpl, self.camera = model, buffers, smpl, camera
+        self.inputs, self.vectorised = inputs, vectorised
+        self.weights = cfg.weights
+        self.weights_2d = dataclasses.replace(cfg.weights, keypoint=1.0)   # the raw 2D loss
+
+    def _f(self, head: Params, rest: Params, inputs: dict, stage0: bool):
+        if self.vectorised:   # one sample -> a batch of one
+            inputs = {k: v.unsqueeze(0) for k, v in inputs.items()}
+        out = functional_call(self.model, {**self.buffers, **rest, **head}, (),
+                              {"img": inputs["img"], "bbox_info":
+                               inputs["bbox_info"] if self.model.use_bbox_info else None},
+                              strict=False)
+        pred = smpl_predict(out, self.smpl, self.camera, inputs)
+        l2d = smpl_loss(pred, inputs, self.weights_2d, terms=TTO_TERMS)["total"]
+        loss = smpl_loss(pred, inputs, self.weights, terms=INNER_TERMS)["total"] if stage0 \
+            else l2d
+        return loss, (l2d.detach(), {k: pred[k].detach() for k in PRED_KEYS})
+
+    def __call__(self, head: Params, rest: Params, rest_batched: bool, stage0: bool,
+                 need: str):
+        """-> loss [G], 2D loss [G], prediction {k: [B,...]}, gradients (head, rest) or None.
+
+        ``need``: 'head' (gradients of the head weights), 'all' (of every weight), 'none'.
+        """
+        f = lambda h, r, x: self._f(h, r, x, stage0)  # noqa: E731
+        dims = (0, 0 if rest_batched else None, 0)
+        if need == "none":
+            with torch.no_grad():
+                loss, (l2d, pred) = (vmap(f, in_dims=dims) if self.vectorised else f)(
+                    head, rest, self.inputs)
+            grads = None
+        else:
+            fn = grad_and_value(f, argnums=0 if need == "head" else (0, 1), has_aux=True)
+            grads, (loss, (l2d, pred)) = (vmap(fn, in_dims=dims) if self.vectorised else fn)(
+                head, rest, self.inputs)
+            if need == "head":
+                grads = (grads, {})
+        if self.vectorised:        # vmap outputs [G,1,...] -> [B,...]
+            pred = {k: v.flatten(0, 1) for k, v in pred.items()}
+        return loss.reshape(-1), l2d.reshape(-1), pred, grads
+
+
+@dataclass
+class _Progress:
+    """Where each of the G weight sets of a group stands, and what it has produced.
+
+    ``expand`` maps a [G] mask to the group's B samples (identity, or all samples of the one
+    set). A set is *done* once its final prediction is in ``after``.
+    """
+
+    expand: Callable[[Tensor], Tensor]
+    steps: Tensor                 # [G] weight updates taken
+    done: Tensor                  # [G] bool
+    stopping: Tensor              # [G] bool: the stop rule fired after the last update
+    nonfinite: Tensor             # [G] bool
+    prev_loss: Tensor | None = None      # [G] objective of the previous step
+    before: dict | None = None           # prediction at the loaded weights
+    current: dict | None = None          # last finite prediction (-> 'after' when done)
+    loss_2d_before: Tensor | None = None
+    loss_2d: Tensor | None = None        # [G] 2D loss of 'current'
+
+    @classmethod
+    def start(cls, G: int, expand, device) -> "_Progress":
+        z = torch.zeros(G, dtype=torch.bool, device=device)
+        return cls(expand, torch.zeros(G, dtype=torch.long, device=device), z, z.clone(),
+                   z.clone())
+
+    def observe(self, loss: Tensor, l2d: Tensor, pred: dict, final: bool) -> bool:
+        """Take in the forward pass at the current weights. A set becomes done when its
+        prediction is final (early stop fired, or the last pass), or non-finite (it keeps its
+        last finite prediction). Returns whether every set's pass was finite."""
+        finite = torch.isfinite(loss) & torch.isfinite(l2d) & self._finite(pred)
+        active = ~self.done
+        if self.before is None:
+            self.before = {k: v.clone() for k, v in pred.items()}
+            self.current = {k: v.clone() for k, v in pred.items()}
+            self.loss_2d_before, self.loss_2d = l2d.clone(), l2d.clone()
+        else:
+            take = active & finite
+            m = self.expand(take)
+            for k in self.current:
+                self.current[k][m] = pred[k][m]
+            self.loss_2d = torch.where(take, l2d, self.loss_2d)
+        self.nonfinite |= active & ~finite
+        self.done |= active & (~finite | self.stopping | final)
+        return bool(finite.all())
+
+    def _finite(self, pred: dict) -> Tensor:
+        """[G] bool: every predicted vertex and camera value of the set is finite."""
+        B = pred["cam"].shape[0]
+        ok = torch.stack([torch.isfinite(pred[k].reshape(B, -1)).all(1)
+                          for k in ("vertices", "cam")]).all(0)
+        G = self.steps.shape[0]
+        return ok if G == B else ok.all().reshape(1)
+
+    def updated(self, loss: Tensor, adam: bool, cfg: TTOConfig) -> None:
+        """Count an update of the active sets; the released stop rule after Adam steps."""
+        active = ~self.done
+        self.steps += active.long()
+        if adam and cfg.adapt_val_step and self.prev_loss is not None:
+            self.stopping |= active & ((self.prev_loss - loss).abs() < cfg.adapt_tol)
+        self.prev_loss = loss
+
+    def result(self) -> TTOResult:
+        return TTOResult(after=self.current, before=self.before,
+                         steps=self.expand_values(self.steps),
+                         nonfinite=self.expand_values(self.nonfinite),
+                         loss_2d_before=self.expand_values(self.loss_2d_before),
+                         loss_2d_after=self.expand_values(self.loss_2d))
+
+    def expand_values(self, x: Tensor) -> Tensor:
+        """[G] values -> [B]."""
+        B = self.current["cam"].shape[0]
+        return x if x.shape[0] == B else x.expand(B).clone()
+
+
+class _Weights:
+    """The group's adapted weights: head fast weights for SGD steps; from the first Adam step
+    on, every weight becomes a per-set leaf tensor with its own Adam state."""
+
+    def __init__(self, model, params: Params, G: int, vectorised: bool):
+        self.names = list(model.head_param_names)
+        self.vectorised, self.G = vectorised, G
+        self.head = self._own({k: params[k] for k in self.names}) if vectorised else \
+            {k: params[k] for k in self.names}
+        self.rest = {k: v for k, v in params.items() if k not in self.head}
+        self.rest_batched = False
+        self.adam = None
+
+    def _own(self, p: Params) -> Params:
+        """Independent copies for every set ([G, ...] under vmap)."""
+        if self.vectorised:
+            return {k: v.unsqueeze(0).expand(self.G, *v.shape).clone() for k, v in p.items()}
+        return {k: v.clone() for k, v in p.items()}
+
+    def sgd(self, grads: Params, lr: float) -> None:
+        """Head fast weights minus ``lr`` x gradient (non-finite entries zeroed)."""
+        self.head = {k: (self.head[k] - lr * torch.nan_to_num(grads[k])).detach()
+                     for k in self.names}
+
+    def adam_step(self, grads: tuple[Params, Params], lr: float, clean: bool) -> None:
+        """One Adam step of ``lr`` on every weight (Adam is created at the first call).
+        ``clean=False``: some set went non-finite; its gradients are zeroed where non-finite
+        (Adam is elementwise: the other sets' steps are unchanged)."""
+        if self.adam is None:
+            self.head = {k: v.detach().clone() for k, v in self.head.items()}
+            self.rest, self.rest_batched = self._own(self.rest), self.vectorised
+            self.leaves = {**self.head, **self.rest}
+            for v in self.leaves.values():
+                v.requires_grad_(True)
+            self.adam = runtime.adam(self.leaves.values(), lr=lr)
+        gh, gr = grads
+        for k, v in self.leaves.items():
+            g = gh.get(k, gr.get(k))
+            v.grad = None if g is None else g.detach() if clean else torch.nan_to_num(g.detach())
+        self.adam.step()
+
+
+def _adapt_group(model, state: tuple[Params, Params], smpl, camera: Camera, cfg: TTOConfig,
+                 inputs: dict, vectorised: bool, observer: Observer | None = None) -> TTOResult:
+    """TTO of one group of B samples from ``state`` = (parameters, buffers).
+
+    ``vectorised=False``: one set of weights for the group (batch mode, or one sample in
+    sample mode); ``True``: every sample its own set, the steps under ``vmap``. Pass t runs the
+    network at t updates: it scores the step, then (t <= test_val_step) updates the weights;
+    the pass after the last update (or after an early stop) gives the prediction.
+    """
+    B, device = inputs["img"].shape[0], inputs["img"].device
+    G = B if vectorised else 1
+    expand = (lambda m: m) if vectorised else (lambda m: m.expand(B))  # noqa: E731
+    objective = _Objective(model, state[1], smpl, camera, cfg, inputs, vectorised)
+    w = _Weights(model, state[0], G, vectorised)
+    progress = _Progress.start(G, expand, device)
+    last = cfg.test_val_step + 1
+    for t in range(last + 1):
+        stage0 = t == 0 and not cfg.no_inner_step
+        adam = not stage0 and not cfg.no_use_adam
+        final = t == last
+        need = "none" if final or bool((progress.stopping | progress.done).all()) else \
+            "all" if adam else "head"
+        loss, l2d, pred, grads = objective(w.head, w.rest, w.rest_batched, stage0, need)
+        clean = progress.observe(loss, l2d, pred, final)
+        if observer is not None:
+            observer(t, {k: v.clone() for k, v in progress.current.items()})
+        if bool(progress.done.all()):
+            break
+        if adam:
+            w.adam_step(grads, cfg.after_innerlr, clean)
+        else:
+            w.sgd(grads[0], cfg.inner_lr if stage0 else cfg.after_innerlr)
+        progress.updated(loss, adam, cfg)
+    return progress.result()
