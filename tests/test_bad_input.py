@@ -265,7 +265,8 @@ def test_evaluation_skips_and_lists(synthetic_root, tmp_path):
                         mean_params=mean) for r in ("main", "aux")]
     argv = ["--data_root", str(root), "--dataset", "3dpw", "--bbox_type", "rect",
             "--backbone", "resnet18", "--batch_size", "2", "--test_val_step", "-1",
-            "--device", "cpu", "--num_workers", "0", "--log_freq", "0", "--skip_bad_images"]
+            "--device", "cpu", "--num_workers", "0", "--log_freq", "0", "--skip_bad_images",
+            "--crop_scale", "1"]
     o = parse_eval("cliff", argv)
     full = ev.evaluate(*nets, o, "3dpw", log=lambda s: None, return_per_sample=True)
     _truncate(Path(root / "datasets" / "pw3d" / _world_npz(root, "3dpw")["imgname"][1]))
@@ -394,8 +395,8 @@ def test_entry_scripts_print_one_line(synthetic_root, tmp_path):
     text.write_text("not a checkpoint")
     cases = [
         (["train.py", "--num_epochs", "0"], "error: --num_epochs must be >= 1"),
-        (["eval_cliff.py", "--data_root", tmp_path / "nope", "--checkpoint", text, "--device",
-          "cpu", "--backbone", "resnet18"], f"error: {tmp_path / 'nope'}: this folder"),
+        (["train.py", "--data_root", tmp_path / "nope", "--log_dir", tmp_path / "logs",
+          "--device", "cpu", "--backbone", "resnet18"], f"error: {tmp_path / 'nope'}: this folder"),
         (["eval_hmr.py", "--data_root", synthetic_root, "--checkpoint", text, "--device", "cpu",
           "--backbone", "resnet18"], f"error: {text}: not a PyTorch checkpoint"),
     ]
