@@ -124,31 +124,51 @@ def _check_images(raw: Path, seq: Sequence) -> dict[int, tuple[int, int]]:
             for f in np.flatnonzero(seq.valid.any(0))}
 
 
-def _gt_joints(seq: Sequence, a: int, frames: np.ndarray, models: dict) -> np.ndarray:
-    """[M, 24, 3] GT joints of actor ``a`` at ``frames`` in the camera frame (float64)."""
+def _pose_chunks(model, betas, pose, trans, cam) -> np.ndarray:
+    """[M, 24, 3] camera-frame GT joints of M bodies (float64), SMPL_CHUNK bodies at a time."""
     import torch
-    model = models["male" if seq.genders[a] == "m" else "female"]
-    out = np.zeros((len(frames), 24, 3))
-    for s in range(0, len(frames), SMPL_CHUNK):
-        f = frames[s:s + SMPL_CHUNK]
-        t = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64)  # noqa: E731
+    out = np.zeros((len(pose), 24, 3))
+    t = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64)  # noqa: E731
+    for s in range(0, len(pose), SMPL_CHUNK):
+        c = slice(s, s + SMPL_CHUNK)
         with torch.no_grad():
-            j = model(betas=t(np.repeat(seq.betas[a][None], len(f), 0)),
-                      body_pose=t(seq.poses[a, f, 3:]), global_orient=t(seq.poses[a, f, :3]),
-                      transl=t(seq.trans[a, f])).joints[:, 25:].numpy()
-        R, T = seq.cam_poses[f, :3, :3], seq.cam_poses[f, :3, 3]
-        out[s:s + len(f)] = np.einsum("mij,mkj->mki", R, j) + T[:, None]
+            j = model(betas=t(betas[c]), body_pose=t(pose[c, 3:]), global_orient=t(pose[c, :3]),
+                      transl=t(trans[c])).joints[:, 25:].numpy()
+        out[c] = np.einsum("mij,mkj->mki", cam[c, :3, :3], j) + cam[c, None, :3, 3]
     return out
 
 
-def _convert(seq: Sequence, sizes: dict, models: dict, with_focal: bool,
+def _gt_joints(seqs: list[Sequence], models: dict) -> dict:
+    """{(sequence index, actor): [M, 24, 3]} camera-frame GT joints at the actor's valid frames.
+
+    Posed per gender over all sequences at once (full SMPL_CHUNK batches however short the
+    sequences are)."""
+    out = {}
+    for gender, code in (("male", "m"), ("female", "f")):
+        items = [(i, a, np.flatnonzero(q.valid[a])) for i, q in enumerate(seqs)
+                 for a in range(q.n_actors) if q.genders[a] == code]
+        if not items:
+            continue
+        betas = np.concatenate([np.repeat(seqs[i].betas[a][None], len(f), 0)
+                                for i, a, f in items])
+        pose = np.concatenate([seqs[i].poses[a, f] for i, a, f in items])
+        trans = np.concatenate([seqs[i].trans[a, f] for i, a, f in items])
+        cam = np.concatenate([seqs[i].cam_poses[f] for i, a, f in items])
+        S = _pose_chunks(models[gender], betas, pose, trans, cam)
+        ends = np.cumsum([len(f) for _, _, f in items])
+        for (i, a, _), part in zip(items, np.split(S, ends[:-1])):
+            out[i, a] = part
+    return out
+
+
+def _convert(seq: Sequence, sizes: dict, joints: list, with_focal: bool,
              summary: SetSummary) -> list[dict]:
-    """The samples of one sequence (one dict of arrays per actor); counts into ``summary``."""
+    """The samples of one sequence (one dict of arrays per actor) from the GT joints [M, 24, 3]
+    of each actor's valid frames; counts into ``summary``."""
     out = []
     for a in range(seq.n_actors):
         summary.skipped[SKIP_INVALID] += int((~seq.valid[a]).sum())
-        frames = np.flatnonzero(seq.valid[a])
-        S = _gt_joints(seq, a, frames, models)
+        frames, S = np.flatnonzero(seq.valid[a]), joints[a]
         p = S @ seq.K.T
         z = S[..., 2]
         front = z > 1e-9
@@ -224,11 +244,13 @@ def prepare_3dpw(raw: str | os.PathLike, out: str | os.PathLike,
     models = models if models is not None else _load_models(Path(data_root or out))
     for name, (summary, seqs) in plan.items():
         parts = []
-        for seq, sizes in seqs:
+        joints = _gt_joints([q for q, _ in seqs], models)
+        for i, (seq, sizes) in enumerate(seqs):
             summary.files += 1
             summary.sequences.add(seq.name)
             summary.actors += seq.n_actors
-            parts += _convert(seq, sizes, models, with_focal_length, summary)
+            parts += _convert(seq, sizes, [joints[i, a] for a in range(seq.n_actors)],
+                              with_focal_length, summary)
         if summary.kept == 0:
             raise RawDataError(f"{raw}: no frame of 3DPW {name} kept ({summary.line()}); "
                                "check the sequence files")

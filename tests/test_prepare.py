@@ -342,6 +342,39 @@ def test_skipped_frames_are_counted_by_reason(raw, tmp_path, models):
     assert "1 skipped" not in s.line() and "8 skipped" in s.line()
 
 
+def test_two_actors_of_both_genders(raw, synthetic_root, tmp_path, models):
+    r = _copy(raw, tmp_path)
+    f = r / "sequenceFiles" / "test" / f"{SEQ_TEST}.pkl"
+    other = {"m": "f", "f": "m"}
+
+    def edit(d):      # actor 1: actor 0's motion 0.5 m further away, the other gender
+        for k in ("betas", "poses", "trans", "poses2d", "campose_valid"):
+            d[k] = [d[k][0], np.array(d[k][0], copy=True)]
+        d["genders"] = [d["genders"][0], other[d["genders"][0]]]
+        d["trans"][1] += np.array([0.0, 0.0, 0.5])
+        return d
+    _edit(f, edit)
+    d = pickle.load(open(f, "rb"), encoding="latin1")
+    s = prepare_3dpw(r, tmp_path / "out", sets=("test",), models=models, log=None)["test"]
+    assert (s.actors, s.kept, s.skipped[SKIP_INVALID]) == (2, 8, 12)
+    p, w = _npz(s.npz), _world(synthetic_root)
+    for a in (0, 1):
+        rows = np.flatnonzero(p["gender"] == d["genders"][a])
+        assert len(rows) == 4
+        m = models["male" if d["genders"][a] == "m" else "female"]
+        for row in rows:
+            fr = int(str(p["imgname"][row])[-9:-4])
+            t = lambda x: torch.as_tensor(np.asarray(x, np.float64)[None])  # noqa: E731
+            j = m(betas=t(d["betas"][a][:10]), body_pose=t(d["poses"][a][fr, 3:]),
+                  global_orient=t(d["poses"][a][fr, :3]), transl=t(d["trans"][a][fr]))
+            R, T = d["cam_poses"][fr, :3, :3], d["cam_poses"][fr, :3, 3]
+            cam = j.joints[0, 25:].numpy() @ R.T + T
+            np.testing.assert_allclose(p["S"][row, :, :3], cam, atol=1e-9)
+            if a == 0:
+                i = list(w["imgname"].astype(str)).index(str(p["imgname"][row]))
+                np.testing.assert_allclose(p["S"][row], w["S"][i], atol=1e-6)
+
+
 def test_cli_errors_are_one_line(raw, tmp_path, capsys):
     from datasets.prepare import main
     from utils.cli import run
