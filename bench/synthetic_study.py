@@ -35,7 +35,7 @@ and the rect crop (256x192, or smaller with ``--crop_scale``), on the CPU:
    the mean pose, shape and camera for every image) are scored without TTO.
 
    ``--protocol trace`` (default) gets every k from one TTO run of N steps per batch: the run
-   keeps the prediction after every update (``TTOConfig.trace``; the prediction after k + 1
+   keeps the prediction after every update (an observer of ``test_time_optimize``; after k + 1
    updates is what a run with ``--test_val_step k`` returns, tested in tests/test_meta.py) and
    hands it to ``evaluate`` for each k, so the metrics still come from ``evaluate``;
    ``--protocol rerun`` runs ``evaluate`` afresh for every k (the same numbers, about
@@ -343,8 +343,8 @@ class TraceTTO:
     takes its TTO result from one run of ``n`` steps per batch.
 
     ``test_time_optimize`` (as called by ``evaluate``) runs once per batch and ``tag`` with
-    ``test_val_step = n`` and ``trace=True``: its ``TTOResult.trace[t]`` is the prediction after
-    t weight updates, so ``trace[k + 1]`` is what ``--test_val_step k`` returns (no early stop).
+    ``test_val_step = n`` and an observer, which sees the prediction after every t weight
+    updates: the one after k + 1 is what ``--test_val_step k`` returns (no early stop).
     """
 
     def __init__(self, n: int):
@@ -362,20 +362,22 @@ class TraceTTO:
         ev.test_time_optimize = self._orig_tto
 
     def _tto(self, model, model_aux, batch, smpl, camera, cfg):
-        from train.meta import TTOResult
+        from train.tto import TTOResult
         k = int(cfg.test_val_step)
         if k > self.n or cfg.adapt_val_step:
             raise ValueError(f"TraceTTO: test_val_step {k} > {self.n} or adapt_val_step set")
         key = (self.tag, tuple(int(i) for i in batch["sample_index"].reshape(-1).tolist()))
         if key not in self.cache:
-            self.cache[key] = self._orig_tto(
-                model, model_aux, batch, smpl, camera,
-                dataclasses.replace(cfg, test_val_step=self.n, trace=True))
+            trace: list[dict] = []
+            res = self._orig_tto(model, model_aux, batch, smpl, camera,
+                                 dataclasses.replace(cfg, test_val_step=self.n),
+                                 observer=lambda t, pred: trace.append(pred))
+            self.cache[key] = (res, trace)
             self.batches_run += 1
-        res = self.cache[key]
+        res, trace = self.cache[key]
         last = k == self.n
         return TTOResult(
-            after=res.after if last else res.trace[k + 1], before=res.before,
+            after=res.after if last else trace[min(k + 1, len(trace) - 1)], before=res.before,
             steps=torch.clamp(res.steps, max=k + 1), nonfinite=res.nonfinite,
             loss_2d_before=res.loss_2d_before,
             loss_2d_after=res.loss_2d_after if last else torch.full_like(res.loss_2d_after,

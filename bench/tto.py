@@ -122,7 +122,7 @@ def run(args) -> dict:
     config = {"model": args.model, "backbone": args.backbone, "batch_size": args.batch_size,
               "bbox_type": args.bbox_type, "crop_hw": [h, w], "tto_chunk": args.tto_chunk,
               "tto_workers": args.tto_workers,
-              "tto_chunk_note": "0 = auto: whole batch on CUDA, 1 on the CPU (train/meta.py)",
+              "tto_chunk_note": "0 = auto: whole batch on CUDA, 1 on the CPU (train/tto.py)",
               "steps": f"1 + {args.test_val_step}", "test_val_step": args.test_val_step,
               "adapt_val_step": args.adapt_val_step, "inner_lr": 1e-5, "after_innerlr": 1e-5,
               "iters": args.iters, "warmup": args.warmup, "seed": args.seed,

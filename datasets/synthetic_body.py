@@ -746,11 +746,6 @@ def extra_regressors(model: BodyModel) -> tuple[np.ndarray, np.ndarray]:
     return _regress_points(model, extra), _regress_points(model, h36m)
 
 
-def rotmat_to_6d(R: np.ndarray) -> np.ndarray:
-    """[..., 3, 3] -> [..., 6] in SPIN's layout (first two columns, row-major: a1 = 0,2,4)."""
-    return np.asarray(R)[..., :, :2].reshape(*np.shape(R)[:-2], 6)
-
-
 def mean_params(mean_pose_aa: np.ndarray) -> dict:
     """SPIN-format ``smpl_mean_params.npz`` content: pose (144,) 6D, shape (10,), cam (3,).
 
@@ -758,5 +753,9 @@ def mean_params(mean_pose_aa: np.ndarray) -> dict:
     """
     from scipy.spatial.transform import Rotation
     R = Rotation.from_rotvec(np.asarray(mean_pose_aa, dtype=np.float64).reshape(24, 3))
-    return {"pose": rotmat_to_6d(R.as_matrix()).reshape(144),
+    import torch
+
+    from utils.geometry import rotmat_to_rot6d
+    pose6d = rotmat_to_rot6d(torch.from_numpy(R.as_matrix())).numpy()
+    return {"pose": pose6d.reshape(144),
             "shape": np.zeros(10), "cam": np.array([0.9, 0.0, 0.0])}

@@ -35,12 +35,19 @@ import pytest
 import torch
 
 from config import DataPaths, MissingFileError
-from datasets import inputs
+from datasets import inputs as demo_inputs
 from train import demo
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "h36m-p2"
 SHIFT = 15.0          # pixels: the second person of the multi-person file
+
+def _mask(renderer, vertices, focal_length, camera_center, height, width):
+    """[H, W] bool: the pixels the renderer covers with the mesh."""
+    from utils.renderer import DEFAULT_COLOR
+    return renderer._render_layers(vertices, focal_length, camera_center, height, width,
+                                   DEFAULT_COLOR)[1]
+
 
 
 def _npz(root):
@@ -202,7 +209,7 @@ def test_overlay_is_the_rendering_of_the_saved_meshes(run, inputs, smpl_neutral)
     for panel, tag in ((ov[:, :w], "_before"), (ov[:, w:], "")):
         mask = np.zeros((h, w), bool)
         for p in rec:
-            mask |= r.render_mask(p["vertices" + tag] + p["cam_t" + tag],
+            mask |= _mask(r, p["vertices" + tag] + p["cam_t" + tag],
                                   float(p["focal_length"]), p["camera_center"], h, w)
         diff = np.abs(panel - img).mean(-1)
         inner = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
@@ -228,7 +235,7 @@ def test_gt_body_through_the_demo_camera_lands_on_the_person(synthetic_root, inp
         rgb = cv2.imread(str(inputs["src"] / z["imgname"][i]))[..., ::-1]
         h, w = rgb.shape[:2]
         f = float(np.hypot(h, w))
-        center, scale, n, kp = inputs.bbox_from_openpose(z["openpose"][i], 0.1)
+        center, scale, n, kp = demo_inputs.bbox_from_openpose(z["openpose"][i], 0.1)
         batch = demo.collate([demo.prepare_person(np.ascontiguousarray(rgb), center, scale, f,
                                                   "rect", kp)])
         pose = torch.tensor(z["pose"][i:i + 1], dtype=torch.float32)
@@ -256,7 +263,7 @@ def test_gt_body_through_the_demo_camera_lands_on_the_person(synthetic_root, inp
         assert err.max() < 0.05, err                      # the dataset's own projection
         # the overlay drawn by the demo covers the GT joints
         overlay = demo.render_people(renderer, np.ascontiguousarray(rgb), [rec])
-        mask = renderer.render_mask(rec["vertices"] + rec["cam_t"], float(rec["focal_length"]),
+        mask = _mask(renderer, rec["vertices"] + rec["cam_t"], float(rec["focal_length"]),
                                     rec["camera_center"], h, w)
         changed = np.abs(overlay.astype(int) - rgb.astype(int)).sum(-1) > 0
         assert (changed & ~mask).sum() == 0 and changed.sum() > 0.9 * mask.sum()
@@ -378,14 +385,14 @@ def test_openpose_json_parsing(tmp_path):
     p = tmp_path / "k.json"
     kp = np.arange(75, dtype=float).reshape(25, 3)
     _write_kp(p, [kp, kp + 1])
-    people = inputs.read_openpose_json(p)
+    people = demo_inputs.read_openpose_json(p)
     assert len(people) == 2 and np.array_equal(people[1], kp + 1)
     for text in ("[1, 2]", '{"people": 3}', '{"people": [{"pose_keypoints_2d": [1, 2, 3]}]}',
                  '{"people": [{"face": []}]}', "not json"):
         p.write_text(text)
-        with pytest.raises(inputs.DemoInputError, match="k.json"):
-            inputs.read_openpose_json(p)
-    center, scale, n, kp0 = inputs.bbox_from_openpose(
+        with pytest.raises(demo_inputs.DemoInputError, match="k.json"):
+            demo_inputs.read_openpose_json(p)
+    center, scale, n, kp0 = demo_inputs.bbox_from_openpose(
         np.array([[10, 20, 0.9], [30, 80, 0.5], [500, 500, 0.05]] + [[0, 0, 0]] * 22), 0.1)
     assert n == 2 and kp0[2, 2] == 0
     np.testing.assert_allclose(center, [20, 50])
@@ -397,16 +404,16 @@ def test_export_dataset_inputs(synthetic_root, tmp_path):
     import constants
     paths = DataPaths(Path(synthetic_root))
     z = _npz(synthetic_root)
-    img, kp = inputs.export_dataset_inputs(paths, DATASET, tmp_path / "a", [0, 2])
+    img, kp = demo_inputs.export_dataset_inputs(paths, DATASET, tmp_path / "a", [0, 2])
     names = [Path(str(n)).stem for n in z["imgname"][[0, 2]]]
-    assert sorted(p.stem for p in inputs.list_images(img)) == sorted(names)
-    people = inputs.read_openpose_json(kp / f"{names[1]}_keypoints.json")
+    assert sorted(p.stem for p in demo_inputs.list_images(img)) == sorted(names)
+    people = demo_inputs.read_openpose_json(kp / f"{names[1]}_keypoints.json")
     assert len(people) == 1
     np.testing.assert_allclose(people[0], z["openpose"][2])
     src = paths.image_folder(DATASET) / z["imgname"][2]
     assert (img / f"{names[1]}.jpg").read_bytes() == src.read_bytes()
-    _, kp = inputs.export_dataset_inputs(paths, DATASET, tmp_path / "b", [0], keypoints="gt")
-    op = inputs.read_openpose_json(kp / f"{names[0]}_keypoints.json")[0]
+    _, kp = demo_inputs.export_dataset_inputs(paths, DATASET, tmp_path / "b", [0], keypoints="gt")
+    op = demo_inputs.read_openpose_json(kp / f"{names[0]}_keypoints.json")[0]
     filled = op[:, 2] > 0
     assert (z["part"][0][:, 2] > 0).all()                     # every GT joint visible
     assert filled.sum() == 17 and not filled[[1, 8]].any()   # no neck / mid-hip in GT-24

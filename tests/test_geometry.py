@@ -80,15 +80,14 @@ def test_batch_rodrigues_gradient_at_zero():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_quat_to_rotmat_vs_scipy(dtype):
+def test_rotmat_to_quat_vs_scipy(dtype):
     rot = _rand_rot(30, seed=2)
     xyzw = rot.as_quat()
     wxyz = np.concatenate([xyzw[:, 3:], xyzw[:, :3]], axis=1) * 2.5     # unnormalised
-    R = G.quat_to_rotmat(torch.tensor(wxyz, dtype=dtype))
-    torch.testing.assert_close(R, torch.tensor(rot.as_matrix(), dtype=dtype),
-                               atol=TOL[dtype] * 10, rtol=0)
     q = G.rotmat_to_quat(torch.tensor(rot.as_matrix(), dtype=dtype))
-    torch.testing.assert_close(G.quat_to_rotmat(q), R, atol=TOL[dtype] * 10, rtol=0)
+    assert (q[:, 0] >= 0).all()                          # w >= 0 picks one of q and -q
+    ref = torch.tensor(wxyz / np.linalg.norm(wxyz, axis=1, keepdims=True), dtype=dtype)
+    torch.testing.assert_close(q, ref * torch.sign(ref[:, :1]), atol=TOL[dtype] * 10, rtol=0)
 
 
 def test_rotmat_to_axis_angle_vs_scipy():
@@ -195,32 +194,6 @@ def test_project_crop_by_hand():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_estimate_translation_recovers(dtype):
-    rng = np.random.default_rng(0)
-    S = rng.normal(scale=0.4, size=(3, 24, 3))
-    t_true = np.array([[0.1, -0.2, 8.0], [-0.3, 0.05, 12.0], [0.0, 0.0, 20.0]])
-    St = torch.tensor(S, dtype=dtype)
-    uv = G.perspective_projection(St, None, torch.tensor(t_true, dtype=dtype), 5000.0,
-                                  torch.tensor([112.0, 112.0], dtype=dtype))
-    conf = torch.ones(3, 24, 1, dtype=dtype)
-    conf[:, :4] = 0
-    uv[:, :4] += 50.0                                   # outliers with conf 0 are ignored
-    j2d = torch.cat([uv, conf], -1)
-    t = G.estimate_translation(St, j2d, 5000.0, 224)
-    assert t.dtype == dtype
-    torch.testing.assert_close(t, torch.tensor(t_true, dtype=dtype), atol=TOL[dtype] * 1e3,
-                               rtol=1e-4 if dtype == torch.float32 else 1e-9)
-    for b in range(3):
-        np.testing.assert_allclose(G.estimate_translation_np(S[b], j2d[b].double().numpy(),
-                                                             5000.0, 224), t_true[b], atol=1e-6)
-    # normalised [-1, 1] keypoints give the same answer
-    jn = torch.cat([uv / 112.0 - 1.0, conf], -1)
-    torch.testing.assert_close(G.estimate_translation(St, jn, 5000.0, 224, normalized=True), t,
-                               atol=TOL[dtype] * 1e3, rtol=1e-4)
-    with pytest.raises(ValueError, match="sample"):
-        G.estimate_translation(St, torch.cat([uv, torch.zeros_like(conf)], -1))
-
-
 # ---------------------------------------------------------------------------------------------
 # Procrustes and metrics
 
@@ -241,9 +214,6 @@ def test_procrustes_recovers_known_transform():
     np.testing.assert_allclose(s_hat, s, atol=1e-10)
     np.testing.assert_allclose(R_hat, R, atol=1e-10)
     np.testing.assert_allclose(t_hat, t, atol=1e-10)
-    one, (s1, R1, t1) = P.compute_similarity_transform(S1[0], S2[0], return_transform=True)
-    np.testing.assert_allclose(one, S2[0], atol=1e-10)
-    assert s1 == pytest.approx(s[0])
     for dtype in DTYPES:
         hat_t, (st, Rt, tt) = P.compute_similarity_transform_torch(
             torch.tensor(S1, dtype=dtype), torch.tensor(S2, dtype=dtype), return_transform=True)

@@ -1,10 +1,6 @@
 """The training inner step (train/inner.py) on the synthetic world, against plain autograd."""
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import time
-
 import pytest
 import torch
 

@@ -24,6 +24,13 @@ H, W = 48, 64
 FX, FY = 120.0, 110.0
 CX, CY = 31.0, 23.0
 
+def _mask(renderer, vertices, focal_length, camera_center, height, width):
+    """[H, W] bool: the pixels the renderer covers with the mesh."""
+    from utils.renderer import DEFAULT_COLOR
+    return renderer._render_layers(vertices, focal_length, camera_center, height, width,
+                                   DEFAULT_COLOR)[1]
+
+
 
 def _gl_or_skip() -> str:
     platform = select_gl_platform()
@@ -63,7 +70,7 @@ def test_sphere_covers_projected_centre_not_corners(backend):
     centre = np.array([0.3, -0.2, 4.0])
     verts, faces = _sphere(centre, 0.5)
     r = _make(faces, backend)
-    mask = r.render_mask(verts, (FX, FY), (CX, CY), H, W)
+    mask = _mask(r, verts, (FX, FY), (CX, CY), H, W)
     assert mask.shape == (H, W) and mask.dtype == bool
     assert r.backend == backend, "pyrender failed and fell back to software"
     u = FX * centre[0] / centre[2] + CX        # 40.0
@@ -85,7 +92,7 @@ def test_square_covers_its_projected_rectangle(backend):
     u0, u1, v0, v1 = 10.3, 40.6, 5.2, 30.7
     verts, faces = _square(u0, u1, v0, v1, z=6.0)
     r = _make(faces, backend)
-    mask = r.render_mask(verts, (FX, FY), (CX, CY), H, W)
+    mask = _mask(r, verts, (FX, FY), (CX, CY), H, W)
     assert r.backend == backend, "pyrender failed and fell back to software"
     cols = np.arange(W)[None, :]
     rows = np.arange(H)[:, None]
@@ -98,8 +105,8 @@ def test_square_covers_its_projected_rectangle(backend):
     iou = (mask & inside).sum() / (mask | inside).sum()
     assert iou > 0.95, iou
     # the winding of the faces does not matter (no back-face culling)
-    mask_flipped = r.render_mask(verts, (FX, FY), (CX, CY), H, W) if backend == "software" else \
-        Renderer(faces[:, ::-1].copy(), backend=backend).render_mask(verts, (FX, FY), (CX, CY),
+    mask_flipped = _mask(r, verts, (FX, FY), (CX, CY), H, W) if backend == "software" else \
+        _mask(Renderer(faces[:, ::-1].copy(), backend=backend), verts, (FX, FY), (CX, CY),
                                                                       H, W)
     assert (mask_flipped == mask).mean() > 0.99
 
@@ -116,8 +123,8 @@ def test_pyrender_and_software_agree():
     gl = Renderer(faces, backend="pyrender")
     sw = Renderer(faces, backend="software")
     for (h, w, f, c) in [(H, W, (FX, FY), (CX, CY)), (60, 40, 90.0, (18.0, 33.0))]:
-        m_gl = gl.render_mask(verts, f, c, h, w)
-        m_sw = sw.render_mask(verts, f, c, h, w)
+        m_gl = _mask(gl, verts, f, c, h, w)
+        m_sw = _mask(sw, verts, f, c, h, w)
         iou = (m_gl & m_sw).sum() / (m_gl | m_sw).sum()
         assert iou > 0.9, (h, w, iou)
         assert gl.backend == "pyrender", "pyrender failed and fell back to software"
@@ -137,7 +144,7 @@ def test_overlay_changes_only_masked_pixels(backend):
     image = rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8)
     image_before = image.copy()
     out = r.render(verts, FX, (CX, CY), image, color=(1.0, 0.0, 0.0), alpha=0.9)
-    mask = r.render_mask(verts, FX, (CX, CY), H, W)
+    mask = _mask(r, verts, FX, (CX, CY), H, W)
     assert out.shape == image.shape and out.dtype == np.uint8
     assert r.backend == backend, "pyrender failed and fell back to software"
     assert np.array_equal(image, image_before), "render modified its input"
@@ -261,6 +268,6 @@ def test_egl_renders_on_the_gpu(cuda_device, monkeypatch):
     centre = np.array([0.0, 0.0, 4.0])
     verts, faces = _sphere(centre, 0.5)
     r = _make(faces, "pyrender")
-    mask = r.render_mask(verts, (FX, FY), (CX, CY), H, W)
+    mask = _mask(r, verts, (FX, FY), (CX, CY), H, W)
     assert mask[int(round(CY)), int(round(CX))] and not mask[0, 0]
     r.close()

@@ -39,7 +39,9 @@ def _first_batch(tr):
 def _fixed_batch_loss(tr, batch) -> float:
     """Outer loss (no inner step, no update) on a fixed batch, dropout seeded."""
     from train.losses import smpl_loss
-    from train.meta import gt_targets, run_head, smpl_predict
+    from train.inner import run_head
+    from train.losses import gt_targets
+    from utils.camera import smpl_predict
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)
         tr.model.train()

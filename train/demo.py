@@ -47,7 +47,6 @@ point the image centre); HMR a crop camera, which is expressed in full-image pix
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,11 +54,13 @@ import cv2
 import numpy as np
 import torch
 
-import constants
-from config import TEST_DATASETS, DataPaths, MissingFileError
-from datasets.inputs import (IMAGE_EXTS, NUM_OPENPOSE, DemoInputError, bbox_from_openpose,
+from config import TEST_DATASETS, DataPaths, MissingFileError, require
+from datasets.inputs import (collate, prepare_person)  # noqa: F401 (re-exported)
+from datasets.inputs import (IMAGE_EXTS, DemoInputError, bbox_from_openpose,
                              bbox_from_xywh, bboxes_for, export_dataset_inputs, list_images,
                              load_bbox_file, read_openpose_json)
+from train.demo_results import (PALETTE, TTO_STATUS, image_camera, judge_tto,  # noqa: F401
+                                person_record, render_people)
 from utils import imutils
 
 __all__ = ["demo_parser", "parse_demo", "resolve_demo", "main", "run_demo", "prepare_person",
@@ -78,11 +79,6 @@ SKIP_REASONS = {
     "error": "failed while predicting or writing",
 }
 
-# one colour per person (RGB, 0..1), reused cyclically
-PALETTE = ((0.65, 0.74, 0.86), (0.95, 0.62, 0.78), (0.70, 0.88, 0.65), (0.98, 0.80, 0.55),
-           (0.78, 0.70, 0.92), (0.60, 0.88, 0.88))
-
-
 # options of utils.options' shared groups that mean nothing here (name -> default), and those
 # the demo always implies (OpenPose 2D loss; bad images are always skipped and counted)
 _UNUSED_COMMON = {"amp": "off", "img_root": None, "openpose_train_weight": 0.0,
@@ -95,7 +91,7 @@ _IMPLIED_COMMON = ("use_openpose2d", "skip_bad_images")
 def demo_parser() -> argparse.ArgumentParser:
     """Options of demo.py: the evaluation scripts' shared groups (data and device, model,
     test-time optimisation, loss weights; :mod:`utils.options`) plus the demo's own."""
-    from utils.options import add_common, add_crop_scale
+    from utils.options import add_common, add_crop_scale, from_checkpoint
     p = argparse.ArgumentParser(
         description="Meta-HMR demo: SMPL meshes (with test-time optimisation on OpenPose "
                     "keypoints) for every person in a folder of images",
@@ -115,8 +111,14 @@ def demo_parser() -> argparse.ArgumentParser:
                    help="instead of --img_dir/--openpose_dir: take the images and 'openpose' "
                         "keypoints of this test set of --data_root (e.g. the synthetic world), "
                         "copied to <out_dir>/inputs/")
+    g.add_argument("--video", type=str, default=None,
+                   help="instead of --img_dir: a video file, run frame by frame (keypoints "
+                        "<video stem>_<frame:012d>_keypoints.json, as OpenPose names them); "
+                        "writes per-frame results and <video stem>_overlay.mp4 (train/video.py)")
+    g.add_argument("--every", type=int, default=1,
+                   help="--video: process every N-th frame (1 = all)")
     g.add_argument("--max_images", type=int, default=0,
-                   help="process at most this many images (0 = all)")
+                   help="process at most this many images / video frames (0 = all)")
     g.add_argument("--out_dir", type=str, default="demo_out", help="output folder")
     g.add_argument("--kp_threshold", type=float, default=0.1,
                    help="OpenPose keypoints with confidence <= this are ignored (bbox and TTO)")
@@ -126,9 +128,10 @@ def demo_parser() -> argparse.ArgumentParser:
                    help="focal length in pixels of every image (default: the image diagonal, "
                         "as in training)")
     g.add_argument("--batch_size", type=int, default=8, help="people per TTO / forward batch")
-    g.add_argument("--bbox_type", type=str, default="rect", choices=("square", "rect"),
-                   help="square 224x224 or rect 256x192 crops (must match the checkpoint)")
-    add_crop_scale(g)
+    g.add_argument("--bbox_type", type=str, default=None, choices=("square", "rect"),
+                   help="square 224x224 or rect 256x192 crops (default: the checkpoint's, "
+                        "else rect)")
+    add_crop_scale(g, from_checkpoint=True)
     g.add_argument("--test_val_step", type=int, default=14,
                    help="extra test-time steps after step 0")
     g.add_argument("--after_innerlr", type=float, default=1e-5,
@@ -142,6 +145,7 @@ def demo_parser() -> argparse.ArgumentParser:
                    help="overlay renderer: pyrender offscreen, or the software rasteriser "
                         "(auto: pyrender when a GL context can be made)")
     add_common(p)
+    from_checkpoint(p)   # --model/--backbone/--bbox_type/--crop_scale: the checkpoint's
     for action in p._actions:   # shared options the demo has no use for: hidden (and refused)
         if action.dest in _UNUSED_COMMON or action.dest in _IMPLIED_COMMON:
             action.help = argparse.SUPPRESS
@@ -156,10 +160,19 @@ def resolve_demo(o: argparse.Namespace) -> argparse.Namespace:
     for name, default in _UNUSED_COMMON.items():
         if getattr(o, name) != default:
             raise SystemExit(f"error: --{name} has no effect in demo.py")
+    if o.video is not None and (o.img_dir or o.from_dataset):
+        raise SystemExit("error: --video replaces --img_dir / --from_dataset (its frames are "
+                         "the images). Give one input")
+    if o.every < 1:
+        raise SystemExit(f"error: --every must be >= 1 (1 = every frame), got {o.every}")
     if o.from_dataset is not None:
         given = [n for n in ("img_dir", "openpose_dir", "bbox_file") if getattr(o, n)]
         if given:
             raise SystemExit(f"error: --from_dataset replaces --{', --'.join(given)}")
+    elif o.video is not None:
+        if o.openpose_dir is None and o.bbox_file is None:
+            raise SystemExit("error: --video needs --openpose_dir (OpenPose's "
+                             "<video>_<frame:012d>_keypoints.json files) or --bbox_file")
     elif o.img_dir is None or (o.openpose_dir is None and o.bbox_file is None):
         raise SystemExit("error: give --img_dir and one of --openpose_dir / --bbox_file "
                          "(or --from_dataset)")
@@ -180,59 +193,8 @@ def resolve_demo(o: argparse.Namespace) -> argparse.Namespace:
 
 
 def parse_demo(argv=None) -> argparse.Namespace:
-    return resolve_demo(demo_parser().parse_args(argv))
-
-
-# ------------------------------------------------------------------------------------------------
-# Network input
-def prepare_person(img_rgb: np.ndarray, center, scale: float, focal: float, bbox_type: str,
-                   openpose=None, crop_scale: float = 1.0) -> dict:
-    """One person's network input, as the dataset builds it at evaluation (no augmentation).
-
-    Args:
-        img_rgb: [H, W, 3] uint8 RGB full image.
-        center: [2] bbox centre (full-image pixels); scale: bbox height / 200.
-        focal: focal length in pixels (CLIFF camera and bbox_info).
-        bbox_type: 'rect' (256x192) or 'square' (224x224).
-        openpose: [25, 3] OpenPose keypoints (full-image pixels, confidence) or None.
-        crop_scale: ``--crop_scale`` (the crop is the bbox type's size times this).
-    Returns:
-        dict of tensors: img [3, crop_h, crop_w], keypoints [49, 3] (crop pixels: OpenPose in
-        slots 0-24, GT slots 25-48 zero), keypoints_full [25, 3], center [2], scale, img_h,
-        img_w, focal_length, bbox_info [3], crop_trans [2, 3], has_smpl = has_pose_3d = 1
-        (module docstring, item 3).
-    """
-    crop_h, crop_w = constants.crop_size(bbox_type, crop_scale)
-    h, w = img_rgb.shape[:2]
-    trans = imutils.get_affine_transform(center, scale, 0.0, (crop_w, crop_h))
-    crop = cv2.warpAffine(img_rgb, trans, (crop_w, crop_h), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-    kp = np.zeros((constants.NUM_JOINTS_OUT, 3))
-    kp_full = np.zeros((NUM_OPENPOSE, 3))
-    if openpose is not None:
-        kp_full = np.asarray(openpose, dtype=np.float64)
-        kp[:NUM_OPENPOSE, :2] = imutils.transform_points(kp_full[:, :2], trans)
-        kp[:NUM_OPENPOSE, 2] = kp_full[:, 2]
-    f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
-    return {
-        "img": torch.from_numpy(imutils.normalize_image(crop)),
-        "keypoints": f32(kp),
-        "keypoints_full": f32(kp_full),
-        "center": f32(center),
-        "scale": f32(scale),
-        "img_h": f32(h),
-        "img_w": f32(w),
-        "focal_length": f32(focal),
-        "bbox_info": f32(imutils.bbox_info(center, scale, h, w, focal)),
-        "crop_trans": f32(trans),
-        "has_smpl": f32(1.0),
-        "has_pose_3d": f32(1.0),
-    }
-
-
-def collate(people: list[dict]) -> dict:
-    """Stack the tensors of :func:`prepare_person` dicts along a new batch dimension."""
-    return {k: torch.stack([p[k] for p in people]) for k in people[0]}
+    from utils.options import fill_checkpoint_defaults
+    return resolve_demo(fill_checkpoint_defaults(demo_parser().parse_args(argv)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,108 +232,6 @@ def predict(model, model_aux, batch: dict, smpl, camera, cfg, tto: bool) -> Pred
                       torch.zeros(B, dtype=torch.bool, device=dev), False)
 
 
-def image_camera(camera, cam: torch.Tensor, batch: dict):
-    """Per-person pinhole camera of the full image that reproduces the network's projection.
-
-    camera: :class:`utils.camera.Camera`; cam: [B, 3] predicted crop camera (s, tx, ty).
-    Returns (translation [B, 3], focal [B], principal point [B, 2]), full-image pixels:
-
-    * CLIFF: ``cam_crop2full`` translation, the image's focal length, the image centre;
-    * HMR: the crop translation ``[tx, ty, 2*5000/(crop_h s)]`` with focal
-      ``5000 * 200 s / crop_h`` and principal point the bbox centre (the crop camera mapped
-      back through the inverse crop transform).
-    """
-    t = camera.full_translation(cam, batch)
-    if camera.kind == "cliff":
-        f = batch["focal_length"].to(t.dtype)
-        c = torch.stack([batch["img_w"], batch["img_h"]], dim=-1).to(t.dtype) / 2.0
-    else:
-        f = (constants.FOCAL_LENGTH * 200.0 * batch["scale"] / camera.crop_h).to(t.dtype)
-        c = batch["center"].to(t.dtype)
-    return t, f, c
-
-
-def _project(points: torch.Tensor, t, f, c) -> torch.Tensor:
-    from utils.geometry import perspective_projection
-    return perspective_projection(points, None, t, f, c)
-
-
-def _kp_error_px(joints_2d: torch.Tensor, kp_full: torch.Tensor) -> torch.Tensor:
-    """[B] confidence-weighted mean pixel distance of the OpenPose slots to the keypoints
-    (NaN where no keypoint has confidence > 0)."""
-    conf = kp_full[..., 2]
-    d = (joints_2d[:, :NUM_OPENPOSE] - kp_full[..., :2]).norm(dim=-1)
-    w = conf.sum(-1)
-    return torch.where(w > 0, (conf * d).sum(-1) / w.clamp_min(1e-12),
-                       torch.full_like(w, float("nan")))
-
-
-def person_record(pred: Prediction, batch: dict, camera) -> list[dict]:
-    """Per-person result arrays (numpy) of a batch, as written to ``<stem>_person<i>.npz``.
-
-    Keys (after TTO; the same with ``_before`` at the loaded weights, for pose, betas,
-    cam_crop, cam_t, joints_2d, joints_3d, vertices):
-    pose [72] SMPL axis-angle; betas [10]; cam_crop [3] (s, tx, ty); cam_t [3] camera
-    translation in full-image camera coordinates (OpenCV axes, metres); focal_length,
-    camera_center [2] (the full-image intrinsics of ``cam_t``: see :func:`image_camera`);
-    joints_3d [49,3] SPIN-order joints in the body frame (camera frame = joints_3d + cam_t);
-    joints_2d [49,2] full-image pixels; vertices [6890,3] body frame; bbox_center [2];
-    bbox_scale; img_h; img_w; keypoints [25,3] the OpenPose input used (confidences <=
-    --kp_threshold zeroed; zeros without keypoints); tto; tto_steps; nonfinite;
-    kp_error_px / kp_error_px_before (weighted mean pixel distance of the OpenPose slots to
-    the keypoints; NaN without keypoints).
-    """
-    from utils.geometry import rotmat_to_axis_angle
-    B = batch["img"].shape[0]
-    np_ = lambda x: x.detach().float().cpu().numpy()  # noqa: E731
-    cols = {}
-    kp_full = batch["keypoints_full"]
-    for tag, p in (("", pred.after), ("_before", pred.before)):
-        t, f, c = image_camera(camera, p["cam"], batch)
-        j2d = _project(p["joints"], t, f, c)
-        cols["pose" + tag] = np_(rotmat_to_axis_angle(p["rotmat"].reshape(-1, 3, 3))
-                                 .reshape(B, 72))
-        cols["betas" + tag] = np_(p["betas"])
-        cols["cam_crop" + tag] = np_(p["cam"])
-        cols["cam_t" + tag] = np_(t)
-        cols["joints_3d" + tag] = np_(p["joints"])
-        cols["joints_2d" + tag] = np_(j2d)
-        cols["vertices" + tag] = np_(p["vertices"])
-        cols["kp_error_px" + tag] = np_(_kp_error_px(j2d, kp_full.to(j2d.dtype)))
-    cols["focal_length"], cols["camera_center"] = np_(f), np_(c)
-    cols["bbox_center"], cols["bbox_scale"] = np_(batch["center"]), np_(batch["scale"])
-    cols["img_h"], cols["img_w"] = np_(batch["img_h"]), np_(batch["img_w"])
-    cols["keypoints"] = np_(kp_full)
-    cols["tto_steps"] = pred.steps.detach().cpu().numpy().astype(np.int64)
-    cols["nonfinite"] = pred.nonfinite.detach().cpu().numpy().astype(bool)
-    return [{**{k: v[i] for k, v in cols.items()}, "tto": np.asarray(pred.tto)}
-            for i in range(B)]
-
-
-def render_people(renderer, img_rgb: np.ndarray, records: list[dict], tag: str = "",
-                  colors=PALETTE, draw_keypoints: bool = False) -> np.ndarray:
-    """Every person's mesh over the full image (far people first, near ones drawn over them).
-
-    records: :func:`person_record` dicts; tag: '' (after TTO) or '_before'.
-    Returns [H, W, 3] uint8 RGB.
-    """
-    out = img_rgb
-    order = sorted(range(len(records)), key=lambda i: -float(records[i]["cam_t" + tag][2]))
-    for i in order:
-        r = records[i]
-        verts = r["vertices" + tag] + r["cam_t" + tag][None]
-        if not (np.isfinite(verts).all() and (verts[:, 2] > 0).any()):
-            continue   # nothing in front of the camera to draw
-        out = renderer.render(verts, float(r["focal_length"]), r["camera_center"], out,
-                              color=colors[i % len(colors)])
-    if draw_keypoints:
-        from utils.renderer import draw_keypoints as draw
-        for r in records:
-            if (r["keypoints"][:, 2] > 0).any():
-                out = draw(out, r["keypoints"], color=(255, 40, 40))
-    return out
-
-
 # ------------------------------------------------------------------------------------------------
 # The run
 @dataclass
@@ -389,6 +249,7 @@ class Summary:
     people: int = 0
     people_skipped: int = 0
     nonfinite: int = 0
+    tto_rejected: int = 0
     skipped: dict = field(default_factory=lambda: {k: 0 for k in SKIP_REASONS})
     per_image: dict = field(default_factory=dict)   # image name -> status / message
 
@@ -400,6 +261,7 @@ class Summary:
     def as_dict(self) -> dict:
         return {"images": self.images, "processed": self.processed, "people": self.people,
                 "people_skipped": self.people_skipped, "nonfinite": self.nonfinite,
+                "tto_rejected": self.tto_rejected,
                 "skipped": dict(self.skipped), "per_image": self.per_image}
 
     def text(self) -> str:
@@ -412,6 +274,9 @@ class Summary:
         if self.people_skipped:
             lines.append(f"  {self.people_skipped} people skipped (too few confident keypoints "
                          f"or an invalid box) in processed images")
+        if self.tto_rejected:
+            lines.append(f"  {self.tto_rejected} people whose TTO raised the 2D error or "
+                         f"diverged (prediction before TTO kept)")
         if self.nonfinite:
             lines.append(f"  {self.nonfinite} people whose TTO went non-finite (last finite "
                          f"prediction kept)")
@@ -425,8 +290,10 @@ def _read_rgb(path: Path) -> np.ndarray | None:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def _load_image(path: Path, o, source, summary: Summary, log) -> _Image | None:
-    """Read one image and its people; bad input is reported, counted, and gives None."""
+def _load_image(path: Path, o, source, summary: Summary, log,
+                rgb: np.ndarray | None = None) -> _Image | None:
+    """Read one image (or take ``rgb``, a video frame) and its people; bad input is reported,
+    counted, and gives None."""
     if o.openpose_dir is not None:
         kp_file = Path(o.openpose_dir) / f"{path.stem}_keypoints.json"
         if not kp_file.is_file():
@@ -449,7 +316,7 @@ def _load_image(path: Path, o, source, summary: Summary, log) -> _Image | None:
     if not raw:
         summary.skip(path, "no_people", "the keypoint / bbox entry lists no people", log)
         return None
-    rgb = _read_rgb(path)
+    rgb = _read_rgb(path) if rgb is None else rgb
     if rgb is None:
         summary.skip(path, "unreadable_image",
                      f"cannot read image {path} (corrupt or not an image)", log)
@@ -459,7 +326,11 @@ def _load_image(path: Path, o, source, summary: Summary, log) -> _Image | None:
     people, ids, dropped = [], [], []
     for i, item in enumerate(raw):
         if o.openpose_dir is not None:
-            center, scale, n, kp = bbox_from_openpose(item, o.kp_threshold)
+            center, scale, n, kp = bbox_from_openpose(item, o.kp_threshold, (h, w))
+            far = int(((np.asarray(item)[:, 2] > o.kp_threshold) & (kp[:, 2] == 0)).sum())
+            if far:
+                log(f"warning: {path.name} person {i}: {far} confident keypoint(s) far "
+                    f"outside the image ignored")
             if n < o.min_keypoints:
                 dropped.append(f"person {i}: {n} keypoints with confidence > "
                                f"{o.kp_threshold} (need {o.min_keypoints})")
@@ -484,10 +355,16 @@ def _load_image(path: Path, o, source, summary: Summary, log) -> _Image | None:
 
 
 def _write_image(img: _Image, records: list[dict], o, renderer, faces, out_dir: Path,
-                 tto: bool) -> dict:
-    """Write the npz (and obj) files and the overlay of one image; returns its status."""
+                 tto: bool, overlay_sink=None) -> dict:
+    """Write the npz (and obj) files and the overlay of one image; returns its status.
+
+    Each person's record keeps the better of the predictions before / after TTO
+    (:func:`train.demo_results.judge_tto`); the overlay's right panel shows the kept one.
+    """
     from utils.renderer import make_grid, save_obj
     stem, files = img.path.stem, []
+    judged = [judge_tto(r) for r in records]
+    records, statuses = [r for r, _ in judged], [st for _, st in judged]
     for pid, rec in zip(img.person_ids, records):
         p = out_dir / f"{stem}_person{pid}.npz"
         np.savez(p, image=np.asarray(img.path.name), person=np.asarray(pid), **rec)
@@ -501,14 +378,150 @@ def _write_image(img: _Image, records: list[dict], o, renderer, faces, out_dir: 
     if tto:
         panels.append(render_people(renderer, img.rgb, records, "",
                                     draw_keypoints=o.draw_keypoints))
-    overlay = out_dir / f"{stem}_overlay.jpg"
-    if not cv2.imwrite(str(overlay), cv2.cvtColor(make_grid(panels), cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {overlay}")
-    files.append(overlay.name)
+    if overlay_sink is not None:
+        overlay_sink(img, make_grid(panels))
+    else:
+        overlay = out_dir / f"{stem}_overlay.jpg"
+        if not cv2.imwrite(str(overlay), cv2.cvtColor(make_grid(panels), cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {overlay}")
+        files.append(overlay.name)
     return {"status": "ok", "people": len(records), "files": files,
+            "person_status": statuses,
             "kp_error_px_before": [float(r["kp_error_px_before"]) for r in records],
             "kp_error_px": [float(r["kp_error_px"]) for r in records],
+            "kp_error_px_tto": [float(r["kp_error_px_tto"]) for r in records],
             "tto_steps": [int(r["tto_steps"]) for r in records]}
+
+
+def _image_line(name: str, status: dict) -> str:
+    """``<image>: N people; 2D keypoint error before -> after TTO: a -> b px, ...`` plus a
+    warning per person whose TTO was rejected (issue #13 point 10)."""
+    people = status["people"]
+    before, after = status["kp_error_px_before"], status["kp_error_px_tto"]
+    if not any(np.isfinite(before)):
+        return f"[demo] {name}: {people} {'person' if people == 1 else 'people'} (no TTO)"
+    errs = ", ".join(f"{b:.1f} -> {a:.1f}" for b, a in zip(before, after))
+    line = (f"[demo] {name}: {people} {'person' if people == 1 else 'people'}; 2D keypoint "
+            f"error before -> after TTO (px): {errs}")
+    for i, st in enumerate(status["person_status"]):
+        if st in ("tto_worse", "tto_diverged"):
+            line += f"\nwarning: {name} person {i}: {TTO_STATUS[st]}"
+    return line
+
+
+def check_inputs(o, paths: DataPaths):
+    """Everything that must exist, before any work: checkpoint, SMPL files, the image folder
+    (``--from_dataset``: written from the test set first), keypoint folder or bbox file.
+    Returns (options with the image / keypoint folders, images, bbox source or None)."""
+    paths.release_checkpoint(o.checkpoint)
+    paths.smpl_model("neutral")
+    paths.smpl_mean_params()
+    paths.j_regressor_extra()
+    if o.from_dataset is not None:
+        with np.load(paths.dataset_npz(o.from_dataset, is_train=False)) as z:
+            n = len(z["imgname"])
+        img_dir, kp_dir = export_dataset_inputs(
+            paths, o.from_dataset, Path(o.out_dir) / "inputs",
+            range(min(n, o.max_images) if o.max_images else n))
+        o = argparse.Namespace(**{**vars(o), "img_dir": str(img_dir),
+                                  "openpose_dir": str(kp_dir)})
+    images = []
+    if getattr(o, "video", None) is None:
+        img_dir = require(o.img_dir, "image folder (--img_dir)")
+        if not img_dir.is_dir():
+            raise SystemExit(f"error: --img_dir {img_dir} is not a folder")
+    if o.openpose_dir is not None:
+        if not require(o.openpose_dir, "OpenPose keypoint folder (--openpose_dir)").is_dir():
+            raise SystemExit(f"error: --openpose_dir {o.openpose_dir} is not a folder")
+        source = None
+    else:
+        source = load_bbox_file(o.bbox_file)
+    if getattr(o, "video", None) is None:
+        images = list_images(img_dir)
+        if not images:
+            raise SystemExit(f"error: no image ({', '.join(IMAGE_EXTS)}) in {img_dir}")
+        if o.max_images:
+            images = images[:o.max_images]
+    return o, images, source
+
+
+class DemoRun:
+    """The networks, renderer and summary of one demo run (images or video frames)."""
+
+    def __init__(self, o, paths: DataPaths, n_images: int, source, log):
+        from train.evaluation import build_eval_networks, read_eval_checkpoint
+        from utils.runtime import place, seed_everything, select_device
+        from train.tto import TTOConfig
+        from utils.camera import Camera
+        from models.smpl import build_smpl
+        from utils.renderer import Renderer
+        seed_everything(o.seed)
+        self.device = select_device(o.device)
+        ckpt, data = read_eval_checkpoint(o, paths, log=log)   # options it records decide
+        self.model, self.model_aux = build_eval_networks(o, paths, ckpt, data)
+        del data
+        for net in (self.model, self.model_aux):
+            place(net, self.device, o.memory_format)
+        self.smpl = build_smpl(paths, "neutral").to(self.device)
+        self.faces = np.asarray(self.smpl.faces, dtype=np.int64)
+        self.camera, self.cfg = Camera.from_options(o), TTOConfig.from_options(o)
+        self.o, self.source, self.log = o, source, log
+        self.tto = o.openpose_dir is not None
+        self.renderer = Renderer(self.faces, backend=o.render_backend)
+        self.out_dir = Path(o.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.summary = Summary(images=n_images)
+
+    def load(self, path: Path, rgb: np.ndarray | None = None) -> _Image | None:
+        """One image (or video frame ``rgb`` named ``path``) and its people, or None."""
+        return _load_image(path, self.o, self.source, self.summary, self.log, rgb)
+
+    def flush(self, pending: list[_Image], overlay_sink=None) -> None:
+        """Predict every person of ``pending`` and write each image's results
+        (``overlay_sink(img, overlay_rgb)`` instead of ``<stem>_overlay.jpg`` when given)."""
+        o, summary, log = self.o, self.summary, self.log
+        people = [p for img in pending for p in img.people]
+        records: list[dict] = []
+        try:
+            for s in range(0, len(people), o.batch_size):
+                batch = {k: v.to(self.device)
+                         for k, v in collate(people[s:s + o.batch_size]).items()}
+                pred = predict(self.model, self.model_aux, batch, self.smpl, self.camera,
+                               self.cfg, self.tto)
+                records += person_record(pred, batch, self.camera)
+        except Exception as e:  # noqa: BLE001 - reported per image; the run goes on
+            for img in pending:
+                summary.skip(img.path, "error", f"prediction failed: {type(e).__name__}: {e}",
+                             log)
+            return
+        k = 0
+        for img in pending:
+            recs, k = records[k:k + len(img.people)], k + len(img.people)
+            try:
+                status = _write_image(img, recs, o, self.renderer, self.faces, self.out_dir,
+                                      self.tto, overlay_sink)
+            except Exception as e:  # noqa: BLE001
+                summary.skip(img.path, "error", f"writing results failed: "
+                             f"{type(e).__name__}: {e}", log)
+                continue
+            summary.per_image[img.path.name] = status
+            log(_image_line(img.path.name, status))
+            summary.tto_rejected += sum(st in ("tto_worse", "tto_diverged")
+                                        for st in status["person_status"])
+            summary.processed += 1
+            summary.people += len(recs)
+            summary.nonfinite += int(sum(bool(r["nonfinite"]) for r in recs))
+
+    def finish(self, **extra) -> dict:
+        """Close the renderer, write ``summary.json`` (strict JSON: NaN is null), log the
+        summary; returns the summary dict."""
+        from utils.jsonio import write_json
+        self.renderer.close()
+        result = {**self.summary.as_dict(), "out_dir": str(self.out_dir), "tto": self.tto,
+                  **extra}
+        write_json(self.out_dir / "summary.json", result)
+        self.log(self.summary.text())
+        return result
 
 
 def run_demo(o, log=None) -> dict:
@@ -519,113 +532,42 @@ def run_demo(o, log=None) -> dict:
     bbox file) before any work.
     """
     from tqdm import tqdm
-    from train.evaluation import build_eval_networks
-    from utils.runtime import place, seed_everything, select_device
-    from train.tto import TTOConfig
-    from utils.camera import Camera
-    from models.smpl import build_smpl
-    from utils.renderer import Renderer
-
     log = log or tqdm.write
     paths = DataPaths.from_options(o)
     if o.synthetic:
         from datasets.synthetic import build_world
         build_world(paths.root)
-    # everything that must exist, before any work
-    ckpt = paths.release_checkpoint(o.checkpoint)
-    paths.smpl_model("neutral")
-    paths.smpl_mean_params()
-    paths.j_regressor_extra()
-    out_dir = Path(o.out_dir)
-    if o.from_dataset is not None:
-        with np.load(paths.dataset_npz(o.from_dataset, is_train=False)) as z:
-            n = len(z["imgname"])
-        img_dir, kp_dir = export_dataset_inputs(
-            paths, o.from_dataset, out_dir / "inputs",
-            range(min(n, o.max_images) if o.max_images else n))
-        o = argparse.Namespace(**{**vars(o), "img_dir": str(img_dir),
-                                  "openpose_dir": str(kp_dir)})
-    img_dir = require(o.img_dir, "image folder (--img_dir)")
-    if not img_dir.is_dir():
-        raise SystemExit(f"error: --img_dir {img_dir} is not a folder")
-    if o.openpose_dir is not None:
-        if not require(o.openpose_dir, "OpenPose keypoint folder (--openpose_dir)").is_dir():
-            raise SystemExit(f"error: --openpose_dir {o.openpose_dir} is not a folder")
-        source = None
-    else:
-        source = load_bbox_file(o.bbox_file)
-    images = list_images(img_dir)
-    if not images:
-        raise SystemExit(f"error: no image ({', '.join(IMAGE_EXTS)}) in {img_dir}")
-    if o.max_images:
-        images = images[:o.max_images]
-
-    seed_everything(o.seed)
-    device = select_device(o.device)
-    model, model_aux = build_eval_networks(o, paths, ckpt)
-    for net in (model, model_aux):
-        place(net, device, o.memory_format)
-    smpl = build_smpl(paths, "neutral").to(device)
-    faces = np.asarray(smpl.faces, dtype=np.int64)
-    camera, cfg = Camera.from_options(o), TTOConfig.from_options(o)
-    tto = o.openpose_dir is not None
-    renderer = Renderer(faces, backend=o.render_backend)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = Summary(images=len(images))
-
-    def flush(pending: list[_Image]) -> None:
-        people = [p for img in pending for p in img.people]
-        records: list[dict] = []
-        try:
-            for s in range(0, len(people), o.batch_size):
-                batch = {k: v.to(device) for k, v in collate(people[s:s + o.batch_size]).items()}
-                pred = predict(model, model_aux, batch, smpl, camera, cfg, tto)
-                records += person_record(pred, batch, camera)
-        except Exception as e:  # noqa: BLE001 - reported per image; the run goes on
-            for img in pending:
-                summary.skip(img.path, "error", f"prediction failed: {type(e).__name__}: {e}",
-                             log)
-            return
-        k = 0
-        for img in pending:
-            recs, k = records[k:k + len(img.people)], k + len(img.people)
-            try:
-                status = _write_image(img, recs, o, renderer, faces, out_dir, tto)
-            except Exception as e:  # noqa: BLE001
-                summary.skip(img.path, "error", f"writing results failed: "
-                             f"{type(e).__name__}: {e}", log)
-                continue
-            summary.per_image[img.path.name] = status
-            summary.processed += 1
-            summary.people += len(recs)
-            summary.nonfinite += int(sum(bool(r["nonfinite"]) for r in recs))
-
+    o, images, source = check_inputs(o, paths)
+    run = DemoRun(o, paths, len(images), source, log)
     pending: list[_Image] = []
     try:
         for path in tqdm(images, desc="demo", unit="img", disable=None):
-            img = _load_image(path, o, source, summary, log)
+            img = run.load(path)
             if img is None:
                 continue
             pending.append(img)
             if sum(len(i.people) for i in pending) >= o.batch_size:
-                flush(pending)
+                run.flush(pending)
                 pending = []
         if pending:
-            flush(pending)
+            run.flush(pending)
     finally:
-        renderer.close()
-    result = summary.as_dict()
-    result["out_dir"] = str(out_dir)
-    result["tto"] = tto
-    with open(out_dir / "summary.json", "w") as f:
-        json.dump(result, f, indent=2)
-    log(summary.text())
+        result = run.finish()
     return result
 
 
 def main(options) -> dict:
     """demo.py: run the demo; a missing file is a one-line error naming it."""
     try:
-        return run_demo(options)
+        if getattr(options, "video", None) is not None:
+            from train.video import run_video
+            result = run_video(options)
+        else:
+            result = run_demo(options)
     except MissingFileError as e:
         raise SystemExit(f"error: {e}") from e
+    if result["images"] and not result["processed"]:   # issue #13 point 10
+        raise SystemExit(f"error: none of the {result['images']} image(s) could be processed "
+                         f"(reasons above and in {Path(result['out_dir']) / 'summary.json'}). "
+                         f"Check the images and their keypoint / bbox files")
+    return result

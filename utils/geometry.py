@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,8 +21,8 @@ import constants
 
 __all__ = [
     "rot6d_to_rotmat", "rotmat_to_rot6d", "batch_rodrigues", "axis_angle_to_rotmat",
-    "quat_to_rotmat", "rotmat_to_quat", "rotmat_to_axis_angle", "cam_crop2full",
-    "perspective_projection", "estimate_translation_np", "estimate_translation",
+    "rotmat_to_quat", "rotmat_to_axis_angle", "cam_crop2full",
+    "perspective_projection",
     "project_full_to_crop", "project_crop", "normalize_keypoints_2d", "crop_cam_to_translation",
 ]
 
@@ -131,24 +130,6 @@ def batch_rodrigues(axisangle: torch.Tensor) -> torch.Tensor:
 
 
 axis_angle_to_rotmat = batch_rodrigues
-
-
-def quat_to_rotmat(quat: torch.Tensor) -> torch.Tensor:
-    """Quaternion (w, x, y, z), normalised first -> rotation matrix.
-
-    quat: [B, 4] (or [..., 4]) -> [B, 3, 3].
-    """
-    _check_last(quat, 4, "quat_to_rotmat")
-    q = F.normalize(quat, dim=-1)
-    w, x, y, z = q.unbind(-1)
-    w2, x2, y2, z2 = w * w, x * x, y * y, z * z
-    wx, wy, wz = w * x, w * y, w * z
-    xy, xz, yz = x * y, x * z, y * z
-    r = torch.stack((
-        w2 + x2 - y2 - z2, 2 * (xy - wz), 2 * (wy + xz),
-        2 * (wz + xy), w2 - x2 + y2 - z2, 2 * (yz - wx),
-        2 * (xz - wy), 2 * (wx + yz), w2 - x2 - y2 + z2), dim=-1)
-    return r.reshape(*quat.shape[:-1], 3, 3)
 
 
 def rotmat_to_quat(rotmat: torch.Tensor) -> torch.Tensor:
@@ -324,99 +305,3 @@ def normalize_keypoints_2d(kp: torch.Tensor, crop_hw: Sequence[int]) -> torch.Te
     """
     _check_last(kp, 3, "normalize_keypoints_2d")
     return torch.cat((_normalise_xy(kp[..., :2], crop_hw), kp[..., 2:]), dim=-1)
-
-
-# ----------------------------------------------------------------------------------------------
-# least-squares camera translation (SPIN's estimate_translation, derived from the pinhole model)
-#
-# u = f (X + tx)/(Z + tz) + cx  <=>  f tx - (u - cx) tz = (u - cx) Z - f X   (same for v, y)
-# Each joint gives two rows, weighted by sqrt(conf); the 3x3 normal equations give t.
-
-def _center_from(img_size, center):
-    if center is not None:
-        return center
-    if np.ndim(img_size) == 0:
-        return (float(img_size) / 2.0, float(img_size) / 2.0)
-    h, w = img_size
-    return (float(w) / 2.0, float(h) / 2.0)
-
-
-def estimate_translation_np(S: np.ndarray, joints_2d: np.ndarray,
-                            focal_length: float = constants.FOCAL_LENGTH,
-                            img_size=constants.IMG_RES, center=None) -> np.ndarray:
-    """Camera translation that best projects S onto joints_2d (weighted least squares).
-
-    S: [N, 3] joints (camera orientation, no translation); joints_2d: [N, 3] (u, v, conf) in
-    pixels; focal_length: float; img_size: int (square) or (h, w); center: (cx, cy), default
-    the image centre. Returns [3] float64. Raises ValueError with fewer than 2 joints of
-    positive confidence.
-    """
-    S = np.asarray(S, dtype=np.float64)
-    joints_2d = np.asarray(joints_2d, dtype=np.float64)
-    if S.ndim != 2 or S.shape[1] != 3 or joints_2d.shape != (S.shape[0], 3):
-        raise ValueError(f"estimate_translation_np: expected S [N,3] and joints_2d [N,3], "
-                         f"got {S.shape} and {joints_2d.shape}")
-    conf = joints_2d[:, 2]
-    if int((conf > 0).sum()) < 2:
-        raise ValueError("estimate_translation_np: need at least 2 joints with conf > 0")
-    cx, cy = _center_from(img_size, center)
-    du, dv = joints_2d[:, 0] - cx, joints_2d[:, 1] - cy
-    n = S.shape[0]
-    A = np.zeros((2 * n, 3))
-    A[0::2, 0] = focal_length
-    A[0::2, 2] = -du
-    A[1::2, 1] = focal_length
-    A[1::2, 2] = -dv
-    b = np.empty(2 * n)
-    b[0::2] = du * S[:, 2] - focal_length * S[:, 0]
-    b[1::2] = dv * S[:, 2] - focal_length * S[:, 1]
-    wgt = np.repeat(np.sqrt(np.clip(conf, 0, None)), 2)
-    return np.linalg.solve((A * wgt[:, None] ** 2).T @ A, (A * wgt[:, None] ** 2).T @ b)
-
-
-def estimate_translation(S: torch.Tensor, joints_2d: torch.Tensor,
-                         focal_length=constants.FOCAL_LENGTH, img_size=constants.IMG_RES,
-                         center=None, normalized: bool = False) -> torch.Tensor:
-    """Batched torch version of :func:`estimate_translation_np`.
-
-    S: [B, N, 3]; joints_2d: [B, N, 3] (u, v, conf) in pixels, or in [-1, 1] with
-    ``normalized=True`` (then u = img_w/2 (x + 1), as SPIN does); focal_length: float or [B];
-    img_size: int or (h, w); center: (cx, cy) or [B, 2], default the image centre.
-    Returns [B, 3] (no gradient is needed; it is differentiable anyway). Unlike SPIN's batched
-    wrapper it does not slice joints: pass the joints to use.
-    """
-    _check_last(S, 3, "estimate_translation S")
-    if S.dim() != 3 or joints_2d.shape != S.shape:
-        raise ValueError(f"estimate_translation: expected S and joints_2d [B,N,3], "
-                         f"got {tuple(S.shape)} and {tuple(joints_2d.shape)}")
-    bsz = S.shape[0]
-    joints_2d = joints_2d.to(S.dtype)
-    few = ((joints_2d[..., 2] > 0).sum(-1) < 2).nonzero()
-    if few.numel():
-        raise ValueError(f"estimate_translation: sample(s) {few[:, 0].tolist()} have fewer than "
-                         f"2 joints with conf > 0")
-    if np.ndim(img_size) == 0:
-        h = w = float(img_size)
-    else:
-        h, w = float(img_size[0]), float(img_size[1])
-    uv = joints_2d[..., :2]
-    if normalized:
-        uv = 0.5 * torch.tensor([w, h], dtype=S.dtype, device=S.device) * (uv + 1.0)
-    c = _per_sample(_center_from(img_size, center), bsz, 2, S, "estimate_translation center",
-                    vector=True)
-    f = _per_sample(focal_length, bsz, 1, S, "estimate_translation focal_length")[:, :, None]
-    d = uv - c[:, None, :]                                  # [B, N, 2]
-    wgt = joints_2d[..., 2].clamp(min=0)[..., None]          # [B, N, 1]
-    # rows: [f, 0, -du] and [0, f, -dv]; right-hand side d*Z - f*XY
-    rhs = d * S[..., 2:3] - f * S[..., :2]                   # [B, N, 2]
-    sw = wgt.sum(1)[:, 0]                                    # [B]
-    f2 = f[:, 0, 0]
-    ata = torch.zeros(bsz, 3, 3, dtype=S.dtype, device=S.device)
-    ata[:, 0, 0] = ata[:, 1, 1] = f2 * f2 * sw
-    ata[:, 0, 2] = ata[:, 2, 0] = -f2 * (wgt[..., 0] * d[..., 0]).sum(1)
-    ata[:, 1, 2] = ata[:, 2, 1] = -f2 * (wgt[..., 0] * d[..., 1]).sum(1)
-    ata[:, 2, 2] = (wgt * d * d).sum((1, 2))
-    atb = torch.stack((f2 * (wgt[..., 0] * rhs[..., 0]).sum(1),
-                       f2 * (wgt[..., 0] * rhs[..., 1]).sum(1),
-                       -(wgt * d * rhs).sum((1, 2))), dim=-1)
-    return torch.linalg.solve(ata, atb)

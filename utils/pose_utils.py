@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "compute_similarity_transform", "compute_similarity_transform_batch",
+    "compute_similarity_transform_batch",
     "compute_similarity_transform_torch", "reconstruction_error", "mpjpe", "pve",
     "mean_euclidean_error",
 ]
@@ -62,21 +62,6 @@ def compute_similarity_transform_batch(S1: np.ndarray, S2: np.ndarray,
     S1_hat = scale[:, None, None] * (a @ np.swapaxes(R, 1, 2)) + t[:, None, :]
     S1_hat = S1_hat.astype(dtype)
     return (S1_hat, (scale, R, t)) if return_transform else S1_hat
-
-
-def compute_similarity_transform(S1: np.ndarray, S2: np.ndarray, return_transform: bool = False):
-    """Align S1 to S2 with a similarity transform (numpy).
-
-    S1, S2: [N, 3]. Returns S1_hat [N, 3], and with ``return_transform`` also
-    (scale float, R [3, 3], t [3]).
-    """
-    S1, S2 = np.asarray(S1), np.asarray(S2)
-    _check_pair(S1, S2, 2, "compute_similarity_transform")
-    out = compute_similarity_transform_batch(S1[None], S2[None], return_transform)
-    if not return_transform:
-        return out[0]
-    S1_hat, (scale, R, t) = out
-    return S1_hat[0], (float(scale[0]), R[0], t[0])
 
 
 def compute_similarity_transform_torch(S1: torch.Tensor, S2: torch.Tensor,

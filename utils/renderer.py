@@ -263,13 +263,6 @@ class Renderer:
             out[mask] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
         return out
 
-    def render_mask(self, vertices, focal_length, camera_center, height: int,
-                    width: int) -> np.ndarray:
-        """[H, W] bool: pixels covered by the mesh (same arguments as :meth:`render`)."""
-        _, mask = self._render_layers(vertices, focal_length, camera_center, height, width,
-                                      DEFAULT_COLOR)
-        return mask
-
     def close(self) -> None:
         """Release the GL context (freed once no renderer uses it). The renderer stays usable."""
         if self._holds_gl:
