@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 from utils.runtime import place, select_device  # noqa: E402,F401  (select_device: for the scripts)
+from utils.jsonio import dumps as strict_dumps  # noqa: E402
 CHILD_MARK = "@@BENCH_RESULT@@ "     # prefix of the child's result line on stdout
 
 
@@ -310,7 +311,7 @@ def summarize(times: Sequence[float]) -> dict:
 # one child process per mode
 def child_result(result: dict) -> None:
     """Child side: hand the mode's figures to the parent (one marked line on stdout)."""
-    print(CHILD_MARK + json.dumps(result), flush=True)
+    print(CHILD_MARK + strict_dumps(result), flush=True)
 
 
 def run_child(script: str | os.PathLike, mode: str, argv: Sequence[str]) -> dict:
@@ -348,7 +349,7 @@ def print_table(title: str | None, columns: Sequence[tuple[str, str, str]],
 def write_json(path: str | os.PathLike, data: dict) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(data, indent=2) + "\n")
+    p.write_text(strict_dumps(data, indent=2) + "\n")
     print(f"wrote {p}")
 
 
@@ -374,6 +375,9 @@ def network_parser(doc: str, batch_size: int, batch_help: str, modes, iters: int
                    help=f"comma-separated subset of {','.join(modes)}")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the backbones (utils.runtime.compile_backbone); the "
+                        "warm-up calls absorb the compilation")
     p.add_argument("--smpl_root", default=None,
                    help="data root holding data/smpl/SMPL_NEUTRAL.pkl, data/J_regressor_extra.npy "
                         "and data/smpl_mean_params.npz (default: the synthetic stand-ins, "

@@ -12,7 +12,6 @@ with ``python -m datasets.synthetic --root data/synthetic`` if it is missing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from config import SYNTHETIC_ROOT, DataPaths, MissingFileError  # noqa: E402
 from datasets import BaseDataset  # noqa: E402
+from utils.jsonio import dumps as strict_dumps  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         print(f"{name:<28}{r['samples_per_s']:>12.1f}{r['ms_per_sample']:>12.2f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
+        Path(args.json).write_text(strict_dumps(res, indent=2))
     return 0
 
 

@@ -9,14 +9,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
+import torch
+
+import constants
 
 from config import DataPaths, require
 from utils import imutils
+from utils.jsonio import dumps
 
 __all__ = ["DemoInputError", "IMAGE_EXTS", "NUM_OPENPOSE", "list_images", "read_openpose_json",
            "load_bbox_file", "bboxes_for", "bbox_from_openpose", "bbox_from_xywh",
-           "export_dataset_inputs", "gt_to_openpose"]
+           "export_dataset_inputs", "gt_to_openpose", "prepare_person", "collate",
+           "read_video", "video_frame_name"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 NUM_OPENPOSE = 25
@@ -24,6 +30,45 @@ NUM_OPENPOSE = 25
 
 class DemoInputError(ValueError):
     """A per-image input (keypoint file, bbox entry) is malformed; the message says what."""
+
+
+def video_frame_name(video, frame: int) -> str:
+    """The name OpenPose gives frame ``frame`` of ``video`` (``<video stem>_<frame:012d>``):
+    its keypoints are ``<name>_keypoints.json``."""
+    return f"{Path(video).stem}_{int(frame):012d}"
+
+
+def read_video(path, every: int = 1):
+    """Frames of a video file as (frame index, [H, W, 3] uint8 RGB), every ``every``-th frame
+    from frame 0, and the video's frame rate: returns (fps, iterator).
+
+    Raises :class:`DemoInputError` when OpenCV cannot open the file or it has no frame.
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise DemoInputError(f"{path}: cannot open this video (not a video, or a codec OpenCV "
+                             f"lacks). Convert it, e.g. to H.264 .mp4, or pass its frames as "
+                             f"--img_dir")
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    ok, first = cap.read()
+    if not ok or first is None:
+        cap.release()
+        raise DemoInputError(f"{path}: this video has no readable frame")
+
+    def frames():
+        try:
+            i, bgr = 0, first
+            while bgr is not None:
+                if i % every == 0:
+                    yield i, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                ok, bgr = cap.read()
+                bgr = bgr if ok else None
+                i += 1
+        finally:
+            cap.release()
+    return (fps if fps > 0 else 25.0), frames()
 
 
 def list_images(img_dir) -> list[Path]:
@@ -107,14 +152,26 @@ def bboxes_for(entries: dict, image: Path) -> list[np.ndarray] | None:
     return list(arr)
 
 
-def bbox_from_openpose(kp25, threshold: float):
+FAR_OUTSIDE = 0.5   # keypoints beyond this fraction of the image's larger side outside it
+
+
+def bbox_from_openpose(kp25, threshold: float, image_hw=None):
     """[25, 3] OpenPose keypoints -> (center [2], scale, n_confident, kp with conf zeroed).
 
     Keypoints with confidence <= ``threshold`` get confidence 0; the box is
     :func:`utils.imutils.bbox_from_keypoints` of the rest (x1.2, 4:3 rule).
+    image_hw: (height, width) of the image: a keypoint lying more than ``FAR_OUTSIDE`` times
+    the image's larger side outside the image (a detector glitch, e.g. a wrist at (-900, 1400)
+    in a 512 px image) gets confidence 0 too, so that it neither blows up the box nor pulls
+    the test-time fit (issue #13 point 9).
     """
     kp = np.array(kp25, dtype=np.float64)
     kp[kp[:, 2] <= threshold, 2] = 0.0
+    if image_hw is not None:
+        h, w = float(image_hw[0]), float(image_hw[1])
+        m = FAR_OUTSIDE * max(h, w)
+        far = ((kp[:, 0] < -m) | (kp[:, 0] > w + m) | (kp[:, 1] < -m) | (kp[:, 1] > h + m))
+        kp[far, 2] = 0.0
     center, scale, n = imutils.bbox_from_keypoints(kp)
     return center, float(scale), int(n), kp
 
@@ -172,8 +229,8 @@ def export_dataset_inputs(paths: DataPaths, dataset: str, out_dir, indices=None,
         shutil.copyfile(img_root / rel, img_out / f"{name}{rel.suffix}")
         person = {"person_id": [-1], "pose_keypoints_2d": np.asarray(kp_all[i], float)
                   .reshape(-1).tolist()}
-        with open(kp_out / f"{name}_keypoints.json", "w") as f:
-            json.dump({"version": 1.3, "people": [person]}, f)
+        (kp_out / f"{name}_keypoints.json").write_text(
+            dumps({"version": 1.3, "people": [person]}))   # strict JSON
     return img_out, kp_out
 
 
@@ -193,3 +250,55 @@ def gt_to_openpose(part) -> np.ndarray:
     for o_idx, g_idx in _GT_TO_OP.items():
         op[..., o_idx, :] = part[..., g_idx, :]
     return op
+
+
+# ------------------------------------------------------------------------------------------------
+# Network input of one person (the demo; as the datasets build it at evaluation)
+def prepare_person(img_rgb: np.ndarray, center, scale: float, focal: float, bbox_type: str,
+                   openpose=None, crop_scale: float = 1.0) -> dict:
+    """One person's network input, as the dataset builds it at evaluation (no augmentation).
+
+    Args:
+        img_rgb: [H, W, 3] uint8 RGB full image.
+        center: [2] bbox centre (full-image pixels); scale: bbox height / 200.
+        focal: focal length in pixels (CLIFF camera and bbox_info).
+        bbox_type: 'rect' (256x192) or 'square' (224x224).
+        openpose: [25, 3] OpenPose keypoints (full-image pixels, confidence) or None.
+        crop_scale: ``--crop_scale`` (the crop is the bbox type's size times this).
+    Returns:
+        dict of tensors: img [3, crop_h, crop_w], keypoints [49, 3] (crop pixels: OpenPose in
+        slots 0-24, GT slots 25-48 zero), keypoints_full [25, 3], center [2], scale, img_h,
+        img_w, focal_length, bbox_info [3], crop_trans [2, 3], has_smpl = has_pose_3d = 1
+        (the demo cannot know the GT flags; see train/demo.py, item 3).
+    """
+    crop_h, crop_w = constants.crop_size(bbox_type, crop_scale)
+    h, w = img_rgb.shape[:2]
+    trans = imutils.get_affine_transform(center, scale, 0.0, (crop_w, crop_h))
+    crop = cv2.warpAffine(img_rgb, trans, (crop_w, crop_h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    kp = np.zeros((constants.NUM_JOINTS_OUT, 3))
+    kp_full = np.zeros((NUM_OPENPOSE, 3))
+    if openpose is not None:
+        kp_full = np.asarray(openpose, dtype=np.float64)
+        kp[:NUM_OPENPOSE, :2] = imutils.transform_points(kp_full[:, :2], trans)
+        kp[:NUM_OPENPOSE, 2] = kp_full[:, 2]
+    f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+    return {
+        "img": torch.from_numpy(imutils.normalize_image(crop)),
+        "keypoints": f32(kp),
+        "keypoints_full": f32(kp_full),
+        "center": f32(center),
+        "scale": f32(scale),
+        "img_h": f32(h),
+        "img_w": f32(w),
+        "focal_length": f32(focal),
+        "bbox_info": f32(imutils.bbox_info(center, scale, h, w, focal)),
+        "crop_trans": f32(trans),
+        "has_smpl": f32(1.0),
+        "has_pose_3d": f32(1.0),
+    }
+
+
+def collate(people: list[dict]) -> dict:
+    """Stack the tensors of :func:`prepare_person` dicts along a new batch dimension."""
+    return {k: torch.stack([p[k] for p in people]) for k in people[0]}

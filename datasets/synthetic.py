@@ -67,6 +67,7 @@ import numpy as np
 
 import config
 from config import DATASET_FILES, DATASET_FOLDERS, DataPaths
+from utils.jsonio import dumps as strict_dumps
 
 __all__ = ["build_world", "DEFAULT_SIZES", "TINY_SIZES", "DEFAULT_IMG_SIZE", "TINY_IMG_SIZE",
            "GENERATOR_VERSION", "DATASET_SPECS", "expected_keys", "main"]
@@ -658,7 +659,7 @@ def build_world(root: str | os.PathLike = config.SYNTHETIC_ROOT, sizes: dict | N
             f"{want['img_size']} px, {sum(want['sizes'].values())} samples)")
     root.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
-    manifest_path.write_text(json.dumps({**want, "complete": False}, indent=2))
+    manifest_path.write_text(strict_dumps({**want, "complete": False}, indent=2))
     if previous:                                     # stale images of an earlier build
         for name in set(DATASET_FOLDERS.values()):
             d = paths.images_dir / name
@@ -675,7 +676,7 @@ def build_world(root: str | os.PathLike = config.SYNTHETIC_ROOT, sizes: dict | N
         if log:
             log(f"  {key}: {n} images ({time.time() - t0:.1f} s)")
     _write_weights(root, weights, paths, log)
-    manifest_path.write_text(json.dumps({**want, "complete": True}, indent=2))
+    manifest_path.write_text(strict_dumps({**want, "complete": True}, indent=2))
     marker.write_text(f"built in {time.time() - t_start:.1f} s\n")
     if log:
         log(f"done in {time.time() - t_start:.1f} s: use --data_root {root}")

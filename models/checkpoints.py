@@ -195,7 +195,20 @@ def load_metahmr_checkpoint(path: str | os.PathLike, model: nn.Module,
 
     Returns the whole checkpoint dict (optimizer and bookkeeping entries included).
     """
-    ckpt = _read(path, "Meta-HMR checkpoint")
+    return load_metahmr_state(_read(path, "Meta-HMR checkpoint"), path, model, model_aux)
+
+
+def load_metahmr_state(ckpt: object, path, model: nn.Module,
+                       model_aux: nn.Module | None = None) -> dict:
+    """:func:`load_metahmr_checkpoint` of an already read file (``ckpt``, read from ``path``).
+
+    A file of another role (an aux or backbone initialisation, a bare state dict) is refused
+    with a message saying what it is and where it goes (:func:`models.checkpoint_kind.describe`).
+    """
+    from .checkpoint_kind import describe
+    what = describe(ckpt)
+    if what is not None:
+        raise CheckpointError(f"{path}: {what}")
     _load_strict(model, _strip_prefix(_entry(ckpt, "model", path), "module."), path,
                  "['model'] (main network)")
     if model_aux is not None:
@@ -328,5 +341,6 @@ def write_standin_weights(root: str | os.PathLike, backbones=("resnet18", "resne
     return out
 
 
-__all__ = ["CheckpointError", "read_checkpoint", "load_metahmr_checkpoint", "load_aux_weights",
+__all__ = ["CheckpointError", "read_checkpoint", "load_metahmr_checkpoint", "load_metahmr_state",
+           "load_aux_weights",
            "load_backbone_weights", "write_standin_weights"]

@@ -37,6 +37,30 @@ def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def link_as(src: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Give the file ``src`` the extra name ``path``, atomically (replacing ``path``).
+
+    A hard link, so the same state is stored once whatever the number of names (a later
+    :func:`atomic_save` over ``src`` renames a new file in and leaves ``path`` intact); a copy
+    where the file system has no hard links.
+    """
+    import shutil
+    src, path = Path(src), Path(path)
+    if src.resolve() == path.resolve():
+        return path
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def rng_state() -> dict:
     """RNG states as weights_only-safe values."""
     np_state = np.random.get_state()

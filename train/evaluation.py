@@ -28,7 +28,6 @@ One batch, in order (upstream-behaviour §7, decisions D2, D6-D8):
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -163,16 +162,46 @@ class EvalTargets(nn.Module):
 
 # ------------------------------------------------------------------------------------------------
 # Networks and setup
-def build_eval_networks(options, paths: DataPaths, checkpoint_path) -> tuple[nn.Module, nn.Module]:
-    """Main and aux networks with the checkpoint's weights (strict), eval mode, aux frozen."""
+def read_eval_checkpoint(o, paths: DataPaths, log=print):
+    """Read ``--checkpoint`` once and take the options it decides from it (issue #13 point 7).
+
+    ``--model``, ``--backbone``, ``--bbox_type``, ``--crop_scale`` not given on the command
+    line become the values train.py recorded in the checkpoint, or for a file without options
+    (the released ones) the network recognised from its keys; a contradicting value is a
+    one-line error, and a file of another role (an aux or backbone initialisation) is named.
+    Returns (path, checkpoint dict).
+    """
+    from models.checkpoint_kind import describe, metahmr_network
+    from models.checkpoints import CheckpointError, read_checkpoint
+    from utils.options import apply_checkpoint_options
+    path = paths.release_checkpoint(o.checkpoint)
+    data = read_checkpoint(path, "Meta-HMR checkpoint")
+    what = describe(data)
+    if what is not None:
+        raise CheckpointError(f"{path}: {what}")
+    stored = data.get("options") if isinstance(data, dict) else None
+    apply_checkpoint_options(o, str(path), stored if isinstance(stored, dict) else None,
+                             metahmr_network(data), log=log)
+    return path, data
+
+
+def build_eval_networks(options, paths: DataPaths, checkpoint_path,
+                        data: dict | None = None) -> tuple[nn.Module, nn.Module]:
+    """Main and aux networks with the checkpoint's weights (strict), eval mode, aux frozen.
+
+    data: the checkpoint already read from ``checkpoint_path`` (:func:`read_eval_checkpoint`).
+    """
     from models import build_model
-    from models.checkpoints import load_metahmr_checkpoint
+    from models.checkpoints import load_metahmr_checkpoint, load_metahmr_state
     mean = paths.smpl_mean_params()
     model = build_model(model=options.model, backbone=options.backbone, role="main",
                         bbox_type=options.bbox_type, mean_params=mean)
     model_aux = build_model(model=options.model, backbone=options.backbone, role="aux",
                             bbox_type=options.bbox_type, mean_params=mean)
-    load_metahmr_checkpoint(checkpoint_path, model, model_aux)
+    if data is None:
+        load_metahmr_checkpoint(checkpoint_path, model, model_aux)
+    else:
+        load_metahmr_state(data, checkpoint_path, model, model_aux)
     model.eval()
     model_aux.eval()
     model_aux.requires_grad_(False)
@@ -221,7 +250,7 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
     """
     from datasets import BaseDataset
     from datasets.base_dataset import collate_skipping
-    from tqdm import tqdm
+    from utils.progress import Progress
     o = options
     paths = paths if paths is not None else DataPaths.from_options(o)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -254,10 +283,10 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
                             *(f"{_KEY[m]}{s}" for m in METRICS for s in ("", "_before")))}
     loss_sum, loss_n = {"before": 0.0, "after": 0.0}, {"before": 0, "after": 0}
     err_sum = {m: 0.0 for m in METRICS}
-    tto_time, n, skipped = 0.0, 0, []
+    tto_time, n, skipped, steps_sum = 0.0, 0, [], 0.0
     total = min(len(loader), max_batches) if max_batches else len(loader)
-    bar = tqdm(loader, total=total, desc=f"eval {dataset_name}", leave=False,
-               disable=None)   # no bar when stderr is not a terminal
+    # a live bar in a terminal; otherwise a line every --log_freq batches (issue #13 point 1)
+    bar = Progress(loader, total, f"eval {dataset_name}", log_freq, log, unit="batch")
     try:
         for i, batch in enumerate(bar):
             if max_batches and i >= max_batches:
@@ -289,12 +318,8 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
             n += B
             for m in METRICS:
                 err_sum[m] += float(np.sum(err_after[_KEY[m]]))
-            run = {m: err_sum[m] / n for m in METRICS
-                   if dataset_name not in NO_MESH_DATASETS or m != "PVE"}
-            bar.set_postfix({"MPJPE": f"{run['MPJPE']:.1f}", "PA": f"{run['PA-MPJPE']:.1f}"})
-            if log_freq and (i + 1) % log_freq == 0:
-                log(f"[{dataset_name}] batch {i + 1}/{total}, {n} samples: "
-                    + ", ".join(f"{m} {v:.2f}" for m, v in run.items()))
+            steps_sum += float(res.steps.detach().float().sum())
+            bar.update(i + 1, _running(err_sum, n, steps_sum, tto_time, dataset_name))
     finally:
         bar.close()
         if viz is not None:
@@ -332,6 +357,15 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
     return res_dict
 
 
+def _running(err_sum: dict, n: int, steps_sum: float, tto_time: float, dataset: str) -> dict:
+    """The running values a progress line / the bar shows (mm, TTO steps, seconds per image)."""
+    out = {m: f"{err_sum[m] / n:.2f}" for m in METRICS
+           if dataset not in NO_MESH_DATASETS or m != "PVE"}
+    out.update({"samples": str(n), "TTO steps": f"{steps_sum / n:.2f}",
+                "s/img": f"{tto_time / n:.3f}"})
+    return out
+
+
 def _collect(keep: dict, b: dict, res, j17: torch.Tensor, camera: Camera) -> None:
     """Append the per-sample predictions of one batch to ``keep``."""
     from utils.geometry import rotmat_to_axis_angle
@@ -360,9 +394,9 @@ def write_result_file(path, arrays: dict) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".json":
-        with open(path, "w") as f:
-            json.dump({k: v.tolist() for k, v in arrays.items()}, f)
+    if path.suffix == ".json":   # strict JSON: NaN (no PVE) is null
+        from utils.jsonio import write_json
+        write_json(path, arrays, indent=None)
     else:
         np.savez(path, **arrays)
     return path
@@ -488,22 +522,22 @@ def main(options) -> dict:
                          "and 'model_aux', e.g. ckpt/cliff_hrnet_3dpw.pt from the seed README, "
                          "or a train.py checkpoint)")
     try:
-        ckpt = paths.release_checkpoint(o.checkpoint)
-        model, model_aux = build_eval_networks(o, paths, ckpt)
+        ckpt, data = read_eval_checkpoint(o, paths)
+        model, model_aux = build_eval_networks(o, paths, ckpt, data)
     except MissingFileError as e:
         raise SystemExit(f"error: {e}") from e
+    del data
     for net in (model, model_aux):
         place(net, device, o.memory_format)
     smpl = _neutral_smpl(paths, device)
     res = evaluate(model, model_aux, o, o.dataset, paths=paths, device=device, smpl=smpl,
                    max_batches=o.max_batches)
     print(format_results(o.dataset, res))
-    if getattr(o, "json_out", None):
+    if getattr(o, "json_out", None):   # strict JSON: a missing value (NaN) is null
+        from utils.jsonio import write_json
         from utils.options import to_dict
-        Path(o.json_out).parent.mkdir(parents=True, exist_ok=True)
-        with open(o.json_out, "w") as f:
-            json.dump({"dataset": o.dataset, "metrics": res, "options": to_dict(o)}, f,
-                      indent=2, sort_keys=True)
+        write_json(o.json_out, {"dataset": o.dataset, "metrics": res, "options": to_dict(o)},
+                   sort_keys=True)
     return res
 
 

@@ -76,6 +76,8 @@ class MetaStep:
         self.weights = LossWeights.from_options(o)
         self.meta = o.inner_step > 0
         self.aux_grad = self.meta and not o.first_order
+        # decisions D5: eval under --first_order, train (as released) under second order
+        self.aux_train = (o.aux_mode or ("eval" if o.first_order else "train")) == "train"
         self.model_aux.requires_grad_(self.aux_grad)   # frozen under --first_order (D5)
         self.device = device
         amp = o.amp if device.type == "cuda" else "off"
@@ -125,7 +127,7 @@ class MetaStep:
             features = self.model.extract_features(img)        # once (decisions D4)
             fast, log = None, {}
             if self.meta:
-                self.model_aux.train(o.aux_mode == "train")
+                self.model_aux.train(self.aux_train)
                 with torch.set_grad_enabled(self.aux_grad):
                     aux_pred = smpl_predict(self.model_aux(img, bbox_info), self.smpl,
                                             self.camera, batch)
@@ -194,8 +196,7 @@ class Trainer:
         dist.barrier()
         self.run_dir = Path(o.log_dir).absolute() / o.name
         self.ckpt_dir = self.run_dir / "checkpoints"
-        if self.main:
-            save_options(o, self.run_dir / "config.json")
+        self.last_saved: Path | None = None
 
         from models.smpl import build_smpl
         self.smpl = build_smpl(self.paths, "neutral").to(self.device)
@@ -221,6 +222,8 @@ class Trainer:
             self.resume(o.checkpoint)
         # under torchrun: DDP (its constructor gives every rank rank 0's weights)
         self.run_step.distribute(sync_bn=getattr(o, "sync_bn", False))
+        if self.main:   # the run folder only once set-up succeeded (issue #13 point 3)
+            save_options(o, self.run_dir / "config.json")
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self, dataset_perm) -> dict:
@@ -235,7 +238,16 @@ class Trainer:
         if not self.main:
             return None
         perm = list(self.sampler.perm) if mid_epoch else None
-        return ckpt.atomic_save(self.state(perm), self.ckpt_dir / name)
+        self.last_saved = ckpt.atomic_save(self.state(perm), self.ckpt_dir / name)
+        return self.last_saved
+
+    def link(self, src: str, name: str) -> Path | None:
+        """Give the checkpoint ``src`` the extra name ``name`` (a hard link: the same state is
+        never written twice; issue #13 point 4)."""
+        if not self.main:
+            return None
+        self.last_saved = ckpt.link_as(self.ckpt_dir / src, self.ckpt_dir / name)
+        return self.last_saved
 
     def load_pretrained(self, path) -> None:
         """Weights only (released Meta-HMR checkpoints included)."""
@@ -284,7 +296,14 @@ class Trainer:
                              f"larger than the training set ({len(self.dataset)} samples)")
         from tqdm import tqdm
         resume_perm = getattr(self, "resume_perm", None)
-        while self.epoch < o.num_epochs:
+        if o.max_steps and self.main and o.max_steps > (o.num_epochs - self.epoch) * per_epoch:
+            print(f"note: --max_steps {o.max_steps} wins over --num_epochs {o.num_epochs} "
+                  f"({per_epoch} steps per epoch): training runs "
+                  f"{-(-o.max_steps // per_epoch)} epochs")
+        if o.max_steps and self.step >= o.max_steps:
+            return self.finish()
+        # --max_steps, when given, decides alone how long training runs (issue #13 point 5)
+        while (self.step < o.max_steps) if o.max_steps else (self.epoch < o.num_epochs):
             self.dataset.epoch = self.epoch
             self.sampler.set_epoch(self.epoch, resume_perm, self.batch_idx, o.batch_size)
             resume_perm = None
@@ -373,7 +392,7 @@ class Trainer:
     def test_and_save(self) -> None:
         """Evaluate on the configured test sets and keep a checkpoint named by the results."""
         o = self.options
-        self.save("previous.pt", mid_epoch=False)
+        self.link("current.pt", "previous.pt")   # the epoch-end state just saved as current.pt
         names = [d for d in o.eval_datasets.split(",") if d]
         if not self.main or not names:
             if names:   # rank 0 evaluates alone; no collective timeout while waiting for it
@@ -395,12 +414,19 @@ class Trainer:
             f.write(f"epoch {self.epoch} step {self.step}: " + ", ".join(
                 f"{ds} MPJPE {r['MPJPE']:.2f} PA-MPJPE {r['PA-MPJPE']:.2f} "
                 f"PVE {r.get('PVE', float('nan')):.2f}" for ds, r in results.items()) + "\n")
-        self.save(f"previous_{self.epoch}_{tag}.pt", mid_epoch=False)
+        kept = self.link("previous.pt", f"previous_{self.epoch}_{tag}.pt")
+        print(f"epoch {self.epoch}, step {self.step}: " + "; ".join(
+            f"{ds} " + ", ".join(f"{m} {r[m]:.2f}" for m in ("MPJPE", "PA-MPJPE", "PVE")
+                                 if m in r) + " mm" for ds, r in results.items())
+              + f"\ncheckpoint: {kept}", flush=True)
         dist.wait_for_main(f"eval_{self.epoch}", EVAL_WAIT_S)
 
     def finish(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.main:
+            print(f"training finished at epoch {self.epoch}, step {self.step}; last checkpoint: "
+                  f"{self.last_saved or 'none written'}; run folder: {self.run_dir}", flush=True)
         if self.main and self.n_nonfinite:
             print(f"{self.n_nonfinite} step(s) skipped for non-finite losses")
         skipped = getattr(self.dataset.dataset, "n_skipped", 0)

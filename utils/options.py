@@ -24,6 +24,15 @@ def _bool_pair(p: argparse.ArgumentParser, name: str, default: bool, help: str) 
     p.set_defaults(**{name: default})
 
 
+def default_workers(cap: int = 8) -> int:
+    """DataLoader workers by default: the CPUs this process may use, at most ``cap``."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(cap, n))
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and device")
     g.add_argument("--data_root", type=str, default=os.environ.get("METAHMR_ROOT", "."),
@@ -91,13 +100,15 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="confidence multiplier of the 24 GT joints in the training 2D loss")
 
 
-def add_crop_scale(g) -> None:
-    """``--crop_scale``: shared by training, evaluation and the demo."""
-    g.add_argument("--crop_scale", type=float, default=1.0,
+def add_crop_scale(g, from_checkpoint: bool = False) -> None:
+    """``--crop_scale``: shared by training, evaluation and the demo (``from_checkpoint``:
+    default None, filled from the checkpoint by :func:`apply_checkpoint_options`)."""
+    g.add_argument("--crop_scale", type=float, default=None if from_checkpoint else 1.0,
                    help="network input crop = the bbox type's size times this (1 = the released "
                         "256x192 / 224x224, which the official checkpoints expect); smaller crops "
                         "make quick CPU experiments (the synthetic study uses 0.25: 64x48). "
-                        "Evaluate with the value the model was trained with")
+                        + ("Default: the checkpoint's value, else 1" if from_checkpoint else
+                           "Evaluate with the value the model was trained with"))
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -106,7 +117,8 @@ def train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--name", type=str, default="train_coco_loss", help="experiment name")
     g.add_argument("--time_to_run", type=float, default=math.inf,
-                   help="wall-clock budget in seconds; on expiry save current.pt and exit")
+                   help="wall-clock budget in seconds; on expiry save current.pt and exit "
+                        "(inf = no budget; written as null in config.json)")
     g.add_argument("--resume", action="store_true",
                    help="resume from --checkpoint, or the newest checkpoint of the run folder")
     g.add_argument("--num_workers", type=int, default=4, help="training DataLoader workers")
@@ -123,9 +135,11 @@ def train_parser() -> argparse.ArgumentParser:
                    help="main-backbone init file; default: the layout's pose_resnet/pose_hrnet")
     g.add_argument("--no_pretrained_backbone", action="store_true",
                    help="start the main backbone from random weights")
-    g.add_argument("--num_epochs", type=int, default=1600, help="number of epochs")
+    g.add_argument("--num_epochs", type=int, default=1600,
+                   help="number of epochs (ignored when --max_steps is given)")
     g.add_argument("--max_steps", type=int, default=0,
-                   help="stop after this many iterations in total (0 = no limit)")
+                   help="train exactly this many iterations in total, however many epochs that "
+                        "takes; wins over --num_epochs (0 = no limit: --num_epochs decides)")
     g.add_argument("--batch_size", type=int, default=256, help="training batch size")
     g.add_argument("--eval_batch_size", type=int, default=20,
                    help="batch size of the in-training evaluation")
@@ -152,9 +166,11 @@ def train_parser() -> argparse.ArgumentParser:
                    help="no inner step: plain supervised training (baseline)")
     g.add_argument("--inner_step", type=int, default=1, help="inner SGD steps per iteration")
     g.add_argument("--first_order", action="store_true", help="first-order MAML (FOMAML)")
-    g.add_argument("--aux_mode", type=str, default="eval", choices=("eval", "train"),
-                   help="aux network mode under --first_order: eval (no dropout, frozen BN) or "
-                        "train (released behaviour: dropout on, BN statistics drift)")
+    g.add_argument("--aux_mode", type=str, default=None, choices=("eval", "train"),
+                   help="mode of the aux network: eval (no dropout, frozen BN) or train "
+                        "(dropout on, BN statistics drift, as released). Default: eval under "
+                        "--first_order (it runs under no_grad), train without it (second order: "
+                        "it receives the meta-gradient, as released)")
     g.add_argument("--outer_lr", type=float, default=1e-4, help="Adam lr of the main network")
     g.add_argument("--beta1", type=float, default=0.9, help="Adam beta1 (main network)")
     g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (main network)")
@@ -203,7 +219,8 @@ def eval_parser(model: str) -> argparse.ArgumentParser:
                    help="print running metrics every N batches")
     g.add_argument("--batch_size", type=int, default=40, help="evaluation (and TTO) batch size")
     g.add_argument("--shuffle", action="store_true", help="shuffle the test set")
-    g.add_argument("--num_workers", type=int, default=8, help="DataLoader workers")
+    g.add_argument("--num_workers", type=int, default=default_workers(),
+                   help="DataLoader workers (default: the CPUs this process may use, at most 8)")
     g.add_argument("--max_batches", type=int, default=0, help="evaluate at most N batches (0 = all)")
     g.add_argument("--result_file", type=str, default=None,
                    help="write per-sample errors and predictions (.npz) here")
@@ -213,9 +230,10 @@ def eval_parser(model: str) -> argparse.ArgumentParser:
     g.add_argument("--viz_max", type=int, default=0,
                    help="render at most N samples (0 = first sample of every batch, -1 = all)")
     g.add_argument("--save_obj", action="store_true", help="with --viz, also export meshes (.obj)")
-    g.add_argument("--bbox_type", type=str, default="rect", choices=("square", "rect"),
-                   help="square 224x224 or rect 256x192 crops")
-    add_crop_scale(g)
+    g.add_argument("--bbox_type", type=str, default=None, choices=("square", "rect"),
+                   help="square 224x224 or rect 256x192 crops (default: the checkpoint's, "
+                        "else rect)")
+    add_crop_scale(g, from_checkpoint=True)
     g.add_argument("--test_val_step", type=int, default=7 if model == "cliff" else 14,
                    help="extra test-time steps after step 0")
     g.add_argument("--after_innerlr", type=float, default=2e-7 if model == "cliff" else 1e-5,
@@ -223,8 +241,91 @@ def eval_parser(model: str) -> argparse.ArgumentParser:
     g.add_argument("--inner_step", type=int, default=1,
                    help="accepted for compatibility; evaluation always takes one step 0")
     add_common(p)
-    p.set_defaults(model=model)
+    from_checkpoint(p, model_fallback=model)
     return p
+
+
+# options a checkpoint decides (issue #13 point 7): fallback when it records none
+CHECKPOINT_OPTIONS = {"model": "cliff", "backbone": "resnet", "bbox_type": "rect",
+                      "crop_scale": 1.0}
+
+
+def from_checkpoint(p: argparse.ArgumentParser, model_fallback: str | None = None) -> None:
+    """Evaluation / demo parsers: --model, --backbone, --bbox_type, --crop_scale default to
+    the checkpoint's values (:func:`fill_checkpoint_defaults`, :func:`apply_checkpoint_options`);
+    the help lines say so."""
+    p.set_defaults(model=None, backbone=None, bbox_type=None, crop_scale=None,
+                   model_fallback=model_fallback)
+    for a in p._actions:
+        if a.dest in ("model", "backbone") and "checkpoint's" not in (a.help or ""):
+            fallback = model_fallback if a.dest == "model" and model_fallback else \
+                CHECKPOINT_OPTIONS[a.dest]
+            a.help = f"{a.help} (default: the checkpoint's, else {fallback})"
+
+
+def fill_checkpoint_defaults(o: argparse.Namespace) -> argparse.Namespace:
+    """Options of :data:`CHECKPOINT_OPTIONS` not given on the command line (None) get their
+    fallback values now and are listed in ``o.from_checkpoint`` (a tuple), so that
+    :func:`apply_checkpoint_options` may replace them by the checkpoint's."""
+    script = getattr(o, "model_fallback", None)
+    missing = tuple(n for n in CHECKPOINT_OPTIONS if getattr(o, n, None) is None)
+    for n in missing:
+        setattr(o, n, script if n == "model" and script else CHECKPOINT_OPTIONS[n])
+    o.from_checkpoint = missing
+    return o
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    return a == b
+
+
+def apply_checkpoint_options(o: argparse.Namespace, source: str, stored: dict | None,
+                             inferred: dict | None, log=print) -> argparse.Namespace:
+    """Take --model / --backbone / --bbox_type / --crop_scale from a checkpoint where the
+    command line did not give them (``o.from_checkpoint``, :func:`fill_checkpoint_defaults`).
+
+    stored: the options train.py recorded in the checkpoint (None for released files);
+    inferred: {'model', 'backbone'} recognised from its keys (models/checkpoint_kind.py).
+    A value given on the command line that contradicts them is an :class:`OptionError` (one
+    line); a file that records no bbox type / crop scale keeps the released values and a note
+    says so. Re-runs the option checks that depend on these values.
+    """
+    stored = {k: v for k, v in (stored or {}).items() if k in CHECKPOINT_OPTIONS}
+    known = {**{k: v for k, v in (inferred or {}).items()
+                if k in ("model", "backbone") and v is not None}, **stored}
+    free = set(getattr(o, "from_checkpoint", ()))
+    script = getattr(o, "model_fallback", None)
+    if "model" in free and script and known.get("model", script) != script:
+        raise OptionError(f"{source}: this is a {known['model'].upper()} checkpoint; evaluate "
+                          f"it with eval_{known['model']}.py (this script is for "
+                          f"{script.upper()})")
+    for name in CHECKPOINT_OPTIONS:
+        given, have = getattr(o, name), known.get(name)
+        if have is None:
+            continue
+        if name in free:
+            setattr(o, name, have)
+        elif not _same(given, have):
+            how = "was trained with" if name in stored else "holds a network of"
+            shown = f"{have:g}" if isinstance(have, float) else have
+            raise OptionError(f"{source}: --{name} {given} contradicts the checkpoint, which "
+                              f"{how} --{name} {shown}. Drop --{name} (the checkpoint's value "
+                              f"is then used) or pass a checkpoint trained with --{name} {given}")
+    missing = [n for n in ("bbox_type", "crop_scale") if n not in stored]
+    if missing:
+        log(f"note: {source} records no training options; using "
+            + ", ".join(f"--{n} {getattr(o, n):g}" if isinstance(getattr(o, n), float)
+                        else f"--{n} {getattr(o, n)}" for n in missing)
+            + " (pass the values it was trained with if they differ: its keys cannot tell)")
+    if o.model == "hmr" and o.backbone == "hrnet":
+        raise OptionError("--model hmr has no HRNet variant (choose --backbone resnet)")
+    try:
+        crop_size(o.bbox_type, o.crop_scale)
+    except ValueError as e:
+        raise OptionError(f"--crop_scale: {e}") from None
+    return o
 
 
 def resolve(options: argparse.Namespace) -> argparse.Namespace:
@@ -237,6 +338,8 @@ def resolve(options: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit("error: --model hmr has no HRNet variant (choose --backbone resnet)")
     if getattr(options, "no_inner", False):
         options.inner_step = 0
+    if hasattr(options, "aux_mode") and options.aux_mode is None:   # decisions D5
+        options.aux_mode = "eval" if options.first_order else "train"
     check_ranges(options)   # every numeric option in its range (utils/option_checks.py)
     if hasattr(options, "crop_scale"):
         try:
@@ -267,18 +370,19 @@ def parse_train(argv=None) -> argparse.Namespace:
         if unknown:
             raise SystemExit(f"error: {options.from_json} has unknown options {unknown}")
         options = argparse.Namespace(**{**vars(p.parse_args([])), **data})
+        if options.time_to_run is None:   # config.json writes "no budget" (inf) as null
+            options.time_to_run = math.inf
     return resolve(options)
 
 
 def parse_eval(model: str, argv=None) -> argparse.Namespace:
-    return resolve(eval_parser(model).parse_args(argv))
+    return resolve(fill_checkpoint_defaults(eval_parser(model).parse_args(argv)))
 
 
 def save_options(options: argparse.Namespace, path: str | Path) -> None:
-    """Write the resolved options as JSON (decisions D1)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(to_dict(options), f, indent=2, sort_keys=True)
+    """Write the resolved options as strict JSON (decisions D1; ``inf`` -> null)."""
+    from utils.jsonio import write_json
+    write_json(path, to_dict(options), sort_keys=True)
 
 
 def to_dict(options: argparse.Namespace) -> dict:
