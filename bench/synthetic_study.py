@@ -271,7 +271,8 @@ def run_training(a, name: str, extra: list[str], steps: int, n_iter: int | None 
         raise RuntimeError(f"{name}: trained {tr.step} steps, expected {steps}")
     del tr
     gc.collect()
-    stamp_file.write_text(json.dumps({"stamp": stamp, "summary": summary}, indent=2))
+    from utils.jsonio import dumps as strict_dumps   # strict JSON (NaN -> null)
+    stamp_file.write_text(strict_dumps({"stamp": stamp, "summary": summary}, indent=2))
     log(f"{name}: done in {sw.wall:.0f} s (CPU {sw.cpu:.0f} s); loss {summary['loss_first']:.3f} "
         f"-> {summary['loss_last']:.3f} (means of the first / last {k} steps)")
     return {**summary, "checkpoint": str(ckpt), "reused": False, "stamp": stamp}
