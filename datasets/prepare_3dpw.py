@@ -242,6 +242,7 @@ def prepare_3dpw(raw: str | os.PathLike, out: str | os.PathLike,
         seqs = [read_sequence(f) for s in splits for f in sequence_files(raw, s)]
         plan[name] = (summary, [(q, _check_images(raw, q)) for q in seqs])
     models = models if models is not None else _load_models(Path(data_root or out))
+    files = {}
     for name, (summary, seqs) in plan.items():
         parts = []
         joints = _gt_joints([q for q, _ in seqs], models)
@@ -254,9 +255,10 @@ def prepare_3dpw(raw: str | os.PathLike, out: str | os.PathLike,
         if summary.kept == 0:
             raise RawDataError(f"{raw}: no frame of 3DPW {name} kept ({summary.line()}); "
                                "check the sequence files")
-        data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         summary.npz = out / "data" / "datasets" / DATASET_FILES[name]["3dpw"]
-        _write_npz(summary.npz, data)
+        files[summary.npz] = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    for (summary, _), (path, data) in zip(plan.values(), files.items()):
+        _write_npz(path, data)                        # all checked: now written
         if log:
             log(summary.line())
     return {name: summary for name, (summary, _) in plan.items()}

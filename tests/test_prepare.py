@@ -340,6 +340,10 @@ def test_skipped_frames_are_counted_by_reason(raw, tmp_path, models):
     p = _npz(s.npz)
     assert sorted(int(n[-9:-4]) for n in p["imgname"].astype(str)) == [6, 9]
     assert "1 skipped" not in s.line() and "8 skipped" in s.line()
+    _edit(f, lambda d: (d["poses2d"][0].__setitem__((slice(None), 2), 0.0), d)[1])
+    with pytest.raises(RawDataError, match="no frame of 3DPW test kept"):
+        prepare_3dpw(r, tmp_path / "out2", sets=("train", "test"), models=models, log=None)
+    assert not (tmp_path / "out2").exists()        # the train file is not written either
 
 
 def test_two_actors_of_both_genders(raw, synthetic_root, tmp_path, models):
