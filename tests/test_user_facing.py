@@ -1,0 +1,331 @@
+"""What a user sees (issue #13): strict JSON, the run folder, checkpoints written once, the step
+budget, options taken from a checkpoint, file kinds named, the demo's bbox with an outlier
+keypoint and its verdict on TTO, one-line errors with exit code 2.
+
+Independent facts used: the JSON standard (RFC 8259 has no NaN / Infinity), hand-computed boxes
+(the 4:3, x1.2 rule), the released state_dict manifests (shared/reference/state_dict/*.tsv)
+with the released files' key mappings (reference/checkpoint_layout.md §2), file-system inode
+identity for hard links.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from utils.errors import OptionError
+
+REPO = Path(__file__).resolve().parents[1]
+MANIFESTS = Path("/work/shared/reference/state_dict")
+if not MANIFESTS.exists():
+    MANIFESTS = REPO / "shared/reference/state_dict"
+
+
+def _strict_loads(text: str):
+    """json.loads that refuses NaN / Infinity / -Infinity (they are not JSON)."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+# ---------------------------------------------------------------------------------------------
+# point 2: strict JSON
+def test_strict_json_writer(tmp_path):
+    from utils.jsonio import dumps, write_json
+    obj = {"a": math.inf, "b": [float("nan"), 1.5, np.float32(2.0)], "c": np.arange(3),
+           "d": -math.inf, "e": Path("x/y")}
+    assert _strict_loads(dumps(obj)) == {"a": None, "b": [None, 1.5, 2.0], "c": [0, 1, 2],
+                                         "d": None, "e": "x/y"}
+    p = write_json(tmp_path / "sub" / "x.json", obj)
+    assert _strict_loads(p.read_text())["a"] is None
+    with pytest.raises(ValueError):          # the stdlib default would have written NaN
+        _strict_loads(json.dumps({"x": float("nan")}))
+
+
+def test_config_json_is_strict_and_round_trips(tmp_path):
+    from utils.options import parse_train, save_options
+    o = parse_train(["--name", "x"])
+    assert o.time_to_run == math.inf
+    save_options(o, tmp_path / "config.json")
+    data = _strict_loads((tmp_path / "config.json").read_text())
+    assert data["time_to_run"] is None
+    back = parse_train(["--from_json", str(tmp_path / "config.json")])
+    assert back.time_to_run == math.inf and back.name == "x"
+
+
+def _json_writes(path: Path) -> list[tuple[int, str]]:
+    """(line, call) of json.dump / json.dumps calls without allow_nan=False in a file."""
+    tree = ast.parse(path.read_text())
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in ("dump", "dumps") \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "json":
+            ok = any(k.arg == "allow_nan" and isinstance(k.value, ast.Constant)
+                     and k.value.value is False for k in node.keywords)
+            if not ok:
+                bad.append((node.lineno, ast.unparse(node)[:80]))
+    return bad
+
+
+def test_every_json_write_of_the_project_is_strict():
+    """Every json.dump(s) outside the tests goes through utils.jsonio or says allow_nan=False."""
+    files = [p for p in REPO.rglob("*.py")
+             if not {".venv", "tests", "shared", ".git"} & set(p.relative_to(REPO).parts)]
+    assert len(files) > 20
+    bad = {str(p.relative_to(REPO)): b for p in files if (b := _json_writes(p))}
+    assert not bad, bad
+
+
+def test_eval_result_file_json_is_strict(tmp_path):
+    from train.evaluation import write_result_file
+    arrays = {"mpjpe": np.array([50.0, 60.0]), "pve": np.array([np.nan, np.nan]),
+              "imgname": np.array(["a.jpg", "b.jpg"])}
+    p = write_result_file(tmp_path / "r.json", arrays)
+    data = _strict_loads(p.read_text())
+    assert data == {"mpjpe": [50.0, 60.0], "pve": [None, None], "imgname": ["a.jpg", "b.jpg"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# points 3-6: training and evaluation options
+def _train_argv(root, log_dir, *extra):
+    return ["--name", "run", "--log_dir", str(log_dir), "--data_root", str(root),
+            "--backbone", "resnet18", "--bbox_type", "rect", "--crop_scale", "0.25",
+            "--batch_size", "4", "--num_workers", "0", "--device", "cpu",
+            "--no_pretrained_backbone", "--summary_steps", "1000", "--first_order", *extra]
+
+
+def test_failed_start_leaves_no_run_folder(tmp_path):
+    from config import MissingFileError
+    from train.trainer import Trainer
+    from utils.options import parse_train
+    for root in (tmp_path / "nonexistent", tmp_path / "empty"):   # no folder / no SMPL file
+        if root.name == "empty":
+            root.mkdir()
+        with pytest.raises(MissingFileError):
+            Trainer(parse_train(_train_argv(root, tmp_path / "logs")))
+        assert not (tmp_path / "logs").exists()
+
+
+def test_max_steps_wins_and_checkpoints_are_written_once(synthetic_root, tmp_path, capsys):
+    """--num_epochs 1 with --max_steps = one epoch + 1 runs into the 2nd epoch. The test
+    epoch's previous.pt / previous_<tag>.pt are hard links of that epoch's current.pt (one
+    inode), which the later save of current.pt leaves intact."""
+    from train.trainer import Trainer
+    from utils.options import parse_train
+    tr = Trainer(parse_train(_train_argv(
+        synthetic_root, tmp_path, "--num_epochs", "1", "--max_steps", "1000",
+        "--test_epochs", "1", "--eval_datasets", "3dpw", "--eval_batch_size", "2",
+        "--eval_max_batches", "1", "--test_val_step", "0")))
+    per_epoch = len(tr.dataset) // 4
+    assert 1 <= per_epoch <= 10
+    tr.options.max_steps = total = per_epoch + 1
+    tr.train()
+    assert tr.step == total and tr.epoch == 1
+    out = capsys.readouterr().out
+    assert f"--max_steps {total} wins over --num_epochs 1" in out
+    ck = tmp_path / "run" / "checkpoints"
+    named = list(ck.glob("previous_1_3dpw_mp*.pt"))
+    assert len(named) == 1
+    prev = (ck / "previous.pt").stat()
+    assert named[0].stat().st_ino == prev.st_ino and prev.st_nlink == 2
+    assert (ck / "current.pt").stat().st_ino != prev.st_ino         # the last step, saved anew
+    first = torch.load(named[0], map_location="cpu", weights_only=True)
+    last = torch.load(ck / "current.pt", map_location="cpu", weights_only=True)
+    assert first["total_step_count"] == per_epoch and last["total_step_count"] == total
+    # the in-training evaluation's metrics and the checkpoint path are printed
+    assert re.search(r"3dpw MPJPE [\d.]+, PA-MPJPE [\d.]+, PVE [\d.]+ mm", out)
+    assert f"checkpoint: {named[0]}" in out
+    assert f"last checkpoint: {ck / 'current.pt'}" in out
+    assert _strict_loads((tmp_path / "run" / "config.json").read_text())["time_to_run"] is None
+
+
+def test_eval_workers_default_to_the_machine():
+    import os
+    from utils.options import parse_eval
+    o = parse_eval("cliff", [])
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert o.num_workers == min(8, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# point 7: options from the checkpoint; what a file is
+def _save_ckpt(root, path, options=None, model="cliff", backbone="resnet18"):
+    from config import DataPaths
+    from models import build_model
+    mean = DataPaths(Path(root)).smpl_mean_params()
+    torch.manual_seed(0)
+    data = {"model": build_model(model, backbone, "main", "rect", mean).state_dict(),
+            "model_aux": build_model(model, backbone, "aux", "rect", mean).state_dict()}
+    if options is not None:
+        data["options"] = options
+    torch.save(data, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(synthetic_root, tmp_path_factory):
+    """A train.py-style checkpoint recording --backbone resnet18 --bbox_type rect
+    --crop_scale 0.25."""
+    p = tmp_path_factory.mktemp("ck") / "cliff_r18.pt"
+    return _save_ckpt(synthetic_root, p, {"model": "cliff", "backbone": "resnet18",
+                                          "bbox_type": "rect", "crop_scale": 0.25})
+
+
+def _resolve(root, ckpt, *argv, model="cliff"):
+    from config import DataPaths
+    from train.evaluation import read_eval_checkpoint
+    from utils.options import parse_eval
+    o = parse_eval(model, ["--checkpoint", str(ckpt), "--data_root", str(root), *argv])
+    notes: list[str] = []
+    read_eval_checkpoint(o, DataPaths.from_options(o), log=notes.append)
+    return o, notes
+
+
+def test_options_default_from_the_checkpoint(synthetic_root, trained_ckpt):
+    o, notes = _resolve(synthetic_root, trained_ckpt)
+    assert (o.model, o.backbone, o.bbox_type, o.crop_scale) == ("cliff", "resnet18", "rect",
+                                                                0.25)
+    assert not notes
+    o, _ = _resolve(synthetic_root, trained_ckpt, "--crop_scale", "0.25", "--backbone",
+                    "resnet18")   # agreeing values are fine
+    for argv, pattern in ((["--bbox_type", "square"], "--bbox_type square contradicts the "
+                           "checkpoint, which was trained with --bbox_type rect"),
+                          (["--backbone", "resnet"], "--backbone resnet contradicts"),
+                          (["--crop_scale", "1"], "--crop_scale 1.0 contradicts .* "
+                           "--crop_scale 0.25")):
+        with pytest.raises(OptionError, match=pattern):
+            _resolve(synthetic_root, trained_ckpt, *argv)
+    with pytest.raises(OptionError, match="evaluate it with eval_cliff.py"):
+        _resolve(synthetic_root, trained_ckpt, model="hmr")
+
+
+def test_released_style_checkpoint_is_recognised_from_its_keys(synthetic_root, tmp_path):
+    p = _save_ckpt(synthetic_root, tmp_path / "released.pt", None, "hmr", "resnet18")
+    o, notes = _resolve(synthetic_root, p, model="hmr")
+    assert (o.model, o.backbone, o.bbox_type, o.crop_scale) == ("hmr", "resnet18", "rect", 1.0)
+    assert len(notes) == 1 and "records no training options" in notes[0] \
+        and "--bbox_type rect" in notes[0]
+    with pytest.raises(OptionError, match="this is a HMR checkpoint; evaluate it with "
+                                          "eval_hmr.py"):
+        _resolve(synthetic_root, p)
+    with pytest.raises(OptionError, match="holds a network of --backbone resnet18"):
+        _resolve(synthetic_root, p, "--backbone", "resnet", model="hmr")
+
+
+def _manifest(name: str, device="meta") -> dict:
+    out = {}
+    for line in (MANIFESTS / f"{name}.tsv").read_text().splitlines():
+        key, shape, _ = line.split("\t")
+        dims = [int(d) for d in shape.strip("[]").split(",") if d]
+        out[key] = torch.empty(dims, device=device)
+    return out
+
+
+@pytest.mark.skipif(not MANIFESTS.exists(), reason="state_dict manifests not available")
+def test_file_kinds_from_the_released_key_layouts():
+    from models.checkpoint_kind import describe, metahmr_network
+    for main, aux, want in (("cliff_hrnet_rect_main", "cliff_hrnet_rect_aux", ("cliff", "hrnet")),
+                            ("cliff_resnet_rect_main", "cliff_resnet_rect_aux",
+                             ("cliff", "resnet")),
+                            ("hmr_resnet_square_main", "hmr_resnet_square_aux", ("hmr", "resnet"))):
+        ck = {"model": _manifest(main), "model_aux": _manifest(aux), "epoch": 3}
+        net = metahmr_network(ck)
+        assert (net["model"], net["backbone"]) == want and describe(ck) is None
+    # the released aux files, with upstream's key mappings undone (checkpoint_layout.md §2)
+    res = _manifest("cliff_resnet_rect_aux")
+    head = ("init_", "fc1", "fc2", "decpose", "decshape", "deccam")
+    res50 = {"model": {("module." if k.startswith(head) else "module.encoder.") + k: v
+                       for k, v in res.items()}}
+    assert describe(res50) == ("this is a CLIFF ResNet-50 auxiliary checkpoint (res50-…), not "
+                               "a Meta-HMR training checkpoint; pass it as --aux_checkpoint to "
+                               "train.py")
+    hr48 = {"model": {"module." + k: v for k, v in _manifest("cliff_hrnet_rect_aux").items()}}
+    assert "CLIFF HRNet-W48 auxiliary checkpoint (hr48-" in describe(hr48)
+    hmr = {"model": {k: v for k, v in _manifest("hmr_resnet_square_aux").items()
+                     if not k.startswith("init_")}}
+    assert "HMR ResNet-50 auxiliary checkpoint (SPIN's hmr.pt)" in describe(hmr)
+    pose_resnet = {"state_dict": {"backbone." + k: v for k, v in res.items()
+                                  if not k.startswith(head)}}
+    assert "--backbone_checkpoint" in describe(pose_resnet)
+    assert "bare state dict of one CLIFF HRNet-W48" in describe(_manifest("cliff_hrnet_rect_main"))
+
+
+def test_eval_with_an_aux_file_is_one_line_exit_2(synthetic_root, capsys):
+    """The synthetic world's CLIFF ResNet-18 aux file (released res50 layout) given to
+    eval_cliff.py: one line naming what it is, exit code 2."""
+    from config import AUX_FILES
+    from train.evaluation import main
+    from utils.cli import run
+    from utils.options import parse_eval
+    aux = Path(synthetic_root) / AUX_FILES["cliff", "resnet18"]
+    with pytest.raises(SystemExit) as e:
+        run(lambda argv: main(parse_eval("cliff", argv)),
+            ["--checkpoint", str(aux), "--data_root", str(synthetic_root), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {aux}: this is a CLIFF ResNet-18 auxiliary checkpoint")
+    assert "pass it as --aux_checkpoint" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# point 9: the demo's bbox and its verdict on TTO
+def test_far_outside_keypoint_does_not_blow_up_the_box():
+    from datasets.inputs import bbox_from_openpose
+    kp = np.zeros((25, 3))
+    kp[:6] = [[200, 100, 0.9], [300, 400, 0.8], [250, 250, 0.7], [220, 300, 0.9],
+              [280, 150, 0.9], [240, 380, 0.5]]
+    kp[7] = [-900, 1400, 0.95]            # a confident detector glitch
+    center, scale, n, kp0 = bbox_from_openpose(kp, 0.1, (512, 512))
+    np.testing.assert_allclose(center, [250, 250])
+    assert scale == pytest.approx(max(100 * 4 / 3, 300) / 200 * 1.2) and n == 6
+    assert kp0[7, 2] == 0 and (kp0[:6, 2] > 0).all()
+    _, wide, _, _ = bbox_from_openpose(kp, 0.1)                # without the image size
+    assert wide > 5 * scale
+    kp[7] = [520, 700, 0.95]              # outside, but within half the image: kept
+    assert bbox_from_openpose(kp, 0.1, (512, 512))[3][7, 2] == 0.95
+
+
+def _record(err_before, err_after, betas_after=0.1, nonfinite=False):
+    rec = {"tto": np.asarray(True), "nonfinite": np.asarray(nonfinite)}
+    for tag, err, betas in (("", err_after, betas_after), ("_before", err_before, 0.2)):
+        rec["pose" + tag] = np.full(72, 0.01 if tag else 0.02)
+        rec["betas" + tag] = np.full(10, betas)
+        rec["cam_crop" + tag] = np.array([0.9, 0.0, 0.1])
+        rec["cam_t" + tag] = np.array([0.0, 0.1, 8.0])
+        rec["joints_3d" + tag] = np.zeros((49, 3))
+        rec["joints_2d" + tag] = np.zeros((49, 2))
+        rec["vertices" + tag] = np.full((6890, 3), 0.3)
+        rec["kp_error_px" + tag] = np.asarray(err)
+    return rec
+
+
+def test_tto_verdict_keeps_the_better_prediction():
+    from train.demo_results import judge_tto
+    rec, status = judge_tto(_record(12.0, 4.0))
+    assert status == "ok" and float(rec["betas"][0]) == 0.1 and bool(rec["tto_kept"])
+    rec, status = judge_tto(_record(4.0, 12.0))                 # worse after TTO
+    assert status == "tto_worse" and not bool(rec["tto_kept"])
+    assert float(rec["betas"][0]) == 0.2 and float(rec["kp_error_px"]) == 4.0
+    assert float(rec["kp_error_px_tto"]) == 12.0 and float(rec["betas_before"][0]) == 0.2
+    rec, status = judge_tto(_record(30.0, 3.0, betas_after=5.6e7))   # exploded shape
+    assert status == "tto_diverged" and float(rec["betas"][0]) == 0.2
+    assert judge_tto(_record(30.0, 3.0, nonfinite=True))[1] == "tto_diverged"
+    assert judge_tto(_record(np.nan, np.nan) | {"tto": np.asarray(False)})[1] == "no_tto"
+
+
+def test_per_image_line_reports_errors_and_warnings():
+    from train.demo import _image_line
+    line = _image_line("a.jpg", {"people": 2, "kp_error_px_before": [12.34, 4.0],
+                                 "kp_error_px_tto": [3.21, 9.0],
+                                 "person_status": ["ok", "tto_worse"]})
+    first, warn = line.split("\n")
+    assert first == ("[demo] a.jpg: 2 people; 2D keypoint error before -> after TTO (px): "
+                     "12.3 -> 3.2, 4.0 -> 9.0")
+    assert warn.startswith("warning: a.jpg person 1: TTO raised the 2D keypoint error")
