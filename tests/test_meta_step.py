@@ -1,0 +1,183 @@
+"""One training iteration (train/trainer.py MetaStep) against the method written out with plain
+autograd: the outer loss at the adapted weights, x60, its gradients, the optimizer's groups,
+accumulated per-sample inner steps with dropout, the aux network's mode, an HMR run."""
+from __future__ import annotations
+
+import argparse
+import copy
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from train.inner import inner_adapt, run_head
+from train.losses import INNER_TERMS, LossWeights, gt_targets, pseudo_targets, smpl_loss
+from train.trainer import MetaStep, build_optimizer
+from utils.camera import Camera, smpl_predict
+
+CPU = torch.device("cpu")
+
+
+def _step_options(o, **kw):
+    return argparse.Namespace(**{**vars(o), "first_order": True, "inner_step": 1,
+                                 "tto_mode": "batch", "aux_mode": None, "amp": "off", **kw})
+
+
+def _fresh(setup):
+    o, model, aux, batch, smpl = setup
+    return o, copy.deepcopy(model).eval(), copy.deepcopy(aux).eval(), batch, smpl
+
+
+def test_first_order_outer_loss_is_taken_at_the_adapted_weights(setup):
+    """MetaStep's loss and gradients == 60 x the GT loss at W' = W - lr dL_inner/dW, the update
+    a constant (FOMAML), written out with functional_call and autograd."""
+    o, model, aux, batch, smpl = _fresh(setup)
+    lr = 1e-4
+    opts = _step_options(o, inner_lr=lr)
+    step = MetaStep(opts, model, aux, smpl, build_optimizer(opts, model, aux), CPU)
+    cam, w = Camera.from_options(opts), LossWeights.from_options(opts)
+    x = (batch["img"], batch["bbox_info"])
+    with torch.no_grad():
+        tgt = pseudo_targets(smpl_predict(aux(*x), smpl, cam, batch), batch, cam)
+        pose = batch["pose"]
+        gt_v = smpl(betas=batch["betas"], body_pose=pose[:, 3:], global_orient=pose[:, :3]).vertices
+    gt = gt_targets(batch, gt_v, cam)
+    head = model.head_params()
+    inner = smpl_loss(smpl_predict(model(*x), smpl, cam, batch), tgt, w, terms=INNER_TERMS)
+    g = torch.autograd.grad(inner["total"], list(head.values()))
+    fast = {k: v - lr * gi.detach() for (k, v), gi in zip(head.items(), g)}
+    ref = 60.0 * smpl_loss(smpl_predict(functional_call(model, fast, x), smpl, cam, batch),
+                           gt, w)["total"]
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()), allow_unused=True)
+    with torch.no_grad():
+        plain = 60.0 * smpl_loss(smpl_predict(model(*x), smpl, cam, batch), gt, w)["total"]
+
+    out = step.forward(batch)
+    assert torch.isfinite(ref)
+    torch.testing.assert_close(out["_loss"], ref, rtol=1e-4, atol=1e-5)
+    assert abs(float(plain - ref.detach())) > 1e-3 * float(ref.detach())   # the inner step matters
+    out["_loss"].backward()
+    for (name, p), r in zip(model.named_parameters(), ref_grads):
+        r = torch.zeros_like(p) if r is None else r
+        torch.testing.assert_close(p.grad, r, rtol=1e-3, atol=1e-5 * float(r.abs().max()) + 1e-9,
+                                   msg=name)
+    assert all(p.grad is None for p in aux.parameters())     # frozen under --first_order
+
+
+@pytest.mark.parametrize("no_learn_loss", [False, True])
+def test_optimizer_groups_and_learning_rates(setup, no_learn_loss):
+    o, model, aux, _, _ = _fresh(setup)
+    opts = _step_options(o, outer_lr=3e-4, aux_lr=2e-6, beta1=0.8, beta2=0.99, eps_adam=1e-7,
+                         no_learn_loss=no_learn_loss)
+    groups = build_optimizer(opts, model, aux).param_groups
+    assert len(groups) == (1 if no_learn_loss else 2)
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    assert ids(groups[0]["params"]) == ids(model.parameters())
+    assert (groups[0]["lr"], groups[0]["betas"], groups[0]["eps"]) == (3e-4, (0.8, 0.99), 1e-7)
+    if not no_learn_loss:
+        assert ids(groups[1]["params"]) == ids(aux.parameters()) and groups[1]["lr"] == 2e-6
+    scaled = build_optimizer(opts, model, aux, lr_scale=0.0).param_groups
+    assert all(gr["lr"] == 0.0 for gr in scaled)
+
+
+class _ReplayDropout(torch.nn.Module):
+    """Dropout whose masks are drawn once and can be replayed, sliced to some samples."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p, self.masks, self.replay, self.rows = p, [], None, slice(None)
+
+    def forward(self, x):
+        if self.replay is None:
+            m = (torch.rand_like(x) >= self.p).float() / (1 - self.p)
+            self.masks.append(m)
+        else:
+            m = self.replay.pop(0)[self.rows]
+        return x * m
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_accumulated_per_sample_inner_steps_match_per_sample_autograd(setup, dropout):
+    """--inner_step 2 in sample mode == each sample adapted alone by plain autograd (two SGD
+    steps on its own inner loss), with the same dropout masks when dropout is active."""
+    o, model, aux, batch, smpl = _fresh(setup)
+    cam, w, lr, B = Camera.from_options(o), LossWeights(), 1e-4, batch["img"].shape[0]
+    torch.manual_seed(1)
+    feats = torch.randn(B, model.feature_dim)
+    with torch.no_grad():
+        tgt = pseudo_targets(smpl_predict(aux(batch["img"], batch["bbox_info"]), smpl, cam,
+                                          batch), batch, cam)
+    drops = [_ReplayDropout(0.3), _ReplayDropout(0.3)] if dropout else []
+    if dropout:
+        model.drop1, model.drop2 = drops
+    fast, _ = inner_adapt(model, feats, batch["bbox_info"], batch, tgt, smpl, cam, w, lr, 2,
+                          "sample", True)
+    ours = run_head(model, feats, batch["bbox_info"], fast)
+    masks = [list(d.masks) for d in drops]
+    for i in range(B):
+        one = {k: v[i:i + 1] for k, v in batch.items() if torch.is_tensor(v)}
+        t1 = {k: v[i:i + 1] for k, v in tgt.items()}
+        for d, m in zip(drops, masks):
+            d.replay, d.rows = list(m), slice(i, i + 1)
+        params = {k: v.detach().clone() for k, v in model.head_params().items()}
+        kw = {"features": feats[i:i + 1], "bbox_info": batch["bbox_info"][i:i + 1]}
+        for _ in range(2):
+            p = {k: v.requires_grad_(True) for k, v in params.items()}
+            pred = smpl_predict(functional_call(model, p, (), kw), smpl, cam, one)
+            loss = smpl_loss(pred, t1, w, terms=INNER_TERMS)["total"]
+            g = torch.autograd.grad(loss, list(p.values()))
+            params = {k: (v - lr * gk).detach() for (k, v), gk in zip(p.items(), g)}
+        with torch.no_grad():
+            ref = functional_call(model, params, (), kw)
+        assert all(not d.replay for d in drops)               # every mask used, in order
+        assert all(bool(torch.isfinite(t).all()) for t in ref[:3])
+        for a, b in zip(ours[:3], ref[:3]):
+            torch.testing.assert_close(a[i:i + 1].detach(), b, rtol=1e-4, atol=1e-5)
+    moved = functional_call(model, dict(model.head_params()), (), {
+        "features": feats, "bbox_info": batch["bbox_info"]}) if not dropout else None
+    if moved is not None:
+        assert float((moved[2] - ours[2]).abs().max()) > 1e-5   # the steps did change the head
+
+
+@pytest.mark.parametrize("first_order,aux_mode,train_mode", [
+    (True, None, False), (False, None, True), (True, "train", True), (False, "eval", False)])
+def test_aux_network_mode(setup, first_order, aux_mode, train_mode):
+    """Decisions D5: eval under --first_order, train (as released) under second order,
+    --aux_mode overrides."""
+    o, model, aux, batch, smpl = _fresh(setup)
+    aux.train(not train_mode)
+    opts = _step_options(o, first_order=first_order, aux_mode=aux_mode)
+    seen = []
+    aux.register_forward_pre_hook(lambda m, args: seen.append(m.training))
+    MetaStep(opts, model, aux, smpl, build_optimizer(opts, model, aux), CPU).forward(batch)
+    assert seen == [train_mode]
+
+
+def test_hmr_training_run(synthetic_root, tmp_path):
+    """train.py --model hmr: the crop camera, a few steps, the loss of a fixed batch falls."""
+    from torch.utils.data import default_collate
+
+    from train.trainer import Trainer
+    from utils.options import parse_train
+    tr = Trainer(parse_train([
+        "--name", "hmr", "--log_dir", str(tmp_path), "--data_root", str(synthetic_root),
+        "--model", "hmr", "--backbone", "resnet18", "--bbox_type", "square", "--crop_scale",
+        "0.5", "--batch_size", "4", "--num_workers", "0", "--max_steps", "12",
+        "--outer_lr", "1e-4", "--first_order", "--no_pretrained_backbone", "--device", "cpu",
+        "--test_epochs", "1000", "--save_epochs", "1000"]))
+    assert tr.run_step.camera.kind == "hmr" and not tr.model.use_bbox_info
+    batch = default_collate([tr.dataset[i] for i in range(4)])
+
+    def fixed_loss() -> float:
+        tr.model.eval()
+        with torch.no_grad():
+            pose = batch["pose"]
+            gt_v = tr.smpl(betas=batch["betas"], body_pose=pose[:, 3:],
+                           global_orient=pose[:, :3]).vertices
+            pred = smpl_predict(tr.model(batch["img"]), tr.smpl, tr.run_step.camera, batch)
+            return float(smpl_loss(pred, gt_targets(batch, gt_v, tr.run_step.camera))["total"])
+
+    before = fixed_loss()
+    tr.train()
+    assert len(tr.history) == 12 and all(torch.isfinite(x) for x in tr.history)
+    assert fixed_loss() < before
