@@ -54,13 +54,14 @@ DATASET_FOLDERS = {
 }
 
 # released weight files (relative to root) and where the seed README says to get them
-_SMPL_SRC = "the SMPL website (https://smpl.is.tue.mpg.de/), seed README 'Data Preparation' step 1"
-_SPIN_SRC = "SPIN's data files (https://github.com/nkolot/SPIN), seed README step 2"
-_CLIFF_SRC = "the CLIFF Google Drive folder named in the seed README, step 2"
-_BACKBONE_SRC = "the pretrained-weights Google Drive folder of the seed README, step 3"
-_CKPT_SRC = "the Meta-HMR checkpoint Google Drive folders of the seed README, step 4"
+_README = "the Meta-HMR README (https://github.com/fmx789/Meta-HMR)"   # the "seed README"
+_SMPL_SRC = f"the SMPL website (https://smpl.is.tue.mpg.de/), {_README}, 'Data Preparation' step 1"
+_SPIN_SRC = f"SPIN's data files (https://github.com/nkolot/SPIN), {_README}, step 2"
+_CLIFF_SRC = f"the CLIFF Google Drive folder named in {_README}, step 2"
+_BACKBONE_SRC = f"the pretrained-weights Google Drive folder of {_README}, step 3"
+_CKPT_SRC = f"the Meta-HMR checkpoint Google Drive folders of {_README}, step 4"
 _DATASET_SRC = ("the official dataset websites (images) and SPIN/CLIFF (npz annotations), "
-                "seed README step 2; or build the synthetic stand-in world with "
+                f"{_README}, step 2; or build the synthetic stand-in world with "
                 "`python -m datasets.synthetic --root data/synthetic`")
 
 BACKBONE_FILES = {  # main-network backbone initialisation

@@ -132,7 +132,8 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> object
                               f"Re-download or re-create it") from None
     raise CheckpointError(f"{p}: not a PyTorch checkpoint (it starts with {head!r}: neither a "
                           f"zip archive nor a pickle). Pass a file written by torch.save, e.g. "
-                          f"a {what} of the seed README or of train.py") from None
+                          f"a {what} of the Meta-HMR README (https://github.com/fmx789/Meta-HMR) "
+                          f"or of train.py") from None
 
 
 def _read(path: str | os.PathLike, what: str) -> object:

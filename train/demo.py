@@ -27,6 +27,14 @@ For every person of every image in ``--img_dir``:
    (keys in :func:`person_record`), ``<stem>_person<i>.obj`` with ``--save_obj``, and
    ``summary.json``.
 
+**Honest about bad fits** (issue #13): a confident keypoint far outside the image (a
+detector glitch) is ignored for the box and TTO (:func:`datasets.inputs.bbox_from_openpose`);
+each person keeps the better of the predictions before / after TTO, and one whose TTO raised
+the 2D keypoint error or diverged gets ``status`` ``tto_worse`` / ``tto_diverged`` and a
+warning (:func:`train.demo_results.judge_tto`). Each image prints its people and their 2D
+keypoint error before -> after TTO; ``main`` exits with code 2 when no image was processed.
+``--video`` runs the same per frame (:mod:`train.video`).
+
 ``--from_dataset NAME`` takes the inputs from a SPIN-format test set of ``--data_root`` instead
 (its images and npz ``openpose`` keypoints, written to ``<out_dir>/inputs/`` as an image folder
 and OpenPose files: :func:`export_dataset_inputs`), e.g. the synthetic world's, so the demo runs

@@ -519,7 +519,8 @@ def main(options) -> dict:
         build_world(paths.root)
     if not o.checkpoint:
         raise SystemExit("error: --checkpoint is required (a Meta-HMR checkpoint with 'model' "
-                         "and 'model_aux', e.g. ckpt/cliff_hrnet_3dpw.pt from the seed README, "
+                         "and 'model_aux', e.g. ckpt/cliff_hrnet_3dpw.pt from the Meta-HMR README, "
+                         "https://github.com/fmx789/Meta-HMR, "
                          "or a train.py checkpoint)")
     try:
         ckpt, data = read_eval_checkpoint(o, paths)
