@@ -109,8 +109,11 @@ def _link(src: Path, dst: Path) -> None:
 
 def _write_split(d: dict, split: str, images: Path, out: Path, models: dict,
                  seed: int) -> list[Path]:
+    """One split's sequence files (a file per sequence and camera, in the world's sample
+    order) and the images they need under ``out``; returns the files written."""
     written, count = [], {}
-    for (seq, f, w, h), actors in sorted(_subjects(d, images).items()):
+    subjects = _subjects(d, images)      # insertion order = first sample of each camera
+    for (seq, f, w, h), actors in subjects.items():
         k = count[seq] = count.get(seq, -1) + 1
         stem = seq if k == 0 else f"{seq}_{k}"
         frames = {a: np.array([int(_NAME.match(str(d["imgname"][i])).group(2)) for i in idx])
