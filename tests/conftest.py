@@ -82,7 +82,8 @@ def smpl_neutral(synthetic_root):
 def meta_options(root, **kw):
     from utils.options import train_parser
     o = train_parser().parse_args(["--data_root", str(root), "--backbone", "resnet18",
-                                   "--bbox_type", "rect", "--model", kw.pop("model", "cliff")])
+                                   "--bbox_type", "rect", "--model", kw.pop("model", "cliff"),
+                                   "--crop_scale", "0.25"])
     for k, v in kw.items():
         setattr(o, k, v)
     return o
@@ -98,8 +99,8 @@ def dataset_batch(root, options, n=3, dataset="3dpw"):
 
 @pytest.fixture(scope="module")
 def setup(synthetic_root, smpl_neutral):
-    """(options, main CLIFF ResNet-18, aux, a 3-sample 3DPW batch, neutral SMPL), heads with
-    non-trivial outputs; for the inner-step and TTO tests."""
+    """(options, main CLIFF ResNet-18, aux, a 3-sample 3DPW batch of 64x48 crops, neutral
+    SMPL), heads with non-trivial outputs; for the inner-step and TTO tests."""
     from config import DataPaths
     from models import build_model
     torch.manual_seed(0)
@@ -114,3 +115,16 @@ def setup(synthetic_root, smpl_neutral):
                 getattr(m, name).weight.normal_(0, 1e-3)
     batch = dataset_batch(synthetic_root, o)
     return o, model, aux, batch, smpl_neutral
+
+
+@pytest.fixture(scope="module")
+def device_setup(setup, device):
+    """``setup`` (options, main, aux, batch, SMPL) on the test device (copies: ``setup`` itself
+    stays on the CPU)."""
+    import copy
+    o, model, aux, batch, smpl = setup
+    if device.type == "cpu":
+        return setup
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return (o, *(copy.deepcopy(m).to(device) for m in (model, aux)), batch,
+            copy.deepcopy(smpl).to(device))

@@ -32,8 +32,8 @@ def test_tto_config_reads_each_option_into_its_field(setup):
     assert (cfg.weights.openpose, cfg.weights.gt) == (1.0, 0.0)
 
 
-def test_tto_vectorised_equals_loop_and_batch_mode_single(setup):
-    o, model, aux, batch, smpl = setup
+def test_tto_vectorised_equals_loop_and_batch_mode_single(device_setup):
+    o, model, aux, batch, smpl = device_setup
     cam = Camera.from_options(o)
     vec = test_time_optimize(model, aux, batch, smpl, cam, _tto_cfg(o, tto_mode="sample",
                                                                      tto_chunk=3))
@@ -126,14 +126,15 @@ def test_tto_early_stop_and_nonfinite(setup):
 def test_crop_intrinsics_reproduce_the_training_projection(setup, kind):
     """Rendering in the crop (focal, centre of crop_intrinsics) lands where the loss projects."""
     o, model, aux, batch, smpl = setup
-    cam = Camera(kind, 256, 192)
+    h, w = Camera.from_options(o).crop_h, Camera.from_options(o).crop_w
+    cam = Camera(kind, h, w)
     with torch.no_grad():
         out = model(batch["img"], batch["bbox_info"])
         pred = smpl_predict(out, smpl, cam, batch)
     f, c = cam.crop_intrinsics(batch)
     p = pred["joints"] + cam.full_translation(pred["cam"], batch)[:, None]
     px = f[:, None, None] * p[..., :2] / p[..., 2:] + c[:, None]
-    norm = torch.stack([2 * px[..., 0] / 192 - 1, 2 * px[..., 1] / 256 - 1], -1)
+    norm = torch.stack([2 * px[..., 0] / cam.crop_w - 1, 2 * px[..., 1] / cam.crop_h - 1], -1)
     torch.testing.assert_close(norm, pred["keypoints_2d"], rtol=1e-4, atol=1e-4)
 
 
