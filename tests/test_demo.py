@@ -35,6 +35,7 @@ import pytest
 import torch
 
 from config import DataPaths, MissingFileError
+from conftest import TEST_DEVICE  # noqa: E402
 from datasets import inputs as demo_inputs
 from train import demo
 
@@ -63,7 +64,7 @@ def _write_kp(path, people):
 
 
 @pytest.fixture(scope="module")
-def ckpt(synthetic_root, tmp_path_factory):
+def ckpt(synthetic_root, tmp_path_factory, device):   # device: skip where it is missing
     from models import build_model
     mean = DataPaths(Path(synthetic_root)).smpl_mean_params()
     torch.manual_seed(0)
@@ -102,12 +103,12 @@ def inputs(synthetic_root, tmp_path_factory):
 
 def _argv(root, ckpt, out, *extra):
     return ["--checkpoint", str(ckpt), "--data_root", str(root), "--backbone", "resnet18",
-            "--device", "cpu", "--render_backend", "software", "--out_dir", str(out),
+            "--device", TEST_DEVICE, "--render_backend", "software", "--out_dir", str(out),
             *map(str, extra)]
 
 
 @pytest.fixture(scope="module")
-def run(synthetic_root, ckpt, inputs, tmp_path_factory):
+def run(synthetic_root, ckpt, inputs, tmp_path_factory, device):   # device: skip if missing
     """One demo run with TTO (step 0 and 1 Adam step) over the folder of `inputs`.
 
     Only b.jpg (2 usable people) reaches the networks: TTO costs ~2-4 s per person here."""
