@@ -365,7 +365,10 @@ class _Weights:
         for k, v in self.leaves.items():
             g = gh.get(k, gr.get(k))
             v.grad = None if g is None else g.detach() if clean else torch.nan_to_num(g.detach())
+        del grads, gh, gr
         self.adam.step()
+        for v in self.leaves.values():   # free now: the next gradients are new tensors
+            v.grad = None
 
 
 def _adapt_group(model, state: tuple[Params, Params], smpl, camera: Camera, cfg: TTOConfig,
@@ -400,5 +403,6 @@ def _adapt_group(model, state: tuple[Params, Params], smpl, camera: Camera, cfg:
             w.adam_step(grads, cfg.after_innerlr, clean)
         else:
             w.sgd(grads[0], cfg.inner_lr if stage0 else cfg.after_innerlr)
+        del grads    # not alive during the next pass
         progress.updated(loss, adam, cfg)
     return progress.result()
