@@ -223,8 +223,9 @@ def test_sample_mode_independent_of_batch_size_and_order(synthetic_root, nets):
                  "--tto_chunk", 3)["per_sample"]
     np.testing.assert_array_equal(one["sample_index"], three["sample_index"])
     for k in ("mpjpe", "pa_mpjpe", "pve"):
-        np.testing.assert_allclose(one[k], three[k], atol=1e-4, rtol=0, err_msg=k)   # mm
-    np.testing.assert_allclose(one["pred_joints"], three["pred_joints"], atol=1e-6)  # m
+        # mm; float32 rounding after the TTO steps differs between a loop and vmap
+        np.testing.assert_allclose(one[k], three[k], atol=1e-3, rtol=0, err_msg=k)
+    np.testing.assert_allclose(one["pred_joints"], three["pred_joints"], atol=2e-5)  # m
     # a batch mixing other samples, in another order (tto_chunk 0: a loop on the CPU)
     shuf = _run(synthetic_root, nets, "--batch_size", 3, "--max_batches", 1, "--shuffle",
                 "--seed", 5)["per_sample"]
@@ -233,7 +234,22 @@ def test_sample_mode_independent_of_batch_size_and_order(synthetic_root, nets):
     assert len(common) >= 2        # 3 of the world's 4 samples: at least 2 also in `one`
     assert shuf["sample_index"].tolist() != [0, 1, 2]          # the order did change
     for j, k in common:
-        np.testing.assert_allclose(shuf["mpjpe"][j], one["mpjpe"][k], atol=1e-4)
+        np.testing.assert_allclose(shuf["mpjpe"][j], one["mpjpe"][k], atol=1e-3)
+
+
+def test_use_openpose2d_adapts_to_the_openpose_keypoints(synthetic_root, nets):
+    """--use_openpose2d end to end: the same start, TTO on another 2D target (the npz
+    OpenPose keypoints): its 2D loss falls, and the adapted prediction differs from GT-keypoint
+    TTO's."""
+    gt = _run_cached(synthetic_root, nets, "--batch_size", 1, "--max_batches", 3)
+    op = _run(synthetic_root, nets, "--batch_size", 1, "--max_batches", 3, "--use_openpose2d")
+    g, p = gt["per_sample"], op["per_sample"]
+    np.testing.assert_array_equal(g["sample_index"], p["sample_index"])
+    np.testing.assert_allclose(p["mpjpe_before"], g["mpjpe_before"], rtol=1e-6)
+    assert op["loss_2d_before"] != pytest.approx(gt["loss_2d_before"], rel=1e-3)
+    assert op["loss_2d_after"] < op["loss_2d_before"]
+    assert np.abs(p["pred_joints"] - g["pred_joints"]).max() > 1e-6
+    assert op["n"] == 3 and op["mean_tto_steps"] == 2.0
 
 
 @pytest.mark.parametrize("model,n", [("cliff", 2), ("hmr", 1)])

@@ -28,6 +28,8 @@ One batch, in order (upstream-behaviour §7, decisions D2, D6-D8):
 """
 from __future__ import annotations
 
+import contextlib
+
 import time
 from pathlib import Path
 
@@ -248,104 +250,43 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
         reason}; with ``return_per_sample`` also 'per_sample': the arrays of
         :func:`write_result_file`.
     """
-    from datasets import BaseDataset
-    from datasets.base_dataset import collate_skipping
     from utils.progress import Progress
     o = options
     paths = paths if paths is not None else DataPaths.from_options(o)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     smpl = smpl if smpl is not None else _neutral_smpl(paths, device)
-    bs = int(batch_size if batch_size is not None else o.batch_size)
-    nw = int(num_workers if num_workers is not None else getattr(o, "num_workers", 0))
-    log_freq = int(getattr(o, "log_freq", 0) or 0)
-    h36m_gt = getattr(o, "h36m_gt", "mosh")
-
-    ds = BaseDataset(o, dataset_name, is_train=False, paths=paths)
-    n_batches = -(-len(ds) // bs)
-    nw = min(nw, n_batches if not max_batches else min(n_batches, max_batches))
-    gen = torch.Generator().manual_seed(int(getattr(o, "seed", 0)))
-    loader = DataLoader(ds, batch_size=bs, shuffle=bool(getattr(o, "shuffle", False)),
-                        num_workers=nw, drop_last=False, generator=gen,
-                        pin_memory=device.type == "cuda",
-                        collate_fn=collate_skipping)   # unreadable images: left out, listed
-    targets_model = EvalTargets(paths, dataset_name, h36m_gt).to(device)
+    ds, loader = _test_loader(o, dataset_name, paths, device, batch_size, num_workers,
+                              max_batches)
+    targets_model = EvalTargets(paths, dataset_name, getattr(o, "h36m_gt", "mosh")).to(device)
     camera, cfg = Camera.from_options(o), TTOConfig.from_options(o)
     viz = _Visualizer(o, ds, smpl, camera) if getattr(o, "viz", False) else None
-
-    # the networks are only read; restore their modes afterwards (in-training use)
-    modes = (model.training, model_aux.training,
-             [p.requires_grad for p in model_aux.parameters()])
-    model.eval()
-    model_aux.eval()
-    model_aux.requires_grad_(False)
-    keep = {k: [] for k in ("imgname", "sample_index", "tto_steps", "nonfinite", "pred_joints",
-                            "pose", "betas", "camera", "translation",
-                            *(f"{_KEY[m]}{s}" for m in METRICS for s in ("", "_before")))}
-    loss_sum, loss_n = {"before": 0.0, "after": 0.0}, {"before": 0, "after": 0}
-    err_sum = {m: 0.0 for m in METRICS}
-    tto_time, n, skipped, steps_sum = 0.0, 0, [], 0.0
+    tally = _Tally(dataset_name)
     total = min(len(loader), max_batches) if max_batches else len(loader)
     # a live bar in a terminal; otherwise a line every --log_freq batches (issue #13 point 1)
-    bar = Progress(loader, total, f"eval {dataset_name}", log_freq, log, unit="batch")
+    bar = Progress(loader, total, f"eval {dataset_name}", int(getattr(o, "log_freq", 0) or 0),
+                   log, unit="batch")
     try:
-        for i, batch in enumerate(bar):
-            if max_batches and i >= max_batches:
-                break
-            skipped += batch.pop("skipped", [])      # --skip_bad_images: not scored
-            if "img" not in batch:
-                continue
-            b = _to_device(batch, device)
-            B = b["img"].shape[0]
-            t0 = time.perf_counter()
-            res = test_time_optimize(model, model_aux, b, smpl, camera, cfg)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            tto_time += time.perf_counter() - t0
-            tgt = targets_model.targets(b)
-            err_after, j17 = targets_model.score(res.after["vertices"], tgt)
-            err_before, _ = targets_model.score(res.before["vertices"], tgt)
-            for k in ("mpjpe", "pa_mpjpe", "pve"):
-                keep[k].append(err_after[k])
-                keep[k + "_before"].append(err_before[k])
-            for when, loss in (("before", res.loss_2d_before), ("after", res.loss_2d_after)):
-                loss = loss.detach().float().reshape(-1)
-                ok = torch.isfinite(loss)
-                loss_sum[when] += float(loss[ok].sum())
-                loss_n[when] += int(ok.sum())
-            _collect(keep, b, res, j17, camera)
-            if viz is not None:
-                viz(b, res)
-            n += B
-            for m in METRICS:
-                err_sum[m] += float(np.sum(err_after[_KEY[m]]))
-            steps_sum += float(res.steps.detach().float().sum())
-            bar.update(i + 1, _running(err_sum, n, steps_sum, tto_time, dataset_name))
+        with _read_only(model, model_aux):
+            for i, batch in enumerate(bar):
+                if max_batches and i >= max_batches:
+                    break
+                tally.skipped += batch.pop("skipped", [])      # --skip_bad_images: not scored
+                if "img" not in batch:
+                    continue
+                b = _to_device(batch, device)
+                t0 = time.perf_counter()
+                res = test_time_optimize(model, model_aux, b, smpl, camera, cfg)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                tally.add(b, res, targets_model, camera, time.perf_counter() - t0)
+                if viz is not None:
+                    viz(b, res)
+                bar.update(i + 1, tally.running())
     finally:
         bar.close()
         if viz is not None:
             viz.close()
-        model.train(modes[0])
-        model_aux.train(modes[1])
-        for p, r in zip(model_aux.parameters(), modes[2]):
-            p.requires_grad_(r)
-
-    arrays = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in keep.items()}
-    n = len(arrays["mpjpe"])
-    if n == 0:
-        raise RuntimeError(f"evaluation of {dataset_name}: no sample was evaluated "
-                           f"(dataset of {len(ds)} samples, max_batches={max_batches}, "
-                           f"{len(skipped)} skipped as unreadable)")
-    res_dict: dict = {}
-    for m in METRICS:
-        if m == "PVE" and dataset_name in NO_MESH_DATASETS:
-            continue
-        res_dict[m] = float(arrays[_KEY[m]].mean())
-        res_dict[m + "_before"] = float(arrays[_KEY[m] + "_before"].mean())
-    res_dict.update(n=n, n_nonfinite=int(arrays["nonfinite"].sum()),
-                    mean_tto_steps=float(arrays["tto_steps"].mean()),
-                    loss_2d_before=loss_sum["before"] / max(loss_n["before"], 1),
-                    loss_2d_after=loss_sum["after"] / max(loss_n["after"], 1),
-                    tto_s_per_image=tto_time / n, n_skipped=len(skipped), skipped=skipped)
+    res_dict, arrays = tally.summary(len(ds), max_batches)
     if writer is not None:
         for k in (*METRICS, *(m + "_before" for m in METRICS), "n_nonfinite", "mean_tto_steps"):
             if k in res_dict:
@@ -357,13 +298,105 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
     return res_dict
 
 
-def _running(err_sum: dict, n: int, steps_sum: float, tto_time: float, dataset: str) -> dict:
-    """The running values a progress line / the bar shows (mm, TTO steps, seconds per image)."""
-    out = {m: f"{err_sum[m] / n:.2f}" for m in METRICS
-           if dataset not in NO_MESH_DATASETS or m != "PVE"}
-    out.update({"samples": str(n), "TTO steps": f"{steps_sum / n:.2f}",
-                "s/img": f"{tto_time / n:.3f}"})
-    return out
+def _test_loader(o, dataset_name: str, paths: DataPaths, device, batch_size, num_workers,
+                 max_batches: int):
+    """The test set (no augmentation) and its DataLoader, in order unless ``--shuffle``;
+    unreadable images are left out of the batches and listed (``batch['skipped']``)."""
+    from datasets import BaseDataset
+    from datasets.base_dataset import collate_skipping
+    bs = int(batch_size if batch_size is not None else o.batch_size)
+    nw = int(num_workers if num_workers is not None else getattr(o, "num_workers", 0))
+    ds = BaseDataset(o, dataset_name, is_train=False, paths=paths)
+    n_batches = -(-len(ds) // bs)
+    nw = min(nw, n_batches if not max_batches else min(n_batches, max_batches))
+    gen = torch.Generator().manual_seed(int(getattr(o, "seed", 0)))
+    return ds, DataLoader(ds, batch_size=bs, shuffle=bool(getattr(o, "shuffle", False)),
+                          num_workers=nw, drop_last=False, generator=gen,
+                          pin_memory=device.type == "cuda", collate_fn=collate_skipping)
+
+
+@contextlib.contextmanager
+def _read_only(model, model_aux):
+    """Both networks in eval mode, the aux network without gradients; their modes restored
+    afterwards (the trainer evaluates between steps)."""
+    modes = (model.training, model_aux.training,
+             [p.requires_grad for p in model_aux.parameters()])
+    model.eval()
+    model_aux.eval()
+    model_aux.requires_grad_(False)
+    try:
+        yield
+    finally:
+        model.train(modes[0])
+        model_aux.train(modes[1])
+        for p, r in zip(model_aux.parameters(), modes[2]):
+            p.requires_grad_(r)
+
+
+class _Tally:
+    """What the evaluation of one test set has seen so far: per-sample errors and predictions,
+    the TTO 2D losses, steps and time, the skipped samples."""
+
+    def __init__(self, dataset: str):
+        self.dataset = dataset
+        self.keep = {k: [] for k in (
+            "imgname", "sample_index", "tto_steps", "nonfinite", "pred_joints", "pose", "betas",
+            "camera", "translation", *(f"{_KEY[m]}{s}" for m in METRICS for s in ("", "_before")))}
+        self.loss_sum, self.loss_n = {"before": 0.0, "after": 0.0}, {"before": 0, "after": 0}
+        self.err_sum = {m: 0.0 for m in METRICS}
+        self.tto_time, self.n, self.steps_sum = 0.0, 0, 0.0
+        self.skipped: list[dict] = []
+
+    def add(self, b: dict, res, targets_model, camera: Camera, tto_s: float) -> None:
+        """Score one batch's TTO result against its GT and keep it."""
+        tgt = targets_model.targets(b)
+        err_after, j17 = targets_model.score(res.after["vertices"], tgt)
+        err_before, _ = targets_model.score(res.before["vertices"], tgt)
+        for k in ("mpjpe", "pa_mpjpe", "pve"):
+            self.keep[k].append(err_after[k])
+            self.keep[k + "_before"].append(err_before[k])
+        for when, loss in (("before", res.loss_2d_before), ("after", res.loss_2d_after)):
+            loss = loss.detach().float().reshape(-1)
+            ok = torch.isfinite(loss)
+            self.loss_sum[when] += float(loss[ok].sum())
+            self.loss_n[when] += int(ok.sum())
+        _collect(self.keep, b, res, j17, camera)
+        self.n += b["img"].shape[0]
+        for m in METRICS:
+            self.err_sum[m] += float(np.sum(err_after[_KEY[m]]))
+        self.steps_sum += float(res.steps.detach().float().sum())
+        self.tto_time += tto_s
+
+    def running(self) -> dict:
+        """The running values a progress line / the bar shows (mm, TTO steps, s per image)."""
+        n = self.n
+        out = {m: f"{self.err_sum[m] / n:.2f}" for m in METRICS
+               if self.dataset not in NO_MESH_DATASETS or m != "PVE"} if n else {}
+        out.update({"samples": str(n), "TTO steps": f"{self.steps_sum / max(n, 1):.2f}",
+                    "s/img": f"{self.tto_time / max(n, 1):.3f}"})
+        return out
+
+    def summary(self, n_dataset: int, max_batches: int) -> tuple[dict, dict]:
+        """(the metrics dict of :func:`evaluate`, the per-sample arrays)."""
+        arrays = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in self.keep.items()}
+        n = len(arrays["mpjpe"])
+        if n == 0:
+            raise RuntimeError(f"evaluation of {self.dataset}: no sample was evaluated "
+                               f"(dataset of {n_dataset} samples, max_batches={max_batches}, "
+                               f"{len(self.skipped)} skipped as unreadable)")
+        out: dict = {}
+        for m in METRICS:
+            if m == "PVE" and self.dataset in NO_MESH_DATASETS:
+                continue
+            out[m] = float(arrays[_KEY[m]].mean())
+            out[m + "_before"] = float(arrays[_KEY[m] + "_before"].mean())
+        out.update(n=n, n_nonfinite=int(arrays["nonfinite"].sum()),
+                   mean_tto_steps=float(arrays["tto_steps"].mean()),
+                   loss_2d_before=self.loss_sum["before"] / max(self.loss_n["before"], 1),
+                   loss_2d_after=self.loss_sum["after"] / max(self.loss_n["after"], 1),
+                   tto_s_per_image=self.tto_time / n, n_skipped=len(self.skipped),
+                   skipped=self.skipped)
+        return out, arrays
 
 
 def _collect(keep: dict, b: dict, res, j17: torch.Tensor, camera: Camera) -> None:
