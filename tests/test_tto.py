@@ -143,6 +143,8 @@ def _released_tto(model, aux, batch, smpl, cam, cfg: TTOConfig):
     a copy of the network; step 0: one SGD step of inner_lr on the head with the combined
     loss; steps >= 1: Adam of after_innerlr on every weight with the raw 2D loss, stopping once
     |loss_prev - loss| < tol (loss_prev at step 1: the combined step-0 loss); a final forward.
+    ``--no_inner_step``: step 0 is an Adam step too; ``--no_use_adam``: steps >= 1 are head SGD
+    steps of after_innerlr on the 2D loss, without the stop check.
     Returns (prediction, number of Adam steps)."""
     import copy
 
@@ -157,35 +159,41 @@ def _released_tto(model, aux, batch, smpl, cam, cfg: TTOConfig):
     for step in range(cfg.test_val_step + 1):
         pred = smpl_predict(m(*x), smpl, cam, batch)
         loss_2d = smpl_loss(pred, tgt, LossWeights(keypoint=1.0), terms=("keypoints_2d",))["total"]
-        if step == 0:
-            loss = smpl_loss(pred, tgt, LossWeights(), terms=INNER_TERMS)["total"]
+        if (step == 0 and not cfg.no_inner_step) or cfg.no_use_adam:   # SGD on the head
+            combined = step == 0 and not cfg.no_inner_step
+            loss = smpl_loss(pred, tgt, LossWeights(), terms=INNER_TERMS)["total"] \
+                if combined else loss_2d
             grads = torch.autograd.grad(loss, head)
             with torch.no_grad():
                 for p, g in zip(head, grads):
-                    p -= cfg.inner_lr * g
+                    p -= (cfg.inner_lr if combined else cfg.after_innerlr) * g
             prev = float(loss.detach())
             continue
         adam.zero_grad()
         loss_2d.backward()
         adam.step()
         n_adam += 1
-        if cfg.adapt_val_step and abs(prev - float(loss_2d.detach())) < cfg.adapt_tol:
+        if cfg.adapt_val_step and prev is not None and \
+                abs(prev - float(loss_2d.detach())) < cfg.adapt_tol:
             break
         prev = float(loss_2d.detach())
     with torch.no_grad():
         return smpl_predict(m(*x), smpl, cam, batch), n_adam
 
 
-@pytest.mark.parametrize("adapt", [False, True])
-def test_batch_mode_equals_the_released_loop(setup, adapt):
+@pytest.mark.parametrize("adapt,variant,n_adam", [
+    (False, {}, 3), (True, {}, 1), (False, {"no_use_adam": True}, 0),
+    (False, {"no_inner_step": True}, 4), (True, {"no_inner_step": True}, 2)])
+def test_batch_mode_equals_the_released_loop(setup, adapt, variant, n_adam):
     o, model, aux, batch, smpl = setup
     cam = Camera.from_options(o)
     cfg = _tto_cfg(o, tto_mode="batch", test_val_step=3, inner_lr=1e-3, after_innerlr=1e-4,
-                   adapt_val_step=adapt, adapt_tol=1e9 if adapt else 2e-5)
-    ref, n_adam = _released_tto(model, aux, batch, smpl, cam, cfg)
+                   adapt_val_step=adapt, adapt_tol=1e9 if adapt else 2e-5, **variant)
+    ref, n = _released_tto(model, aux, batch, smpl, cam, cfg)
     ours = test_time_optimize(model, aux, batch, smpl, cam, cfg)
-    assert n_adam == (1 if adapt else 3)
-    assert ours.steps.tolist() == [1 + n_adam] * batch["img"].shape[0]
+    assert n == n_adam
+    n_updates = 4 if not adapt else n_adam + (0 if variant else 1)
+    assert ours.steps.tolist() == [n_updates] * batch["img"].shape[0]
     for k in ("vertices", "cam", "rotmat"):
         torch.testing.assert_close(ours.after[k], ref[k], rtol=1e-4, atol=1e-5)
     assert float((ours.after["vertices"] - ours.before["vertices"]).abs().max()) > 1e-4
