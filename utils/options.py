@@ -330,6 +330,8 @@ def apply_checkpoint_options(o: argparse.Namespace, source: str, stored: dict | 
 
 def resolve(options: argparse.Namespace) -> argparse.Namespace:
     """Apply --synthetic and check option combinations (errors name the options)."""
+    if any(getattr(options, n, 0) is None for n in CHECKPOINT_OPTIONS):
+        fill_checkpoint_defaults(options)   # an eval parser used directly (e.g. the benchmarks)
     if getattr(options, "synthetic", False):
         from config import SYNTHETIC_ROOT
         if options.data_root in (".", os.environ.get("METAHMR_ROOT", ".")):
