@@ -7,7 +7,8 @@ Steps (each a child process with its own time limit; the whole is sized for < 8 
 ==============  ==================================================================================
 cuda_tests      ``METAHMR_TEST_DEVICE=cuda pytest -q`` on the device-relevant test files
 train_step      ``bench/train_step.py`` at batch 30 (README), ``--amp off`` and ``bf16``, ResNet-50
-                and HRNet-W48: s/iter, img/s, meta/plain ratio, peak memory
+                and HRNet-W48: s/iter, img/s, meta/plain ratio, peak memory (``--compile``:
+                also ResNet-50 bf16 with the torch.compile'd backbone, opt-in)
 tto             ``bench/tto.py`` at batch 20, batch vs sample mode
 world           the synthetic world the next steps use (``python -m datasets.synthetic``)
 train           the seed README training command on that world, a few steps
@@ -66,6 +67,14 @@ def plan(a, cuda: bool) -> list[dict]:
                               "--modes", "plain,meta_fo_sample",
                               "--iters", "1" if q else "5", "--warmup", "0" if q else "2",
                               "--no_interleave", "--json", str(js)]})
+    if a.compile:       # opt-in: the torch.compile'd backbone, against the plain runs above
+        js = out / "train_step_compile.json"
+        steps.append({"name": "train_step_compile", "cuda": not q, "limit": 300, "json": js,
+                      "cmd": [PY, "bench/train_step.py", *(net or ["--backbone", "resnet"]),
+                              "--device", dev, "--batch_size", "2" if q else "30",
+                              "--amp", "off" if q else "bf16", "--modes", "plain,meta_fo_sample",
+                              "--iters", "1" if q else "5", "--warmup", "1" if q else "3",
+                              "--no_interleave", "--compile", "--json", str(js)]})
     js = out / "tto.json"
     steps.append({"name": "tto_batch_vs_sample", "cuda": not q, "limit": 150, "json": js,
                   "cmd": [PY, "bench/tto.py", *(net or ["--backbone", "resnet"]), "--device", dev,
@@ -164,6 +173,9 @@ def main(argv=None) -> int:
                    help="folder for the JSON, the logs, the world and the runs")
     p.add_argument("--quick", action="store_true",
                    help="toy sizes on any device (a dry run of this script on the CPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time train_step with the torch.compile'd backbone (ResNet-50, "
+                        "bf16; a few minutes more)")
     p.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=[],
                    help="comma-separated step names (or prefixes: train_step, tto, ...)")
     a = p.parse_args(argv)

@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
+from utils import runtime  # noqa: E402
 
 MODES = {
     "plain": ["--no_inner"],
@@ -77,6 +78,9 @@ def measure_mode(args, mode: str) -> dict:
     o = train_options(args, mode)
     model, model_aux = common.build_networks(o.model, o.backbone, o.bbox_type, device,
                                              args.seed, args.smpl_root)
+    if args.compile:
+        for net in (model, model_aux):
+            runtime.compile_backbone(net)
     model.train()
     # as Trainer builds it; learning rates 0 unless --train_lr (module docstring)
     optimizer = build_optimizer(o, model, model_aux, 1.0 if args.train_lr else 0.0)
@@ -112,6 +116,9 @@ def interleaved_times(args) -> dict[str, dict]:
     o0 = train_options(args, "plain")
     model, model_aux = common.build_networks(o0.model, o0.backbone, o0.bbox_type, device,
                                              args.seed, args.smpl_root)
+    if args.compile:
+        for net in (model, model_aux):
+            runtime.compile_backbone(net)
     smpl = common.build_body_model(device, args.smpl_root)
     batch = common.synthetic_batch(args.batch_size, crop_size(o0.bbox_type), device, args.seed)
     for net in (model, model_aux):
@@ -163,6 +170,7 @@ def run(args) -> dict:
               "adam_lr": "training rates" if args.train_lr else 0.0,
               "weights": "random", "inputs": "synthetic random batch",
               "body_model": "given root" if args.smpl_root else "synthetic stand-in (SMPL format)",
+              "compile": args.compile,
               "mode_flags": {m: " ".join(MODES[m]) for m in args.mode_list}}
     return {"modes": modes, "machine": common.machine_info(device), "config": config}
 

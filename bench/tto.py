@@ -49,12 +49,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = common.parse_bench_args(p, argv, MODES)
     if args.tto_chunk < 0 or args.tto_workers < 0:
         p.error("--tto_chunk and --tto_workers must be >= 0")
+    if args.compile and args.tto_workers != 1:   # a worker's network copy would still call
+        p.error("--compile needs --tto_workers 1")   # the compiled original's backbone
     return args
 
 
 def eval_options(args, mode: str) -> argparse.Namespace:
     """The evaluation options of one mode, through the real eval parser."""
-    from utils.options import eval_parser, resolve
+    from utils.options import eval_parser, fill_checkpoint_defaults, resolve
     argv = ["--backbone", args.backbone, "--batch_size", str(args.batch_size),
             "--bbox_type", args.bbox_type, "--device", args.device, *README_TTO,
             "--test_val_step", str(args.test_val_step), "--tto_mode", mode,
@@ -62,7 +64,7 @@ def eval_options(args, mode: str) -> argparse.Namespace:
             "--seed", str(args.seed)]
     if args.adapt_val_step:
         argv.append("--adapt_val_step")
-    return resolve(eval_parser(args.model).parse_args(argv))
+    return resolve(fill_checkpoint_defaults(eval_parser(args.model).parse_args(argv)))
 
 
 def measure_mode(args, mode: str) -> dict:
@@ -74,6 +76,9 @@ def measure_mode(args, mode: str) -> dict:
     o = eval_options(args, mode)
     model, model_aux = common.build_networks(o.model, o.backbone, o.bbox_type, device,
                                              args.seed, args.smpl_root)
+    if args.compile:   # the main backbone (TTO swaps its weights every step)
+        from utils.runtime import compile_backbone
+        compile_backbone(model)
     model.eval()
     model_aux.eval()
     model_aux.requires_grad_(False)           # as in evaluation
