@@ -20,11 +20,12 @@ validated (required keys, lengths, shapes, NaN/inf, a visible GT keypoint per sa
    (bilinear, black border), synthetic occlusion (training h36m / mpi-inf-3dhp with
    ``--syn_occ``), pixel noise, ImageNet normalisation, CHW.
 
-The npz is read without unpickling (:func:`utils.safe_npz.read_npz`: object arrays and
+The npz is read without unpickling and checked (:mod:`datasets.annotations`: object arrays and
 duplicated zip members are refused). Bad data raises :class:`DatasetError` naming the file, the
 sample index and the problem; a 3DPW test file without ``gender``, and a test file without
 usable ``openpose`` keypoints under ``--use_openpose2d``, are errors too. An image is unreadable
-when it is missing, undecodable, a truncated JPEG, or under 2 pixels on a side. With
+when it is missing, undecodable, a truncated JPEG, or under 2 pixels on a side
+(:mod:`datasets.image_files`). With
 ``options.skip_bad_images`` a training set replaces an unreadable image by the next readable
 one (index + 1, + 2, ... wrapping; each sample's ``n_skipped`` says how many were skipped to
 produce it), while a test set returns ``{'skipped': True, 'sample_index', 'imgname',
@@ -47,10 +48,10 @@ from torch.utils.data import Dataset
 
 import constants
 from config import DataPaths
+from datasets.annotations import DatasetError, check_annotations, read_annotations
+from datasets.image_files import MIN_IMAGE_SIDE, read_image_file
 from datasets.occlusion import SyntheticOcclusion
 from utils import imutils
-from utils.errors import UserError
-from utils.safe_npz import NpzError, read_npz
 
 __all__ = ["BaseDataset", "DatasetError", "OCCLUDED_DATASETS", "HALF_SIZE_DATASETS",
            "collate_skipping", "read_image_file"]
@@ -59,14 +60,6 @@ OCCLUDED_DATASETS = ("h36m", "mpi-inf-3dhp")   # --syn_occ applies to their trai
 HALF_SIZE_DATASETS = ("3dpw",)                 # images at half resolution (§6.3 item 1)
 GENDERED_TEST_SETS = ("3dpw",)   # test GT from the gendered SMPL: 'gender' is required
 _NOTED: set[str] = set()         # test files whose missing 'S' was already said
-
-# npz key -> expected per-sample shape (None = any trailing shape)
-_SHAPES = {"part": (24, 3), "openpose": (25, 3), "pose": (72,), "S": (24, 4),
-           "center": (2,), "has_smpl": (), "gender": ()}
-
-
-class DatasetError(UserError, ValueError):
-    """Bad dataset content; the message names the file, the sample index and what is wrong."""
 
 
 def _opt(options, name, default):
@@ -121,84 +114,11 @@ class BaseDataset(Dataset):
         return DatasetError(f"{self.dataset} ({where}): {msg}")
 
     def _load(self, path: Path) -> None:
-        data = _read_npz(path)
-        for key in ("imgname", "part"):
-            if key not in data:
-                raise self._fail(f"missing required key {key!r} (keys present: {sorted(data)})")
-        if ("pose" in data) != ("shape" in data):
-            have, miss = ("pose", "shape") if "pose" in data else ("shape", "pose")
-            raise self._fail(f"has {have!r} but no {miss!r}: SMPL needs both")
-        if data["imgname"].ndim != 1:
-            raise self._fail(f"'imgname' has shape {data['imgname'].shape}, expected (N,)")
-        n = len(data["imgname"])
-        per_sample = {k: v for k, v in data.items() if v.ndim > 0}
-        lengths = {k: len(v) for k, v in per_sample.items()}
-        if k_bad := [k for k, m in lengths.items() if m != n and k != "focal_length"]:
-            listing = ", ".join(f"{k} has {m}" for k, m in lengths.items())
-            raise self._fail(f"arrays of different lengths ({', '.join(k_bad)} differ from "
-                             f"imgname): {listing}")
-        if n == 0:
-            raise self._fail("no samples (imgname is empty)")
-        for key, shape in _SHAPES.items():
-            if key in data and data[key].shape[1:] != shape:
-                if key == "S" and data[key].shape[1:] == (24, 3):
-                    continue
-                raise self._fail(f"{key!r} has shape {data[key].shape}, expected (N, "
-                                 f"{', '.join(map(str, shape))})" if shape else
-                                 f"{key!r} has shape {data[key].shape}, expected (N,)")
-        if "shape" in data and (data["shape"].ndim != 2 or data["shape"].shape[1] < 10):
-            raise self._fail(f"'shape' has shape {data['shape'].shape}, expected (N, 10)")
-        if "focal_length" in data and data["focal_length"].size not in (1, n):
-            raise self._fail(f"'focal_length' has shape {data['focal_length'].shape}, expected "
-                             f"a scalar or one value per sample ({n})")
-        for key, arr in data.items():  # NaN / inf anywhere in the numeric annotations
-            if arr.dtype.kind in "fc":
-                ok = np.isfinite(arr.reshape(len(arr), -1) if arr.ndim else arr.reshape(1, 1))
-                bad = ~ok.all(axis=1)
-                if bad.any():
-                    i = int(np.argmax(bad))
-                    raise self._fail(f"{key!r} contains NaN or inf (first at sample {i}, "
-                                     f"{int(bad.sum())} samples affected)", i)
-
-        self.n = n
+        data = read_annotations(path)
+        self.n = n = check_annotations(data, self._fail)
         self.imgname = data["imgname"].astype(str)
-        # float64 through the bbox, the affine and the keypoint map, as released (§6.3 item 5)
-        self.part = data["part"].astype(np.float64)
-        self.openpose = (data["openpose"].astype(np.float64) if "openpose" in data
-                         else np.zeros((n, 25, 3), np.float64))
-        if self.half_size:
-            self.part[..., :2] /= 2
-            self.openpose[..., :2] /= 2
-        center, scale, n_vis = imutils.bbox_from_keypoints(self.part)
-        if (n_vis == 0).any():
-            i = int(np.argmax(n_vis == 0))
-            raise self._fail(f"no visible GT 2D keypoint ('part' confidence > 0) to build the "
-                             f"bbox ({int((n_vis == 0).sum())} such samples, first is {i})", i)
-        if (scale <= 0).any():
-            i = int(np.argmax(scale <= 0))
-            raise self._fail(f"degenerate bbox: all visible GT 2D keypoints at one point "
-                             f"({int((scale <= 0).sum())} such samples, first is {i})", i)
-        self.center, self.scale = center, scale
-        self.has_pose_shape = "pose" in data
-        if self.has_pose_shape:
-            self.pose = data["pose"].astype(np.float32)
-            self.betas = data["shape"][:, :10].astype(np.float32)
-        if "has_smpl" in data:
-            self.has_smpl = data["has_smpl"].astype(np.float32)
-            if not self.has_pose_shape and (self.has_smpl != 0).any():
-                i = int(np.argmax(self.has_smpl != 0))
-                raise self._fail("'has_smpl' is set but the file has no 'pose'/'shape'", i)
-        else:
-            self.has_smpl = np.full(n, 1.0 if self.has_pose_shape else 0.0, np.float32)
-        self.has_pose_3d = 1.0 if "S" in data else 0.0
-        if "S" in data:
-            s = data["S"].astype(np.float32)
-            if s.shape[2] == 3:  # no confidence column: all joints valid
-                s = np.concatenate([s, np.ones_like(s[..., :1])], -1)
-            self.pose_3d = s
-        if self.ignore_3d:
-            self.has_smpl = np.zeros(n, np.float32)
-            self.has_pose_3d = 0.0
+        self._load_keypoints(data)
+        self._load_smpl(data)
         if "gender" in data:
             g = np.char.lower(np.char.strip(data["gender"].astype(str)))
             self.gender = np.where(g == "m", 0, 1).astype(np.int64)
@@ -221,6 +141,51 @@ class BaseDataset(Dataset):
         if not self.is_train:
             self._check_test_inputs(data)
         self.partname = data["partname"].astype(str) if "partname" in data else None
+
+    def _load_keypoints(self, data: dict) -> None:
+        """GT and OpenPose 2D keypoints (halved for 3DPW) and the bbox built from them."""
+        n = self.n
+        # float64 through the bbox, the affine and the keypoint map, as released (§6.3 item 5)
+        self.part = data["part"].astype(np.float64)
+        self.openpose = (data["openpose"].astype(np.float64) if "openpose" in data
+                         else np.zeros((n, 25, 3), np.float64))
+        if self.half_size:
+            self.part[..., :2] /= 2
+            self.openpose[..., :2] /= 2
+        center, scale, n_vis = imutils.bbox_from_keypoints(self.part)
+        if (n_vis == 0).any():
+            i = int(np.argmax(n_vis == 0))
+            raise self._fail(f"no visible GT 2D keypoint ('part' confidence > 0) to build the "
+                             f"bbox ({int((n_vis == 0).sum())} such samples, first is {i})", i)
+        if (scale <= 0).any():
+            i = int(np.argmax(scale <= 0))
+            raise self._fail(f"degenerate bbox: all visible GT 2D keypoints at one point "
+                             f"({int((scale <= 0).sum())} such samples, first is {i})", i)
+        self.center, self.scale = center, scale
+
+    def _load_smpl(self, data: dict) -> None:
+        """SMPL pose / shape, ``has_smpl`` and the 3D joints ``S`` (none under --ignore_3d)."""
+        n = self.n
+        self.has_pose_shape = "pose" in data
+        if self.has_pose_shape:
+            self.pose = data["pose"].astype(np.float32)
+            self.betas = data["shape"][:, :10].astype(np.float32)
+        if "has_smpl" in data:
+            self.has_smpl = data["has_smpl"].astype(np.float32)
+            if not self.has_pose_shape and (self.has_smpl != 0).any():
+                i = int(np.argmax(self.has_smpl != 0))
+                raise self._fail("'has_smpl' is set but the file has no 'pose'/'shape'", i)
+        else:
+            self.has_smpl = np.full(n, 1.0 if self.has_pose_shape else 0.0, np.float32)
+        self.has_pose_3d = 1.0 if "S" in data else 0.0
+        if "S" in data:
+            s = data["S"].astype(np.float32)
+            if s.shape[2] == 3:  # no confidence column: all joints valid
+                s = np.concatenate([s, np.ones_like(s[..., :1])], -1)
+            self.pose_3d = s
+        if self.ignore_3d:
+            self.has_smpl = np.zeros(n, np.float32)
+            self.has_pose_3d = 0.0
 
     def _check_test_inputs(self, data: dict) -> None:
         """Test sets: the inputs test-time optimisation reads must be there (issue #15 item 8)."""
@@ -342,18 +307,7 @@ class BaseDataset(Dataset):
         full_trans = imutils.get_affine_transform(center, scale, rot, out_size)
         crop_trans = imutils.get_affine_transform(center, scale, 0.0, out_size)
         inv_trans = imutils.get_affine_transform(center, scale, 0.0, out_size, inv=True)
-
-        # pixels: BGR until the crop exists (cheaper), RGB from there on
-        if self.use_alb:
-            img = imutils.photometric_augment(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-        crop = cv2.warpAffine(img, full_trans, out_size, flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-        if not self.use_alb:
-            crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
-        if self.occluder is not None:
-            crop = self.occluder(crop)
-        img_t = torch.from_numpy(imutils.normalize_image(crop, pn))
-
+        img_t = self._crop(img, full_trans, pn)
         kp_crop = keypoints.copy()
         kp_crop[:, :2] = imutils.transform_points(keypoints[:, :2].astype(np.float64), full_trans)
         focal = (float(self.focal_length[index]) if self.focal_length is not None
@@ -390,47 +344,20 @@ class BaseDataset(Dataset):
             "partname": "" if self.partname is None else str(self.partname[index]),
         }
 
-
-MIN_IMAGE_SIDE = 2     # pixels; a smaller image has no person to crop
-
-
-def _jpeg_truncated(path: str) -> bool:
-    """A JPEG cut short (no end-of-image marker; libjpeg would fill the rest with grey).
-
-    Cheap test first: the file ends with the EOI marker ``FF D9`` (trailing zero padding
-    allowed); only when it does not is the file fully decoded by Pillow, which raises on
-    truncated data (so files with extra bytes after EOI are still accepted).
-    """
-    with open(path, "rb") as fh:
-        if fh.read(2) != b"\xff\xd8":
-            return False
-        fh.seek(0, os.SEEK_END)
-        fh.seek(max(0, fh.tell() - 1024))
-        if fh.read().rstrip(b"\x00").endswith(b"\xff\xd9"):
-            return False
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            im.load()
-    except (OSError, SyntaxError):
-        return True
-    return False
-
-
-def read_image_file(path: str) -> tuple[np.ndarray | None, str]:
-    """(BGR uint8 image, '') or (None, why it cannot be used): missing, undecodable,
-    truncated JPEG, or smaller than ``MIN_IMAGE_SIDE`` pixels on a side."""
-    if not os.path.isfile(path):  # (a stat; spares cv2's own warning on missing files)
-        return None, "file does not exist"
-    if _jpeg_truncated(path):
-        return None, "truncated JPEG (the file ends before its end-of-image marker)"
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None or img.size == 0:
-        return None, "file exists but could not be decoded (corrupt or not an image)"
-    h, w = img.shape[:2]
-    if min(h, w) < MIN_IMAGE_SIDE:
-        return None, f"image is {w}x{h} pixels, too small to crop a person from"
-    return img, ""
+    def _crop(self, img: np.ndarray, full_trans: np.ndarray, pn) -> torch.Tensor:
+        """The network input: (photometric augmentation,) the affine crop, (occluders,) pixel
+        noise and ImageNet normalisation; CHW float32. BGR until the crop exists (cheaper),
+        RGB from there on."""
+        out_size = (self.crop_w, self.crop_h)
+        if self.use_alb:
+            img = imutils.photometric_augment(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+        crop = cv2.warpAffine(img, full_trans, out_size, flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        if not self.use_alb:
+            crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+        if self.occluder is not None:
+            crop = self.occluder(crop)
+        return torch.from_numpy(imutils.normalize_image(crop, pn))
 
 
 def collate_skipping(items: list[dict]) -> dict:
@@ -447,15 +374,3 @@ def collate_skipping(items: list[dict]) -> dict:
     batch = default_collate(good) if good else {}
     batch["skipped"] = bad
     return batch
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of an npz, materialised; never unpickled (:func:`utils.safe_npz.read_npz`:
-    an object array or a zip member stored twice is refused, naming the file and the key)."""
-    try:
-        return read_npz(path)
-    except NpzError as e:
-        raise DatasetError(str(e)) from None
-    except Exception as e:  # noqa: BLE001 - any unreadable-file error, re-raised with the name
-        raise DatasetError(f"{path}: cannot read this annotation file ({type(e).__name__}: "
-                           f"{e}). Re-create it with numpy.savez") from e

@@ -1,0 +1,92 @@
+"""SPIN-format npz annotations: read without unpickling, then checked before any sample is used.
+
+:func:`read_annotations` materialises every array of the npz (:func:`utils.safe_npz.read_npz`:
+object arrays and duplicated zip members are refused); :func:`check_annotations` checks what
+:class:`datasets.base_dataset.BaseDataset` relies on: the required keys (``imgname``,
+``part``; ``pose`` only with ``shape``), one entry per sample in every per-sample array
+(``focal_length`` may be one scalar), the per-sample shapes, and no NaN / inf in a numeric
+array. Problems raise :class:`DatasetError`, naming the file, the sample index and the problem.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from utils.errors import UserError
+from utils.safe_npz import NpzError, read_npz
+
+__all__ = ["DatasetError", "read_annotations", "check_annotations"]
+
+# npz key -> expected per-sample shape (None = any trailing shape)
+_SHAPES = {"part": (24, 3), "openpose": (25, 3), "pose": (72,), "S": (24, 4),
+           "center": (2,), "has_smpl": (), "gender": ()}
+
+
+class DatasetError(UserError, ValueError):
+    """Bad dataset content; the message names the file, the sample index and what is wrong."""
+
+
+def read_annotations(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an npz, materialised; never unpickled (:func:`utils.safe_npz.read_npz`:
+    an object array or a zip member stored twice is refused, naming the file and the key)."""
+    try:
+        return read_npz(path)
+    except NpzError as e:
+        raise DatasetError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - any unreadable-file error, re-raised with the name
+        raise DatasetError(f"{path}: cannot read this annotation file ({type(e).__name__}: "
+                           f"{e}). Re-create it with numpy.savez") from e
+
+
+def check_annotations(data: dict[str, np.ndarray],
+                      fail: Callable[..., DatasetError]) -> int:
+    """Check the keys, lengths, shapes and values of ``data``; returns the number of samples.
+    ``fail(message, index=None)`` makes the error to raise (naming the file)."""
+    for key in ("imgname", "part"):
+        if key not in data:
+            raise fail(f"missing required key {key!r} (keys present: {sorted(data)})")
+    if ("pose" in data) != ("shape" in data):
+        have, miss = ("pose", "shape") if "pose" in data else ("shape", "pose")
+        raise fail(f"has {have!r} but no {miss!r}: SMPL needs both")
+    if data["imgname"].ndim != 1:
+        raise fail(f"'imgname' has shape {data['imgname'].shape}, expected (N,)")
+    n = len(data["imgname"])
+    lengths = {k: len(v) for k, v in data.items() if v.ndim > 0}
+    if k_bad := [k for k, m in lengths.items() if m != n and k != "focal_length"]:
+        listing = ", ".join(f"{k} has {m}" for k, m in lengths.items())
+        raise fail(f"arrays of different lengths ({', '.join(k_bad)} differ from "
+                   f"imgname): {listing}")
+    if n == 0:
+        raise fail("no samples (imgname is empty)")
+    _check_shapes(data, n, fail)
+    _check_finite(data, fail)
+    return n
+
+
+def _check_shapes(data: dict, n: int, fail: Callable[..., DatasetError]) -> None:
+    for key, shape in _SHAPES.items():
+        if key in data and data[key].shape[1:] != shape:
+            if key == "S" and data[key].shape[1:] == (24, 3):
+                continue
+            raise fail(f"{key!r} has shape {data[key].shape}, expected (N, "
+                       f"{', '.join(map(str, shape))})" if shape else
+                       f"{key!r} has shape {data[key].shape}, expected (N,)")
+    if "shape" in data and (data["shape"].ndim != 2 or data["shape"].shape[1] < 10):
+        raise fail(f"'shape' has shape {data['shape'].shape}, expected (N, 10)")
+    if "focal_length" in data and data["focal_length"].size not in (1, n):
+        raise fail(f"'focal_length' has shape {data['focal_length'].shape}, expected "
+                   f"a scalar or one value per sample ({n})")
+
+
+def _check_finite(data: dict, fail: Callable[..., DatasetError]) -> None:
+    """No NaN / inf anywhere in the numeric annotations."""
+    for key, arr in data.items():
+        if arr.dtype.kind in "fc":
+            ok = np.isfinite(arr.reshape(len(arr), -1) if arr.ndim else arr.reshape(1, 1))
+            bad = ~ok.all(axis=1)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise fail(f"{key!r} contains NaN or inf (first at sample {i}, "
+                           f"{int(bad.sum())} samples affected)", i)

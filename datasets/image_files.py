@@ -1,0 +1,55 @@
+"""Image files of the datasets: is this file a usable image?
+
+:func:`read_image_file` returns the BGR image, or None and why it cannot be used: the file is
+missing, undecodable, a JPEG cut short (no end-of-image marker, which libjpeg would fill with
+grey), or under :data:`MIN_IMAGE_SIDE` pixels on a side.
+"""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+__all__ = ["MIN_IMAGE_SIDE", "read_image_file"]
+
+MIN_IMAGE_SIDE = 2     # pixels; a smaller image has no person to crop
+
+
+def _jpeg_truncated(path: str) -> bool:
+    """A JPEG cut short (no end-of-image marker; libjpeg would fill the rest with grey).
+
+    Cheap test first: the file ends with the EOI marker ``FF D9`` (trailing zero padding
+    allowed); only when it does not is the file fully decoded by Pillow, which raises on
+    truncated data (so files with extra bytes after EOI are still accepted).
+    """
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\xff\xd8":
+            return False
+        fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, fh.tell() - 1024))
+        if fh.read().rstrip(b"\x00").endswith(b"\xff\xd9"):
+            return False
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, SyntaxError):
+        return True
+    return False
+
+
+def read_image_file(path: str) -> tuple[np.ndarray | None, str]:
+    """(BGR uint8 image, '') or (None, why it cannot be used): missing, undecodable,
+    truncated JPEG, or smaller than ``MIN_IMAGE_SIDE`` pixels on a side."""
+    if not os.path.isfile(path):  # (a stat; spares cv2's own warning on missing files)
+        return None, "file does not exist"
+    if _jpeg_truncated(path):
+        return None, "truncated JPEG (the file ends before its end-of-image marker)"
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None or img.size == 0:
+        return None, "file exists but could not be decoded (corrupt or not an image)"
+    h, w = img.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        return None, f"image is {w}x{h} pixels, too small to crop a person from"
+    return img, ""
