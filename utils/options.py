@@ -2,6 +2,9 @@
 
 Every option the seed README uses keeps its name, meaning and default; leftovers that nothing
 reads are dropped and unknown options are an error. Every option has a type and a help line.
+Each argument group is declared by one function (``_run_options``, ``_meta_options``, ...,
+:func:`add_common` for the groups every script shares), called in the order ``--help`` shows.
+Range checks: :mod:`utils.option_checks`.
 """
 from __future__ import annotations
 
@@ -34,7 +37,15 @@ def default_workers(cap: int = 8) -> int:
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data and device")
+    """The groups every script shares: data and device, model, test-time optimisation, loss
+    weights."""
+    _data_device_options(p.add_argument_group("data and device"))
+    _model_options(p.add_argument_group("model"))
+    _tto_options(p.add_argument_group("test-time optimisation"))
+    _loss_weight_options(p.add_argument_group("loss weights"))
+
+
+def _data_device_options(g) -> None:
     g.add_argument("--data_root", type=str, default=os.environ.get("METAHMR_ROOT", "."),
                    help="root of the seed README's layout (ckpt/, data/, models/); env METAHMR_ROOT")
     g.add_argument("--img_root", type=str, default=None,
@@ -59,13 +70,15 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="on an error, show the full traceback instead of one line (also env "
                         "METAHMR_DEBUG=1)")
 
-    g = p.add_argument_group("model")
+
+def _model_options(g) -> None:
     g.add_argument("--model", type=str, default="cliff", choices=("cliff", "hmr"),
                    help="regressor family: cliff (bbox input, full-image camera) or hmr")
     g.add_argument("--backbone", type=str, default="resnet", choices=BACKBONES,
                    help="resnet (ResNet-50), hrnet (HRNet-W48) or resnet18 (small, extra)")
 
-    g = p.add_argument_group("test-time optimisation")
+
+def _tto_options(g) -> None:
     g.add_argument("--tto_mode", type=str, default="sample", choices=("sample", "batch"),
                    help="sample: adapt every sample on its own (paper); batch: one adapted copy "
                         "per batch (released code; needed to reproduce its published numbers)")
@@ -89,7 +102,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no_inner_step", action="store_true",
                    help="TTO: skip the step-0 head SGD step (every step is 2D-loss Adam)")
 
-    g = p.add_argument_group("loss weights")
+
+def _loss_weight_options(g) -> None:
     g.add_argument("--shape_loss_weight", type=float, default=0.5, help="per-vertex L1 weight")
     g.add_argument("--keypoint_loss_weight", type=float, default=5.0, help="2D and 3D keypoint weight")
     g.add_argument("--pose_loss_weight", type=float, default=1.0, help="rotmat MSE weight")
@@ -114,7 +128,15 @@ def add_crop_scale(g, from_checkpoint: bool = False) -> None:
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Meta-HMR training (dual networks, meta inner step)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("run")
+    _run_options(p.add_argument_group("run"))
+    _meta_options(p.add_argument_group("meta-learning"))
+    _distributed_options(p.add_argument_group("multi-GPU (torchrun + DDP)"))
+    _logging_options(p.add_argument_group("logging and checkpoints"))
+    add_common(p)
+    return p
+
+
+def _run_options(g) -> None:
     g.add_argument("--name", type=str, default="train_coco_loss", help="experiment name")
     g.add_argument("--time_to_run", type=float, default=math.inf,
                    help="wall-clock budget in seconds; on expiry save current.pt and exit "
@@ -147,6 +169,11 @@ def train_parser() -> argparse.ArgumentParser:
                    help="comma-separated test sets of the in-training evaluation ('' = none)")
     g.add_argument("--eval_max_batches", type=int, default=0,
                    help="in-training evaluation: at most this many batches per set (0 = all)")
+    _data_options(g)
+
+
+def _data_options(g) -> None:
+    """Training data: occluders, crops, augmentation, the mixture."""
     g.add_argument("--syn_occ", action="store_true",
                    help="paste Pascal VOC occluders on H36M and MPI-INF-3DHP training crops")
     g.add_argument("--bbox_type", type=str, default="square", choices=("square", "rect"),
@@ -161,7 +188,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--ignore_3d", action="store_true", help="ignore 3D and SMPL supervision")
     _bool_pair(g, "shuffle_train", True, "shuffle the training data")
 
-    g = p.add_argument_group("meta-learning")
+
+def _meta_options(g) -> None:
     g.add_argument("--no_inner", action="store_true",
                    help="no inner step: plain supervised training (baseline)")
     g.add_argument("--inner_step", type=int, default=1, help="inner SGD steps per iteration")
@@ -184,7 +212,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_nonfinite", type=int, default=5,
                    help="stop after this many consecutive non-finite losses")
 
-    g = p.add_argument_group("multi-GPU (torchrun + DDP)")
+
+def _distributed_options(g) -> None:
     g.add_argument("--sync_bn", action="store_true",
                    help="under torchrun on CUDA: BatchNorm statistics over all ranks "
                         "(SyncBatchNorm) instead of each rank's own batch")
@@ -192,7 +221,8 @@ def train_parser() -> argparse.ArgumentParser:
                    help="under torchrun: seconds a rank waits in a collective for its peers "
                         "before it stops with an error (a dead or stuck rank)")
 
-    g = p.add_argument_group("logging and checkpoints")
+
+def _logging_options(g) -> None:
     g.add_argument("--summary_steps", type=int, default=100, help="TensorBoard scalar period")
     g.add_argument("--log_images", action="store_true",
                    help="render mesh overlays to TensorBoard every summary_steps")
@@ -201,8 +231,6 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--test_epochs", type=int, default=50, help="evaluate + save every N epochs")
     g.add_argument("--save_epochs", type=int, default=50, help="also save/test every N epochs")
     g.add_argument("--test_start_epoch", type=int, default=0, help="no test/save before this epoch")
-    add_common(p)
-    return p
 
 
 def eval_parser(model: str) -> argparse.ArgumentParser:
