@@ -71,14 +71,13 @@ import numpy as np
 import config
 from config import DATASET_FOLDERS, DataPaths
 from datasets.synthetic_images import occluder_patches
-from datasets.synthetic_poses import mean_pose, sample_body_pose, sample_global_orient
+from datasets.synthetic_poses import mean_pose
 from datasets.synthetic_sets import write_dataset
-from datasets.synthetic_specs import DATASET_SPECS, DatasetSpec, expected_keys
+from datasets.synthetic_specs import DATASET_SPECS, expected_keys
 from utils.jsonio import dumps as strict_dumps
 
 __all__ = ["build_world", "DEFAULT_SIZES", "TINY_SIZES", "DEFAULT_IMG_SIZE", "TINY_IMG_SIZE",
-           "GENERATOR_VERSION", "DATASET_SPECS", "DatasetSpec", "expected_keys", "mean_pose",
-           "sample_body_pose", "sample_global_orient", "main"]
+           "GENERATOR_VERSION", "DATASET_SPECS", "expected_keys", "mean_pose", "main"]
 
 GENERATOR_VERSION = 1
 DEFAULT_IMG_SIZE = 256
