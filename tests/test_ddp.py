@@ -77,7 +77,8 @@ def _reference(root, tmp_path, steps: int, extra) -> tuple[dict, dict, list]:
 def test_ranks_apply_the_mean_gradient(synthetic_root, tmp_path):
     """Second order (per-sample inner step): the main network's and the aux network's
     meta-gradients are both averaged. (First order: the resume test below.)"""
-    order, extra, steps = "second", ["--tto_mode", "sample"], 2
+    # --aux_mode eval: under second order the aux network runs in train mode by default
+    order, extra, steps = "second", ["--tto_mode", "sample", "--aux_mode", "eval"], 2
     r = torchrun(tmp_path, f"steps:{steps}", _argv(synthetic_root, tmp_path, "ddp", *extra))
     assert r.returncode == 0, r.stderr[-4000:]
     a, b = _load(tmp_path / "rank0.pt"), _load(tmp_path / "rank1.pt")

@@ -12,6 +12,7 @@ One iteration (``Trainer.run_step``), decisions D2-D5:
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -324,7 +325,8 @@ class Trainer:
                 self.account(out, bar)
                 if self.main and o.checkpoint_steps > 0 and self.step % o.checkpoint_steps == 0:
                     self.save("current.pt", mid_epoch=self.batch_idx < per_epoch)
-                if dist.any_rank(time.time() - start_time > o.time_to_run, self.device):
+                if math.isfinite(o.time_to_run) and dist.any_rank(   # all ranks stop together
+                        time.time() - start_time > o.time_to_run, self.device):
                     self.save("current.pt", mid_epoch=True)
                     print(f"time_to_run reached: saved {self.ckpt_dir / 'current.pt'}")
                     return self.finish()
