@@ -148,8 +148,13 @@ def figures(name: str, data: dict) -> dict:
     if name.startswith("tto"):
         return {k: {"images_per_s": round(v["images_per_s"], 2), "peak_mb": round(v["peak_mb"])}
                 for k, v in data["modes"].items()}
-    return {k: round(v, 2) if isinstance(v, float) else v for k, v in data.items()
-            if isinstance(v, (int, float, str))}
+    m = data.get("metrics", data)
+    out = {k: round(m[k], 2) for k in ("MPJPE", "PA-MPJPE", "PVE", "mean_tto_steps",
+                                       "tto_s_per_image") if isinstance(m.get(k), float)}
+    if name == "eval_viz":   # the GL platform pyrender gets here (EGL expected on a GPU machine)
+        from utils.renderer import select_gl_platform
+        out["gl"] = select_gl_platform() or "none (software rasteriser)"
+    return out
 
 
 def short(res: dict) -> str:
@@ -190,9 +195,9 @@ def main(argv=None) -> int:
     device = torch.cuda.get_device_name(0) if cuda else "cpu (no CUDA device)"
     total = time.time() - t0
     print(f"\ndevice check on {device}{' (--quick)' if a.quick else ''}: {total:.0f} s")
-    print(f"{'step':<24}{'status':<9}{'s':>7}  figures")
+    print(f"{'step':<26}{'status':<9}{'s':>7}  figures")
     for name, r in results.items():
-        print(f"{name:<24}{r['status']:<9}{r['seconds']:>7.1f}  {short(r)}")
+        print(f"{name:<26}{r['status']:<9}{r['seconds']:>7.1f}  {short(r)}")
     report = {"device": device, "quick": a.quick, "total_s": round(total, 1),
               "torch": torch.__version__, "steps": results}
     path = a.out / "device_check.json"

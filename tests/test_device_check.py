@@ -1,0 +1,29 @@
+"""bench/device_check.sh without a GPU: every CUDA step is reported as skipped, the table is
+printed and the JSON is strict. (The toy-size ``--quick`` run takes minutes: not run here.)"""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = ["cuda_tests", "train_step_resnet_off", "train_step_resnet_bf16", "train_step_hrnet_off",
+         "train_step_hrnet_bf16", "train_step_compile", "tto_batch_vs_sample", "world",
+         "train_readme", "eval_viz", "torchrun_gloo"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU machine runs the real steps")
+def test_cuda_steps_are_skipped_without_a_gpu(tmp_path):
+    r = subprocess.run(["bash", "bench/device_check.sh", "--out", str(tmp_path), "--compile"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads((tmp_path / "device_check.json").read_text(),
+                      parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert list(data["steps"]) == STEPS
+    assert all(s["status"] == "skipped" and "needs CUDA" in s["why"]
+               for s in data["steps"].values())
+    for name in STEPS:                      # one table row per step
+        assert any(line.startswith(name) and "skipped" in line for line in r.stdout.splitlines())
