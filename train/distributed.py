@@ -67,8 +67,7 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
-def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False,
-         find_unused_parameters: bool = False) -> nn.Module:
+def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
     """``module`` under DDP when a process group exists (else unchanged).
 
     ``sync_bn``: BatchNorm -> SyncBatchNorm first (in place: the parameters, buffers and
@@ -80,8 +79,7 @@ def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False,
     if not dist.is_initialized():
         return module
     ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids,
-                                               find_unused_parameters=find_unused_parameters)
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
 def wait_for_main(key: str, timeout_s: float) -> None:
@@ -105,7 +103,7 @@ def peer_errors(rank: int, timeout_s: float):
     try:
         yield
     except RuntimeError as e:
-        if not peer_failure(e):
+        if not (dist.is_initialized() and peer_failure(e)):
             raise
         text = str(e).strip()
         first = text.splitlines()[0][:300] if text else type(e).__name__
