@@ -24,10 +24,10 @@ def _inner(setup, mode, idx=None, lr=1e-5, first_order=True):
 
 
 @pytest.mark.parametrize("mode", ["batch", "sample"])
-def test_inner_step_changes_only_head_and_lowers_loss(setup, mode):
-    o, model, aux, _, smpl = setup
+def test_inner_step_changes_only_head_and_lowers_loss(device_setup, mode):
+    o, model, aux, _, smpl = device_setup
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fast, info, feats, targets, batch, cam = _inner(setup, mode)
+    fast, info, feats, targets, batch, cam = _inner(device_setup, mode)
     names = set(fast.delta if mode == "sample" else fast)
     assert names == set(model.head_param_names)
     for k, v in model.state_dict().items():      # the module itself is untouched
@@ -44,12 +44,14 @@ def test_inner_step_changes_only_head_and_lowers_loss(setup, mode):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("mode", ["batch", "sample"])
-def test_inner_step_under_autocast_keeps_the_float32_update(setup, mode, dtype):
-    """Under low-precision autocast the fast-weight update (lr 1e-5 x gradient, far below
-    float16's resolution) is built in float32 and matches the float32 step."""
+def test_inner_step_under_autocast_keeps_the_float32_update(device_setup, mode, dtype):
+    """Under low-precision autocast (--amp; the test device's) the fast-weight update (lr 1e-5
+    x gradient, far below float16's resolution) is built in float32 and matches the float32
+    step."""
+    setup = device_setup
     ref, *_ = _inner(setup, mode)
     try:
-        with torch.autocast("cpu", dtype=dtype):
+        with torch.autocast(setup[3]["img"].device.type, dtype=dtype):
             low, info, *_ = _inner(setup, mode)
     except RuntimeError as e:       # a torch build without CPU autocast for this dtype
         pytest.skip(str(e))
