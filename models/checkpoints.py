@@ -274,7 +274,22 @@ def load_backbone_weights(path: str | os.PathLike, model: Regressor,
     return _load_strict(target, state, path, what, may_miss=may_miss, own_keys=trunk)
 
 
-# -- stand-in weight files for the synthetic world ----------------------------------------------
+# -- weight files in the released formats: the study's exports, the synthetic world's stand-ins --
+def resnet_aux_file(net: Regressor) -> dict:
+    """``net``'s weights in the CLIFF ResNet aux-checkpoint format that :func:`load_aux_weights`
+    reads: ``{'model': {'module.encoder.' + trunk key, 'module.' + head key}}``."""
+    trunk = set(net.trunk_state_keys())
+    return {"model": {("module.encoder." if k in trunk else "module.") + k: v
+                      for k, v in net.state_dict().items()}}
+
+
+def resnet_backbone_file(net: Regressor) -> dict:
+    """``net``'s trunk in the ``pose_resnet.pth`` format that :func:`load_backbone_weights`
+    reads: ``{'state_dict': {'backbone.' + trunk key}}``."""
+    trunk = set(net.trunk_state_keys())
+    return {"state_dict": {"backbone." + k: v for k, v in net.state_dict().items() if k in trunk}}
+
+
 def _save_atomic(obj: object, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -317,22 +332,15 @@ def write_standin_weights(root: str | os.PathLike, backbones=("resnet18", "resne
             state["final_layer.bias"] = torch.zeros(17)
             bfile = state
         else:
-            trunk = set(main.trunk_state_keys())
-            bfile = {"state_dict": {"backbone." + k: v for k, v in main.state_dict().items()
-                                    if k in trunk}}
+            bfile = resnet_backbone_file(main)
         out[f"backbone/{bb}"] = _save_atomic(bfile, root / config.BACKBONE_FILES[bb])
         del main, bfile
 
         aux = _seeded(s + 1, lambda: build_model("cliff", bb, "aux", mean_params=mean_params))
-        if bb == "hrnet":
-            state = {"module." + k: v for k, v in aux.state_dict().items()}
-        else:
-            trunk = set(aux.trunk_state_keys())
-            state = {("module.encoder." if k in trunk else "module.") + k: v
-                     for k, v in aux.state_dict().items()}
-        out[f"aux/cliff/{bb}"] = _save_atomic({"model": state},
-                                              root / config.AUX_FILES["cliff", bb])
-        del aux, state
+        afile = ({"model": {"module." + k: v for k, v in aux.state_dict().items()}}
+                 if bb == "hrnet" else resnet_aux_file(aux))
+        out[f"aux/cliff/{bb}"] = _save_atomic(afile, root / config.AUX_FILES["cliff", bb])
+        del aux, afile
 
         if ("hmr", bb) in config.AUX_FILES:
             hmr = _seeded(s + 2, lambda: build_model("hmr", bb, "aux"))
@@ -344,4 +352,5 @@ def write_standin_weights(root: str | os.PathLike, backbones=("resnet18", "resne
 
 __all__ = ["CheckpointError", "read_checkpoint", "load_metahmr_checkpoint", "load_metahmr_state",
            "load_aux_weights",
-           "load_backbone_weights", "write_standin_weights"]
+           "load_backbone_weights", "write_standin_weights", "resnet_aux_file",
+           "resnet_backbone_file"]

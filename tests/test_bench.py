@@ -91,3 +91,14 @@ def test_synthetic_study_end_to_end_at_toy_size(tmp_path):
             assert zero[(d, m, "sample")] == pytest.approx(zero[(d, m, "batch")])
     for name in ("synthetic_study.png", "synthetic_study.md"):
         assert (docs / name).stat().st_size > 1000
+    # the markdown tables show the JSON's curves (0, 1, 2 updates) of every test set
+    md = (docs / "synthetic_study.md").read_text().replace("**", "")
+    for d in ("3dpw", "h36m-p2"):
+        section = md.split(f"## Synthetic {d} ")[1].split("## ")[0]
+        for metric in ("MPJPE", "PA-MPJPE"):
+            for m in ("plain", "meta"):
+                for mode in ("sample", "batch"):
+                    curve = sorted((r["updates"], r[metric]) for r in rows
+                                   if (r["dataset"], r["model"], r["mode"]) == (d, m, mode))
+                    cells = " | ".join(f"{v:.1f}" for _, v in curve)
+                    assert f"| {metric} | {m} | {mode} | {cells} |" in section
