@@ -208,10 +208,15 @@ def load_metahmr_state(ckpt: object, path, model: nn.Module,
     """
     from .checkpoint_kind import describe
     what = describe(ckpt)
-    if what is not None:
+    if what is not None and model_aux is not None:
         raise CheckpointError(f"{path}: {what}")
-    _load_strict(model, _strip_prefix(_entry(ckpt, "model", path), "module."), path,
-                 "['model'] (main network)")
+    try:   # the main network alone: any file whose 'model' fits it strictly
+        _load_strict(model, _strip_prefix(_entry(ckpt, "model", path), "module."), path,
+                     "['model'] (main network)")
+    except CheckpointError as e:
+        if what is not None:
+            raise CheckpointError(f"{e}. Note: {what}") from None
+        raise
     if model_aux is not None:
         _load_strict(model_aux, _strip_prefix(_entry(ckpt, "model_aux", path), "module."), path,
                      "['model_aux'] (aux network)")
