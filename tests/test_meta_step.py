@@ -136,7 +136,7 @@ def test_accumulated_per_sample_inner_steps_match_per_sample_autograd(setup, dro
     moved = functional_call(model, dict(model.head_params()), (), {
         "features": feats, "bbox_info": batch["bbox_info"]}) if not dropout else None
     if moved is not None:
-        assert float((moved[2] - ours[2]).abs().max()) > 1e-5   # the steps did change the head
+        assert float((moved[2] - ours[2]).detach().abs().max()) > 1e-5   # the head did change
 
 
 @pytest.mark.parametrize("first_order,aux_mode,train_mode", [
@@ -162,7 +162,7 @@ def test_hmr_training_run(synthetic_root, tmp_path):
     tr = Trainer(parse_train([
         "--name", "hmr", "--log_dir", str(tmp_path), "--data_root", str(synthetic_root),
         "--model", "hmr", "--backbone", "resnet18", "--bbox_type", "square", "--crop_scale",
-        "0.5", "--batch_size", "4", "--num_workers", "0", "--max_steps", "12",
+        "0.25", "--batch_size", "4", "--num_workers", "0", "--max_steps", "8",
         "--outer_lr", "1e-4", "--first_order", "--no_pretrained_backbone", "--device", "cpu",
         "--test_epochs", "1000", "--save_epochs", "1000"]))
     assert tr.run_step.camera.kind == "hmr" and not tr.model.use_bbox_info
@@ -179,5 +179,5 @@ def test_hmr_training_run(synthetic_root, tmp_path):
 
     before = fixed_loss()
     tr.train()
-    assert len(tr.history) == 12 and all(torch.isfinite(x) for x in tr.history)
+    assert len(tr.history) == 8 and all(torch.isfinite(x) for x in tr.history)
     assert fixed_loss() < before

@@ -56,7 +56,7 @@ def _fixed_batch_loss(tr, batch) -> float:
 
 def test_training_lowers_loss(synthetic_root, tmp_path, device):
     tr = _trainer(synthetic_root, tmp_path, device, "--max_steps", "16", "--outer_lr", "3e-5",
-                  "--first_order", "--batch_size", "4")
+                  "--first_order", "--batch_size", "4", "--crop_scale", "0.5")
     batch = _first_batch(tr)
     before = _fixed_batch_loss(tr, batch)
     tr.train()
