@@ -76,7 +76,7 @@ from datasets.synthetic_sets import write_dataset
 from datasets.synthetic_specs import DATASET_SPECS, expected_keys
 from utils.jsonio import dumps as strict_dumps
 
-__all__ = ["build_world", "DEFAULT_SIZES", "TINY_SIZES", "DEFAULT_IMG_SIZE", "TINY_IMG_SIZE",
+__all__ = ["build_world", "write_body_files", "DEFAULT_SIZES", "TINY_SIZES", "DEFAULT_IMG_SIZE", "TINY_IMG_SIZE",
            "GENERATOR_VERSION", "DATASET_SPECS", "expected_keys", "mean_pose", "main"]
 
 GENERATOR_VERSION = 1
@@ -94,18 +94,26 @@ DEFAULT_SIZES = {
 TINY_SIZES = {k: 4 for k in DEFAULT_SIZES}
 
 
-def _write_static(paths: DataPaths, seed: int, log) -> None:
-    """Body models, regressors, mean parameters and occluders."""
+def write_body_files(paths: DataPaths, genders=("neutral", "male", "female")) -> None:
+    """The body model of each of ``genders`` (``data/smpl/SMPL_<GENDER>.pkl``), the regressors
+    ``data/J_regressor_{extra,h36m}.npy`` and ``data/smpl_mean_params.npz``: all the files that
+    :class:`models.smpl.SMPL` and the networks' mean parameters read (the benchmarks write only
+    the neutral model's). Each file is written atomically (a concurrent writer never leaves a
+    half-written file)."""
     from datasets import synthetic_body as sb
-    t0 = time.time()
-    models = sb.write_body_models(paths.smpl_dir)
+    models = sb.write_body_models(paths.smpl_dir, genders)
     extra, h36m = sb.extra_regressors(models["neutral"])
     _save_npy(paths.data_dir / "J_regressor_extra.npy", extra)
     _save_npy(paths.data_dir / "J_regressor_h36m.npy", h36m)
-    mp = sb.mean_params(mean_pose())
-    tmp = paths.data_dir / "smpl_mean_params.tmp.npz"
-    np.savez(tmp, **mp)
+    tmp = paths.data_dir / f"smpl_mean_params.tmp{os.getpid()}.npz"
+    np.savez(tmp, **sb.mean_params(mean_pose()))
     os.replace(tmp, paths.data_dir / "smpl_mean_params.npz")
+
+
+def _write_static(paths: DataPaths, seed: int, log) -> None:
+    """Body models, regressors, mean parameters and occluders."""
+    t0 = time.time()
+    write_body_files(paths)
     occ = occluder_patches(np.random.default_rng([seed, 7]))
     _save_npy(paths.data_dir / "VOC" / "pascal_occluders.npy", occ, allow_pickle=True)
     if log:
@@ -114,7 +122,7 @@ def _write_static(paths: DataPaths, seed: int, log) -> None:
 
 def _save_npy(path: Path, arr: np.ndarray, allow_pickle: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npy")
+    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npy")
     np.save(tmp, arr, allow_pickle=allow_pickle)
     os.replace(tmp, path)
 

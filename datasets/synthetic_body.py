@@ -250,15 +250,17 @@ def build_body_model(gender: str = "neutral") -> BodyModel:
                      landmarks=chosen)
 
 
-def write_body_models(smpl_dir: str | os.PathLike) -> dict[str, BodyModel]:
-    """Write ``SMPL_{NEUTRAL,MALE,FEMALE}.pkl`` under ``smpl_dir``; returns the models."""
+def write_body_models(smpl_dir: str | os.PathLike,
+                      genders=("neutral", "male", "female")) -> dict[str, BodyModel]:
+    """Write ``SMPL_<GENDER>.pkl`` of each of ``genders`` under ``smpl_dir``; returns the
+    models."""
     smpl_dir = Path(smpl_dir)
     smpl_dir.mkdir(parents=True, exist_ok=True)
     out = {}
-    for gender in ("neutral", "male", "female"):
+    for gender in genders:
         model = build_body_model(gender)
         path = smpl_dir / f"SMPL_{gender.upper()}.pkl"
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         with open(tmp, "wb") as fh:
             pickle.dump(model.data, fh, protocol=2)
         os.replace(tmp, path)

@@ -3,7 +3,9 @@
 Every option the seed README uses keeps its name, meaning and default; leftovers that nothing
 reads are dropped and unknown options are an error. Every option has a type and a help line.
 Each argument group is declared by one function (``_run_options``, ``_meta_options``, ...,
-:func:`add_common` for the groups every script shares), called in the order ``--help`` shows.
+:func:`add_common` for the groups every script shares), called in the order ``--help`` shows;
+the options the benchmarks share are declared by their own functions (``add_device``,
+``add_model_options``, ``add_bbox_type``, ...).
 Range checks: :mod:`utils.option_checks`.
 """
 from __future__ import annotations
@@ -40,7 +42,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     """The groups every script shares: data and device, model, test-time optimisation, loss
     weights."""
     _data_device_options(p.add_argument_group("data and device"))
-    _model_options(p.add_argument_group("model"))
+    add_model_options(p.add_argument_group("model"))
     _tto_options(p.add_argument_group("test-time optimisation"))
     _loss_weight_options(p.add_argument_group("loss weights"))
 
@@ -53,16 +55,14 @@ def _data_device_options(g) -> None:
                         "default <data_root>/datasets")
     g.add_argument("--synthetic", action="store_true",
                    help="use the synthetic stand-in world in data/synthetic (built when missing)")
-    g.add_argument("--device", type=str, default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto = cuda when available")
-    g.add_argument("--amp", type=str, default="off", choices=("off", "bf16", "fp16"),
-                   help="mixed precision on CUDA")
+    add_device(g)
+    add_amp(g)
     g.add_argument("--memory_format", type=str, default="auto",
                    choices=("auto", "channels_last", "contiguous"),
                    help="layout of the networks' convolution weights: auto = channels_last on "
                         "the CPU (about 1.3x faster there), contiguous on CUDA; the values and "
                         "the checkpoints are the same either way")
-    g.add_argument("--seed", type=int, default=2023, help="seed of python, numpy, torch, data order")
+    add_seed(g)
     g.add_argument("--skip_bad_images", action="store_true",
                    help="skip unreadable images (counted and reported) instead of failing; "
                         "evaluation leaves them out of the metrics and lists them")
@@ -71,7 +71,31 @@ def _data_device_options(g) -> None:
                         "METAHMR_DEBUG=1)")
 
 
-def _model_options(g) -> None:
+def add_device(g) -> None:
+    """``--device`` (also the benchmarks')."""
+    g.add_argument("--device", type=str, default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto = cuda when available")
+
+
+def add_amp(g) -> None:
+    """``--amp`` (also ``bench/train_step.py``'s)."""
+    g.add_argument("--amp", type=str, default="off", choices=("off", "bf16", "fp16"),
+                   help="mixed precision on CUDA")
+
+
+def add_seed(g) -> None:
+    """``--seed`` (also the benchmarks', with their own default)."""
+    g.add_argument("--seed", type=int, default=2023, help="seed of python, numpy, torch, data order")
+
+
+def add_bbox_type(g, default: str | None = "square", note: str = "") -> None:
+    """``--bbox_type`` (training: square; evaluation: the checkpoint's; benchmarks: rect)."""
+    g.add_argument("--bbox_type", type=str, default=default, choices=("square", "rect"),
+                   help="square 224x224 or rect 256x192 crops" + note)
+
+
+def add_model_options(g) -> None:
+    """``--model`` and ``--backbone`` (also the benchmarks')."""
     g.add_argument("--model", type=str, default="cliff", choices=("cliff", "hmr"),
                    help="regressor family: cliff (bbox input, full-image camera) or hmr")
     g.add_argument("--backbone", type=str, default="resnet", choices=BACKBONES,
@@ -82,14 +106,7 @@ def _tto_options(g) -> None:
     g.add_argument("--tto_mode", type=str, default="sample", choices=("sample", "batch"),
                    help="sample: adapt every sample on its own (paper); batch: one adapted copy "
                         "per batch (released code; needed to reproduce its published numbers)")
-    g.add_argument("--tto_chunk", type=int, default=0,
-                   help="sample mode: samples adapted together under vmap; 0 = auto (whole batch "
-                        "on CUDA, one at a time on the CPU, where a loop is faster), "
-                        "1 = one at a time (least memory)")
-    g.add_argument("--tto_workers", type=int, default=0,
-                   help="sample mode: chunks adapted concurrently in this many threads of one "
-                        "intra-op thread each; 0 = auto (the torch thread count on the CPU, 1 on "
-                        "CUDA); each worker holds its own adapted weights and Adam state")
+    add_tto_parallel(g)
     g.add_argument("--inner_lr", type=float, default=1e-5,
                    help="SGD step of the head fast weights (training inner step and TTO step 0)")
     g.add_argument("--use_openpose2d", action="store_true",
@@ -101,6 +118,18 @@ def _tto_options(g) -> None:
                    help="TTO steps >= 1: head-only SGD of after_innerlr instead of Adam on all weights")
     g.add_argument("--no_inner_step", action="store_true",
                    help="TTO: skip the step-0 head SGD step (every step is 2D-loss Adam)")
+
+
+def add_tto_parallel(g) -> None:
+    """``--tto_chunk`` and ``--tto_workers`` (also ``bench/tto.py``'s)."""
+    g.add_argument("--tto_chunk", type=int, default=0,
+                   help="sample mode: samples adapted together under vmap; 0 = auto (whole batch "
+                        "on CUDA, one at a time on the CPU, where a loop is faster), "
+                        "1 = one at a time (least memory)")
+    g.add_argument("--tto_workers", type=int, default=0,
+                   help="sample mode: chunks adapted concurrently in this many threads of one "
+                        "intra-op thread each; 0 = auto (the torch thread count on the CPU, 1 on "
+                        "CUDA); each worker holds its own adapted weights and Adam state")
 
 
 def _loss_weight_options(g) -> None:
@@ -176,8 +205,7 @@ def _data_options(g) -> None:
     """Training data: occluders, crops, augmentation, the mixture."""
     g.add_argument("--syn_occ", action="store_true",
                    help="paste Pascal VOC occluders on H36M and MPI-INF-3DHP training crops")
-    g.add_argument("--bbox_type", type=str, default="square", choices=("square", "rect"),
-                   help="square 224x224 or rect 256x192 crops")
+    add_bbox_type(g)
     add_crop_scale(g)
     g.add_argument("--ALB", action="store_true", help="photometric augmentation of the full image")
     g.add_argument("--train_3dpw", action="store_true",
@@ -258,9 +286,7 @@ def eval_parser(model: str) -> argparse.ArgumentParser:
     g.add_argument("--viz_max", type=int, default=0,
                    help="render at most N samples (0 = first sample of every batch, -1 = all)")
     g.add_argument("--save_obj", action="store_true", help="with --viz, also export meshes (.obj)")
-    g.add_argument("--bbox_type", type=str, default=None, choices=("square", "rect"),
-                   help="square 224x224 or rect 256x192 crops (default: the checkpoint's, "
-                        "else rect)")
+    add_bbox_type(g, None, " (default: the checkpoint's, else rect)")
     add_crop_scale(g, from_checkpoint=True)
     g.add_argument("--test_val_step", type=int, default=7 if model == "cliff" else 14,
                    help="extra test-time steps after step 0")
