@@ -8,17 +8,19 @@ its cost is that of the real SMPL (6890 vertices, 24 joints), which is all a tim
 BatchNorm statistics are set from the synthetic batch (:func:`calibrate_batchnorm`) so that
 random networks in eval mode stay finite.
 
-Each mode is measured in a fresh child process (the script re-runs itself with ``--_child MODE``)
-so that its peak memory is its own: the peak of one mode never hides the next one's, and the
-allocator starts empty every time.
+Each mode is measured in a fresh child process (the script re-runs itself with ``--_child`` and
+the parent's parsed options as JSON) so that its peak memory is its own: the peak of one mode
+never hides the next one's, and the allocator starts empty every time.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import re
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -32,7 +34,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from utils.runtime import place, select_device  # noqa: E402,F401  (select_device: for the scripts)
+from utils import options as project_options  # noqa: E402
+from utils.runtime import compile_backbone, place, select_device  # noqa: E402,F401 (scripts)
 from utils.jsonio import dumps as strict_dumps  # noqa: E402
 CHILD_MARK = "@@BENCH_RESULT@@ "     # prefix of the child's result line on stdout
 
@@ -133,7 +136,9 @@ def body_model_root(root: str | os.PathLike | None = None) -> Path:
     ``data/smpl_mean_params.npz``.
 
     ``root`` given: used as is (e.g. the real data root, to time the real SMPL). Otherwise the
-    synthetic world's stand-ins are written into :func:`cache_root` the first time.
+    synthetic world's neutral model, regressors and mean parameters
+    (``datasets.synthetic.write_body_files``, about 2 s) are written into :func:`cache_root`
+    the first time.
     """
     if root is not None:
         return Path(root)
@@ -147,53 +152,34 @@ def body_model_root(root: str | os.PathLike | None = None) -> Path:
         return root
     except MissingFileError:
         pass
-    write_standin_body_model(root)
+    print(f"writing the synthetic body model into {paths.data_dir} (once)", file=sys.stderr)
+    from datasets.synthetic import write_body_files
+    write_body_files(paths, genders=("neutral",))
     return root
 
 
-def write_standin_body_model(root: str | os.PathLike) -> None:
-    """Write the synthetic world's neutral body model (SMPL pickle format, plain numpy), its
-    ``J_regressor_extra`` [9, 6890] and SPIN-format mean parameters (the world's upright mean
-    pose, zero shape, camera (0.9, 0, 0)) under ``root/data``: the same files as
-    ``datasets.synthetic.build_world`` writes, about 2 s, nothing else of the world."""
-    import pickle
+def setup(args, o: argparse.Namespace, device: torch.device, compile_aux: bool = True):
+    """(main, aux, smpl, batch) for the options ``o`` of one mode: random-weight networks
+    (seeded by ``--seed``, placed as the scripts place them) with the mean parameters of
+    :func:`body_model_root` (``--smpl_root``), its neutral SMPL, a synthetic batch of
+    ``--batch_size`` at ``o``'s crop, every BatchNorm calibrated on it. ``--compile``: the
+    backbones compiled (the aux one too unless ``compile_aux`` is False)."""
     from config import DataPaths
-    from datasets import synthetic, synthetic_body
-    paths = DataPaths(Path(root))
-    print(f"writing the synthetic body model into {paths.data_dir} (once)", file=sys.stderr)
-    model = synthetic_body.build_body_model("neutral")
-    extra, _ = synthetic_body.extra_regressors(model)
-    mean = synthetic_body.mean_params(synthetic.mean_pose())
-    paths.smpl_dir.mkdir(parents=True, exist_ok=True)
-    files = ((paths.data_dir / "J_regressor_extra.npy", lambda fh: np.save(fh, extra)),
-             (paths.data_dir / "smpl_mean_params.npz", lambda fh: np.savez(fh, **mean)),
-             (paths.smpl_dir / "SMPL_NEUTRAL.pkl",
-              lambda fh: pickle.dump(model.data, fh, protocol=2)))
-    for path, write in files:
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)            # atomic: a concurrent run never reads half a file
-
-
-def build_body_model(device: torch.device, root: str | os.PathLike | None = None):
-    """The neutral SMPL of :func:`body_model_root`, on ``device``."""
-    from config import DataPaths
-    from models.smpl import build_smpl
-    return build_smpl(DataPaths(body_model_root(root)), "neutral").to(device)
-
-
-def build_networks(model: str, backbone: str, bbox_type: str, device: torch.device,
-                   seed: int, root: str | os.PathLike | None = None):
-    """Main and aux networks with random weights (seeded) and the mean parameters of
-    :func:`body_model_root`, on ``device``."""
-    from config import DataPaths
+    from constants import crop_size
     from models import build_model
-    mean = DataPaths(body_model_root(root)).smpl_mean_params()
-    torch.manual_seed(seed)
-    main = build_model(model, backbone, "main", bbox_type, mean)
-    aux = build_model(model, backbone, "aux", bbox_type, mean)
-    return place(main, device), place(aux, device)     # as the scripts: --memory_format auto
+    from models.smpl import build_smpl
+    paths = DataPaths(body_model_root(args.smpl_root))
+    mean = paths.smpl_mean_params()
+    torch.manual_seed(args.seed)
+    nets = [place(build_model(o.model, o.backbone, role, o.bbox_type, mean), device)
+            for role in ("main", "aux")]
+    for net in nets[:(2 if compile_aux else 1) if args.compile else 0]:
+        compile_backbone(net)
+    smpl = build_smpl(paths, "neutral").to(device)
+    batch = synthetic_batch(args.batch_size, crop_size(o.bbox_type), device, args.seed)
+    for net in nets:
+        calibrate_batchnorm(net, batch)
+    return nets[0], nets[1], smpl, batch
 
 
 @torch.no_grad()
@@ -307,16 +293,35 @@ def summarize(times: Sequence[float]) -> dict:
             "min": min(times), "max": max(times), "n": len(times)}
 
 
+def measure(fn: Callable[[], object], args, device: torch.device, unit: str) -> dict:
+    """Time ``--iters`` calls of ``fn`` after ``--warmup`` under :class:`PeakMemory`: wall and
+    CPU seconds per ``unit`` (medians, and every call's), mean / min / max, peak memory."""
+    with PeakMemory(device) as mem:
+        times, cpu_times = time_iterations(fn, args.iters, args.warmup, device)
+    t = summarize(times)
+    return {f"s_per_{unit}": t["median"], f"cpu_s_per_{unit}": summarize(cpu_times)["median"],
+            "peak_mb": mem.peak_mb, "peak_total_mb": mem.total_mb, "times_s": times,
+            "cpu_times_s": cpu_times, "mean_s": t["mean"], "min_s": t["min"], "max_s": t["max"],
+            "memory_method": mem.method}
+
+
+def add_ratios(modes: dict, base: str, unit: str, time_key: str) -> None:
+    """Each mode's time (``time_key``), CPU time and peak memory over mode ``base``'s (None
+    where ``base`` was not measured or its figure is 0)."""
+    b = modes.get(base)
+    for r in modes.values():
+        for key, fig in ((time_key, f"s_per_{unit}"), (f"cpu_ratio_to_{base}", f"cpu_s_per_{unit}"),
+                         (f"peak_ratio_to_{base}", "peak_mb")):
+            r[key] = r[fig] / b[fig] if b and b[fig] > 0 else None
+
+
 # ------------------------------------------------------------------------------------------------
 # one child process per mode
-def child_result(result: dict) -> None:
-    """Child side: hand the mode's figures to the parent (one marked line on stdout)."""
-    print(CHILD_MARK + strict_dumps(result), flush=True)
-
-
-def run_child(script: str | os.PathLike, mode: str, argv: Sequence[str]) -> dict:
-    """Parent side: run ``script --_child mode argv...`` in a fresh interpreter; its figures."""
-    cmd = [sys.executable, str(script), *argv, "--_child", mode]
+def run_child(script: str | os.PathLike, mode: str, args: argparse.Namespace) -> dict:
+    """Parent side: run ``script --_child JSON`` in a fresh interpreter, JSON = the mode and the
+    parent's parsed options; the figures the child printed (:func:`bench_main`)."""
+    cmd = [sys.executable, str(script), "--_child",
+           strict_dumps({"mode": mode, "options": vars(args)})]
     proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(CHILD_MARK)]
     other = [ln for ln in proc.stdout.splitlines() if not ln.startswith(CHILD_MARK)]
@@ -324,12 +329,21 @@ def run_child(script: str | os.PathLike, mode: str, argv: Sequence[str]) -> dict
         print("\n".join(other))
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"mode {mode!r} failed (exit code {proc.returncode}); its traceback is "
-                           f"above. Command: {' '.join(cmd)}")
+                           f"above. Command: {shlex.join(cmd)}")
     return json.loads(lines[-1][len(CHILD_MARK):])
 
 
 # ------------------------------------------------------------------------------------------------
 # output
+def print_header(what: str, settings: str, res: dict, unit: str = "iters") -> None:
+    """The line above a table: what was timed, its settings, the machine."""
+    c, m = res["config"], res["machine"]
+    print(f"\n{what}, {c['model']}/{c['backbone']}, batch {c['batch_size']}, crop "
+          f"{c['crop_hw'][0]}x{c['crop_hw'][1]}, {settings}, {c['iters']} {unit} after "
+          f"{c['warmup']} warm-up; {m['device']} ({m.get('gpu', m['cpu'])}), "
+          f"{m['torch_threads']} threads, torch {m['torch']}")
+
+
 def print_table(title: str | None, columns: Sequence[tuple[str, str, str]],
                 rows: dict[str, dict]) -> None:
     """Print ``rows`` {name: figures} as a table; columns: (key, header, format spec)."""
@@ -353,28 +367,26 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     print(f"wrote {p}")
 
 
+# ------------------------------------------------------------------------------------------------
+# options and the entry point
 def network_parser(doc: str, batch_size: int, batch_help: str, modes, iters: int,
-                   warmup: int):
-    """Argument parser with the options every benchmark shares (network, batch, crop, device,
-    timing, modes, output). ``modes``: the script's mode names (all measured by default)."""
-    import argparse
+                   warmup: int) -> argparse.ArgumentParser:
+    """Argument parser with the options every benchmark shares: the network, crop, device and
+    seed options of ``utils.options`` (default seed 0, crop rect), batch, timing, modes,
+    output. ``modes``: the script's mode names (all measured by default)."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="cliff", choices=("cliff", "hmr"),
-                   help="regressor family: cliff (bbox input, full-image camera) or hmr")
-    p.add_argument("--backbone", default="resnet", choices=("resnet", "hrnet", "resnet18"),
-                   help="resnet (ResNet-50), hrnet (HRNet-W48; aux: cls-HRNet-W48) or resnet18")
+    project_options.add_model_options(p)
+    project_options.add_bbox_type(p, "rect", " (rect: the README's)")
+    project_options.add_device(p)
+    project_options.add_seed(p)
+    p.set_defaults(seed=0)
     p.add_argument("--batch_size", type=int, default=batch_size, help=batch_help)
-    p.add_argument("--bbox_type", default="rect", choices=("rect", "square"),
-                   help="crop size: rect 256x192 (the README's) or square 224x224")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto = cuda when available")
     p.add_argument("--iters", type=int, default=iters, help="timed calls per mode")
     p.add_argument("--warmup", type=int, default=warmup, help="untimed calls before timing")
     p.add_argument("--modes", default=",".join(modes),
                    help=f"comma-separated subset of {','.join(modes)}")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the backbones (utils.runtime.compile_backbone); the "
                         "warm-up calls absorb the compilation")
@@ -390,9 +402,8 @@ def network_parser(doc: str, batch_size: int, batch_help: str, modes, iters: int
     return p
 
 
-def parse_bench_args(p, argv, modes):
-    """Parse and check the shared options; ``args.mode_list`` = the modes to measure and
-    ``args.child_argv`` = the options a child process gets (all but the parent's own)."""
+def parse_bench_args(p: argparse.ArgumentParser, argv, modes) -> argparse.Namespace:
+    """Parse and check the shared options; ``args.mode_list`` = the modes to measure."""
     args = p.parse_args(argv)
     args.mode_list = [m for m in args.modes.split(",") if m]
     bad = [m for m in args.mode_list if m not in modes]
@@ -402,38 +413,32 @@ def parse_bench_args(p, argv, modes):
         p.error("--model hmr has no HRNet variant (choose --backbone resnet or resnet18)")
     if args.iters < 1 or args.warmup < 0 or args.batch_size < 1:
         p.error("--iters and --batch_size must be >= 1, --warmup >= 0")
-    parent_only = {"help", "_child", "json", "modes", "in_process"}
-    args.child_argv = []
-    for action in p._actions:
-        value = getattr(args, action.dest, None)
-        if action.dest in parent_only or value is None or value is False:
-            continue
-        args.child_argv += ([action.option_strings[-1]] if value is True
-                            else [action.option_strings[-1], str(value)])
     return args
 
 
 def measure_modes(args, script: str, measure_mode: Callable) -> dict:
     """Measure every mode of ``args.mode_list``: each in a fresh child process (honest peak
     memory), or in this process with ``--in_process``."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     body_model_root(args.smpl_root)        # written once, before the children start
     modes = {}
     for mode in args.mode_list:
         print(f"measuring {mode} ...", file=sys.stderr, flush=True)
         modes[mode] = (measure_mode(args, mode) if args.in_process
-                       else run_child(script, mode, args.child_argv))
+                       else run_child(script, mode, args))
     return modes
 
 
 def bench_main(args, measure_mode: Callable, run: Callable, report: Callable) -> int:
-    """Shared entry of the benchmark scripts: a child measures one mode, the parent runs all
-    modes (one child each), prints the table and writes ``--json``."""
-    if args._child:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        child_result(measure_mode(args, args._child))
+    """Shared entry of the benchmark scripts: a child (``--_child``) measures one mode with the
+    parent's options and prints its figures on one marked line; the parent runs all modes
+    (one child each), prints the table and writes ``--json``."""
+    child = json.loads(args._child) if args._child else None
+    if child:
+        args = argparse.Namespace(**child["options"])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if child:
+        print(CHILD_MARK + strict_dumps(measure_mode(args, child["mode"])), flush=True)
         return 0
     res = run(args)
     report(res)

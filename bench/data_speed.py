@@ -25,24 +25,28 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from bench.common import print_table, write_json  # noqa: E402
 from config import SYNTHETIC_ROOT, DataPaths, MissingFileError  # noqa: E402
 from datasets import BaseDataset  # noqa: E402
-from utils.jsonio import dumps as strict_dumps  # noqa: E402
+from utils import options as project_options  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data_root", default=SYNTHETIC_ROOT, help="data layout root")
-    p.add_argument("--img_root", default=None, help="image folders root (default <root>/datasets)")
-    p.add_argument("--dataset", default="h36m", help="training dataset name")
-    p.add_argument("--bbox_type", default="rect", choices=("rect", "square"))
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data_root", type=str, default=SYNTHETIC_ROOT, help="data layout root")
+    p.add_argument("--img_root", type=str, default=None,
+                   help="image folders root (default <root>/datasets)")
+    p.add_argument("--dataset", type=str, default="h36m", help="training dataset name")
+    project_options.add_bbox_type(p, "rect")
     p.add_argument("--no_syn_occ", action="store_true", help="switch synthetic occlusion off")
     p.add_argument("--ALB", action="store_true", help="photometric augmentation on")
     p.add_argument("--n", type=int, default=300, help="samples per measurement")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--batch_size", type=int, default=16, help="DataLoader batch size")
+    project_options.add_seed(p)
+    p.set_defaults(seed=0)
+    p.add_argument("--json", type=str, default=None, help="also write the figures to this file")
     return p.parse_args(argv)
 
 
@@ -56,10 +60,9 @@ def _time(fn, n: int, warmup: int = 5) -> float:
 
 
 def measure(args) -> dict:
-    options = argparse.Namespace(
-        data_root=args.data_root, img_root=args.img_root, bbox_type=args.bbox_type,
-        syn_occ=not args.no_syn_occ, ALB=args.ALB, rot_factor=30.0, noise_factor=0.4,
-        scale_factor=0.25, ignore_3d=False, skip_bad_images=False)
+    options = project_options.train_parser().parse_args([])   # train.py's augmentation
+    vars(options).update(data_root=args.data_root, img_root=args.img_root,
+                         bbox_type=args.bbox_type, syn_occ=not args.no_syn_occ, ALB=args.ALB)
     t0 = time.perf_counter()
     ds = BaseDataset(options, args.dataset, is_train=True, paths=DataPaths.from_options(options))
     init_s = time.perf_counter() - t0
@@ -107,12 +110,10 @@ def main(argv=None) -> int:
           f"images {res['image_size'][0]}x{res['image_size'][1]}, crop "
           f"{res['crop'][1]}x{res['crop'][2]}, syn_occ={res['syn_occ']}, ALB={res['ALB']}, "
           f"init {res['init_s']:.2f} s, {res['machine']['cpus']} CPUs")
-    print(f"{'mode':<28}{'samples/s':>12}{'ms/sample':>12}")
-    for name, r in res["modes"].items():
-        print(f"{name:<28}{r['samples_per_s']:>12.1f}{r['ms_per_sample']:>12.2f}")
+    print_table(None, [("samples_per_s", "samples/s", ".1f"),
+                       ("ms_per_sample", "ms/sample", ".2f")], res["modes"])
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(strict_dumps(res, indent=2))
+        write_json(args.json, res)
     return 0
 
 

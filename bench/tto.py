@@ -28,21 +28,19 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
+from utils import options as project_options  # noqa: E402
 
 MODES = ("batch", "sample")
 README_TTO = ["--inner_lr", "1e-5", "--after_innerlr", "1e-5", "--inner_step", "1"]
+# the options of eval_cliff.py / eval_hmr.py this benchmark sets from its own command line
+EVAL_KEYS = ("backbone", "batch_size", "bbox_type", "device", "seed", "tto_chunk", "tto_workers",
+             "test_val_step", "adapt_val_step")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = common.network_parser(__doc__, batch_size=20, batch_help="evaluation (TTO) batch size",
                               modes=MODES, iters=3, warmup=1)
-    p.add_argument("--tto_chunk", type=int, default=0,
-                   help="sample mode: samples adapted together under vmap; 0 = auto "
-                        "(test_time_optimize's choice: the whole batch on CUDA, one at a time "
-                        "on the CPU), 1 = a loop over samples")
-    p.add_argument("--tto_workers", type=int, default=0,
-                   help="sample mode: chunks adapted concurrently in CPU threads; 0 = auto "
-                        "(one per torch thread on the CPU), 1 = one after the other")
+    project_options.add_tto_parallel(p)
     p.add_argument("--test_val_step", type=int, default=14, help="Adam steps after step 0")
     p.add_argument("--adapt_val_step", action="store_true",
                    help="early stop at |loss change| < 2e-5 (off here: all steps run)")
@@ -55,57 +53,38 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def eval_options(args, mode: str) -> argparse.Namespace:
-    """The evaluation options of one mode, through the real eval parser."""
-    from utils.options import eval_parser, fill_checkpoint_defaults, resolve
-    argv = ["--backbone", args.backbone, "--batch_size", str(args.batch_size),
-            "--bbox_type", args.bbox_type, "--device", args.device, *README_TTO,
-            "--test_val_step", str(args.test_val_step), "--tto_mode", mode,
-            "--tto_chunk", str(args.tto_chunk), "--tto_workers", str(args.tto_workers),
-            "--seed", str(args.seed)]
-    if args.adapt_val_step:
-        argv.append("--adapt_val_step")
-    return resolve(fill_checkpoint_defaults(eval_parser(args.model).parse_args(argv)))
+    """The evaluation options of one mode: the eval script's defaults, the README's TTO rates,
+    the mode, then this benchmark's network, batch, device, seed and TTO settings."""
+    o = project_options.eval_parser(args.model).parse_args([*README_TTO, "--tto_mode", mode])
+    vars(o).update({k: getattr(args, k) for k in EVAL_KEYS})
+    return project_options.resolve(project_options.fill_checkpoint_defaults(o))
 
 
 def measure_mode(args, mode: str) -> dict:
-    """Build networks, SMPL and a batch; time ``test_time_optimize`` in this process."""
-    from constants import crop_size
+    """Build networks, SMPL and a batch; time ``test_time_optimize`` in this process (with
+    ``--compile``: the main backbone, whose weights TTO swaps every step)."""
     from train.tto import TTOConfig, test_time_optimize
     from utils.camera import Camera
     device = common.select_device(args.device)
     o = eval_options(args, mode)
-    model, model_aux = common.build_networks(o.model, o.backbone, o.bbox_type, device,
-                                             args.seed, args.smpl_root)
-    if args.compile:   # the main backbone (TTO swaps its weights every step)
-        from utils.runtime import compile_backbone
-        compile_backbone(model)
+    model, model_aux, smpl, batch = common.setup(args, o, device, compile_aux=False)
     model.eval()
     model_aux.eval()
     model_aux.requires_grad_(False)           # as in evaluation
-    smpl = common.build_body_model(device, args.smpl_root)
     camera, cfg = Camera.from_options(o), TTOConfig.from_options(o)
-    batch = common.synthetic_batch(args.batch_size, crop_size(o.bbox_type), device, args.seed)
-    for net in (model, model_aux):
-        common.calibrate_batchnorm(net, batch)
     last = {}
 
     def one():
         last["res"] = test_time_optimize(model, model_aux, batch, smpl, camera, cfg)
 
-    with common.PeakMemory(device) as mem:
-        times, cpu_times = common.time_iterations(one, args.iters, args.warmup, device)
-    t = common.summarize(times)
+    r = common.measure(one, args, device, "batch")
     res = last["res"]
-    return {"images_per_s": args.batch_size / t["median"], "s_per_batch": t["median"],
-            "s_per_image": t["median"] / args.batch_size,
-            "peak_mb": mem.peak_mb, "peak_total_mb": mem.total_mb, "times_s": times,
-            "cpu_s_per_batch": common.summarize(cpu_times)["median"], "cpu_times_s": cpu_times,
-            "mean_s": t["mean"], "min_s": t["min"], "max_s": t["max"],
+    return {**r, "images_per_s": args.batch_size / r["s_per_batch"],
+            "s_per_image": r["s_per_batch"] / args.batch_size,
             "mean_steps": float(res.steps.float().mean()),
             "nonfinite": int(res.nonfinite.sum()),
             "loss_2d_before": float(res.loss_2d_before.float().mean()),
-            "loss_2d_after": float(res.loss_2d_after.float().mean()),
-            "memory_method": mem.method}
+            "loss_2d_after": float(res.loss_2d_after.float().mean())}
 
 
 def run(args) -> dict:
@@ -113,24 +92,16 @@ def run(args) -> dict:
     modes = common.measure_modes(args, __file__, measure_mode)
     ratios = {}
     if "batch" in modes and "sample" in modes:
-        b, s = modes["batch"], modes["sample"]
-        ratios = {"sample_over_batch_time": s["s_per_batch"] / b["s_per_batch"],
-                  "sample_over_batch_peak_mb": (s["peak_mb"] / b["peak_mb"]
-                                                if b["peak_mb"] > 0 else None)}
-        for r in modes.values():
-            r["time_ratio_to_batch"] = r["s_per_batch"] / b["s_per_batch"]
-            r["cpu_ratio_to_batch"] = (r["cpu_s_per_batch"] / b["cpu_s_per_batch"]
-                                       if b["cpu_s_per_batch"] > 0 else None)
-            r["peak_ratio_to_batch"] = r["peak_mb"] / b["peak_mb"] if b["peak_mb"] > 0 else None
+        common.add_ratios(modes, "batch", "batch", "time_ratio_to_batch")
+        s = modes["sample"]
+        ratios = {"sample_over_batch_time": s["time_ratio_to_batch"],
+                  "sample_over_batch_peak_mb": s["peak_ratio_to_batch"]}
     from constants import crop_size
-    h, w = crop_size(args.bbox_type)
-    config = {"model": args.model, "backbone": args.backbone, "batch_size": args.batch_size,
-              "bbox_type": args.bbox_type, "crop_hw": [h, w], "tto_chunk": args.tto_chunk,
-              "tto_workers": args.tto_workers,
+    config = {**{k: getattr(args, k) for k in EVAL_KEYS if k != "device"},
+              "model": args.model, "crop_hw": list(crop_size(args.bbox_type)),
               "tto_chunk_note": "0 = auto: whole batch on CUDA, 1 on the CPU (train/tto.py)",
-              "steps": f"1 + {args.test_val_step}", "test_val_step": args.test_val_step,
-              "adapt_val_step": args.adapt_val_step, "inner_lr": 1e-5, "after_innerlr": 1e-5,
-              "iters": args.iters, "warmup": args.warmup, "seed": args.seed,
+              "steps": f"1 + {args.test_val_step}", "inner_lr": 1e-5, "after_innerlr": 1e-5,
+              "iters": args.iters, "warmup": args.warmup,
               "isolated_processes": not args.in_process, "weights": "random",
               "inputs": "synthetic random batch",
               "body_model": "given root" if args.smpl_root else "synthetic stand-in (SMPL format)"}
@@ -139,17 +110,14 @@ def run(args) -> dict:
 
 
 def report(res: dict) -> None:
-    c, m = res["config"], res["machine"]
-    where = m.get("gpu", m["cpu"])
-    print(f"\ntest_time_optimize, {c['model']}/{c['backbone']}, batch {c['batch_size']}, crop "
-          f"{c['crop_hw'][0]}x{c['crop_hw'][1]}, steps {c['steps']}, adapt_val_step "
-          f"{'on' if c['adapt_val_step'] else 'off'}, tto_chunk {c['tto_chunk'] or '0 (auto)'}, "
-          f"tto_workers {c.get('tto_workers') or '0 (auto)'}, "
-          f"{c['iters']} batches after {c['warmup']} warm-up; {m['device']} ({where}), "
-          f"{m['torch_threads']} threads, torch {m['torch']}")
+    c = res["config"]
+    common.print_header("test_time_optimize", f"steps {c['steps']}, adapt_val_step "
+                        f"{'on' if c['adapt_val_step'] else 'off'}, tto_chunk "
+                        f"{c['tto_chunk'] or '0 (auto)'}, tto_workers "
+                        f"{c['tto_workers'] or '0 (auto)'}", res, unit="batches")
     cols = [("images_per_s", "img/s", ".2f"), ("s_per_batch", "s/batch", ".2f"),
             ("time_ratio_to_batch", "time x batch", ".2f")]
-    if m["device"] == "cpu":
+    if res["machine"]["device"] == "cpu":
         cols += [("cpu_s_per_batch", "CPU s/batch", ".2f"),
                  ("cpu_ratio_to_batch", "CPU x batch", ".2f")]
     cols += [("peak_mb", "peak MiB", ".0f"), ("peak_ratio_to_batch", "mem x batch", ".2f"),
