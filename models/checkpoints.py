@@ -32,6 +32,7 @@ import torch.nn as nn
 
 import config
 from config import require
+from utils.atomic import atomic_path
 from utils.errors import UserError
 
 from .regressor import Regressor, build_model
@@ -296,14 +297,8 @@ def resnet_backbone_file(net: Regressor) -> dict:
 
 
 def _save_atomic(obj: object, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
