@@ -3,7 +3,9 @@ printed and the JSON is strict. (The toy-size ``--quick`` run takes minutes: not
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,8 @@ STEPS = ["cuda_tests", "train_step_resnet_off", "train_step_resnet_bf16", "train
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU machine runs the real steps")
 def test_cuda_steps_are_skipped_without_a_gpu(tmp_path):
     r = subprocess.run(["bash", "bench/device_check.sh", "--out", str(tmp_path), "--compile"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+                       cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHON": sys.executable})   # this interpreter
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads((tmp_path / "device_check.json").read_text(),
                       parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
