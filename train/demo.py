@@ -141,7 +141,8 @@ def demo_parser() -> argparse.ArgumentParser:
                         "else rect)")
     add_crop_scale(g, from_checkpoint=True)
     g.add_argument("--test_val_step", type=int, default=14,
-                   help="extra test-time steps after step 0")
+                   help="extra test-time steps after step 0; -1: no test-time optimisation "
+                        "(the plain network)")
     g.add_argument("--after_innerlr", type=float, default=1e-5,
                    help="test-time Adam lr for steps >= 1")
     g.add_argument("--save_obj", action="store_true",
@@ -188,8 +189,9 @@ def resolve_demo(o: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit(f"error: --max_images must be >= 0, got {o.max_images}")
     if o.batch_size < 1:
         raise SystemExit(f"error: --batch_size must be >= 1, got {o.batch_size}")
-    if o.test_val_step < 0:
-        raise SystemExit(f"error: --test_val_step must be >= 0, got {o.test_val_step}")
+    if o.test_val_step < -1:
+        raise SystemExit(f"error: --test_val_step must be >= -1 (-1: no test-time "
+                         f"optimisation), got {o.test_val_step}")
     if o.focal_length is not None and not o.focal_length > 0:
         raise SystemExit(f"error: --focal_length must be positive, got {o.focal_length}")
     if o.min_keypoints < 2:

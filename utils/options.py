@@ -236,7 +236,8 @@ def _meta_options(g) -> None:
     g.add_argument("--after_innerlr", type=float, default=2e-7,
                    help="test-time Adam lr for steps >= 1 (in-training evaluation)")
     g.add_argument("--test_val_step", type=int, default=0,
-                   help="extra test-time steps after step 0 (in-training evaluation)")
+                   help="extra test-time steps after step 0 (in-training evaluation); -1: no "
+                        "test-time optimisation (the plain network)")
     g.add_argument("--max_nonfinite", type=int, default=5,
                    help="stop after this many consecutive non-finite losses")
 
@@ -289,7 +290,8 @@ def eval_parser(model: str) -> argparse.ArgumentParser:
     add_bbox_type(g, None, " (default: the checkpoint's, else rect)")
     add_crop_scale(g, from_checkpoint=True)
     g.add_argument("--test_val_step", type=int, default=7 if model == "cliff" else 14,
-                   help="extra test-time steps after step 0")
+                   help="extra test-time steps after step 0; -1: no test-time optimisation "
+                        "(the plain network)")
     g.add_argument("--after_innerlr", type=float, default=2e-7 if model == "cliff" else 1e-5,
                    help="test-time Adam lr for steps >= 1")
     g.add_argument("--inner_step", type=int, default=1,
