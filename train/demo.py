@@ -99,7 +99,8 @@ _IMPLIED_COMMON = ("use_openpose2d", "skip_bad_images")
 def demo_parser() -> argparse.ArgumentParser:
     """Options of demo.py: the evaluation scripts' shared groups (data and device, model,
     test-time optimisation, loss weights; :mod:`utils.options`) plus the demo's own."""
-    from utils.options import add_common, add_crop_scale, from_checkpoint
+    from utils.options import (add_bbox_type, add_common, add_crop_scale, add_tto_steps,
+                               from_checkpoint)
     p = argparse.ArgumentParser(
         description="Meta-HMR demo: SMPL meshes (with test-time optimisation on OpenPose "
                     "keypoints) for every person in a folder of images",
@@ -136,15 +137,9 @@ def demo_parser() -> argparse.ArgumentParser:
                    help="focal length in pixels of every image (default: the image diagonal, "
                         "as in training)")
     g.add_argument("--batch_size", type=int, default=8, help="people per TTO / forward batch")
-    g.add_argument("--bbox_type", type=str, default=None, choices=("square", "rect"),
-                   help="square 224x224 or rect 256x192 crops (default: the checkpoint's, "
-                        "else rect)")
+    add_bbox_type(g, None, " (default: the checkpoint's, else rect)")
     add_crop_scale(g, from_checkpoint=True)
-    g.add_argument("--test_val_step", type=int, default=14,
-                   help="extra test-time steps after step 0; -1: no test-time optimisation "
-                        "(the plain network)")
-    g.add_argument("--after_innerlr", type=float, default=1e-5,
-                   help="test-time Adam lr for steps >= 1")
+    add_tto_steps(g, 14, 1e-5)
     g.add_argument("--save_obj", action="store_true",
                    help="also write every person's adapted mesh (.obj, camera coordinates)")
     g.add_argument("--draw_keypoints", action="store_true",

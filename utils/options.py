@@ -94,6 +94,16 @@ def add_bbox_type(g, default: str | None = "square", note: str = "") -> None:
                    help="square 224x224 or rect 256x192 crops" + note)
 
 
+def add_tto_steps(g, test_val_step: int, after_innerlr: float, note: str = "") -> None:
+    """``--test_val_step`` and ``--after_innerlr`` (training's in-training evaluation,
+    evaluation, demo: each with its released default)."""
+    g.add_argument("--test_val_step", type=int, default=test_val_step,
+                   help=f"extra test-time steps after step 0{note}; -1: no test-time "
+                        f"optimisation (the plain network)")
+    g.add_argument("--after_innerlr", type=float, default=after_innerlr,
+                   help=f"test-time Adam lr for steps >= 1{note}")
+
+
 def add_model_options(g) -> None:
     """``--model`` and ``--backbone`` (also the benchmarks')."""
     g.add_argument("--model", type=str, default="cliff", choices=("cliff", "hmr"),
@@ -233,11 +243,7 @@ def _meta_options(g) -> None:
     g.add_argument("--eps_adam", type=float, default=1e-8, help="Adam eps (main network)")
     g.add_argument("--aux_lr", type=float, default=1e-6, help="Adam lr of the aux network")
     g.add_argument("--no_learn_loss", action="store_true", help="leave the aux net out of Adam")
-    g.add_argument("--after_innerlr", type=float, default=2e-7,
-                   help="test-time Adam lr for steps >= 1 (in-training evaluation)")
-    g.add_argument("--test_val_step", type=int, default=0,
-                   help="extra test-time steps after step 0 (in-training evaluation); -1: no "
-                        "test-time optimisation (the plain network)")
+    add_tto_steps(g, 0, 2e-7, " (in-training evaluation)")
     g.add_argument("--max_nonfinite", type=int, default=5,
                    help="stop after this many consecutive non-finite losses")
 
@@ -289,11 +295,7 @@ def eval_parser(model: str) -> argparse.ArgumentParser:
     g.add_argument("--save_obj", action="store_true", help="with --viz, also export meshes (.obj)")
     add_bbox_type(g, None, " (default: the checkpoint's, else rect)")
     add_crop_scale(g, from_checkpoint=True)
-    g.add_argument("--test_val_step", type=int, default=7 if model == "cliff" else 14,
-                   help="extra test-time steps after step 0; -1: no test-time optimisation "
-                        "(the plain network)")
-    g.add_argument("--after_innerlr", type=float, default=2e-7 if model == "cliff" else 1e-5,
-                   help="test-time Adam lr for steps >= 1")
+    add_tto_steps(g, 7 if model == "cliff" else 14, 2e-7 if model == "cliff" else 1e-5)
     g.add_argument("--inner_step", type=int, default=1,
                    help="accepted for compatibility; evaluation always takes one step 0")
     add_common(p)
