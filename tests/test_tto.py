@@ -71,10 +71,10 @@ def test_tto_parallel_workers_equal_the_loop(setup):
 
 
 @pytest.mark.parametrize("mode,chunk", [("sample", 1), ("sample", 3), ("batch", 0)])
-def test_tto_observer_sees_every_shorter_run(setup, mode, chunk):
+def test_tto_observer_sees_every_shorter_run(device_setup, mode, chunk):
     """What the observer sees after t updates of one run == the result of a run with
     test_val_step = t - 1 (t = 0: the prediction before TTO)."""
-    o, model, aux, batch, smpl = setup
+    o, model, aux, batch, smpl = device_setup
     cam = Camera.from_options(o)
     cfg = _tto_cfg(o, tto_mode=mode, tto_chunk=chunk, test_val_step=2)
     seen = {}
@@ -200,10 +200,10 @@ def test_batch_mode_equals_the_released_loop(setup, adapt, variant, n_adam):
 
 
 @pytest.mark.parametrize("mode", ["batch", "sample"])
-def test_released_stop_rule_compares_the_step0_combined_loss_first(setup, mode):
+def test_released_stop_rule_compares_the_step0_combined_loss_first(device_setup, mode):
     """inner_lr 0 and a negligible Adam lr: the 2D loss does not move, but at step 1 the rule
     compares it with the combined step-0 loss, so it stops after the 2nd Adam step."""
-    o, model, aux, batch, smpl = setup
+    o, model, aux, batch, smpl = device_setup
     cam = Camera.from_options(o)
     cfg = _tto_cfg(o, tto_mode=mode, test_val_step=5, inner_lr=0.0, after_innerlr=1e-11,
                    adapt_val_step=True)
@@ -217,8 +217,8 @@ def test_released_stop_rule_compares_the_step0_combined_loss_first(setup, mode):
 
 
 @pytest.mark.parametrize("mode", ["batch", "sample"])
-def test_no_tto_is_the_plain_network(setup, mode):
-    o, model, aux, batch, smpl = setup
+def test_no_tto_is_the_plain_network(device_setup, mode):
+    o, model, aux, batch, smpl = device_setup
     cam = Camera.from_options(o)
     r = test_time_optimize(model, aux, batch, smpl, cam,
                            _tto_cfg(o, tto_mode=mode, test_val_step=-1))
@@ -230,8 +230,8 @@ def test_no_tto_is_the_plain_network(setup, mode):
     torch.testing.assert_close(r.loss_2d_after, r.loss_2d_before)
 
 
-def test_diverging_samples_are_counted_and_keep_the_last_finite_prediction(setup):
-    o, model, aux, batch, smpl = setup
+def test_diverging_samples_are_counted_and_keep_the_last_finite_prediction(device_setup):
+    o, model, aux, batch, smpl = device_setup
     cam = Camera.from_options(o)
     cfg = _tto_cfg(o, tto_mode="sample", after_innerlr=1e30, test_val_step=2)
     r = test_time_optimize(model, aux, batch, smpl, cam, cfg)
