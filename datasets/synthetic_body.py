@@ -1,186 +1,85 @@
-"""A synthetic humanoid body model in SMPL's file format (the stand-in for ``SMPL_*.pkl``).
+"""The synthetic body model in SMPL's file format (the stand-in for ``SMPL_*.pkl``), its extra
+joint regressors and mean parameters.
 
-The surface is one closed tube (a UV sphere of 6890 vertices and 13776 triangles, like SMPL's
-mesh; :mod:`datasets.synthetic_tube`) laid through keyframes around SMPL's 24 joints
-(:mod:`datasets.synthetic_keyframes`): a mannequin ~1.7 m tall, y up, facing +z, the subject's
-left on +x (like SMPL). This module turns it into a body model:
+The surface is the tube of :mod:`datasets.synthetic_tube` (~1.7 m tall, y up, facing +z, the
+subject's left on +x, like SMPL). ``J_regressor`` [24, 6890] (sparse): each row the uniform
+average of the joint's keyframe ring (exact). ``weights``: Gaussian in the distance of each
+ring's centre to the bones its segment may follow, normalised. ``shapedirs``: central
+differences in the 10 shape parameters (beta_k = +-1: one "standard deviation" of parameter k).
+``posedirs``: each bent joint pushes the surface around it outward along the ring normals by up
+to ~1 cm x (1 - cos angle). Male and female are other parameter presets (taller / broader
+shoulders; shorter / wider hips). A vertex permutation puts the vertices that smplx reads as
+face, foot and fingertip keypoints (SMPL's ids, e.g. nose 332, left big toe 3216) on this body's
+nose, eyes, ears, toes, heels and fingertips. The pickle holds numpy arrays and a scipy sparse
+``J_regressor`` (no chumpy) under the official keys.
 
-Every joint has a keyframe ring centred on it, so ``J_regressor`` (a sparse [24, 6890] matrix,
-each row the uniform average of that ring's vertices) regresses the skeleton exactly.
-Skinning weights come from the distances of each ring's centre to the bones its segment may
-follow (Gaussian, normalised; all vertices of a ring share them). ``shapedirs`` are the
-central differences of the generator in 10 shape parameters (0 height, 1 girth, 2 shoulder
-width, 3 hip width, 4 leg length, 5 arm length, 6 belly, 7 head size, 8 neck length, 9 chest),
-so beta_k = +-1 is one "standard deviation" of parameter k. ``posedirs`` are small smooth
-corrective bulges: each bent joint pushes the surface around it outward along the ring
-normals by up to ~1 cm x (1 - cos angle). Male and female variants are other parameter
-presets (taller / broader shoulders; shorter / wider hips). A vertex permutation puts the
-vertices that smplx reads as face, foot and fingertip keypoints (SMPL's vertex ids, e.g. nose
-332, left big toe 3216) on the nose, eyes, ears, toes, heels and fingertips of this body.
-
-The pickle holds plain numpy arrays and a scipy sparse ``J_regressor`` (no chumpy), with the
-keys of the official files: ``v_template, f, J_regressor, kintree_table, weights, posedirs,
-shapedirs, J, bs_style, bs_type``. The world's extra regressors and mean parameters:
-:mod:`datasets.synthetic_regressors` (re-exported here).
+:func:`extra_regressors`: the rows of ``J_regressor_extra.npy`` (SPIN's 9 extra joints) and
+``J_regressor_h36m.npy`` (17 H36M joints), convex vertex weights (NNLS) reproducing a point of
+the template within 2 mm, where those datasets put the joint relative to SMPL's skeleton.
 """
 from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import dataclass, field
+from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse
+from scipy.optimize import nnls
 
 import constants
-from datasets.synthetic_keyframes import SHAPE_PARAMS, shape_params
-from datasets.synthetic_regressors import (EXTRA_JOINT_NAMES, H36M_JOINT_NAMES,
-                                           extra_regressors, mean_params)
-from datasets.synthetic_tube import (N_FACES, N_RINGS, N_SEG, N_VERTS, PART_NAMES, PARTS, Ring,
-                                     faces, signed_volume, surface)
+from datasets.synthetic_tube import (N_SEG, N_VERTS, PART_NAMES, PARTS, faces, shape_params,
+                                     signed_volume, surface)
 
-__all__ = ["N_VERTS", "N_FACES", "N_SEG", "N_RINGS", "SHAPE_PARAMS", "GENDER_PRESETS",
-           "BodyModel", "build_body_model", "write_body_models", "extra_regressors",
-           "mean_params", "H36M_JOINT_NAMES", "EXTRA_JOINT_NAMES", "PART_NAMES"]
+__all__ = ["GENDER_PRESETS", "BodyModel", "build_body_model", "write_body_models",
+           "extra_regressors", "mean_params", "H36M_JOINT_NAMES", "EXTRA_JOINT_NAMES"]
 
 UINT32_MAX = 4294967295                 # the official kintree_table root marker
-GENDER_PRESETS = {
-    "neutral": {},
-    "male": {"height": 0.6, "shoulders": 1.0, "hips": -0.8, "chest": 0.5, "girth": 0.2,
-             "head": 0.2},
-    "female": {"height": -0.9, "shoulders": -1.0, "hips": 1.2, "chest": -0.3, "girth": -0.3,
-               "neck": 0.3, "belly": -0.3},
-}
-# bone of each joint: joint -> end point (a joint id, or a named landmark)
-_BONE_END = {0: 3, 1: 4, 2: 5, 3: 6, 4: 7, 5: 8, 6: 9, 7: 10, 8: 11, 9: 12, 10: "toe_l",
-             11: "toe_r", 12: 15, 13: 16, 14: 17, 15: "crown", 16: 18, 17: 19, 18: 20, 19: 21,
-             20: 22, 21: 23, 22: "tip_l", 23: "tip_r"}
-_SKIN_SIGMA = {"torso": 0.05, "hidden": 0.01}
-_SKIN_SIGMA_LIMB = 0.025
+GENDER_PRESETS = {"neutral": {}, "male": dict(height=0.6, shoulders=1.0, hips=-0.8, chest=0.5,
+                                                girth=0.2, head=0.2),
+                  "female": dict(height=-0.9, shoulders=-1.0, hips=1.2, chest=-0.3, girth=-0.3,
+                                 neck=0.3, belly=-0.3)}
+# the bone of each joint ends at a joint, or a landmark
+_BONE_END = (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, "toe_l", "toe_r", 15, 16, 17, "crown", 18, 19, 20,
+             21, 22, 23, "tip_l", "tip_r")
+_SKIN_SIGMA = {"torso": 0.05, "hidden": 0.01}       # limbs: 0.025
+EXTRA_JOINT_NAMES = ("Right Hip", "Left Hip", "Neck (LSP)", "Top of Head (LSP)",
+                     "Pelvis (MPII)", "Thorax (MPII)", "Spine (H36M)", "Jaw (H36M)",
+                     "Head (H36M)")
+# Rows of J_regressor_h36m.npy as SPIN's H36M_TO_J17 reads them (anatomical sides): rows 1-3
+# are the left leg, 4-6 the right (H36M's names "R_Hip, R_Knee, R_Ankle" of rows 1-3 have the
+# legs swapped: H36M_TO_J14[0] = 6 is LSP's right ankle), 11-13 the left arm, 14-16 the right.
+H36M_JOINT_NAMES = ("Pelvis", "L Hip", "L Knee", "L Ankle", "R Hip", "R Knee", "R Ankle",
+                    "Spine", "Thorax", "Neck/Nose", "Head", "L Shoulder", "L Elbow",
+                    "L Wrist", "R Shoulder", "R Elbow", "R Wrist")
 
 
-@dataclass
-class BodyModel:
-    """A generated body model: the SMPL pickle dict plus generator metadata."""
-    gender: str
-    data: dict                      # the SMPL-format dict (what is pickled)
-    part: np.ndarray                # [6890] part index per vertex (PART_NAMES)
-    ring: np.ndarray                # [6890] ring index per vertex (-1 for the poles)
-    landmarks: dict = field(default_factory=dict)   # name -> vertex id
+# a generated body model: gender, the SMPL-format dict (what is pickled), [6890] part index
+# (PART_NAMES) and ring index (-1: the poles) per vertex, landmarks: name -> vertex id
+BodyModel = namedtuple("BodyModel", "gender data part ring landmarks")
 
 
-def _seg_dist(points, a, b):
-    """Distance of points [N, 3] to the segment a-b."""
-    ab = b - a
-    t = np.clip(((points - a) @ ab) / max(ab @ ab, 1e-12), 0.0, 1.0)
-    return np.linalg.norm(points - (a + t[:, None] * ab), axis=1)
-
-
-def _bone_end(j, joints, marks):
-    e = _BONE_END[j]
-    return joints[e] if isinstance(e, int) else marks[e]
-
-
-def _ring_weights(rings, joints, marks) -> np.ndarray:
-    """Skinning weights [R, 24] per ring (shared by its vertices)."""
-    c = np.stack([r.centre for r in rings])
-    dist = np.stack([_seg_dist(c, joints[j], _bone_end(j, joints, marks)) for j in range(24)], 1)
+def _skinning(rings, joints, marks) -> tuple[np.ndarray, np.ndarray]:
+    """Skinning weights [6890, 24] (per ring; each pole takes its ring's) and J_regressor
+    [24, 6890] (uniform average of each joint's keyframe ring), in ring order."""
+    c, dist = np.stack([r.centre for r in rings]), np.zeros((len(rings), 24))
+    for j, e in enumerate(_BONE_END):     # distance of the ring centres to bone j
+        a, ab = joints[j], (joints[e] if isinstance(e, int) else marks[e]) - joints[j]
+        t = np.clip(((c - a) @ ab) / max(ab @ ab, 1e-12), 0.0, 1.0)
+        dist[:, j] = np.linalg.norm(c - (a + t[:, None] * ab), axis=1)
     skin_joints = {n: a for n, _, a in PARTS}
-    allowed = np.zeros((len(rings), 24), bool)
-    sigma = np.zeros(len(rings))
-    hidden = PART_NAMES.index("hidden")
-    for i, r in enumerate(rings):
-        name = PART_NAMES[r.part]
-        if r.part == hidden:
-            allowed[i] = True
-        else:
-            allowed[i, list(skin_joints[name])] = True
-        sigma[i] = _SKIN_SIGMA.get(name, _SKIN_SIGMA_LIMB)
+    allowed, sigma = np.zeros((len(rings), 24), bool), np.zeros(len(rings))
+    for i, r in enumerate(rings):     # a hidden connector may follow any bone
+        allowed[i, list(skin_joints.get(PART_NAMES[r.part], range(24)))] = True
+        sigma[i] = _SKIN_SIGMA.get(PART_NAMES[r.part], 0.025)
     d = np.where(allowed, dist, np.inf)
     logw = -(d ** 2 - (d.min(1, keepdims=True)) ** 2) / (2 * sigma[:, None] ** 2)
     w = np.where(allowed, np.exp(np.where(allowed, logw, -np.inf)), 0.0)
     w /= w.sum(1, keepdims=True)
     w[w < 1e-4] = 0.0
-    return w / w.sum(1, keepdims=True)
-
-
-def _landmark_targets(joints, marks) -> dict:
-    """Target points (neutral body) of smplx's vertex keypoints (names of vertex_ids)."""
-    hs = marks["head_scale"]
-    head_c = joints[15]
-    t = {"nose": marks["nose"] + np.array([0.0, 0.0, 0.03])}
-    for side, sgn in (("r", -1.0), ("l", 1.0)):
-        t[f"{side}eye"] = np.array([sgn * 0.032 * hs, marks["nose"][1] + 0.03 * hs, 0.14 * hs])
-        t[f"{side}ear"] = np.array([sgn * 0.09 * hs, marks["nose"][1] + 0.01 * hs, head_c[2]])
-    for side, sgn, S in (("L", 1.0, "l"), ("R", -1.0, "r")):
-        toe, heel = marks[f"toe_{S}"], marks[f"heel_{S}"]
-        t[f"{side}BigToe"] = toe + np.array([-sgn * 0.02, -0.02, 0.0])
-        t[f"{side}SmallToe"] = toe + np.array([sgn * 0.035, -0.02, -0.03])
-        t[f"{side}Heel"] = heel + np.array([0.0, -0.02, 0.0])
-    for side, sgn in (("l", 1.0), ("r", -1.0)):
-        tip = marks[f"tip_{side}"]
-        for name, dz, dx in (("thumb", 0.045, -0.08), ("index", 0.02, -0.01),
-                             ("middle", 0.0, 0.0), ("ring", -0.02, -0.01),
-                             ("pinky", -0.04, -0.03)):
-            t[f"{side}{name}"] = tip + np.array([sgn * dx, 0.0, dz])
-    return t
-
-
-_LANDMARK_PARTS = {"nose": "torso", "reye": "torso", "leye": "torso", "rear": "torso",
-                   "lear": "torso"}
-
-
-def _landmark_part(name: str) -> str:
-    if name in _LANDMARK_PARTS:
-        return _LANDMARK_PARTS[name]
-    if name.startswith(("LBig", "LSmall", "LHeel")):
-        return "foot_l"
-    if name.startswith(("RBig", "RSmall", "RHeel")):
-        return "foot_r"
-    return "arm_l" if name[0] == "l" else "arm_r"
-
-
-def _permutation(verts, part, targets) -> tuple[np.ndarray, dict]:
-    """order[new] = old so that smplx's vertex ids land on the landmarks; and name -> new id."""
-    from smplx.vertex_ids import vertex_ids
-    ids = vertex_ids["smplh"]
-    order = np.arange(len(verts))
-    pos = np.arange(len(verts))         # pos[old] = new
-    taken, chosen = set(), {}
-    for name, target in targets.items():
-        cand = np.flatnonzero(part == PART_NAMES.index(_landmark_part(name)))
-        cand = cand[np.argsort(np.linalg.norm(verts[cand] - target, axis=1))]
-        old = next(int(c) for c in cand if int(c) not in taken)
-        taken.add(old)
-        new = ids[name]
-        cur = pos[old]
-        other = order[new]
-        order[new], order[cur] = old, other
-        pos[old], pos[other] = new, cur
-        chosen[name] = new
-    return order, chosen
-
-
-def _shapedirs(p0: dict) -> np.ndarray:
-    """Shape blend shapes: central differences of the surface, one unit of each parameter."""
-    shapedirs = np.zeros((N_VERTS, 3, len(SHAPE_PARAMS)))
-    for k, name in enumerate(SHAPE_PARAMS):
-        hi, lo = dict(p0), dict(p0)
-        hi[name] += 1.0
-        lo[name] -= 1.0
-        shapedirs[:, :, k] = (surface(hi)[0] - surface(lo)[0]) / 2.0
-    return shapedirs
-
-
-def _skinning(rings: list[Ring], joints, marks) -> tuple[np.ndarray, np.ndarray]:
-    """Skinning weights [6890, 24] (per ring; each pole takes its ring's) and J_regressor
-    [24, 6890] (uniform average of each joint's keyframe ring), in ring order."""
-    wr = _ring_weights(rings, joints, marks)
-    weights = np.zeros((N_VERTS, 24))
-    weights[1:-1] = np.repeat(wr, N_SEG, axis=0)
-    weights[0] = wr[0]
-    weights[-1] = wr[-1]
+    w = w / w.sum(1, keepdims=True)
+    weights = np.concatenate([w[:1], np.repeat(w, N_SEG, axis=0), w[-1:]])
     jreg = np.zeros((24, N_VERTS))
     for i, r in enumerate(rings):
         if r.joint is not None:
@@ -188,41 +87,46 @@ def _skinning(rings: list[Ring], joints, marks) -> tuple[np.ndarray, np.ndarray]
     return weights, jreg
 
 
-def _posedirs(weights: np.ndarray, radial: np.ndarray, part: np.ndarray) -> np.ndarray:
-    """Pose blend shapes: a bulge around each bent joint (index 9*(j-1) + {0,4,8}: trace(R) - 3),
-    along the ring normals ``radial``, on the visible surface only."""
-    posedirs = np.zeros((N_VERTS, 3, 207))
-    radial_all = np.zeros((N_VERTS, 3))
-    radial_all[1:-1] = radial
-    visible = (part != PART_NAMES.index("hidden"))[:, None]
-    parents = constants.SMPL_PARENTS
-    for j in range(1, 24):
-        amp = 0.01 if j in (1, 2, 4, 5, 16, 17, 18, 19) else 0.005
-        bump = 4.0 * weights[:, j] * weights[:, parents[j]]
-        disp = -0.5 * amp * bump[:, None] * radial_all * visible
-        for d in (0, 4, 8):
-            posedirs[:, :, 9 * (j - 1) + d] = disp
-    return posedirs
+def _landmark_targets(joints, marks) -> dict:
+    """smplx's vertex keypoints (names of vertex_ids) -> (target point on the neutral body,
+    the part the vertex is taken from)."""
+    hs, nose = marks["head_scale"], marks["nose"]
+    t = {"nose": (nose + np.array([0.0, 0.0, 0.03]), "torso")}
+    for side, sgn in (("r", -1.0), ("l", 1.0)):
+        t[f"{side}eye"] = (np.array([sgn * 0.032 * hs, nose[1] + 0.03 * hs, 0.14 * hs]), "torso")
+        t[f"{side}ear"] = (np.array([sgn * 0.09 * hs, nose[1] + 0.01 * hs, joints[15][2]]),
+                           "torso")
+    for side, sgn, s in (("L", 1.0, "l"), ("R", -1.0, "r")):
+        toe, heel = marks[f"toe_{s}"], marks[f"heel_{s}"]
+        t[f"{side}BigToe"] = (toe + np.array([-sgn * 0.02, -0.02, 0.0]), f"foot_{s}")
+        t[f"{side}SmallToe"] = (toe + np.array([sgn * 0.035, -0.02, -0.03]), f"foot_{s}")
+        t[f"{side}Heel"] = (heel + np.array([0.0, -0.02, 0.0]), f"foot_{s}")
+    for side, sgn in (("l", 1.0), ("r", -1.0)):
+        for name, dz, dx in (("thumb", 0.045, -0.08), ("index", 0.02, -0.01),
+                             ("middle", 0.0, 0.0), ("ring", -0.02, -0.01),
+                             ("pinky", -0.04, -0.03)):
+            t[f"{side}{name}"] = (marks[f"tip_{side}"] + np.array([sgn * dx, 0.0, dz]),
+                                  f"arm_{side}")
+    return t
 
 
-def _smpl_dict(verts, tris, jreg, weights, posedirs, shapedirs, order) -> dict:
-    """The SMPL pickle content, vertices reordered by ``order`` (order[new] = old)."""
-    inv = np.empty_like(order)
-    inv[order] = np.arange(len(order))
-    v_template = verts[order]
-    return {
-        "v_template": v_template,
-        "f": inv[tris].astype(np.uint32),
-        "J_regressor": scipy.sparse.csc_matrix(jreg[:, order]),
-        "kintree_table": np.array([[UINT32_MAX] + list(constants.SMPL_PARENTS[1:]),
-                                   list(range(24))], dtype=np.int64),
-        "weights": weights[order],
-        "posedirs": posedirs[order],
-        "shapedirs": shapedirs[order],
-        "J": jreg[:, order] @ v_template,
-        "bs_style": "lbs",
-        "bs_type": "lrotmin",
-    }
+def _permutation(verts, part, targets) -> tuple[np.ndarray, dict]:
+    """order[new] = old so that smplx's vertex ids land on the landmarks; and name -> new id."""
+    from smplx.vertex_ids import vertex_ids
+    ids = vertex_ids["smplh"]
+    order, pos = np.arange(len(verts)), np.arange(len(verts))     # pos[old] = new
+    taken, chosen = set(), {}
+    for name, (target, part_name) in targets.items():
+        cand = np.flatnonzero(part == PART_NAMES.index(part_name))
+        cand = cand[np.argsort(np.linalg.norm(verts[cand] - target, axis=1))]
+        old = next(int(c) for c in cand if int(c) not in taken)
+        taken.add(old)
+        new, cur = ids[name], pos[old]
+        other = order[new]
+        order[new], order[cur] = old, other
+        pos[old], pos[other] = new, cur
+        chosen[name] = new
+    return order, chosen
 
 
 def build_body_model(gender: str = "neutral") -> BodyModel:
@@ -238,31 +142,128 @@ def build_body_model(gender: str = "neutral") -> BodyModel:
     if signed_volume(verts, tris) < 0:
         tris = tris[:, ::-1].copy()
     weights, jreg = _skinning(rings, joints, marks)
-    # landmarks (chosen on the neutral body so that every gender shares the permutation)
-    if gender != "neutral":
-        verts_n, _, joints_n, marks_n, _ = surface(shape_params(None))
-    else:
-        verts_n, joints_n, marks_n = verts, joints, marks
+    # landmarks chosen on the neutral body, so that every gender shares the permutation
+    verts_n, _, joints_n, marks_n, _ = surface(shape_params(None)) if gender != "neutral" \
+        else (verts, None, joints, marks, None)
     order, chosen = _permutation(verts_n, part, _landmark_targets(joints_n, marks_n))
-    data = _smpl_dict(verts, tris, jreg, weights, _posedirs(weights, radial, part),
-                      _shapedirs(p0), order)
+    shapedirs = np.zeros((N_VERTS, 3, 10))     # central differences, one unit per parameter
+    for k, name in enumerate(p0):
+        hi, lo = dict(p0), dict(p0)
+        hi[name] += 1.0
+        lo[name] -= 1.0
+        shapedirs[:, :, k] = (surface(hi)[0] - surface(lo)[0]) / 2.0
+    # pose blend shapes: a bulge around each bent joint j (rows 9 (j - 1) + {0, 4, 8}: trace(R)
+    # - 3) along the ring normals, on the visible surface only
+    posedirs, radial_all = np.zeros((N_VERTS, 3, 207)), np.zeros((N_VERTS, 3))
+    radial_all[1:-1] = radial
+    visible = (part != PART_NAMES.index("hidden"))[:, None]
+    for j in range(1, 24):
+        amp = 0.01 if j in (1, 2, 4, 5, 16, 17, 18, 19) else 0.005
+        bump = 4.0 * weights[:, j] * weights[:, constants.SMPL_PARENTS[j]]
+        posedirs[:, :, [9 * (j - 1), 9 * (j - 1) + 4, 9 * (j - 1) + 8]] = \
+            (-0.5 * amp * bump[:, None] * radial_all * visible)[..., None]
+    inv = np.empty_like(order)               # vertices reordered: order[new] = old
+    inv[order] = np.arange(len(order))
+    v_template = verts[order]
+    data = {"v_template": v_template, "f": inv[tris].astype(np.uint32),
+            "J_regressor": scipy.sparse.csc_matrix(jreg[:, order]),
+            "kintree_table": np.array([[UINT32_MAX] + list(constants.SMPL_PARENTS[1:]),
+                                       list(range(24))], dtype=np.int64),
+            "weights": weights[order], "posedirs": posedirs[order],
+            "shapedirs": shapedirs[order], "J": jreg[:, order] @ v_template,
+            "bs_style": "lbs", "bs_type": "lrotmin"}
     return BodyModel(gender=gender, data=data, part=part[order], ring=ring_of[order],
                      landmarks=chosen)
 
 
 def write_body_models(smpl_dir: str | os.PathLike,
                       genders=("neutral", "male", "female")) -> dict[str, BodyModel]:
-    """Write ``SMPL_<GENDER>.pkl`` of each of ``genders`` under ``smpl_dir``; returns the
-    models."""
-    smpl_dir = Path(smpl_dir)
-    smpl_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``SMPL_<GENDER>.pkl`` of each of ``genders`` under ``smpl_dir`` (atomically);
+    returns the models."""
+    Path(smpl_dir).mkdir(parents=True, exist_ok=True)
     out = {}
     for gender in genders:
-        model = build_body_model(gender)
-        path = smpl_dir / f"SMPL_{gender.upper()}.pkl"
+        out[gender] = build_body_model(gender)
+        path = Path(smpl_dir) / f"SMPL_{gender.upper()}.pkl"
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         with open(tmp, "wb") as fh:
-            pickle.dump(model.data, fh, protocol=2)
+            pickle.dump(out[gender].data, fh, protocol=2)
         os.replace(tmp, path)
-        out[gender] = model
     return out
+
+
+def _regress_points(model: BodyModel, targets: list, radius: float = 0.09) -> np.ndarray:
+    """Rows of convex vertex weights reproducing each target point (within 2 mm), from the
+    vertices of the given parts near it: min |V^T w - p|^2 + (10 (1^T w - 1))^2 + 3e-4 |w|^2,
+    w >= 0 (NNLS; the ridge spreads the weight over many nearby vertices)."""
+    v = model.data["v_template"]
+    out = np.zeros((len(targets), N_VERTS))
+    for i, (p, parts) in enumerate(targets):
+        ok = np.isin(model.part, [PART_NAMES.index(n) for n in parts])
+        d, r = np.linalg.norm(v - p, axis=1), radius
+        while True:
+            cand = np.flatnonzero(ok & (d < r))
+            if len(cand) >= 8:
+                k = len(cand)
+                A = np.concatenate([v[cand].T, 10.0 * np.ones((1, k)), np.sqrt(3e-4) * np.eye(k)])
+                w, _ = nnls(A, np.concatenate([p, [10.0], np.zeros(k)]), maxiter=50 * k)
+                w[w < 1e-4 * w.max()] = 0.0
+                w = w / w.sum()
+                err = np.linalg.norm(w @ v[cand] - p)
+                if err < 2e-3:
+                    break
+            if r > 0.3:
+                raise AssertionError(f"regressor row {i}: cannot reproduce {p} from vertices "
+                                     f"of {parts} (off by {err * 1000:.1f} mm)")
+            r *= 1.3
+        out[i, cand] = w
+    return out
+
+
+def extra_regressors(model: BodyModel) -> tuple[np.ndarray, np.ndarray]:
+    """(J_regressor_extra [9, 6890], J_regressor_h36m [17, 6890]) for the (neutral) model: rows
+    :data:`EXTRA_JOINT_NAMES` and :data:`H36M_JOINT_NAMES` (the row order that
+    ``constants.H36M_TO_J17`` expects), e.g. LSP hips a little below and outside SMPL's, the
+    H36M 'Neck/Nose' in the lower face."""
+    J, v = np.asarray(model.data["J"]), model.data["v_template"]
+    crown = v[model.part == 0][np.argmax(v[model.part == 0][:, 1])]
+    nose = v[model.landmarks["nose"]]
+    torso, legs = ("torso",), ("torso", "leg_l", "leg_r")
+    leg_l, leg_r, arm_l, arm_r = (("leg_l", "torso"), ("leg_r", "torso"), ("arm_l", "torso"),
+                                  ("arm_r", "torso"))
+    extra = [
+        (J[2] + np.array([-0.012, -0.03, 0.0]), leg_r),                     # right hip (LSP)
+        (J[1] + np.array([0.012, -0.03, 0.0]), leg_l),                       # left hip (LSP)
+        (0.5 * (J[12] + J[9]) + np.array([0.0, 0.03, 0.0]), torso),          # neck (LSP)
+        (crown - np.array([0.0, 0.012, 0.0]), torso),                        # top of head
+        ((J[1] + J[2]) / 2 + np.array([0.0, 0.02, 0.0]), legs),              # pelvis (MPII)
+        ((J[13] + J[14]) / 2, torso),                                         # thorax (MPII)
+        ((J[3] + J[6]) / 2, torso),                                           # spine (H36M)
+        (J[15] + np.array([0.0, -0.005, 0.06]), torso),                       # jaw (H36M)
+        ((J[15] + crown) / 2 + np.array([0.0, 0.0, 0.01]), torso),            # head (H36M)
+    ]
+    hip_r, hip_l = J[2] + np.array([-0.01, 0.01, 0.0]), J[1] + np.array([0.01, 0.01, 0.0])
+    h36m = [
+        ((hip_r + hip_l) / 2, legs),
+        (hip_l, leg_l), (J[4], ("leg_l",)), (J[7] - np.array([0, 0.01, 0]), ("leg_l",)),
+        (hip_r, leg_r), (J[5], ("leg_r",)), (J[8] - np.array([0, 0.01, 0]), ("leg_r",)),
+        ((J[3] + J[6]) / 2 + np.array([0.0, 0.02, 0.0]), torso),             # spine
+        ((J[13] + J[14]) / 2 + np.array([0.0, 0.01, 0.0]), torso),           # thorax
+        (nose - np.array([0.0, 0.02, 0.04]), torso),                         # neck/nose
+        (crown - np.array([0.0, 0.05, -0.005]), torso),                      # head
+        (J[16], arm_l), (J[18], ("arm_l",)), (J[20], ("arm_l",)),
+        (J[17], arm_r), (J[19], ("arm_r",)), (J[21], ("arm_r",)),
+    ]
+    return _regress_points(model, extra), _regress_points(model, h36m)
+
+
+def mean_params(mean_pose_aa: np.ndarray) -> dict:
+    """``smpl_mean_params.npz`` (SPIN's keys) for the [72] axis-angle pose ``mean_pose_aa``
+    (global orientation in the camera frame first): pose (144,) 6D, shape (10,), cam (3,)."""
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    from utils.geometry import rotmat_to_rot6d
+    R = Rotation.from_rotvec(np.asarray(mean_pose_aa, dtype=np.float64).reshape(24, 3))
+    pose6d = rotmat_to_rot6d(torch.from_numpy(R.as_matrix())).numpy()
+    return {"pose": pose6d.reshape(144), "shape": np.zeros(10), "cam": np.array([0.9, 0.0, 0.0])}

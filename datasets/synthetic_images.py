@@ -16,6 +16,15 @@ import numpy as np
 
 __all__ = ["background", "clothes", "draw_body", "occluder_patches"]
 
+_SKIN = np.array([[0.96, 0.80, 0.69], [0.88, 0.67, 0.52], [0.76, 0.57, 0.42],
+                  [0.58, 0.40, 0.28], [0.40, 0.27, 0.18]])
+
+
+def _smooth_noise(rng: np.random.Generator, std: float, n: int, h: int, w: int) -> np.ndarray:
+    """[h, w, 3] float32: an n x n grid of Gaussian noise, upsampled (bicubic)."""
+    low = rng.normal(0, std, (n, n, 3)).astype(np.float32)
+    return cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
+
 
 def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """[H, W, 3] uint8 RGB: gradient + low-frequency noise + shapes + optional floor."""
@@ -25,8 +34,7 @@ def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     t = (np.cos(ang) * xx / w + np.sin(ang) * yy / h)
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
-    low = rng.normal(0, 25, (4, 4, 3)).astype(np.float32)
-    img += cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
+    img += _smooth_noise(rng, 25, 4, h, w)
     if rng.uniform() < 0.6:   # a floor below a horizon
         horizon = int(h * rng.uniform(0.45, 0.8))
         floor = rng.uniform(0, 255, 3)
@@ -46,31 +54,23 @@ def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
             q = (int(rng.uniform(0, w)), int(rng.uniform(0, h)))
             cv2.line(img, p, q, col, max(1, s // 8), lineType=cv2.LINE_AA)
     img = cv2.GaussianBlur(img, (0, 0), 1.0)
-    noise = rng.normal(0, 3, img.shape)
-    return np.clip(img + noise, 0, 255).astype(np.uint8)
-
-
-_SKIN = np.array([[0.96, 0.80, 0.69], [0.88, 0.67, 0.52], [0.76, 0.57, 0.42],
-                  [0.58, 0.40, 0.28], [0.40, 0.27, 0.18]])
+    return np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
 
 
 def clothes(rng: np.random.Generator) -> np.ndarray:
     """Colour [24, 3] of each SMPL joint's body part (skin, shirt, trousers, shoes)."""
     skin = _SKIN[rng.integers(len(_SKIN))] * rng.uniform(0.95, 1.05)
-    hsv = np.array([[[rng.uniform(0, 180), rng.uniform(60, 255), rng.uniform(60, 255)]]],
-                   np.uint8)
-    shirt = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0] / 255.0
-    hsv = np.array([[[rng.uniform(0, 180), rng.uniform(0, 200), rng.uniform(30, 180)]]],
-                   np.uint8)
-    trousers = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0] / 255.0
-    shoes = np.full(3, rng.uniform(0.05, 0.5))
+    shirt, trousers = (cv2.cvtColor(np.array([[[rng.uniform(0, 180), rng.uniform(*s),
+                                                rng.uniform(*v)]]], np.uint8),
+                                    cv2.COLOR_HSV2RGB)[0, 0] / 255.0
+                       for s, v in (((60, 255), (60, 255)), ((0, 200), (30, 180))))
     col = np.zeros((24, 3))
+    col[[7, 8, 10, 11]] = np.full(3, rng.uniform(0.05, 0.5))       # shoes
     col[[12, 15, 20, 21, 22, 23]] = skin
     col[[3, 6, 9, 13, 14, 16, 17]] = shirt
-    col[[18, 19]] = shirt if rng.uniform() < 0.5 else skin       # long / short sleeves
+    col[[18, 19]] = shirt if rng.uniform() < 0.5 else skin         # long / short sleeves
     col[[0, 1, 2]] = trousers
-    col[[4, 5]] = trousers if rng.uniform() < 0.7 else skin       # trousers / shorts
-    col[[7, 8, 10, 11]] = shoes
+    col[[4, 5]] = trousers if rng.uniform() < 0.7 else skin        # trousers / shorts
     return np.clip(col, 0, 1)
 
 
@@ -91,18 +91,17 @@ def draw_body(bg: np.ndarray, verts: np.ndarray, faces: np.ndarray, weights: np.
 
 def occluder_patches(rng: np.random.Generator, count: int = 40) -> np.ndarray:
     """Object array of RGBA uint8 patches (varied sizes, shapes, colours, textures)."""
-    patches = []
-    for _ in range(count):
+    arr = np.empty(count, dtype=object)
+    for i in range(count):
         h, w = (int(x) for x in rng.integers(24, 140, 2))
         mask = np.zeros((h, w), np.uint8)
         for _ in range(int(rng.integers(1, 4))):
-            kind = rng.integers(0, 2)
-            if kind == 0:
+            if rng.integers(0, 2) == 0:   # an ellipse
                 c = (int(rng.uniform(0.3, 0.7) * w), int(rng.uniform(0.3, 0.7) * h))
                 ax = (max(2, int(rng.uniform(0.2, 0.5) * w)),
                       max(2, int(rng.uniform(0.2, 0.5) * h)))
                 cv2.ellipse(mask, c, ax, float(rng.uniform(0, 180)), 0, 360, 255, -1, cv2.LINE_AA)
-            else:
+            else:                         # a polygon
                 k = int(rng.integers(3, 8))
                 ang = np.sort(rng.uniform(0, 2 * np.pi, k))
                 rad = rng.uniform(0.25, 0.5, k)
@@ -111,10 +110,7 @@ def occluder_patches(rng: np.random.Generator, count: int = 40) -> np.ndarray:
         if mask.max() == 0:
             mask[h // 4:3 * h // 4, w // 4:3 * w // 4] = 255
         base = rng.uniform(0, 255, 3)
-        low = cv2.resize(rng.normal(0, 30, (3, 3, 3)).astype(np.float32), (w, h),
-                         interpolation=cv2.INTER_CUBIC)
+        low = _smooth_noise(rng, 30, 3, h, w)
         rgb = np.clip(base + low + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
-        patches.append(np.dstack([rgb, mask]))
-    arr = np.empty(len(patches), dtype=object)
-    arr[:] = patches
+        arr[i] = np.dstack([rgb, mask])
     return arr

@@ -4,24 +4,17 @@
     python -m datasets.prepare 3dpw --raw data/synthetic/datasets/pw3d --out /tmp/pw3d \
         --data_root data/synthetic --with_focal_length
 
-:func:`write_raw_3dpw` turns the world's SPIN-format 3DPW npz files (test and train) back into
-what the official download holds (:mod:`datasets.pw3d_raw`), so the preparation tool is tested
-end to end: raw tree -> ``datasets.prepare`` -> npz, to compare with the world's own npz.
-
-* ``imageFiles/<sequence>/image_%05d.jpg``: the world's images (the world names its 3DPW images
-  that way already; with ``out`` elsewhere they are hard-linked, or copied, there);
-* ``sequenceFiles/{test,train}/<sequence>.pkl`` (pickle protocol 2, as the release): one file
-  per sequence, one actor per synthetic subject; ``N`` = the highest frame used + 1, and
-  ``campose_valid`` is true exactly at the frames the world has an image of (the others are
-  zeros, as a file of the release may hold invalid frames). The world may record a second
-  subject under a sequence name (frames 1000+) with another camera; as one file has one
-  ``cam_intrinsics``, that subject goes to ``<sequence>_<k>.pkl`` (same ``sequence`` value);
-* per frame a random world-to-camera transform ``cam_poses`` (random yaw, small tilt, offset);
-  ``poses`` holds the world-frame pose (global orientation ``R_cam^T R``, ``R`` the npz
-  camera-frame one) and ``trans`` the translation that puts the gendered SMPL's GT joints,
-  moved by ``cam_poses``, at the npz ``S``; ``cam_intrinsics`` = ``[[f, 0, W/2], [0, f, H/2],
-  [0, 0, 1]]`` with the npz ``focal_length``; ``poses2d`` = the npz ``openpose`` joints in
-  COCO-18 order ([3, 18]: x, y, confidence rows); ``genders``, ``betas`` from the npz.
+:func:`write_raw_3dpw` turns the world's SPIN-format 3DPW npz files back into what the official
+download holds (:mod:`datasets.pw3d_raw`), to test the preparation tool end to end against the
+world's own npz: ``imageFiles/<sequence>/image_%05d.jpg`` (the world's images; hard-linked or
+copied when ``out`` is elsewhere) and ``sequenceFiles/{test,train}/<sequence>.pkl`` (pickle
+protocol 2), an actor per synthetic subject, ``N`` = the highest frame used + 1,
+``campose_valid`` true exactly at the frames with an image. A second subject recorded under a
+sequence name (frames 1000+, another camera) goes to ``<sequence>_<k>.pkl`` (a file has one
+``cam_intrinsics``). Per frame a random world-to-camera ``cam_poses``; ``poses``: the world-frame
+pose (global orientation ``R_cam^T R``); ``trans`` puts the gendered SMPL's GT joints, moved by
+``cam_poses``, at the npz ``S``; ``cam_intrinsics`` = ``[[f, 0, W/2], [0, f, H/2], [0, 0, 1]]``;
+``poses2d``: the npz ``openpose`` joints in COCO-18 order ([3, 18]); ``genders``, ``betas``.
 """
 from __future__ import annotations
 
@@ -44,30 +37,18 @@ _NAME = re.compile(r"^imageFiles/([^/]+)/image_(\d{5})\.jpg$")
 
 
 def _subjects(d: dict, images: Path) -> dict:
-    """{(sequence, focal, W, H): {actor key: [sample indices]}} of one npz."""
+    """{(sequence, focal, W, H): {actor (gender, betas): [sample indices]}} of one npz."""
     from PIL import Image
     files: dict = {}
     for i, name in enumerate(d["imgname"].astype(str)):
-        m = _NAME.match(name)
-        if not m:
+        if not (m := _NAME.match(name)):
             raise ValueError(f"3dpw imgname {name!r} is not imageFiles/<seq>/image_%05d.jpg")
         with Image.open(images / name) as im:
             w, h = im.size
-        cam = (m.group(1), float(d["focal_length"][i]), w, h)
         actor = (str(d["gender"][i]), tuple(np.round(d["shape"][i], 12)))
-        files.setdefault(cam, {}).setdefault(actor, []).append(i)
+        files.setdefault((m.group(1), float(d["focal_length"][i]), w, h), {}) \
+            .setdefault(actor, []).append(i)
     return files
-
-
-def _camera_poses(rng: np.random.Generator, n: int) -> np.ndarray:
-    """[n, 4, 4] random world-to-camera transforms (yaw anywhere, small tilt and roll)."""
-    from scipy.spatial.transform import Rotation
-    angles = np.stack([rng.uniform(-np.pi, np.pi, n), rng.normal(0, 0.15, n),
-                       rng.normal(0, 0.05, n)], 1)
-    out = np.tile(np.eye(4), (n, 1, 1))
-    out[:, :3, :3] = Rotation.from_euler("yxz", angles).as_matrix()
-    out[:, :3, 3] = rng.normal(0, 1.5, (n, 3))
-    return out
 
 
 def _actor(d: dict, idx: list, frames: np.ndarray, cam: np.ndarray, model, n: int) -> dict:
@@ -96,31 +77,25 @@ def _actor(d: dict, idx: list, frames: np.ndarray, cam: np.ndarray, model, n: in
     return out
 
 
-def _link(src: Path, dst: Path) -> None:
-    if dst.exists() and os.path.samefile(src, dst):
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.unlink(missing_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def _write_split(d: dict, split: str, images: Path, out: Path, models: dict,
                  seed: int) -> list[Path]:
     """One split's sequence files (a file per sequence and camera, in the world's sample
     order) and the images they need under ``out``; returns the files written."""
+    from scipy.spatial.transform import Rotation
     written, count = [], {}
-    subjects = _subjects(d, images)      # insertion order = first sample of each camera
-    for (seq, f, w, h), actors in subjects.items():
+    for (seq, f, w, h), actors in _subjects(d, images).items():   # order: first samples
         k = count[seq] = count.get(seq, -1) + 1
         stem = seq if k == 0 else f"{seq}_{k}"
         frames = {a: np.array([int(_NAME.match(str(d["imgname"][i])).group(2)) for i in idx])
                   for a, idx in actors.items()}
         n = int(max(fr.max() for fr in frames.values())) + 1
-        cam = _camera_poses(np.random.default_rng([seed, zlib.crc32(f"{split}/{stem}".encode())]),
-                            n)
+        # random world-to-camera transforms: yaw anywhere, small tilt and roll, an offset
+        rng = np.random.default_rng([seed, zlib.crc32(f"{split}/{stem}".encode())])
+        angles = np.stack([rng.uniform(-np.pi, np.pi, n), rng.normal(0, 0.15, n),
+                           rng.normal(0, 0.05, n)], 1)
+        cam = np.tile(np.eye(4), (n, 1, 1))
+        cam[:, :3, :3] = Rotation.from_euler("yxz", angles).as_matrix()
+        cam[:, :3, 3] = rng.normal(0, 1.5, (n, 3))
         per = [_actor(d, idx, frames[a], cam, models["male" if a[0] == "m" else "female"], n)
                for a, idx in actors.items()]
         seq_file = {
@@ -135,28 +110,29 @@ def _write_split(d: dict, split: str, images: Path, out: Path, models: dict,
         with open(path.with_suffix(".tmp"), "wb") as fh:
             pickle.dump(seq_file, fh, protocol=2)
         os.replace(path.with_suffix(".tmp"), path)
-        for idx in actors.values():
-            for i in idx:
-                _link(images / str(d["imgname"][i]), out / str(d["imgname"][i]))
+        for i in (i for idx in actors.values() for i in idx):    # the images, linked
+            src, dst = images / str(d["imgname"][i]), out / str(d["imgname"][i])
+            if dst.exists() and os.path.samefile(src, dst):
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.unlink(missing_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
         written.append(path)
     return written
 
 
 def write_raw_3dpw(root: str | os.PathLike, out: str | os.PathLike | None = None,
                    seed: int = 0, log: Callable | None = print) -> Path:
-    """Write the world's 3DPW test and train sets under ``out`` in the official layout.
-
-    Args:
-        root: the synthetic world's data root (built by ``datasets.synthetic``).
-        out: the raw 3DPW root to write (default: the world's image folder
-            ``<root>/datasets/pw3d``, which then holds imageFiles/ and sequenceFiles/).
-        seed: seed of the random camera poses.
-    Returns:
-        the raw root.
-    """
+    """Write the world's (under data root ``root``) 3DPW test and train sets under ``out``
+    (default: the world's image folder ``<root>/datasets/pw3d``, which then holds imageFiles/
+    and sequenceFiles/) in the official layout, with camera poses from ``seed``; returns
+    ``out``."""
     import torch
     from models.smpl import build_smpl
-    paths = DataPaths(root)
+    paths, log = DataPaths(root), log or (lambda _: None)
     images = paths.images_dir / DATASET_FOLDERS["3dpw"]
     out = Path(out) if out is not None else images
     models = {g: build_smpl(paths, g, dtype=torch.float64) for g in ("male", "female")}
@@ -167,10 +143,8 @@ def write_raw_3dpw(root: str | os.PathLike, out: str | os.PathLike | None = None
         if target.is_dir():
             shutil.rmtree(target)
         files = _write_split(d, split, images, out, models, seed)
-        if log:
-            log(f"  raw 3dpw {split}: {len(files)} sequence files, {len(d['imgname'])} frames "
-                f"-> {target}")
-    if log:
-        log(f"raw 3DPW tree in {out}: python -m datasets.prepare 3dpw --raw {out} "
-            f"--out <folder> --data_root {root}")
+        log(f"  raw 3dpw {split}: {len(files)} sequence files, {len(d['imgname'])} frames "
+            f"-> {target}")
+    log(f"raw 3DPW tree in {out}: python -m datasets.prepare 3dpw --raw {out} "
+        f"--out <folder> --data_root {root}")
     return out

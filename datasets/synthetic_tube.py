@@ -1,72 +1,153 @@
-"""The synthetic body's mesh: one closed tube laid through the keyframes (a UV sphere).
+"""The synthetic body's surface: 10 shape parameters -> keyframes -> one closed tube.
 
-Topology: a UV sphere of ``N_RINGS`` rings of ``N_SEG`` vertices plus two poles
-(246 * 28 + 2 = 6890 vertices, 2 * 246 * 28 = 13776 triangles; closed, genus 0, like SMPL's
-mesh). The sphere is a single tube from the north pole (top of the head) to the south pole
-(tip of the right foot), and the tube is laid through the body:
+The neutral body (metres; y up, facing +z, the subject's left on +x, like SMPL) is a chain of
+keyframes per segment (a centre, the two radii of an elliptical cross-section, the SMPL joint
+it sits on: every joint has one) with end caps. :func:`keyframes` applies :data:`SHAPE_PARAMS`.
+The mesh is a UV sphere (6890 vertices, 13776 triangles; closed, genus 0, like SMPL's): one
+tube from the north pole (top of the head) to the south pole (tip of the right foot) through
 
-    head + neck + torso (crown -> crotch) | arm L | arm R | leg L | foot L | leg R | foot R
+    head + neck + torso | arm L | arm R | leg L | foot L | leg R | foot R
 
-Each segment is a rounded "sausage" around a chain of keyframes
-(:func:`datasets.synthetic_keyframes.keyframes`: elliptical cross-sections interpolated
-between keyframes by Catmull-Rom splines, quarter-ellipse end caps). Between two sausages the
-tube pinches to 2 mm and runs *inside* the body along the bones (one ring per joint on the
-way), so the connections are hidden and the visible surface is the union of the sausages. The
-number of rings between two keyframes is fixed (from the neutral body), so every parameter
-value gives the same topology; a small bump on the face is the nose.
+each a rounded "sausage" (cross-sections interpolated between keyframes by Catmull-Rom splines,
+quarter-ellipse end caps). Between two sausages the tube pinches to 2 mm and runs inside the
+body along the bones (a ring per joint on the way), so the visible surface is the union of the
+sausages. The ring count between two keyframes is fixed (from the neutral body): every
+parameter value gives the same topology. A small bump on the face is the nose.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import namedtuple
 from functools import lru_cache
 
 import numpy as np
 
-from datasets.synthetic_keyframes import keyframes, shape_params
+__all__ = ["SHAPE_PARAMS", "shape_params", "keyframes", "N_SEG", "N_RINGS", "N_VERTS",
+           "N_FACES", "PART_NAMES", "PARTS", "Ring", "surface", "faces", "signed_volume"]
 
-__all__ = ["N_SEG", "N_RINGS", "N_VERTS", "N_FACES", "PART_NAMES", "PARTS", "Ring", "surface",
-           "faces", "signed_volume"]
+SHAPE_PARAMS = ("height", "girth", "shoulders", "hips", "legs", "arms", "belly", "head",
+                "neck", "chest")
+# Keyframes: name, centre, radii (ru, rv) along (u, v), joint. Torso/head and legs: u = x
+# (width), v = z (depth); arms: u = y (thickness), v = depth; feet: u = y (height), v = width.
+_TORSO = [  # name, y, z, ru, rv, joint (x = 0)
+    ("head_top", .465, .025, .077, .096, None), ("head_mid", .425, .027, .076, .095, None),
+    ("jaw", .390, .028, .068, .086, None), ("head", .365, .020, .056, .068, 15),
+    ("neck", .300, -.005, .052, .052, 12), ("neck_base", .265, -.005, .075, .060, None),
+    ("collar_lvl", .215, .000, .155, .085, None), ("chest", .150, .012, .165, .098, None),
+    ("spine3", .090, .012, .158, .100, 9), ("spine2", .030, .008, .148, .098, 6),
+    ("waist", -.040, .005, .135, .092, None), ("spine1", -.105, .005, .140, .095, 3),
+    ("hip_lvl", -.170, .010, .152, .100, None), ("pelvis", -.225, .015, .162, .102, 0),
+    ("low_pelvis", -.285, .015, .155, .095, None), ("crotch", -.330, .015, .120, .080, None)]
+_ARM = [  # left arm: name, x, y, z, ru, rv, joint (right: x -> -x, joint -> _RIGHT[joint])
+    ("collar", .075, .210, -.005, .045, .050, 13), ("shoulder", .175, .225, -.015, .056, .056, 16),
+    ("upper", .300, .218, -.022, .048, .050, None), ("elbow", .435, .212, -.030, .040, .042, 18),
+    ("fore", .540, .215, -.032, .040, .043, None), ("wrist", .700, .220, -.035, .022, .030, 20),
+    ("palm", .745, .218, -.038, .016, .044, None), ("hand", .785, .215, -.040, .014, .045, 22)]
+_LEG = [
+    ("hip", .075, -.315, .015, .085, .085, 1), ("thigh", .085, -.450, .020, .078, .080, None),
+    ("thigh_low", .092, -.6, .020, .062, .064, None), ("knee", .095, -.7, .020, .052, .054, 4),
+    ("calf", .093, -.82, .005, .052, .058, None), ("calf_low", .09, -.96, -.01, .04, .042, None),
+    ("ankle", .085, -1.085, -.020, .033, .036, 7)]
+_FOOT = [
+    ("heel", .086, -1.128, -.040, .035, .035, None), ("mid", .098, -1.128, .030, .036, .042, None),
+    ("ball", .110, -1.133, .095, .030, .047, 10), ("toe", .118, -1.140, .130, .024, .045, None)]
+_CROWN_CAP, _CROTCH_CAP, _ARM_CAPS, _LEG_CAPS, _FOOT_CAPS = 0.080, 0.045, (0.040, 0.095), \
+    (0.070, 0.055), (0.045, 0.055)
+_RIGHT = {13: 14, 16: 17, 18: 19, 20: 21, 22: 23, 1: 2, 4: 5, 7: 8, 10: 11}
+_NOSE = (0.0, 0.415, 0.118)     # nose bump centre (neutral, on the face)
+_HEAD, _NECK_Y = ("head_top", "head_mid", "jaw", "head"), 0.300
 
-N_SEG = 28
-N_RINGS = 246
+N_SEG, N_RINGS = 28, 246
 N_VERTS = N_SEG * N_RINGS + 2          # 6890
 N_FACES = 2 * N_SEG * N_RINGS           # 13776
 N_CAP = 5                               # rings per end cap (the last one is the pinch)
 R_MIN = 0.002                           # radius of pinches and hidden connectors (m)
 PART_NAMES = ("torso", "arm_l", "arm_r", "leg_l", "foot_l", "leg_r", "foot_r", "hidden")
-
-# parts in tube order: (name, reference axis for the ring frame u, allowed skin joints)
-PARTS = [
-    ("torso", (1.0, 0.0, 0.0), (0, 3, 6, 9, 12, 15)),
-    ("arm_l", (0.0, 1.0, 0.0), (9, 13, 16, 18, 20, 22)),
-    ("arm_r", (0.0, 1.0, 0.0), (9, 14, 17, 19, 21, 23)),
-    ("leg_l", (1.0, 0.0, 0.0), (0, 1, 4, 7)),
-    ("foot_l", (0.0, 1.0, 0.0), (7, 10)),
-    ("leg_r", (1.0, 0.0, 0.0), (0, 2, 5, 8)),
-    ("foot_r", (0.0, 1.0, 0.0), (8, 11)),
-]
-# hidden connectors after each part: the joints the pinched tube visits (in order)
-_CONNECTORS = {
-    "torso": (0, 3, 6, 9),
-    "arm_l": (22, 20, 18, 16, 13, 9),
-    "arm_r": (23, 21, 19, 17, 14, 9, 6, 3, 0),
-    "leg_l": (),
-    "foot_l": (10, 7, 4, 1, 0),
-    "leg_r": (),
-    "foot_r": (),
-}
+_X, _Y = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)
+PARTS = [  # in tube order: name, reference axis of the ring frame's u, allowed skin joints
+    ("torso", _X, (0, 3, 6, 9, 12, 15)), ("arm_l", _Y, (9, 13, 16, 18, 20, 22)),
+    ("arm_r", _Y, (9, 14, 17, 19, 21, 23)), ("leg_l", _X, (0, 1, 4, 7)), ("foot_l", _Y, (7, 10)),
+    ("leg_r", _X, (0, 2, 5, 8)), ("foot_r", _Y, (8, 11))]
+_CONNECTORS = {  # hidden connector after each part: the joints the pinched tube visits
+    "torso": (0, 3, 6, 9), "arm_l": (22, 20, 18, 16, 13, 9),
+    "arm_r": (23, 21, 19, 17, 14, 9, 6, 3, 0), "foot_l": (10, 7, 4, 1, 0)}
 
 
-@dataclass
-class Ring:
-    """One cross-section of the tube."""
-    centre: np.ndarray
-    ru: float
-    rv: float
-    part: int                 # index into PART_NAMES
-    joint: int | None = None  # joint whose keyframe this ring is
-    ref: np.ndarray | None = None
+# one cross-section of the tube: centre, radii, part (PART_NAMES index), the joint whose
+# keyframe it is, the reference axis of its frame
+Ring = namedtuple("Ring", "centre ru rv part joint ref", defaults=(None, None))
+
+
+def shape_params(values: dict | None) -> dict:
+    """All of :data:`SHAPE_PARAMS`, 0 unless given in ``values``."""
+    for k in values or {}:
+        if k not in SHAPE_PARAMS:
+            raise ValueError(f"unknown shape parameter {k!r}; expected one of {SHAPE_PARAMS}")
+    return {k: float((values or {}).get(k, 0.0)) for k in SHAPE_PARAMS}
+
+
+def keyframes(p: dict) -> tuple[dict, np.ndarray, dict]:
+    """For parameters ``p``: (parts: name -> (list of (centre, ru, rv, joint), (cap_start,
+    cap_end)), joints [24, 3], landmarks name -> point, and 'head_scale')."""
+    girth, limb_g, hand_g = 1.0 + 0.12 * p["girth"], 1.0 + 0.08 * p["girth"], \
+        1.0 + 0.02 * p["girth"]
+    head_s, neck_up, sh_w, hip_w = 1.0 + 0.06 * p["head"], 0.015 * p["neck"], \
+        0.018 * p["shoulders"], 0.012 * p["hips"]
+    legs, arms, belly, chest = 1.0 + 0.05 * p["legs"], 1.0 + 0.05 * p["arms"], \
+        0.02 * p["belly"], 0.015 * p["chest"]
+    hip = (0, 1.6 * hip_w, 0)
+    adjust = {  # torso keyframe: added to (z, ru, rv) after the girth scaling
+        "collar_lvl": (0, sh_w, 0), "chest": (0, 0.6 * sh_w + chest, chest),
+        "spine3": (0, 0.5 * chest, 0.7 * chest), "waist": (0.5 * belly, 0, belly),
+        "spine2": (0.3 * belly, 0, 0.6 * belly), "spine1": (0.3 * belly, 0, 0.6 * belly),
+        "hip_lvl": hip, "pelvis": hip, "low_pelvis": hip, "crotch": hip}
+    torso = []
+    for name, y, z, ru, rv, j in _TORSO:
+        if name in _HEAD:
+            c, ru, rv = (0.0, _NECK_Y + (y - _NECK_Y) * head_s + neck_up, z), ru * head_s, \
+                rv * head_s
+        else:
+            dz, du, dv = adjust.get(name, (0, 0, 0))
+            c, ru, rv = (0.0, y + (0.5 * neck_up if name == "neck" else 0), z + dz), \
+                ru * girth + du, rv * girth + dv
+        torso.append((np.array(c), ru, rv, j))
+    parts = {"torso": (torso, (_CROWN_CAP * head_s, _CROTCH_CAP * girth))}
+    marks = {"crown": torso[0][0] + np.array([0.0, _CROWN_CAP * head_s, 0.0])}
+    sh_x, hip_y = _ARM[1][1] + sh_w, _LEG[0][2]
+    gain = {"hip": girth, "thigh": girth, "wrist": hand_g, "palm": hand_g, "hand": hand_g}
+    for side, sgn in (("l", 1.0), ("r", -1.0)):
+        arm, leg, foot = [], [], []
+        for out, table in ((arm, _ARM), (leg, _LEG), (foot, _FOOT)):
+            for name, x, y, z, ru, rv, j in table:
+                if table is _ARM:
+                    x = x + (0.5 * sh_w if name == "collar" else sh_w)
+                    if name not in ("collar", "shoulder"):
+                        x = sh_x + (x - sh_x) * arms
+                    c = np.array([sgn * x, y, z])
+                else:   # legs and feet
+                    c = np.array([sgn * (x + hip_w), hip_y + (y - hip_y) * legs, z])
+                g = gain.get(name, 1.0 if table is _FOOT else limb_g)
+                out.append((c, ru * g, rv * g, j if j is None or sgn > 0 else _RIGHT[j]))
+        caps = (_ARM_CAPS[0], _ARM_CAPS[1] * arms)
+        parts.update({f"arm_{side}": (arm, caps), f"leg_{side}": (leg, _LEG_CAPS),
+                      f"foot_{side}": (foot, _FOOT_CAPS)})
+        marks[f"tip_{side}"] = arm[-1][0] + np.array([sgn * caps[1], 0.0, 0.0])
+        marks[f"toe_{side}"] = foot[-1][0] + np.array([0.0, 0.0, _FOOT_CAPS[1]])
+        marks[f"heel_{side}"] = foot[0][0] - np.array([0.0, 0.0, _FOOT_CAPS[0]])
+    joints = np.zeros((24, 3))
+    for kfs, _ in parts.values():
+        for c, _, _, j in kfs:
+            if j is not None:
+                joints[j] = c
+    # everything scaled about the origin by the height factor
+    scale = 1.0 + 0.055 * p["height"]
+    parts = {name: ([(c * scale, ru * scale, rv * scale, j) for c, ru, rv, j in kfs],
+                    (caps[0] * scale, caps[1] * scale)) for name, (kfs, caps) in parts.items()}
+    marks = {k: v * scale for k, v in marks.items()}
+    marks["nose"] = np.array([_NOSE[0], (_NECK_Y + (_NOSE[1] - _NECK_Y) * head_s + neck_up)
+                              * scale, _NOSE[2] * head_s * scale], dtype=np.float64)
+    marks["head_scale"] = head_s * scale
+    return parts, joints * scale, marks
 
 
 def _catmull_rom(p0, p1, p2, p3, s):
@@ -77,24 +158,18 @@ def _catmull_rom(p0, p1, p2, p3, s):
 
 @lru_cache(maxsize=None)
 def _ring_layout() -> dict:
-    """How many interior rings each keyframe segment gets (fixed for every parameter value).
-
-    Computed once from the neutral body: the ring budget left after keyframes, caps and
-    connectors is shared between segments in proportion to their length.
-    """
+    """Interior rings of each keyframe segment (name, k): the ring budget left after keyframes,
+    caps and connectors, shared in proportion to the segments' lengths on the neutral body."""
     parts, _, _ = keyframes(shape_params(None))
     fixed, seg_len, keys = 0, [], []
     for i, (name, _, _) in enumerate(PARTS):
-        kfs, _ = parts[name]
-        pole_start, pole_end = i == 0, i == len(PARTS) - 1
-        fixed += len(kfs) + (N_CAP - 1 if pole_start else N_CAP) + \
-            (N_CAP - 1 if pole_end else N_CAP) + len(_CONNECTORS[name])
+        kfs = parts[name][0]
+        fixed += len(kfs) + 2 * N_CAP - (i == 0) - (i == len(PARTS) - 1) + \
+            len(_CONNECTORS.get(name, ()))
         for k in range(len(kfs) - 1):
             seg_len.append(float(np.linalg.norm(kfs[k + 1][0] - kfs[k][0])))
             keys.append((name, k))
     budget = N_RINGS - fixed
-    if budget < 0:
-        raise AssertionError("ring budget exceeded")
     share = np.asarray(seg_len) / sum(seg_len) * budget
     counts = np.floor(share).astype(int)
     for idx in np.argsort(-(share - counts))[:budget - counts.sum()]:
@@ -102,86 +177,51 @@ def _ring_layout() -> dict:
     return {key: int(c) for key, c in zip(keys, counts)}
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v)
-
-
-def _cap_rings(kf: tuple, axis: np.ndarray, ks, pid: int, ref: np.ndarray) -> list[Ring]:
-    """A quarter-ellipse end cap of keyframe ``kf`` = (centre, ru, rv, joint): ring k at
-    ``centre + sin(phi) axis`` with radii ``cos(phi) (ru, rv)`` (at least R_MIN),
-    phi = (pi / 2) k / N_CAP, for k in ``ks``."""
-    rings = []
-    for k in ks:
-        phi = 0.5 * np.pi * k / N_CAP
-        rings.append(Ring(kf[0] + axis * np.sin(phi), max(kf[1] * np.cos(phi), R_MIN),
-                          max(kf[2] * np.cos(phi), R_MIN), pid, None, ref))
-    return rings
-
-
-def _segment_rings(name: str, kfs: list, pid: int, ref: np.ndarray) -> list[Ring]:
-    """The keyframe rings of a part and the Catmull-Rom interpolated rings between them."""
-    layout = _ring_layout()
-    cs = [k[0] for k in kfs]
-    ext = [2 * cs[0] - cs[1]] + cs + [2 * cs[-1] - cs[-2]]
-    rad = [np.array(k[1:3]) for k in kfs]
-    rext = [rad[0]] + rad + [rad[-1]]
-    rings = []
-    for k in range(len(kfs)):
-        rings.append(Ring(cs[k], kfs[k][1], kfs[k][2], pid, kfs[k][3], ref))
-        if k == len(kfs) - 1:
-            break
-        n = layout[(name, k)]
-        for m in range(1, n + 1):
-            s = m / (n + 1)
-            c = _catmull_rom(ext[k], ext[k + 1], ext[k + 2], ext[k + 3], s)
-            r = _catmull_rom(rext[k], rext[k + 1], rext[k + 2], rext[k + 3], s)
-            rings.append(Ring(c, max(r[0], R_MIN), max(r[1], R_MIN), pid, None, ref))
-    return rings
-
-
-def _cap_axes(kfs: list, caps: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """The start and end cap of a part: the tangent at each end times the cap length."""
-    return (_unit(kfs[1][0] - kfs[0][0]) * caps[0], _unit(kfs[-1][0] - kfs[-2][0]) * caps[1])
-
-
 def _rings(p: dict) -> tuple[list[Ring], np.ndarray, np.ndarray, np.ndarray, dict]:
-    """The ring sequence of the tube for parameters ``p``.
-
-    Returns (rings, north pole [3], south pole [3], joints [24, 3], landmarks).
-    """
+    """The tube's rings for parameters ``p``, its north and south pole, the joints [24, 3] and
+    the landmarks."""
     parts, joints, marks = keyframes(p)
-    rings: list[Ring] = []
-    last = len(PARTS) - 1
+    layout, rings, last = _ring_layout(), [], len(PARTS) - 1
     for i, (name, ref, _) in enumerate(PARTS):
-        kfs, caps = parts[name]
-        pid, ref = PART_NAMES.index(name), np.asarray(ref)
-        a0, a1 = _cap_axes(kfs, caps)
-        rings += _cap_rings(kfs[0], -a0, range(N_CAP - 1 if i == 0 else N_CAP, 0, -1), pid, ref)
-        rings += _segment_rings(name, kfs, pid, ref)
-        rings += _cap_rings(kfs[-1], a1, range(1, N_CAP if i == last else N_CAP + 1), pid, ref)
+        (kfs, caps), pid, ref = parts[name], PART_NAMES.index(name), np.asarray(ref)
+        unit = [(b - a) / np.linalg.norm(b - a) for a, b in ((kfs[0][0], kfs[1][0]),
+                                                             (kfs[-2][0], kfs[-1][0]))]
+        a0, a1 = unit[0] * caps[0], unit[1] * caps[1]       # start and end cap axes
+
+        def cap(kf, axis, ks):      # quarter ellipse: ring k at phi = (pi / 2) k / N_CAP
+            for k in ks:
+                phi = 0.5 * np.pi * k / N_CAP
+                rings.append(Ring(kf[0] + axis * np.sin(phi), max(kf[1] * np.cos(phi), R_MIN),
+                                  max(kf[2] * np.cos(phi), R_MIN), pid, None, ref))
+        cap(kfs[0], -a0, range(N_CAP - 1 if i == 0 else N_CAP, 0, -1))
+        cs = [k[0] for k in kfs]
+        ext = [2 * cs[0] - cs[1]] + cs + [2 * cs[-1] - cs[-2]]
+        rad = [np.array(k[1:3]) for k in kfs]
+        rext = [rad[0]] + rad + [rad[-1]]
+        for k in range(len(kfs)):           # keyframe rings and the interpolated ones
+            rings.append(Ring(cs[k], kfs[k][1], kfs[k][2], pid, kfs[k][3], ref))
+            n = layout[(name, k)] if k < len(kfs) - 1 else 0
+            for m in range(1, n + 1):
+                c = _catmull_rom(ext[k], ext[k + 1], ext[k + 2], ext[k + 3], m / (n + 1))
+                r = _catmull_rom(rext[k], rext[k + 1], rext[k + 2], rext[k + 3], m / (n + 1))
+                rings.append(Ring(c, max(r[0], R_MIN), max(r[1], R_MIN), pid, None, ref))
+        cap(kfs[-1], a1, range(1, N_CAP if i == last else N_CAP + 1))
         rings += [Ring(joints[j].copy(), R_MIN, R_MIN, PART_NAMES.index("hidden"))
-                  for j in _CONNECTORS[name]]      # hidden connector to the next part
+                  for j in _CONNECTORS.get(name, ())]
+        if i == 0:
+            north = kfs[0][0] - a0
     if len(rings) != N_RINGS:
         raise AssertionError(f"built {len(rings)} rings, expected {N_RINGS}")
-    (first, first_caps), (end, end_caps) = parts[PARTS[0][0]], parts[PARTS[-1][0]]
-    north = first[0][0] - _cap_axes(first, first_caps)[0]
-    south = end[-1][0] + _cap_axes(end, end_caps)[1]
-    return rings, north, south, joints, marks
+    return rings, north, kfs[-1][0] + a1, joints, marks
 
 
-def _cross(a, b) -> np.ndarray:
-    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2],
-                     a[0] * b[1] - a[1] * b[0]])
-
-
-def _frames(rings: list[Ring], north, south) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tangent t, u, v (right-handed, v = t x u) of every ring. Each [R, 3]."""
+def surface(p: dict):
+    """(vertices [6890, 3] in ring order, before the landmark permutation; rings; joints;
+    landmarks; the ring-normal direction of every non-pole vertex [6888, 3]) for ``p``."""
+    rings, north, south, joints, marks = _rings(p)
     c = np.stack([r.centre for r in rings])
-    prev = np.concatenate([north[None], c[:-1]])
-    nxt = np.concatenate([c[1:], south[None]])
-    t = nxt - prev
-    u = np.zeros_like(c)
-    v = np.zeros_like(c)
+    t = np.concatenate([c[1:], south[None]]) - np.concatenate([north[None], c[:-1]])
+    u, v = np.zeros_like(c), np.zeros_like(c)     # ring frames: v = t x u
     last_t, last_u = np.array([0.0, -1.0, 0.0]), np.array([1.0, 0.0, 0.0])
     norms = np.sqrt((t * t).sum(1))
     for i, r in enumerate(rings):
@@ -194,26 +234,17 @@ def _frames(rings: list[Ring], north, south) -> tuple[np.ndarray, np.ndarray, np
                 if ui @ ui >= 0.25:
                     break
         ui = ui / math.sqrt(ui @ ui)
-        t[i], u[i], v[i] = ti, ui, _cross(ti, ui)
+        u[i], v[i] = ui, np.array([ti[1] * ui[2] - ti[2] * ui[1], ti[2] * ui[0] - ti[0] * ui[2],
+                                   ti[0] * ui[1] - ti[1] * ui[0]])
         last_t, last_u = ti, ui
-    return t, u, v
-
-
-def surface(p: dict):
-    """Vertices (ring order, before the landmark permutation) and metadata for parameters p."""
-    rings, north, south, joints, marks = _rings(p)
-    _, u, v = _frames(rings, north, south)
     theta = 2 * np.pi * np.arange(N_SEG) / N_SEG
     cos, sin = np.cos(theta), np.sin(theta)
-    c = np.stack([r.centre for r in rings])
-    ru = np.array([r.ru for r in rings])
-    rv = np.array([r.rv for r in rings])
+    ru, rv = np.array([r.ru for r in rings]), np.array([r.rv for r in rings])
     offs = (ru[:, None, None] * cos[None, :, None] * u[:, None, :]
             + rv[:, None, None] * sin[None, :, None] * v[:, None, :])          # [R, S, 3]
     verts = c[:, None, :] + offs
-    # nose: a small bump on the face
-    torso = PART_NAMES.index("torso")
-    is_head = np.array([r.part == torso and r.centre[1] > joints[12][1] for r in rings])
+    # the nose: a small bump on the face
+    is_head = np.array([r.part == 0 and r.centre[1] > joints[12][1] for r in rings])
     radial = offs / np.maximum(np.linalg.norm(offs, axis=-1, keepdims=True), 1e-12)
     d2 = ((verts - marks["nose"]) ** 2).sum(-1)
     bump = 0.016 * marks["head_scale"] * np.exp(-d2 / (2 * (0.014 * marks["head_scale"]) ** 2))
@@ -223,22 +254,13 @@ def surface(p: dict):
 
 
 def faces() -> np.ndarray:
-    """UV-sphere triangles (ring order), [13776, 3], winding: outward for the tube."""
-    S, R = N_SEG, N_RINGS
-    idx = lambda r, k: 1 + r * S + (k % S)          # noqa: E731
-    f = []
-    for k in range(S):
-        f.append((0, idx(0, k + 1), idx(0, k)))
-    for r in range(R - 1):
-        for k in range(S):
-            a, b = idx(r, k), idx(r, k + 1)
-            c, d = idx(r + 1, k), idx(r + 1, k + 1)
-            f.append((a, b, d))
-            f.append((a, d, c))
-    south = 1 + R * S
-    for k in range(S):
-        f.append((south, idx(R - 1, k), idx(R - 1, k + 1)))
-    return np.asarray(f, dtype=np.int64)
+    """UV-sphere triangles (ring order) [13776, 3], wound outward for the tube."""
+    k, S, south = np.arange(N_SEG), N_SEG, 1 + N_RINGS * N_SEG
+    a = 1 + np.arange(N_RINGS)[:, None] * S + k         # vertex k of every ring
+    b = 1 + np.arange(N_RINGS)[:, None] * S + (k + 1) % S
+    quads = np.stack([a[:-1], b[:-1], b[1:], a[:-1], b[1:], a[1:]], -1).reshape(-1, 3)
+    return np.concatenate([np.stack([np.zeros(S, np.int64), b[0], a[0]], 1), quads,
+                           np.stack([np.full(S, south), a[-1], b[-1]], 1)]).astype(np.int64)
 
 
 def signed_volume(v, f) -> float:
