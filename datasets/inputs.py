@@ -1,8 +1,7 @@
 """User inputs of the demo: image and video listings, OpenPose BODY_25 JSON files, bbox files,
-and boxes from them; and a SPIN-format test set written out as such inputs.
-
-Pure file-format code (nothing here runs a network). Parsing errors are
-:class:`DemoInputError` naming the file or entry: the demo reports them per image and goes on.
+boxes from them, a SPIN-format test set written out as such inputs, and the network input of one
+person. Pure file-format code (no network runs here). Parsing errors are :class:`DemoInputError`
+naming the file or entry: the demo reports them per image and goes on.
 """
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ import numpy as np
 import torch
 
 import constants
-
 from config import DataPaths, require
 from utils import imutils
 from utils.jsonio import dumps
@@ -26,6 +24,7 @@ __all__ = ["DemoInputError", "IMAGE_EXTS", "NUM_OPENPOSE", "list_images", "read_
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 NUM_OPENPOSE = 25
+FAR_OUTSIDE = 0.5   # keypoints beyond this fraction of the image's larger side outside it
 
 
 class DemoInputError(ValueError):
@@ -33,17 +32,15 @@ class DemoInputError(ValueError):
 
 
 def video_frame_name(video, frame: int) -> str:
-    """The name OpenPose gives frame ``frame`` of ``video`` (``<video stem>_<frame:012d>``):
-    its keypoints are ``<name>_keypoints.json``."""
+    """OpenPose's name of frame ``frame`` of ``video``, ``<video stem>_<frame:012d>`` (its
+    keypoints: ``<name>_keypoints.json``)."""
     return f"{Path(video).stem}_{int(frame):012d}"
 
 
 def read_video(path, every: int = 1):
-    """Frames of a video file as (frame index, [H, W, 3] uint8 RGB), every ``every``-th frame
-    from frame 0, and the video's frame rate: returns (fps, iterator).
+    """(fps, iterator of (frame index, [H, W, 3] uint8 RGB)): every ``every``-th frame from 0.
 
-    Raises :class:`DemoInputError` when OpenCV cannot open the file or it has no frame.
-    """
+    Raises :class:`DemoInputError` when OpenCV cannot open the file or it has no frame."""
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     cap = cv2.VideoCapture(str(path))
@@ -52,20 +49,18 @@ def read_video(path, every: int = 1):
                              f"lacks). Convert it, e.g. to H.264 .mp4, or pass its frames as "
                              f"--img_dir")
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    ok, first = cap.read()
-    if not ok or first is None:
+    ok, bgr = cap.read()
+    if not ok or bgr is None:
         cap.release()
         raise DemoInputError(f"{path}: this video has no readable frame")
 
-    def frames():
+    def frames(i=0, bgr=bgr):
         try:
-            i, bgr = 0, first
             while bgr is not None:
                 if i % every == 0:
                     yield i, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 ok, bgr = cap.read()
-                bgr = bgr if ok else None
-                i += 1
+                bgr, i = (bgr if ok else None), i + 1
         finally:
             cap.release()
     return (fps if fps > 0 else 25.0), frames()
@@ -73,17 +68,14 @@ def read_video(path, every: int = 1):
 
 def list_images(img_dir) -> list[Path]:
     """Image files (by extension, case-insensitive) directly in ``img_dir``, sorted by name."""
-    d = Path(img_dir)
-    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    return sorted(p for p in Path(img_dir).iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
 def read_openpose_json(path) -> list[np.ndarray]:
-    """People of an OpenPose BODY_25 file -> list of [25, 3] float64 (x, y, confidence).
-
-    Raises :class:`DemoInputError` naming the file when it is not valid JSON, has no
-    ``people`` list, or a person's ``pose_keypoints_2d`` is not 75 finite numbers.
-    An empty ``people`` list gives an empty list.
-    """
+    """People of an OpenPose BODY_25 file -> list of [25, 3] float64 (x, y, confidence); an
+    empty ``people`` list gives []. Raises :class:`DemoInputError` naming the file when it is not
+    valid JSON, has no ``people`` list, or a ``pose_keypoints_2d`` is not 75 finite numbers."""
     path = Path(path)
     try:
         with open(path) as f:
@@ -95,27 +87,28 @@ def read_openpose_json(path) -> list[np.ndarray]:
         raise DemoInputError(f"{path}: expected an object with a 'people' list (OpenPose format)")
     out = []
     for i, person in enumerate(people):
-        kp = person.get("pose_keypoints_2d") if isinstance(person, dict) else None
-        try:
-            arr = np.asarray(kp, dtype=np.float64)
-        except (TypeError, ValueError):
-            arr = None
+        arr = _array(person.get("pose_keypoints_2d") if isinstance(person, dict) else None)
         if arr is None or arr.shape != (3 * NUM_OPENPOSE,):
-            got = None if arr is None else arr.shape
             raise DemoInputError(f"{path}: people[{i}].pose_keypoints_2d must be a flat list of "
-                                 f"{3 * NUM_OPENPOSE} numbers (BODY_25 x, y, c), got shape {got}")
+                                 f"{3 * NUM_OPENPOSE} numbers (BODY_25 x, y, c), got shape "
+                                 f"{None if arr is None else arr.shape}")
         if not np.isfinite(arr).all():
             raise DemoInputError(f"{path}: people[{i}].pose_keypoints_2d has NaN or inf")
         out.append(arr.reshape(NUM_OPENPOSE, 3))
     return out
 
 
-def load_bbox_file(path) -> dict[str, list]:
-    """``{image name: [[x, y, w, h], ...]}`` from a JSON file (read before any work).
+def _array(value) -> np.ndarray | None:
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
 
-    The file must exist (:class:`config.MissingFileError`) and be a JSON object; the entries
-    themselves are checked per image (:func:`bboxes_for`), so one bad entry skips one image.
-    """
+
+def load_bbox_file(path) -> dict[str, list]:
+    """``{image name: [[x, y, w, h], ...]}`` from a JSON file (read before any work). The file
+    must exist (:class:`config.MissingFileError`) and be a JSON object; the entries are checked
+    per image (:func:`bboxes_for`), so one bad entry skips one image."""
     p = require(path, "bbox file (--bbox_file)")
     try:
         with open(p) as f:
@@ -129,85 +122,65 @@ def load_bbox_file(path) -> dict[str, list]:
 
 
 def bboxes_for(entries: dict, image: Path) -> list[np.ndarray] | None:
-    """The boxes of ``image`` (looked up by file name, then stem); None when there is no entry.
-
-    Returns a list of [4] float64 (x, y, w, h). Raises :class:`DemoInputError` when the entry
-    is not a list of 4-number lists (a single [x, y, w, h] is accepted too).
-    """
+    """The [4] float64 (x, y, w, h) boxes of ``image`` (looked up by file name, then stem); None
+    without an entry. Raises :class:`DemoInputError` when the entry is not a list of 4-number
+    lists (a single [x, y, w, h] is accepted too)."""
     key = image.name if image.name in entries else image.stem if image.stem in entries else None
     if key is None:
         return None
-    value = entries[key]
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        arr = None
+    arr = _array(entries[key])
     if arr is not None and arr.shape == (4,):
         arr = arr[None]
     if arr is not None and arr.size == 0:
         return []
     if arr is None or arr.ndim != 2 or arr.shape[1] != 4 or not np.isfinite(arr).all():
         raise DemoInputError(f"bbox entry {key!r}: expected a list of [x, y, w, h] boxes, "
-                             f"got {value!r:.200}")
+                             f"got {entries[key]!r:.200}")
     return list(arr)
-
-
-FAR_OUTSIDE = 0.5   # keypoints beyond this fraction of the image's larger side outside it
 
 
 def bbox_from_openpose(kp25, threshold: float, image_hw=None):
     """[25, 3] OpenPose keypoints -> (center [2], scale, n_confident, kp with conf zeroed).
 
     Keypoints with confidence <= ``threshold`` get confidence 0; the box is
-    :func:`utils.imutils.bbox_from_keypoints` of the rest (x1.2, 4:3 rule).
-    image_hw: (height, width) of the image: a keypoint lying more than ``FAR_OUTSIDE`` times
-    the image's larger side outside the image (a detector glitch, e.g. a wrist at (-900, 1400)
-    in a 512 px image) gets confidence 0 too, so that it neither blows up the box nor pulls
-    the test-time fit (issue #13 point 9).
+    :func:`utils.imutils.bbox_from_keypoints` of the rest (x1.2, 4:3 rule). image_hw: (height,
+    width): a keypoint more than ``FAR_OUTSIDE`` times the image's larger side outside the image
+    (a detector glitch, e.g. a wrist at (-900, 1400) in a 512 px image) gets confidence 0 too,
+    so that it neither blows up the box nor pulls the test-time fit (issue #13 point 9).
     """
     kp = np.array(kp25, dtype=np.float64)
     kp[kp[:, 2] <= threshold, 2] = 0.0
     if image_hw is not None:
         h, w = float(image_hw[0]), float(image_hw[1])
         m = FAR_OUTSIDE * max(h, w)
-        far = ((kp[:, 0] < -m) | (kp[:, 0] > w + m) | (kp[:, 1] < -m) | (kp[:, 1] > h + m))
-        kp[far, 2] = 0.0
+        kp[(kp[:, 0] < -m) | (kp[:, 0] > w + m) | (kp[:, 1] < -m) | (kp[:, 1] > h + m), 2] = 0.0
     center, scale, n = imutils.bbox_from_keypoints(kp)
     return center, float(scale), int(n), kp
 
 
 def bbox_from_xywh(box):
-    """A detector box (x, y, w, h) -> (center [2], scale) by the same rule as keypoint boxes
-    (its corners as the keypoints: centre = box centre, ``scale = max(w 4/3, h) / 200 * 1.2``)."""
+    """A detector box (x, y, w, h) -> (center [2], scale) by the keypoint boxes' rule (its corners
+    as the keypoints: centre = box centre, ``scale = max(w 4/3, h) / 200 * 1.2``)."""
     x, y, w, h = (float(v) for v in box)
-    corners = np.array([[x, y, 1.0], [x + w, y + h, 1.0]])
-    center, scale, _ = imutils.bbox_from_keypoints(corners)
+    center, scale, _ = imutils.bbox_from_keypoints(np.array([[x, y, 1.0], [x + w, y + h, 1.0]]))
     return center, float(scale)
 
 
 def export_dataset_inputs(paths: DataPaths, dataset: str, out_dir, indices=None,
                           keypoints: str = "openpose") -> tuple[Path, Path]:
-    """Copy images of a test set and write their keypoints as OpenPose BODY_25 JSON files.
+    """Copy images of a test set (``config.TEST_DATASETS``, e.g. 'h36m-p2') and write their
+    keypoints as OpenPose BODY_25 JSON files; returns (image folder, keypoint folder).
 
-    Args:
-        paths: data layout (e.g. ``DataPaths(Path("data/synthetic"))``).
-        dataset: a test set name (``config.TEST_DATASETS``), e.g. 'h36m-p2' or '3dpw'.
-        out_dir: gets ``images/<name>.jpg`` and ``openpose/<name>_keypoints.json``, where
-            ``<name>`` is ``<sequence>-<frame>`` for 3DPW, the image stem otherwise.
-        indices: sample indices (default: all).
-        keypoints: 'openpose' (the npz ``openpose`` array) or 'gt' (the GT ``part`` joints in
-            their OpenPose slots, :func:`gt_to_openpose`; for sets without OpenPose).
-    Returns:
-        (image folder, keypoint folder). Keypoints are in the stored image's pixels (the npz
-        values; 3DPW images are stored at full size, as in the real set).
+    ``out_dir`` gets ``images/<name>.jpg`` and ``openpose/<name>_keypoints.json`` (``<name>``:
+    ``<sequence>-<frame>`` for 3DPW, the image stem otherwise) for ``indices`` (default: all).
+    keypoints: 'openpose' (the npz ``openpose`` array) or 'gt' (the GT ``part`` joints in their
+    OpenPose slots, :func:`gt_to_openpose`; for sets without OpenPose). Keypoints are in the
+    stored image's pixels (the npz values; 3DPW images are stored at full size, as in the real set).
     """
     import shutil
     with np.load(paths.dataset_npz(dataset, is_train=False)) as z:
         data = {k: z[k] for k in ("imgname", "openpose", "part") if k in z.files}
-    img_root = paths.image_folder(dataset)
-    n = len(data["imgname"])
-    indices = range(n) if indices is None else indices
-    out = Path(out_dir)
+    img_root, out = paths.image_folder(dataset), Path(out_dir)
     img_out, kp_out = out / "images", out / "openpose"
     img_out.mkdir(parents=True, exist_ok=True)
     kp_out.mkdir(parents=True, exist_ok=True)
@@ -220,11 +193,10 @@ def export_dataset_inputs(paths: DataPaths, dataset: str, out_dir, indices=None,
     else:
         raise ValueError(f"keypoints must be 'openpose' or 'gt', got {keypoints!r}")
     names: set[str] = set()
-    for i in indices:
+    for i in range(len(data["imgname"])) if indices is None else indices:
         rel = Path(str(data["imgname"][i]))
         name = f"{rel.parent.name}-{rel.stem}" if dataset == "3dpw" else rel.stem
-        if name in names:
-            name = f"{name}_{i}"
+        name = f"{name}_{i}" if name in names else name
         names.add(name)
         shutil.copyfile(img_root / rel, img_out / f"{name}{rel.suffix}")
         person = {"person_id": [-1], "pose_keypoints_2d": np.asarray(kp_all[i], float)
@@ -240,11 +212,9 @@ _GT_TO_OP = {0: 19, 2: 8, 3: 7, 4: 6, 5: 9, 6: 10, 7: 11, 9: 2, 10: 1, 11: 0, 12
 
 
 def gt_to_openpose(part) -> np.ndarray:
-    """[..., 24, 3] GT 2D joints -> [..., 25, 3] in OpenPose BODY_25 order.
-
-    Only the joints both skeletons name are filled (limbs, nose, eyes, ears); the neck,
-    mid-hip and feet slots stay 0 (confidence 0: ignored by the bbox and the TTO loss).
-    """
+    """[..., 24, 3] GT 2D joints -> [..., 25, 3] in OpenPose BODY_25 order. Only the joints both
+    skeletons name are filled (limbs, nose, eyes, ears); the neck, mid-hip and feet slots stay 0
+    (confidence 0: ignored by the bbox and the TTO loss)."""
     part = np.asarray(part, dtype=np.float64)
     op = np.zeros(part.shape[:-2] + (NUM_OPENPOSE, 3))
     for o_idx, g_idx in _GT_TO_OP.items():
@@ -252,51 +222,34 @@ def gt_to_openpose(part) -> np.ndarray:
     return op
 
 
-# ------------------------------------------------------------------------------------------------
-# Network input of one person (the demo; as the datasets build it at evaluation)
 def prepare_person(img_rgb: np.ndarray, center, scale: float, focal: float, bbox_type: str,
                    openpose=None, crop_scale: float = 1.0) -> dict:
     """One person's network input, as the dataset builds it at evaluation (no augmentation).
 
-    Args:
-        img_rgb: [H, W, 3] uint8 RGB full image.
-        center: [2] bbox centre (full-image pixels); scale: bbox height / 200.
-        focal: focal length in pixels (CLIFF camera and bbox_info).
-        bbox_type: 'rect' (256x192) or 'square' (224x224).
-        openpose: [25, 3] OpenPose keypoints (full-image pixels, confidence) or None.
-        crop_scale: ``--crop_scale`` (the crop is the bbox type's size times this).
-    Returns:
-        dict of tensors: img [3, crop_h, crop_w], keypoints [49, 3] (crop pixels: OpenPose in
-        slots 0-24, GT slots 25-48 zero), keypoints_full [25, 3], center [2], scale, img_h,
-        img_w, focal_length, bbox_info [3], crop_trans [2, 3], has_smpl = has_pose_3d = 1
-        (the demo cannot know the GT flags; see train/demo.py, item 3).
+    img_rgb: [H, W, 3] uint8 RGB full image; center [2] (full-image pixels), scale (bbox height
+    / 200): the bbox; focal: focal length in pixels (CLIFF camera, bbox_info); bbox_type: 'rect'
+    (256x192) or 'square' (224x224), times ``crop_scale``; openpose: [25, 3] OpenPose keypoints
+    (full-image pixels, confidence) or None. Returns tensors: img [3, crop_h, crop_w], keypoints
+    [49, 3] (crop pixels: OpenPose in slots 0-24, GT slots 25-48 zero), keypoints_full [25, 3],
+    center [2], scale, img_h, img_w, focal_length, bbox_info [3], crop_trans [2, 3], has_smpl =
+    has_pose_3d = 1 (the demo cannot know the GT flags: see train/demo.py).
     """
     crop_h, crop_w = constants.crop_size(bbox_type, crop_scale)
     h, w = img_rgb.shape[:2]
     trans = imutils.get_affine_transform(center, scale, 0.0, (crop_w, crop_h))
     crop = cv2.warpAffine(img_rgb, trans, (crop_w, crop_h), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-    kp = np.zeros((constants.NUM_JOINTS_OUT, 3))
-    kp_full = np.zeros((NUM_OPENPOSE, 3))
+    kp, kp_full = np.zeros((constants.NUM_JOINTS_OUT, 3)), np.zeros((NUM_OPENPOSE, 3))
     if openpose is not None:
         kp_full = np.asarray(openpose, dtype=np.float64)
         kp[:NUM_OPENPOSE, :2] = imutils.transform_points(kp_full[:, :2], trans)
         kp[:NUM_OPENPOSE, 2] = kp_full[:, 2]
     f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
-    return {
-        "img": torch.from_numpy(imutils.normalize_image(crop)),
-        "keypoints": f32(kp),
-        "keypoints_full": f32(kp_full),
-        "center": f32(center),
-        "scale": f32(scale),
-        "img_h": f32(h),
-        "img_w": f32(w),
-        "focal_length": f32(focal),
-        "bbox_info": f32(imutils.bbox_info(center, scale, h, w, focal)),
-        "crop_trans": f32(trans),
-        "has_smpl": f32(1.0),
-        "has_pose_3d": f32(1.0),
-    }
+    return {"img": torch.from_numpy(imutils.normalize_image(crop)), "keypoints": f32(kp),
+            "keypoints_full": f32(kp_full), "center": f32(center), "scale": f32(scale),
+            "img_h": f32(h), "img_w": f32(w), "focal_length": f32(focal),
+            "bbox_info": f32(imutils.bbox_info(center, scale, h, w, focal)),
+            "crop_trans": f32(trans), "has_smpl": f32(1.0), "has_pose_3d": f32(1.0)}
 
 
 def collate(people: list[dict]) -> dict:

@@ -307,7 +307,7 @@ def _record(err_before, err_after, betas_after=0.1, nonfinite=False):
 
 
 def test_tto_verdict_keeps_the_better_prediction():
-    from train.demo_results import judge_tto
+    from train.demo import judge_tto
     rec, status = judge_tto(_record(12.0, 4.0))
     assert status == "ok" and float(rec["betas"][0]) == 0.1 and bool(rec["tto_kept"])
     rec, status = judge_tto(_record(4.0, 12.0))                 # worse after TTO

@@ -1,92 +1,68 @@
-"""Mesh recovery with test-time optimisation on a user's own images (``demo.py``).
+"""Mesh recovery with test-time optimisation on a user's own images (``demo.py``; its outputs:
+the README's "Demo on your own images").
 
-For every person of every image in ``--img_dir``:
+For every person of every image in ``--img_dir``: a bounding box from its OpenPose keypoints
+(``--openpose_dir``) or a detector box (``--bbox_file``) by the datasets' rule
+(:func:`datasets.inputs.bbox_from_openpose`, :func:`datasets.inputs.bbox_from_xywh`); the network
+input as the datasets build it at evaluation (:func:`prepare_person`); TTO on the keypoints, or
+one forward pass without keypoints (:func:`predict`); the better of the predictions before /
+after TTO (:func:`judge_tto`); per-person npz files (:func:`person_record`), an overlay (before |
+after TTO, :func:`render_people`) and ``summary.json``. ``--video``: per frame
+(:mod:`train.video`); ``--from_dataset``: a test set's images and keypoints (e.g. the synthetic
+world's), written to ``<out_dir>/inputs/``. Cameras: :func:`image_camera`.
 
-1. **Bounding box.** From OpenPose keypoints (``--openpose_dir``: ``<stem>_keypoints.json``,
-   BODY_25, ``people[i].pose_keypoints_2d`` = flat ``x, y, c`` list, any number of people) or from
-   a bbox file (``--bbox_file``: JSON ``{image name: [[x, y, w, h], ...]}``). Either way the box
-   follows the datasets' rule (:func:`utils.imutils.bbox_from_keypoints`): the tight box of the
-   keypoints with confidence > ``--kp_threshold`` (of a detector box: its two corners),
-   ``scale = max(w * 4/3, h) / 200 * 1.2``.
-2. **Network input** (:func:`prepare_person`): the dataset's eval crop (``crop_trans`` from
-   :func:`utils.imutils.get_affine_transform`, bilinear warp with a black border, ImageNet
-   normalisation), CLIFF's ``bbox_info`` from the full image with the focal length
-   (``--focal_length``, default the image diagonal as in training), and the OpenPose keypoints
-   mapped into the 25 OpenPose slots of a [49, 3] array in crop pixels (GT slots zero).
-3. **Prediction.** With keypoints, :func:`train.tto.test_time_optimize` runs as in evaluation
-   with ``--use_openpose2d`` semantics (2D loss on the OpenPose slots with their confidences:
-   OpenPose weight 1, GT weight 0). Step 0 also uses the aux network's pseudo-labels, which the
-   released code masks by the GT flags ``has_smpl`` / ``has_pose_3d``; an in-the-wild image has
-   no GT, and with both flags 0 step 0 would drop the pseudo-labels (the heart of Meta-HMR's
-   step 0) and keep only the 2D + camera terms. The demo therefore sets ``has_smpl = 1`` and
-   ``has_pose_3d = 1``: the aux pseudo-labels act on every person, as they do on the
-   3DPW / H36M test sets the method was tuned on. Without keypoints (``--bbox_file``) there is
-   nothing to adapt to: one forward pass (``before`` = ``after``).
-4. **Outputs** in ``--out_dir``: ``<stem>_overlay.jpg`` (every person's mesh over the image;
-   before | after TTO side by side, one panel without TTO), ``<stem>_person<i>.npz`` per person
-   (keys in :func:`person_record`), ``<stem>_person<i>.obj`` with ``--save_obj``, and
-   ``summary.json``.
+TTO runs as in evaluation with ``--use_openpose2d`` (2D loss on the OpenPose slots with their
+confidences; GT weight 0). The released code masks step 0's aux pseudo-labels by the GT flags
+``has_smpl`` / ``has_pose_3d``; an in-the-wild image has no GT, and flags 0 would drop the
+pseudo-labels (the heart of Meta-HMR's step 0) and keep only the 2D + camera terms, so the demo
+sets both flags to 1, as on the 3DPW / H36M test sets the method was tuned on.
 
-**Honest about bad fits** (issue #13): a confident keypoint far outside the image (a
-detector glitch) is ignored for the box and TTO (:func:`datasets.inputs.bbox_from_openpose`);
-each person keeps the better of the predictions before / after TTO, and one whose TTO raised
-the 2D keypoint error or diverged gets ``status`` ``tto_worse`` / ``tto_diverged`` and a
-warning (:func:`train.demo_results.judge_tto`). Each image prints its people and their 2D
-keypoint error before -> after TTO; ``main`` exits with code 2 when no image was processed.
-``--video`` runs the same per frame (:mod:`train.video`).
-
-``--from_dataset NAME`` takes the inputs from a SPIN-format test set of ``--data_root`` instead
-(its images and npz ``openpose`` keypoints, written to ``<out_dir>/inputs/`` as an image folder
-and OpenPose files: :func:`export_dataset_inputs`), e.g. the synthetic world's, so the demo runs
-without any real data: ``python demo.py --synthetic --from_dataset h36m-p2 --checkpoint ...``.
-
-Bad input never stops the run: an image without a keypoint file / bbox entry, an unreadable
-image, a keypoint / bbox entry that cannot be parsed, or one with no (usable) people is
-reported (``tqdm.write``) and counted, and a summary closes the run. A missing checkpoint, SMPL
-file, image folder or bbox file is a clear error before any work (:class:`config.MissingFileError`).
-
-Persons of consecutive images are batched together (``--batch_size`` people per TTO batch);
-with ``--tto_mode sample`` (default) each person is adapted on its own, so results do not
-depend on the batching (``--tto_mode batch`` adapts one copy per batch of people, as the
-released evaluation does per batch of frames). Cameras: CLIFF predicts a full-image camera (focal ``f``, principal
-point the image centre); HMR a crop camera, which is expressed in full-image pixels with focal
-``5000 * 200 s / crop_h`` and principal point the bbox centre (exact, per person).
+Bad input (no keypoint file / bbox entry, an unreadable image or entry, no usable people) is
+reported, counted and summed up, and the run goes on; a missing checkpoint, SMPL file, image
+folder or bbox file fails before any work (:class:`config.MissingFileError`); ``main`` exits with
+code 2 when no image was processed. People of consecutive images share ``--batch_size``
+batches; with ``--tto_mode sample`` (default) each is adapted on its own, so results do not
+depend on the batching (``batch``: one copy per batch of people, as the released evaluation per
+batch of frames).
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
+import constants
 from config import TEST_DATASETS, DataPaths, MissingFileError, require
-from datasets.inputs import (collate, prepare_person)  # noqa: F401 (re-exported)
-from datasets.inputs import (IMAGE_EXTS, DemoInputError, bbox_from_openpose,
-                             bbox_from_xywh, bboxes_for, export_dataset_inputs, list_images,
-                             load_bbox_file, read_openpose_json)
-from train.demo_results import (PALETTE, TTO_STATUS, image_camera, judge_tto,  # noqa: F401
-                                person_record, render_people)
+from datasets.inputs import (IMAGE_EXTS, NUM_OPENPOSE, DemoInputError, bbox_from_openpose,
+                             bbox_from_xywh, bboxes_for, collate, export_dataset_inputs,
+                             list_images, load_bbox_file, prepare_person, read_openpose_json,
+                             read_video)
+from models.smpl import build_smpl
+from train.tto import TTOConfig, test_time_optimize
 from utils import imutils
+from utils.camera import Camera, smpl_predict
+from utils.geometry import perspective_projection, rotmat_to_axis_angle
+from utils.jsonio import write_json
+from utils.options import (add_bbox_type, add_common, add_crop_scale, add_tto_steps,
+                           fill_checkpoint_defaults, from_checkpoint, resolve)
+from utils.runtime import place, seed_everything, select_device
 
 __all__ = ["demo_parser", "parse_demo", "resolve_demo", "main", "run_demo", "prepare_person",
-           "collate", "predict", "image_camera", "person_record", "render_people",
-           "SKIP_REASONS"]
-
+           "collate", "predict", "image_camera", "person_record", "render_people", "judge_tto",
+           "SKIP_REASONS", "TTO_STATUS", "PALETTE", "DemoRun"]
 
 # reason -> how the summary names it
 SKIP_REASONS = {
-    "no_keypoint_file": "no keypoint file",
-    "no_bbox": "no bbox entry",
+    "no_keypoint_file": "no keypoint file", "no_bbox": "no bbox entry",
     "unreadable_image": "unreadable image",
-    "bad_annotation": "keypoint / bbox entry could not be parsed",
-    "no_people": "no people",
+    "bad_annotation": "keypoint / bbox entry could not be parsed", "no_people": "no people",
     "no_usable_people": "no person with enough confident keypoints / a valid box",
-    "error": "failed while predicting or writing",
-}
-
+    "error": "failed while predicting or writing"}
 # options of utils.options' shared groups that mean nothing here (name -> default), and those
 # the demo always implies (OpenPose 2D loss; bad images are always skipped and counted)
 _UNUSED_COMMON = {"amp": "off", "img_root": None, "openpose_train_weight": 0.0,
@@ -94,48 +70,39 @@ _UNUSED_COMMON = {"amp": "off", "img_root": None, "openpose_train_weight": 0.0,
 _IMPLIED_COMMON = ("use_openpose2d", "skip_bad_images")
 
 
-# ------------------------------------------------------------------------------------------------
-# Options
 def demo_parser() -> argparse.ArgumentParser:
     """Options of demo.py: the evaluation scripts' shared groups (data and device, model,
     test-time optimisation, loss weights; :mod:`utils.options`) plus the demo's own."""
-    from utils.options import (add_bbox_type, add_common, add_crop_scale, add_tto_steps,
-                               from_checkpoint)
     p = argparse.ArgumentParser(
         description="Meta-HMR demo: SMPL meshes (with test-time optimisation on OpenPose "
                     "keypoints) for every person in a folder of images",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("demo")
-    g.add_argument("--checkpoint", type=str, required=True,
-                   help="Meta-HMR checkpoint with 'model' and 'model_aux' (e.g. "
-                        "ckpt/cliff_hrnet_3dpw.pt, or a train.py checkpoint)")
-    g.add_argument("--img_dir", type=str, default=None, help="folder of input images")
+    g.add_argument("--checkpoint", required=True, help="Meta-HMR checkpoint with 'model' and "
+                   "'model_aux' (e.g. ckpt/cliff_hrnet_3dpw.pt, or a train.py checkpoint)")
+    g.add_argument("--img_dir", help="folder of input images")
     src = g.add_mutually_exclusive_group()
-    src.add_argument("--openpose_dir", type=str, default=None,
-                     help="folder of OpenPose BODY_25 files <image stem>_keypoints.json: "
-                          "bboxes from the keypoints, and TTO on them")
-    src.add_argument("--bbox_file", type=str, default=None,
+    src.add_argument("--openpose_dir", help="folder of OpenPose BODY_25 files <image stem>"
+                     "_keypoints.json: bboxes from the keypoints, and TTO on them")
+    src.add_argument("--bbox_file",
                      help="JSON {image file name: [[x, y, w, h], ...]}: no keypoints, no TTO")
-    g.add_argument("--from_dataset", type=str, default=None, choices=TEST_DATASETS,
-                   help="instead of --img_dir/--openpose_dir: take the images and 'openpose' "
-                        "keypoints of this test set of --data_root (e.g. the synthetic world), "
-                        "copied to <out_dir>/inputs/")
-    g.add_argument("--video", type=str, default=None,
-                   help="instead of --img_dir: a video file, run frame by frame (keypoints "
-                        "<video stem>_<frame:012d>_keypoints.json, as OpenPose names them); "
-                        "writes per-frame results and <video stem>_overlay.mp4 (train/video.py)")
+    g.add_argument("--from_dataset", choices=TEST_DATASETS, help="instead of --img_dir/"
+                   "--openpose_dir: take the images and 'openpose' keypoints of this test set "
+                   "of --data_root (e.g. the synthetic world), copied to <out_dir>/inputs/")
+    g.add_argument("--video", help="instead of --img_dir: a video file, run frame by frame "
+                   "(keypoints <video stem>_<frame:012d>_keypoints.json, as OpenPose names "
+                   "them); writes per-frame results and <video stem>_overlay.mp4 (train/video.py)")
     g.add_argument("--every", type=int, default=1,
                    help="--video: process every N-th frame (1 = all)")
     g.add_argument("--max_images", type=int, default=0,
                    help="process at most this many images / video frames (0 = all)")
-    g.add_argument("--out_dir", type=str, default="demo_out", help="output folder")
+    g.add_argument("--out_dir", default="demo_out", help="output folder")
     g.add_argument("--kp_threshold", type=float, default=0.1,
                    help="OpenPose keypoints with confidence <= this are ignored (bbox and TTO)")
     g.add_argument("--min_keypoints", type=int, default=3,
                    help="people with fewer confident OpenPose keypoints are skipped")
-    g.add_argument("--focal_length", type=float, default=None,
-                   help="focal length in pixels of every image (default: the image diagonal, "
-                        "as in training)")
+    g.add_argument("--focal_length", type=float, help="focal length in pixels of every image "
+                   "(default: the image diagonal, as in training)")
     g.add_argument("--batch_size", type=int, default=8, help="people per TTO / forward batch")
     add_bbox_type(g, None, " (default: the checkpoint's, else rect)")
     add_crop_scale(g, from_checkpoint=True)
@@ -144,8 +111,7 @@ def demo_parser() -> argparse.ArgumentParser:
                    help="also write every person's adapted mesh (.obj, camera coordinates)")
     g.add_argument("--draw_keypoints", action="store_true",
                    help="draw the confident OpenPose keypoints on the overlays")
-    g.add_argument("--render_backend", type=str, default="auto",
-                   choices=("auto", "pyrender", "software"),
+    g.add_argument("--render_backend", default="auto", choices=("auto", "pyrender", "software"),
                    help="overlay renderer: pyrender offscreen, or the software rasteriser "
                         "(auto: pyrender when a GL context can be made)")
     add_common(p)
@@ -157,94 +123,208 @@ def demo_parser() -> argparse.ArgumentParser:
 
 
 def resolve_demo(o: argparse.Namespace) -> argparse.Namespace:
-    """Check the demo's option combinations and fill the implied TTO settings."""
-    from utils.options import resolve
+    """Check the demo's option combinations (``--batch_size`` and ``--test_val_step`` are
+    range-checked by :func:`utils.options.resolve`) and fill the implied TTO settings."""
     o = resolve(o)
-    # options of the shared groups that the demo has no use for: refuse rather than ignore
-    for name, default in _UNUSED_COMMON.items():
+    for name, default in _UNUSED_COMMON.items():   # refused rather than ignored
         if getattr(o, name) != default:
             raise SystemExit(f"error: --{name} has no effect in demo.py")
-    if o.video is not None and (o.img_dir or o.from_dataset):
-        raise SystemExit("error: --video replaces --img_dir / --from_dataset (its frames are "
-                         "the images). Give one input")
-    if o.every < 1:
-        raise SystemExit(f"error: --every must be >= 1 (1 = every frame), got {o.every}")
-    if o.from_dataset is not None:
-        given = [n for n in ("img_dir", "openpose_dir", "bbox_file") if getattr(o, n)]
-        if given:
-            raise SystemExit(f"error: --from_dataset replaces --{', --'.join(given)}")
-    elif o.video is not None:
-        if o.openpose_dir is None and o.bbox_file is None:
-            raise SystemExit("error: --video needs --openpose_dir (OpenPose's "
-                             "<video>_<frame:012d>_keypoints.json files) or --bbox_file")
-    elif o.img_dir is None or (o.openpose_dir is None and o.bbox_file is None):
-        raise SystemExit("error: give --img_dir and one of --openpose_dir / --bbox_file "
-                         "(or --from_dataset)")
-    if o.max_images < 0:
-        raise SystemExit(f"error: --max_images must be >= 0, got {o.max_images}")
-    if o.batch_size < 1:
-        raise SystemExit(f"error: --batch_size must be >= 1, got {o.batch_size}")
-    if o.test_val_step < -1:
-        raise SystemExit(f"error: --test_val_step must be >= -1 (-1: no test-time "
-                         f"optimisation), got {o.test_val_step}")
-    if o.focal_length is not None and not o.focal_length > 0:
-        raise SystemExit(f"error: --focal_length must be positive, got {o.focal_length}")
-    if o.min_keypoints < 2:
-        raise SystemExit(f"error: --min_keypoints must be >= 2 (a box needs two points), "
-                         f"got {o.min_keypoints}")
-    # the 2D loss is on the OpenPose keypoints (weight 1), never on GT slots (weight 0)
-    o.use_openpose2d = True
+    given = [n for n in ("img_dir", "openpose_dir", "bbox_file") if getattr(o, n)]
+    no_source, dataset = o.openpose_dir is None and o.bbox_file is None, o.from_dataset is not None
+    for bad, message in (
+            (o.video is not None and (o.img_dir or o.from_dataset), "--video replaces --img_dir "
+             "/ --from_dataset (its frames are the images). Give one input"),
+            (o.every < 1, f"--every must be >= 1 (1 = every frame), got {o.every}"),
+            (dataset and given, f"--from_dataset replaces --{', --'.join(given)}"),
+            (not dataset and o.video is not None and no_source, "--video needs --openpose_dir "
+             "(OpenPose's <video>_<frame:012d>_keypoints.json files) or --bbox_file"),
+            (not dataset and o.video is None and (o.img_dir is None or no_source), "give "
+             "--img_dir and one of --openpose_dir / --bbox_file (or --from_dataset)"),
+            (o.max_images < 0, f"--max_images must be >= 0, got {o.max_images}"),
+            (o.focal_length is not None and not o.focal_length > 0,
+             f"--focal_length must be positive, got {o.focal_length}"),
+            (o.min_keypoints < 2, f"--min_keypoints must be >= 2 (a box needs two points), "
+             f"got {o.min_keypoints}")):
+        if bad:
+            raise SystemExit(f"error: {message}")
+    o.use_openpose2d = True   # the 2D loss: on the OpenPose keypoints (weight 1), not GT (0)
     return o
 
 
 def parse_demo(argv=None) -> argparse.Namespace:
-    from utils.options import fill_checkpoint_defaults
     return resolve_demo(fill_checkpoint_defaults(demo_parser().parse_args(argv)))
 
 
-# ------------------------------------------------------------------------------------------------
-# Prediction and cameras
+# -- prediction, cameras, per-person results -----------------------------------------------------
 @dataclass
 class Prediction:
-    """Predictions at the loaded weights (``before``) and after TTO (``after``), per person;
-    with ``tto=False`` both are the same forward pass."""
-
+    """Per-person predictions at the loaded weights (``before``) and after TTO (``after``), the
+    same forward pass with ``tto=False``; steps: [B] weight updates, nonfinite: [B] bool."""
     before: dict
     after: dict
-    steps: torch.Tensor      # [B] weight updates per person
-    nonfinite: torch.Tensor  # [B] bool
+    steps: torch.Tensor
+    nonfinite: torch.Tensor
     tto: bool
 
 
 def predict(model, model_aux, batch: dict, smpl, camera, cfg, tto: bool) -> Prediction:
-    """TTO on the batch's OpenPose keypoints (``tto=True``) or a plain forward pass.
-
-    batch: :func:`collate` output on the networks' device. Both networks in eval mode.
-    Returns per-person dicts with rotmat [B,24,3,3], betas [B,10], cam [B,3],
-    vertices [B,6890,3], joints [B,49,3], keypoints_2d [B,49,2] (normalised crop coords).
-    """
-    from train.tto import test_time_optimize
-    from utils.camera import smpl_predict
-    B = batch["img"].shape[0]
+    """TTO on the batch's OpenPose keypoints (``tto=True``) or a plain forward pass. batch:
+    :func:`collate` output on the networks' device; both networks in eval mode. The dicts hold
+    rotmat [B,24,3,3], betas [B,10], cam [B,3], vertices [B,6890,3], joints [B,49,3],
+    keypoints_2d [B,49,2] (normalised crop coords)."""
     if tto:
         res = test_time_optimize(model, model_aux, batch, smpl, camera, cfg)
         return Prediction(res.before, res.after, res.steps, res.nonfinite, True)
     with torch.no_grad():
         out = model(batch["img"], batch["bbox_info"] if model.use_bbox_info else None)
         pred = {k: v.detach() for k, v in smpl_predict(out, smpl, camera, batch).items()}
-    dev = batch["img"].device
+    B, dev = batch["img"].shape[0], batch["img"].device
     return Prediction(pred, pred, torch.zeros(B, dtype=torch.long, device=dev),
                       torch.zeros(B, dtype=torch.bool, device=dev), False)
 
 
-# ------------------------------------------------------------------------------------------------
-# The run
+def image_camera(camera, cam: torch.Tensor, batch: dict):
+    """Per-person pinhole camera of the full image that reproduces the network's projection.
+    camera: :class:`utils.camera.Camera`; cam: [B, 3] predicted crop camera (s, tx, ty).
+    Returns (translation [B, 3], focal [B], principal point [B, 2]), full-image pixels. CLIFF:
+    ``cam_crop2full`` translation, the image's focal length, the image centre; HMR: the crop
+    translation ``[tx, ty, 2*5000/(crop_h s)]`` with focal ``5000 * 200 s / crop_h`` and principal
+    point the bbox centre (the crop camera mapped back through the inverse crop transform)."""
+    t = camera.full_translation(cam, batch)
+    if camera.kind == "cliff":
+        f = batch["focal_length"].to(t.dtype)
+        c = torch.stack([batch["img_w"], batch["img_h"]], dim=-1).to(t.dtype) / 2.0
+    else:
+        f = (constants.FOCAL_LENGTH * 200.0 * batch["scale"] / camera.crop_h).to(t.dtype)
+        c = batch["center"].to(t.dtype)
+    return t, f, c
+
+
+def person_record(pred: Prediction, batch: dict, camera) -> list[dict]:
+    """Per-person result arrays (numpy) of a batch, as written to ``<stem>_person<i>.npz``.
+
+    Keys (after TTO; the same with ``_before`` at the loaded weights, for pose, betas, cam_crop,
+    cam_t, joints_2d, joints_3d, vertices): pose [72] SMPL axis-angle; betas [10]; cam_crop [3]
+    (s, tx, ty); cam_t [3] camera translation in full-image camera coordinates (OpenCV axes,
+    metres); focal_length, camera_center [2] (the full-image intrinsics of ``cam_t``:
+    :func:`image_camera`); joints_3d [49,3] SPIN-order joints in the body frame (camera frame =
+    joints_3d + cam_t); joints_2d [49,2] full-image pixels; vertices [6890,3] body frame;
+    bbox_center [2]; bbox_scale; img_h; img_w; keypoints [25,3] the OpenPose input used
+    (confidences <= --kp_threshold zeroed; zeros without keypoints); tto; tto_steps; nonfinite;
+    kp_error_px / kp_error_px_before (confidence-weighted mean pixel distance of the OpenPose
+    slots to the keypoints; NaN without keypoints)."""
+    B, kp_full, cols = batch["img"].shape[0], batch["keypoints_full"], {}
+    np_ = lambda x: x.detach().float().cpu().numpy()  # noqa: E731
+    for tag, p in (("", pred.after), ("_before", pred.before)):
+        t, f, c = image_camera(camera, p["cam"], batch)
+        j2d = perspective_projection(p["joints"], None, t, f, c)
+        conf = kp_full[..., 2].to(j2d.dtype)
+        w, d = conf.sum(-1), (j2d[:, :NUM_OPENPOSE] - kp_full[..., :2].to(j2d.dtype)).norm(dim=-1)
+        cols.update({
+            "pose" + tag: np_(rotmat_to_axis_angle(p["rotmat"].reshape(-1, 3, 3)).reshape(B, 72)),
+            "betas" + tag: np_(p["betas"]), "cam_crop" + tag: np_(p["cam"]),
+            "cam_t" + tag: np_(t), "joints_3d" + tag: np_(p["joints"]),
+            "joints_2d" + tag: np_(j2d), "vertices" + tag: np_(p["vertices"]),
+            "kp_error_px" + tag: np_(torch.where(w > 0, (conf * d).sum(-1) / w.clamp_min(1e-12),
+                                                 torch.full_like(w, float("nan"))))})
+    cols.update(focal_length=np_(f), camera_center=np_(c), bbox_center=np_(batch["center"]),
+                bbox_scale=np_(batch["scale"]), img_h=np_(batch["img_h"]),
+                img_w=np_(batch["img_w"]), keypoints=np_(kp_full),
+                tto_steps=pred.steps.detach().cpu().numpy().astype(np.int64),
+                nonfinite=pred.nonfinite.detach().cpu().numpy().astype(bool))
+    return [{**{k: v[i] for k, v in cols.items()}, "tto": np.asarray(pred.tto)}
+            for i in range(B)]
+
+
+# one colour per person (RGB, 0..1), reused cyclically
+PALETTE = ((0.65, 0.74, 0.86), (0.95, 0.62, 0.78), (0.70, 0.88, 0.65), (0.98, 0.80, 0.55),
+           (0.78, 0.70, 0.92), (0.60, 0.88, 0.88))
+
+
+def render_people(renderer, img_rgb: np.ndarray, records: list[dict], tag: str = "",
+                  colors=PALETTE, draw_keypoints: bool = False) -> np.ndarray:
+    """Every person's mesh over the full image (far people first, near ones drawn over them);
+    records: :func:`person_record` dicts; tag: '' (after TTO) or '_before'. [H, W, 3] uint8 RGB."""
+    out = img_rgb
+    for i in sorted(range(len(records)), key=lambda i: -float(records[i]["cam_t" + tag][2])):
+        r = records[i]
+        verts = r["vertices" + tag] + r["cam_t" + tag][None]
+        if np.isfinite(verts).all() and (verts[:, 2] > 0).any():   # else nothing to draw
+            out = renderer.render(verts, float(r["focal_length"]), r["camera_center"], out,
+                                  color=colors[i % len(colors)])
+    if draw_keypoints:
+        from utils.renderer import draw_keypoints as draw
+        for r in records:
+            if (r["keypoints"][:, 2] > 0).any():
+                out = draw(out, r["keypoints"], color=(255, 40, 40))
+    return out
+
+
+# -- is the adapted prediction better? (issue #13 point 9) ---------------------------------------
+TTO_STATUS = {
+    "ok": "TTO lowered (or kept) the 2D keypoint error",
+    "no_tto": "no keypoints, no TTO (one forward pass)",
+    "tto_worse": "TTO raised the 2D keypoint error; the prediction before TTO is kept",
+    "tto_diverged": "TTO diverged (non-finite or exploding values); the prediction before TTO "
+                    "is kept"}
+# keys of person_record that exist after TTO and at the loaded weights ("_before")
+PREDICTION_KEYS = ("pose", "betas", "cam_crop", "cam_t", "joints_3d", "joints_2d", "vertices",
+                   "kp_error_px")
+MAX_ABS_BETA = 10.0      # SMPL shapes are a few units; 10 is no human body
+MAX_BODY_EXTENT_M = 5.0  # body-frame vertices within 5 m of the root
+MAX_DEPTH_M = 1000.0     # camera translation: in front of the camera, within 1 km
+
+
+def judge_tto(rec: dict) -> tuple[dict, str]:
+    """Keep the better of one person's predictions before and after TTO. The adapted one is
+    kept when it is sane (finite, |betas| <= 10, the body within 5 m of its root, in front of the
+    camera within 1 km), TTO never went non-finite, and its weighted 2D keypoint error is not
+    above the one before TTO. Otherwise the prediction before TTO replaces it
+    (:data:`PREDICTION_KEYS`), with status ``tto_diverged`` (not sane / non-finite) or
+    ``tto_worse``. Returns (record with ``kp_error_px_tto``, ``status``, ``tto_kept``, status)."""
+    out, t = dict(rec), np.asarray(rec["cam_t"], np.float64)
+    sane = (all(np.isfinite(np.asarray(rec[k], np.float64)).all() for k in PREDICTION_KEYS[:-1])
+            and np.abs(rec["betas"]).max() <= MAX_ABS_BETA   # a human body in front of the
+            and np.abs(rec["vertices"]).max() <= MAX_BODY_EXTENT_M          # camera after TTO
+            and 0.0 < t[2] <= MAX_DEPTH_M and np.abs(t[:2]).max() <= MAX_DEPTH_M)
+    if not bool(rec["tto"]):
+        status = "no_tto"
+    elif bool(rec["nonfinite"]) or not sane:
+        status = "tto_diverged"
+    else:
+        e0, e1 = float(rec["kp_error_px_before"]), float(rec["kp_error_px"])
+        status = "tto_worse" if np.isfinite(e0) and not e1 <= e0 else "ok"
+    if status in ("tto_worse", "tto_diverged"):
+        out.update({k: rec[k + "_before"] for k in PREDICTION_KEYS})
+    out["kp_error_px_tto"] = rec["kp_error_px"]   # the error TTO reached, kept or not
+    out["status"], out["tto_kept"] = np.asarray(status), np.asarray(status == "ok")
+    return out, status
+
+
+def _image_line(name: str, status: dict) -> str:
+    """``<image>: N people; 2D keypoint error before -> after TTO: a -> b px, ...`` plus a
+    warning per person whose TTO was rejected (issue #13 point 10)."""
+    people, before = status["people"], status["kp_error_px_before"]
+    head = f"[demo] {name}: {people} {'person' if people == 1 else 'people'}"
+    if not any(np.isfinite(before)):
+        return head + " (no TTO)"
+    errs = ", ".join(f"{b:.1f} -> {a:.1f}" for b, a in zip(before, status["kp_error_px_tto"]))
+    return head + f"; 2D keypoint error before -> after TTO (px): {errs}" + "".join(
+        f"\nwarning: {name} person {i}: {TTO_STATUS[st]}"
+        for i, st in enumerate(status["person_status"]) if st in ("tto_worse", "tto_diverged"))
+
+
+# -- the run -------------------------------------------------------------------------------------
 @dataclass
 class _Image:
     path: Path
     rgb: np.ndarray
     people: list            # prepare_person dicts
     person_ids: list        # index of each person in the keypoint / bbox file
+
+
+class _Skip(Exception):
+    """(reason in SKIP_REASONS, message): the image is skipped."""
 
 
 @dataclass
@@ -263,161 +343,26 @@ class Summary:
         self.per_image[image.name] = {"status": reason, "message": message}
         log(f"[demo] skipped {image.name}: {message}")
 
-    def as_dict(self) -> dict:
-        return {"images": self.images, "processed": self.processed, "people": self.people,
-                "people_skipped": self.people_skipped, "nonfinite": self.nonfinite,
-                "tto_rejected": self.tto_rejected,
-                "skipped": dict(self.skipped), "per_image": self.per_image}
-
     def text(self) -> str:
-        n_skip = sum(self.skipped.values())
         lines = [f"Demo summary: {self.images} images, {self.processed} processed "
-                 f"({self.people} people), {n_skip} skipped"]
-        for k, v in self.skipped.items():
-            if v:
-                lines.append(f"  {v} x {SKIP_REASONS[k]}")
-        if self.people_skipped:
-            lines.append(f"  {self.people_skipped} people skipped (too few confident keypoints "
-                         f"or an invalid box) in processed images")
-        if self.tto_rejected:
-            lines.append(f"  {self.tto_rejected} people whose TTO raised the 2D error or "
-                         f"diverged (prediction before TTO kept)")
-        if self.nonfinite:
-            lines.append(f"  {self.nonfinite} people whose TTO went non-finite (last finite "
-                         f"prediction kept)")
+                 f"({self.people} people), {sum(self.skipped.values())} skipped"]
+        lines += [f"  {v} x {SKIP_REASONS[k]}" for k, v in self.skipped.items() if v]
+        for n, text in ((self.people_skipped, "people skipped (too few confident keypoints or "
+                         "an invalid box) in processed images"),
+                        (self.tto_rejected, "people whose TTO raised the 2D error or diverged "
+                         "(prediction before TTO kept)"),
+                        (self.nonfinite, "people whose TTO went non-finite (last finite "
+                         "prediction kept)")):
+            lines += [f"  {n} {text}"] if n else []
         return "\n".join(lines)
 
 
-def _read_rgb(path: Path) -> np.ndarray | None:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None or img.size == 0:
-        return None
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def _load_image(path: Path, o, source, summary: Summary, log,
-                rgb: np.ndarray | None = None) -> _Image | None:
-    """Read one image (or take ``rgb``, a video frame) and its people; bad input is reported,
-    counted, and gives None."""
-    if o.openpose_dir is not None:
-        kp_file = Path(o.openpose_dir) / f"{path.stem}_keypoints.json"
-        if not kp_file.is_file():
-            summary.skip(path, "no_keypoint_file", f"no keypoint file {kp_file}", log)
-            return None
-        try:
-            raw = read_openpose_json(kp_file)
-        except DemoInputError as e:
-            summary.skip(path, "bad_annotation", str(e), log)
-            return None
-    else:
-        try:
-            raw = bboxes_for(source, path)
-        except DemoInputError as e:
-            summary.skip(path, "bad_annotation", str(e), log)
-            return None
-        if raw is None:
-            summary.skip(path, "no_bbox", f"no entry for {path.name} in {o.bbox_file}", log)
-            return None
-    if not raw:
-        summary.skip(path, "no_people", "the keypoint / bbox entry lists no people", log)
-        return None
-    rgb = _read_rgb(path) if rgb is None else rgb
-    if rgb is None:
-        summary.skip(path, "unreadable_image",
-                     f"cannot read image {path} (corrupt or not an image)", log)
-        return None
-    h, w = rgb.shape[:2]
-    focal = float(o.focal_length) if o.focal_length else float(imutils.diagonal_focal(h, w))
-    people, ids, dropped = [], [], []
-    for i, item in enumerate(raw):
-        if o.openpose_dir is not None:
-            center, scale, n, kp = bbox_from_openpose(item, o.kp_threshold, (h, w))
-            far = int(((np.asarray(item)[:, 2] > o.kp_threshold) & (kp[:, 2] == 0)).sum())
-            if far:
-                log(f"warning: {path.name} person {i}: {far} confident keypoint(s) far "
-                    f"outside the image ignored")
-            if n < o.min_keypoints:
-                dropped.append(f"person {i}: {n} keypoints with confidence > "
-                               f"{o.kp_threshold} (need {o.min_keypoints})")
-                continue
-            if not scale > 0:
-                dropped.append(f"person {i}: its confident keypoints coincide (empty box)")
-                continue
-        else:
-            if not (item[2] > 0 and item[3] > 0):
-                dropped.append(f"box {i}: width and height must be positive, got {list(item)}")
-                continue
-            (center, scale), kp = bbox_from_xywh(item), None
-        people.append(prepare_person(rgb, center, scale, focal, o.bbox_type, kp, o.crop_scale))
-        ids.append(i)
-    if not people:
-        summary.skip(path, "no_usable_people", "; ".join(dropped), log)
-        return None
-    if dropped:
-        summary.people_skipped += len(dropped)
-        log(f"[demo] {path.name}: skipped " + "; ".join(dropped))
-    return _Image(path, rgb, people, ids)
-
-
-def _write_image(img: _Image, records: list[dict], o, renderer, faces, out_dir: Path,
-                 tto: bool, overlay_sink=None) -> dict:
-    """Write the npz (and obj) files and the overlay of one image; returns its status.
-
-    Each person's record keeps the better of the predictions before / after TTO
-    (:func:`train.demo_results.judge_tto`); the overlay's right panel shows the kept one.
-    """
-    from utils.renderer import make_grid, save_obj
-    stem, files = img.path.stem, []
-    judged = [judge_tto(r) for r in records]
-    records, statuses = [r for r, _ in judged], [st for _, st in judged]
-    for pid, rec in zip(img.person_ids, records):
-        p = out_dir / f"{stem}_person{pid}.npz"
-        np.savez(p, image=np.asarray(img.path.name), person=np.asarray(pid), **rec)
-        files.append(p.name)
-        if o.save_obj:
-            obj = save_obj(rec["vertices"] + rec["cam_t"][None], faces,
-                           out_dir / f"{stem}_person{pid}.obj")
-            files.append(obj.name)
-    panels = [render_people(renderer, img.rgb, records, "_before" if tto else "",
-                            draw_keypoints=o.draw_keypoints)]
-    if tto:
-        panels.append(render_people(renderer, img.rgb, records, "",
-                                    draw_keypoints=o.draw_keypoints))
-    if overlay_sink is not None:
-        overlay_sink(img, make_grid(panels))
-    else:
-        overlay = out_dir / f"{stem}_overlay.jpg"
-        if not cv2.imwrite(str(overlay), cv2.cvtColor(make_grid(panels), cv2.COLOR_RGB2BGR)):
-            raise OSError(f"could not write {overlay}")
-        files.append(overlay.name)
-    return {"status": "ok", "people": len(records), "files": files,
-            "person_status": statuses,
-            "kp_error_px_before": [float(r["kp_error_px_before"]) for r in records],
-            "kp_error_px": [float(r["kp_error_px"]) for r in records],
-            "kp_error_px_tto": [float(r["kp_error_px_tto"]) for r in records],
-            "tto_steps": [int(r["tto_steps"]) for r in records]}
-
-
-def _image_line(name: str, status: dict) -> str:
-    """``<image>: N people; 2D keypoint error before -> after TTO: a -> b px, ...`` plus a
-    warning per person whose TTO was rejected (issue #13 point 10)."""
-    people = status["people"]
-    before, after = status["kp_error_px_before"], status["kp_error_px_tto"]
-    if not any(np.isfinite(before)):
-        return f"[demo] {name}: {people} {'person' if people == 1 else 'people'} (no TTO)"
-    errs = ", ".join(f"{b:.1f} -> {a:.1f}" for b, a in zip(before, after))
-    line = (f"[demo] {name}: {people} {'person' if people == 1 else 'people'}; 2D keypoint "
-            f"error before -> after TTO (px): {errs}")
-    for i, st in enumerate(status["person_status"]):
-        if st in ("tto_worse", "tto_diverged"):
-            line += f"\nwarning: {name} person {i}: {TTO_STATUS[st]}"
-    return line
-
-
 def check_inputs(o, paths: DataPaths):
-    """Everything that must exist, before any work: checkpoint, SMPL files, the image folder
-    (``--from_dataset``: written from the test set first), keypoint folder or bbox file.
-    Returns (options with the image / keypoint folders, images, bbox source or None)."""
+    """Everything that must exist, before any work: the video (``--video``), checkpoint, SMPL
+    files, the image folder (``--from_dataset``: written from the test set first), keypoint
+    folder or bbox file; and the video must be readable. Returns (options with the image /
+    keypoint folders, the images or ``--video``'s (fps, frames), bbox source or None)."""
+    video = None if getattr(o, "video", None) is None else require(o.video, "video (--video)")
     paths.release_checkpoint(o.checkpoint)
     paths.smpl_model("neutral")
     paths.smpl_mean_params()
@@ -430,87 +375,167 @@ def check_inputs(o, paths: DataPaths):
             range(min(n, o.max_images) if o.max_images else n))
         o = argparse.Namespace(**{**vars(o), "img_dir": str(img_dir),
                                   "openpose_dir": str(kp_dir)})
-    images = []
-    if getattr(o, "video", None) is None:
-        img_dir = require(o.img_dir, "image folder (--img_dir)")
-        if not img_dir.is_dir():
-            raise SystemExit(f"error: --img_dir {img_dir} is not a folder")
-    if o.openpose_dir is not None:
-        if not require(o.openpose_dir, "OpenPose keypoint folder (--openpose_dir)").is_dir():
-            raise SystemExit(f"error: --openpose_dir {o.openpose_dir} is not a folder")
-        source = None
-    else:
-        source = load_bbox_file(o.bbox_file)
-    if getattr(o, "video", None) is None:
-        images = list_images(img_dir)
-        if not images:
-            raise SystemExit(f"error: no image ({', '.join(IMAGE_EXTS)}) in {img_dir}")
-        if o.max_images:
-            images = images[:o.max_images]
-    return o, images, source
+    if video is None and not require(o.img_dir, "image folder (--img_dir)").is_dir():
+        raise SystemExit(f"error: --img_dir {Path(o.img_dir)} is not a folder")
+    source = None if o.openpose_dir is not None else load_bbox_file(o.bbox_file)
+    if source is None and not require(o.openpose_dir,
+                                      "OpenPose keypoint folder (--openpose_dir)").is_dir():
+        raise SystemExit(f"error: --openpose_dir {o.openpose_dir} is not a folder")
+    if video is not None:
+        try:
+            return o, read_video(video, o.every), source
+        except DemoInputError as e:
+            raise SystemExit(f"error: {e}") from None
+    images = list_images(o.img_dir)
+    if not images:
+        raise SystemExit(f"error: no image ({', '.join(IMAGE_EXTS)}) in {Path(o.img_dir)}")
+    return o, images[:o.max_images] if o.max_images else images, source
 
 
 class DemoRun:
-    """The networks, renderer and summary of one demo run (images or video frames)."""
+    """One demo run (images or video frames): builds the synthetic world (``--synthetic``),
+    checks the inputs (:func:`check_inputs`: ``self.inputs``), then holds the networks, the
+    renderer and the summary."""
 
-    def __init__(self, o, paths: DataPaths, n_images: int, source, log):
+    def __init__(self, o, log=None):
         from train.evaluation import build_eval_networks, read_eval_checkpoint
-        from utils.runtime import place, seed_everything, select_device
-        from train.tto import TTOConfig
-        from utils.camera import Camera
-        from models.smpl import build_smpl
-        from utils.renderer import Renderer
+        from utils.renderer import Renderer   # pyrender: imported when needed
+        self.log = log = log or tqdm.write
+        paths = DataPaths.from_options(o)
+        if o.synthetic:
+            from datasets.synthetic import build_world
+            build_world(paths.root)
+        o, self.inputs, self.source = check_inputs(o, paths)
         seed_everything(o.seed)
         self.device = select_device(o.device)
-        ckpt, data = read_eval_checkpoint(o, paths, log=log)   # options it records decide
-        self.model, self.model_aux = build_eval_networks(o, paths, ckpt, data)
-        del data
+        self.model, self.model_aux = build_eval_networks(   # the options it records decide
+            o, paths, *read_eval_checkpoint(o, paths, log=log))
         for net in (self.model, self.model_aux):
             place(net, self.device, o.memory_format)
         self.smpl = build_smpl(paths, "neutral").to(self.device)
         self.faces = np.asarray(self.smpl.faces, dtype=np.int64)
-        self.camera, self.cfg = Camera.from_options(o), TTOConfig.from_options(o)
-        self.o, self.source, self.log = o, source, log
+        self.camera, self.cfg, self.o = Camera.from_options(o), TTOConfig.from_options(o), o
         self.tto = o.openpose_dir is not None
         self.renderer = Renderer(self.faces, backend=o.render_backend)
         self.out_dir = Path(o.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.summary = Summary(images=n_images)
+        video = getattr(o, "video", None) is not None   # frames: counted as they are read
+        self.summary = Summary(images=0 if video else len(self.inputs))
 
     def load(self, path: Path, rgb: np.ndarray | None = None) -> _Image | None:
-        """One image (or video frame ``rgb`` named ``path``) and its people, or None."""
-        return _load_image(path, self.o, self.source, self.summary, self.log, rgb)
+        """One image (or video frame ``rgb`` named ``path``) and its people; bad input is
+        reported, counted, and gives None."""
+        try:
+            return self._load(path, rgb)
+        except DemoInputError as e:
+            self.summary.skip(path, "bad_annotation", str(e), self.log)
+        except _Skip as e:
+            self.summary.skip(path, *e.args, self.log)
+
+    def _load(self, path: Path, rgb: np.ndarray | None) -> _Image:
+        o = self.o
+        if o.openpose_dir is not None:
+            kp_file = Path(o.openpose_dir) / f"{path.stem}_keypoints.json"
+            if not kp_file.is_file():
+                raise _Skip("no_keypoint_file", f"no keypoint file {kp_file}")
+            raw = read_openpose_json(kp_file)
+        elif (raw := bboxes_for(self.source, path)) is None:
+            raise _Skip("no_bbox", f"no entry for {path.name} in {o.bbox_file}")
+        if not raw:
+            raise _Skip("no_people", "the keypoint / bbox entry lists no people")
+        if rgb is None:
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            rgb = None if bgr is None or bgr.size == 0 else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if rgb is None:
+            raise _Skip("unreadable_image", f"cannot read image {path} (corrupt or not an image)")
+        h, w = rgb.shape[:2]
+        focal = float(o.focal_length) if o.focal_length else float(imutils.diagonal_focal(h, w))
+        people, ids, dropped = [], [], []
+        for i, item in enumerate(raw):
+            kp, why = None, None
+            if o.openpose_dir is None:
+                if item[2] > 0 and item[3] > 0:
+                    center, scale = bbox_from_xywh(item)
+                else:
+                    why = f"box {i}: width and height must be positive, got {list(item)}"
+            else:
+                center, scale, n, kp = bbox_from_openpose(item, o.kp_threshold, (h, w))
+                if far := int(((np.asarray(item)[:, 2] > o.kp_threshold) & (kp[:, 2] == 0)).sum()):
+                    self.log(f"warning: {path.name} person {i}: {far} confident keypoint(s) far "
+                             f"outside the image ignored")
+                if n < o.min_keypoints:
+                    why = (f"person {i}: {n} keypoints with confidence > {o.kp_threshold} "
+                           f"(need {o.min_keypoints})")
+                elif not scale > 0:
+                    why = f"person {i}: its confident keypoints coincide (empty box)"
+            if why:
+                dropped.append(why)
+                continue
+            people.append(prepare_person(rgb, center, scale, focal, o.bbox_type, kp, o.crop_scale))
+            ids.append(i)
+        if not people:
+            raise _Skip("no_usable_people", "; ".join(dropped))
+        if dropped:
+            self.summary.people_skipped += len(dropped)
+            self.log(f"[demo] {path.name}: skipped " + "; ".join(dropped))
+        return _Image(path, rgb, people, ids)
+
+    def _write(self, img: _Image, records: list[dict], overlay_sink=None) -> dict:
+        """Write the npz (and obj) files and the overlay of one image; returns its status. Each
+        record keeps the better of the predictions before / after TTO (:func:`judge_tto`); the
+        overlay's right panel shows the kept one."""
+        from utils.renderer import make_grid, save_obj
+        o, stem, files = self.o, img.path.stem, []
+        records, statuses = zip(*[judge_tto(r) for r in records])
+        for pid, rec in zip(img.person_ids, records):
+            p = self.out_dir / f"{stem}_person{pid}.npz"
+            np.savez(p, image=np.asarray(img.path.name), person=np.asarray(pid), **rec)
+            files.append(p.name)
+            if o.save_obj:
+                files.append(save_obj(rec["vertices"] + rec["cam_t"][None], self.faces,
+                                      self.out_dir / f"{stem}_person{pid}.obj").name)
+        overlay = make_grid([render_people(self.renderer, img.rgb, records, tag,
+                                           draw_keypoints=o.draw_keypoints)
+                             for tag in (("_before", "") if self.tto else ("",))])
+        if overlay_sink is not None:
+            overlay_sink(img, overlay)
+        else:
+            path = self.out_dir / f"{stem}_overlay.jpg"
+            if not cv2.imwrite(str(path), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)):
+                raise OSError(f"could not write {path}")
+            files.append(path.name)
+        errors = {k: [float(r[k]) for r in records]
+                  for k in ("kp_error_px_before", "kp_error_px", "kp_error_px_tto")}
+        return {"status": "ok", "people": len(records), "files": files,
+                "person_status": list(statuses), **errors,
+                "tto_steps": [int(r["tto_steps"]) for r in records]}
 
     def flush(self, pending: list[_Image], overlay_sink=None) -> None:
         """Predict every person of ``pending`` and write each image's results
         (``overlay_sink(img, overlay_rgb)`` instead of ``<stem>_overlay.jpg`` when given)."""
-        o, summary, log = self.o, self.summary, self.log
-        people = [p for img in pending for p in img.people]
-        records: list[dict] = []
+        people, records, summary = [p for img in pending for p in img.people], [], self.summary
         try:
-            for s in range(0, len(people), o.batch_size):
+            for s in range(0, len(people), self.o.batch_size):
                 batch = {k: v.to(self.device)
-                         for k, v in collate(people[s:s + o.batch_size]).items()}
+                         for k, v in collate(people[s:s + self.o.batch_size]).items()}
                 pred = predict(self.model, self.model_aux, batch, self.smpl, self.camera,
                                self.cfg, self.tto)
                 records += person_record(pred, batch, self.camera)
         except Exception as e:  # noqa: BLE001 - reported per image; the run goes on
             for img in pending:
                 summary.skip(img.path, "error", f"prediction failed: {type(e).__name__}: {e}",
-                             log)
+                             self.log)
             return
-        k = 0
         for img in pending:
-            recs, k = records[k:k + len(img.people)], k + len(img.people)
+            recs, records = records[:len(img.people)], records[len(img.people):]
             try:
-                status = _write_image(img, recs, o, self.renderer, self.faces, self.out_dir,
-                                      self.tto, overlay_sink)
+                status = self._write(img, recs, overlay_sink)
             except Exception as e:  # noqa: BLE001
                 summary.skip(img.path, "error", f"writing results failed: "
-                             f"{type(e).__name__}: {e}", log)
+                             f"{type(e).__name__}: {e}", self.log)
                 continue
             summary.per_image[img.path.name] = status
-            log(_image_line(img.path.name, status))
+            self.log(_image_line(img.path.name, status))
             summary.tto_rejected += sum(st in ("tto_worse", "tto_diverged")
                                         for st in status["person_status"])
             summary.processed += 1
@@ -520,38 +545,23 @@ class DemoRun:
     def finish(self, **extra) -> dict:
         """Close the renderer, write ``summary.json`` (strict JSON: NaN is null), log the
         summary; returns the summary dict."""
-        from utils.jsonio import write_json
         self.renderer.close()
-        result = {**self.summary.as_dict(), "out_dir": str(self.out_dir), "tto": self.tto,
-                  **extra}
+        result = {**asdict(self.summary), "out_dir": str(self.out_dir), "tto": self.tto, **extra}
         write_json(self.out_dir / "summary.json", result)
         self.log(self.summary.text())
         return result
 
 
 def run_demo(o, log=None) -> dict:
-    """The whole demo (module docstring). Returns the summary dict (also ``summary.json``).
-
-    Raises :class:`config.MissingFileError` (checkpoint, SMPL / mean-parameter / regressor
-    files, image folder, bbox file) and ``SystemExit`` (no image in the folder, unreadable
-    bbox file) before any work.
-    """
-    from tqdm import tqdm
-    log = log or tqdm.write
-    paths = DataPaths.from_options(o)
-    if o.synthetic:
-        from datasets.synthetic import build_world
-        build_world(paths.root)
-    o, images, source = check_inputs(o, paths)
-    run = DemoRun(o, paths, len(images), source, log)
-    pending: list[_Image] = []
+    """The whole demo (module docstring); returns the summary dict (also ``summary.json``).
+    Raises :class:`config.MissingFileError` (checkpoint, SMPL / mean-parameter / regressor files,
+    image folder, bbox file) and ``SystemExit`` (no image, unreadable bbox file) before any work."""
+    run, pending = DemoRun(o, log), []
     try:
-        for path in tqdm(images, desc="demo", unit="img", disable=None):
-            img = run.load(path)
-            if img is None:
-                continue
-            pending.append(img)
-            if sum(len(i.people) for i in pending) >= o.batch_size:
+        for path in tqdm(run.inputs, desc="demo", unit="img", disable=None):
+            if (img := run.load(path)) is not None:
+                pending.append(img)
+            if pending and sum(len(i.people) for i in pending) >= run.o.batch_size:
                 run.flush(pending)
                 pending = []
         if pending:

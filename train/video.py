@@ -1,18 +1,11 @@
 """``demo.py --video clip.mp4 --openpose_dir DIR``: the demo on a video, frame by frame.
 
-Frames are read with OpenCV (:func:`datasets.inputs.read_video`), every ``--every``-th from
-frame 0. Frame ``i`` is named ``<video stem>_<i:012d>``, the name OpenPose gives its keypoint
-file (``<video stem>_<i:012d>_keypoints.json`` in ``--openpose_dir``; with ``--bbox_file`` the
-entry of that name, ``.jpg`` optional). Each frame runs like one image of the demo
-(:class:`train.demo.DemoRun`: boxes, TTO on the keypoints, the better of the predictions
-before / after TTO kept), and ``--out_dir`` gets
-
-* ``<frame name>_person<i>.npz`` (and ``.obj`` with ``--save_obj``) per person and frame, with
-  the keys of the image demo;
-* ``<video stem>_overlay.mp4``: one frame per processed frame (``fps / --every``), the overlay
-  panels of the image demo (before | after TTO; one panel without keypoints); a frame that
-  could not be processed is written unchanged, so the video keeps its timing;
-* ``summary.json``: as for images, plus ``video``, ``fps``, ``every`` and ``overlay_video``.
+Every ``--every``-th frame from frame 0 (:func:`datasets.inputs.read_video`), named as OpenPose
+names it (``<video stem>_<i:012d>``: keypoints ``<name>_keypoints.json`` in ``--openpose_dir``;
+with ``--bbox_file`` the entry of that name, ``.jpg`` optional), runs like one image of the demo
+(:class:`train.demo.DemoRun`: its npz / obj files). ``<video stem>_overlay.mp4`` gets the overlay
+panels of each frame at ``fps / --every`` (a frame that could not be processed: unchanged, so the
+video keeps its timing); ``summary.json`` adds ``video``, ``fps``, ``every``, ``overlay_video``.
 """
 from __future__ import annotations
 
@@ -21,8 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from config import DataPaths, require
-from datasets.inputs import DemoInputError, read_video, video_frame_name
+from datasets.inputs import video_frame_name
 
 __all__ = ["run_video", "OverlayVideo"]
 
@@ -52,42 +44,28 @@ class OverlayVideo:
 
 
 def run_video(o, log=None) -> dict:
-    """The demo on ``o.video`` (module docstring). Returns the summary dict.
-
-    Raises :class:`config.MissingFileError` (video, checkpoint, SMPL files, keypoint folder)
-    and ``SystemExit`` (a file OpenCV cannot read as a video) before any work.
-    """
+    """The demo on ``o.video`` (module docstring). Returns the summary dict. Raises
+    :class:`config.MissingFileError` (video, checkpoint, SMPL files, keypoint folder) and
+    ``SystemExit`` (a file OpenCV cannot read as a video) before any work."""
     from tqdm import tqdm
-    from train.demo import DemoRun, check_inputs
+    from train.demo import DemoRun
     from utils.renderer import make_grid
-    log = log or tqdm.write
-    paths = DataPaths.from_options(o)
-    if o.synthetic:
-        from datasets.synthetic import build_world
-        build_world(paths.root)
-    video = require(o.video, "video (--video)")
-    o, _, source = check_inputs(o, paths)
-    try:
-        fps, frames = read_video(video, o.every)
-    except DemoInputError as e:
-        raise SystemExit(f"error: {e}") from None
-    run = DemoRun(o, paths, 0, source, log)
-    out = OverlayVideo(run.out_dir / f"{video.stem}_overlay.mp4", fps / o.every)
-    n_panels = 2 if run.tto else 1
+    run = DemoRun(o, log)
+    (fps, frames), video, every = run.inputs, Path(o.video), run.o.every
+    out = OverlayVideo(run.out_dir / f"{video.stem}_overlay.mp4", fps / every)
     try:
         for i, rgb in tqdm(frames, desc="video", unit="frame", disable=None):
-            if o.max_images and run.summary.images >= o.max_images:
+            if run.o.max_images and run.summary.images >= run.o.max_images:
                 break
             run.summary.images += 1
-            img = run.load(Path(video_frame_name(video, i) + ".jpg"), rgb)
-            shown: list[np.ndarray] = []
+            img, shown = run.load(Path(video_frame_name(video, i) + ".jpg"), rgb), []
             if img is not None:
                 run.flush([img], overlay_sink=lambda _img, overlay: shown.append(overlay))
-            out.write(shown[0] if shown else make_grid([rgb] * n_panels))
+            out.write(shown[0] if shown else make_grid([rgb] * (2 if run.tto else 1)))
     finally:
         out.close()
-        result = run.finish(video=str(video), fps=fps, every=o.every,
+        result = run.finish(video=str(video), fps=fps, every=every,
                             overlay_video=out.path.name if out.frames else None)
     if out.frames:
-        log(f"[demo] wrote {out.frames} frame(s) to {out.path}")
+        run.log(f"[demo] wrote {out.frames} frame(s) to {out.path}")
     return result
