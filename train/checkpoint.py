@@ -84,16 +84,8 @@ def load(path: str | os.PathLike) -> dict:
 
 def candidates(folder: str | os.PathLike) -> list[Path]:
     """The run folder's ``*.pt``, newest first (``current.pt`` first on equal times)."""
-    folder = Path(folder)
-    files = sorted(folder.glob("*.pt"),
-                   key=lambda p: (p.stat().st_mtime_ns, p.name == "current.pt"), reverse=True)
-    return files
-
-
-def latest(folder: str | os.PathLike) -> Path | None:
-    """Newest ``*.pt`` of a run's checkpoint folder (``current.pt`` wins on equal times)."""
-    files = candidates(folder)
-    return files[0] if files else None
+    return sorted(Path(folder).glob("*.pt"),
+                  key=lambda p: (p.stat().st_mtime_ns, p.name == "current.pt"), reverse=True)
 
 
 def load_for_resume(folder: str | os.PathLike, log=print) -> tuple[Path, dict] | None:

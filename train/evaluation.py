@@ -1,30 +1,17 @@
 """Evaluation with test-time optimisation: eval_cliff.py, eval_hmr.py and the in-training test.
 
-One batch, in order (upstream-behaviour §7, decisions D2, D6-D8):
+Per batch (upstream-behaviour §7, decisions D2, D6-D8): :func:`train.tto.test_time_optimize`
+adapts (per sample or per batch) and predicts before and after TTO; :class:`EvalTargets` builds
+the protocol's ground truth; :func:`errors_mm` scores MPJPE, PA-MPJPE (per-sample Procrustes)
+and PVE (unaligned), in mm. Ground truth:
 
-1. :func:`train.tto.test_time_optimize` adapts the main network to the batch (step 0: head SGD
-   with the aux pseudo-labels + 2D loss; then Adam steps on all weights with the 2D loss),
-   per sample (``--tto_mode sample``) or per batch (``batch``, the released behaviour). It
-   returns the predictions at the loaded weights (``before``) and after TTO (``after``).
-2. :class:`EvalTargets` builds the ground truth of the protocol (:func:`EvalTargets.targets`):
-
-   * every set but MPI-INF-3DHP: the GT mesh from ``pose``/``betas`` with the *gendered* SMPL
-     (male, female where ``gender == 1``; male for all when the npz has no gender), joints
-     ``J_regressor_h36m @ vertices``, the 14 LSP joints (``H36M_TO_J14``) minus the H36M pelvis
-     (joint 0); the prediction likewise from the predicted (neutral) mesh;
-   * MPI-INF-3DHP: GT = ``pose_3d[:, J24_TO_J17]``, minus its pelvis (J17 joint 14). The
-     released code assumes the npz is already pelvis-centred (SPIN's file is), so on it the
-     subtraction changes nothing; it makes camera-frame files score sensibly too. The
-     prediction = 17 regressed joints (``H36M_TO_J17``) minus the H36M pelvis; no PVE;
-   * ``--h36m_gt mocap`` (h36m-p1/p2): SPIN's standard protocol. GT = the mocap joints
-     ``pose_3d[:, J24_TO_J14]`` centred on the midpoint of its hips (GT-24 joints 2 and 3);
-     the prediction as above (regressed from the mesh, minus the H36M pelvis). PVE is still
-     against the gendered MoSh mesh.
-3. :func:`errors_mm`: MPJPE, PA-MPJPE (per-sample Procrustes) and PVE (unaligned, not centred)
-   in millimetres, before and after TTO.
-
-``--result_file`` (npz; .json also accepted) keeps per-sample errors and predictions,
-``--json_out`` the final metrics and the resolved options, ``--viz`` mesh overlays.
+* all sets but MPI-INF-3DHP: the gendered SMPL mesh (female where ``gender == 1``, else male),
+  ``J_regressor_h36m`` joints, the 14 LSP joints minus the H36M pelvis; the prediction likewise
+  from its neutral mesh;
+* MPI-INF-3DHP: ``pose_3d[:, J24_TO_J17]`` minus its pelvis (a no-op on SPIN's pelvis-centred
+  file); the prediction's 17 regressed joints minus the H36M pelvis; no PVE;
+* ``--h36m_gt mocap`` (h36m-p1/p2): SPIN's protocol, the mocap joints centred on the hip
+  midpoint; PVE still against the MoSh mesh.
 """
 from __future__ import annotations
 
@@ -44,9 +31,6 @@ from config import DataPaths, MissingFileError
 from train.tto import TTOConfig, test_time_optimize
 from utils.camera import Camera
 from utils.pose_utils import mpjpe as _mpjpe, pve as _pve, reconstruction_error
-
-__all__ = ["build_eval_networks", "evaluate", "main", "EvalTargets", "errors_mm",
-           "h36m_joints", "lsp14_centred", "j17_centred", "select_device", "seed_everything"]
 
 METRICS = ("MPJPE", "PA-MPJPE", "PVE")
 _KEY = {"MPJPE": "mpjpe", "PA-MPJPE": "pa_mpjpe", "PVE": "pve"}

@@ -1,13 +1,9 @@
 """The two camera models of Meta-HMR and the prediction they score (upstream-behaviour §4.4).
 
-``cliff``: the network's crop camera (s, tx, ty) becomes a translation in the full image
-(:func:`utils.geometry.cam_crop2full`), joints are projected with the image's focal length and
-centre and mapped into the crop with the sample's ``crop_trans``. ``hmr``: a weak-perspective
-camera in the crop, focal 5000.
-
-Shared by the training inner step, the outer loss, test-time optimisation, evaluation and the
-demo. ``smpl`` arguments are any body model called like :class:`models.smpl.SMPL` (this module
-imports nothing from ``models/``).
+``cliff``: the crop camera (s, tx, ty) becomes a full-image translation
+(:func:`utils.geometry.cam_crop2full`); joints are projected with the image's focal length and
+centre, then mapped into the crop by ``crop_trans``. ``hmr``: a crop camera with focal 5000.
+``smpl`` arguments: any body model called like :class:`models.smpl.SMPL`.
 """
 from __future__ import annotations
 
@@ -16,8 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from constants import FOCAL_LENGTH, options_crop_size
-from utils.geometry import (cam_crop2full, normalize_keypoints_2d, project_crop,
-                            project_full_to_crop)
+from utils.geometry import (cam_crop2full, crop_cam_to_translation, normalize_keypoints_2d,
+                            project_crop, project_full_to_crop)
 
 Tensor = torch.Tensor
 
@@ -26,11 +22,8 @@ PRED_KEYS = ("rotmat", "betas", "cam", "vertices", "joints", "keypoints_2d")
 
 @dataclass(frozen=True)
 class Camera:
-    """Projection of the predicted joints into normalised crop coordinates.
-
-    ``kind``: 'cliff' (full-image perspective camera) or 'hmr' (crop camera);
-    ``crop_h``, ``crop_w``: the network's input crop in pixels.
-    """
+    """Projection of predicted joints into normalised crop coordinates; ``kind`` 'cliff' or
+    'hmr', ``crop_h``, ``crop_w`` the network's input crop in pixels."""
 
     kind: str
     crop_h: int
@@ -50,17 +43,12 @@ class Camera:
         if self.kind == "cliff":
             return cam_crop2full(cam, batch["center"], batch["scale"], self.img_hw(batch),
                                  batch["focal_length"])
-        s = cam[:, 0]
-        tz = 2 * FOCAL_LENGTH / (self.crop_h * s + 1e-9)
-        return torch.stack([cam[:, 1], cam[:, 2], tz], dim=-1)
+        return crop_cam_to_translation(cam, self.crop_h)
 
     def crop_intrinsics(self, batch: dict) -> tuple[Tensor, Tensor]:
-        """Focal [B] and principal point [B,2] in crop pixels that go with
-        :meth:`full_translation` (for rendering a mesh over the network's input crop).
-
-        CLIFF: the full-image camera seen through the un-rotated similarity ``crop_trans``;
-        HMR: focal 5000 at the crop centre.
-        """
+        """Focal [B] and principal point [B,2] in crop pixels going with :meth:`full_translation`
+        (rendering over the input crop): CLIFF's full-image camera seen through the un-rotated
+        ``crop_trans``; HMR's focal 5000 at the crop centre."""
         B = batch["img"].shape[0]
         if self.kind == "cliff":
             A = batch["crop_trans"].float()                 # [B,2,3] = [[k,0,a],[0,k,b]]
@@ -86,9 +74,8 @@ class Camera:
 
 
 def smpl_predict(out, smpl, camera: Camera, batch: dict) -> dict[str, Tensor]:
-    """Regressor output (rotmat [B,24,3,3], betas [B,10], cam [B,3], ...) -> the prediction
-    every loss scores: dict(rotmat, betas, cam, vertices [B,V,3], joints [B,49,3],
-    keypoints_2d [B,49,2] normalised crop coordinates)."""
+    """Regressor output (rotmat [B,24,3,3], betas [B,10], cam [B,3], ...) -> the prediction the
+    losses score: rotmat, betas, cam, vertices [B,V,3], joints [B,49,3], keypoints_2d [B,49,2]."""
     rotmat, betas, cam = out[0], out[1], out[2]
     so = smpl(betas=betas, body_pose=rotmat[:, 1:], global_orient=rotmat[:, :1], pose2rot=False)
     return {"rotmat": rotmat, "betas": betas, "cam": cam, "vertices": so.vertices,

@@ -1,14 +1,10 @@
-"""Rotations, cameras and projections (SPIN / CLIFF conventions), batched, in torch.
+"""Rotations, cameras and projections (SPIN / CLIFF conventions): batched, pure torch.
 
-Every function is pure and batched, works in float32 and float64 (the output has the dtype and
-device of the main input) and documents its shapes. The two projections used by the training
-losses and by test-time optimisation live here so that there is one definition of each:
-
-* :func:`project_full_to_crop`: CLIFF full-image perspective camera (upstream-behaviour §4.4);
-* :func:`project_crop`: HMR crop camera with the fixed focal length 5000 (§2.6).
-
-Camera translation vectors are ``[tx, ty, tz]`` in the camera frame (OpenCV: x right, y down,
-z forward); crop cameras are ``[s, tx, ty]`` (weak-perspective scale and translation).
+Outputs have the dtype and device of the main input (float32 or float64). The one definition
+of each training projection: :func:`project_full_to_crop` (CLIFF full-image camera,
+upstream-behaviour §4.4) and :func:`project_crop` (HMR crop camera, focal 5000, §2.6).
+Translations are ``[tx, ty, tz]`` in the camera frame (OpenCV: x right, y down, z forward);
+crop cameras are ``[s, tx, ty]`` (weak-perspective scale and translation).
 """
 from __future__ import annotations
 
@@ -19,24 +15,16 @@ import torch.nn.functional as F
 
 import constants
 
-__all__ = [
-    "rot6d_to_rotmat", "rotmat_to_rot6d", "batch_rodrigues", "axis_angle_to_rotmat",
-    "rotmat_to_quat", "rotmat_to_axis_angle", "cam_crop2full",
-    "perspective_projection",
-    "project_full_to_crop", "project_crop", "normalize_keypoints_2d", "crop_cam_to_translation",
-]
+__all__ = ["rot6d_to_rotmat", "rotmat_to_rot6d", "batch_rodrigues", "rotmat_to_quat",
+           "rotmat_to_axis_angle", "cam_crop2full", "crop_cam_to_translation",
+           "perspective_projection", "project_full_to_crop", "project_crop",
+           "normalize_keypoints_2d"]
 
-
-# ----------------------------------------------------------------------------------------------
-# helpers
 
 def _per_sample(value, batch: int, width: int, like: torch.Tensor, name: str,
                 vector: bool = False) -> torch.Tensor:
-    """Broadcast a value to [B, width] with ``like``'s dtype/device.
-
-    vector=False (a per-sample scalar such as a focal length): a number, [B] or [B, width].
-    vector=True (a point or size such as a centre): [width] (shared by the batch) or [B, width].
-    """
+    """``value`` as [B, width] with ``like``'s dtype/device: a number, [B] or [B, width]; or,
+    with ``vector`` (a point or size), [width] shared by the batch or [B, width]."""
     t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if t.dim() == 2 and t.shape == (batch, width):
         return t
@@ -60,17 +48,17 @@ def _check_last(x: torch.Tensor, size: int, name: str) -> None:
         raise ValueError(f"{name}: expected last dimension {size}, got shape {tuple(x.shape)}")
 
 
-# ----------------------------------------------------------------------------------------------
-# rotations
+def _check_rotmat(r: torch.Tensor, name: str) -> None:
+    if r.dim() < 2 or r.shape[-2:] != (3, 3):
+        raise ValueError(f"{name}: expected [..., 3, 3], got {tuple(r.shape)}")
+
 
 def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
-    """6D rotation representation -> rotation matrices (SPIN convention).
+    """6D representation [B, 6k] (or [..., 6m]) -> [B*k, 3, 3] rotations, in order (SPIN).
 
-    x: [B, 6k] (or any [..., 6m]) -> [B*k, 3, 3] (all rotations flattened, in order).
-    The values are read as ``reshape(-1, 3, 2)``: the first column a1 is entries (0, 2, 4) and the
-    second a2 is entries (1, 3, 5) of each 6-vector, so the identity is [1, 0, 0, 1, 0, 0].
-    Gram-Schmidt: b1 = a1/|a1|, b2 = normalise(a2 - (b1.a2) b1), b3 = b1 x b2; R = [b1 b2 b3]
-    (columns).
+    Read as ``reshape(-1, 3, 2)``: columns a1 = entries (0, 2, 4), a2 = (1, 3, 5) (identity
+    [1, 0, 0, 1, 0, 0]); Gram-Schmidt b1 = a1/|a1|, b2 = normalise(a2 - (b1.a2) b1),
+    b3 = b1 x b2; R = [b1 b2 b3] (columns).
     """
     if not torch.is_tensor(x):
         raise TypeError(f"rot6d_to_rotmat: expected a torch.Tensor, got {type(x).__name__}")
@@ -86,14 +74,9 @@ def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
 
 
 def rotmat_to_rot6d(rotmat: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices -> 6D representation (inverse layout of :func:`rot6d_to_rotmat`).
-
-    rotmat: [..., 3, 3] -> [..., 6] = (R00, R01, R10, R11, R20, R21), i.e. the first two columns
-    read row by row. ``rot6d_to_rotmat(rotmat_to_rot6d(R)) == R`` for rotations; reshape a
-    [B, 24, 6] result to [B, 144] for the regressor's pose vector.
-    """
-    if rotmat.dim() < 2 or rotmat.shape[-2:] != (3, 3):
-        raise ValueError(f"rotmat_to_rot6d: expected [..., 3, 3], got {tuple(rotmat.shape)}")
+    """[..., 3, 3] -> [..., 6] = (R00, R01, R10, R11, R20, R21), the inverse of
+    :func:`rot6d_to_rotmat` (reshape [B, 24, 6] to [B, 144] for the regressor's pose)."""
+    _check_rotmat(rotmat, "rotmat_to_rot6d")
     return rotmat[..., :, :2].reshape(*rotmat.shape[:-2], 6)
 
 
@@ -105,13 +88,8 @@ def _skew(v: torch.Tensor) -> torch.Tensor:
 
 
 def batch_rodrigues(axisangle: torch.Tensor) -> torch.Tensor:
-    """Axis-angle -> rotation matrix: R = I + A [v]x + B [v]x^2.
-
-    axisangle: [B, 3] (or [..., 3]) -> [B, 3, 3] (or [..., 3, 3]).
-    A = sin(t)/t and B = (1-cos t)/t^2 with t = |v|; for t < 1e-2 both come from their Taylor
-    series (error < 1e-16), so the result is exact at t = 0 and the gradient there is finite
-    (dR/dv at 0 is the skew generator).
-    """
+    """Axis-angle [..., 3] -> [..., 3, 3]: R = I + A [v]x + B [v]x^2, A = sin(t)/t,
+    B = (1 - cos t)/t^2, t = |v|; Taylor series below t = 1e-2 (exact at 0, finite gradient)."""
     _check_last(axisangle, 3, "batch_rodrigues")
     v = axisangle
     t2 = (v * v).sum(-1, keepdim=True)[..., None]           # [..., 1, 1]
@@ -129,22 +107,11 @@ def batch_rodrigues(axisangle: torch.Tensor) -> torch.Tensor:
     return eye + a * k + b * (k @ k)
 
 
-axis_angle_to_rotmat = batch_rodrigues
-
-
 def rotmat_to_quat(rotmat: torch.Tensor) -> torch.Tensor:
-    """Rotation matrix -> unit quaternion (w, x, y, z) with w >= 0.
-
-    rotmat: [..., 3, 3] -> [..., 4]. Shepperd's method: of the four ways to recover the
-    quaternion, the one with the largest denominator (>= 1) is used, so it is accurate for every
-    angle including pi; gradients are finite everywhere.
-    """
-    if rotmat.dim() < 2 or rotmat.shape[-2:] != (3, 3):
-        raise ValueError(f"rotmat_to_quat: expected [..., 3, 3], got {tuple(rotmat.shape)}")
-    m = rotmat
-    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
-    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
-    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
+    """[..., 3, 3] -> unit quaternion [..., 4] (w, x, y, z), w >= 0. Shepperd's method (the
+    largest of four denominators, >= 1): accurate at every angle, finite gradients."""
+    _check_rotmat(rotmat, "rotmat_to_quat")
+    (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = (r.unbind(-1) for r in rotmat.unbind(-2))
     # 4 q_k^2 for k = w, x, y, z
     sq = torch.stack((1 + m00 + m11 + m22, 1 + m00 - m11 - m22,
                       1 - m00 + m11 - m22, 1 - m00 - m11 + m22), dim=-1)
@@ -164,12 +131,8 @@ def rotmat_to_quat(rotmat: torch.Tensor) -> torch.Tensor:
 
 
 def rotmat_to_axis_angle(rotmat: torch.Tensor) -> torch.Tensor:
-    """Rotation matrix -> axis-angle vector (angle in [0, pi]).
-
-    rotmat: [B, 3, 3] (or [..., 3, 3]) -> [B, 3]. Goes through :func:`rotmat_to_quat` and
-    angle = 2 atan2(|v|, w), so it is robust near pi (where the axis sign is arbitrary) and
-    near 0 (Taylor series of angle/|v|).
-    """
+    """[..., 3, 3] -> axis-angle [..., 3], angle in [0, pi]: via :func:`rotmat_to_quat`,
+    angle = 2 atan2(|v|, w) (robust near pi) and a Taylor series of angle/|v| near 0."""
     q = rotmat_to_quat(rotmat)
     w, v = q[..., :1], q[..., 1:]
     n2 = (v * v).sum(-1, keepdim=True)
@@ -181,17 +144,13 @@ def rotmat_to_axis_angle(rotmat: torch.Tensor) -> torch.Tensor:
     return v * factor
 
 
-# ----------------------------------------------------------------------------------------------
-# cameras
-
 def cam_crop2full(crop_cam: torch.Tensor, center: torch.Tensor, scale: torch.Tensor,
                   full_img_shape: torch.Tensor, focal_length) -> torch.Tensor:
-    """CLIFF: crop weak-perspective camera -> full-image camera translation.
+    """CLIFF: crop camera [B, 3] (s, tx, ty) -> full-image translation [B, 3].
 
-    crop_cam: [B, 3] (s, tx, ty); center: [B, 2] (or [2]) bbox centre (cx, cy) in full-image pixels;
-    scale: [B] bbox height / 200; full_img_shape: [B, 2] (h, w); focal_length: [B] or float.
-    Returns [B, 3] (tx, ty, tz) with b = 200 scale, bs = b s + 1e-9, tz = 2 f / bs,
-    tx = 2 (cx - w/2) / bs + t_x, ty = 2 (cy - h/2) / bs + t_y.
+    center [B, 2] or [2] bbox centre (cx, cy) px; scale [B] bbox height / 200; full_img_shape
+    [B, 2] or [2] (h, w); focal_length [B] or float. With bs = 200 scale s + 1e-9:
+    (2 (cx - w/2) / bs + tx, 2 (cy - h/2) / bs + ty, 2 f / bs).
     """
     _check_last(crop_cam, 3, "cam_crop2full crop_cam")
     bsz = crop_cam.shape[0]
@@ -200,8 +159,7 @@ def cam_crop2full(crop_cam: torch.Tensor, center: torch.Tensor, scale: torch.Ten
                      vector=True)
     scale = _per_sample(scale, bsz, 1, crop_cam, "cam_crop2full scale")[:, 0]
     f = _per_sample(focal_length, bsz, 1, crop_cam, "cam_crop2full focal_length")[:, 0]
-    h, w = hw[:, 0], hw[:, 1]
-    cx, cy = center[:, 0], center[:, 1]
+    (h, w), (cx, cy) = hw.unbind(-1), center.unbind(-1)
     bs = scale * 200.0 * crop_cam[:, 0] + 1e-9
     tz = 2.0 * f / bs
     tx = 2.0 * (cx - w / 2.0) / bs + crop_cam[:, 1]
@@ -211,10 +169,8 @@ def cam_crop2full(crop_cam: torch.Tensor, center: torch.Tensor, scale: torch.Ten
 
 def crop_cam_to_translation(crop_cam: torch.Tensor, bbox_size, focal_length=constants.FOCAL_LENGTH
                             ) -> torch.Tensor:
-    """HMR: crop camera (s, tx, ty) -> translation [tx, ty, 2 f / (bbox_size s + 1e-9)].
-
-    crop_cam: [B, 3]; bbox_size: float or [B] (224 square, 256 rect). Returns [B, 3].
-    """
+    """HMR: crop camera [B, 3] (s, tx, ty) -> [B, 3] (tx, ty, 2 f / (bbox_size s + 1e-9));
+    bbox_size, focal_length: float or [B]."""
     _check_last(crop_cam, 3, "crop_cam_to_translation crop_cam")
     bsz = crop_cam.shape[0]
     size = _per_sample(bbox_size, bsz, 1, crop_cam, "crop_cam_to_translation bbox_size")[:, 0]
@@ -225,15 +181,13 @@ def crop_cam_to_translation(crop_cam: torch.Tensor, bbox_size, focal_length=cons
 
 def perspective_projection(points: torch.Tensor, rotation: torch.Tensor | None,
                            translation: torch.Tensor, focal_length, camera_center) -> torch.Tensor:
-    """Pinhole projection of 3D points into pixels.
-
-    points: [B, N, 3]; rotation: [B, 3, 3] or None (identity); translation: [B, 3];
-    focal_length: float, [B] or [B, 2] (fx, fy); camera_center: [B, 2] or [2] (cx, cy).
-    Returns [B, N, 2]: u = fx X/Z + cx, v = fy Y/Z + cy with (X, Y, Z) = R p + t.
-    """
+    """Pinhole: points [B, N, 3] -> pixels [B, N, 2], u = fx X/Z + cx, v = fy Y/Z + cy with
+    (X, Y, Z) = R p + t. rotation [B, 3, 3] or None; translation [B, 3]; focal_length float,
+    [B] or [B, 2] (fx, fy); camera_center [B, 2] or [2] (cx, cy)."""
     _check_last(points, 3, "perspective_projection points")
     if points.dim() != 3:
-        raise ValueError(f"perspective_projection: points must be [B,N,3], got {tuple(points.shape)}")
+        raise ValueError(f"perspective_projection: points must be [B,N,3], "
+                         f"got {tuple(points.shape)}")
     bsz = points.shape[0]
     if rotation is not None:
         points = points @ rotation.transpose(-1, -2)
@@ -248,13 +202,12 @@ def perspective_projection(points: torch.Tensor, rotation: torch.Tensor | None,
 def project_full_to_crop(joints: torch.Tensor, cam_t_full: torch.Tensor, focal_length,
                          img_hw: torch.Tensor, crop_trans: torch.Tensor,
                          crop_hw: Sequence[int]) -> torch.Tensor:
-    """CLIFF 2D keypoints: full-image perspective projection, mapped into normalised crop coords.
+    """CLIFF keypoints: joints [B, J, 3] -> [B, J, 2] normalised crop coordinates.
 
-    joints: [B, J, 3] (root-relative SMPL joints); cam_t_full: [B, 3] from :func:`cam_crop2full`;
-    focal_length: [B] or float; img_hw: [B, 2] full image (h, w); crop_trans: [B, 2, 3] affine map
-    from full-image pixels to crop pixels (the un-rotated one, spec §4.4); crop_hw: (h, w) of
-    the crop. Projects with K = [[f,0,w/2],[0,f,h/2]] (R = I), applies crop_trans, then
-    x -> 2x/crop_w - 1, y -> 2y/crop_h - 1. Returns [B, J, 2].
+    Projected with K = [[f, 0, w/2], [0, f, h/2]] and translation cam_t_full [B, 3]
+    (:func:`cam_crop2full`), mapped by crop_trans [B, 2, 3] (full-image -> crop pixels, the
+    un-rotated map of §4.4), then x -> 2x/crop_w - 1, y -> 2y/crop_h - 1. focal_length [B] or
+    float; img_hw [B, 2] (h, w); crop_hw (h, w).
     """
     _check_last(joints, 3, "project_full_to_crop joints")
     bsz = joints.shape[0]
@@ -271,37 +224,29 @@ def project_full_to_crop(joints: torch.Tensor, cam_t_full: torch.Tensor, focal_l
 
 def project_crop(joints: torch.Tensor, crop_cam: torch.Tensor, crop_hw: Sequence[int],
                  bbox_size) -> torch.Tensor:
-    """HMR 2D keypoints in normalised crop coords (spec §2.6).
-
-    joints: [B, J, 3]; crop_cam: [B, 3] (s, tx, ty); crop_hw: (h, w); bbox_size: float or [B].
-    t = [tx, ty, 2*5000/(bbox_size s + 1e-9)], f = 5000, principal point 0; x is divided by
-    crop_w/2 and y by crop_h/2. Returns [B, J, 2].
-    """
+    """HMR keypoints (§2.6): joints [B, J, 3] -> [B, J, 2] normalised crop coordinates:
+    f = 5000, principal point 0, t = :func:`crop_cam_to_translation` (crop_cam [B, 3],
+    bbox_size float or [B]); x / (crop_w/2), y / (crop_h/2) with crop_hw (h, w)."""
     t = crop_cam_to_translation(crop_cam, bbox_size)
     zero = torch.zeros(2, dtype=joints.dtype, device=joints.device)
     uv = perspective_projection(joints, None, t, constants.FOCAL_LENGTH, zero)
-    h, w = _crop_hw(crop_hw)
-    half = torch.tensor([w / 2.0, h / 2.0], dtype=uv.dtype, device=uv.device)
-    return uv / half
+    return uv / (_crop_wh(crop_hw, uv) / 2.0)
 
 
-def _crop_hw(crop_hw) -> tuple[float, float]:
+def _crop_wh(crop_hw, like: torch.Tensor) -> torch.Tensor:
+    """(h, w) -> tensor [w, h] with ``like``'s dtype/device."""
     if len(crop_hw) != 2:
         raise ValueError(f"crop_hw must be (h, w), got {crop_hw!r}")
-    return float(crop_hw[0]), float(crop_hw[1])
+    return torch.tensor([float(crop_hw[1]), float(crop_hw[0])], dtype=like.dtype,
+                        device=like.device)
 
 
 def _normalise_xy(xy: torch.Tensor, crop_hw) -> torch.Tensor:
-    h, w = _crop_hw(crop_hw)
-    size = torch.tensor([w, h], dtype=xy.dtype, device=xy.device)
-    return 2.0 * xy / size - 1.0
+    return 2.0 * xy / _crop_wh(crop_hw, xy) - 1.0
 
 
 def normalize_keypoints_2d(kp: torch.Tensor, crop_hw: Sequence[int]) -> torch.Tensor:
-    """Crop-pixel keypoints -> normalised crop coords.
-
-    kp: [B, J, 3] (x, y, conf) in crop pixels; crop_hw: (h, w). Returns [B, J, 3] with
-    x -> 2x/crop_w - 1, y -> 2y/crop_h - 1 and the confidence unchanged.
-    """
+    """kp [B, J, 3] (x, y, conf) in crop pixels -> [B, J, 3] with x -> 2x/crop_w - 1,
+    y -> 2y/crop_h - 1, conf unchanged; crop_hw (h, w)."""
     _check_last(kp, 3, "normalize_keypoints_2d")
     return torch.cat((_normalise_xy(kp[..., :2], crop_hw), kp[..., 2:]), dim=-1)

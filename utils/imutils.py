@@ -1,12 +1,8 @@
-"""Image and keypoint maths of the data pipeline (upstream-behaviour.md §4.2, §6.3).
+"""Image and keypoint maths of the data pipeline (upstream-behaviour.md §4.2, §6.3), numpy.
 
-Pure functions on numpy arrays. Geometric functions broadcast over leading batch dimensions
-(shapes in the docstrings, ``...`` = any batch shape); the image functions work on one HxWx3
-uint8 image. Nothing here reads files or draws random numbers except :func:`photometric_augment`,
-which takes the random state it draws from.
-
-Conventions: pixel coordinates are (x, y) with y down; ``scale`` is the bbox height / 200
-(SPIN); ``rot`` is in degrees, positive turns the image content counter-clockwise on screen.
+Geometric functions broadcast over leading dimensions (``...``); image functions take one
+(H, W, 3) uint8 RGB image. Pixels are (x, y), y down; ``scale`` is bbox height / 200 (SPIN);
+``rot`` is in degrees, positive turns the image content counter-clockwise on screen.
 """
 from __future__ import annotations
 
@@ -23,26 +19,12 @@ __all__ = [
 ]
 
 
-# ---------------------------------------------------------------------------------------------
-# Affine crop transforms
 def get_affine_transform(center, scale, rot, out_size, inv: bool = False) -> np.ndarray:
-    """Similarity transform between the full image and a crop, built as released (§6.3 item 5).
+    """Full image -> crop similarity (crop -> full with ``inv``), built as released (§6.3 5).
 
-    Geometrically, with ``k = crop_h / (200 * scale)`` and θ = rot in radians, a full-image pixel
-    (x, y) maps to ``x' = k( cosθ (x-cx) + sinθ (y-cy)) + crop_w/2``,
-    ``y' = k(-sinθ (x-cx) + cosθ (y-cy)) + crop_h/2``: the crop covers ``200*scale`` high by
-    ``200*scale*crop_w/crop_h`` wide. Numerically it is the classic three-point construction
-    (:func:`_three_point_affine`: float32 correspondences, then ``cv2.getAffineTransform``), which
-    rounds differently from that closed form (~1e-5 px) and decides the crop's pixels.
-
-    Args:
-        center: (..., 2) bbox centre (cx, cy) in full-image pixels.
-        scale: (...) bbox height / 200.
-        rot: (...) rotation in degrees (0 for ``crop_trans``).
-        out_size: (crop_w, crop_h) in pixels.
-        inv: return the crop -> full-image map instead.
-    Returns:
-        (..., 2, 3) float64 affine matrices (``cv2.warpAffine`` convention).
+    center (..., 2) px, scale (...), rot (...) degrees, out_size (crop_w, crop_h) -> (..., 2, 3)
+    float64. Geometrically x' = k R(θ)(x - c) + crop/2 with k = crop_h / (200 scale); numerically
+    :func:`_three_point_affine`, which rounds differently (~1e-5 px) and decides the pixels.
     """
     center = np.asarray(center, dtype=np.float64)
     scale = np.asarray(scale, dtype=np.float64)
@@ -59,16 +41,10 @@ def get_affine_transform(center, scale, rot, out_size, inv: bool = False) -> np.
 
 def _three_point_affine(center: np.ndarray, scale: float, rot: float, out_size,
                         inv: bool) -> np.ndarray:
-    """One 2x3 matrix by the released three-point construction (§6.3 item 5, "Numerically").
-
-    ``src_w = 200 * (scale * crop_w / crop_h)``; ``src_dir`` = ``[0, -src_w/2]`` rotated by
-    θ = ``pi * rot / 180`` (x' = x cosθ - y sinθ, y' = x sinθ + y cosθ), in float64;
-    ``dst_dir = [0, -crop_w/2]``. Into float32 (3, 2) arrays: ``src = [c, c + src_dir, .]``,
-    ``dst = [crop/2, crop/2 + dst_dir, .]``; the third point of each, in float32, is the second
-    point plus the vector from the second to the first turned by 90 degrees,
-    ``p2 = p1 + [-(p0 - p1)_y, (p0 - p1)_x]``. Then ``cv2.getAffineTransform(src, dst)``
-    (``(dst, src)`` for ``inv``), a float64 matrix.
-    """
+    """The released construction (§6.3 item 5, "Numerically"): float32 point triples
+    ``src = [c, c + R(θ)[0, -src_w/2], .]`` (src_w = 200 scale crop_w/crop_h, rotation in
+    float64), ``dst = [crop/2, crop/2 + [0, -crop_w/2], .]``, third point ``p1 + [-(p0-p1)_y,
+    (p0-p1)_x]`` in float32; then ``cv2.getAffineTransform(src, dst)`` (swapped for ``inv``)."""
     crop_w, crop_h = float(out_size[0]), float(out_size[1])
     src_w = 200.0 * (scale * crop_w / crop_h)
     theta = np.pi * rot / 180.0
@@ -88,49 +64,32 @@ def _three_point_affine(center: np.ndarray, scale: float, rot: float, out_size,
 
 
 def transform_points(points, trans) -> np.ndarray:
-    """Apply 2x3 affine matrices to 2D points.
-
-    Args:
-        points: (..., N, 2) (extra trailing columns, e.g. a confidence, are not accepted here).
-        trans: (..., 2, 3).
-    Returns:
-        (..., N, 2) transformed points, dtype of the promotion of both inputs.
-    """
+    """points (..., N, 2) through 2x3 affine maps trans (..., 2, 3) -> (..., N, 2)."""
     points = np.asarray(points)
     trans = np.asarray(trans)
     return points @ np.swapaxes(trans[..., :2], -1, -2) + trans[..., None, :, 2]
 
 
-# ---------------------------------------------------------------------------------------------
-# Bounding box and CLIFF bbox input
 def bbox_from_keypoints(keypoints, aspect_ratio: float = constants.CROP_ASPECT_RATIO,
                         factor: float = constants.BBOX_SCALE_FACTOR):
-    """Tight box of the visible keypoints, turned into (center, scale) by the 4:3 rule (§6.3 2).
+    """(center, scale) of the tight box of the keypoints with confidence > 0 (§6.3 item 2).
 
-    ``center`` = box centre, ``scale = max(w * aspect_ratio, h) / 200 * factor``; visible means
-    confidence > 0.
-
-    Args:
-        keypoints: (..., J, 3) pixel x, y and confidence.
-    Returns:
-        center (..., 2) float64, scale (...) float64, n_visible (...) int. Where no keypoint
-        is visible, center and scale are NaN.
+    keypoints (..., J, 3) px -> center (..., 2) = box centre, scale (...) =
+    ``max(w aspect_ratio, h) / 200 factor`` (both float64, NaN with no keypoint visible) and
+    n_visible (...) int.
     """
     kp = np.asarray(keypoints, dtype=np.float64)
     vis = kp[..., 2] > 0
     n_vis = vis.sum(-1)
     xy = kp[..., :2]
-    big = np.where(vis[..., None], xy, np.inf)
-    small = np.where(vis[..., None], xy, -np.inf)
-    lo, hi = big.min(-2), small.max(-2)
+    lo = np.where(vis[..., None], xy, np.inf).min(-2)
+    hi = np.where(vis[..., None], xy, -np.inf).max(-2)
     with np.errstate(invalid="ignore"):
         center = (lo + hi) / 2
         wh = hi - lo
         scale = np.maximum(wh[..., 0] * aspect_ratio, wh[..., 1]) / 200.0 * factor
     none = n_vis == 0
-    center = np.where(none[..., None], np.nan, center)
-    scale = np.where(none, np.nan, scale)
-    return center, scale, n_vis
+    return np.where(none[..., None], np.nan, center), np.where(none, np.nan, scale), n_vis
 
 
 def diagonal_focal(img_h, img_w) -> np.ndarray:
@@ -140,64 +99,43 @@ def diagonal_focal(img_h, img_w) -> np.ndarray:
 
 
 def bbox_info(center, scale, img_h, img_w, focal) -> np.ndarray:
-    """CLIFF bbox input (§4.2).
-
-    ``[(cx - W/2)/f * 2.8, (cy - H/2)/f * 2.8, (s*200 - 0.24 f) / (0.06 f)]``.
-
-    Args:
-        center: (..., 2); scale: (...); img_h, img_w, focal: (...) full-image size and focal.
-    Returns:
-        (..., 3) float64.
-    """
+    """CLIFF bbox input (§4.2): center (..., 2), scale, img_h, img_w, focal (...) -> (..., 3)
+    float64 ``[(cx - W/2)/f 2.8, (cy - H/2)/f 2.8, (200 s - 0.24 f) / (0.06 f)]``."""
     center = np.asarray(center, dtype=np.float64)
-    s = np.asarray(scale, dtype=np.float64)
-    f = np.asarray(focal, dtype=np.float64)
-    w = np.asarray(img_w, dtype=np.float64)
-    h = np.asarray(img_h, dtype=np.float64)
+    s, f, w, h = (np.asarray(a, dtype=np.float64) for a in (scale, focal, img_w, img_h))
     b = constants.BBOX_INFO_SCALE
     return np.stack(np.broadcast_arrays((center[..., 0] - w / 2) / f * b,
                                         (center[..., 1] - h / 2) / f * b,
                                         (s * 200 - 0.24 * f) / (0.06 * f)), -1)
 
 
-# ---------------------------------------------------------------------------------------------
-# Flips (each permutation is a gather new[i] = old[perm[i]], applied before the negation)
+# Flips: each permutation is a gather new[i] = old[perm[i]], applied before the negation.
 def flip_keypoints_2d(keypoints, img_w, perm=constants.J49_FLIP_PERM) -> np.ndarray:
-    """Mirror 2D keypoints: permute left/right, then ``x -> W - 1 - x``.
-
-    Args:
-        keypoints: (..., J, C>=2); img_w: image width W; perm: length-J gather.
-    Returns:
-        (..., J, C) new array; other columns (confidence) travel with the permutation.
-    """
+    """Mirrored (..., J, C>=2) keypoints (new array): left/right permuted, ``x -> W - 1 - x``;
+    other columns (confidence) travel with the permutation."""
     out = np.array(np.asarray(keypoints)[..., perm, :], copy=True)
     out[..., 0] = img_w - 1 - out[..., 0]
     return out
 
 
 def flip_joints_3d(joints, perm=constants.J24_FLIP_PERM) -> np.ndarray:
-    """Mirror 3D joints: permute left/right, then ``x -> -x``. (..., J, C>=3) -> same."""
+    """Mirrored (..., J, C>=3) joints (new array): left/right permuted, then ``x -> -x``."""
     out = np.array(np.asarray(joints)[..., perm, :], copy=True)
     out[..., 0] = -out[..., 0]
     return out
 
 
 def flip_smpl_pose(pose) -> np.ndarray:
-    """Mirror SMPL axis-angle pose: permute the 24 joints, negate the y and z components.
-
-    Args: pose (..., 72). Returns: (..., 72) new array.
-    """
+    """Mirrored SMPL axis-angle pose (..., 72) (new array): joints permuted, y and z negated."""
     out = np.array(np.asarray(pose)[..., constants.SMPL_POSE_FLIP_PERM], copy=True)
     out[..., 1::3] *= -1
     out[..., 2::3] *= -1
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# In-plane rotation of 3D quantities (the same rotation as the 2D crop map)
 def inplane_rotation_matrix(rot) -> np.ndarray:
-    """Rotation by -rot about the camera z axis, ``[[cos(-θ), -sin(-θ), 0], [sin(-θ), cos(-θ), 0],
-    [0, 0, 1]]``. rot: (...) degrees. Returns (..., 3, 3) float64."""
+    """Rotation by -rot (degrees, (...)) about the camera z axis -> (..., 3, 3) float64: the
+    2D crop map's rotation, applied to 3D quantities."""
     t = -np.deg2rad(np.asarray(rot, dtype=np.float64))
     c, s = np.cos(t), np.sin(t)
     m = np.zeros(t.shape + (3, 3))
@@ -207,11 +145,8 @@ def inplane_rotation_matrix(rot) -> np.ndarray:
 
 
 def rotate_points_inplane(points, rot) -> np.ndarray:
-    """Left-multiply the xyz of 3D points by :func:`inplane_rotation_matrix`.
-
-    Args: points (..., J, C>=3); rot (...) degrees. Returns (..., J, C) new array (extra
-    columns such as a confidence are kept).
-    """
+    """points (..., J, C>=3) with xyz rotated by :func:`inplane_rotation_matrix` (new array,
+    extra columns kept)."""
     points = np.asarray(points)
     out = np.array(points, copy=True)
     r = inplane_rotation_matrix(rot).astype(points.dtype, copy=False)
@@ -219,57 +154,31 @@ def rotate_points_inplane(points, rot) -> np.ndarray:
     return out
 
 
-def _aa_to_rotmat(aa: np.ndarray) -> np.ndarray:
-    """Rodrigues formula. (..., 3) -> (..., 3, 3)."""
+def rotate_root_orientation(pose, rot) -> np.ndarray:
+    """pose (..., 72) axis-angle with the global orientation (0:3) rotated in-plane (§6.3 5):
+    ``R_root' = inplane_rotation_matrix(rot) @ R_root`` (new array)."""
+    from scipy.spatial.transform import Rotation
+    pose = np.asarray(pose)
+    out = np.array(pose, copy=True)
+    aa = pose[..., :3].astype(np.float64)          # Rodrigues
     angle = np.linalg.norm(aa, axis=-1, keepdims=True)
-    axis = aa / np.maximum(angle, 1e-12)
-    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
+    x, y, z = np.moveaxis(aa / np.maximum(angle, 1e-12), -1, 0)
     zero = np.zeros_like(x)
     k = np.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(aa.shape[:-1] + (3, 3))
     a = angle[..., None]
-    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)
-
-
-def _rotmat_to_aa(r: np.ndarray) -> np.ndarray:
-    """Inverse Rodrigues via quaternions (stable near 0 and pi). (..., 3, 3) -> (..., 3)."""
-    from scipy.spatial.transform import Rotation
-    flat = r.reshape(-1, 3, 3)
-    return Rotation.from_matrix(flat).as_rotvec().reshape(r.shape[:-2] + (3,))
-
-
-def rotate_root_orientation(pose, rot) -> np.ndarray:
-    """Rotate the SMPL global orientation (entries 0:3) in-plane by -rot (§6.3 item 5).
-
-    ``R_root' = inplane_rotation_matrix(rot) @ R_root``.
-    Args: pose (..., 72) axis-angle; rot (...) degrees. Returns (..., 72) new array.
-    """
-    pose = np.asarray(pose)
-    out = np.array(pose, copy=True)
-    r = inplane_rotation_matrix(rot) @ _aa_to_rotmat(pose[..., :3].astype(np.float64))
-    out[..., :3] = _rotmat_to_aa(r)
+    r = inplane_rotation_matrix(rot) @ (np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k))
+    out[..., :3] = Rotation.from_matrix(r.reshape(-1, 3, 3)).as_rotvec().reshape(aa.shape)
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Pixels
 _MEAN = np.asarray(constants.IMG_NORM_MEAN, dtype=np.float32)
 _STD = np.asarray(constants.IMG_NORM_STD, dtype=np.float32)
 
 
 def normalize_image(img, pn=None) -> np.ndarray:
-    """Pixel noise, then ``/255``, ImageNet normalisation and HWC -> CHW (§6.3 item 6).
-
-    The noise multiplies channel c by ``pn[c]``, clips to [0, 255] and truncates to uint8 (the
-    released code writes the product back into the uint8 image). Every step maps one uint8
-    value of one channel to one float, so the whole chain is computed as a 256-entry lookup
-    table per channel (exactly the same numbers, ~5x faster than the float arithmetic).
-
-    Args:
-        img: (H, W, 3) uint8 RGB.
-        pn: (3,) per-channel multipliers, or None for none.
-    Returns:
-        (3, H, W) float32, ``(trunc(clip(img * pn, 0, 255))/255 - mean) / std``.
-    """
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 ``(trunc(clip(img pn, 0, 255))/255 - mean) /
+    std`` (§6.3 item 6; ``pn`` (3,) per-channel noise or None). Each uint8 value of a channel
+    maps to one float: computed as a 256-entry lookup table per channel (same numbers)."""
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"normalize_image expects an (H, W, 3) uint8 image, got "
                          f"{img.dtype}{img.shape}")
@@ -282,42 +191,29 @@ def normalize_image(img, pn=None) -> np.ndarray:
 
 
 def photometric_augment(img, rng=np.random) -> np.ndarray:
-    """Our stand-in for the released ``--ALB`` albumentations pipeline (not installed here).
-
-    A small BEDLAM-style set of photometric changes, each applied with its own probability, in
-    this order: brightness/contrast (p 0.5: ``x*U(0.8,1.2) + U(-0.1,0.1)*255``), hue/saturation
-    (p 0.3: hue shift U(-10,10) of OpenCV's 0..180 scale, saturation x U(0.8,1.2)), blur (p 0.2:
-    Gaussian, kernel 3, 5 or 7), Gaussian noise (p 0.2: σ U(2,10)), to-grey (p 0.05), JPEG
-    re-compression (p 0.2: quality U(40,95)). Geometry is never touched. Unlike the released
-    code (decisions D8) the channel order stays RGB.
-
-    Args:
-        img: (H, W, 3) uint8 RGB.
-        rng: a ``numpy.random.RandomState``-like object (default: the global numpy state).
-    Returns:
-        (H, W, 3) uint8 RGB (a new array, or ``img`` itself if nothing was drawn).
-    """
+    """Our stand-in for the released ``--ALB`` albumentations pipeline (RGB stays RGB, D8):
+    (H, W, 3) uint8 -> (H, W, 3) uint8, geometry untouched; each step drawn from ``rng`` (a
+    ``RandomState``-like) with its probability (below)."""
     out = img
-    if rng.uniform() < 0.5:
+    if rng.uniform() < 0.5:                                    # brightness / contrast
         alpha, beta = rng.uniform(0.8, 1.2), rng.uniform(-0.1, 0.1) * 255.0
         out = np.clip(out.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
-    if rng.uniform() < 0.3:
+    if rng.uniform() < 0.3:                                    # hue / saturation
         dh, ds = rng.uniform(-10, 10), rng.uniform(0.8, 1.2)
         hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV).astype(np.float32)
         hsv[..., 0] = np.mod(hsv[..., 0] + dh, 180.0)
         hsv[..., 1] = np.clip(hsv[..., 1] * ds, 0, 255)
         out = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
-    if rng.uniform() < 0.2:
+    if rng.uniform() < 0.2:                                    # Gaussian blur
         k = int(rng.choice([3, 5, 7]))
         out = cv2.GaussianBlur(out, (k, k), 0)
-    if rng.uniform() < 0.2:
+    if rng.uniform() < 0.2:                                    # Gaussian noise
         sigma = rng.uniform(2, 10)
         noise = rng.standard_normal(out.shape).astype(np.float32) * sigma
         out = np.clip(out.astype(np.float32) + noise, 0, 255).astype(np.uint8)
-    if rng.uniform() < 0.05:
-        grey = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)
-        out = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
-    if rng.uniform() < 0.2:
+    if rng.uniform() < 0.05:                                   # grey
+        out = cv2.cvtColor(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    if rng.uniform() < 0.2:                                    # JPEG re-compression
         q = int(rng.uniform(40, 95))
         ok, buf = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
         if ok:

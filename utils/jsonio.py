@@ -1,12 +1,5 @@
-"""Strict JSON output (issue #13 point 2): every JSON file the project writes parses with any
-strict JSON parser.
-
-Python's ``json`` writes ``NaN`` / ``Infinity`` by default, which is not JSON. Here a
-non-finite float becomes ``null`` (the documented meaning everywhere: "no value", e.g.
-``--time_to_run`` without a budget, PVE of a set without meshes), numpy scalars and arrays
-become plain numbers and lists, paths become strings, and the dump runs with
-``allow_nan=False`` so that nothing non-standard can slip through.
-"""
+"""Strict JSON output (issue #13 point 2): a non-finite float becomes ``null`` ("no value"),
+numpy / torch values plain numbers and lists, paths strings; dumped with ``allow_nan=False``."""
 from __future__ import annotations
 
 import json
@@ -47,6 +40,5 @@ def write_json(path: str | os.PathLike, obj: object, indent: int | None = 2,
     """Write ``obj`` as strict JSON to ``path`` (parent folders created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = dumps(obj, indent=indent, sort_keys=sort_keys)
-    path.write_text(text + "\n")
+    path.write_text(dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
     return path

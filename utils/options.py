@@ -377,12 +377,18 @@ def apply_checkpoint_options(o: argparse.Namespace, source: str, stored: dict | 
             + ", ".join(f"--{n} {getattr(o, n):g}" if isinstance(getattr(o, n), float)
                         else f"--{n} {getattr(o, n)}" for n in missing)
             + " (pass the values it was trained with if they differ: its keys cannot tell)")
+    return _check_network(o)
+
+
+def _check_network(o: argparse.Namespace) -> argparse.Namespace:
+    """The combinations of network options that cannot be built."""
     if o.model == "hmr" and o.backbone == "hrnet":
         raise OptionError("--model hmr has no HRNet variant (choose --backbone resnet)")
-    try:
-        crop_size(o.bbox_type, o.crop_scale)
-    except ValueError as e:
-        raise OptionError(f"--crop_scale: {e}") from None
+    if hasattr(o, "crop_scale"):
+        try:
+            crop_size(o.bbox_type, o.crop_scale)
+        except ValueError as e:
+            raise OptionError(f"--crop_scale: {e}") from None
     return o
 
 
@@ -394,23 +400,12 @@ def resolve(options: argparse.Namespace) -> argparse.Namespace:
         from config import SYNTHETIC_ROOT
         if options.data_root in (".", os.environ.get("METAHMR_ROOT", ".")):
             options.data_root = SYNTHETIC_ROOT
-    if options.model == "hmr" and options.backbone == "hrnet":
-        raise SystemExit("error: --model hmr has no HRNet variant (choose --backbone resnet)")
     if getattr(options, "no_inner", False):
         options.inner_step = 0
     if hasattr(options, "aux_mode") and options.aux_mode is None:   # decisions D5
         options.aux_mode = "eval" if options.first_order else "train"
     check_ranges(options)   # every numeric option in its range (utils/option_checks.py)
-    if hasattr(options, "crop_scale"):
-        try:
-            crop_size(options.bbox_type, options.crop_scale)
-        except ValueError as e:
-            raise SystemExit(f"error: --crop_scale: {e}") from None
-    for name in ("tto_chunk", "tto_workers"):
-        if getattr(options, name, 0) < 0:
-            raise SystemExit(f"error: --{name} must be >= 0 (0 = automatic), got "
-                             f"{getattr(options, name)}")
-    return options
+    return _check_network(options)
 
 
 def parse_train(argv=None) -> argparse.Namespace:

@@ -1,37 +1,17 @@
-"""Progress of a long loop (issue #13 point 1): a live bar in a terminal, lines in a log file.
-
-In a terminal (stderr is a tty) :class:`Progress` shows a tqdm bar that stays on screen when
-the loop ends, with the running values after it. When stderr is not a terminal (output
-redirected to a file, a batch job) there is no bar: every ``log_freq`` iterations, and after
-the last one, one line ``[<desc>] <i>/<total>: <name> <value>, ...`` goes to ``log``.
-"""
+"""Progress of a long loop (issue #13 point 1): a live bar in a terminal, lines in a log file."""
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable
 
-__all__ = ["Progress", "is_terminal"]
-
-
-def is_terminal(stream=None) -> bool:
-    """Whether ``stream`` (default stderr, where tqdm draws) is an interactive terminal."""
-    stream = sys.stderr if stream is None else stream
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
+__all__ = ["Progress"]
 
 
 class Progress:
-    """Iterate ``iterable`` with a bar (terminal) or periodic log lines (no terminal).
-
-    Args:
-        total: the number of iterations (for the bar and the ``i/total`` of the lines).
-        desc: the name shown before the bar / at the start of each line.
-        log_freq: iterations between lines when not in a terminal (0 = no lines).
-        log: where lines go (default ``print``).
-        interactive: force the bar on / off (default: :func:`is_terminal`).
-    """
+    """Iterate ``iterable`` with a tqdm bar when stderr is a terminal (it stays on screen, the
+    running values after it), else with a line ``[<desc>] <i>/<total>: <name> <value>, ...``
+    to ``log`` (default ``print``) every ``log_freq`` iterations (0: none) and after the last.
+    ``interactive`` forces the bar on or off."""
 
     def __init__(self, iterable: Iterable, total: int, desc: str, log_freq: int = 0,
                  log: Callable[[str], object] | None = None, unit: str = "it",
@@ -39,7 +19,12 @@ class Progress:
         from tqdm import tqdm
         self.total, self.desc, self.log_freq = int(total), desc, int(log_freq or 0)
         self.log = log or print
-        self.interactive = is_terminal() if interactive is None else bool(interactive)
+        if interactive is None:
+            try:
+                interactive = sys.stderr.isatty()
+            except (AttributeError, ValueError):
+                interactive = False
+        self.interactive = bool(interactive)
         self.bar = tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave,
                         dynamic_ncols=True, disable=not self.interactive)
 

@@ -1,26 +1,13 @@
-"""A small software rasteriser (numpy + cv2-free maths): triangle meshes -> images.
+"""Software rasteriser (numpy): triangle meshes -> images.
 
-Used to render the synthetic stand-in world's images (``datasets/synthetic.py``) and as the
-fallback of :class:`utils.renderer.Renderer` where no GL context can be made (decisions D12).
-
-Conventions:
-
-* vertices are in **camera coordinates, OpenCV convention**: x right, y down, z forward
-  (a point is in front of the camera when z > 0);
-* pinhole intrinsics ``u = fx * x / z + cx``, ``v = fy * y / z + cy``;
-* pixel (row r, column c) is sampled at its centre, the integer point (c, r) (OpenCV
-  convention): a pixel is covered when its centre lies inside (or on the edge of) a projected
-  triangle;
-* visibility by a per-pixel z-buffer (nearest surface wins, perspective-correct depth);
-  faces with a vertex at ``z <= near`` are culled (no clipping); no back-face culling, so the
-  winding of the faces does not matter;
-* shading: Lambert, two-sided, ``ambient + (1 - ambient) * |n . l|`` with ``l`` the light
-  direction (default ``(0, 0, 1)``: light travelling along the viewing axis, a headlight);
-  smooth (normals interpolated from area-weighted vertex normals) or flat.
-
-Every candidate (face, pixel) pair inside the face's pixel bounding box is enumerated at once
-with numpy and tested with the face's barycentric edge functions; the nearest candidate per
-pixel wins. A 6890-vertex body at 256 x 256 renders in a few tens of milliseconds.
+Renders the synthetic world's images (``datasets/synthetic_images.py``) and is the fallback of
+:class:`utils.renderer.Renderer` without GL (decisions D12). Vertices are camera coordinates,
+OpenCV convention (x right, y down, z forward); ``u = fx x/z + cx``, ``v = fy y/z + cy``. Pixel
+(r, c) is covered when its centre, the integer point (c, r), lies inside or on a projected
+triangle. Per-pixel z-buffer (perspective-correct depth); faces with a vertex at ``z <= near``
+are culled, no clipping, no back-face culling. Shading: two-sided Lambert,
+``ambient + (1 - ambient) |n.l|``, smooth (area-weighted vertex normals) or flat. All (face,
+pixel) candidates in each face's pixel box are tested at once with barycentric edge functions.
 """
 from __future__ import annotations
 
@@ -33,39 +20,60 @@ __all__ = ["rasterize", "render_mesh_software", "vertex_normals"]
 _MAX_CANDIDATES = 4_000_000   # (face, pixel) pairs per chunk: bounds the memory (~ 200 MB)
 
 
-def _intrinsics(focal, center) -> tuple[float, float, float, float]:
-    f = np.asarray(focal, dtype=np.float64).reshape(-1)
-    if f.size == 1:
-        f = np.repeat(f, 2)
-    if f.size != 2 or not np.all(np.isfinite(f)) or np.any(f <= 0):
-        raise ValueError(f"focal must be a positive float or (fx, fy), got {focal!r}")
-    c = np.asarray(center, dtype=np.float64).reshape(-1)
-    if c.size != 2 or not np.all(np.isfinite(c)):
-        raise ValueError(f"center must be (cx, cy), got {center!r}")
-    return float(f[0]), float(f[1]), float(c[0]), float(c[1])
+def as_numpy(x) -> np.ndarray:
+    """An array of ``x`` (a torch tensor is detached and moved to the CPU)."""
+    return np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
 
 
-def _check_mesh(vertices, faces) -> tuple[np.ndarray, np.ndarray]:
-    v = np.asarray(vertices, dtype=np.float64)
+def check_vertices(vertices) -> np.ndarray:
+    """[V, 3] finite -> float64 [V, 3]; ValueError otherwise."""
+    v = as_numpy(vertices)
     if v.ndim != 2 or v.shape[1] != 3:
         raise ValueError(f"vertices must have shape [V, 3], got {v.shape}")
     if not np.all(np.isfinite(v)):
-        raise ValueError("vertices contain NaN or inf")
-    f = np.asarray(faces)
-    if f.ndim != 2 or f.shape[1] != 3 or not np.issubdtype(f.dtype, np.integer):
-        raise ValueError(f"faces must be an integer array of shape [F, 3], got {f.dtype} {f.shape}")
+        raise ValueError(f"vertices contain {int((~np.isfinite(v)).sum())} non-finite values")
+    return v.astype(np.float64)
+
+
+def check_faces(faces, n_vertices: int | None = None) -> np.ndarray:
+    """[F, 3] integer-valued, non-negative (and < ``n_vertices``) -> int64 [F, 3]."""
+    f = as_numpy(faces)
+    if f.ndim != 2 or f.shape[1] != 3:
+        raise ValueError(f"faces must have shape [F, 3], got {f.shape}")
+    if not np.issubdtype(f.dtype, np.integer) and not np.all(np.mod(f, 1) == 0):
+        raise ValueError(f"faces must hold integer vertex indices, got dtype {f.dtype}")
     f = f.astype(np.int64)
-    if f.size and (f.min() < 0 or f.max() >= len(v)):
-        raise ValueError(f"faces index vertices {f.min()}..{f.max()} but there are {len(v)} "
-                         "vertices")
-    return v, f
+    if f.size and f.min() < 0:
+        raise ValueError(f"faces hold a negative vertex index ({f.min()})")
+    if n_vertices is not None and f.size and f.max() >= n_vertices:
+        raise ValueError(f"faces index vertex {f.max()} but only {n_vertices} vertices were given")
+    return f
+
+
+def check_intrinsics(focal, center) -> tuple[float, float, float, float]:
+    """f or (fx, fy) > 0 and (cx, cy), finite -> (fx, fy, cx, cy)."""
+    fl = as_numpy(focal).astype(np.float64).reshape(-1)
+    if fl.size not in (1, 2):
+        raise ValueError(f"focal_length must be a float or (fx, fy), got {fl.size} values")
+    fx, fy = float(fl[0]), float(fl[-1])
+    if not (fx > 0 and fy > 0 and np.isfinite(fx) and np.isfinite(fy)):
+        raise ValueError(f"focal_length must be positive and finite, got ({fx}, {fy})")
+    cc = as_numpy(center).astype(np.float64).reshape(-1)
+    if cc.size != 2 or not np.all(np.isfinite(cc)):
+        raise ValueError(f"camera_center must be finite (cx, cy), got {cc.tolist()}")
+    return fx, fy, float(cc[0]), float(cc[1])
+
+
+def _face_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """[F, 3] face normals of length twice the face's area."""
+    return np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals. vertices [V,3], faces [F,3] -> [V,3] (0 if isolated)."""
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(faces, dtype=np.int64)
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])   # |fn| = 2 * area
+    fn = _face_normals(v, f)
     vn = np.zeros_like(v)
     for k in range(3):
         np.add.at(vn, f[:, k], fn)
@@ -75,21 +83,15 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 def rasterize(vertices, faces, focal, center, height: int, width: int, near: float = 1e-3
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Visibility of a mesh: which face covers each pixel, where, at what depth.
+    """Which face covers each pixel, where, at what depth.
 
-    Args:
-        vertices: [V, 3] camera coordinates (OpenCV: x right, y down, z forward).
-        faces: [F, 3] vertex indices.
-        focal: f or (fx, fy) in pixels. center: (cx, cy) principal point in pixels.
-        height, width: image size. near: faces with a vertex at z <= near are culled.
-
-    Returns:
-        face_id [H, W] int64 (-1 where empty), bary [H, W, 3] float32 perspective-correct
-        barycentric weights of the face's three vertices (0 where empty), depth [H, W] float32
-        camera z of the visible surface (inf where empty).
+    vertices [V, 3] (camera coordinates), faces [F, 3]; focal f or (fx, fy) and center (cx, cy)
+    in pixels. Returns face_id [H, W] int64 (-1 empty), bary [H, W, 3] float32
+    perspective-correct barycentrics (0 empty), depth [H, W] float32 camera z (inf empty).
     """
-    v, f = _check_mesh(vertices, faces)
-    fx, fy, cx, cy = _intrinsics(focal, center)
+    v = check_vertices(vertices)
+    f = check_faces(faces, len(v))
+    fx, fy, cx, cy = check_intrinsics(focal, center)
     height, width = int(height), int(width)
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
@@ -99,15 +101,13 @@ def rasterize(vertices, faces, focal, center, height: int, width: int, near: flo
     best_l = np.zeros((n_pix, 2))               # screen-space barycentrics l1, l2
 
     z = v[:, 2]
-    keep = np.all(z[f] > near, axis=1) if f.size else np.zeros(0, bool)
-    fid = np.flatnonzero(keep)
+    fid = np.flatnonzero(np.all(z[f] > near, axis=1) if f.size else np.zeros(0, bool))
     if fid.size:
         zs = np.where(z > near, z, 1.0)
         u = fx * v[:, 0] / zs + cx
         w = fy * v[:, 1] / zs + cy
         fk = f[fid]
-        x0, x1, x2 = u[fk[:, 0]], u[fk[:, 1]], u[fk[:, 2]]
-        y0, y1, y2 = w[fk[:, 0]], w[fk[:, 1]], w[fk[:, 2]]
+        (x0, x1, x2), (y0, y1, y2) = u[fk].T, w[fk].T
         d = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)       # twice the signed area
         xmin = np.maximum(np.ceil(np.minimum(np.minimum(x0, x1), x2)), 0)
         xmax = np.minimum(np.floor(np.maximum(np.maximum(x0, x1), x2)), width - 1)
@@ -115,8 +115,7 @@ def rasterize(vertices, faces, focal, center, height: int, width: int, near: flo
         ymax = np.minimum(np.floor(np.maximum(np.maximum(y0, y1), y2)), height - 1)
         nx = (xmax - xmin + 1).astype(np.int64)
         ny = (ymax - ymin + 1).astype(np.int64)
-        ok = (nx > 0) & (ny > 0) & (np.abs(d) > 1e-12)
-        sel = np.flatnonzero(ok)
+        sel = np.flatnonzero((nx > 0) & (ny > 0) & (np.abs(d) > 1e-12))
         if sel.size:
             dd = d[sel]
             # l1 = a1 x + b1 y + c1, l2 = a2 x + b2 y + c2 (barycentrics of vertices 1 and 2)
@@ -140,18 +139,15 @@ def rasterize(vertices, faces, focal, center, height: int, width: int, near: flo
                 start = stop
 
     covered = best_face >= 0
-    face_id = best_face.reshape(height, width)
     bary = np.zeros((n_pix, 3), np.float32)
     depth = np.full(n_pix, np.inf, np.float32)
     if covered.any():
         l1, l2 = best_l[covered, 0], best_l[covered, 1]
-        l0 = 1.0 - l1 - l2
-        zf = z[f[best_face[covered]]]                              # [P, 3]
-        wts = np.stack([l0, l1, l2], 1) / zf
-        s = wts.sum(1, keepdims=True)
-        bary[covered] = (wts / s).astype(np.float32)
+        wts = np.stack([1.0 - l1 - l2, l1, l2], 1) / z[f[best_face[covered]]]
+        bary[covered] = (wts / wts.sum(1, keepdims=True)).astype(np.float32)
         depth[covered] = (1.0 / best_invz[covered]).astype(np.float32)
-    return face_id, bary.reshape(height, width, 3), depth.reshape(height, width)
+    return (best_face.reshape(height, width), bary.reshape(height, width, 3),
+            depth.reshape(height, width))
 
 
 def _raster_chunk(sl, counts, nxs, xm, ym, a1, b1, c1, a2, b2, c2, iz, face_ids, width,
@@ -195,24 +191,14 @@ def render_mesh_software(vertices, faces, focal, center, height: int, width: int
                          light_dir: Sequence[float] = (0.0, 0.0, 1.0), ambient: float = 0.3,
                          vertex_colors=None, smooth: bool = True, near: float = 1e-3
                          ) -> tuple[np.ndarray, np.ndarray]:
-    """Render a shaded mesh.
+    """Shaded mesh (arguments of :func:`rasterize`).
 
-    Args:
-        vertices: [V, 3] camera coordinates (OpenCV: x right, y down, z forward).
-        faces: [F, 3] vertex indices.
-        focal: f or (fx, fy) in pixels. center: (cx, cy) in pixels (pixel centres at integers).
-        height, width: output size.
-        color: RGB in 0..1 of the whole mesh (ignored when ``vertex_colors`` is given).
-        light_dir: direction the (directional) light travels, camera frame.
-        ambient: ambient fraction in 0..1; the rest is two-sided Lambert.
-        vertex_colors: optional [V, 3] RGB in 0..1, interpolated over the faces.
-        smooth: interpolate vertex normals (True) or use face normals (False).
-        near: faces with a vertex at z <= near are culled.
-
-    Returns:
-        rgb [H, W, 3] float32 in 0..1 (0 where empty), mask [H, W] bool (covered pixels).
+    color: RGB in 0..1 (unless ``vertex_colors`` [V, 3] in 0..1 are interpolated);
+    light_dir: where the directional light travels (camera frame); ambient: 0..1; smooth:
+    vertex (True) or face normals. Returns rgb [H, W, 3] float32 in 0..1 (0 empty), mask [H, W].
     """
-    v, f = _check_mesh(vertices, faces)
+    v = check_vertices(vertices)
+    f = check_faces(faces, len(v))
     col = np.asarray(color, dtype=np.float64).reshape(-1)
     if col.size != 3 or not np.all(np.isfinite(col)):
         raise ValueError(f"color must be 3 RGB floats in 0..1, got {color!r}")
@@ -235,11 +221,7 @@ def render_mesh_software(vertices, faces, focal, center, height: int, width: int
     fsel = face_id[mask]
     b = bary[mask].astype(np.float64)[..., None]                  # [P, 3, 1]
     tri = f[fsel]                                                  # [P, 3]
-    if smooth:
-        n = (vertex_normals(v, f)[tri] * b).sum(1)
-    else:
-        fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-        n = fn[fsel]
+    n = (vertex_normals(v, f)[tri] * b).sum(1) if smooth else _face_normals(v, f)[fsel]
     norm = np.linalg.norm(n, axis=1)
     lam = np.abs(n @ light) / np.maximum(norm, 1e-12)
     lam[norm == 0] = 1.0

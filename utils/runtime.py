@@ -18,12 +18,9 @@ def select_device(name: str) -> torch.device:
 
 def place(module: torch.nn.Module, device: torch.device,
           memory_format: str = "auto") -> torch.nn.Module:
-    """Move ``module`` to ``device`` in the convolution layout of ``--memory_format``.
-
-    'auto': channels_last on the CPU (oneDNN's convolutions run about 1.3x faster in it:
-    ResNet-50 forward + backward 523 vs 673 ms at batch 4, 256x192), contiguous elsewhere.
-    Values, state_dict keys and saved checkpoints do not depend on the layout.
-    """
+    """``module`` on ``device`` in the layout of ``--memory_format``; 'auto': channels_last on
+    the CPU (oneDNN convolutions ~1.3x faster: ResNet-50 fwd + bwd 523 vs 673 ms, batch 4,
+    256x192), contiguous elsewhere. Values and state_dict keys do not depend on it."""
     if memory_format not in ("auto", "channels_last", "contiguous"):
         raise ValueError(f"unknown memory_format {memory_format!r}")
     device = torch.device(device)
@@ -41,13 +38,9 @@ def seed_everything(seed: int) -> None:
 
 
 def adam(params, **kwargs) -> torch.optim.Optimizer:
-    """``torch.optim.Adam``, fused into one kernel per step where torch supports it.
-
-    The fused implementation (CPU and CUDA, floating-point parameters) computes the same update
-    as the default one, up to float rounding, in far fewer passes over memory: per-sample TTO
-    takes an Adam step over the whole network for every sample, and there the step was a quarter
-    of the time (bench/tto.py). Elsewhere the default (foreach) implementation is used.
-    """
+    """``torch.optim.Adam``, fused (one kernel per step: the same update up to rounding) where
+    torch supports it, else the default. Per-sample TTO steps the whole network for every sample;
+    the step was a quarter of its time (bench/tto.py)."""
     params = list(params)
     try:
         return torch.optim.Adam(params, fused=True, **kwargs)
@@ -56,14 +49,9 @@ def adam(params, **kwargs) -> torch.optim.Optimizer:
 
 
 def compile_backbone(net: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile`` of ``net.extract_features`` (the backbone), in place; parameters,
-    buffers and state_dict keys stay those of ``net``.
-
-    Measured with ``--compile`` of ``bench/train_step.py`` and ``bench/tto.py`` (README): on the
-    CPU it does not gain reliably (ResNet-50 backbone forward + backward 1.06x the eager time,
-    ResNet-18 0.94x; per-sample TTO recompiles for several batches), so the training and
-    evaluation scripts do not offer it. A deep copy of ``net`` keeps calling the original's
-    compiled backbone (TTO worker threads copy the network: use one worker).
-    """
+    """``torch.compile`` of ``net.extract_features`` in place (parameters and state_dict keys
+    unchanged). Only the benchmarks' ``--compile`` offers it: on the CPU it gains nothing
+    reliable (README). A deep copy of ``net`` still calls the original's compiled backbone (TTO
+    worker threads copy the network: use one worker)."""
     net.extract_features = torch.compile(net.extract_features)
     return net

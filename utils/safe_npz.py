@@ -1,12 +1,8 @@
 """Reading an ``.npz`` without ever unpickling it (issue #15, items 1 and 5).
 
-:func:`read_npz` returns every member as a materialised numpy array. It refuses, with
-:class:`NpzError` naming the file and the key:
-
-* an object array (its data is a pickle, which can run code when loaded; the official SPIN /
-  CLIFF files never hold one, and ``np.load`` is always called with ``allow_pickle=False``);
-* a zip member stored twice (``pose.npy`` twice: numpy would silently use one of them);
-* a file that is not a zip archive of ``.npy`` members.
+:func:`read_npz` refuses with :class:`NpzError` (naming the file and key) an object array (a
+pickle; never in the official files), a zip member stored twice (numpy would silently take one)
+and a file that is not a zip archive of ``.npy`` members.
 """
 from __future__ import annotations
 
@@ -26,7 +22,9 @@ class NpzError(UserError, ValueError):
     """An npz file that cannot be read safely; the message names the file and the key."""
 
 
-def _check_members(path: Path) -> None:
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All arrays of the npz at ``path``, materialised; never unpickles (module docstring)."""
+    path = Path(path)
     try:
         with zipfile.ZipFile(path) as zf:
             names = [i.filename for i in zf.infolist()]
@@ -38,12 +36,6 @@ def _check_members(path: Path) -> None:
         raise NpzError(f"{path}: zip member(s) stored more than once: {', '.join(twice)} "
                        f"(which copy is meant is ambiguous; the file was tampered with or "
                        f"written wrongly). Re-create it with numpy.savez")
-
-
-def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All arrays of the npz at ``path``; never unpickles (module docstring)."""
-    path = Path(path)
-    _check_members(path)
     out = {}
     with np.load(path, allow_pickle=False) as z:
         for key in z.files:

@@ -1,25 +1,15 @@
 """Restricted unpickling of every pickle the project reads (issue #15, security items 1-2).
 
-A pickle names the functions and classes it calls; an ordinary ``pickle.load`` imports and calls
-whatever the file names (``os.system`` included). :func:`load` and :func:`load_file` admit only
-what the official files need and refuse anything else with :class:`UnsafePickleError` *before*
-it is imported:
-
-* numpy: ``ndarray``, ``dtype`` (and its per-type subclasses), scalar types, and the array
-  reconstructors (``numpy[._]core.multiarray._reconstruct`` / ``scalar``,
-  ``numpy[._]core.numeric._frombuffer``);
-* scipy: the sparse matrix / array classes of ``scipy.sparse`` (``J_regressor``);
-* chumpy: subclasses of ``chumpy.ch.Ch`` (``shapedirs`` and friends of the official SMPL
-  files; chumpy itself is imported only when a file names it);
-* the basic containers and helpers a protocol-2 pickle uses: ``set``, ``frozenset``, ``list``,
-  ``dict``, ``tuple``, ``object``, ``slice``, ``complex``, ``bytes``, ``bytearray``,
-  ``collections.OrderedDict``, ``copyreg._reconstructor`` and ``_codecs.encode`` (how Python 3
-  writes bytes under protocol 2).
-
-Python-2 names (``copy_reg``, ``__builtin__``, ``numpy.core``) are mapped as ``pickle`` does.
-:func:`load_npy` reads a ``.npy`` file, unpickling object arrays (the occluder file) through the
-same filter. Nothing here imports ``models/``, ``train/`` or ``datasets/``: a raw-dataset reader
-(``datasets/prepare.py``: 3DPW's sequence pickles) uses the same functions.
+``pickle.load`` imports and calls whatever a file names (``os.system`` included). :func:`load`,
+:func:`load_file` and :func:`load_npy` (object arrays of a ``.npy``) admit only what the
+official files need and refuse anything else with :class:`UnsafePickleError` before importing
+it: numpy ``ndarray``, ``dtype`` and its subclasses, scalar types and the array reconstructors
+(``numpy[._]core.multiarray._reconstruct`` / ``scalar``, ``numpy[._]core.numeric._frombuffer``);
+``scipy.sparse`` matrix / array classes; subclasses of ``chumpy.ch.Ch`` (chumpy is imported only
+when a file names it); the basic containers of protocol 2 (``set``, ``frozenset``, ``list``,
+``dict``, ``tuple``, ``object``, ``slice``, ``complex``, ``bytes``, ``bytearray``, ``int``,
+``float``, ``bool``, ``str``, ``collections.OrderedDict``, ``copyreg._reconstructor``,
+``_codecs.encode``). Python-2 names are mapped as ``pickle`` does.
 """
 from __future__ import annotations
 
@@ -46,10 +36,9 @@ _MODULES = ("numpy", "numpy.dtypes", "numpy.core", "numpy._core", "scipy.sparse"
             "builtins")
 _BUILTINS = {set, frozenset, list, dict, tuple, object, slice, complex, bytes, bytearray,
              int, float, bool, str}
-_NAMED = {"copyreg": copyreg._reconstructor, "_codecs": codecs.encode, "codecs": codecs.encode,
-          "collections": collections.OrderedDict}
-_ALLOWED_NAMES = {("copyreg", "_reconstructor"), ("_codecs", "encode"), ("codecs", "encode"),
-                  ("collections", "OrderedDict")}
+_NAMED = {("copyreg", "_reconstructor"): copyreg._reconstructor,
+          ("_codecs", "encode"): codecs.encode, ("codecs", "encode"): codecs.encode,
+          ("collections", "OrderedDict"): collections.OrderedDict}
 
 
 class UnsafePickleError(UserError, pickle.UnpicklingError):
@@ -78,7 +67,7 @@ def _resolve(mod: str, name: str):
 
 
 def _admitted(module: str, obj: object) -> bool:
-    """Whether the resolved global ``obj`` (from package ``module``) is on the allow list."""
+    """Whether the resolved global ``obj`` (from ``module``) is on the allow list."""
     top = module.split(".")[0]
     if top == "numpy":
         return (obj in (np.ndarray, np.dtype) or any(obj is f for f in _np_helpers())
@@ -99,13 +88,8 @@ def _admitted(module: str, obj: object) -> bool:
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` that resolves only the allowed globals (module docstring).
-
-    Args:
-        file: a binary file object.
-        source: the file name, used in error messages.
-        what: a few words naming the file's role (e.g. "SMPL body model").
-    """
+    """``pickle.Unpickler`` of the allowed globals only; ``source`` (the file name) and ``what``
+    (its role, e.g. "SMPL body model") go into the error messages."""
 
     def __init__(self, file, source: str = "<pickle>", what: str = "pickle", **kwargs):
         kwargs.setdefault("encoding", "latin1")
@@ -125,8 +109,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             mod, nm = _compat_pickle.NAME_MAPPING[(mod, nm)]
         elif mod in _compat_pickle.IMPORT_MAPPING:
             mod = _compat_pickle.IMPORT_MAPPING[mod]
-        if (mod, nm) in _ALLOWED_NAMES:
-            return _NAMED[mod]
+        if (mod, nm) in _NAMED:
+            return _NAMED[mod, nm]
         if "." in nm or not (mod in _MODULES or mod.startswith(_MODULE_PREFIXES)):
             raise self._refuse(module, name)                   # refused before any import
         try:
@@ -158,11 +142,8 @@ def load_file(path: str | os.PathLike, what: str = "pickle"):
 
 
 def load_npy(path: str | os.PathLike, what: str = "array file") -> np.ndarray:
-    """``np.load`` of one ``.npy`` file; an object array is unpickled through the allow list.
-
-    Raises :class:`UnsafePickleError` when the pickle names anything else, and ``ValueError``
-    (from numpy) for a file that is not a ``.npy``.
-    """
+    """``np.load`` of one ``.npy``, an object array unpickled through the allow list
+    (:class:`UnsafePickleError` otherwise; numpy's ``ValueError`` for a file that is no .npy)."""
     path = Path(path)
     with open(path, "rb") as fh:
         version = np.lib.format.read_magic(fh)
