@@ -1,27 +1,18 @@
-"""Datasets: SPIN-format npz + images -> training / evaluation samples.
-
-Public API (imported lazily, so ``python -m datasets.synthetic`` does not pull in torch/cv2):
-``BaseDataset``, ``MixedDataset``, ``DatasetError``, ``SyntheticOcclusion``.
-"""
+"""Datasets: SPIN-format npz + images -> training / evaluation samples. The public names are
+imported lazily, so ``python -m datasets.synthetic`` does not pull in torch/cv2."""
 from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {
-    "BaseDataset": "datasets.base_dataset",
-    "DatasetError": "datasets.base_dataset",
-    "MixedDataset": "datasets.mixed_dataset",
-    "mixture_partition": "datasets.mixed_dataset",
-    "SyntheticOcclusion": "datasets.occlusion",
-    "OccluderFileError": "datasets.occlusion",
-}
+_EXPORTS = {"BaseDataset": "datasets.base_dataset", "DatasetError": "datasets.base_dataset",
+            "MixedDataset": "datasets.mixed_dataset", "mixture_partition": "datasets.mixed_dataset",
+            "SyntheticOcclusion": "datasets.occlusion", "OccluderFileError": "datasets.occlusion"}
 __all__ = list(_EXPORTS)
 
 
 def __getattr__(name):
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
+        value = globals()[name] = getattr(importlib.import_module(_EXPORTS[name]), name)
         return value
     raise AttributeError(f"module 'datasets' has no attribute {name!r}")
 

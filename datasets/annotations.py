@@ -1,11 +1,6 @@
-"""SPIN-format npz annotations: read without unpickling, then checked before any sample is used.
-
-:func:`read_annotations` materialises every array of the npz (:func:`utils.safe_npz.read_npz`:
-object arrays and duplicated zip members are refused); :func:`check_annotations` checks what
-:class:`datasets.base_dataset.BaseDataset` relies on: the required keys (``imgname``,
-``part``; ``pose`` only with ``shape``), one entry per sample in every per-sample array
-(``focal_length`` may be one scalar), the per-sample shapes, and no NaN / inf in a numeric
-array. Problems raise :class:`DatasetError`, naming the file, the sample index and the problem.
+"""SPIN-format npz annotations: read without unpickling (:func:`utils.safe_npz.read_npz`: object
+arrays and duplicated zip members are refused), then checked (:func:`check_annotations`) before
+any sample is used. Problems raise :class:`DatasetError` naming the file, sample and problem.
 """
 from __future__ import annotations
 
@@ -19,7 +14,7 @@ from utils.safe_npz import NpzError, read_npz
 
 __all__ = ["DatasetError", "read_annotations", "check_annotations"]
 
-# npz key -> expected per-sample shape (None = any trailing shape)
+# npz key -> expected per-sample shape
 _SHAPES = {"part": (24, 3), "openpose": (25, 3), "pose": (72,), "S": (24, 4),
            "center": (2,), "has_smpl": (), "gender": ()}
 
@@ -29,8 +24,7 @@ class DatasetError(UserError, ValueError):
 
 
 def read_annotations(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of an npz, materialised; never unpickled (:func:`utils.safe_npz.read_npz`:
-    an object array or a zip member stored twice is refused, naming the file and the key)."""
+    """All arrays of an npz, materialised, never unpickled."""
     try:
         return read_npz(path)
     except NpzError as e:
@@ -40,10 +34,10 @@ def read_annotations(path: Path) -> dict[str, np.ndarray]:
                            f"{e}). Re-create it with numpy.savez") from e
 
 
-def check_annotations(data: dict[str, np.ndarray],
-                      fail: Callable[..., DatasetError]) -> int:
-    """Check the keys, lengths, shapes and values of ``data``; returns the number of samples.
-    ``fail(message, index=None)`` makes the error to raise (naming the file)."""
+def check_annotations(data: dict[str, np.ndarray], fail: Callable[..., DatasetError]) -> int:
+    """Check what :class:`BaseDataset` relies on: required keys (``imgname``, ``part``; ``pose``
+    only with ``shape``), one entry per sample (``focal_length`` may be a scalar), per-sample
+    shapes, no NaN / inf. ``fail(message, index=None)`` makes the error. Returns N."""
     for key in ("imgname", "part"):
         if key not in data:
             raise fail(f"missing required key {key!r} (keys present: {sorted(data)})")
@@ -60,33 +54,20 @@ def check_annotations(data: dict[str, np.ndarray],
                    f"imgname): {listing}")
     if n == 0:
         raise fail("no samples (imgname is empty)")
-    _check_shapes(data, n, fail)
-    _check_finite(data, fail)
-    return n
-
-
-def _check_shapes(data: dict, n: int, fail: Callable[..., DatasetError]) -> None:
     for key, shape in _SHAPES.items():
-        if key in data and data[key].shape[1:] != shape:
-            if key == "S" and data[key].shape[1:] == (24, 3):
-                continue
-            raise fail(f"{key!r} has shape {data[key].shape}, expected (N, "
-                       f"{', '.join(map(str, shape))})" if shape else
-                       f"{key!r} has shape {data[key].shape}, expected (N,)")
+        got = data[key].shape if key in data else None
+        if got is not None and got[1:] != shape and not (key == "S" and got[1:] == (24, 3)):
+            want = f"(N, {', '.join(map(str, shape))})" if shape else "(N,)"
+            raise fail(f"{key!r} has shape {got}, expected {want}")
     if "shape" in data and (data["shape"].ndim != 2 or data["shape"].shape[1] < 10):
         raise fail(f"'shape' has shape {data['shape'].shape}, expected (N, 10)")
     if "focal_length" in data and data["focal_length"].size not in (1, n):
         raise fail(f"'focal_length' has shape {data['focal_length'].shape}, expected "
                    f"a scalar or one value per sample ({n})")
-
-
-def _check_finite(data: dict, fail: Callable[..., DatasetError]) -> None:
-    """No NaN / inf anywhere in the numeric annotations."""
-    for key, arr in data.items():
+    for key, arr in data.items():   # no NaN / inf in the numeric annotations
         if arr.dtype.kind in "fc":
             ok = np.isfinite(arr.reshape(len(arr), -1) if arr.ndim else arr.reshape(1, 1))
-            bad = ~ok.all(axis=1)
-            if bad.any():
-                i = int(np.argmax(bad))
-                raise fail(f"{key!r} contains NaN or inf (first at sample {i}, "
-                           f"{int(bad.sum())} samples affected)", i)
+            if (bad := ~ok.all(axis=1)).any():
+                raise fail(f"{key!r} contains NaN or inf (first at sample {int(np.argmax(bad))}, "
+                           f"{int(bad.sum())} samples affected)", int(np.argmax(bad)))
+    return n

@@ -1,38 +1,15 @@
 """SPIN-format datasets: npz annotations + images -> augmented crops (upstream-behaviour.md §6).
 
-One :class:`BaseDataset` per (dataset name, split). The npz is read once in ``__init__`` and
-validated (required keys, lengths, shapes, NaN/inf, a visible GT keypoint per sample); each
-``__getitem__`` reads one image and runs the pipeline of §6.3:
-
-1. keypoints (49, 3) = OpenPose 25 + GT 24; for 3DPW the image is resized to (W//2, H//2) and
-   the keypoints and the npz focal length are halved;
-2. bbox from the visible GT keypoints (x1.2, 4:3 rule); the npz center/scale are ignored;
-3. training draws (numpy global state, in this order): flip ``uniform() <= 0.5``,
-   ``pn = uniform(1-nf, 1+nf, 3)``, ``rot = clip(randn()*rf, -2rf, 2rf)``,
-   ``sc = clip(randn()*sf + 1, 1-sf, 1+sf)``, then ``uniform() <= 0.6`` zeroes rot;
-   ``scale *= sc``;
-4. flip of image, centre (``x -> W-1-x``), keypoints, S and pose;
-5. ``full_trans`` (rotated), ``crop_trans`` and ``inv_trans`` (not rotated), built as released
-   (:func:`utils.imutils.get_affine_transform`: three float32 point pairs, then
-   ``cv2.getAffineTransform``); keypoints (float64 from the npz on, as released) mapped with
-   ``full_trans`` into crop pixels; S and the root orientation rotated by -rot;
-6. image: optional photometric augmentation (``--ALB``, RGB kept), ``cv2.warpAffine``
-   (bilinear, black border), synthetic occlusion (training h36m / mpi-inf-3dhp with
-   ``--syn_occ``), pixel noise, ImageNet normalisation, CHW.
-
-The npz is read without unpickling and checked (:mod:`datasets.annotations`: object arrays and
-duplicated zip members are refused). Bad data raises :class:`DatasetError` naming the file, the
-sample index and the problem; a 3DPW test file without ``gender``, and a test file without
-usable ``openpose`` keypoints under ``--use_openpose2d``, are errors too. An image is unreadable
-when it is missing, undecodable, a truncated JPEG, or under 2 pixels on a side
-(:mod:`datasets.image_files`). With
-``options.skip_bad_images`` a training set replaces an unreadable image by the next readable
-one (index + 1, + 2, ... wrapping; each sample's ``n_skipped`` says how many were skipped to
-produce it), while a test set returns ``{'skipped': True, 'sample_index', 'imgname',
-'reason'}``, which :func:`collate_skipping` leaves out of the batch and lists, so that the
-sample is never scored in another's place. ``dataset.n_skipped`` counts the skips over every
-process that used this dataset object (DataLoader workers included, through a shared-memory
-counter).
+The npz is read once and checked (:mod:`datasets.annotations`); an item runs §6.3 on one image:
+keypoints (49, 3) = OpenPose 25 + GT 24 (3DPW: image, keypoints and focal halved); bbox from the
+visible GT keypoints (the npz center/scale are ignored); training draws (:meth:`augm_params`);
+flip; ``full_trans`` (rotated), ``crop_trans``, ``inv_trans``; keypoints (float64) into crop
+pixels, S and root orientation turned by -rot; image: ``--ALB``, ``cv2.warpAffine`` (bilinear,
+black border), ``--syn_occ`` (training h36m / mpi-inf-3dhp), pixel noise, ImageNet
+normalisation, CHW. Bad data raises :class:`DatasetError` naming file, sample and problem. An
+unreadable image (:mod:`datasets.image_files`) too, unless ``skip_bad_images``: training then
+uses the next readable one (item ``n_skipped``), a test set returns ``{'skipped': True, ...}``
+for :func:`collate_skipping` to leave out. ``n_skipped`` counts over all processes.
 """
 from __future__ import annotations
 
@@ -67,23 +44,20 @@ def _opt(options, name, default):
     return default if value is None else value
 
 
-class BaseDataset(Dataset):
-    """One SPIN-format dataset.
+def _first(bad: np.ndarray) -> int:
+    return int(np.argmax(bad))
 
-    Args:
-        options: namespace; reads ``bbox_type`` ('rect'), ``rot_factor`` (30), ``noise_factor``
-            (0.4), ``scale_factor`` (0.25), ``ignore_3d``, ``syn_occ``, ``ALB``,
-            ``skip_bad_images`` (all False by default); missing attributes take these defaults.
-        dataset: dataset name of ``config.DATASET_FILES`` ('h36m', '3dpw', 'h36m-p2', ...).
-        is_train: training split and augmentation, or test split without augmentation.
-        paths: data layout; default ``DataPaths.from_options(options)``.
-    """
+
+class BaseDataset(Dataset):
+    """One SPIN-format dataset ``dataset`` (a ``config.DATASET_FILES`` name), training split with
+    augmentation or test split without. ``options`` attributes (missing or None: default):
+    bbox_type 'rect', crop_scale 1, rot_factor 30, noise_factor 0.4, scale_factor 0.25,
+    ignore_3d, syn_occ, ALB, skip_bad_images, use_openpose2d (False). paths default
+    ``DataPaths.from_options(options)``."""
 
     def __init__(self, options, dataset: str, is_train: bool, paths: DataPaths | None = None):
         super().__init__()
-        self.options = options
-        self.dataset = dataset
-        self.is_train = bool(is_train)
+        self.options, self.dataset, self.is_train = options, dataset, bool(is_train)
         self.paths = paths if paths is not None else DataPaths.from_options(options)
         self.bbox_type = _opt(options, "bbox_type", "rect")
         self.crop_h, self.crop_w = constants.crop_size(
@@ -91,9 +65,8 @@ class BaseDataset(Dataset):
         self.rot_factor = float(_opt(options, "rot_factor", 30.0))
         self.noise_factor = float(_opt(options, "noise_factor", 0.4))
         self.scale_factor = float(_opt(options, "scale_factor", 0.25))
-        self.ignore_3d = bool(_opt(options, "ignore_3d", False))
-        self.use_alb = bool(_opt(options, "ALB", False))
-        self.skip_bad_images = bool(_opt(options, "skip_bad_images", False))
+        self.ignore_3d, self.use_alb, self.skip_bad_images = (
+            bool(_opt(options, k, False)) for k in ("ignore_3d", "ALB", "skip_bad_images"))
         self.half_size = dataset in HALF_SIZE_DATASETS
         self.use_syn_occ = (bool(_opt(options, "syn_occ", False)) and self.is_train
                             and dataset in OCCLUDED_DATASETS)
@@ -101,9 +74,7 @@ class BaseDataset(Dataset):
         self.img_dir = self.paths.image_folder(dataset)
         # occluders: only needed (and only required to exist) when they will be used (D8)
         self.occluder = SyntheticOcclusion(self.paths.occluders()) if self.use_syn_occ else None
-        # test sets leave an unreadable image's sample out (see collate_skipping), training
-        # replaces it by the next readable one
-        self.drop_bad_images = not self.is_train
+        self.drop_bad_images = not self.is_train   # test sets leave bad images' samples out
         self._skipped = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._warned_skip = False
         self._load(self.npz_file)
@@ -117,8 +88,41 @@ class BaseDataset(Dataset):
         data = read_annotations(path)
         self.n = n = check_annotations(data, self._fail)
         self.imgname = data["imgname"].astype(str)
-        self._load_keypoints(data)
-        self._load_smpl(data)
+        # 2D keypoints (float64 through bbox, affine and keypoint map, as released) and the bbox
+        self.part = data["part"].astype(np.float64)
+        self.openpose = (data["openpose"].astype(np.float64) if "openpose" in data
+                         else np.zeros((n, 25, 3), np.float64))
+        if self.half_size:
+            self.part[..., :2] /= 2
+            self.openpose[..., :2] /= 2
+        self.center, self.scale, n_vis = imutils.bbox_from_keypoints(self.part)
+        for bad, what in ((n_vis == 0, "no visible GT 2D keypoint ('part' confidence > 0) to "
+                                       "build the bbox"),
+                          (self.scale <= 0, "degenerate bbox: all visible GT 2D keypoints at "
+                                            "one point")):
+            if bad.any():
+                raise self._fail(f"{what} ({int(bad.sum())} such samples, first is "
+                                 f"{_first(bad)})", _first(bad))
+        # SMPL pose / shape, has_smpl and the 3D joints S (none under --ignore_3d)
+        self.has_pose_shape = "pose" in data
+        if self.has_pose_shape:
+            self.pose = data["pose"].astype(np.float32)
+            self.betas = data["shape"][:, :10].astype(np.float32)
+        if "has_smpl" in data:
+            self.has_smpl = data["has_smpl"].astype(np.float32)
+            if not self.has_pose_shape and (self.has_smpl != 0).any():
+                raise self._fail("'has_smpl' is set but the file has no 'pose'/'shape'",
+                                 _first(self.has_smpl != 0))
+        else:
+            self.has_smpl = np.full(n, 1.0 if self.has_pose_shape else 0.0, np.float32)
+        self.has_pose_3d = 1.0 if "S" in data else 0.0
+        if "S" in data:
+            s = data["S"].astype(np.float32)
+            if s.shape[2] == 3:  # no confidence column: all joints valid
+                s = np.concatenate([s, np.ones_like(s[..., :1])], -1)
+            self.pose_3d = s
+        if self.ignore_3d:
+            self.has_smpl, self.has_pose_3d = np.zeros(n, np.float32), 0.0
         if "gender" in data:
             g = np.char.lower(np.char.strip(data["gender"].astype(str)))
             self.gender = np.where(g == "m", 0, 1).astype(np.int64)
@@ -131,61 +135,15 @@ class BaseDataset(Dataset):
             self.gender = np.full(n, -1, np.int64)
         self.focal_length = None
         if "focal_length" in data:
-            f = data["focal_length"].astype(np.float64).reshape(-1)
-            f = np.broadcast_to(f, (n,)).copy()
+            f = np.broadcast_to(data["focal_length"].astype(np.float64).reshape(-1), (n,)).copy()
             if (f <= 0).any():
-                i = int(np.argmax(f <= 0))
-                raise self._fail(f"'focal_length' is not positive ({f[i]})", i)
+                raise self._fail(f"'focal_length' is not positive ({f[_first(f <= 0)]})",
+                                 _first(f <= 0))
             self.focal_length = f / 2 if self.half_size else f
         self.maskname = data["maskname"].astype(str) if "maskname" in data else None
         if not self.is_train:
             self._check_test_inputs(data)
         self.partname = data["partname"].astype(str) if "partname" in data else None
-
-    def _load_keypoints(self, data: dict) -> None:
-        """GT and OpenPose 2D keypoints (halved for 3DPW) and the bbox built from them."""
-        n = self.n
-        # float64 through the bbox, the affine and the keypoint map, as released (§6.3 item 5)
-        self.part = data["part"].astype(np.float64)
-        self.openpose = (data["openpose"].astype(np.float64) if "openpose" in data
-                         else np.zeros((n, 25, 3), np.float64))
-        if self.half_size:
-            self.part[..., :2] /= 2
-            self.openpose[..., :2] /= 2
-        center, scale, n_vis = imutils.bbox_from_keypoints(self.part)
-        if (n_vis == 0).any():
-            i = int(np.argmax(n_vis == 0))
-            raise self._fail(f"no visible GT 2D keypoint ('part' confidence > 0) to build the "
-                             f"bbox ({int((n_vis == 0).sum())} such samples, first is {i})", i)
-        if (scale <= 0).any():
-            i = int(np.argmax(scale <= 0))
-            raise self._fail(f"degenerate bbox: all visible GT 2D keypoints at one point "
-                             f"({int((scale <= 0).sum())} such samples, first is {i})", i)
-        self.center, self.scale = center, scale
-
-    def _load_smpl(self, data: dict) -> None:
-        """SMPL pose / shape, ``has_smpl`` and the 3D joints ``S`` (none under --ignore_3d)."""
-        n = self.n
-        self.has_pose_shape = "pose" in data
-        if self.has_pose_shape:
-            self.pose = data["pose"].astype(np.float32)
-            self.betas = data["shape"][:, :10].astype(np.float32)
-        if "has_smpl" in data:
-            self.has_smpl = data["has_smpl"].astype(np.float32)
-            if not self.has_pose_shape and (self.has_smpl != 0).any():
-                i = int(np.argmax(self.has_smpl != 0))
-                raise self._fail("'has_smpl' is set but the file has no 'pose'/'shape'", i)
-        else:
-            self.has_smpl = np.full(n, 1.0 if self.has_pose_shape else 0.0, np.float32)
-        self.has_pose_3d = 1.0 if "S" in data else 0.0
-        if "S" in data:
-            s = data["S"].astype(np.float32)
-            if s.shape[2] == 3:  # no confidence column: all joints valid
-                s = np.concatenate([s, np.ones_like(s[..., :1])], -1)
-            self.pose_3d = s
-        if self.ignore_3d:
-            self.has_smpl = np.zeros(n, np.float32)
-            self.has_pose_3d = 0.0
 
     def _check_test_inputs(self, data: dict) -> None:
         """Test sets: the inputs test-time optimisation reads must be there (issue #15 item 8)."""
@@ -216,8 +174,7 @@ class BaseDataset(Dataset):
 
     def _load_image(self, index: int) -> tuple[np.ndarray | None, str]:
         """(BGR uint8 image, halved for 3DPW, '') or (None, why it is unreadable)."""
-        path = self.image_path(index)
-        img, why = read_image_file(path)
+        img, why = read_image_file(self.image_path(index))
         if img is not None and self.half_size:
             h, w = img.shape[:2]
             if min(h // 2, w // 2) < MIN_IMAGE_SIDE:
@@ -247,7 +204,9 @@ class BaseDataset(Dataset):
 
     # -- one sample --------------------------------------------------------------------------
     def augm_params(self):
-        """Draw (flip, pn, rot, sc) in the released order; eval: (0, None, 0, 1)."""
+        """Draw (numpy global state, released order) flip ``uniform() <= 0.5``, ``pn =
+        uniform(1-nf, 1+nf, 3)``, ``rot = clip(randn()*rf, ±2rf)``, ``sc = clip(randn()*sf + 1,
+        1±sf)``, then ``uniform() <= 0.6`` zeroes rot; eval: (0, None, 0, 1)."""
         if not self.is_train:
             return 0, None, 0.0, 1.0
         flip = 1 if np.random.uniform() <= 0.5 else 0
@@ -265,8 +224,8 @@ class BaseDataset(Dataset):
         if not -self.n <= index < self.n:
             raise IndexError(f"index {index} out of range for {self.dataset} "
                              f"({self.npz_file}) of {self.n} samples")
-        index %= self.n
-        start, skipped = index, 0
+        start = index = index % self.n
+        skipped = 0
         img, why = self._load_image(index)
         while img is None:
             self._bad_image(index, why)       # raises unless skip_bad_images
@@ -312,46 +271,27 @@ class BaseDataset(Dataset):
         kp_crop[:, :2] = imutils.transform_points(keypoints[:, :2].astype(np.float64), full_trans)
         focal = (float(self.focal_length[index]) if self.focal_length is not None
                  else float(imutils.diagonal_focal(img_h, img_w)))
-        binfo = imutils.bbox_info(center, scale, img_h, img_w, focal)
         f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
-        return {
-            "img": img_t,
-            "keypoints": f32(kp_crop),
-            "keypoints_full": f32(keypoints),
-            "pose": f32(pose),
-            "betas": f32(betas),
-            "pose_3d": f32(pose_3d),
-            "has_smpl": f32(self.has_smpl[index]),
-            "has_pose_3d": f32(self.has_pose_3d),
-            "scale": f32(scale),
-            "center": f32(center),
-            "orig_shape": f32([img_h, img_w]),
-            "img_h": f32(img_h),
-            "img_w": f32(img_w),
-            "focal_length": f32(focal),
-            "bbox_info": f32(binfo),
-            "full_trans": f32(full_trans),
-            "crop_trans": f32(crop_trans),
-            "inv_trans": f32(inv_trans),
-            "is_flipped": int(flip),
-            "rot_angle": f32(rot),
-            "scale_factor": f32(sc),
-            "gender": int(self.gender[index]),
-            "sample_index": index,
-            "dataset_name": self.dataset,
-            "imgname": self.image_path(index),
-            "maskname": "" if self.maskname is None else str(self.maskname[index]),
-            "partname": "" if self.partname is None else str(self.partname[index]),
-        }
+        item = {"img": img_t}
+        item.update({k: f32(v) for k, v in dict(
+            keypoints=kp_crop, keypoints_full=keypoints, pose=pose, betas=betas, pose_3d=pose_3d,
+            has_smpl=self.has_smpl[index], has_pose_3d=self.has_pose_3d, scale=scale,
+            center=center, orig_shape=[img_h, img_w], img_h=img_h, img_w=img_w,
+            focal_length=focal, bbox_info=imutils.bbox_info(center, scale, img_h, img_w, focal),
+            full_trans=full_trans, crop_trans=crop_trans, inv_trans=inv_trans).items()})
+        item.update(is_flipped=int(flip), rot_angle=f32(rot), scale_factor=f32(sc),
+                    gender=int(self.gender[index]), sample_index=index,
+                    dataset_name=self.dataset, imgname=self.image_path(index),
+                    maskname="" if self.maskname is None else str(self.maskname[index]),
+                    partname="" if self.partname is None else str(self.partname[index]))
+        return item
 
     def _crop(self, img: np.ndarray, full_trans: np.ndarray, pn) -> torch.Tensor:
-        """The network input: (photometric augmentation,) the affine crop, (occluders,) pixel
-        noise and ImageNet normalisation; CHW float32. BGR until the crop exists (cheaper),
-        RGB from there on."""
-        out_size = (self.crop_w, self.crop_h)
+        """(--ALB,) the affine crop, (occluders,) pixel noise, ImageNet normalisation: CHW
+        float32. BGR until the crop exists (cheaper), RGB from there on."""
         if self.use_alb:
             img = imutils.photometric_augment(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-        crop = cv2.warpAffine(img, full_trans, out_size, flags=cv2.INTER_LINEAR,
+        crop = cv2.warpAffine(img, full_trans, (self.crop_w, self.crop_h), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
         if not self.use_alb:
             crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
@@ -361,12 +301,9 @@ class BaseDataset(Dataset):
 
 
 def collate_skipping(items: list[dict]) -> dict:
-    """DataLoader ``collate_fn`` for test sets read with ``skip_bad_images``.
-
-    Samples whose image was unreadable (``{'skipped': True, ...}`` items) are left out of the
-    batch and listed under ``batch['skipped']`` (dicts with sample_index, imgname, reason);
-    the others are collated as usual. A batch of only skipped samples has no other key.
-    """
+    """``collate_fn`` for test sets read with ``skip_bad_images``: skipped items are left out
+    and listed under ``batch['skipped']`` (sample_index, imgname, reason); a batch of only
+    skipped samples has no other key."""
     from torch.utils.data import default_collate
     good = [it for it in items if not it.get("skipped")]
     bad = [{k: it[k] for k in ("sample_index", "imgname", "reason")}

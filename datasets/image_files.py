@@ -1,9 +1,5 @@
-"""Image files of the datasets: is this file a usable image?
-
-:func:`read_image_file` returns the BGR image, or None and why it cannot be used: the file is
-missing, undecodable, a JPEG cut short (no end-of-image marker, which libjpeg would fill with
-grey), or under :data:`MIN_IMAGE_SIDE` pixels on a side.
-"""
+"""Image files of the datasets: :func:`read_image_file` returns the BGR image, or None and why it
+cannot be used (missing, undecodable, a JPEG cut short, under :data:`MIN_IMAGE_SIDE` px)."""
 from __future__ import annotations
 
 import os
@@ -17,12 +13,9 @@ MIN_IMAGE_SIDE = 2     # pixels; a smaller image has no person to crop
 
 
 def _jpeg_truncated(path: str) -> bool:
-    """A JPEG cut short (no end-of-image marker; libjpeg would fill the rest with grey).
-
-    Cheap test first: the file ends with the EOI marker ``FF D9`` (trailing zero padding
-    allowed); only when it does not is the file fully decoded by Pillow, which raises on
-    truncated data (so files with extra bytes after EOI are still accepted).
-    """
+    """A JPEG without its end-of-image marker (libjpeg would fill the rest with grey). Cheap
+    test: the file ends with ``FF D9`` (zero padding allowed); else Pillow decodes it fully,
+    which raises on truncated data (extra bytes after EOI are accepted)."""
     with open(path, "rb") as fh:
         if fh.read(2) != b"\xff\xd8":
             return False
@@ -40,8 +33,7 @@ def _jpeg_truncated(path: str) -> bool:
 
 
 def read_image_file(path: str) -> tuple[np.ndarray | None, str]:
-    """(BGR uint8 image, '') or (None, why it cannot be used): missing, undecodable,
-    truncated JPEG, or smaller than ``MIN_IMAGE_SIDE`` pixels on a side."""
+    """(BGR uint8 image, '') or (None, why it cannot be used)."""
     if not os.path.isfile(path):  # (a stat; spares cv2's own warning on missing files)
         return None, "file does not exist"
     if _jpeg_truncated(path):
@@ -49,7 +41,6 @@ def read_image_file(path: str) -> tuple[np.ndarray | None, str]:
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
         return None, "file exists but could not be decoded (corrupt or not an image)"
-    h, w = img.shape[:2]
-    if min(h, w) < MIN_IMAGE_SIDE:
+    if min(h := img.shape[0], w := img.shape[1]) < MIN_IMAGE_SIDE:
         return None, f"image is {w}x{h} pixels, too small to crop a person from"
     return img, ""

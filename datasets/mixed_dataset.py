@@ -1,11 +1,9 @@
 """The training mixture of H36M, COCO + MPII, MPI-INF-3DHP [and 3DPW] (upstream §6.4).
 
-Each item draws ``p = np.random.rand()`` and takes the first dataset whose cumulative partition
-reaches ``p``; the sample index is ``index % len(that dataset)``. The partition comes from
-``constants.MIX_WITHOUT_3DPW`` / ``constants.MIX_WITH_3DPW``; the 'lsp_coco_mpii' share is
-split between COCO and MPII in proportion to their lengths. Order of the partition: h36m, coco,
-mpii, mpi-inf-3dhp[, 3dpw]. The epoch length is the largest dataset's length (released
-behaviour, §9.2 item 18), not the sum.
+Each item draws ``p = np.random.rand()`` and takes the first dataset (order h36m, coco, mpii,
+mpi-inf-3dhp[, 3dpw]) whose cumulative share reaches ``p``, at ``index % len(dataset)``. The
+shares are ``constants.MIX_WITHOUT_3DPW`` / ``MIX_WITH_3DPW``, 'lsp_coco_mpii' split between COCO
+and MPII by length. The epoch is the largest dataset's length (released, §9.2 item 18).
 """
 from __future__ import annotations
 
@@ -25,35 +23,22 @@ _SPLIT_INTO = ("coco", "mpii")
 
 
 def mixture_partition(ratios: Mapping[str, float], lengths: Mapping[str, int]) -> dict[str, float]:
-    """Per-dataset probabilities from the constants' ratios and the dataset lengths.
-
-    Args:
-        ratios: e.g. ``constants.MIX_WITH_3DPW`` ('lsp_coco_mpii' is split over coco and mpii).
-        lengths: number of samples of each dataset named in the result.
-    Returns:
-        ordered dict name -> probability (sums to 1).
-    """
+    """{name: probability} (sums to 1) from the constants' ``ratios`` ('lsp_coco_mpii' split
+    over coco and mpii by ``lengths``)."""
     out: dict[str, float] = {}
     for name, r in ratios.items():
         if name == _SPLIT_KEY:
             total = sum(lengths[k] for k in _SPLIT_INTO)
-            for k in _SPLIT_INTO:
-                out[k] = r * lengths[k] / total
+            out.update({k: r * lengths[k] / total for k in _SPLIT_INTO})
         else:
             out[name] = r
     return out
 
 
 class MixedDataset(Dataset):
-    """Training mixture.
-
-    Args:
-        options: passed to each :class:`BaseDataset` (reads ``train_3dpw`` here).
-        paths: data layout; default ``DataPaths.from_options(options)``.
-        use_3dpw: include 3DPW-train (``MIX_WITH_3DPW``); default ``options.train_3dpw``.
-        datasets: prebuilt datasets by name, instead of building ``BaseDataset``s (tests, or
-            custom mixtures); must hold every name of the partition.
-    """
+    """Training mixture. use_3dpw default ``options.train_3dpw``; paths default
+    ``DataPaths.from_options(options)``; datasets: prebuilt datasets by name (every name of
+    the partition) instead of ``BaseDataset(options, name, is_train=True)``."""
 
     def __init__(self, options, paths: DataPaths | None = None, use_3dpw: bool | None = None,
                  *, datasets: Mapping[str, Dataset] | None = None):
@@ -65,8 +50,7 @@ class MixedDataset(Dataset):
         if datasets is None:
             paths = paths if paths is not None else DataPaths.from_options(options)
             datasets = {n: BaseDataset(options, n, is_train=True, paths=paths) for n in names}
-        missing = [n for n in names if n not in datasets]
-        if missing:
+        if missing := [n for n in names if n not in datasets]:
             raise ValueError(f"MixedDataset needs datasets {names}; missing {missing}")
         self.names = names
         self.datasets = [datasets[n] for n in names]
@@ -91,7 +75,5 @@ class MixedDataset(Dataset):
         return int(np.searchsorted(self._cum, p, side="left"))
 
     def __getitem__(self, index):
-        p = np.random.rand()
-        i = self.choose(p)
-        ds = self.datasets[i]
-        return ds[int(index) % self.lengths[i]]
+        i = self.choose(np.random.rand())
+        return self.datasets[i][int(index) % self.lengths[i]]

@@ -1,17 +1,13 @@
 """Synthetic occlusion with Pascal VOC object patches (upstream-behaviour.md §2.7, decisions D8).
 
-``data/VOC/pascal_occluders.npy`` holds RGBA uint8 patches: an object (or list) array of
-H x W x 4 arrays, or one N x H x W x 4 array. An object array is a pickle: it is read through
-:func:`utils.safe_pickle.load_npy` (numpy arrays only; anything else is refused, never run).
-The colour channels are RGB, like the crops.
-
-Per crop (numpy global random state, in this order): ``count = randint(1, 8)`` (1..7), then for
-each occluder: its index ``randint(len)``, a size factor ``U(0.2, 1.0) * min(W, H) / 256``
-(``cv2.resize``, INTER_AREA when shrinking, INTER_LINEAR when enlarging), and a centre
-``U([0, 0], [W, H])``; the patch is centred there (rounded) and alpha-blended,
-``out = a * patch + (1 - a) * out`` with ``a = alpha / 255``, clipped at the crop border.
-The released code draws the occluder index with Python's ``random.choice``; we use numpy for
-every draw so that one seed governs the whole pipeline.
+``data/VOC/pascal_occluders.npy``: RGBA uint8 patches (RGB like the crops), an object array or
+list of H x W x 4 arrays (read through :func:`utils.safe_pickle.load_npy`: arrays only, nothing
+runs) or one N x H x W x 4 array. Per crop (numpy random state, in this order): ``count =
+randint(1, 8)``, then per occluder its index ``randint(len)`` (numpy, not the released
+``random.choice``: one seed governs the pipeline), a size factor ``U(0.2, 1.0) * min(W, H) /
+256`` (``cv2.resize``, INTER_AREA shrinking, INTER_LINEAR enlarging) and a centre ``U([0, 0],
+[W, H])``; the patch, centred there (rounded), is alpha-blended ``a * patch + (1 - a) * out``
+(``a = alpha / 255``), clipped at the crop border.
 """
 from __future__ import annotations
 
@@ -39,10 +35,8 @@ def _load_cached(path: str, mtime: float) -> tuple[np.ndarray, ...]:
         raise
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
         raise OccluderFileError(f"cannot read occluder file {path}: {e}") from e
-    if isinstance(raw, np.ndarray) and raw.dtype != object and raw.ndim == 4:
-        items = list(raw)
-    elif isinstance(raw, np.ndarray) and raw.dtype == object:
-        items = list(raw.reshape(-1))
+    if isinstance(raw, np.ndarray) and (raw.dtype == object or raw.ndim == 4):
+        items = list(raw.reshape(-1) if raw.dtype == object else raw)
     elif isinstance(raw, (list, tuple)):
         items = list(raw)
     else:
@@ -69,18 +63,14 @@ def _load_cached(path: str, mtime: float) -> tuple[np.ndarray, ...]:
 
 
 def load_occluders(path: str | os.PathLike) -> tuple[np.ndarray, ...]:
-    """Load and validate the occluder patches (cached per file: loaded once per process)."""
+    """The checked occluder patches (loaded once per process and file)."""
     path = os.fspath(path)
     return _load_cached(os.path.abspath(path), os.path.getmtime(path))
 
 
 class SyntheticOcclusion:
-    """Pastes random Pascal VOC occluders onto crops.
-
-    Args:
-        path: the ``pascal_occluders.npy`` file (e.g. ``config.DataPaths.occluders()``). It is
-            read on first use, once per process, and shared between instances.
-    """
+    """Pastes random occluders of ``path`` (``pascal_occluders.npy``, read on first use) onto
+    crops."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
@@ -96,49 +86,30 @@ class SyntheticOcclusion:
         return {"path": self.path, "_occluders": None}
 
     def __call__(self, img: np.ndarray, rng=np.random, return_mask: bool = False):
-        """Occlude one image.
-
-        Args:
-            img: (H, W, 3) uint8 RGB crop (not modified).
-            rng: numpy ``RandomState``-like source of the draws (default: global state).
-            return_mask: also return the coverage, ``1 - prod(1 - a_i)`` over the pasted
-                occluders' alphas, (H, W) float32 in [0, 1].
-        Returns:
-            (H, W, 3) uint8 occluded copy, and the mask if asked.
-        """
+        """(H, W, 3) uint8 RGB crop -> occluded copy, and with ``return_mask`` the coverage
+        ``1 - prod(1 - a_i)`` (H, W) float32; ``rng``: a numpy ``RandomState``-like source."""
         occluders = self.occluders
         h, w = img.shape[:2]
         out = img.copy()
         keep = np.ones((h, w), np.float32) if return_mask else None
         im_scale = min(w, h) / 256.0
-        count = rng.randint(1, 8)
-        for _ in range(count):
+        for _ in range(rng.randint(1, 8)):
             occ = occluders[rng.randint(len(occluders))]
             factor = rng.uniform(0.2, 1.0) * im_scale
-            center = rng.uniform([0.0, 0.0], [w, h])
-            occ = _resize_by_factor(occ, factor)
-            a = _paste_over(occ, out, center)
+            a = _paste_over(_resize_by_factor(occ, factor), out, rng.uniform([0.0, 0.0], [w, h]))
             if keep is not None and a is not None:
-                region, alpha = a
-                keep[region] *= 1.0 - alpha
-        if return_mask:
-            return out, 1.0 - keep
-        return out
+                keep[a[0]] *= 1.0 - a[1]
+        return (out, 1.0 - keep) if return_mask else out
 
 
 def _resize_by_factor(im: np.ndarray, factor: float) -> np.ndarray:
-    new_w = max(1, int(round(im.shape[1] * factor)))
-    new_h = max(1, int(round(im.shape[0] * factor)))
-    interp = cv2.INTER_LINEAR if factor > 1.0 else cv2.INTER_AREA
-    return cv2.resize(im, (new_w, new_h), interpolation=interp)
+    size = tuple(max(1, int(round(im.shape[i] * factor))) for i in (1, 0))
+    return cv2.resize(im, size, interpolation=cv2.INTER_LINEAR if factor > 1.0 else cv2.INTER_AREA)
 
 
 def _paste_over(src: np.ndarray, dst: np.ndarray, center):
-    """Alpha-blend RGBA ``src`` centred at ``center`` (x, y) into RGB ``dst`` in place.
-
-    Returns ((row slice, col slice), alpha (h, w)) of the touched region, or None if the patch
-    lies outside ``dst``.
-    """
+    """Alpha-blend RGBA ``src`` centred at (x, y) into RGB ``dst`` in place; returns the
+    touched ((rows, cols), alpha (h, w)), or None if the patch lies outside."""
     sh, sw = src.shape[:2]
     dh, dw = dst.shape[:2]
     cx, cy = int(np.round(center[0])), int(np.round(center[1]))

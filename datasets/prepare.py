@@ -1,15 +1,12 @@
-"""Dataset preparation: official dataset releases -> the SPIN-format npz files the project reads.
+"""Dataset preparation: official releases -> the SPIN-format npz files the project reads.
 
-    python -m datasets.prepare 3dpw --raw <3DPW root> --out <data root>
-    python -m datasets.prepare 3dpw --raw datasets/pw3d --out . --with_focal_length
+    python -m datasets.prepare 3dpw --raw <3DPW root> --out <data root> [--with_focal_length]
 
-``3dpw`` reads the official 3DPW release (``sequenceFiles/``, ``imageFiles/``; see
-:mod:`datasets.pw3d_raw`) and writes, under ``<out>/data/datasets/``,
-``3dpw_test_w2d_smpl3d_gender_openpose.npz`` and ``3dpw_train_w2d_smpl3d_gender.npz`` (every
-key: :mod:`datasets.prepare_3dpw`). The body models and ``J_regressor_extra.npy`` come from the
-data root: ``--data_root``, else the environment variable ``METAHMR_ROOT``, else ``--out``.
-A bad input file ends the run with one line ``error: <file>: <what is wrong>. <what to do>``
-and exit code 2; nothing is written then.
+``3dpw`` (:mod:`datasets.prepare_3dpw`) writes, under ``<out>/data/datasets/``,
+``3dpw_test_w2d_smpl3d_gender_openpose.npz`` and ``3dpw_train_w2d_smpl3d_gender.npz``; the body
+models come from ``--data_root``, else ``$METAHMR_ROOT``, else ``--out``. A bad input file ends
+the run with one line ``error: <file>: <what is wrong>. <what to do>`` (exit code 2), writing
+nothing.
 """
 from __future__ import annotations
 

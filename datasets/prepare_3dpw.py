@@ -1,30 +1,20 @@
 """Official 3DPW release -> the SPIN-format npz files of ``config.DATASET_FILES`` (3dpw).
 
-For every actor and every frame whose ``campose_valid`` is true, one sample (SPIN's 3DPW
-preprocessing, plus the keys the evaluation reads):
+One sample per actor and frame with ``campose_valid`` (SPIN's preprocessing plus what the
+evaluation reads): ``imgname`` ``imageFiles/<sequence>/image_%05d.jpg``; ``pose`` [72], the
+global orientation turned into the camera frame (``R_cam @ R_global``); ``shape`` [10];
+``gender`` 'm'/'f'; ``S`` [24, 4]: the 24 GT joints (``constants.JOINT_NAMES[25:]``) of the
+**gendered** SMPL (``poses``, ``betas``, ``trans``) moved by ``cam_poses`` into the camera frame
+(metres, not root-centred), confidence 1; ``part`` [24, 3]: those projected with
+``cam_intrinsics``, visible where in front of the camera and inside the image (``0 <= x <= W-1``,
+``0 <= y <= H-1``; zeros behind it); ``openpose`` [25, 3]: BODY_25 from ``poses2d``'s COCO-18
+(zeros for MidHip and feet); ``center`` [2] / ``scale``: SPIN's box of the ``poses2d`` joints
+with confidence > 0 (tight-box centre, ``1.2 * max(w, h) / 200``); ``focal_length``
+(``cam_intrinsics[0, 0]``) only with ``with_focal_length`` (the released file has none).
 
-* ``imgname``: ``imageFiles/<sequence>/image_%05d.jpg`` (the frame's index in the arrays);
-* ``pose`` [72]: the world-frame SMPL pose with the global orientation turned into the camera
-  frame (axis-angle of ``R_cam @ R_global``, ``R_cam`` the rotation of ``cam_poses``); the body
-  pose unchanged; ``shape`` [10]: the first 10 betas; ``gender``: 'm' / 'f';
-* ``S`` [24, 4]: the 24 GT joints of the 49-joint map (``constants.JOINT_NAMES[25:]``) of the
-  **gendered** SMPL posed with ``poses``, ``betas`` and ``trans``, moved by ``cam_poses`` into the
-  camera frame (metres, not root-centred), confidence 1;
-* ``part`` [24, 3]: those joints projected with ``cam_intrinsics`` (full-image pixels),
-  visibility 1 where the joint is in front of the camera and inside the image
-  (``0 <= x <= W-1``, ``0 <= y <= H-1``), else 0 (coordinates kept in front of the camera,
-  zeros behind it);
-* ``openpose`` [25, 3]: the BODY_25 joints taken from ``poses2d``'s COCO-18 joints (zeros for
-  MidHip and the six foot joints, which COCO-18 lacks);
-* ``center`` [2] / ``scale``: SPIN's box of the ``poses2d`` joints with confidence > 0: the
-  centre of the tight box and ``1.2 * max(width, height) / 200``;
-* ``focal_length``: ``cam_intrinsics[0, 0]``, only with ``with_focal_length`` (the published
-  evaluation uses the image diagonal: the released 3DPW file has no focal length).
-
-The test file comes from ``sequenceFiles/test``, the training file from ``train_splits``
-(default ``train``). Frames are never dropped silently: a valid frame is skipped only when
-``poses2d`` has no joint with confidence > 0 (no box) or no GT joint is inside the image (the
-loader needs one), and the summary counts every skipped frame by reason.
+Test file from ``sequenceFiles/test``, training file from ``train_splits``. A valid frame is
+skipped only without a ``poses2d`` joint (no box) or a GT joint inside the image, and every skip
+is counted by reason in the summary.
 """
 from __future__ import annotations
 
@@ -37,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from config import DATASET_FILES, DataPaths
+from utils.atomic import atomic_path
 from datasets.pw3d_raw import (BODY25_FROM_COCO18, RawDataError, Sequence, image_name,
                                read_sequence, sequence_files)
 
@@ -70,11 +61,8 @@ class SetSummary:
                 + (f" -> {self.npz}" if self.npz else ""))
 
 
-# ---------------------------------------------------------------------------------------------
-# small pieces (each tested on its own)
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header; RawDataError naming the file if it is missing
-    or unreadable."""
+    """(width, height) from the image header (RawDataError naming a missing / bad file)."""
     from PIL import Image
     if not path.is_file():
         raise RawDataError(f"{path}: image missing (a valid frame of the sequence files needs "
@@ -99,8 +87,7 @@ def camera_frame_pose(pose: np.ndarray, R_cam: np.ndarray) -> np.ndarray:
 def spin_box(kp: np.ndarray, factor: float = 1.2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SPIN's npz box of 2D joints [M, J, 3] (conf > 0): centre [M, 2], scale [M], ok [M]."""
     vis = kp[..., 2] > 0
-    big = np.where(vis[..., None], kp[..., :2], np.inf)
-    lo = big.min(1)
+    lo = np.where(vis[..., None], kp[..., :2], np.inf).min(1)
     hi = np.where(vis[..., None], kp[..., :2], -np.inf).max(1)
     ok = vis.any(1)
     lo, hi = np.where(ok[:, None], lo, 0), np.where(ok[:, None], hi, 0)
@@ -109,15 +96,11 @@ def spin_box(kp: np.ndarray, factor: float = 1.2) -> tuple[np.ndarray, np.ndarra
 
 def openpose_from_coco18(poses2d: np.ndarray) -> np.ndarray:
     """[M, 3, 18] 3DPW ``poses2d`` -> [M, 25, 3] BODY_25 (zeros where COCO-18 has no joint)."""
-    coco = np.transpose(poses2d, (0, 2, 1))
-    out = np.zeros((len(coco), 25, 3))
-    for b, c in enumerate(BODY25_FROM_COCO18):
-        if c >= 0:
-            out[:, b] = coco[:, c]
-    return out
+    idx = np.array(BODY25_FROM_COCO18)
+    coco = np.transpose(np.asarray(poses2d, np.float64), (0, 2, 1))
+    return np.where((idx >= 0)[:, None], coco[:, idx], 0.0)
 
 
-# ---------------------------------------------------------------------------------------------
 def _check_images(raw: Path, seq: Sequence) -> dict[int, tuple[int, int]]:
     """(W, H) of the image of every frame valid for some actor (errors name the file)."""
     return {int(f): image_size(raw / image_name(seq.name, int(f)))
@@ -139,22 +122,17 @@ def _pose_chunks(model, betas, pose, trans, cam) -> np.ndarray:
 
 
 def _gt_joints(seqs: list[Sequence], models: dict) -> dict:
-    """{(sequence index, actor): [M, 24, 3]} camera-frame GT joints at the actor's valid frames.
-
-    Posed per gender over all sequences at once (full SMPL_CHUNK batches however short the
-    sequences are)."""
+    """{(sequence index, actor): [M, 24, 3]} camera-frame GT joints at the actor's valid frames,
+    posed per gender over all sequences at once (full SMPL_CHUNK batches)."""
     out = {}
     for gender, code in (("male", "m"), ("female", "f")):
         items = [(i, a, np.flatnonzero(q.valid[a])) for i, q in enumerate(seqs)
                  for a in range(q.n_actors) if q.genders[a] == code]
         if not items:
             continue
-        betas = np.concatenate([np.repeat(seqs[i].betas[a][None], len(f), 0)
-                                for i, a, f in items])
-        pose = np.concatenate([seqs[i].poses[a, f] for i, a, f in items])
-        trans = np.concatenate([seqs[i].trans[a, f] for i, a, f in items])
-        cam = np.concatenate([seqs[i].cam_poses[f] for i, a, f in items])
-        S = _pose_chunks(models[gender], betas, pose, trans, cam)
+        S = _pose_chunks(models[gender], *(np.concatenate(x) for x in zip(*(
+            (np.repeat(seqs[i].betas[a][None], len(f), 0), seqs[i].poses[a, f],
+             seqs[i].trans[a, f], seqs[i].cam_poses[f]) for i, a, f in items))))
         ends = np.cumsum([len(f) for _, _, f in items])
         for (i, a, _), part in zip(items, np.split(S, ends[:-1])):
             out[i, a] = part
@@ -163,8 +141,8 @@ def _gt_joints(seqs: list[Sequence], models: dict) -> dict:
 
 def _convert(seq: Sequence, sizes: dict, joints: list, with_focal: bool,
              summary: SetSummary) -> list[dict]:
-    """The samples of one sequence (one dict of arrays per actor) from the GT joints [M, 24, 3]
-    of each actor's valid frames; counts into ``summary``."""
+    """The samples of one sequence (a dict of arrays per actor) from each actor's GT joints
+    [M, 24, 3] at its valid frames; counts into ``summary``."""
     out = []
     for a in range(seq.n_actors):
         summary.skipped[SKIP_INVALID] += int((~seq.valid[a]).sum())
@@ -173,7 +151,7 @@ def _convert(seq: Sequence, sizes: dict, joints: list, with_focal: bool,
         z = S[..., 2]
         front = z > 1e-9
         uv = np.where(front[..., None], p[..., :2] / np.where(front, z, 1.0)[..., None], 0.0)
-        wh = np.array([sizes[int(f)] for f in frames], dtype=np.float64)     # [M, 2]
+        wh = np.array([sizes[int(f)] for f in frames], dtype=np.float64).reshape(-1, 2)  # [M, 2]
         inside = front & (uv >= 0).all(-1) & (uv <= (wh - 1)[:, None]).all(-1)
         part = np.concatenate([uv, inside[..., None].astype(np.float64)], -1)
         openpose = openpose_from_coco18(seq.poses2d[a, frames])
@@ -198,37 +176,15 @@ def _convert(seq: Sequence, sizes: dict, joints: list, with_focal: bool,
     return out
 
 
-def _load_models(data_root: Path) -> dict:
-    import torch
-    from models.smpl import build_smpl
-    paths = DataPaths(data_root)
-    return {g: build_smpl(paths, g, dtype=torch.float64) for g in ("male", "female")}
-
-
-def _write_npz(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **data)
-    os.replace(tmp, path)
-
-
 def prepare_3dpw(raw: str | os.PathLike, out: str | os.PathLike,
                  data_root: str | os.PathLike | None = None, sets=("test", "train"),
                  train_splits=("train",), with_focal_length: bool = False,
                  log: Callable | None = print, models: dict | None = None) -> dict:
-    """Write the 3DPW npz files of ``sets`` under ``<out>/data/datasets/``.
-
-    Args:
-        raw: the 3DPW root (``sequenceFiles/``, ``imageFiles/``).
-        out: data root to write into. data_root: where the body models and
-            ``J_regressor_extra.npy`` are (``config.DataPaths`` layout; default ``out``).
-        sets: 'test' (from ``sequenceFiles/test``) and/or 'train' (from ``train_splits``).
-        with_focal_length: also store ``focal_length`` (``cam_intrinsics[0, 0]``).
-        models: {'male', 'female'} SMPL models (built from ``data_root`` when None).
-    Returns:
-        {set name: :class:`SetSummary`}. Every file is read and checked before anything is
-        written; problems raise :class:`RawDataError` naming the file.
-    """
+    """Write the 3DPW npz files of ``sets`` ('test', 'train') under ``<out>/data/datasets/``
+    from the 3DPW root ``raw``; body models from ``models`` ({'male', 'female'}) or the
+    ``config.DataPaths`` root ``data_root`` (default ``out``). Everything is read and checked
+    (:class:`RawDataError` naming the file) before anything is written. Returns {set name:
+    :class:`SetSummary`}."""
     raw, out = Path(raw), Path(out)
     if unknown := [s for s in sets if s not in ("test", "train")]:
         raise RawDataError(f"unknown 3DPW output set(s) {unknown}; choose from test, train")
@@ -241,7 +197,11 @@ def prepare_3dpw(raw: str | os.PathLike, out: str | os.PathLike,
         summary = SetSummary(name, splits)
         seqs = [read_sequence(f) for s in splits for f in sequence_files(raw, s)]
         plan[name] = (summary, [(q, _check_images(raw, q)) for q in seqs])
-    models = models if models is not None else _load_models(Path(data_root or out))
+    if models is None:
+        import torch
+        from models.smpl import build_smpl
+        paths = DataPaths(Path(data_root or out))
+        models = {g: build_smpl(paths, g, dtype=torch.float64) for g in ("male", "female")}
     files = {}
     for name, (summary, seqs) in plan.items():
         parts = []
@@ -258,7 +218,8 @@ def prepare_3dpw(raw: str | os.PathLike, out: str | os.PathLike,
         summary.npz = out / "data" / "datasets" / DATASET_FILES[name]["3dpw"]
         files[summary.npz] = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     for (summary, _), (path, data) in zip(plan.values(), files.items()):
-        _write_npz(path, data)                        # all checked: now written
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:   # all checked: now written
+            np.savez(fh, **data)
         if log:
             log(summary.line())
     return {name: summary for name, (summary, _) in plan.items()}

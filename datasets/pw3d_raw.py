@@ -1,29 +1,13 @@
 """The official 3DPW release, read and checked (input of ``python -m datasets.prepare 3dpw``).
 
-Layout of a 3DPW root (the extracted download, e.g. ``<data root>/datasets/pw3d``)::
-
-    sequenceFiles/{train,validation,test}/<sequence>.pkl   (Python 2 pickles)
-    imageFiles/<sequence>/image_%05d.jpg                   (numbered by frame index)
-
-Each sequence file is a dict; the keys read here (every other key is ignored):
-
-==================  ===============================================================
-``sequence``        the sequence name (folder of ``imageFiles``)
-``genders``         per actor 'm' / 'f'
-``betas``           per actor [>= 10] SMPL shape (the first 10 are used)
-``poses``           per actor [N, 72] SMPL axis-angle pose, world frame
-``trans``           per actor [N, 3] SMPL translation, world frame (metres)
-``poses2d``         per actor [N, 3, 18] OpenPose COCO-18 joints (x, y, confidence rows)
-``cam_poses``       [N, 4, 4] world-to-camera transforms
-``cam_intrinsics``  [3, 3] pinhole matrix K
-``campose_valid``   per actor [N] (frames where the camera pose and the fit are valid)
-==================  ===============================================================
-
-Pickles can run code when loaded: the files are read through :mod:`utils.safe_pickle`, which
-admits numpy arrays, dtypes and scalars and the basic containers, and refuses every other
-global before importing it (a crafted file raises :class:`RawDataError`, nothing runs). Every
-problem (unreadable file, missing key, wrong shape or type, NaN in a valid frame, a sequence
-without a valid frame, a missing image) raises :class:`RawDataError` naming the file.
+A 3DPW root holds ``sequenceFiles/{train,validation,test}/<sequence>.pkl`` (Python 2 pickles)
+and ``imageFiles/<sequence>/image_%05d.jpg`` (by frame index). Keys read from a sequence file
+(A actors, N frames): ``sequence`` (name), ``genders`` A x 'm'/'f', ``betas`` A x [>= 10],
+``poses`` A x [N, 72] and ``trans`` A x [N, 3] (world frame, metres), ``poses2d`` A x [N, 3, 18]
+(OpenPose COCO-18 x, y, confidence rows), ``cam_poses`` [N, 4, 4] (world to camera),
+``cam_intrinsics`` [3, 3], ``campose_valid`` A x [N]. The pickles are read through
+:mod:`utils.safe_pickle` (numpy arrays and basic containers; any other global is refused
+before import, nothing runs). Every problem raises :class:`RawDataError` naming the file.
 """
 from __future__ import annotations
 
@@ -41,6 +25,7 @@ __all__ = ["RawDataError", "load_pickle", "Sequence", "read_sequence",
            "SPLITS"]
 
 SPLITS = ("train", "validation", "test")
+_PER_ACTOR = {"poses": (72,), "trans": (3,), "poses2d": (3, 18), "campose_valid": ()}  # [N, ...]
 REQUIRED_KEYS = ("sequence", "genders", "betas", "poses", "trans", "poses2d", "cam_poses",
                  "cam_intrinsics", "campose_valid")
 
@@ -57,11 +42,9 @@ class RawDataError(UserError, ValueError):
     """A file of the raw 3DPW release is unreadable, unsafe or has the wrong content."""
 
 
-# ---------------------------------------------------------------------------------------------
 def load_pickle(path: str | os.PathLike) -> object:
-    """Unpickle ``path`` (Python 2 pickles too: ``encoding='latin1'``) through the project's
-    restricted unpickler (:mod:`utils.safe_pickle`: numpy arrays and basic containers, nothing
-    that can run code); raises :class:`RawDataError` naming the file on any failure."""
+    """Unpickle ``path`` (Python 2 too) through :mod:`utils.safe_pickle`; any failure raises
+    :class:`RawDataError` naming the file."""
     path = Path(path)
     try:
         return safe_pickle.load_file(path, what="3DPW sequence file")
@@ -72,8 +55,6 @@ def load_pickle(path: str | os.PathLike) -> object:
                            "Re-download the file") from None
 
 
-# ---------------------------------------------------------------------------------------------
-# one sequence file
 @dataclass
 class Sequence:
     """One checked sequence file (float64 arrays; A actors, N frames)."""
@@ -162,18 +143,18 @@ def read_sequence(path: str | os.PathLike) -> Sequence:
     K = _array(path, "'cam_intrinsics'", data["cam_intrinsics"], (3, 3))
     if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0):
         raise RawDataError(f"{path}: 'cam_intrinsics' has no positive focal lengths: {K.tolist()}")
-    seq = Sequence(
-        file=path, name=name, genders=genders,
-        betas=_betas(path, _per_actor(path, data, "betas", A)),
-        poses=np.stack([_array(path, f"'poses'[{a}]", p, (N, 72))
-                        for a, p in enumerate(_per_actor(path, data, "poses", A))]),
-        trans=np.stack([_array(path, f"'trans'[{a}]", t, (N, 3))
-                        for a, t in enumerate(_per_actor(path, data, "trans", A))]),
-        poses2d=np.stack([_array(path, f"'poses2d'[{a}]", p, (N, 3, 18))
-                          for a, p in enumerate(_per_actor(path, data, "poses2d", A))]),
-        cam_poses=cam, K=K,
-        valid=np.stack([_array(path, f"'campose_valid'[{a}]", v, (N,))
-                        for a, v in enumerate(_per_actor(path, data, "campose_valid", A))]) != 0)
+    betas = []
+    for a, b in enumerate(_per_actor(path, data, "betas", A)):
+        if len(b := _array(path, f"'betas'[{a}]", b, (None,))) < 10:
+            raise RawDataError(f"{path}: 'betas'[{a}] has {len(b)} values, expected at least "
+                               "10 (SMPL shape). Re-download the file")
+        betas.append(b[:10])
+    arr = {key: np.stack([_array(path, f"'{key}'[{a}]", x, (N, *tail))
+                          for a, x in enumerate(_per_actor(path, data, key, A))])
+           for key, tail in _PER_ACTOR.items()}
+    seq = Sequence(file=path, name=name, genders=genders, betas=np.stack(betas),
+                   poses=arr["poses"], trans=arr["trans"], poses2d=arr["poses2d"],
+                   cam_poses=cam, K=K, valid=arr["campose_valid"] != 0)
     if not seq.valid.any():
         raise RawDataError(f"{path}: sequence {name!r} has no valid frame ('campose_valid' is "
                            f"false for all {N} frames of its {A} actor(s)). Remove the file or "
@@ -182,32 +163,17 @@ def read_sequence(path: str | os.PathLike) -> Sequence:
     return seq
 
 
-def _betas(path: Path, betas: list) -> np.ndarray:
-    """[A, 10]: the first 10 SMPL shape values of every actor."""
-    out = []
-    for a, b in enumerate(betas):
-        b = _array(path, f"'betas'[{a}]", b, (None,))
-        if len(b) < 10:
-            raise RawDataError(f"{path}: 'betas'[{a}] has {len(b)} values, expected at least "
-                               "10 (SMPL shape). Re-download the file")
-        out.append(b[:10])
-    return np.stack(out)
-
-
 def _check_finite(seq: Sequence) -> None:
     """NaN / inf in a valid frame (invalid frames are never read)."""
-    checks = {"poses": seq.poses, "trans": seq.trans, "poses2d": seq.poses2d}
     for a in range(seq.n_actors):
         f = np.flatnonzero(seq.valid[a])
-        for key, arr in checks.items():
-            bad = ~np.isfinite(arr[a, f].reshape(len(f), -1)).all(1)
-            if bad.any():
-                raise RawDataError(f"{seq.file}: {key!r} of actor {a} holds NaN/inf in valid "
-                                   f"frame {int(f[np.argmax(bad)])}. Re-download the file")
-        bad = ~np.isfinite(seq.cam_poses[f].reshape(len(f), -1)).all(1)
-        if bad.any():
-            raise RawDataError(f"{seq.file}: 'cam_poses' holds NaN/inf in valid frame "
-                               f"{int(f[np.argmax(bad)])}. Re-download the file")
+        for key, arr, who in (("poses", seq.poses[a], f" of actor {a}"),
+                              ("trans", seq.trans[a], f" of actor {a}"),
+                              ("poses2d", seq.poses2d[a], f" of actor {a}"),
+                              ("cam_poses", seq.cam_poses, "")):
+            if (bad := ~np.isfinite(arr[f]).all(tuple(range(1, arr.ndim)))).any():
+                raise RawDataError(f"{seq.file}: {key!r}{who} holds NaN/inf in valid frame "
+                                   f"{int(f[np.argmax(bad)])}. Re-download the file")
     if not np.isfinite(seq.betas).all():
         raise RawDataError(f"{seq.file}: 'betas' holds NaN/inf. Re-download the file")
 

@@ -1,66 +1,85 @@
-"""What a weight file is, from its keys and shapes (issue #13 point 7).
+"""The released weight-file formats (reference/checkpoint_layout.md §1-3, keys in
+reference/state_dict/*.tsv) and what a given file is, from its keys and shapes.
 
-Evaluation and the demo need a Meta-HMR checkpoint (``{'model', 'model_aux', ...}``). Users
-also hold the other files of the seed README's layout, which look alike on disk; given one of
-those, the scripts say what it is and where it goes instead of listing missing keys.
-Recognised (reference/checkpoint_layout.md §1-3, key lists reference/state_dict/*.tsv):
-
-* a Meta-HMR checkpoint: the network family from the head's input width (``fc1.weight``
-  ``[1024, feat + 160]`` CLIFF: feature + 3 bbox_info + 144 pose6d + 10 betas + 3 cam;
-  ``feat + 157`` HMR) and the backbone from the trunk keys (``backbone.stage4.*`` pose HRNet-W48,
-  720-d; ``layer4.0.conv3.*`` ResNet-50 bottlenecks, 2048-d; ``layer4.0.conv2.*`` without
-  ``conv3`` ResNet-18, 512-d). Files written by train.py also record their ``options``;
-* the aux-network initialisations: CLIFF ResNet-50 (``['model']``, ``module.encoder.`` ResNet
-  keys: ``res50-…pt``), CLIFF HRNet-W48 (``['model']``, ``module.encoder.`` HRNet keys:
-  ``hr48-…pt``), SPIN's HMR (``['model']``, flat ResNet keys, head 2205 wide: ``hmr.pt``);
-* the main-backbone initialisations: ``pose_resnet.pth`` (``['state_dict']``, ``backbone.``
-  keys) and ``pose_hrnet_w48_256x192.pth`` (a plain HRNet state dict);
-* a single network's bare state dict (``fc1.weight`` at the top level).
+Networks are told by their trunk (``stage4.*`` HRNet-W48: pose 720-d, classification under
+``encoder.`` 2048-d; ``layer4.0.conv3`` ResNet-50 2048-d; ``layer4.0.conv2`` ResNet-18 512-d) and
+head width (``fc1.weight`` [1024, D + 160] CLIFF: 3 bbox_info + 144 pose6d + 10 betas + 3 cam;
+D + 157 HMR).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
-__all__ = ["network_of", "describe", "metahmr_network"]
+__all__ = ["FORMATS", "Format", "rename", "network_of", "describe", "metahmr_network"]
 
+
+class Format(NamedTuple):
+    entry: str | None   # the file's key holding the state dict (None: the file is one)
+    drop: tuple         # substrings removed from every key, in order ('^x': a leading x only)
+    what: str           # the file's name in error messages
+    source: str = ""    # the released file
+
+
+_CLIFF_RES = ("model", ("module.", "encoder."), "CLIFF ResNet checkpoint ['model']")
+_HMR = ("model", ("^module.",), "HMR checkpoint ['model']", "SPIN's hmr.pt")
+FORMATS = {   # role -> Format; models.checkpoints loads by it, describe() names misplaced files
+    "metahmr": Format("model", ("^module.",), "['model'] (main network)"),
+    "metahmr_aux": Format("model_aux", ("^module.",), "['model_aux'] (aux network)"),
+    ("aux", "cliff", "resnet"): Format(*_CLIFF_RES, "res50-…"),
+    ("aux", "cliff", "resnet18"): Format(*_CLIFF_RES, "cliff_res18"),
+    ("aux", "cliff", "hrnet"): Format("model", ("module.",), "CLIFF HRNet checkpoint ['model']",
+                                      "hr48-…"),
+    ("aux", "hmr", "resnet"): Format(*_HMR),
+    ("aux", "hmr", "resnet18"): Format(*_HMR),
+    ("backbone", "resnet"): Format("state_dict", ("backbone.",), "resnet backbone trunk",
+                                   "pose_resnet.pth"),
+    ("backbone", "resnet18"): Format("state_dict", ("backbone.",), "resnet18 backbone trunk",
+                                     "pose_resnet.pth"),
+    ("backbone", "hrnet"): Format(None, (), "pose-HRNet trunk", "pose_hrnet_w48_256x192.pth"),
+}
 _FEATURE = {"resnet": 2048, "resnet18": 512, "hrnet": 720}
 _HEAD_EXTRA = {160: "cliff", 157: "hmr"}
 _NAMES = {"cliff": "CLIFF", "hmr": "HMR", "resnet": "ResNet-50", "resnet18": "ResNet-18",
           "hrnet": "HRNet-W48"}
+_NOT_OURS = "not a Meta-HMR training checkpoint; pass it as"
 
 
-def _strip(state: Mapping) -> dict:
-    return {(k[7:] if isinstance(k, str) and k.startswith("module.") else k): v
-            for k, v in state.items()}
+def rename(state: Mapping, drop: tuple) -> dict:
+    """``state`` with the substrings ``drop`` removed from its (str) keys ('^x': leading x)."""
+    out = {}
+    for k, v in state.items():
+        for d in drop if isinstance(k, str) else ():
+            k = (k[len(d) - 1:] if k.startswith(d[1:]) else k) if d[0] == "^" else \
+                k.replace(d, "")
+        out[k] = v
+    return out
 
 
 def _backbone(keys: set) -> str | None:
     if any(k.startswith(("backbone.stage4.", "encoder.stage4.", "stage4.")) for k in keys):
         return "hrnet"
     for pre in ("", "encoder.", "backbone."):
-        if f"{pre}layer4.0.conv3.weight" in keys:
-            return "resnet"
-        if f"{pre}layer4.0.conv2.weight" in keys:
-            return "resnet18"
+        for key, bb in (("conv3", "resnet"), ("conv2", "resnet18")):
+            if f"{pre}layer4.0.{key}.weight" in keys:
+                return bb
     return None
 
 
 def network_of(state: Mapping) -> dict | None:
-    """{'model': 'cliff'|'hmr'|None, 'backbone': ...} of one network's state dict, from its
-    keys (``module.`` removed) and head width; None when it holds no known trunk."""
+    """{'model': 'cliff'|'hmr'|None, 'backbone', 'encoder': bool} of one network's state dict
+    (``module.`` removed); None when it holds no known trunk."""
     if not isinstance(state, Mapping):
         return None
-    state = _strip(state)
+    state = rename(state, ("^module.",))
     keys = {k for k in state if isinstance(k, str)}
-    bb = _backbone(keys)
-    if bb is None:
+    if (bb := _backbone(keys)) is None:
         return None
-    fc1 = state.get("fc1.weight")
-    shape = tuple(getattr(fc1, "shape", ()))
-    feat = 2048 if bb == "hrnet" and any(k.startswith("encoder.") for k in keys) \
-        else _FEATURE[bb]
-    model = _HEAD_EXTRA.get(shape[1] - feat) if len(shape) == 2 else None
-    return {"model": model, "backbone": bb, "encoder": any(k.startswith("encoder.") for k in keys)}
+    enc = any(k.startswith("encoder.") for k in keys)
+    shape = tuple(getattr(state.get("fc1.weight"), "shape", ()))
+    feat = 2048 if bb == "hrnet" and enc else _FEATURE[bb]
+    return {"model": _HEAD_EXTRA.get(shape[1] - feat) if len(shape) == 2 else None,
+            "backbone": bb, "encoder": enc}
 
 
 def _label(net: dict) -> str:
@@ -80,35 +99,30 @@ def describe(obj: object) -> str | None:
     None for a Meta-HMR checkpoint (or nothing recognisable)."""
     if not isinstance(obj, Mapping) or metahmr_network(obj) is not None:
         return None
-    if isinstance(obj.get("model"), Mapping) and "model_aux" not in obj:
-        net = network_of(obj["model"])
-        if net is not None:
-            if net["model"] == "cliff" and net["encoder"]:
-                src = "res50-…" if net["backbone"] == "resnet" else \
-                    "hr48-…" if net["backbone"] == "hrnet" else "cliff_res18"
-                return (f"this is a CLIFF {_NAMES[net['backbone']]} auxiliary checkpoint "
-                        f"({src}), not a Meta-HMR training checkpoint; pass it as "
-                        f"--aux_checkpoint to train.py")
-            if net["model"] == "hmr":
-                return (f"this is an HMR {_NAMES[net['backbone']]} auxiliary checkpoint "
-                        f"(SPIN's hmr.pt), not a Meta-HMR training checkpoint; pass it as "
-                        f"--aux_checkpoint to train.py --model hmr")
-            return (f"this holds one {_label(net)} network under 'model' but no 'model_aux': "
-                    f"not a Meta-HMR checkpoint (which holds both networks)")
+    if isinstance(obj.get("model"), Mapping) and "model_aux" not in obj \
+            and (net := network_of(obj["model"])) is not None:
+        name, bb = _NAMES[net["backbone"]], net["backbone"]
+        if net["model"] == "cliff" and net["encoder"]:
+            return (f"this is a CLIFF {name} auxiliary checkpoint "
+                    f"({FORMATS['aux', 'cliff', bb].source}), {_NOT_OURS} --aux_checkpoint to "
+                    f"train.py")
+        if net["model"] == "hmr":
+            return (f"this is an HMR {name} auxiliary checkpoint (SPIN's hmr.pt), {_NOT_OURS} "
+                    f"--aux_checkpoint to train.py --model hmr")
+        return (f"this holds one {_label(net)} network under 'model' but no 'model_aux': "
+                f"not a Meta-HMR checkpoint (which holds both networks)")
     if isinstance(obj.get("state_dict"), Mapping):
         state = {k.replace("backbone.", ""): v for k, v in obj["state_dict"].items()
                  if isinstance(k, str)}
-        bb = _backbone(set(state))
-        if bb is not None and "fc1.weight" not in state:
-            return (f"this is a pretrained {_NAMES[bb]} backbone (pose_resnet.pth), not a "
-                    f"Meta-HMR training checkpoint; pass it as --backbone_checkpoint to train.py")
+        if (bb := _backbone(set(state))) is not None and "fc1.weight" not in state:
+            return (f"this is a pretrained {_NAMES[bb]} backbone (pose_resnet.pth), "
+                    f"{_NOT_OURS} --backbone_checkpoint to train.py")
     keys = {k for k in obj if isinstance(k, str)}
     bb = _backbone(keys)
     if bb == "hrnet" and "fc1.weight" not in keys and "conv1.weight" in keys:
-        return ("this is a pretrained HRNet-W48 pose backbone (pose_hrnet_w48_256x192.pth), not "
-                "a Meta-HMR training checkpoint; pass it as --backbone_checkpoint to train.py")
+        return ("this is a pretrained HRNet-W48 pose backbone (pose_hrnet_w48_256x192.pth), "
+                f"{_NOT_OURS} --backbone_checkpoint to train.py")
     if bb is not None:
-        net = network_of(obj)
-        return (f"this is the bare state dict of one {_label(net)} network, not a Meta-HMR "
-                f"checkpoint (a dict with 'model' and 'model_aux' written by train.py)")
+        return (f"this is the bare state dict of one {_label(network_of(obj))} network, not a "
+                f"Meta-HMR checkpoint (a dict with 'model' and 'model_aux' written by train.py)")
     return None

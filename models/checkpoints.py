@@ -1,22 +1,10 @@
 """Strict loading of every released weight file, and stand-in files for the synthetic world (D9).
 
-File formats (reference/checkpoint_layout.md §2-3):
-
-* Meta-HMR checkpoints (``ckpt/*.pt``, our training checkpoints): ``{'model': main state_dict,
-  'model_aux': aux state_dict, ...}`` -> :func:`load_metahmr_checkpoint` (a leading ``module.``
-  of DDP-saved files is removed).
-* Aux init (:func:`load_aux_weights`): CLIFF ResNet ``res50-…pt`` ``['model']`` with ``module.``
-  and ``encoder.`` removed; CLIFF HR48 ``hr48-…pt`` ``['model']`` with ``module.`` removed;
-  SPIN ``hmr.pt`` ``['model']`` as is, where missing ``init_*`` buffers keep the mean params.
-* Main backbone init (:func:`load_backbone_weights`): ``pose_resnet.pth`` ``['state_dict']`` with
-  ``backbone.`` removed, trunk keys only; ``pose_hrnet_w48_256x192.pth`` a plain HRNet-COCO
-  state_dict, of which the stem, layer1, transitions and stages 2-4 load into ``model.backbone``.
-
-Every load reads with ``map_location='cpu', weights_only=True`` and is strict: a missing,
-unexpected or wrongly shaped key raises :class:`CheckpointError` naming the file and the keys.
-Two documented tolerances: BN ``num_batches_tracked`` counters may be absent from backbone files,
-and the COCO pose-HRNet file lacks ``stage4.2.fuse_layers.{1,2,3}`` (its last module fuses to the
-highest resolution only), which PARE's multi-scale stage 4 has and keeps random, as upstream.
+Formats: :data:`models.checkpoint_kind.FORMATS`. Reads are ``map_location='cpu',
+weights_only=True``; loads are strict (a missing, unexpected or wrongly shaped key raises
+:class:`CheckpointError` naming the file and keys), tolerating only absent BN
+``num_batches_tracked`` in backbone files, ``init_*`` absent from ``hmr.pt`` (mean params kept)
+and the COCO pose-HRNet file's missing ``stage4.2.fuse_layers.{1,2,3}`` (random, as upstream).
 """
 from __future__ import annotations
 
@@ -35,22 +23,25 @@ from config import require
 from utils.atomic import atomic_path
 from utils.errors import UserError
 
+from .checkpoint_kind import FORMATS, describe, rename
 from .regressor import Regressor, build_model
 
 INIT_BUFFERS = ("init_pose", "init_shape", "init_cam")
 HRNET_TRUNK_PREFIXES = ("conv1", "bn1", "conv2", "bn2", "layer1", "transition1", "transition2",
                         "transition3", "stage2", "stage3", "stage4")
-_COCO_HRNET_ABSENT = re.compile(r"^stage4\.2\.fuse_layers\.[123]\.")
+_COCO_ABSENT = re.compile(r"^stage4\.2\.fuse_layers\.[123]\.")
 _SHOW = 12
+_CODE_MODULES = ("os", "posix", "nt", "sys", "subprocess", "builtins", "__builtin__", "shutil",
+                 "socket", "importlib", "runpy", "pty", "code", "pickle", "marshal", "types",
+                 "functools", "operator", "ctypes", "webbrowser")
+
+
+def _is_counter(key: str) -> bool:
+    return key.endswith(".num_batches_tracked")
 
 
 class CheckpointError(UserError, RuntimeError):
     """A weight file does not match the network it is loaded into (message names file + keys)."""
-
-
-def _fmt(keys: list) -> str:
-    head = ", ".join(str(k) for k in keys[:_SHOW])
-    return f"[{head}{f', ... ({len(keys) - _SHOW} more)' if len(keys) > _SHOW else ''}]"
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -68,35 +59,24 @@ def _unsafe_globals(path: Path) -> list[str]:
     return [n for n in names if not n.startswith(("collections.", "torch."))]
 
 
-_CODE_MODULES = ("os", "posix", "nt", "sys", "subprocess", "builtins", "__builtin__", "shutil",
-                 "socket", "importlib", "runpy", "pty", "code", "pickle", "marshal", "types",
-                 "functools", "operator", "ctypes", "webbrowser")
-
-
-def _resolved(name: str) -> object:
-    """The object a global name denotes, if its module is already imported (never imports)."""
-    mod, _, attr = name.rpartition(".")
-    return getattr(sys.modules.get(mod), attr, None)
-
-
-def _is_class(name: str) -> bool:
-    """Whether the global ``name`` is a class (a pickled object) rather than code to call."""
-    if name.split(".")[0] in _CODE_MODULES:
-        return False
-    obj = _resolved(name)
-    return isinstance(obj, type) if obj is not None else name.rpartition(".")[2][:1].isupper()
-
-
 def _refusal(p: Path, what: str, names: list[str]) -> str:
     """The message for a file whose pickle names more than tensors and containers."""
-    code = [n for n in names if not _is_class(n)]
-    if code:
+    def resolved(name: str) -> object:   # the object, if its module is imported (never imports)
+        mod, _, attr = name.rpartition(".")
+        return getattr(sys.modules.get(mod), attr, None)
+
+    def is_class(name: str) -> bool:     # a class (a pickled object), not code to call
+        if name.split(".")[0] in _CODE_MODULES:
+            return False
+        obj = resolved(name)
+        return isinstance(obj, type) if obj is not None else name.rpartition(".")[2][:1].isupper()
+
+    if code := [n for n in names if not is_class(n)]:
         return (f"{p}: refused: this file contains code ({', '.join(code[:3])}), which would "
                 f"run when it is loaded. Do not use it; use the official {what} or one written "
                 f"by this project")
-    modules = [n for n in names
-               if isinstance(_resolved(n), type) and issubclass(_resolved(n), nn.Module)]
-    if modules:
+    if modules := [n for n in names
+                   if isinstance(resolved(n), type) and issubclass(resolved(n), nn.Module)]:
         return (f"{p}: this file holds a pickled object ({modules[0]}), not a state dict, and "
                 f"loading objects could run code. Re-save it with "
                 f"torch.save(model.state_dict()) (or a dict of state dicts)")
@@ -106,12 +86,9 @@ def _refusal(p: Path, what: str, names: list[str]) -> str:
 
 
 def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> object:
-    """``torch.load(path, map_location='cpu', weights_only=True)`` with one-line errors.
-
-    Raises :class:`config.MissingFileError` for a missing file and :class:`CheckpointError`
-    saying why for the rest: not a PyTorch file (e.g. a text file), truncated or corrupt, a
-    pickled module instead of a state dict, other pickled objects, or code.
-    """
+    """``torch.load(path, map_location='cpu', weights_only=True)`` with one-line errors:
+    :class:`config.MissingFileError` for a missing file, else :class:`CheckpointError` saying
+    why (not a PyTorch file, truncated or corrupt, a pickled module, other objects, code)."""
     p = require(path, what)
     if p.is_dir():
         raise CheckpointError(f"{p}: is a folder, not a {what}. Pass the .pt file")
@@ -119,8 +96,7 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> object
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name and the reason
         err = exc
-    names = _unsafe_globals(p)
-    if names:
+    if names := _unsafe_globals(p):
         raise CheckpointError(_refusal(p, what, names)) from None
     with open(p, "rb") as fh:
         head = fh.read(4)
@@ -137,27 +113,24 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> object
                           f"or of train.py") from None
 
 
-def _read(path: str | os.PathLike, what: str) -> object:
-    return read_checkpoint(path, what)
-
-
-def _entry(obj: object, key: str, path) -> Mapping:
-    if not isinstance(obj, Mapping) or key not in obj:
+def _state(obj: object, fmt, path) -> dict:
+    """The state dict that ``fmt`` (a :class:`checkpoint_kind.Format`) finds in ``obj``."""
+    if fmt.entry is None:
+        return obj
+    if not isinstance(obj, Mapping) or fmt.entry not in obj:
         found = sorted(obj)[:_SHOW] if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointError(f"{path}: expected a dict with a {key!r} entry, found {found}")
-    value = obj[key]
-    if not isinstance(value, Mapping):
-        raise CheckpointError(f"{path}: [{key!r}] is a {type(value).__name__}, not a state_dict")
-    return value
+        raise CheckpointError(f"{path}: expected a dict with a {fmt.entry!r} entry, found {found}")
+    if not isinstance(value := obj[fmt.entry], Mapping):
+        raise CheckpointError(f"{path}: [{fmt.entry!r}] is a {type(value).__name__}, not a "
+                              f"state_dict")
+    return rename(value, fmt.drop)
 
 
 def _load_strict(module: nn.Module, state: Mapping, path, what: str,
                  may_miss: Callable[[str], bool] = lambda k: False,
                  own_keys: list[str] | None = None) -> list[str]:
-    """Load ``state`` into ``module`` after checking keys and shapes; returns tolerated misses.
-
-    own_keys: the part of ``module.state_dict()`` the file must cover (default: all of it).
-    """
+    """Load ``state`` into ``module`` (all of it, or its ``own_keys``) after checking keys and
+    shapes; returns the tolerated misses."""
     own = module.state_dict()
     if own_keys is not None:
         own = {k: own[k] for k in own_keys}
@@ -170,12 +143,11 @@ def _load_strict(module: nn.Module, state: Mapping, path, what: str,
            if k in own and (not torch.is_tensor(v) or v.shape != own[k].shape)]
     if missing or unexpected or bad:
         parts = [f"{path}: {what} does not match {type(module).__name__}"]
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {_fmt(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
-        if bad:
-            parts.append(f"wrong shapes ({len(bad)}): {_fmt(bad)}")
+        for name, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                           ("wrong shapes", bad)):
+            if keys:
+                more = f", ... ({len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
+                parts.append(f"{name} ({len(keys)}): [{', '.join(map(str, keys[:_SHOW]))}{more}]")
         raise CheckpointError("; ".join(parts) + ". It was saved from another network: pass "
                               "the file meant for this role, or the --model / --backbone / "
                               "--bbox_type it was trained with")
@@ -183,86 +155,56 @@ def _load_strict(module: nn.Module, state: Mapping, path, what: str,
     return tolerated
 
 
-def _is_counter(key: str) -> bool:
-    return key.endswith(".num_batches_tracked")
-
-
-def _strip_prefix(state: Mapping, prefix: str) -> dict:
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
-
-
 def load_metahmr_checkpoint(path: str | os.PathLike, model: nn.Module,
                             model_aux: nn.Module | None = None) -> dict:
-    """Load a Meta-HMR checkpoint's ``model`` (and ``model_aux`` if given) strictly.
-
-    Returns the whole checkpoint dict (optimizer and bookkeeping entries included).
-    """
-    return load_metahmr_state(_read(path, "Meta-HMR checkpoint"), path, model, model_aux)
+    """Load a Meta-HMR checkpoint's ``model`` (and ``model_aux`` if given) strictly; returns
+    the whole checkpoint dict (optimizer and bookkeeping entries included)."""
+    return load_metahmr_state(read_checkpoint(path, "Meta-HMR checkpoint"), path, model,
+                              model_aux)
 
 
 def load_metahmr_state(ckpt: object, path, model: nn.Module,
                        model_aux: nn.Module | None = None) -> dict:
-    """:func:`load_metahmr_checkpoint` of an already read file (``ckpt``, read from ``path``).
-
-    A file of another role (an aux or backbone initialisation, a bare state dict) is refused
-    with a message saying what it is and where it goes (:func:`models.checkpoint_kind.describe`).
-    """
-    from .checkpoint_kind import describe
+    """:func:`load_metahmr_checkpoint` of ``ckpt``, already read from ``path``. A file of
+    another role is refused saying what it is (:func:`models.checkpoint_kind.describe`)."""
     what = describe(ckpt)
     if what is not None and model_aux is not None:
         raise CheckpointError(f"{path}: {what}")
+    fmt = FORMATS["metahmr"]
     try:   # the main network alone: any file whose 'model' fits it strictly
-        _load_strict(model, _strip_prefix(_entry(ckpt, "model", path), "module."), path,
-                     "['model'] (main network)")
+        _load_strict(model, _state(ckpt, fmt, path), path, fmt.what)
     except CheckpointError as e:
         if what is not None:
             raise CheckpointError(f"{e}. Note: {what}") from None
         raise
     if model_aux is not None:
-        _load_strict(model_aux, _strip_prefix(_entry(ckpt, "model_aux", path), "module."), path,
-                     "['model_aux'] (aux network)")
+        fmt = FORMATS["metahmr_aux"]
+        _load_strict(model_aux, _state(ckpt, fmt, path), path, fmt.what)
     return ckpt
 
 
 def load_aux_weights(path: str | os.PathLike, model_aux: nn.Module, model: str = "cliff",
                      backbone: str = "resnet") -> list[str]:
-    """Initialise the aux network from the CLIFF / SPIN-HMR checkpoint (upstream key mapping).
-
-    Returns the keys that were allowed to be missing (HMR: the ``init_*`` buffers absent from
-    ``hmr.pt``, which keep their mean-parameter values).
-    """
-    state = _entry(_read(path, f"{model}/{backbone} aux-network checkpoint"), "model", path)
-    if model == "cliff" and backbone in ("resnet", "resnet18"):
-        state = {k.replace("module.", "").replace("encoder.", ""): v for k, v in state.items()}
-        return _load_strict(model_aux, state, path, "CLIFF ResNet checkpoint ['model']")
-    if model == "cliff" and backbone == "hrnet":
-        state = {k.replace("module.", ""): v for k, v in state.items()}
-        return _load_strict(model_aux, state, path, "CLIFF HRNet checkpoint ['model']")
-    if model == "hmr" and backbone in ("resnet", "resnet18"):
-        return _load_strict(model_aux, _strip_prefix(state, "module."), path,
-                            "HMR checkpoint ['model']", may_miss=lambda k: k in INIT_BUFFERS)
-    raise ValueError(f"no aux-network checkpoint format for model={model!r}, backbone={backbone!r}")
+    """Initialise the aux network from the CLIFF / SPIN-HMR checkpoint; returns the keys
+    allowed to be missing (HMR: ``init_*``, absent from ``hmr.pt``, keep the mean params)."""
+    obj = read_checkpoint(path, f"{model}/{backbone} aux-network checkpoint")
+    if (fmt := FORMATS.get(("aux", model, backbone))) is None:
+        raise ValueError(f"no aux-network checkpoint format for model={model!r}, "
+                         f"backbone={backbone!r}")
+    return _load_strict(model_aux, _state(obj, fmt, path), path, fmt.what,
+                        may_miss=(lambda k: k in INIT_BUFFERS) if model == "hmr"
+                        else (lambda k: False))
 
 
 def load_backbone_weights(path: str | os.PathLike, model: Regressor,
                           backbone: str | None = None) -> list[str]:
-    """Initialise the main network's encoder from a pretrained pose backbone; head untouched.
-
-    backbone: 'resnet' | 'resnet18' (``['state_dict']``, ``backbone.`` removed, trunk keys kept)
-    or 'hrnet' (plain HRNet-COCO state_dict into ``model.backbone``); default
-    ``model.backbone_name``. Returns the tolerated missing keys (see the module docstring).
-    """
+    """Initialise the main network's encoder (not the head) from a pretrained pose backbone
+    ('resnet' | 'resnet18' | 'hrnet', default ``model.backbone_name``); returns tolerated misses."""
     backbone = backbone or model.backbone_name
-    obj = _read(path, f"pretrained {backbone} backbone")
-    if backbone in ("resnet", "resnet18"):
-        state = {k.replace("backbone.", ""): v for k, v in _entry(obj, "state_dict", path).items()}
-        target, what, trunk = model, f"{backbone} backbone trunk", model.trunk_state_keys()
-        state = {k: v for k, v in state.items() if k in set(trunk)}
-        if not state:
-            raise CheckpointError(f"{path}: no {backbone} trunk key found (expected e.g. "
-                                  f"'backbone.conv1.weight' under 'state_dict')")
-        may_miss = _is_counter
-    elif backbone == "hrnet":
+    obj = read_checkpoint(path, f"pretrained {backbone} backbone")
+    if (fmt := FORMATS.get(("backbone", backbone))) is None:
+        raise ValueError(f"no pretrained-backbone format for {backbone!r}")
+    if backbone == "hrnet":
         if not isinstance(obj, Mapping) or not isinstance(getattr(model, "backbone", None),
                                                           nn.Module):
             raise CheckpointError(f"{path}: expected a plain HRNet state_dict and a CLIFF-HRNet "
@@ -271,86 +213,77 @@ def load_backbone_weights(path: str | os.PathLike, model: Regressor,
         if not state:
             raise CheckpointError(f"{path}: no HRNet trunk key (conv1, layer1, stage2, ...) found;"
                                   f" keys must be unprefixed, e.g. 'conv1.weight'")
-        target, what = model.backbone, "pose-HRNet trunk"
+        target = model.backbone
         trunk = [k for k in target.state_dict() if k.split(".")[0] in HRNET_TRUNK_PREFIXES]
-        def may_miss(k: str) -> bool:
-            return _is_counter(k) or bool(_COCO_HRNET_ABSENT.match(k))
-    else:
-        raise ValueError(f"no pretrained-backbone format for {backbone!r}")
-    return _load_strict(target, state, path, what, may_miss=may_miss, own_keys=trunk)
+        return _load_strict(target, state, path, fmt.what, own_keys=trunk,
+                            may_miss=lambda k: _is_counter(k) or bool(_COCO_ABSENT.match(k)))
+    trunk = model.trunk_state_keys()
+    state = {k: v for k, v in _state(obj, fmt, path).items() if k in set(trunk)}
+    if not state:
+        raise CheckpointError(f"{path}: no {backbone} trunk key found (expected e.g. "
+                              f"'backbone.conv1.weight' under 'state_dict')")
+    return _load_strict(model, state, path, fmt.what, may_miss=_is_counter, own_keys=trunk)
 
 
 # -- weight files in the released formats: the study's exports, the synthetic world's stand-ins --
 def resnet_aux_file(net: Regressor) -> dict:
-    """``net``'s weights in the CLIFF ResNet aux-checkpoint format that :func:`load_aux_weights`
-    reads: ``{'model': {'module.encoder.' + trunk key, 'module.' + head key}}``."""
+    """``net`` as a CLIFF ResNet aux file: {'model': {'module.[encoder.]' + key}}."""
     trunk = set(net.trunk_state_keys())
     return {"model": {("module.encoder." if k in trunk else "module.") + k: v
                       for k, v in net.state_dict().items()}}
 
 
 def resnet_backbone_file(net: Regressor) -> dict:
-    """``net``'s trunk in the ``pose_resnet.pth`` format that :func:`load_backbone_weights`
-    reads: ``{'state_dict': {'backbone.' + trunk key}}``."""
+    """``net``'s trunk as ``pose_resnet.pth``: ``{'state_dict': {'backbone.' + trunk key}}``."""
     trunk = set(net.trunk_state_keys())
     return {"state_dict": {"backbone." + k: v for k, v in net.state_dict().items() if k in trunk}}
 
 
-def _save_atomic(obj: object, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return path
-
-
-def _seeded(seed: int, fn: Callable[[], Regressor]) -> Regressor:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return fn()
+def _hrnet_backbone_file(net: Regressor, seed: int) -> dict:
+    """``net``'s trunk as ``pose_hrnet_w48_256x192.pth`` (with an unused COCO heatmap layer)."""
+    state = {k: v for k, v in net.backbone.state_dict().items()
+             if k.split(".")[0] in HRNET_TRUNK_PREFIXES and not _COCO_ABSENT.match(k)}
+    gen = torch.Generator().manual_seed(seed)
+    return {**state, "final_layer.weight": torch.randn(17, 48, 1, 1, generator=gen) * 1e-3,
+            "final_layer.bias": torch.zeros(17)}
 
 
 def write_standin_weights(root: str | os.PathLike, backbones=("resnet18", "resnet"), seed: int = 0,
                           mean_params: str | os.PathLike | None = None) -> dict[str, Path]:
-    """Write randomly initialised weight files in the released formats under ``root``.
-
-    For each backbone: the main-backbone file (``config.BACKBONE_FILES``) and the aux files
-    (``config.AUX_FILES``: CLIFF, and HMR for the ResNets), each from its own seeded network
-    (``mean_params`` fills the CLIFF files' ``init_*`` buffers). Files are written atomically.
-    Returns {label: path}, labels like 'backbone/resnet', 'aux/cliff/resnet'.
-    """
+    """Write random weight files in the released formats under ``root`` (atomically): per
+    backbone ``config.BACKBONE_FILES`` and ``config.AUX_FILES`` (CLIFF; HMR for the ResNets),
+    each from its own seeded network (``mean_params``: the CLIFF files' ``init_*``). Returns
+    {label: path}, labels like 'backbone/resnet', 'aux/cliff/resnet'."""
     root, out = Path(root), {}
+
+    def save(label: str, file: str, seed: int, build: Callable, to_file: Callable) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = build()
+        with atomic_path(root / file) as tmp:
+            torch.save(to_file(net), tmp)
+        out[label] = root / file
+
     for i, bb in enumerate(backbones):
         if bb not in config.BACKBONE_FILES:
             raise ValueError(f"unknown backbone {bb!r}: expected some of "
                              f"{sorted(config.BACKBONE_FILES)}")
         s = seed + 10 * i
-        main = _seeded(s, lambda: build_model("cliff", bb, "main"))
-        if bb == "hrnet":
-            state = {k: v for k, v in main.backbone.state_dict().items()
-                     if k.split(".")[0] in HRNET_TRUNK_PREFIXES and not _COCO_HRNET_ABSENT.match(k)}
-            gen = torch.Generator().manual_seed(s)   # COCO heatmap layer (17 joints), unused
-            state["final_layer.weight"] = torch.randn(17, 48, 1, 1, generator=gen) * 1e-3
-            state["final_layer.bias"] = torch.zeros(17)
-            bfile = state
-        else:
-            bfile = resnet_backbone_file(main)
-        out[f"backbone/{bb}"] = _save_atomic(bfile, root / config.BACKBONE_FILES[bb])
-        del main, bfile
-
-        aux = _seeded(s + 1, lambda: build_model("cliff", bb, "aux", mean_params=mean_params))
-        afile = ({"model": {"module." + k: v for k, v in aux.state_dict().items()}}
-                 if bb == "hrnet" else resnet_aux_file(aux))
-        out[f"aux/cliff/{bb}"] = _save_atomic(afile, root / config.AUX_FILES["cliff", bb])
-        del aux, afile
-
+        save(f"backbone/{bb}", config.BACKBONE_FILES[bb], s,
+             lambda: build_model("cliff", bb, "main"),
+             (lambda n: _hrnet_backbone_file(n, s)) if bb == "hrnet" else resnet_backbone_file)
+        save(f"aux/cliff/{bb}", config.AUX_FILES["cliff", bb], s + 1,
+             lambda: build_model("cliff", bb, "aux", mean_params=mean_params),
+             (lambda n: {"model": {"module." + k: v for k, v in n.state_dict().items()}})
+             if bb == "hrnet" else resnet_aux_file)
         if ("hmr", bb) in config.AUX_FILES:
-            hmr = _seeded(s + 2, lambda: build_model("hmr", bb, "aux"))
-            state = {k: v for k, v in hmr.state_dict().items() if k not in INIT_BUFFERS}
-            out[f"aux/hmr/{bb}"] = _save_atomic({"model": state},
-                                                root / config.AUX_FILES["hmr", bb])
+            save(f"aux/hmr/{bb}", config.AUX_FILES["hmr", bb], s + 2,
+                 lambda: build_model("hmr", bb, "aux"),
+                 lambda n: {"model": {k: v for k, v in n.state_dict().items()
+                                      if k not in INIT_BUFFERS}})
     return out
 
 
 __all__ = ["CheckpointError", "read_checkpoint", "load_metahmr_checkpoint", "load_metahmr_state",
-           "load_aux_weights",
-           "load_backbone_weights", "write_standin_weights", "resnet_aux_file",
-           "resnet_backbone_file"]
+           "load_aux_weights", "load_backbone_weights", "write_standin_weights",
+           "resnet_aux_file", "resnet_backbone_file"]

@@ -1,27 +1,11 @@
 """HMR / CLIFF regressors with iterative error feedback (upstream-behaviour.md §2.1, §2.2, §4.1).
 
-One class, :class:`Regressor`, covers the six released networks and the small ResNet-18 extra:
-
-===========  ==========  ========================================  ==========  =========
-model        backbone    encoder (state_dict prefix)               feature D   IEF iters
-===========  ==========  ========================================  ==========  =========
-cliff / hmr  resnet      torchvision ResNet-50 trunk (none, flat)  2048        10 / 3
-cliff / hmr  resnet18    torchvision ResNet-18 trunk (none, flat)  512         10 / 3
-cliff        hrnet main  pose HRNet-W48 (``backbone.``)            720         10
-cliff        hrnet aux   classification HRNet-W48 (``encoder.``)   2048        3
-===========  ==========  ========================================  ==========  =========
-
-(main = 10 iterations, aux = 3). The state_dict keys, shapes and order are those of the released
-networks (``shared/reference/state_dict/*.tsv``): the mean-parameter buffers ``init_pose``
-[1,144], ``init_shape`` [1,10], ``init_cam`` [1,3] first, then the modules in upstream order.
-
-The head (fc1, fc2, decpose, decshape, deccam) is the only fast-weight set (decisions D3). It
-reads its weights through module attributes and computes every linear map with
-:func:`batched_linear`, so it works under ``torch.func.functional_call`` with either shared
-weights ([out, in] / [out]) or per-sample weights ([B, out, in] / [B, out]).
-``forward(head_delta=...)`` adds per-sample weight updates, dense or as :class:`LowRankDelta`
-factors (the per-sample meta inner step), and ``forward(record=...)`` keeps every head layer's
-input and output (from which that step takes its gradients).
+:class:`Regressor`: the six released networks and a ResNet-18 extra (encoders and feature sizes:
+:mod:`models.backbones`), with the released keys, shapes and order (``init_pose`` [1,144],
+``init_shape`` [1,10], ``init_cam`` [1,3], then the modules). The head (fc1, fc2, decpose,
+decshape, deccam) is the fast-weight set (D3); it computes every linear map with
+:func:`batched_linear`, so it runs under ``torch.func.functional_call`` with shared ([out, in])
+or per-sample ([B, out, in]) weights.
 """
 from __future__ import annotations
 
@@ -61,20 +45,18 @@ class RegressorOutput(NamedTuple):
 
 @dataclass(frozen=True)
 class LowRankDelta:
-    """A per-sample update of a linear layer's weight, kept as factors: dW[i] = u[i]ᵀ v[i].
+    """A per-sample weight update as factors, dW[i] = u[i]ᵀ v[i]; u [B, R, out], v [B, R, in].
 
-    u: [B, R, out]; v: [B, R, in]. An SGD step of the IEF head on one sample changes each weight
-    by a sum of outer products, one per iteration (R = n_iter per step):
-    dW = -lr Σ_t g_t x_tᵀ with g_t = dL/dy_t, x_t the layer input. Sample i's adapted layer then
-    maps x to W x + u[i]ᵀ (v[i] x) at O(R (in + out)) per sample, without B weight matrices.
+    An SGD step of the head is a sum of outer products, dW = -lr Σ_t g_t x_tᵀ (R = n_iter per
+    step), so the adapted layer maps x to W x + u[i]ᵀ (v[i] x) without B weight matrices.
     """
 
     u: torch.Tensor
     v: torch.Tensor
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, in] -> dW[i] x[i]: [B, out], in the factors' dtype even under autocast (an SGD
-        update of lr ~1e-5 times a gradient underflows in float16)."""
+        """x [B, in] -> dW[i] x[i] [B, out], in the factors' dtype even under autocast (an
+        update of lr ~1e-5 underflows in float16)."""
         with torch.autocast(x.device.type, enabled=False):
             vx = torch.bmm(self.v, x.to(self.v.dtype).unsqueeze(2))
             return torch.bmm(self.u.transpose(1, 2), vx).squeeze(2)
@@ -84,17 +66,14 @@ class LowRankDelta:
         return torch.bmm(self.u.transpose(1, 2), self.v)
 
     def __add__(self, other: "LowRankDelta") -> "LowRankDelta":
-        """The sum of two updates: their factors side by side (rank R1 + R2)."""
+        """The sum of two updates (factors side by side, rank R1 + R2)."""
         return LowRankDelta(torch.cat([self.u, other.u], 1), torch.cat([self.v, other.v], 1))
 
 
 def batched_linear(x: torch.Tensor, weight: torch.Tensor,
                    bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y = x Wᵀ + b with shared or per-sample weights.
-
-    x: [B, in]; weight: [out, in] (shared) or [B, out, in] (sample i uses weight[i]);
-    bias: None, [out] or [B, out]. Returns [B, out].
-    """
+    """y = x Wᵀ + b: x [B, in]; weight [out, in] or per-sample [B, out, in]; bias None, [out]
+    or [B, out]. Returns [B, out]."""
     if weight.dim() == 2:
         if bias is not None and bias.dim() == 2:
             return F.linear(x, weight) + bias
@@ -109,20 +88,17 @@ def batched_linear(x: torch.Tensor, weight: torch.Tensor,
 
 
 def identity_mean_params() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stand-in mean parameters: identity 6D pose [1,144], zero shape [1,10], zero cam [1,3]."""
+    """Stand-ins: identity 6D pose [1,144], zero shape [1,10], zero cam [1,3]."""
     pose = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0]).repeat(constants.NUM_JOINTS_SMPL)
     return pose[None], torch.zeros(1, NSHAPE), torch.zeros(1, NCAM)
 
 
 def load_mean_params(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Read SPIN's ``smpl_mean_params.npz``: -> pose6d [1,144], shape [1,10], cam [1,3] (float32).
-
-    The file's ``pose`` is the 144-d 6D mean pose (SPIN); a 72-d axis-angle pose is converted.
-    """
+    """SPIN's ``smpl_mean_params.npz`` -> pose6d [1,144], shape [1,10], cam [1,3] (float32);
+    a 72-d axis-angle ``pose`` is converted to 6D."""
     p = require(path, "SMPL mean parameters (smpl_mean_params.npz)")
     with np.load(p) as f:
-        missing = [k for k in ("pose", "shape", "cam") if k not in f.files]
-        if missing:
+        if missing := [k for k in ("pose", "shape", "cam") if k not in f.files]:
             raise ValueError(f"{p}: missing keys {missing} (has {f.files})")
         pose, shape, cam = (torch.as_tensor(np.asarray(f[k], dtype=np.float32)).reshape(1, -1)
                             for k in ("pose", "shape", "cam"))
@@ -136,11 +112,8 @@ def load_mean_params(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tenso
 
 
 class Regressor(nn.Module):
-    """HMR/CLIFF regressor: encoder + IEF head. Build with :func:`build_model`.
-
-    Attributes: ``model_type`` ('cliff'|'hmr'), ``backbone_name``, ``role``, ``bbox_type``,
-    ``use_bbox_info``, ``feature_dim``, ``n_iter``, ``head_param_names``.
-    """
+    """HMR/CLIFF regressor: encoder + IEF head (see :func:`build_model`). Attributes:
+    model_type, backbone_name, role, bbox_type, use_bbox_info, feature_dim, n_iter."""
 
     head_param_names = HEAD_PARAM_NAMES
 
@@ -160,51 +133,46 @@ class Regressor(nn.Module):
             model, backbone, role, bbox_type)
         self.use_bbox_info = model == "cliff"
         self.n_iter = DEFAULT_N_ITER[role] if n_iter is None else int(n_iter)
-
         init = identity_mean_params() if mean_params is None else load_mean_params(mean_params)
         for name, value in zip(("init_pose", "init_shape", "init_cam"), init):
             self.register_buffer(name, value)
 
+        # released order: ResNet trunk or HRNet encoder.*, then the head, then HRNet backbone.*
         if backbone in backbones.RESNET_DIMS:
             for name, mod in backbones.resnet_trunk(backbone).items():
                 self.add_module(name, mod)
             self.feature_dim = backbones.RESNET_DIMS[backbone]
-            self._build_head()
-        elif role == "main":               # released order: head, then backbone.*
+        elif role == "aux":
+            self.feature_dim, self.encoder = backbones.CLS_HRNET_DIM, backbones.cls_hrnet_w48()
+        else:
             self.feature_dim = backbones.POSE_HRNET_DIM
-            self._build_head()
+        self._build_head()
+        if backbone == "hrnet" and role == "main":
             self.backbone = backbones.PoseHRNet()
-        else:                              # released order: encoder.*, then head
-            self.feature_dim = backbones.CLS_HRNET_DIM
-            self.encoder = backbones.cls_hrnet_w48()
-            self._build_head()
 
     def _build_head(self) -> None:
         n_in = self.feature_dim + (NBBOX if self.use_bbox_info else 0) + NPOSE + NSHAPE + NCAM
-        self.fc1 = nn.Linear(n_in, HIDDEN)
-        self.drop1 = nn.Dropout(0.5)
-        self.fc2 = nn.Linear(HIDDEN, HIDDEN)
-        self.drop2 = nn.Dropout(0.5)
-        self.decpose = nn.Linear(HIDDEN, NPOSE)
-        self.decshape = nn.Linear(HIDDEN, NSHAPE)
-        self.deccam = nn.Linear(HIDDEN, NCAM)
+        self.fc1, self.drop1 = nn.Linear(n_in, HIDDEN), nn.Dropout(0.5)
+        self.fc2, self.drop2 = nn.Linear(HIDDEN, HIDDEN), nn.Dropout(0.5)
+        self.decpose, self.decshape, self.deccam = (
+            nn.Linear(HIDDEN, NPOSE), nn.Linear(HIDDEN, NSHAPE), nn.Linear(HIDDEN, NCAM))
         for layer in (self.decpose, self.decshape, self.deccam):
             nn.init.xavier_uniform_(layer.weight, gain=0.01)
 
     # -- structure ---------------------------------------------------------------------------
     @property
     def crop_size(self) -> tuple[int, int]:
-        """(H, W) of the input crop for this net's bbox type: (256, 192) rect, (224, 224) square."""
+        """(H, W) of the input crop: (256, 192) rect, (224, 224) square."""
         return constants.crop_size(self.bbox_type)
 
     def head_params(self) -> dict[str, nn.Parameter]:
-        """The 10 fast-weight parameters, by state_dict name, in upstream order."""
+        """The 10 fast-weight parameters by state_dict name, in upstream order."""
         return {name: self.get_parameter(name) for name in HEAD_PARAM_NAMES}
 
     def trunk_state_keys(self) -> list[str]:
         """state_dict keys of the encoder (everything but the init buffers and the head)."""
-        skip = {"init_pose", "init_shape", "init_cam"}
-        return [k for k in self.state_dict() if k.split(".")[0] not in skip | set(HEAD_LAYERS)]
+        skip = {"init_pose", "init_shape", "init_cam", *HEAD_LAYERS}
+        return [k for k in self.state_dict() if k.split(".")[0] not in skip]
 
     # -- forward -----------------------------------------------------------------------------
     def extract_features(self, img: torch.Tensor) -> torch.Tensor:
@@ -217,39 +185,17 @@ class Regressor(nn.Module):
             return backbones.resnet_features(self, img)
         return self.backbone(img) if self.role == "main" else self.encoder(img)
 
-    def _head_linear(self, name: str, x: torch.Tensor, delta: dict,
-                     record: dict | None) -> torch.Tensor:
-        """Head layer ``name`` on x [B,in], plus its per-sample delta when given."""
-        layer = getattr(self, name)
-        y = batched_linear(x, layer.weight, layer.bias)
-        dw, db = delta.get(f"{name}.weight"), delta.get(f"{name}.bias")
-        if dw is not None:
-            y = y + (dw(x) if isinstance(dw, LowRankDelta) else batched_linear(x, dw))
-        if db is not None:
-            y = y + db
-        if record is not None:
-            record.setdefault(name, []).append((x, y))
-        return y
-
     def forward(self, img: torch.Tensor | None = None, bbox_info: torch.Tensor | None = None,
                 n_iter: int | None = None, features: torch.Tensor | None = None,
                 head_delta: dict | None = None, record: dict | None = None) -> RegressorOutput:
-        """Regress SMPL parameters by iterative error feedback from the mean parameters.
+        """IEF from the mean parameters: img [B, 3, H, W] or ``features`` [B, D] (encoder
+        skipped, D4); bbox_info [B, 3] (CLIFF only); n_iter default ``self.n_iter``.
 
-        img: [B, 3, H, W], or ``features`` [B, feature_dim] (then the encoder is skipped, D4);
-        bbox_info: [B, 3] (CLIFF only; ignored by HMR); n_iter: IEF iterations (default
-        ``self.n_iter``). Returns :class:`RegressorOutput` (rotmat [B,24,3,3], betas [B,10],
-        cam [B,3], pose6d [B,144]).
-
-        ``head_delta``: optional per-sample additive updates of head weights,
-        {name: [B, out, in] | :class:`LowRankDelta` (weights) or [B, out] (biases)}: sample i
-        runs with ``W + delta[i]``. Same maths as passing per-sample weights through
-        ``functional_call``, but the gradient of the shared ``W`` stays one ordinary matmul (the
-        per-sample meta inner step uses it).
-
-        ``record``: a dict that collects, under each head layer's name and in call order, the
-        pair (input [B, in], output [B, out]) of every call: dL/d(output) and the input give
-        each sample's weight gradient (the per-sample inner step).
+        head_delta: per-sample head updates {name: [B, out, in] | LowRankDelta, or [B, out] for
+        biases}: sample i runs with ``W + delta[i]`` (the shared W's gradient stays one matmul).
+        record: collects {layer: [(input [B, in], output [B, out]), ...]} in call order.
+        Returns :class:`RegressorOutput` (rotmat [B,24,3,3], betas [B,10], cam [B,3], pose6d
+        [B,144]).
         """
         if (img is None) == (features is None):
             raise ValueError("pass exactly one of img [B,3,H,W] or features [B,D]")
@@ -269,13 +215,21 @@ class Regressor(nn.Module):
         if n_iter < 0:
             raise ValueError(f"n_iter must be >= 0, got {n_iter}")
 
-        pose = self.init_pose.expand(batch, -1)
-        shape = self.init_shape.expand(batch, -1)
-        cam = self.init_cam.expand(batch, -1)
+        pose, shape, cam = (t.expand(batch, -1) for t in
+                            (self.init_pose, self.init_shape, self.init_cam))
         d = head_delta or {}
 
-        def lin(name: str, x: torch.Tensor) -> torch.Tensor:
-            return self._head_linear(name, x, d, record)
+        def lin(name: str, x: torch.Tensor) -> torch.Tensor:   # head layer (+ its delta)
+            layer = getattr(self, name)
+            y = batched_linear(x, layer.weight, layer.bias)
+            dw, db = d.get(f"{name}.weight"), d.get(f"{name}.bias")
+            if dw is not None:
+                y = y + (dw(x) if isinstance(dw, LowRankDelta) else batched_linear(x, dw))
+            if db is not None:
+                y = y + db
+            if record is not None:
+                record.setdefault(name, []).append((x, y))
+            return y
 
         for _ in range(n_iter):
             x = torch.cat(parts + [pose, shape, cam], dim=1)
@@ -291,11 +245,8 @@ class Regressor(nn.Module):
 def build_model(model: str = "cliff", backbone: str = "resnet", role: str = "main",
                 bbox_type: str = "rect", mean_params: str | os.PathLike | None = None,
                 n_iter: int | None = None) -> Regressor:
-    """Build a randomly initialised network with the released architecture and state_dict keys.
-
-    model: 'cliff' | 'hmr'; backbone: 'resnet' | 'hrnet' (cliff only) | 'resnet18';
-    role: 'main' (10 IEF iterations) | 'aux' (3); bbox_type: 'rect' (256×192) | 'square' (224²),
-    which sets the crop size only; mean_params: path of smpl_mean_params.npz, or None for
-    identity-pose / zero stand-ins. Load weights with :mod:`models.checkpoints`.
-    """
+    """A randomly initialised network with the released architecture and keys. model 'cliff' |
+    'hmr'; backbone 'resnet' | 'hrnet' (cliff only) | 'resnet18'; role 'main' (10 IEF
+    iterations) | 'aux' (3); bbox_type 'rect' (256×192) | 'square' (224²), the crop size only;
+    mean_params: smpl_mean_params.npz, or None for identity / zero stand-ins."""
     return Regressor(model, backbone, role, bbox_type, mean_params, n_iter)

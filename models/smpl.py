@@ -1,19 +1,11 @@
 """SPIN's SMPL wrapper over ``smplx.SMPL`` (upstream-behaviour.md §4.3).
 
-``SMPL`` loads ``SMPL_{NEUTRAL,MALE,FEMALE}.pkl`` (the official chumpy pickles, read through
-chumpy-fixed, or the synthetic stand-ins of ``datasets/synthetic_body.py``: same code path)
-with ``create_transl=False``, adds the 9 rows of ``J_regressor_extra`` (a [9, 6890] buffer) to
-smplx's 45 joints and gathers the 54 source joints with ``constants.JOINT_MAP`` into SPIN's 49:
-
-* source 0-23: the SMPL skeleton; 24-34: smplx's vertex keypoints (nose, right/left eye,
-  right/left ear, left big toe, left small toe, left heel, right big toe, right small toe,
-  right heel; SMPL vertex ids ``constants.SMPLX_VERTEX_JOINTS``); 35-44: fingertips (unused);
-  45-53: ``J_regressor_extra`` rows;
-* output 0-24: OpenPose BODY_25 order; 25-48: the 24 "GT" joints (``constants.JOINT_NAMES``).
-
-The forward pass accepts axis-angle (``pose2rot=True``: ``global_orient`` [B, 3], ``body_pose``
-[B, 69]) or rotation matrices (``pose2rot=False``: [B, 1, 3, 3] and [B, 23, 3, 3], as SPIN and
-the regressors use it).
+Loads ``SMPL_{NEUTRAL,MALE,FEMALE}.pkl`` (official chumpy pickles or the synthetic stand-ins,
+same path) with ``create_transl=False``, appends ``J_regressor_extra`` [9, 6890] to smplx's 45
+joints and gathers the 54 source joints (0-23 SMPL skeleton, 24-34 smplx vertex keypoints,
+35-44 fingertips (unused), 45-53 extra) with ``constants.JOINT_MAP`` into SPIN's 49 (0-24
+OpenPose BODY_25, 25-48 the 24 GT joints). Pose as axis-angle (``pose2rot=True``:
+global_orient [B, 3], body_pose [B, 69]) or rotation matrices ([B, 1, 3, 3], [B, 23, 3, 3]).
 """
 from __future__ import annotations
 
@@ -40,9 +32,7 @@ __all__ = ["SMPL", "SMPLOutput", "build_smpl", "load_regressor", "load_smpl_data
 
 NUM_VERTS = 6890
 NUM_SOURCE_JOINTS = 54          # 24 SMPL + 21 smplx vertex joints + 9 extra
-
-# key -> expected shape (None: any size on that axis)
-_EXPECTED = {
+_EXPECTED = {  # key -> expected shape (None: any size on that axis)
     "v_template": (NUM_VERTS, 3), "f": (None, 3), "J_regressor": (24, NUM_VERTS),
     "weights": (NUM_VERTS, 24), "posedirs": (NUM_VERTS, 3, 207),
     "shapedirs": (NUM_VERTS, 3, None), "kintree_table": (2, 24),
@@ -55,11 +45,8 @@ class SMPLFileError(UserError, ValueError):
 
 @dataclass
 class SMPLOutput:
-    """Output of :class:`SMPL`.
-
-    vertices [B, 6890, 3]; joints [B, 49, 3] (SPIN order); smpl_joints [B, 24, 3] (the posed
-    SMPL skeleton); the inputs (betas [B, 10], global_orient, body_pose) echoed back.
-    """
+    """vertices [B, 6890, 3]; joints [B, 49, 3] (SPIN order); smpl_joints [B, 24, 3] (posed
+    skeleton); the inputs (betas [B, 10], global_orient, body_pose) echoed back."""
     vertices: torch.Tensor
     joints: torch.Tensor
     smpl_joints: torch.Tensor
@@ -79,14 +66,9 @@ def _dense(x) -> np.ndarray:
 
 
 def load_smpl_data(path: str | os.PathLike) -> dict:
-    """Read and check an SMPL pickle; returns its dict (arrays as in the file).
-
-    The pickle is read through :mod:`utils.safe_pickle` (numpy / scipy.sparse / chumpy arrays
-    and basic containers only): a file naming anything else raises
-    :class:`utils.safe_pickle.UnsafePickleError` and runs nothing. Raises
-    :class:`SMPLFileError` naming the file when it cannot be unpickled (e.g. chumpy missing for
-    the official files) or a key is missing or has the wrong shape.
-    """
+    """Read an SMPL pickle through :mod:`utils.safe_pickle` (anything but arrays and basic
+    containers raises its ``UnsafePickleError``, nothing runs) and check its keys and shapes
+    (:class:`SMPLFileError` naming the file); returns its dict."""
     path = Path(path)
     try:
         data = safe_pickle.load_file(path, what="SMPL body model")
@@ -106,18 +88,14 @@ def load_smpl_data(path: str | os.PathLike) -> dict:
         if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
             want = "x".join("N" if s is None else str(s) for s in shape)
             raise SMPLFileError(f"SMPL model {path}: {key!r} has shape {got}, expected {want}")
-    if _dense(data["shapedirs"]).shape[2] < constants.NUM_BETAS:
-        raise SMPLFileError(f"SMPL model {path}: 'shapedirs' has "
-                            f"{_dense(data['shapedirs']).shape[2]} components, need >= 10")
+    if (k := _dense(data["shapedirs"]).shape[2]) < constants.NUM_BETAS:
+        raise SMPLFileError(f"SMPL model {path}: 'shapedirs' has {k} components, need >= 10")
     return data
 
 
 def load_regressor(path: str | os.PathLike, rows: int | None = None) -> torch.Tensor:
-    """A joint regressor ``.npy`` ([rows, 6890]) as a float32 tensor.
-
-    Raises :class:`SMPLFileError` naming the file if it is unreadable, not 2-D with 6890
-    columns, has ``rows`` != the expected count, or holds NaN/inf.
-    """
+    """A joint regressor ``.npy`` [rows, 6890] as float32; :class:`SMPLFileError` naming the
+    file if unreadable, of another shape, or not finite."""
     path = Path(path)
     try:
         arr = np.load(path, allow_pickle=False)
@@ -132,15 +110,9 @@ def load_regressor(path: str | os.PathLike, rows: int | None = None) -> torch.Te
 
 
 class SMPL(smplx.SMPL):
-    """SMPL with SPIN's 49 joints.
-
-    Args:
-        model_path: an ``SMPL_*.pkl`` file, or a folder holding ``SMPL_{GENDER}.pkl``.
-        joint_regressor_extra: path of ``J_regressor_extra.npy`` or a [9, 6890] array.
-        gender: 'neutral' | 'male' | 'female' (used when ``model_path`` is a folder).
-        **kwargs: passed to ``smplx.SMPL`` (e.g. ``dtype``, ``batch_size``);
-            ``create_transl`` defaults to False.
-    """
+    """SMPL with SPIN's 49 joints. model_path: an ``SMPL_*.pkl`` or a folder holding
+    ``SMPL_{GENDER}.pkl``; joint_regressor_extra: ``J_regressor_extra.npy`` or a [9, 6890]
+    array; kwargs go to ``smplx.SMPL`` (``create_transl`` defaults to False)."""
 
     def __init__(self, model_path: str | os.PathLike, joint_regressor_extra,
                  gender: str = "neutral", **kwargs):
@@ -151,11 +123,9 @@ class SMPL(smplx.SMPL):
             path = path / f"SMPL_{gender.upper()}.pkl"
         if not path.exists():
             raise SMPLFileError(f"SMPL model not found: {path.resolve()}")
-        data = load_smpl_data(path)
         data = {k: (v if k in ("bs_style", "bs_type") or "scipy.sparse" in str(type(v))
-                    else _dense(v)) for k, v in data.items()}
-        # smplx prints a warning for 10-component shape spaces (the SPIN files); keep quiet
-        with contextlib.redirect_stdout(io.StringIO()):
+                    else _dense(v)) for k, v in load_smpl_data(path).items()}
+        with contextlib.redirect_stdout(io.StringIO()):   # smplx warns on 10-beta files
             super().__init__(model_path=str(path), data_struct=Struct(**data), gender=gender,
                              **kwargs)
         self.model_file = str(path)
@@ -173,24 +143,17 @@ class SMPL(smplx.SMPL):
                 body_pose: Optional[torch.Tensor] = None,
                 global_orient: Optional[torch.Tensor] = None, pose2rot: bool = True,
                 **kwargs) -> SMPLOutput:
-        """Pose and shape the body.
-
-        Args:
-            betas: [B, 10]. body_pose: [B, 69] axis-angle (``pose2rot=True``) or
-                [B, 23, 3, 3] rotation matrices (``pose2rot=False``). global_orient: [B, 3] or
-                [B, 1, 3, 3] likewise. Missing inputs fall back to the module's parameters.
-        Returns:
-            :class:`SMPLOutput` with vertices [B, 6890, 3], joints [B, 49, 3],
-            smpl_joints [B, 24, 3].
-        """
+        """betas [B, 10]; body_pose [B, 69] / global_orient [B, 3] (``pose2rot``) or
+        [B, 23, 3, 3] / [B, 1, 3, 3]; missing inputs use the module's parameters."""
         kwargs.pop("get_skin", None)
-        if pose2rot:
-            _check(body_pose, "body_pose", (69,))
-            _check(global_orient, "global_orient", (3,))
-        else:
-            _check(body_pose, "body_pose", (23, 3, 3))
-            _check(global_orient, "global_orient", (1, 3, 3))
-        _check(betas, "betas", (self.num_betas,))
+        for x, name, tail in ((body_pose, "body_pose", (69,) if pose2rot else (23, 3, 3)),
+                              (global_orient, "global_orient", (3,) if pose2rot else (1, 3, 3)),
+                              (betas, "betas", (self.num_betas,))):
+            if x is not None and not torch.is_tensor(x):
+                raise TypeError(f"SMPL: {name} must be a tensor, got {type(x).__name__}")
+            if x is not None and (tuple(x.shape[1:]) != tail or x.dim() != len(tail) + 1):
+                want = ", ".join(["B"] + [str(t) for t in tail])
+                raise ValueError(f"SMPL: {name} has shape {tuple(x.shape)}, expected [{want}]")
         out = super().forward(betas=betas, body_pose=body_pose, global_orient=global_orient,
                               pose2rot=pose2rot, **kwargs)
         extra = vertices2joints(self.J_regressor_extra, out.vertices)
@@ -201,21 +164,9 @@ class SMPL(smplx.SMPL):
                           full_pose=out.full_pose)
 
 
-def _check(x, name: str, tail: tuple) -> None:
-    if x is None:
-        return
-    if not torch.is_tensor(x):
-        raise TypeError(f"SMPL: {name} must be a tensor, got {type(x).__name__}")
-    if tuple(x.shape[1:]) != tail or x.dim() != len(tail) + 1:
-        want = ", ".join(["B"] + [str(t) for t in tail])
-        raise ValueError(f"SMPL: {name} has shape {tuple(x.shape)}, expected [{want}]")
-
-
 def build_smpl(paths: DataPaths, gender: str = "neutral", **kwargs) -> SMPL:
-    """The SMPL model of ``gender`` from the data layout ``paths`` (with its extra regressor).
-
-    Missing files raise :class:`config.MissingFileError` naming the file and where to get it.
-    """
+    """The SMPL model of ``gender`` from the data layout ``paths`` (missing files raise
+    :class:`config.MissingFileError` naming the file and where to get it)."""
     if gender not in ("neutral", "male", "female"):
         raise ValueError(f"gender must be 'neutral', 'male' or 'female', got {gender!r}")
     return SMPL(paths.smpl_model(gender), paths.j_regressor_extra(), gender=gender, **kwargs)

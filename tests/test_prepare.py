@@ -247,6 +247,17 @@ def test_nan_in_an_invalid_frame_is_not_read(raw, tmp_path, models):
     assert s["test"].kept == 4
 
 
+def test_an_actor_without_valid_frames_is_counted_not_fatal(raw, tmp_path, models):
+    r = _copy(raw, tmp_path)
+    f = r / "sequenceFiles" / "test" / f"{SEQ_TEST}.pkl"
+    _edit(f, lambda d: {**d, **{k: list(d[k]) * 2 for k in ("genders", "betas", "poses", "trans",
+                                                           "poses2d")},
+                        "campose_valid": [d["campose_valid"][0],
+                                          np.zeros_like(d["campose_valid"][0])]})
+    s = prepare_3dpw(r, tmp_path / "out", sets=("test",), models=models, log=None)["test"]
+    assert s.actors == 2 and s.kept == 4 and s.skipped[SKIP_INVALID] == 6 + 10
+
+
 def test_missing_image_and_layout_errors(raw, tmp_path):
     r = _copy(raw, tmp_path)
     img = r / "imageFiles" / SEQ_TEST / "image_00006.jpg"
