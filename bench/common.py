@@ -1,16 +1,9 @@
-"""Shared pieces of the benchmarks (decisions D15): machine description, synthetic inputs, the
-body model, peak-memory measurement, one child process per mode, tables and JSON.
+"""Shared pieces of the benchmarks (decisions D15) and the body of ``bench/data_speed.py``.
 
-Every benchmark runs random-weight networks on synthetic inputs, so no data file is needed.
-The SMPL-format body model is the synthetic world's stand-in (``datasets.synthetic_body``),
-written once into a cache folder (``~/.cache/metahmr_bench``, or ``$METAHMR_BENCH_CACHE``);
-its cost is that of the real SMPL (6890 vertices, 24 joints), which is all a timing needs.
-BatchNorm statistics are set from the synthetic batch (:func:`calibrate_batchnorm`) so that
-random networks in eval mode stay finite.
-
-Each mode is measured in a fresh child process (the script re-runs itself with ``--_child`` and
-the parent's parsed options as JSON) so that its peak memory is its own: the peak of one mode
-never hides the next one's, and the allocator starts empty every time.
+Random-weight networks, synthetic inputs and the synthetic world's SMPL-format body model (as
+costly as the real SMPL; written once into ``$METAHMR_BENCH_CACHE``, default
+``~/.cache/metahmr_bench``): no data file is needed. Each mode is measured in a fresh child
+process (the script re-runs itself with ``--_child``), so that its peak memory is its own.
 """
 from __future__ import annotations
 
@@ -26,7 +19,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,35 +27,30 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 from utils import options as project_options  # noqa: E402
+from utils.jsonio import dumps, write_json  # noqa: E402
 from utils.runtime import compile_backbone, place, select_device  # noqa: E402,F401 (scripts)
-from utils.jsonio import dumps as strict_dumps  # noqa: E402
+
 CHILD_MARK = "@@BENCH_RESULT@@ "     # prefix of the child's result line on stdout
 
 
-# ------------------------------------------------------------------------------------------------
-# machine
-def _cpu_name() -> str:
+def _proc(key: str, path: str = "/proc/self/status") -> int | str | None:
+    """A field of a /proc file: ``VmRSS`` etc. in bytes, ``model name`` as text; None if absent."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        m = re.search(rf"^{key}\s*:\s*(.+)$", Path(path).read_text(), re.M)
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return None
+    v = m and m.group(1).strip()
+    return int(v.split()[0]) * 1024 if v and v.endswith(" kB") else v
 
 
 def machine_info(device: torch.device) -> dict:
     """The machine and software the figures were measured on."""
-    info = {
-        "device": str(device),
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-    }
+    info = {"device": str(device),
+            "cpu": _proc("model name", "/proc/cpuinfo") or platform.processor()
+            or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, gpu_memory_mb=round(props.total_memory / 2**20),
@@ -76,94 +63,52 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-# ------------------------------------------------------------------------------------------------
-# synthetic inputs
 def synthetic_batch(batch_size: int, crop_hw: tuple[int, int], device: torch.device,
                     seed: int = 0) -> dict[str, torch.Tensor]:
-    """A batch with every key the training step and TTO read, shaped like the dataset's output.
-
-    Geometry is plausible (a person-sized box inside a 1000x1000 image, the crop maps from
-    ``utils.imutils``), values are random: img [B,3,H,W] ~ N(0,1) (ImageNet-normalised range);
-    pose [B,72] ~ N(0, 0.2²) axis-angle; betas [B,10] ~ N(0,1); pose_3d [B,24,4] (metres,
-    conf 1); keypoints [B,49,3] crop pixels inside the crop, conf 1; has_smpl, has_pose_3d [B]
-    ones; center [B,2], scale [B] (bbox height / 200), img_h, img_w, focal_length [B]
-    (CLIFF's diagonal focal), bbox_info [B,3], crop_trans [B,2,3].
-    """
+    """Every key the training step and TTO read, shaped like the dataset's output: plausible
+    geometry (a person-sized box in a 1000x1000 image), random values (img ~ N(0, 1))."""
     from utils import imutils
-    h, w = crop_hw
-    g = np.random.default_rng(seed)
-    B = batch_size
-    img_h = np.full(B, 1000.0)
-    img_w = np.full(B, 1000.0)
+    (h, w), B, g = crop_hw, batch_size, np.random.default_rng(seed)
+    img_h = img_w = np.full(B, 1000.0)
     center = np.stack([g.uniform(400, 600, B), g.uniform(400, 600, B)], -1)
     scale = g.uniform(1.5, 2.5, B)
     focal = imutils.diagonal_focal(img_h, img_w) * np.ones(B)
-    crop_trans = np.stack([imutils.get_affine_transform(center[i], scale[i], 0.0, (w, h))
-                           for i in range(B)])
     kp = np.concatenate([g.uniform(0.1 * w, 0.9 * w, (B, 49, 1)),
                          g.uniform(0.1 * h, 0.9 * h, (B, 49, 1)), np.ones((B, 49, 1))], -1)
     pose_3d = np.concatenate([g.normal(0, 0.3, (B, 24, 3)), np.ones((B, 24, 1))], -1)
-    arrays = {
-        "img": g.standard_normal((B, 3, h, w)),
-        "pose": g.normal(0, 0.2, (B, 72)),
-        "betas": g.standard_normal((B, 10)),
-        "pose_3d": pose_3d,
-        "keypoints": kp,
-        "has_smpl": np.ones(B),
-        "has_pose_3d": np.ones(B),
-        "center": center,
-        "scale": scale,
-        "img_h": img_h,
-        "img_w": img_w,
-        "focal_length": focal,
-        "bbox_info": imutils.bbox_info(center, scale, img_h, img_w, focal),
-        "crop_trans": crop_trans,
-    }
+    arrays = {"img": g.standard_normal((B, 3, h, w)), "pose": g.normal(0, 0.2, (B, 72)),
+              "betas": g.standard_normal((B, 10)), "pose_3d": pose_3d, "keypoints": kp,
+              "has_smpl": np.ones(B), "has_pose_3d": np.ones(B), "center": center,
+              "scale": scale, "img_h": img_h, "img_w": img_w, "focal_length": focal,
+              "bbox_info": imutils.bbox_info(center, scale, img_h, img_w, focal),
+              "crop_trans": np.stack([imutils.get_affine_transform(c, s, 0.0, (w, h))
+                                      for c, s in zip(center, scale)])}
     return {k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=device)
             for k, v in arrays.items()}
 
 
-# ------------------------------------------------------------------------------------------------
-# body model
-def cache_root() -> Path:
-    """Folder holding the stand-in body model of the benchmarks."""
-    return Path(os.environ.get("METAHMR_BENCH_CACHE",
-                               Path.home() / ".cache" / "metahmr_bench")).expanduser()
-
-
 def body_model_root(root: str | os.PathLike | None = None) -> Path:
-    """A data root holding ``data/smpl/SMPL_NEUTRAL.pkl``, ``data/J_regressor_extra.npy`` and
-    ``data/smpl_mean_params.npz``.
-
-    ``root`` given: used as is (e.g. the real data root, to time the real SMPL). Otherwise the
-    synthetic world's neutral model, regressors and mean parameters
-    (``datasets.synthetic.write_body_files``, about 2 s) are written into :func:`cache_root`
-    the first time.
-    """
+    """A data root with the neutral SMPL, J_regressor_extra and mean parameters: ``root`` (e.g.
+    the real one), else the cache folder (the synthetic ones written there the first time)."""
+    from config import DataPaths, MissingFileError
     if root is not None:
         return Path(root)
-    root = cache_root()
-    from config import DataPaths, MissingFileError
+    root = Path(os.environ.get("METAHMR_BENCH_CACHE",
+                               Path.home() / ".cache" / "metahmr_bench")).expanduser()
     paths = DataPaths(root)
     try:
-        paths.smpl_model("neutral")
-        paths.j_regressor_extra()
-        paths.smpl_mean_params()
-        return root
+        paths.smpl_model("neutral"), paths.j_regressor_extra(), paths.smpl_mean_params()
     except MissingFileError:
-        pass
-    print(f"writing the synthetic body model into {paths.data_dir} (once)", file=sys.stderr)
-    from datasets.synthetic import write_body_files
-    write_body_files(paths, genders=("neutral",))
+        print(f"writing the synthetic body model into {paths.data_dir} (once)", file=sys.stderr)
+        from datasets.synthetic import write_body_files
+        write_body_files(paths, genders=("neutral",))
     return root
 
 
 def setup(args, o: argparse.Namespace, device: torch.device, compile_aux: bool = True):
-    """(main, aux, smpl, batch) for the options ``o`` of one mode: random-weight networks
-    (seeded by ``--seed``, placed as the scripts place them) with the mean parameters of
-    :func:`body_model_root` (``--smpl_root``), its neutral SMPL, a synthetic batch of
-    ``--batch_size`` at ``o``'s crop, every BatchNorm calibrated on it. ``--compile``: the
-    backbones compiled (the aux one too unless ``compile_aux`` is False)."""
+    """(main, aux, smpl, batch) for the options ``o`` of one mode: random-weight networks placed
+    as the scripts place them (``--compile``: backbones compiled, the aux one if
+    ``compile_aux``), a synthetic batch at ``o``'s crop, every BatchNorm calibrated on it."""
     from config import DataPaths
     from constants import crop_size
     from models import build_model
@@ -175,26 +120,18 @@ def setup(args, o: argparse.Namespace, device: torch.device, compile_aux: bool =
             for role in ("main", "aux")]
     for net in nets[:(2 if compile_aux else 1) if args.compile else 0]:
         compile_backbone(net)
-    smpl = build_smpl(paths, "neutral").to(device)
     batch = synthetic_batch(args.batch_size, crop_size(o.bbox_type), device, args.seed)
     for net in nets:
         calibrate_batchnorm(net, batch)
-    return nets[0], nets[1], smpl, batch
+    return nets[0], nets[1], build_smpl(paths, "neutral").to(device), batch
 
 
 @torch.no_grad()
 def calibrate_batchnorm(net: torch.nn.Module, batch: dict) -> None:
-    """Set every BatchNorm's running statistics to those of ``batch`` (one forward pass in
-    training mode with a cumulative average); the network's mode is restored.
-
-    A random-weight network in eval mode normalises with running mean 0 / variance 1, which
-    does not normalise at all: through ResNet-50's 53 layers the features grow until the first
-    test-time step is non-finite (and TTO stops after one step). Calibrated, the eval-mode
-    network has activations of a trained one's scale, so every step runs.
-    """
+    """BatchNorm running statistics := those of ``batch``. Uncalibrated, a random network in
+    eval mode does not normalise, and through ResNet-50 the first TTO step turns non-finite."""
     bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in bns]
-    was_training = net.training
+    momenta, was_training = [m.momentum for m in bns], net.training
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
@@ -205,109 +142,46 @@ def calibrate_batchnorm(net: torch.nn.Module, batch: dict) -> None:
     net.train(was_training)
 
 
-# ------------------------------------------------------------------------------------------------
-# timing and memory
-def time_iterations(fn: Callable[[], object], iters: int, warmup: int,
-                    device: torch.device) -> tuple[list[float], list[float]]:
-    """Wall seconds and process CPU seconds (all threads) of each of ``iters`` calls of ``fn``
-    after ``warmup`` untimed calls. On a shared machine the wall time rises with the other
-    processes' load; the CPU time much less (a contended CPU still inflates it a little)."""
-    for _ in range(warmup):
+def timed(fn, device: torch.device) -> tuple[float, float]:
+    """Wall and process CPU seconds (all threads; less sensitive to a shared machine's load)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def measure(fn, args, device: torch.device, unit: str) -> dict:
+    """Wall and CPU seconds per ``unit`` of ``--iters`` calls after ``--warmup`` ones, and the
+    peak memory (MiB) above the start's: CUDA ``max_memory_allocated``; CPU the RSS high-water
+    mark, reset through ``/proc/self/clear_refs`` (else ``ru_maxrss``, a lower bound)."""
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base, method = (torch.cuda.memory_allocated(device),
+                        "cuda max_memory_allocated - allocated at start")
+    else:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            method = "RSS high-water (VmHWM, reset at start) - RSS at start"
+        except OSError:
+            method = "ru_maxrss - RSS at start (lower bound: peak not resettable)"
+        base = _proc("VmRSS") or 0
+    for _ in range(args.warmup):
         fn()
     synchronize(device)
-    wall, cpu = [], []
-    for _ in range(iters):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        synchronize(device)
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return wall, cpu
-
-
-def _status_kb(key: str) -> int:
-    m = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    if m is None:
-        raise OSError(f"/proc/self/status has no {key}")
-    return int(m.group(1))
-
-
-def _reset_rss_peak() -> bool:
-    """Reset the process's RSS high-water mark (Linux >= 4.0); False where impossible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class PeakMemory:
-    """Peak memory of a code region, in MiB, above what was in use when the region began.
-
-    CUDA: ``torch.cuda.max_memory_allocated`` (stats reset on entry), minus the memory
-    allocated on entry. CPU: the RSS high-water mark (``VmHWM``, reset on entry through
-    ``/proc/self/clear_refs``; else ``getrusage().ru_maxrss``, then only a lower bound when the
-    set-up peaked higher) minus the RSS on entry. After the region: ``peak_mb`` (increase),
-    ``total_mb`` (absolute peak), ``method``.
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def __enter__(self) -> "PeakMemory":
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-            self.method = "cuda max_memory_allocated - allocated at start"
-        else:
-            self.reset = _reset_rss_peak()
-            self.base = _rss_bytes()
-            self.method = ("RSS high-water (VmHWM, reset at start) - RSS at start" if self.reset
-                           else "ru_maxrss - RSS at start (lower bound: peak not resettable)")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        elif self.reset:
-            peak = _status_kb("VmHWM") * 1024
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        self.peak_mb = (peak - self.base) / 2**20
-        self.total_mb = peak / 2**20
-
-
-def _rss_bytes() -> int:
-    try:
-        return _status_kb("VmRSS") * 1024
-    except OSError:
-        return 0
-
-
-def summarize(times: Sequence[float]) -> dict:
-    """Median (the figure), mean, min and max of per-iteration seconds."""
-    return {"median": statistics.median(times), "mean": statistics.fmean(times),
-            "min": min(times), "max": max(times), "n": len(times)}
-
-
-def measure(fn: Callable[[], object], args, device: torch.device, unit: str) -> dict:
-    """Time ``--iters`` calls of ``fn`` after ``--warmup`` under :class:`PeakMemory`: wall and
-    CPU seconds per ``unit`` (medians, and every call's), mean / min / max, peak memory."""
-    with PeakMemory(device) as mem:
-        times, cpu_times = time_iterations(fn, args.iters, args.warmup, device)
-    t = summarize(times)
-    return {f"s_per_{unit}": t["median"], f"cpu_s_per_{unit}": summarize(cpu_times)["median"],
-            "peak_mb": mem.peak_mb, "peak_total_mb": mem.total_mb, "times_s": times,
-            "cpu_times_s": cpu_times, "mean_s": t["mean"], "min_s": t["min"], "max_s": t["max"],
-            "memory_method": mem.method}
+    wall, cpu = map(list, zip(*[timed(fn, device) for _ in range(args.iters)]))
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else _proc("VmHWM") if method.startswith("RSS")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {f"s_per_{unit}": statistics.median(wall), f"cpu_s_per_{unit}": statistics.median(cpu),
+            "peak_mb": (peak - base) / 2**20, "peak_total_mb": peak / 2**20, "times_s": wall,
+            "cpu_times_s": cpu, "mean_s": statistics.fmean(wall), "min_s": min(wall),
+            "max_s": max(wall), "memory_method": method}
 
 
 def add_ratios(modes: dict, base: str, unit: str, time_key: str) -> None:
-    """Each mode's time (``time_key``), CPU time and peak memory over mode ``base``'s (None
-    where ``base`` was not measured or its figure is 0)."""
+    """Each mode's time (as ``time_key``), CPU time and peak memory over ``base``'s, or None."""
     b = modes.get(base)
     for r in modes.values():
         for key, fig in ((time_key, f"s_per_{unit}"), (f"cpu_ratio_to_{base}", f"cpu_s_per_{unit}"),
@@ -315,65 +189,9 @@ def add_ratios(modes: dict, base: str, unit: str, time_key: str) -> None:
             r[key] = r[fig] / b[fig] if b and b[fig] > 0 else None
 
 
-# ------------------------------------------------------------------------------------------------
-# one child process per mode
-def run_child(script: str | os.PathLike, mode: str, args: argparse.Namespace) -> dict:
-    """Parent side: run ``script --_child JSON`` in a fresh interpreter, JSON = the mode and the
-    parent's parsed options; the figures the child printed (:func:`bench_main`)."""
-    cmd = [sys.executable, str(script), "--_child",
-           strict_dumps({"mode": mode, "options": vars(args)})]
-    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(CHILD_MARK)]
-    other = [ln for ln in proc.stdout.splitlines() if not ln.startswith(CHILD_MARK)]
-    if other:
-        print("\n".join(other))
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"mode {mode!r} failed (exit code {proc.returncode}); its traceback is "
-                           f"above. Command: {shlex.join(cmd)}")
-    return json.loads(lines[-1][len(CHILD_MARK):])
-
-
-# ------------------------------------------------------------------------------------------------
-# output
-def print_header(what: str, settings: str, res: dict, unit: str = "iters") -> None:
-    """The line above a table: what was timed, its settings, the machine."""
-    c, m = res["config"], res["machine"]
-    print(f"\n{what}, {c['model']}/{c['backbone']}, batch {c['batch_size']}, crop "
-          f"{c['crop_hw'][0]}x{c['crop_hw'][1]}, {settings}, {c['iters']} {unit} after "
-          f"{c['warmup']} warm-up; {m['device']} ({m.get('gpu', m['cpu'])}), "
-          f"{m['torch_threads']} threads, torch {m['torch']}")
-
-
-def print_table(title: str | None, columns: Sequence[tuple[str, str, str]],
-                rows: dict[str, dict]) -> None:
-    """Print ``rows`` {name: figures} as a table; columns: (key, header, format spec)."""
-    width = max([4] + [len(n) for n in rows]) + 2
-    cw = [max(len(h), 10) + 2 for _, h, _ in columns]
-    if title:
-        print(title)
-    print(f"{'mode':<{width}}" + "".join(f"{h:>{c}}" for (_, h, _), c in zip(columns, cw)))
-    for name, r in rows.items():
-        cells = []
-        for (k, _, fmt), c in zip(columns, cw):
-            v = r.get(k)
-            cells.append(f"{'-' if v is None else format(v, fmt):>{c}}")
-        print(f"{name:<{width}}" + "".join(cells))
-
-
-def write_json(path: str | os.PathLike, data: dict) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(strict_dumps(data, indent=2) + "\n")
-    print(f"wrote {p}")
-
-
-# ------------------------------------------------------------------------------------------------
-# options and the entry point
 def network_parser(doc: str, batch_size: int, batch_help: str, modes, iters: int,
                    warmup: int) -> argparse.ArgumentParser:
-    """Argument parser with the options every benchmark shares: the network, crop, device and
-    seed options of ``utils.options`` (default seed 0, crop rect), batch, timing, modes,
-    output. ``modes``: the script's mode names (all measured by default)."""
+    """The options every benchmark shares (network, crop, device, seed: ``utils.options``)."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     project_options.add_model_options(p)
@@ -381,24 +199,22 @@ def network_parser(doc: str, batch_size: int, batch_help: str, modes, iters: int
     project_options.add_device(p)
     project_options.add_seed(p)
     p.set_defaults(seed=0)
-    p.add_argument("--batch_size", type=int, default=batch_size, help=batch_help)
-    p.add_argument("--iters", type=int, default=iters, help="timed calls per mode")
-    p.add_argument("--warmup", type=int, default=warmup, help="untimed calls before timing")
-    p.add_argument("--modes", default=",".join(modes),
-                   help=f"comma-separated subset of {','.join(modes)}")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the backbones (utils.runtime.compile_backbone); the "
-                        "warm-up calls absorb the compilation")
-    p.add_argument("--smpl_root", default=None,
-                   help="data root holding data/smpl/SMPL_NEUTRAL.pkl, data/J_regressor_extra.npy "
-                        "and data/smpl_mean_params.npz (default: the synthetic stand-ins, "
-                        "cached in ~/.cache/metahmr_bench or $METAHMR_BENCH_CACHE)")
-    p.add_argument("--in_process", action="store_true",
-                   help="measure every mode in this process (faster; on the CPU a mode's peak "
-                        "memory can then be hidden by an earlier one's)")
-    p.add_argument("--json", default=None, help="also write the figures to this file")
-    p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    add = p.add_argument
+    add("--batch_size", type=int, default=batch_size, help=batch_help)
+    add("--iters", type=int, default=iters, help="timed calls per mode")
+    add("--warmup", type=int, default=warmup, help="untimed calls before timing")
+    add("--modes", default=",".join(modes), help=f"comma-separated subset of {','.join(modes)}")
+    add("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add("--compile", action="store_true", help="torch.compile the backbones (utils.runtime."
+        "compile_backbone); the warm-up calls absorb the compilation")
+    add("--smpl_root", default=None,
+        help="data root holding data/smpl/SMPL_NEUTRAL.pkl, data/J_regressor_extra.npy and "
+             "data/smpl_mean_params.npz (default: the synthetic stand-ins, cached in "
+             "~/.cache/metahmr_bench or $METAHMR_BENCH_CACHE)")
+    add("--in_process", action="store_true", help="measure every mode in this process (faster; "
+        "on the CPU a mode's peak memory can then be hidden by an earlier one's)")
+    add("--json", default=None, help="also write the figures to this file")
+    add("--_child", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -416,32 +232,139 @@ def parse_bench_args(p: argparse.ArgumentParser, argv, modes) -> argparse.Namesp
     return args
 
 
-def measure_modes(args, script: str, measure_mode: Callable) -> dict:
-    """Measure every mode of ``args.mode_list``: each in a fresh child process (honest peak
-    memory), or in this process with ``--in_process``."""
+def bench_main(args, script: str, measure_mode, run, report) -> int:
+    """Entry of train_step.py and tto.py: a child (``--_child``) prints one mode's figures on a
+    marked line; the parent measures every mode (a child each unless ``--in_process``), gets
+    the result and its config from ``run``, prints the table (``report``), writes ``--json``."""
+    child = json.loads(args._child) if args._child else None
+    args = argparse.Namespace(**child["options"]) if child else args
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if child:
+        print(CHILD_MARK + dumps(measure_mode(args, child["mode"])), flush=True)
+        return 0
     body_model_root(args.smpl_root)        # written once, before the children start
     modes = {}
     for mode in args.mode_list:
         print(f"measuring {mode} ...", file=sys.stderr, flush=True)
-        modes[mode] = (measure_mode(args, mode) if args.in_process
-                       else run_child(script, mode, args))
-    return modes
-
-
-def bench_main(args, measure_mode: Callable, run: Callable, report: Callable) -> int:
-    """Shared entry of the benchmark scripts: a child (``--_child``) measures one mode with the
-    parent's options and prints its figures on one marked line; the parent runs all modes
-    (one child each), prints the table and writes ``--json``."""
-    child = json.loads(args._child) if args._child else None
-    if child:
-        args = argparse.Namespace(**child["options"])
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if child:
-        print(CHILD_MARK + strict_dumps(measure_mode(args, child["mode"])), flush=True)
-        return 0
-    res = run(args)
+        if args.in_process:
+            modes[mode] = measure_mode(args, mode)
+            continue
+        cmd = [sys.executable, script, "--_child", dumps({"mode": mode, "options": vars(args)})]
+        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        lines = proc.stdout.splitlines()
+        marked = [ln[len(CHILD_MARK):] for ln in lines if ln.startswith(CHILD_MARK)]
+        if other := [ln for ln in lines if not ln.startswith(CHILD_MARK)]:
+            print("\n".join(other))
+        if proc.returncode != 0 or not marked:
+            raise RuntimeError(f"mode {mode!r} failed (exit code {proc.returncode}); its "
+                               f"traceback is above. Command: {shlex.join(cmd)}")
+        modes[mode] = json.loads(marked[-1])
+    device = select_device(args.device)
+    from constants import crop_size
+    res, config = run(args, modes, device)
+    res.update(machine=machine_info(device), config={
+        **config, "crop_hw": list(crop_size(args.bbox_type)), "iters": args.iters,
+        "warmup": args.warmup, "isolated_processes": not args.in_process, "weights": "random",
+        "inputs": "synthetic random batch",
+        "body_model": "given root" if args.smpl_root else "synthetic stand-in (SMPL format)"})
     report(res)
     if args.json:
-        write_json(args.json, res)
+        print(f"wrote {write_json(args.json, res)}")
+    return 0
+
+
+def print_results(res: dict, what: str, settings: str, unit: str, base: str, head: list,
+                  tail: list = (), fmt: str = ".3f", counted: str = "iters") -> None:
+    """What was timed, on what, then the table: ``head``, CPU figures, memory, ``tail``."""
+    c, m = res["config"], res["machine"]
+    print(f"\n{what}, {c['model']}/{c['backbone']}, batch {c['batch_size']}, crop "
+          f"{c['crop_hw'][0]}x{c['crop_hw'][1]}, {settings}, {c['iters']} {counted} after "
+          f"{c['warmup']} warm-up; {m['device']} ({m.get('gpu', m['cpu'])}), "
+          f"{m['torch_threads']} threads, torch {m['torch']}")
+    cpu = [(f"cpu_s_per_{unit}", f"CPU s/{unit}", fmt),
+           (f"cpu_ratio_to_{base}", f"CPU x {base}", ".2f")]
+    print_table([*head, *(cpu if m["device"] == "cpu" else []), ("peak_mb", "peak MiB", ".0f"),
+                 (f"peak_ratio_to_{base}", f"mem x {base}", ".2f"), *tail], res["modes"])
+
+
+def print_table(columns: list[tuple[str, str, str]], rows: dict[str, dict]) -> None:
+    """``rows`` {name: figures} as a table; columns: (key, header, format spec)."""
+    width, cw = max([4] + [len(n) for n in rows]) + 2, [max(len(h), 10) + 2 for _, h, _ in columns]
+    print(f"{'mode':<{width}}" + "".join(f"{h:>{c}}" for (_, h, _), c in zip(columns, cw)))
+    for name, r in rows.items():
+        print(f"{name:<{width}}" + "".join(f"{'-' if r.get(k) is None else format(r[k], f):>{c}}"
+                                           for (k, _, f), c in zip(columns, cw)))
+
+
+def data_speed(doc: str, argv=None) -> int:
+    """``bench/data_speed.py`` (``doc``: its docstring)."""
+    from torch.utils.data import DataLoader, Subset
+    from config import SYNTHETIC_ROOT, DataPaths, MissingFileError
+    from datasets import BaseDataset
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data_root", type=str, default=SYNTHETIC_ROOT, help="data layout root")
+    p.add_argument("--img_root", type=str, default=None,
+                   help="image folders root (default <root>/datasets)")
+    p.add_argument("--dataset", type=str, default="h36m", help="training dataset name")
+    project_options.add_bbox_type(p, "rect")
+    p.add_argument("--no_syn_occ", action="store_true", help="switch synthetic occlusion off")
+    p.add_argument("--ALB", action="store_true", help="photometric augmentation on")
+    p.add_argument("--n", type=int, default=300, help="samples per measurement")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    p.add_argument("--batch_size", type=int, default=16, help="DataLoader batch size")
+    project_options.add_seed(p)
+    p.set_defaults(seed=0)
+    p.add_argument("--json", type=str, default=None, help="also write the figures to this file")
+    a = p.parse_args(argv)
+    o = project_options.train_parser().parse_args([])   # train.py's augmentation
+    vars(o).update(data_root=a.data_root, img_root=a.img_root, bbox_type=a.bbox_type,
+                   syn_occ=not a.no_syn_occ, ALB=a.ALB)
+    t0 = time.perf_counter()
+    try:
+        ds = BaseDataset(o, a.dataset, is_train=True, paths=DataPaths.from_options(o))
+    except MissingFileError as e:
+        print(f"{e}\nBuild the synthetic world with: python -m datasets.synthetic "
+              f"--root {SYNTHETIC_ROOT}", file=sys.stderr)
+        return 2
+    init_s, n_ds = time.perf_counter() - t0, len(ds)
+    np.random.seed(a.seed)
+    torch.set_num_threads(1)
+
+    def row(n: int, t: float) -> dict:
+        return {"samples_per_s": n / t, "ms_per_sample": 1e3 * t / n}
+
+    def rate(fn) -> dict:
+        for i in range(5):
+            fn(i)
+        t0 = time.perf_counter()
+        for i in range(a.n):
+            fn(i)
+        return row(a.n, time.perf_counter() - t0)
+
+    rows = {"image read only": rate(lambda i: ds._read_image(i % n_ds)),
+            "pipeline, 1 process": rate(lambda i: ds[i % n_ds])}
+    if a.workers > 0:
+        idx = [i % n_ds for i in range(a.n + a.batch_size * (a.workers + 1))]
+        it = iter(DataLoader(Subset(ds, idx), batch_size=a.batch_size, num_workers=a.workers,
+                             shuffle=False, persistent_workers=False, prefetch_factor=2))
+        next(it)  # workers started and the pipeline full
+        done, t0 = 0, time.perf_counter()
+        for batch in it:
+            done += batch["img"].shape[0]
+        rows[f"DataLoader, {a.workers} workers"] = row(done, time.perf_counter() - t0)
+    first = ds[0]
+    res = {"dataset": a.dataset, "n_samples_in_dataset": n_ds, "init_s": init_s,
+           "crop": list(first["img"].shape), "syn_occ": not a.no_syn_occ, "ALB": a.ALB,
+           "image_size": [int(first["img_h"]), int(first["img_w"])], "modes": rows,
+           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                       "python": platform.python_version(), "torch": torch.__version__}}
+    print(f"BaseDataset({a.dataset!r}, train), {n_ds} samples, images {res['image_size'][0]}x"
+          f"{res['image_size'][1]}, crop {res['crop'][1]}x{res['crop'][2]}, syn_occ="
+          f"{res['syn_occ']}, ALB={a.ALB}, init {init_s:.2f} s, {os.cpu_count()} CPUs")
+    print_table([("samples_per_s", "samples/s", ".1f"), ("ms_per_sample", "ms/sample", ".2f")],
+                rows)
+    if a.json:
+        print(f"wrote {write_json(a.json, res)}")
     return 0

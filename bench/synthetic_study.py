@@ -2,22 +2,14 @@
 
     python bench/synthetic_study.py --out bench/out/study   # the README's run: ~25 min, 2 cores
 
-On the synthetic world (``--world``, built or reused), CLIFF-ResNet18, rect crop x ``--crop_scale``:
-
-1. An aux network (3 IEF iterations) is trained first, plainly, from a random backbone (the
-   world's aux file is a random stand-in), and exported in the CLIFF aux-checkpoint format.
-2. Plain (``--no_inner``) and meta (``--first_order --tto_mode sample --inner_lr``) CLIFF train
-   from the same initialisation (the aux network's trunk as a ``pose_resnet.pth`` file; fresh
-   head), data order and number of ``--steps``.
-3. ``train.evaluation.evaluate`` scores both on synthetic 3DPW and H36M-p2 after 0..N + 1 TTO
-   weight updates per sample and per batch (``--tto_steps`` N; k + 1 = ``--test_val_step k``),
-   from one N-step TTO run per batch (:func:`traced_tto`); the aux network and the mean
-   parameters are scored without TTO for reference.
-
-Writes ``synthetic_study.{json,md,png}`` (every row; the tables; the paper's figure), ``runs/``
-and ``weights/`` into ``--out`` (md and png also into ``--docs_dir``). A training stage whose
-checkpoint was written with the same options and inputs is reused (delete ``runs/<name>`` to
-retrain). The world is synthetic: the numbers say nothing about the real datasets.
+On the synthetic world (``--world``, built or reused), CLIFF-ResNet18, rect crop x
+``--crop_scale``: an aux network trained plainly from a random backbone; plain and meta CLIFF
+trained from its trunk (same initialisation, data order, ``--steps``); both scored on synthetic
+3DPW and H36M-p2 after 0..N + 1 TTO updates per sample and per batch (``--tto_steps`` N), with
+the aux network and the mean parameters as no-TTO references. Writes
+``synthetic_study.{json,md,png}``, ``runs/`` and ``weights/`` into ``--out`` (md and png also
+into ``--docs_dir``); a stage trained with the same options and inputs is reused (delete
+``runs/<name>`` to retrain). The numbers say nothing about the real datasets.
 """
 from __future__ import annotations
 
@@ -26,7 +18,6 @@ import contextlib
 import dataclasses
 import datetime
 import gc
-import itertools
 import json
 import os
 import resource
@@ -50,14 +41,10 @@ from utils.options import add_crop_scale  # noqa: E402
 from utils.runtime import place, select_device  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ("plain", "meta")
-MODES = ("sample", "batch")
-METRICS = ("MPJPE", "PA-MPJPE", "PVE")                  # in the JSON
-SHOWN = ("MPJPE", "PA-MPJPE")                           # in the figure and the tables
-TEST_SETS = ("3dpw", "h36m-p2")
+MODELS, MODES, TEST_SETS = ("plain", "meta"), ("sample", "batch"), ("3dpw", "h36m-p2")
+METRICS, SHOWN = ("MPJPE", "PA-MPJPE", "PVE"), ("MPJPE", "PA-MPJPE")  # JSON; figure and tables
 TRAIN_SETS = ("h36m", "mpii", "coco", "mpi-inf-3dhp")   # the mixture without 3DPW
-AUX_N_ITER = 3                                          # IEF iterations of the aux network
-BACKBONE, BBOX = "resnet18", "rect"
+AUX_N_ITER, BACKBONE, BBOX = 3, "resnet18", "rect"     # IEF iterations of the aux network
 LRS = {"aux_lr": 1e-4, "outer_lr": 5e-5, "after_innerlr": 1e-5}   # Adam: aux, plain/meta, TTO
 INT_OPTIONS = (   # name, default, smallest value, help
     ("n_train", 200, 1, "samples of every training set of the mixture (H36M: twice this)"),
@@ -124,9 +111,9 @@ def world_sizes(a) -> dict[str, int]:
 
 def train_stage(a, name: str, extra: list[str], steps: int, depends: dict,
                 n_iter: int | None = None) -> dict:
-    """Train one run with the trainer of train.py (``n_iter`` IEF iterations; None = the main
-    network's) for ``steps``, or reuse its checkpoint when ``study_stage.json`` says it was written
-    with the same options and inputs (``depends``). Returns the stage summary with its stamp."""
+    """Train one run with train.py's trainer (``n_iter`` IEF iterations; None: the default) for
+    ``steps``, or reuse its checkpoint when ``study_stage.json`` says it was written with the same
+    options and inputs (``depends``). Returns the stage summary with its stamp."""
     from train.trainer import Trainer
     from utils.options import parse_train
     argv = ["--name", name, "--log_dir", str(Path(a.out) / "runs"), "--data_root", str(a.world),
@@ -156,9 +143,9 @@ def train_stage(a, name: str, extra: list[str], steps: int, depends: dict,
         raise RuntimeError(f"{name}: trained {tr.step} steps, expected {steps}")
     losses = [float(x) for x in tr.history]
     k = max(1, min(20, len(losses) // 5))
-    summary = {"steps": tr.step, **sw,
-               "loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k,
-               "loss_window": k, "n_nonfinite": tr.n_nonfinite, "argv": argv}
+    summary = {"steps": tr.step, **sw, "loss_first": sum(losses[:k]) / k,
+               "loss_last": sum(losses[-k:]) / k, "loss_window": k,
+               "n_nonfinite": tr.n_nonfinite, "argv": argv}
     del tr
     gc.collect()
     write_json(stamp_file, {"stamp": stamp, "summary": summary})
@@ -168,8 +155,7 @@ def train_stage(a, name: str, extra: list[str], steps: int, depends: dict,
 
 
 def network(world: Path, role: str = "main", n_iter: int | None = None, checkpoint=None):
-    """A CLIFF-ResNet18 network in eval mode, with the ``model`` weights of a training
-    checkpoint if one is given."""
+    """CLIFF-ResNet18 in eval mode, with the ``model`` weights of ``checkpoint`` if given."""
     from models import build_model
     from models.checkpoints import load_metahmr_checkpoint
     net = build_model("cliff", BACKBONE, role, BBOX, DataPaths(world).smpl_mean_params(),
@@ -179,11 +165,17 @@ def network(world: Path, role: str = "main", n_iter: int | None = None, checkpoi
     return net.eval()
 
 
-def export_aux(trained, weights: Path, world: Path):
-    """Write ``trained`` as a CLIFF aux checkpoint (loaded back, strict, and checked value by
-    value) and its trunk as a ``pose_resnet.pth`` file (loaded by the plain and meta runs).
-    Returns (the aux network, its file, the trunk file)."""
+def train_networks(a, world: Path) -> tuple[dict, torch.nn.Module]:
+    """The aux, plain and meta stages (their summaries) and the aux network, exported as a
+    CLIFF aux checkpoint (loaded back strictly and checked value by value) and its trunk as a
+    ``pose_resnet.pth`` file (the plain and meta runs' initialisation)."""
     from models.checkpoints import load_aux_weights, resnet_aux_file, resnet_backbone_file
+    aux_stage = train_stage(a, "aux", ["--no_inner", "--no_pretrained_backbone", "--outer_lr",
+                                       str(LRS["aux_lr"]), "--seed", str(a.seed + 1)],
+                            a.aux_steps, {"world": json.loads((world / MANIFEST).read_text())},
+                            n_iter=AUX_N_ITER)
+    trained = network(world, n_iter=AUX_N_ITER, checkpoint=aux_stage["checkpoint"])
+    weights = Path(a.out) / "weights"
     aux_file, trunk_file = weights / "cliff_res18_aux.pt", weights / "resnet18_aux_trunk.pth"
     weights.mkdir(parents=True, exist_ok=True)
     torch.save(resnet_aux_file(trained), aux_file)
@@ -193,17 +185,6 @@ def export_aux(trained, weights: Path, world: Path):
     got = aux.state_dict()
     if bad := [k for k, v in trained.state_dict().items() if not torch.equal(got[k], v)]:
         raise RuntimeError(f"{aux_file}: {bad[0]} did not round-trip through load_aux_weights")
-    return aux, aux_file, trunk_file
-
-
-def train_networks(a, world: Path) -> tuple[dict, torch.nn.Module]:
-    """The aux, plain and meta stages (their summaries) and the exported aux network."""
-    aux_stage = train_stage(a, "aux", ["--no_inner", "--no_pretrained_backbone", "--outer_lr",
-                                       str(LRS["aux_lr"]), "--seed", str(a.seed + 1)],
-                            a.aux_steps, {"world": json.loads((world / MANIFEST).read_text())},
-                            n_iter=AUX_N_ITER)
-    trained = network(world, n_iter=AUX_N_ITER, checkpoint=aux_stage["checkpoint"])
-    aux, aux_file, trunk_file = export_aux(trained, Path(a.out) / "weights", world)
     common = ["--aux_checkpoint", str(aux_file), "--backbone_checkpoint", str(trunk_file),
               "--outer_lr", str(LRS["outer_lr"]), "--seed", str(a.seed)]
     after_aux = {"aux": aux_stage["stamp"], "main_init": "aux_trunk"}
@@ -216,11 +197,10 @@ def train_networks(a, world: Path) -> tuple[dict, torch.nn.Module]:
 
 @contextlib.contextmanager
 def traced_tto(n: int):
-    """Inside this context, ``evaluate`` with ``--test_val_step k`` (k <= n) takes its TTO result
-    from one run of ``n`` steps per batch (no early stop): the prediction after k + 1 updates,
-    which an observer of ``test_time_optimize`` keeps and which is what a run with
-    ``--test_val_step k`` returns (tests/test_tto.py); for k < n its 2D loss is NaN (not
-    computed)."""
+    """Inside, ``evaluate`` with ``--test_val_step k`` (k <= n) takes its TTO result from one run
+    of ``n`` steps per batch (no early stop): the prediction after k + 1 updates, kept by an
+    observer of ``test_time_optimize``, is what a run with ``--test_val_step k`` returns
+    (tests/test_tto.py); for k < n its 2D loss is NaN (not computed)."""
     tto, runs = ev.test_time_optimize, {}
 
     def traced(model, model_aux, batch, smpl, camera, cfg):
@@ -255,9 +235,10 @@ def score(a, net, aux, ds: str, mode: str, k: int, device) -> dict:
                        max_batches=-(-a.max_eval // a.eval_batch_size), log=log)
 
 
-def no_tto_references(a, aux, device) -> dict:
+def evaluate_models(a, nets: dict, aux, device) -> tuple[dict, list[dict], dict]:
     """No-TTO scores of the aux network and of the mean parameters (a network whose decoders
-    are zero) per test set."""
+    are zero) per test set; the rows (0..N + 1 updates) of every test set, model and TTO mode;
+    their timings."""
     mean = network(Path(a.world), "aux")
     with torch.no_grad():
         for layer in (mean.decpose, mean.decshape, mean.deccam):
@@ -269,34 +250,20 @@ def no_tto_references(a, aux, device) -> dict:
             r = score(a, net, net, ds, "batch", 0, device)
             refs[name][ds] = {m: r[m + "_before"] for m in METRICS} | {"n": r["n"]}
             log(f"{name} on {ds} (no TTO, {r['n']} samples): " + _fmt(refs[name][ds]))
-    return refs
-
-
-def tto_rows(a, name: str, net, aux, ds: str, mode: str, device) -> list[dict]:
-    """Rows for 0..N + 1 updates of one model, test set and TTO mode."""
-    with traced_tto(a.tto_steps):
-        results = [score(a, net, aux, ds, mode, k, device) for k in range(a.tto_steps + 1)]
-    r0, last = results[0], a.tto_steps
-    rows = [{"test_val_step": None, "updates": 0, **{m: r0[m + "_before"] for m in METRICS},
-             "n": r0["n"], "n_nonfinite": 0, "loss_2d": r0["loss_2d_before"]}]
-    rows += [{"test_val_step": k, "updates": k + 1, **{m: r[m] for m in METRICS}, "n": r["n"],
-              "n_nonfinite": r["n_nonfinite"], "loss_2d": r["loss_2d_after"] if k == last else None}
-             for k, r in enumerate(results)]
-    return [{"dataset": ds, "model": name, "mode": mode, **row} for row in rows]
-
-
-def evaluate_models(a, nets: dict, aux, device) -> tuple[list[dict], dict]:
-    """The rows of every test set, model and TTO mode, and their timings."""
-    rows, timings = [], {}
-    for ds in TEST_SETS:
-        for name, net in nets.items():
-            for mode in MODES:
-                with stopwatch() as timings[f"{name}/{ds}/{mode}"]:
-                    curve = tto_rows(a, name, net, aux, ds, mode, device)
-                rows += curve
-                log(f"{name} {ds} {mode}: MPJPE by updates "
-                    + " ".join(f"{x['MPJPE']:.1f}" for x in curve))
-    return rows, timings
+    rows, timings, last = [], {}, a.tto_steps
+    for ds, name, mode in ((d, n, m) for d in TEST_SETS for n in nets for m in MODES):
+        with stopwatch() as timings[f"{name}/{ds}/{mode}"], traced_tto(a.tto_steps):
+            res = [score(a, nets[name], aux, ds, mode, k, device) for k in range(last + 1)]
+        r0 = res[0]
+        curve = [{"test_val_step": None, "updates": 0, **{m: r0[m + "_before"] for m in METRICS},
+                  "n": r0["n"], "n_nonfinite": 0, "loss_2d": r0["loss_2d_before"]}] + [
+            {"test_val_step": k, "updates": k + 1, **{m: r[m] for m in METRICS}, "n": r["n"],
+             "n_nonfinite": r["n_nonfinite"], "loss_2d": r["loss_2d_after"] if k == last else None}
+            for k, r in enumerate(res)]
+        rows += [{"dataset": ds, "model": name, "mode": mode, **row} for row in curve]
+        log(f"{name} {ds} {mode}: MPJPE by updates "
+            + " ".join(f"{x['MPJPE']:.1f}" for x in curve))
+    return refs, rows, timings
 
 
 def _fmt(s: dict) -> str:
@@ -308,7 +275,7 @@ def _curve(rows, ds, model, mode, metric) -> list[float]:
     return [r[metric] for r in sorted(sel, key=lambda r: r["updates"])]
 
 
-def plot(result: dict, path: Path) -> Path:
+def plot(result: dict, path: Path) -> None:
     """Error against TTO updates, plain vs meta (rows: test sets; columns: MPJPE, PA-MPJPE)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -316,14 +283,13 @@ def plot(result: dict, path: Path) -> Path:
     rows, refs, s = result["rows"], result["no_tto_references"], result["settings"]
     fig, axes = plt.subplots(len(TEST_SETS), len(SHOWN), figsize=(9, 3.3 * len(TEST_SETS)),
                              squeeze=False)
-    colours, styles = {"plain": "tab:blue", "meta": "tab:red"}, {"sample": "-o", "batch": "--s"}
     x = list(range(s["tto_steps"] + 2))
-    for (i, ds), (j, metric) in itertools.product(enumerate(TEST_SETS), enumerate(SHOWN)):
+    for (i, ds), (j, metric) in ((d, m) for d in enumerate(TEST_SETS) for m in enumerate(SHOWN)):
         ax = axes[i][j]
-        for model in MODELS:
-            for mode in MODES:
-                ax.plot(x, _curve(rows, ds, model, mode, metric), styles[mode], ms=4,
-                        color=colours[model], label=f"{model}, TTO {mode}")
+        for model, mode in ((m, md) for m in MODELS for md in MODES):
+            ax.plot(x, _curve(rows, ds, model, mode, metric),
+                    {"sample": "-o", "batch": "--s"}[mode], ms=4, label=f"{model}, TTO {mode}",
+                    color={"plain": "tab:blue", "meta": "tab:red"}[model])
         ax.axhline(refs["aux"][ds][metric], color="0.4", ls=":", label="aux network (no TTO)")
         ax.axhline(refs["mean_parameters"][ds][metric], color="0.6", ls="-.",
                    label="mean parameters")
@@ -338,31 +304,13 @@ def plot(result: dict, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-    return path
-
-
-def _test_set(result: dict, ds: str) -> list[str]:
-    """One test set's section: the no-TTO references and the table."""
-    rows, refs = result["rows"], result["no_tto_references"]
-    n_cols = result["settings"]["tto_steps"] + 2
-    lines = [f"## Synthetic {ds} ({refs['aux'][ds]['n']} samples)", "",
-             f"Without TTO: aux network {_fmt(refs['aux'][ds])} mm; the mean parameters "
-             f"{_fmt(refs['mean_parameters'][ds])} mm.", "",
-             "| metric (mm) | model | TTO mode | " + " | ".join(map(str, range(n_cols))) + " |",
-             "|---|---|---|" + "---:|" * n_cols]
-    for metric in SHOWN:
-        for model in MODELS:
-            for mode in MODES:
-                c = _curve(rows, ds, model, mode, metric)
-                cells = [f"**{v:.1f}**" if v == min(c) else f"{v:.1f}" for v in c]
-                lines.append(f"| {metric} | {model} | {mode} | " + " | ".join(cells) + " |")
-    return lines + [""]
 
 
 def markdown(result: dict) -> str:
     """The study as markdown: how it was run, the set-up, one table per test set."""
-    s, st, m = result["settings"], result["training"], result["machine"]
-    total = result["timings"]["total"]
+    s, st, m, refs = result["settings"], result["training"], result["machine"], \
+        result["no_tto_references"]
+    total, n_cols = result["timings"]["total"], s["tto_steps"] + 2
     lines = [
         "# Synthetic reproduction study: plain vs meta-trained CLIFF, error against TTO steps", "",
         f"Generated {result['date']} by", "", f"    {result['command']}", "",
@@ -385,22 +333,19 @@ def markdown(result: dict) -> str:
         "steps): " + "; ".join(f"{n} {st[n]['loss_first']:.2f} -> {st[n]['loss_last']:.2f}"
                                for n in ("aux", *MODELS)) + ".", ""]
     for ds in TEST_SETS:
-        lines += _test_set(result, ds)
+        lines += [f"## Synthetic {ds} ({refs['aux'][ds]['n']} samples)", "",
+                  f"Without TTO: aux network {_fmt(refs['aux'][ds])} mm; the mean parameters "
+                  f"{_fmt(refs['mean_parameters'][ds])} mm.", "",
+                  "| metric (mm) | model | TTO mode | " + " | ".join(map(str, range(n_cols)))
+                  + " |", "|---|---|---|" + "---:|" * n_cols]
+        for metric, model, mode in ((a, b, c) for a in SHOWN for b in MODELS for c in MODES):
+            c = _curve(result["rows"], ds, model, mode, metric)
+            lines.append(f"| {metric} | {model} | {mode} | " + " | ".join(
+                f"**{v:.1f}**" if v == min(c) else f"{v:.1f}" for v in c) + " |")
+        lines.append("")
     lines.append("Columns: TTO weight updates (0 = none; k + 1 = `--test_val_step k`). Bold: the "
                  "lowest error of the row. Every number: `synthetic_study.json`.")
     return "\n".join(lines) + "\n"
-
-
-def write_outputs(result: dict, out: Path, docs_dir: str = "") -> None:
-    """synthetic_study.{json,md,png} into ``out``; the md and the png also into ``docs_dir``."""
-    write_json(out / "synthetic_study.json", result)
-    (out / "synthetic_study.md").write_text(markdown(result))
-    png = plot(result, out / "synthetic_study.png")
-    log(f"wrote {out}/synthetic_study.{{json,md,png}} ({png.stat().st_size / 1024:.0f} KB png)")
-    if docs_dir:
-        Path(docs_dir).mkdir(parents=True, exist_ok=True)
-        for name in ("synthetic_study.md", "synthetic_study.png"):
-            shutil.copyfile(out / name, Path(docs_dir) / name)
 
 
 def main(argv=None) -> dict:
@@ -422,9 +367,7 @@ def main(argv=None) -> dict:
         nets = {n: place(network(world, checkpoint=stages[n]["checkpoint"]), device)
                 for n in MODELS}
         with stopwatch() as timings["evaluation"]:
-            aux = place(aux, device)
-            refs = no_tto_references(a, aux, device)
-            rows, eval_timings = evaluate_models(a, nets, aux, device)
+            refs, rows, eval_timings = evaluate_models(a, nets, place(aux, device), device)
     timings["total"] = total
     result = {"command": " ".join(["python bench/synthetic_study.py", *argv]),
               "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -434,7 +377,14 @@ def main(argv=None) -> dict:
               "notes": {"updates": "0 = no TTO (TTOResult.before); k + 1 = --test_val_step k",
                         "loss_2d": "mean TTO 2D loss of the returned prediction (None where "
                                    "the one N-step run per batch does not compute it)"}}
-    write_outputs(result, out, a.docs_dir)
+    write_json(out / "synthetic_study.json", result)
+    (out / "synthetic_study.md").write_text(markdown(result))
+    plot(result, out / "synthetic_study.png")
+    log(f"wrote {out}/synthetic_study.{{json,md,png}} "
+        f"({(out / 'synthetic_study.png').stat().st_size / 1024:.0f} KB png)")
+    for name in ("synthetic_study.md", "synthetic_study.png") if a.docs_dir else ():
+        Path(a.docs_dir).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / name, Path(a.docs_dir) / name)
     log(f"total {total['wall_s'] / 60:.1f} min wall, {total['cpu_s'] / 60:.1f} min CPU")
     return result
 

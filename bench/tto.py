@@ -2,25 +2,16 @@
 
     python bench/tto.py --model cliff --backbone resnet --batch_size 20 --device cpu \
                         [--tto_chunk 0] [--tto_workers 0] [--adapt_val_step] [--iters 3] \
-                        [--warmup 1] \
-                        [--json out.json]
+                        [--warmup 1] [--json out.json]
 
-Times ``train.tto.test_time_optimize`` on random-weight networks and a synthetic batch (no data
-file needed) at the seed README's evaluation settings: ``--inner_lr 1e-5 --after_innerlr 1e-5
---inner_step 1 --test_val_step 14`` (step 0 + 14 Adam steps), ``--bbox_type rect``.
-``--adapt_val_step`` is off by default so that every step runs (random weights would make the
-early stop arbitrary); turn it on to time the README command as is.
-
-Modes: ``batch`` (one adapted copy per batch, the released code) and ``sample`` (every sample
-adapted on its own; ``--tto_chunk`` samples vectorised together, 0 = ``test_time_optimize``'s
-automatic choice: the whole batch on CUDA, a loop over samples on the CPU). Figures:
-images per second (batch size / median seconds per batch), peak memory above the set-up
-(CPU: RSS high-water; CUDA: ``max_memory_allocated``), each mode in its own child process, and
-the sample/batch ratio.
+Times ``train.tto.test_time_optimize`` on random-weight networks and a synthetic batch at the
+seed README's settings (``--inner_lr 1e-5 --after_innerlr 1e-5 --inner_step 1 --test_val_step
+14``, rect crop; no early stop unless ``--adapt_val_step``) in the modes ``batch`` (released)
+and ``sample`` (``--tto_chunk`` samples vectorised together, 0 = auto): images per second, peak
+memory (one child process per mode), sample/batch ratios.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -37,7 +28,7 @@ EVAL_KEYS = ("backbone", "batch_size", "bbox_type", "device", "seed", "tto_chunk
              "test_val_step", "adapt_val_step")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None):
     p = common.network_parser(__doc__, batch_size=20, batch_help="evaluation (TTO) batch size",
                               modes=MODES, iters=3, warmup=1)
     project_options.add_tto_parallel(p)
@@ -52,27 +43,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def eval_options(args, mode: str) -> argparse.Namespace:
-    """The evaluation options of one mode: the eval script's defaults, the README's TTO rates,
-    the mode, then this benchmark's network, batch, device, seed and TTO settings."""
-    o = project_options.eval_parser(args.model).parse_args([*README_TTO, "--tto_mode", mode])
-    vars(o).update({k: getattr(args, k) for k in EVAL_KEYS})
-    return project_options.resolve(project_options.fill_checkpoint_defaults(o))
-
-
 def measure_mode(args, mode: str) -> dict:
-    """Build networks, SMPL and a batch; time ``test_time_optimize`` in this process (with
-    ``--compile``: the main backbone, whose weights TTO swaps every step)."""
+    """Time ``test_time_optimize`` of one mode in this process: the eval script's defaults, the
+    README's TTO rates, the mode, then this benchmark's options (EVAL_KEYS). ``--compile``: the
+    main backbone only (TTO swaps its weights every step)."""
     from train.tto import TTOConfig, test_time_optimize
     from utils.camera import Camera
+    o = project_options.eval_parser(args.model).parse_args([*README_TTO, "--tto_mode", mode])
+    vars(o).update({k: getattr(args, k) for k in EVAL_KEYS})
+    o = project_options.resolve(project_options.fill_checkpoint_defaults(o))
     device = common.select_device(args.device)
-    o = eval_options(args, mode)
     model, model_aux, smpl, batch = common.setup(args, o, device, compile_aux=False)
     model.eval()
-    model_aux.eval()
-    model_aux.requires_grad_(False)           # as in evaluation
-    camera, cfg = Camera.from_options(o), TTOConfig.from_options(o)
-    last = {}
+    model_aux.eval().requires_grad_(False)           # as in evaluation
+    camera, cfg, last = Camera.from_options(o), TTOConfig.from_options(o), {}
 
     def one():
         last["res"] = test_time_optimize(model, model_aux, batch, smpl, camera, cfg)
@@ -81,57 +65,40 @@ def measure_mode(args, mode: str) -> dict:
     res = last["res"]
     return {**r, "images_per_s": args.batch_size / r["s_per_batch"],
             "s_per_image": r["s_per_batch"] / args.batch_size,
-            "mean_steps": float(res.steps.float().mean()),
-            "nonfinite": int(res.nonfinite.sum()),
+            "mean_steps": float(res.steps.float().mean()), "nonfinite": int(res.nonfinite.sum()),
             "loss_2d_before": float(res.loss_2d_before.float().mean()),
             "loss_2d_after": float(res.loss_2d_after.float().mean())}
 
 
-def run(args) -> dict:
-    device = common.select_device(args.device)
-    modes = common.measure_modes(args, __file__, measure_mode)
+def run(args, modes: dict, device):
     ratios = {}
     if "batch" in modes and "sample" in modes:
         common.add_ratios(modes, "batch", "batch", "time_ratio_to_batch")
-        s = modes["sample"]
-        ratios = {"sample_over_batch_time": s["time_ratio_to_batch"],
-                  "sample_over_batch_peak_mb": s["peak_ratio_to_batch"]}
-    from constants import crop_size
-    config = {**{k: getattr(args, k) for k in EVAL_KEYS if k != "device"},
-              "model": args.model, "crop_hw": list(crop_size(args.bbox_type)),
-              "tto_chunk_note": "0 = auto: whole batch on CUDA, 1 on the CPU (train/tto.py)",
-              "steps": f"1 + {args.test_val_step}", "inner_lr": 1e-5, "after_innerlr": 1e-5,
-              "iters": args.iters, "warmup": args.warmup,
-              "isolated_processes": not args.in_process, "weights": "random",
-              "inputs": "synthetic random batch",
-              "body_model": "given root" if args.smpl_root else "synthetic stand-in (SMPL format)"}
-    return {"modes": modes, "ratios": ratios, "machine": common.machine_info(device),
-            "config": config}
+        ratios = {"sample_over_batch_time": modes["sample"]["time_ratio_to_batch"],
+                  "sample_over_batch_peak_mb": modes["sample"]["peak_ratio_to_batch"]}
+    return {"modes": modes, "ratios": ratios}, {
+        **{k: getattr(args, k) for k in EVAL_KEYS if k != "device"}, "model": args.model,
+        "tto_chunk_note": "0 = auto: whole batch on CUDA, 1 on the CPU (train/tto.py)",
+        "steps": f"1 + {args.test_val_step}", "inner_lr": 1e-5, "after_innerlr": 1e-5}
 
 
 def report(res: dict) -> None:
     c = res["config"]
-    common.print_header("test_time_optimize", f"steps {c['steps']}, adapt_val_step "
-                        f"{'on' if c['adapt_val_step'] else 'off'}, tto_chunk "
-                        f"{c['tto_chunk'] or '0 (auto)'}, tto_workers "
-                        f"{c['tto_workers'] or '0 (auto)'}", res, unit="batches")
-    cols = [("images_per_s", "img/s", ".2f"), ("s_per_batch", "s/batch", ".2f"),
-            ("time_ratio_to_batch", "time x batch", ".2f")]
-    if res["machine"]["device"] == "cpu":
-        cols += [("cpu_s_per_batch", "CPU s/batch", ".2f"),
-                 ("cpu_ratio_to_batch", "CPU x batch", ".2f")]
-    cols += [("peak_mb", "peak MiB", ".0f"), ("peak_ratio_to_batch", "mem x batch", ".2f"),
-             ("mean_steps", "steps", ".1f"), ("nonfinite", "nonfinite", "d")]
-    common.print_table(None, cols, res["modes"])
-    r = res["ratios"]
-    if r:
+    common.print_results(
+        res, "test_time_optimize", f"steps {c['steps']}, adapt_val_step "
+        f"{'on' if c['adapt_val_step'] else 'off'}, tto_chunk {c['tto_chunk'] or '0 (auto)'}, "
+        f"tto_workers {c['tto_workers'] or '0 (auto)'}", "batch", "batch",
+        [("images_per_s", "img/s", ".2f"), ("s_per_batch", "s/batch", ".2f"),
+         ("time_ratio_to_batch", "time x batch", ".2f")],
+        [("mean_steps", "steps", ".1f"), ("nonfinite", "nonfinite", "d")], ".2f", "batches")
+    if r := res["ratios"]:
         print(f"sample/batch: {r['sample_over_batch_time']:.2f}x the time per batch"
               + (f", {r['sample_over_batch_peak_mb']:.2f}x the peak memory"
                  if r["sample_over_batch_peak_mb"] is not None else ""))
 
 
 def main(argv=None) -> int:
-    return common.bench_main(parse_args(argv), measure_mode, run, report)
+    return common.bench_main(parse_args(argv), __file__, measure_mode, run, report)
 
 
 if __name__ == "__main__":

@@ -30,3 +30,21 @@ def test_cuda_steps_are_skipped_without_a_gpu(tmp_path):
                for s in data["steps"].values())
     for name in STEPS:                      # one table row per step
         assert any(line.startswith(name) and "skipped" in line for line in r.stdout.splitlines())
+
+
+def test_eval_figures_in_a_plain_interpreter(tmp_path):
+    """``python bench/device_check.py`` has bench/, not the repository, on ``sys.path``; the
+    eval_viz figures (metrics and the GL platform of ``utils.renderer``) must still be read."""
+    js, dc = tmp_path / "eval_viz.json", REPO / "bench" / "device_check.py"
+    write = f"import json; json.dump({{'metrics': {{'MPJPE': 1.234}}}}, open({str(js)!r}, 'w'))"
+    code = (f"import json, runpy, sys\nfrom pathlib import Path\n"
+            f"step = {{'name': 'eval_viz', 'cuda': False, 'env': {{}}, 'limit': 60, "
+            f"'json': Path({str(js)!r}), 'cmd': [sys.executable, '-c', {write!r}]}}\n"
+            f"res = runpy.run_path({str(dc)!r})['run_step'](step, False, Path({str(tmp_path)!r}))\n"
+            f"print(json.dumps(res))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["status"] == "ok" and res["figures"]["MPJPE"] == 1.23 and res["figures"]["gl"]
