@@ -20,10 +20,8 @@ from utils.atomic import atomic_path
 
 
 def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A crash or kill during the write leaves the previous file intact.
-    """
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``:
+    a crash or kill during the write leaves the previous file intact."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
@@ -32,12 +30,9 @@ def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
 
 
 def link_as(src: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Give the file ``src`` the extra name ``path``, atomically (replacing ``path``).
-
-    A hard link, so the same state is stored once whatever the number of names (a later
-    :func:`atomic_save` over ``src`` renames a new file in and leaves ``path`` intact); a copy
-    where the file system has no hard links.
-    """
+    """Give the file ``src`` the extra name ``path``, atomically: a hard link (a later
+    :func:`atomic_save` over ``src`` leaves ``path`` intact), or a copy where the file system
+    has no hard links."""
     import shutil
     src, path = Path(src), Path(path)
     if src.resolve() == path.resolve():
@@ -82,23 +77,16 @@ def load(path: str | os.PathLike) -> dict:
     return data
 
 
-def candidates(folder: str | os.PathLike) -> list[Path]:
-    """The run folder's ``*.pt``, newest first (``current.pt`` first on equal times)."""
-    return sorted(Path(folder).glob("*.pt"),
-                  key=lambda p: (p.stat().st_mtime_ns, p.name == "current.pt"), reverse=True)
-
-
 def load_for_resume(folder: str | os.PathLike, log=print) -> tuple[Path, dict] | None:
     """The newest checkpoint of ``folder`` that loads, as (path, dict); None if there is none.
-
-    An unreadable file (truncated by a crash outside the atomic rename, a full disk, a copy cut
-    short) is skipped with a message naming it, and the next newest is tried; the message also
-    names the file used. Raises :class:`models.checkpoints.CheckpointError` when every
-    checkpoint of the folder is unreadable.
-    """
+    An unreadable file (truncated, a full disk, a copy cut short) is skipped with a message
+    naming it and the file used instead; :class:`models.checkpoints.CheckpointError` when
+    every checkpoint of the folder is unreadable."""
     from models.checkpoints import CheckpointError
     bad: list[str] = []
-    for path in candidates(folder):
+    # newest first (current.pt first on equal times)
+    for path in sorted(Path(folder).glob("*.pt"),
+                       key=lambda p: (p.stat().st_mtime_ns, p.name == "current.pt"), reverse=True):
         try:
             data = load(path)
         except CheckpointError as e:

@@ -34,11 +34,8 @@ class SeededDataset(Dataset):
 
 
 class EpochSampler(Sampler[int]):
-    """Per-epoch permutation from (seed, epoch), sharded over DDP ranks, resumable mid-epoch.
-
-    ``set_epoch(epoch, perm=None, start_batch=0, batch_size=1)`` selects the epoch, optionally
-    with a stored permutation, and skips the batches already done.
-    """
+    """Per-epoch permutation from (seed, epoch), sharded over DDP ranks, resumable mid-epoch
+    (:meth:`set_epoch`: a stored permutation, and the batches already done skipped)."""
 
     def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
         self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world

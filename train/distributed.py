@@ -1,14 +1,11 @@
 """DDP set-up for ``torchrun`` (decisions D11): the process group, the DDP wrapper, rank-0 duties.
 
-Gradients are averaged by :class:`torch.nn.parallel.DistributedDataParallel` (bucketed
-all-reduces that overlap the backward); BatchNorm buffers follow rank 0 (DDP's
-``broadcast_buffers``) or, with ``--sync_bn`` on CUDA, are computed over all ranks
-(:class:`torch.nn.SyncBatchNorm`). Nothing here is used by a plain ``python train.py`` run.
-
-A rank that dies (or hangs) does not leave the others waiting forever: every collective has the
-process group's ``timeout`` (``--dist_timeout``); gloo raises when a peer's connection drops,
-NCCL aborts the communicator after the timeout (``TORCH_NCCL_ASYNC_ERROR_HANDLING``), and
-torchrun's agent stops the remaining workers once one has failed.
+Gradients are averaged by DDP (bucketed all-reduces overlapping the backward); BatchNorm
+buffers follow rank 0 or, with ``--sync_bn`` on CUDA, are computed over all ranks. Nothing here
+is used by a plain ``python train.py`` run. A rank that dies or hangs does not leave the others
+waiting forever: every collective has the ``--dist_timeout``; gloo raises when a peer's
+connection drops, NCCL aborts the communicator after the timeout
+(``TORCH_NCCL_ASYNC_ERROR_HANDLING``), and torchrun stops the remaining workers.
 """
 from __future__ import annotations
 
@@ -27,11 +24,8 @@ def launched() -> bool:
 
 
 def init(device: torch.device, timeout_s: float = 600.0) -> tuple[int, int]:
-    """Initialise the process group when launched by torchrun; return (rank, world_size).
-
-    Backend: NCCL on CUDA, gloo on the CPU. ``timeout_s`` bounds every collective: a rank that
-    waits longer for a dead or stuck peer raises instead of hanging.
-    """
+    """(rank, world_size), after initialising the process group under torchrun (NCCL on CUDA,
+    gloo on the CPU; ``timeout_s`` bounds every collective: a rank waiting longer raises)."""
     if not launched() or not dist.is_available():
         return 0, 1
     if not dist.is_initialized():
@@ -68,12 +62,9 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
-    """``module`` under DDP when a process group exists (else unchanged).
-
-    ``sync_bn``: BatchNorm -> SyncBatchNorm first (in place: the parameters, buffers and
-    state_dict keys stay the same). DDP's constructor broadcasts rank 0's parameters and buffers,
-    so every rank starts identical; every forward re-broadcasts rank 0's buffers.
-    """
+    """``module`` under DDP when a process group exists (else unchanged); ``sync_bn``: BatchNorm
+    -> SyncBatchNorm first (in place: parameters, buffers and state_dict keys stay). DDP gives
+    every rank rank 0's parameters and buffers, and re-broadcasts the buffers every forward."""
     if sync_bn:
         nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if not dist.is_initialized():

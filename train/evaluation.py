@@ -1,9 +1,8 @@
 """Evaluation with test-time optimisation: eval_cliff.py, eval_hmr.py and the in-training test.
 
 Per batch (upstream-behaviour §7, decisions D2, D6-D8): :func:`train.tto.test_time_optimize`
-adapts (per sample or per batch) and predicts before and after TTO; :class:`EvalTargets` builds
-the protocol's ground truth; :func:`errors_mm` scores MPJPE, PA-MPJPE (per-sample Procrustes)
-and PVE (unaligned), in mm. Ground truth:
+predicts before and after TTO; :class:`EvalTargets` builds the protocol's ground truth;
+:func:`errors_mm` scores MPJPE, PA-MPJPE (per-sample Procrustes) and PVE (unaligned), in mm:
 
 * all sets but MPI-INF-3DHP: the gendered SMPL mesh (female where ``gender == 1``, else male),
   ``J_regressor_h36m`` joints, the 14 LSP joints minus the H36M pelvis; the prediction likewise
@@ -16,7 +15,6 @@ and PVE (unaligned), in mm. Ground truth:
 from __future__ import annotations
 
 import contextlib
-
 import time
 from pathlib import Path
 
@@ -46,29 +44,20 @@ def h36m_joints(j_regressor: torch.Tensor, vertices: torch.Tensor) -> torch.Tens
     return torch.einsum("jv,bvc->bjc", j_regressor.to(vertices.dtype), vertices)
 
 
-def lsp14_centred(j17: torch.Tensor) -> torch.Tensor:
-    """[B,17,3] H36M-regressor joints -> [B,14,3] LSP joints minus the H36M pelvis."""
+def centred(j17: torch.Tensor, order=constants.H36M_TO_J14) -> torch.Tensor:
+    """[B,17,3] H36M-regressor joints -> the joints ``order`` ([B,14,3] LSP, or ``H36M_TO_J17``)
+    minus the H36M pelvis."""
     p = constants.H36M_PELVIS
-    return j17[:, constants.H36M_TO_J14] - j17[:, p:p + 1]
-
-
-def j17_centred(j17: torch.Tensor) -> torch.Tensor:
-    """[B,17,3] H36M-regressor joints -> [B,17,3] (``H36M_TO_J17`` order) minus the pelvis."""
-    p = constants.H36M_PELVIS
-    return j17[:, constants.H36M_TO_J17] - j17[:, p:p + 1]
+    return j17[:, order] - j17[:, p:p + 1]
 
 
 def errors_mm(pred_joints, gt_joints, pred_vertices=None, gt_vertices=None) -> dict:
-    """Per-sample errors in mm (inputs in metres, joints already centred by the protocol).
-
-    pred_joints, gt_joints: [B,J,3]; pred_vertices, gt_vertices: [B,V,3] or None.
-    Returns {'mpjpe': [B], 'pa_mpjpe': [B], 'pve': [B] (NaN without vertices)} float64 numpy.
-    PA-MPJPE aligns each sample with its own similarity transform (float64 Procrustes).
-    """
+    """Per-sample errors in mm of joints [B,J,3] (in metres, centred by the protocol) and
+    vertices [B,V,3] or None: {'mpjpe', 'pa_mpjpe' (float64 Procrustes per sample), 'pve' (NaN
+    without vertices)}, each [B] float64 numpy."""
     def to_np(x):
-        if torch.is_tensor(x):
-            return x.detach().double().cpu().numpy()
-        return np.asarray(x, np.float64)
+        return x.detach().double().cpu().numpy() if torch.is_tensor(x) else \
+            np.asarray(x, np.float64)
 
     pj, gj = to_np(pred_joints), to_np(gt_joints)
     out = {"mpjpe": 1000.0 * _mpjpe(pj, gj),
@@ -81,11 +70,9 @@ def errors_mm(pred_joints, gt_joints, pred_vertices=None, gt_vertices=None) -> d
 
 
 class EvalTargets(nn.Module):
-    """Ground truth of the evaluation protocols (module docstring, item 2).
-
-    Holds ``J_regressor_h36m`` [17,6890] as a buffer and the male / female SMPL models used for
-    the GT meshes (not built for MPI-INF-3DHP), so ``.to(device)`` moves everything.
-    """
+    """Ground truth of the evaluation protocols (module docstring): ``J_regressor_h36m``
+    [17,6890] as a buffer and the male / female SMPL models of the GT meshes (none for
+    MPI-INF-3DHP), so ``.to(device)`` moves everything."""
 
     def __init__(self, paths: DataPaths, dataset: str, h36m_gt: str = "mosh"):
         super().__init__()
@@ -124,9 +111,8 @@ class EvalTargets(nn.Module):
     @torch.no_grad()
     def targets(self, batch: dict) -> dict:
         """GT of a batch: {'joints': [B,14|17,3] centred, 'vertices': [B,V,3] or None}."""
-        verts = None
-        if self.has_mesh:
-            verts = self.gt_vertices(batch["pose"], batch["betas"], batch["gender"])
+        verts = self.gt_vertices(batch["pose"], batch["betas"], batch["gender"]) \
+            if self.has_mesh else None
         if not self.has_mesh:   # centred on its pelvis (a no-op on the SPIN file, see above)
             joints = batch["pose_3d"][:, constants.J24_TO_J17, :3]
             joints = joints - joints[:, MPI_PELVIS_J17:MPI_PELVIS_J17 + 1]
@@ -135,28 +121,25 @@ class EvalTargets(nn.Module):
             hips = 0.5 * (s[:, constants.GT24_RHIP] + s[:, constants.GT24_LHIP])
             joints = s - hips[:, None]
         else:
-            joints = lsp14_centred(h36m_joints(self.j_regressor, verts))
+            joints = centred(h36m_joints(self.j_regressor, verts))
         return {"joints": joints, "vertices": verts}
 
     @torch.no_grad()
     def score(self, pred_vertices: torch.Tensor, targets: dict) -> tuple[dict, torch.Tensor]:
         """Errors of a predicted (neutral) mesh [B,V,3] -> (errors_mm dict, [B,17,3] joints)."""
         j17 = h36m_joints(self.j_regressor, pred_vertices)
-        pj = j17_centred(j17) if not self.has_mesh else lsp14_centred(j17)
+        pj = centred(j17) if self.has_mesh else centred(j17, constants.H36M_TO_J17)
         return errors_mm(pj, targets["joints"], pred_vertices, targets["vertices"]), j17
 
 
 # ------------------------------------------------------------------------------------------------
 # Networks and setup
 def read_eval_checkpoint(o, paths: DataPaths, log=print):
-    """Read ``--checkpoint`` once and take the options it decides from it (issue #13 point 7).
-
-    ``--model``, ``--backbone``, ``--bbox_type``, ``--crop_scale`` not given on the command
-    line become the values train.py recorded in the checkpoint, or for a file without options
-    (the released ones) the network recognised from its keys; a contradicting value is a
-    one-line error, and a file of another role (an aux or backbone initialisation) is named.
-    Returns (path, checkpoint dict).
-    """
+    """Read ``--checkpoint`` once -> (path, checkpoint dict), taking the options it decides
+    (issue #13 point 7): ``--model``, ``--backbone``, ``--bbox_type``, ``--crop_scale`` not
+    given on the command line become the values train.py recorded, or for a file without
+    options (the released ones) the network recognised from its keys; a contradicting value
+    is a one-line error, and a file of another role (aux or backbone weights) is named."""
     from models.checkpoint_kind import describe, metahmr_network
     from models.checkpoints import CheckpointError, read_checkpoint
     from utils.options import apply_checkpoint_options
@@ -173,17 +156,14 @@ def read_eval_checkpoint(o, paths: DataPaths, log=print):
 
 def build_eval_networks(options, paths: DataPaths, checkpoint_path,
                         data: dict | None = None) -> tuple[nn.Module, nn.Module]:
-    """Main and aux networks with the checkpoint's weights (strict), eval mode, aux frozen.
-
-    data: the checkpoint already read from ``checkpoint_path`` (:func:`read_eval_checkpoint`).
-    """
+    """Main and aux networks with the checkpoint's weights (strict), eval mode, aux frozen;
+    ``data``: the checkpoint if already read (:func:`read_eval_checkpoint`)."""
     from models import build_model
     from models.checkpoints import load_metahmr_checkpoint, load_metahmr_state
     mean = paths.smpl_mean_params()
-    model = build_model(model=options.model, backbone=options.backbone, role="main",
-                        bbox_type=options.bbox_type, mean_params=mean)
-    model_aux = build_model(model=options.model, backbone=options.backbone, role="aux",
-                            bbox_type=options.bbox_type, mean_params=mean)
+    model, model_aux = (build_model(model=options.model, backbone=options.backbone, role=role,
+                                    bbox_type=options.bbox_type, mean_params=mean)
+                        for role in ("main", "aux"))
     if data is None:
         load_metahmr_checkpoint(checkpoint_path, model, model_aux)
     else:
@@ -192,11 +172,6 @@ def build_eval_networks(options, paths: DataPaths, checkpoint_path,
     model_aux.eval()
     model_aux.requires_grad_(False)
     return model, model_aux
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in batch.items()}
 
 
 _SMPL_CACHE: dict = {}
@@ -219,20 +194,13 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
              step: int | None = None, return_per_sample: bool = False) -> dict:
     """TTO + metrics over a test set (upstream-behaviour §7).
 
-    Args:
-        options: parsed eval options (or the training options: ``eval_batch_size`` is then
-            passed as ``batch_size``). Reads bbox_type, model, TTO options, ``h36m_gt``,
-            ``log_freq``, ``shuffle``, ``num_workers``, ``result_file``, ``viz*``, ``seed``.
-        smpl: the neutral SMPL (built from ``paths`` when None).
-        writer: TensorBoard writer: logs ``<ds>/MPJPE`` etc. at ``step``.
-        max_batches: stop after this many batches (0 = all).
-    Returns:
-        {'MPJPE', 'PA-MPJPE', 'PVE' (not for MPI-INF-3DHP), the same with '_before', 'n',
-        'n_nonfinite', 'mean_tto_steps', 'loss_2d_before', 'loss_2d_after',
-        'tto_s_per_image', 'n_skipped', 'skipped'}; 'skipped' lists the samples left out of
-        the metrics for an unreadable image (``--skip_bad_images``) as {sample_index, imgname,
-        reason}; with ``return_per_sample`` also 'per_sample': the arrays of
-        :func:`write_result_file`.
+    ``options``: the eval options, or the training ones (``eval_batch_size`` passed as
+    ``batch_size``); ``smpl``: the neutral SMPL (built when None); ``writer``: TensorBoard, logs
+    ``<ds>/MPJPE`` etc. at ``step``; ``max_batches``: 0 = all.
+    Returns {'MPJPE', 'PA-MPJPE', 'PVE' (not for MPI-INF-3DHP), the same with '_before', 'n',
+    'n_nonfinite', 'mean_tto_steps', 'loss_2d_before', 'loss_2d_after', 'tto_s_per_image',
+    'n_skipped', 'skipped' (the samples left out for an unreadable image, as {sample_index,
+    imgname, reason})}; with ``return_per_sample`` also 'per_sample' (the result file's arrays).
     """
     from utils.progress import Progress
     o = options
@@ -257,7 +225,8 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
                 tally.skipped += batch.pop("skipped", [])      # --skip_bad_images: not scored
                 if "img" not in batch:
                     continue
-                b = _to_device(batch, device)
+                b = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                     for k, v in batch.items()}
                 t0 = time.perf_counter()
                 res = test_time_optimize(model, model_aux, b, smpl, camera, cfg)
                 if device.type == "cuda":
@@ -303,8 +272,7 @@ def _test_loader(o, dataset_name: str, paths: DataPaths, device, batch_size, num
 def _read_only(model, model_aux):
     """Both networks in eval mode, the aux network without gradients; their modes restored
     afterwards (the trainer evaluates between steps)."""
-    modes = (model.training, model_aux.training,
-             [p.requires_grad for p in model_aux.parameters()])
+    modes = (model.training, model_aux.training, [p.requires_grad for p in model_aux.parameters()])
     model.eval()
     model_aux.eval()
     model_aux.requires_grad_(False)
@@ -424,14 +392,13 @@ def write_result_file(path, arrays: dict) -> Path:
 class _Visualizer:
     """Renders the predicted meshes (before / after TTO) over the input images (``--viz``).
 
-    CLIFF: the original image (3DPW at half size, through the dataset's own reader) with the
-    per-image focal length and the image centre, mesh translated by the full-image camera.
-    HMR: the un-normalised crop with focal 5000 and the crop centre.
-    Files in ``--viz_dir``: ``<name>_input.jpg``, ``<name>_before.jpg``,
-    ``<name>_ours_gt.jpg`` (``_ours_openpose.jpg`` with --use_openpose2d), ``<name>_compare.jpg``
-    (the three side by side) and, with ``--save_obj``, ``<name>.obj`` (the adapted mesh in
-    camera coordinates). ``<name>`` is ``<sequence>-<frame>`` for 3DPW and the image stem
-    otherwise (``_<sample index>`` appended when a name repeats).
+    CLIFF: the original image (3DPW at half size, the dataset's own reader), the per-image
+    focal length and the image centre, the full-image camera. HMR: the un-normalised crop, focal
+    5000 and the crop centre. Files in ``--viz_dir``: ``<name>_input.jpg``, ``_before.jpg``,
+    ``_ours_gt.jpg`` (``_ours_openpose.jpg`` with --use_openpose2d), ``_compare.jpg`` (the three
+    side by side) and, with ``--save_obj``, ``<name>.obj`` (the adapted mesh, camera
+    coordinates). ``<name>``: ``<sequence>-<frame>`` for 3DPW, else the image stem
+    (``_<sample index>`` appended when a name repeats).
     """
 
     AFTER_GT = (0.65, 0.74, 0.86)       # light blue
@@ -457,11 +424,8 @@ class _Visualizer:
         self.written: list[Path] = []
 
     def _indices(self, B: int) -> range:
-        if self.max == 0:
-            return range(1)
-        if self.max < 0:
-            return range(B)
-        return range(min(B, max(0, self.max - self.count)))
+        return range(1 if self.max == 0 else B if self.max < 0 else
+                     min(B, max(0, self.max - self.count)))
 
     def _name(self, imgname: str, index: int) -> str:
         p = Path(imgname)
@@ -480,9 +444,8 @@ class _Visualizer:
             img = (b["img"][i].detach().float().cpu() * std + mean).clamp(0, 1)
             return np.ascontiguousarray((img.permute(1, 2, 0).numpy() * 255).round()
                                         .astype(np.uint8))
-        idx = int(b["sample_index"][i])
         reader = getattr(self.dataset, "read_image", None) or self.dataset._read_image
-        bgr = reader(idx)
+        bgr = reader(int(b["sample_index"][i]))
         if bgr is None:
             raise RuntimeError(f"--viz: cannot read {b['imgname'][i]}")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -499,9 +462,10 @@ class _Visualizer:
                 f, c = float(b["focal_length"][i]), (w / 2.0, h / 2.0)
             name = self._name(str(b["imgname"][i]), int(b["sample_index"][i]))
             out = {"input": img}
+            one = {k: v[i:i + 1] for k, v in b.items() if torch.is_tensor(v)}
             for tag, pred, col in (("before", res.before, self.BEFORE),
                                    (self.suffix, res.after, self.color)):
-                t = self.camera.full_translation(pred["cam"][i:i + 1], _slice1(b, i))[0]
+                t = self.camera.full_translation(pred["cam"][i:i + 1], one)[0]
                 verts = (pred["vertices"][i] + t).detach().float().cpu().numpy()
                 out[tag] = self.renderer.render(verts, f, c, img, color=col)
                 if tag == self.suffix and self.save_obj:
@@ -519,10 +483,6 @@ class _Visualizer:
         self.renderer.close()
 
 
-def _slice1(b: dict, i: int) -> dict:
-    return {k: v[i:i + 1] for k, v in b.items() if torch.is_tensor(v)}
-
-
 # ------------------------------------------------------------------------------------------------
 # eval_cliff.py / eval_hmr.py
 def main(options) -> dict:
@@ -536,9 +496,8 @@ def main(options) -> dict:
         build_world(paths.root)
     if not o.checkpoint:
         raise SystemExit("error: --checkpoint is required (a Meta-HMR checkpoint with 'model' "
-                         "and 'model_aux', e.g. ckpt/cliff_hrnet_3dpw.pt from the Meta-HMR README, "
-                         "https://github.com/fmx789/Meta-HMR, "
-                         "or a train.py checkpoint)")
+                         "and 'model_aux', e.g. ckpt/cliff_hrnet_3dpw.pt from the Meta-HMR "
+                         "README, https://github.com/fmx789/Meta-HMR, or a train.py checkpoint)")
     try:
         ckpt, data = read_eval_checkpoint(o, paths)
         model, model_aux = build_eval_networks(o, paths, ckpt, data)
@@ -574,5 +533,3 @@ def format_results(dataset: str, r: dict) -> str:
                          f"{s['imgname']} (sample {s['sample_index']}: {s['reason']})"
                          for s in r["skipped"]))
     return "\n".join(lines)
-
-

@@ -27,12 +27,9 @@ Params = dict[str, Tensor]
 
 def run_head(model, features: Tensor, bbox_info: Tensor | None, params=None,
              record: dict | None = None):
-    """The regression head on precomputed backbone features with adapted weights.
-
-    ``params``: None (the module's own weights), a dict {name: tensor} substituted through
-    ``functional_call`` (batch mode; per-sample tensors with a leading [B] also work), or a
-    :class:`FastDelta` (sample mode: per-sample additive updates of the head weights).
-    ``record``: see :meth:`models.Regressor.forward`.
+    """The regression head on precomputed backbone features with ``params``: None (the
+    module's own weights), a dict {name: tensor} (batch mode; per-sample tensors with a leading
+    [B] also work) or a :class:`FastDelta`. ``record``: see :meth:`models.Regressor.forward`.
     """
     kwargs = {"features": features, "bbox_info": bbox_info if model.use_bbox_info else None,
               "record": record}
@@ -59,18 +56,12 @@ class FastDelta:
 def inner_adapt(model, features: Tensor, bbox_info: Tensor | None, batch: dict, targets: dict,
                 smpl, camera: Camera, weights: LossWeights, lr: float, steps: int, mode: str,
                 first_order: bool) -> tuple["Params | FastDelta", dict[str, Tensor]]:
-    """SGD steps of ``lr`` on the head fast weights with the inner (pseudo-label) loss.
+    """``steps`` SGD steps of ``lr`` on the head fast weights (module docstring) with the inner
+    (pseudo-label) loss, from ``features`` [B,D] (computed once per iteration, decisions D4).
+    ``first_order``: FOMAML (gradients detached); otherwise the graph is kept (MAML).
 
-    Args:
-        features: [B,D] backbone features (computed once per iteration, decisions D4).
-        mode: 'sample' (every sample its own fast weights W + delta[i], the weight updates
-            kept as low-rank factors: :func:`_sgd_step`) or 'batch' (one set for the
-            batch).
-        first_order: FOMAML (gradients detached); otherwise the graph is kept (MAML).
-    Returns:
-        fast weights ({name: tensor} in batch mode, :class:`FastDelta` in sample mode, both
-        accepted by :func:`run_head`) and logging values: 'inner_loss' (before the first step)
-        and 'inner_grad_norm' (of the first step), both detached scalars.
+    Returns the fast weights (for :func:`run_head`) and, detached, 'inner_loss' (before the
+    first step) and 'inner_grad_norm' (of the first step).
     """
     B = features.shape[0]
     if mode not in ("sample", "batch"):
@@ -98,12 +89,9 @@ def inner_adapt(model, features: Tensor, bbox_info: Tensor | None, batch: dict, 
 
 
 def _sgd_step(fast: "Params | FastDelta", grads: dict, lr: float) -> "Params | FastDelta":
-    """Fast weights after one SGD step of ``lr`` with the gradients of :func:`_head_gradients`.
-
-    Per sample (:class:`FastDelta`): sample i gets W - lr Σ_t g_it x_itᵀ, the weight update kept
-    as factors (:class:`models.LowRankDelta`). Per batch (a dict of tensors): one set,
-    W - lr Σ_i Σ_t g_it x_itᵀ, one matmul per layer.
-    """
+    """Fast weights after one SGD step of ``lr`` with the gradients of :func:`_head_gradients`:
+    per sample (:class:`FastDelta`), W - lr Σ_t g_it x_itᵀ kept as factors; per batch (a dict),
+    one set W - lr Σ_i Σ_t g_it x_itᵀ, one matmul per layer."""
     if isinstance(fast, FastDelta):
         delta = dict(fast.delta)
         for name, (g, x) in grads.items():
@@ -119,15 +107,13 @@ def _sgd_step(fast: "Params | FastDelta", grads: dict, lr: float) -> "Params | F
 
 
 def _head_gradients(loss: Tensor, record: dict, create_graph: bool) -> dict:
-    """dL/d(head layer outputs) from a recorded forward pass.
+    """dL/d(head layer outputs) from a recorded forward pass ``record``: {layer: [(x_t [B,in],
+    y_t [B,out]) per IEF iteration t]} -> {layer: (g [B,T,out], x [B,T,in])}, g_t = dL/dy_t.
 
-    ``record``: {layer: [(x_t [B,in], y_t [B,out]) per IEF iteration t]} (see
-    :meth:`models.Regressor.forward`). Returns {layer: (g [B,T,out], x [B,T,in])} with
-    g_t = dL/dy_t: the weight gradient is Σ_t g_tᵀ x_t and, the samples not interacting in the
-    head, sample i's share of it is Σ_t g_it x_itᵀ: the per-sample gradients of a summed
-    per-sample loss come from the same backward as the batch gradient. Both come back in
-    float32 (under autocast the activations may be float16 / bfloat16): the updates are built
-    from them in float32.
+    The weight gradient is Σ_t g_tᵀ x_t and, the samples not interacting in the head, sample
+    i's share of it is Σ_t g_it x_itᵀ: the per-sample gradients of a summed per-sample loss
+    come from the same backward. Both in float32 (under autocast the activations may be
+    float16 / bfloat16), so the updates are built in float32.
     """
     layers = list(record)
     outputs = [y for name in layers for _, y in record[name]]

@@ -1,27 +1,22 @@
-"""Every loss term once (upstream-behaviour §5), shared by the training inner step, the outer step
+"""Every loss term once (upstream-behaviour §5), shared by the training inner and outer steps
 and test-time optimisation (TTO).
 
 Each term returns a **per-sample** value [B]; :func:`reduce_per_sample` turns it into
 
 * ``mode='batch'``: the released normalisation, ``sum(mask * v) / sum(mask)`` (the mean over the
-  N samples that pass the mask; 0, still in the graph, when the mask is empty). With the
-  per-sample definitions below this is exactly SPIN's ``mean`` over the selected elements:
-  2D ``sum conf (p-g)^2 / (B 49 2)``, 3D ``sum conf d^2 / (N 24 3)``, vertices
-  ``sum |d| / (N V 3)``, pose ``sum d^2 / (N 24 9)``, betas ``sum d^2 / (N 10)``, camera mean
-  over B;
-* ``mode='sample'``: ``mask * v`` [B], each sample's loss as if the batch were that one sample.
-  The sum over samples of these values is the objective whose gradient with respect to a
-  sample's own (fast) weights is that sample's own loss gradient (per-sample adaptation, D2).
+  N samples that pass the mask; 0, still in the graph, when it is empty): exactly SPIN's
+  ``mean`` over the selected elements, 2D ``sum conf (p-g)^2 / (B 49 2)``, 3D
+  ``sum conf d^2 / (N 24 3)``, vertices ``sum |d| / (N V 3)``, pose ``sum d^2 / (N 24 9)``,
+  betas ``sum d^2 / (N 10)``, camera mean over B;
+* ``mode='sample'``: ``mask * v`` [B], each sample's loss as if the batch were that one sample;
+  the gradient of their sum with respect to a sample's own (fast) weights is that sample's own
+  loss gradient (per-sample adaptation, D2).
 
-Who calls :func:`smpl_loss`:
-
-* inner step / TTO step 0: ``target`` = :func:`pseudo_targets` (aux vertices, rotmats, betas,
-  and ``joints_3d`` = aux ``joints[:, 25:49]`` with conf 1) plus the GT 2D keypoints and the GT
-  ``has_smpl`` / ``has_pose_3d`` masks;
-* outer step: ``target`` = :func:`gt_targets`; the caller multiplies ``total`` by
-  ``constants.OUTER_LOSS_SCALE``;
-* TTO steps >= 1: ``terms=TTO_TERMS`` with the keypoint weight 1 (the raw 2D loss, not x5; the
-  OpenPose / GT confidence multipliers still apply).
+:func:`smpl_loss` targets: inner step / TTO step 0, :func:`pseudo_targets` (aux vertices,
+rotmats, betas, ``joints_3d`` = aux ``joints[:, 25:49]`` with conf 1, the GT 2D keypoints and
+the GT ``has_smpl`` / ``has_pose_3d`` masks); outer step, :func:`gt_targets` (the caller
+multiplies ``total`` by ``constants.OUTER_LOSS_SCALE``); TTO steps >= 1, ``terms=TTO_TERMS``
+with keypoint weight 1 (the raw 2D loss, not x5; the OpenPose / GT conf multipliers apply).
 """
 from __future__ import annotations
 
@@ -52,15 +47,11 @@ def _check(cond: bool, msg: str) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # per-sample terms
-
 def keypoint_2d_loss(pred: torch.Tensor, gt: torch.Tensor, openpose_weight: float = 0.0,
                      gt_weight: float = 1.0, num_openpose: int = NUM_OPENPOSE) -> torch.Tensor:
-    """Confidence-weighted squared 2D error per sample.
-
-    pred: [B, J, 2] normalised crop coords; gt: [B, J, 3] normalised coords + conf.
-    conf[:, :num_openpose] *= openpose_weight, conf[:, num_openpose:] *= gt_weight;
-    returns [B] = sum over (J, 2) of conf (p - g)^2 / (J * 2). Zero-confidence entries still
-    count in the denominator (SPIN, spec §9.2-16).
+    """Confidence-weighted squared 2D error per sample: pred [B, J, 2] and gt [B, J, 3] (+ conf)
+    in normalised crop coords; conf[:, :num_openpose] *= openpose_weight, the rest *= gt_weight;
+    [B] = sum conf (p - g)^2 / (J * 2), zero-confidence entries included (SPIN, spec §9.2-16).
     """
     _check(pred.dim() == 3 and pred.shape[-1] == 2,
            f"keypoint_2d_loss: pred must be [B,J,2], got {tuple(pred.shape)}")
@@ -78,12 +69,9 @@ def keypoint_2d_loss(pred: torch.Tensor, gt: torch.Tensor, openpose_weight: floa
 
 def keypoint_3d_loss(pred: torch.Tensor, gt: torch.Tensor, rhip: int = constants.GT24_RHIP,
                      lhip: int = constants.GT24_LHIP) -> torch.Tensor:
-    """Hip-centred, confidence-weighted squared 3D error per sample.
-
-    pred: [B, 24, 3] (the model's joints[:, 25:49]); gt: [B, 24, 4] (xyz + conf).
-    Each side is centred on its own midpoint of joints ``rhip`` and ``lhip``; returns [B] =
-    sum conf d^2 / (24 * 3).
-    """
+    """Hip-centred, confidence-weighted squared 3D error per sample: pred [B, 24, 3] (the
+    model's joints[:, 25:49]), gt [B, 24, 4] (+ conf), each centred on its own midpoint of
+    joints ``rhip`` and ``lhip``; [B] = sum conf d^2 / (24 * 3)."""
     _check(pred.dim() == 3 and pred.shape[-1] == 3,
            f"keypoint_3d_loss: pred must be [B,J,3], got {tuple(pred.shape)}")
     _check(gt.shape == (*pred.shape[:2], 4),
@@ -129,16 +117,11 @@ def camera_loss(pred_cam: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------
 # reduction
-
 def reduce_per_sample(values: torch.Tensor, mask: torch.Tensor | None = None,
                       mode: str = "batch") -> torch.Tensor:
-    """Per-sample values [B] (and an optional bool/float mask [B]) -> batch or sample loss.
-
-    mode 'batch': sum(mask v) / sum(mask), a 0-dim tensor; 0 (connected to the graph, so
-    backward works) when the mask is empty. Without a mask: the mean over B.
-    mode 'sample': mask v, [B]. Masked-out samples give exactly 0 even if their value is
-    non-finite.
-    """
+    """Per-sample values [B] (optional bool/float mask [B]) -> the loss of ``mode`` (module
+    docstring; 'batch' without a mask: the mean over B). Masked-out samples give exactly 0
+    even if their value is non-finite."""
     _check(values.dim() == 1, f"reduce_per_sample: values must be [B], got {tuple(values.shape)}")
     if mask is None:
         m = torch.ones_like(values)
@@ -157,7 +140,6 @@ def reduce_per_sample(values: torch.Tensor, mask: torch.Tensor | None = None,
 
 # ----------------------------------------------------------------------------------------------
 # weights and the combined loss
-
 @dataclass(frozen=True)
 class LossWeights:
     """Term weights (spec §5): identical in the inner and outer steps."""
@@ -171,14 +153,12 @@ class LossWeights:
 
     @classmethod
     def from_options(cls, opts) -> "LossWeights":
-        """From parsed options (shape_loss_weight, keypoint_loss_weight, pose_loss_weight,
-        beta_loss_weight, openpose_train_weight, gt_train_weight); cam is fixed at 1."""
+        """From parsed options (cam is fixed at 1)."""
         names = {"shape": "shape_loss_weight", "keypoint": "keypoint_loss_weight",
                  "pose": "pose_loss_weight", "beta": "beta_loss_weight",
                  "openpose": "openpose_train_weight", "gt": "gt_train_weight"}
         missing = [o for o in names.values() if not hasattr(opts, o)]
-        if missing:
-            raise ValueError(f"LossWeights.from_options: options lack {missing}")
+        _check(not missing, f"LossWeights.from_options: options lack {missing}")
         return cls(**{k: float(getattr(opts, o)) for k, o in names.items()})
 
     def term_weight(self, term: str) -> float:
@@ -205,11 +185,9 @@ def smpl_loss(pred: dict, target: dict, weights: LossWeights | None = None, mode
     pred: 'vertices' [B,V,3], 'keypoints_2d' [B,49,2] (normalised), 'joints' [B,49,3]
     (joints[:, 25:49] enter the 3D term), 'rotmat' [B,24,3,3], 'betas' [B,10], 'cam' [B,3].
     target: 'vertices', 'keypoints_2d' [B,49,3], 'joints_3d' [B,24,4], 'rotmat', 'betas',
-    'has_smpl' [B], 'has_pose_3d' [B]. Only the keys of the requested terms are needed.
-    Masks: vertices / pose / betas by has_smpl, keypoints_3d by has_pose_3d, 2D and cam none.
-
-    Returns {term: weighted value, ..., 'total': sum}; each is 0-dim in 'batch' mode and [B] in
-    'sample' mode. Raises ValueError naming the term when a key it needs is missing.
+    'has_smpl' [B], 'has_pose_3d' [B] (masks: vertices / pose / betas by has_smpl, keypoints_3d
+    by has_pose_3d); only the keys of the requested terms are needed, else a ValueError names
+    the term. Returns {term: weighted value, ..., 'total': sum}, 0-dim ('batch') or [B].
     """
     weights = weights if weights is not None else LossWeights()
     if isinstance(terms, str):
@@ -217,7 +195,8 @@ def smpl_loss(pred: dict, target: dict, weights: LossWeights | None = None, mode
     unknown = [t for t in terms if t not in _NEEDS]
     _check(not unknown, f"smpl_loss: unknown term(s) {unknown}; known: {list(_NEEDS)}")
     _check(len(terms) > 0, "smpl_loss: no terms requested")
-    _check(mode in ("batch", "sample"), f"smpl_loss: mode must be 'batch' or 'sample', got {mode!r}")
+    _check(mode in ("batch", "sample"),
+           f"smpl_loss: mode must be 'batch' or 'sample', got {mode!r}")
     for term in terms:
         p_keys, t_keys = _NEEDS[term]
         miss = [f"pred[{k!r}]" for k in p_keys if k not in pred]
@@ -247,17 +226,15 @@ def smpl_loss(pred: dict, target: dict, weights: LossWeights | None = None, mode
         else:  # cam
             v, m = camera_loss(pred["cam"]), None
         out[term] = weights.term_weight(term) * reduce_per_sample(v, m, mode)
-    total = None
-    for term in terms:
-        total = out[term] if total is None else total + out[term]
+    total = out[terms[0]]
+    for term in terms[1:]:
+        total = total + out[term]
     out["total"] = total
     return out
 
 
 def gt_targets(batch: dict, gt_vertices: torch.Tensor, camera) -> dict:
-    """Supervised targets of the outer loss: GT 2D keypoints (normalised, ``camera``:
-    :class:`utils.camera.Camera`), 3D joints [B,24,4], vertices [B,V,3], rotmats [B,24,3,3],
-    betas [B,10] and the availability flags [B]."""
+    """Supervised targets of the outer loss (``camera``: :class:`utils.camera.Camera`)."""
     pose = batch["pose"]
     return {
         "keypoints_2d": camera.target_keypoints(batch),
@@ -265,20 +242,14 @@ def gt_targets(batch: dict, gt_vertices: torch.Tensor, camera) -> dict:
         "vertices": gt_vertices,
         "rotmat": batch_rodrigues(pose.reshape(-1, 3)).reshape(pose.shape[0], 24, 3, 3),
         "betas": batch["betas"],
-        "has_smpl": batch["has_smpl"],
-        "has_pose_3d": batch["has_pose_3d"],
+        "has_smpl": batch["has_smpl"], "has_pose_3d": batch["has_pose_3d"],
     }
 
 
 def pseudo_targets(aux_pred: dict, batch: dict, camera, detach: bool = True) -> dict:
-    """Inner-step / TTO step-0 targets: the aux network's prediction as pseudo-labels
-    (vertices, rotmats, betas, and ``joints_3d`` = aux ``joints[:, 25:49]`` with conf 1) plus
-    the batch's 2D keypoints.
-
-    The pseudo-label terms stay masked by the GT flags ``has_smpl`` / ``has_pose_3d``
-    (released behaviour, spec §2.3). ``detach=False`` keeps the aux graph (second-order MAML:
-    the aux network receives the meta-gradient).
-    """
+    """Inner-step / TTO step-0 targets (module docstring); the pseudo-label terms stay masked
+    by the GT flags (released behaviour, spec §2.3). ``detach=False`` keeps the aux graph
+    (second-order MAML: the aux network receives the meta-gradient)."""
     d = (lambda t: t.detach()) if detach else (lambda t: t)  # noqa: E731
     j = d(aux_pred["joints"][:, NUM_OPENPOSE:NUM_OPENPOSE + constants.NUM_JOINTS_SMPL])
     return {
@@ -287,14 +258,12 @@ def pseudo_targets(aux_pred: dict, batch: dict, camera, detach: bool = True) -> 
         "vertices": d(aux_pred["vertices"]),
         "rotmat": d(aux_pred["rotmat"]),
         "betas": d(aux_pred["betas"]),
-        "has_smpl": batch["has_smpl"],
-        "has_pose_3d": batch["has_pose_3d"],
+        "has_smpl": batch["has_smpl"], "has_pose_3d": batch["has_pose_3d"],
     }
 
 
 def total(losses: dict) -> torch.Tensor:
     """Scalar objective of :func:`smpl_loss`'s output: the batch loss, or the sum of the
-    per-sample losses (sample mode: its gradient w.r.t. a sample's own weights is that
-    sample's own loss gradient)."""
+    per-sample losses (module docstring)."""
     t = losses["total"]
     return t.sum() if t.dim() else t

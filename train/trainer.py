@@ -1,6 +1,6 @@
 """Meta-HMR training: one trainer for HMR and CLIFF (the camera model is the only difference).
 
-One iteration (``Trainer.run_step``), decisions D2-D5:
+One iteration (``Trainer.run_step``, decisions D2-D5):
 
 1. GT mesh from the GT SMPL parameters (neutral model).
 2. Backbone features of the main network, once (reused by the inner and the outer pass).
@@ -54,9 +54,8 @@ EVAL_WAIT_S = 48 * 3600.0   # how long the other ranks wait for rank 0's in-trai
 
 
 def build_optimizer(o, model, model_aux, lr_scale: float = 1.0) -> torch.optim.Optimizer:
-    """Adam over the main network (``--outer_lr``, ``--beta1/2``, ``--eps_adam``) and, unless
-    ``--no_learn_loss``, the aux network (``--aux_lr``), as released; fused where supported
-    (:func:`utils.runtime.adam`). ``lr_scale`` multiplies both rates (the benchmark uses 0)."""
+    """Adam over the main network and, unless ``--no_learn_loss``, the aux network, as released
+    (fused where supported). ``lr_scale`` multiplies both rates (the benchmark uses 0)."""
     groups = [{"params": list(model.parameters()), "lr": o.outer_lr * lr_scale,
                "betas": (o.beta1, o.beta2), "eps": o.eps_adam}]
     if not o.no_learn_loss:
@@ -65,10 +64,8 @@ def build_optimizer(o, model, model_aux, lr_scale: float = 1.0) -> torch.optim.O
 
 
 class MetaStep:
-    """One training iteration (module docstring), independent of data loading and logging.
-
-    Used by :class:`Trainer` and by ``bench/train_step.py``.
-    """
+    """One training iteration (module docstring), without data loading and logging (also used
+    by ``bench/train_step.py``)."""
 
     def __init__(self, options, model, model_aux, smpl, optimizer, device: torch.device):
         o = self.options = options
@@ -77,9 +74,9 @@ class MetaStep:
         self.weights = LossWeights.from_options(o)
         self.meta = o.inner_step > 0
         self.aux_grad = self.meta and not o.first_order
-        # decisions D5: eval under --first_order, train (as released) under second order
+        # D5: aux in eval mode and frozen under --first_order, train mode (as released) otherwise
         self.aux_train = (o.aux_mode or ("eval" if o.first_order else "train")) == "train"
-        self.model_aux.requires_grad_(self.aux_grad)   # frozen under --first_order (D5)
+        self.model_aux.requires_grad_(self.aux_grad)
         self.device = device
         amp = o.amp if device.type == "cuda" else "off"
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
@@ -87,14 +84,10 @@ class MetaStep:
         self.net: torch.nn.Module = MetaNetworks(self)   # DDP-wrapped by distribute()
 
     def distribute(self, sync_bn: bool = False) -> None:
-        """Run the forward under DDP (when a process group exists): its all-reduces average the
-        gradients of both networks during the backward; ``sync_bn``: SyncBatchNorm (CUDA).
-
-        DDP hooks the parameters that require a gradient: the main network, and the aux network
-        only under second order (frozen otherwise). Every one of them receives a gradient in
-        every mode (the IEF loop feeds each head output back, so even the aux camera layer
-        reaches the pseudo-labels), hence no ``find_unused_parameters`` (its graph walk every
-        step); DDP would stop with an error at the second step if one went unused.
+        """Run the forward under DDP when a process group exists (``sync_bn``: SyncBatchNorm).
+        DDP hooks the parameters that require a gradient (the aux network's only under second
+        order); each gets one in every mode (the IEF loop feeds every head output back, even the
+        aux camera layer's), hence no ``find_unused_parameters`` (DDP stops if one goes unused).
         """
         self.net = dist.wrap(MetaNetworks(self), self.device, sync_bn)
 
@@ -114,8 +107,7 @@ class MetaStep:
         return out
 
     def forward(self, batch: dict, log_inner: bool = False) -> dict[str, torch.Tensor]:
-        """The forward pass of one iteration: the loss to back-propagate (``_loss``) and the
-        logged values (detached)."""
+        """The loss to back-propagate (``_loss``) and the logged values (detached)."""
         o = self.options
         img, bbox_info = batch["img"], batch["bbox_info"]
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
@@ -159,12 +151,9 @@ class MetaStep:
 
 
 class MetaNetworks(torch.nn.Module):
-    """Both networks as one module whose ``forward(batch, log_inner)`` is
-    :meth:`MetaStep.forward`, so that DDP sees the whole iteration (backbone, aux pseudo-labels,
-    inner step, outer loss) in its forward and hooks the gradients of both networks.
-
-    SMPL is deliberately not a submodule: DDP would broadcast its buffers every step.
-    """
+    """Both networks as one module whose forward is :meth:`MetaStep.forward`, so that DDP sees
+    the whole iteration and hooks the gradients of both. SMPL is deliberately not a submodule
+    (DDP would broadcast its buffers every step)."""
 
     def __init__(self, step: MetaStep):
         super().__init__()
@@ -215,8 +204,7 @@ class Trainer:
         self.epoch, self.batch_idx, self.step = 0, 0, 0
         self.n_nonfinite = self.nonfinite_run = 0
         self.history: list[torch.Tensor] = []   # outer loss per step (detached)
-        self.writer = None
-        self.renderer = None
+        self.writer = self.renderer = None
         if o.pretrained_checkpoint:
             self.load_pretrained(o.pretrained_checkpoint)
         if o.resume:
@@ -243,8 +231,7 @@ class Trainer:
         return self.last_saved
 
     def link(self, src: str, name: str) -> Path | None:
-        """Give the checkpoint ``src`` the extra name ``name`` (a hard link: the same state is
-        never written twice; issue #13 point 4)."""
+        """Give the checkpoint ``src`` the extra name ``name`` (a hard link; issue #13 pt 4)."""
         if not self.main:
             return None
         self.last_saved = ckpt.link_as(self.ckpt_dir / src, self.ckpt_dir / name)
@@ -283,8 +270,8 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> None:
-        """Train until ``--num_epochs`` / ``--max_steps`` / ``--time_to_run``; under torchrun a
-        failed collective stops this rank with one error line."""
+        """Train until ``--num_epochs`` / ``--max_steps`` / ``--time_to_run`` (under torchrun a
+        failed collective stops this rank with one error line)."""
         with dist.peer_errors(self.rank, getattr(self.options, "dist_timeout", 600.0)):
             return self._loop()
 
@@ -385,7 +372,8 @@ class Trainer:
         focal, centre = self.run_step.camera.crop_intrinsics(sub)
         mean = torch.tensor(constants.IMG_NORM_MEAN, device=sub["img"].device).view(1, 3, 1, 1)
         std = torch.tensor(constants.IMG_NORM_STD, device=sub["img"].device).view(1, 3, 1, 1)
-        imgs = ((sub["img"] * std + mean).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+        imgs = ((sub["img"] * std + mean).clamp(0, 1) * 255).byte()
+        imgs = imgs.permute(0, 2, 3, 1).cpu().numpy()
         verts = (viz["vertices"] + viz["translation"][:, None]).cpu().numpy()
         return np.stack([self.renderer.render(verts[i], float(focal[i]), centre[i].tolist(),
                                               np.ascontiguousarray(imgs[i]))
@@ -402,12 +390,10 @@ class Trainer:
             return
         from train.evaluation import evaluate
         self.model.eval()
-        results = {}
-        for ds in names:
-            results[ds] = evaluate(self.model, self.model_aux, o, ds, paths=self.paths,
-                                   device=self.device, smpl=self.smpl, writer=self.writer,
-                                   batch_size=o.eval_batch_size, max_batches=o.eval_max_batches,
-                                   step=self.step)
+        results = {ds: evaluate(self.model, self.model_aux, o, ds, paths=self.paths,
+                                device=self.device, smpl=self.smpl, writer=self.writer,
+                                batch_size=o.eval_batch_size, max_batches=o.eval_max_batches,
+                                step=self.step) for ds in names}
         self.model.train()
         tag = "_".join(f"{ds.replace('-p2', '').replace('-', '')}_mp{r['MPJPE']:.2f}"
                        f"_pa{r['PA-MPJPE']:.2f}_pve{r.get('PVE', float('nan')):.2f}"
@@ -426,14 +412,14 @@ class Trainer:
     def finish(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        skipped = getattr(self.dataset.dataset, "n_skipped", 0)
         if self.main:
             print(f"training finished at epoch {self.epoch}, step {self.step}; last checkpoint: "
                   f"{self.last_saved or 'none written'}; run folder: {self.run_dir}", flush=True)
-        if self.main and self.n_nonfinite:
-            print(f"{self.n_nonfinite} step(s) skipped for non-finite losses")
-        skipped = getattr(self.dataset.dataset, "n_skipped", 0)
-        if self.main and skipped:
-            print(f"{skipped} unreadable image(s) skipped (--skip_bad_images)")
+            if self.n_nonfinite:
+                print(f"{self.n_nonfinite} step(s) skipped for non-finite losses")
+            if skipped:
+                print(f"{skipped} unreadable image(s) skipped (--skip_bad_images)")
         dist.cleanup()
 
 

@@ -1,24 +1,23 @@
 """Test-time optimisation (TTO, decisions D2 and D6; upstream-behaviour §2.5, §7.2).
 
-For a batch, starting from the trained weights (never modified: adapted weights are plain
-tensors passed through :func:`torch.func.functional_call`):
+For a batch, from the trained weights (never modified: the adapted weights are plain tensors
+passed through :func:`torch.func.functional_call`):
 
 * step 0: one SGD step of ``inner_lr`` on the regression head with the combined loss
   (aux pseudo-labels + 2D keypoints + camera), as the training inner step;
 * steps 1..``test_val_step``: Adam steps of ``after_innerlr`` on all weights with the raw 2D
   loss (``--no_use_adam``: head SGD of ``after_innerlr``; ``--no_inner_step``: step 0 is an
   Adam step too);
-* the prediction is a forward pass at the final weights. ``test_val_step = -1`` runs no step:
-  the plain network.
+* the prediction: a forward pass at the final weights (``test_val_step = -1``: no step).
 
-Early stop (``--adapt_val_step``, the released rule): after each Adam step t, stop when
-``|loss_prev - loss_t| < adapt_tol``, ``loss_t`` being the objective of step t and ``loss_prev``
-the previous step's (at t = 1 the combined step-0 loss). No check under ``--no_use_adam``.
+Early stop (``--adapt_val_step``, the released rule): after Adam step t, stop when
+``|loss_prev - loss_t| < adapt_tol`` (``loss_t`` the objective of step t; at t = 1 ``loss_prev``
+is the combined step-0 loss). No check under ``--no_use_adam``.
 
-Granularity (``mode``): ``batch`` adapts one set of weights per batch (the released code);
-``sample`` adapts every sample on its own, the stop decided per sample: groups of ``chunk``
-samples under :func:`torch.func.vmap` (1 = one sample at a time), run concurrently in
-``workers`` CPU threads of one intra-op thread each.
+``mode``: ``batch`` adapts one set of weights per batch (the released code); ``sample`` every
+sample on its own, the stop decided per sample: groups of ``chunk`` samples under
+:func:`torch.func.vmap` (1 = one at a time), run in ``workers`` CPU threads of one intra-op
+thread each.
 """
 from __future__ import annotations
 
@@ -39,15 +38,14 @@ from utils.camera import PRED_KEYS, Camera, smpl_predict
 
 Tensor = torch.Tensor
 Params = dict[str, Tensor]
-# observer(t, pred): after the forward pass at t weight updates, the current prediction of
-# every sample ([B, ...]; a sample that stopped or diverged keeps its last one)
+# observer(t, pred): the prediction [B, ...] after the pass at t updates (a stopped or
+# diverged sample keeps its last one)
 Observer = Callable[[int, dict], None]
 
 
 @dataclass
 class TTOConfig:
     """Test-time optimisation settings (option names in brackets)."""
-
     inner_lr: float = 1e-5          # step-0 SGD on the head (--inner_lr)
     after_innerlr: float = 1e-5     # Adam lr of steps >= 1 (--after_innerlr)
     test_val_step: int = 14         # steps after step 0; -1: no TTO (--test_val_step)
@@ -78,7 +76,6 @@ class TTOConfig:
 @dataclass
 class TTOResult:
     """Predictions after TTO ('after') and at the loaded weights ('before'), per sample."""
-
     after: dict[str, Tensor]
     before: dict[str, Tensor]
     steps: Tensor           # [B] number of weight updates each sample received
@@ -100,11 +97,8 @@ class TTOResult:
 
 def test_time_optimize(model, model_aux, batch: dict, smpl, camera: Camera, cfg: TTOConfig,
                        observer: Observer | None = None) -> TTOResult:
-    """Adapt to a batch and predict (decisions D6). ``model`` and ``model_aux`` are not modified.
-
-    Both networks should be in eval mode. ``batch`` holds the dataset's tensors on the device.
-    ``observer`` (optional) sees the prediction after every update (for studies).
-    """
+    """Adapt to a batch (the dataset's tensors, on the device) and predict (decisions D6).
+    Both networks should be in eval mode; neither is modified. ``observer``: for studies."""
     B = batch["img"].shape[0]
     with torch.no_grad():
         aux_out = model_aux(batch["img"], batch["bbox_info"] if model_aux.use_bbox_info else None)
@@ -118,12 +112,15 @@ def test_time_optimize(model, model_aux, batch: dict, smpl, camera: Camera, cfg:
         return _adapt_group(model, state, smpl, camera, cfg, inputs, False, observer)
     if cfg.mode != "sample":
         raise ValueError(f"unknown tto_mode {cfg.mode!r}")
-    if cfg.chunk > 0:
-        chunk = cfg.chunk
-    else:   # auto: vectorised on accelerators; on the CPU grouped convolutions are slower
-        chunk = B if batch["img"].device.type != "cpu" else 1   # than a loop (decisions D2)
+    # auto chunk: vectorised on accelerators; on the CPU grouped convolutions are slower than
+    # a loop (decisions D2)
+    chunk = cfg.chunk if cfg.chunk > 0 else B if batch["img"].device.type != "cpu" else 1
     groups = [{k: v[s:s + chunk] for k, v in inputs.items()} for s in range(0, B, chunk)]
-    workers = _n_workers(cfg.workers, len(groups), batch["img"].device)
+    if cfg.workers < 0:
+        raise ValueError(f"tto_workers must be >= 0, got {cfg.workers}")
+    # threads adapting groups concurrently (0: one per intra-op thread on the CPU, 1 elsewhere)
+    workers = cfg.workers or (torch.get_num_threads() if batch["img"].device.type == "cpu" else 1)
+    workers = max(1, min(workers, len(groups)))
     if observer is not None:
         return _observed_groups(model, state, smpl, camera, cfg, groups, chunk > 1, observer)
     if workers == 1:
@@ -152,22 +149,9 @@ def _observed_groups(model, state, smpl, camera, cfg, groups, vectorised, observ
     return TTOResult.cat(parts)
 
 
-def _n_workers(requested: int, n_groups: int, device: torch.device) -> int:
-    """Threads adapting groups concurrently: ``requested``, or (0) one per intra-op thread on
-    the CPU and 1 on accelerators; never more than there are groups."""
-    if requested < 0:
-        raise ValueError(f"tto_workers must be >= 0, got {requested}")
-    if requested == 0:
-        requested = torch.get_num_threads() if device.type == "cpu" else 1
-    return max(1, min(requested, n_groups))
-
-
 def stateless_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose parameters and buffers are on the meta device (no storage).
-
-    ``functional_call`` swaps tensors on the module it runs, so two threads must not share one;
-    each worker runs its own stateless copy with the real tensors passed in.
-    """
+    """A copy of ``model`` with its parameters and buffers on the meta device (no storage):
+    ``functional_call`` swaps tensors on the module it runs, so each worker thread needs its own."""
     memo = {}
     for t in (*model.parameters(), *model.buffers()):
         meta = torch.empty_like(t, device="meta")
@@ -177,11 +161,8 @@ def stateless_copy(model: nn.Module) -> nn.Module:
 
 def _parallel_groups(model, state, smpl, camera: Camera, cfg: TTOConfig, groups: list[dict],
                      vectorised: bool, workers: int) -> list[TTOResult]:
-    """Adapt the groups in ``workers`` threads, each with one intra-op thread (CPU).
-
-    Every group is computed exactly as in a loop; only the float rounding of the kernels can
-    differ (they run single-threaded).
-    """
+    """Adapt the groups in ``workers`` threads of one intra-op thread each (CPU): every group
+    as in a loop, only the float rounding of the (single-threaded) kernels can differ."""
     local = threading.local()
 
     def job(group: dict) -> TTOResult:
@@ -201,12 +182,9 @@ def _parallel_groups(model, state, smpl, camera: Camera, cfg: TTOConfig, groups:
 # ------------------------------------------------------------------------------------------------
 # One group: G independent weight sets for its B samples (G = 1, or G = B under vmap)
 class _Objective:
-    """The group's loss, 2D loss and prediction as functions of (head, rest) weights.
-
-    ``model`` only provides the structure: every parameter and buffer is passed in.
-    ``vectorised``: every sample has its own weights (a leading [G = B] dimension), run
-    under ``vmap``; otherwise one set of weights for the whole group.
-    """
+    """The group's loss, 2D loss and prediction as functions of (head, rest) weights; ``model``
+    only provides the structure. ``vectorised``: every sample its own weights (a leading
+    [G = B] dimension) under ``vmap``; otherwise one set for the group."""
 
     def __init__(self, model, buffers: Params, smpl, camera: Camera, cfg: TTOConfig,
                  inputs: dict, vectorised: bool):
@@ -230,10 +208,8 @@ class _Objective:
 
     def __call__(self, head: Params, rest: Params, rest_batched: bool, stage0: bool,
                  need: str):
-        """-> loss [G], 2D loss [G], prediction {k: [B,...]}, gradients (head, rest) or None.
-
-        ``need``: 'head' (gradients of the head weights), 'all' (of every weight), 'none'.
-        """
+        """-> loss [G], 2D loss [G], prediction {k: [B,...]}, gradients (head, rest) or None
+        (``need``: gradients of the 'head' weights, of 'all', or 'none')."""
         f = lambda h, r, x: self._f(h, r, x, stage0)  # noqa: E731
         dims = (0, 0 if rest_batched else None, 0)
         if need == "none":
@@ -254,11 +230,8 @@ class _Objective:
 
 @dataclass
 class _Progress:
-    """Where each of the G weight sets of a group stands, and what it has produced.
-
-    ``expand`` maps a [G] mask to the group's B samples (identity, or all samples of the one
-    set). A set is *done* once its final prediction is in ``after``.
-    """
+    """Where each of the G weight sets of a group stands, and what it has produced. ``expand``
+    maps a [G] mask to the group's B samples. A set is *done* once its prediction is final."""
 
     expand: Callable[[Tensor], Tensor]
     steps: Tensor                 # [G] weight updates taken
@@ -314,11 +287,10 @@ class _Progress:
         self.prev_loss = loss
 
     def result(self) -> TTOResult:
-        return TTOResult(after=self.current, before=self.before,
-                         steps=self.expand_values(self.steps),
-                         nonfinite=self.expand_values(self.nonfinite),
-                         loss_2d_before=self.expand_values(self.loss_2d_before),
-                         loss_2d_after=self.expand_values(self.loss_2d))
+        e = self.expand_values
+        return TTOResult(after=self.current, before=self.before, steps=e(self.steps),
+                         nonfinite=e(self.nonfinite), loss_2d_before=e(self.loss_2d_before),
+                         loss_2d_after=e(self.loss_2d))
 
     def expand_values(self, x: Tensor) -> Tensor:
         """[G] values -> [B]."""
@@ -373,13 +345,9 @@ class _Weights:
 
 def _adapt_group(model, state: tuple[Params, Params], smpl, camera: Camera, cfg: TTOConfig,
                  inputs: dict, vectorised: bool, observer: Observer | None = None) -> TTOResult:
-    """TTO of one group of B samples from ``state`` = (parameters, buffers).
-
-    ``vectorised=False``: one set of weights for the group (batch mode, or one sample in
-    sample mode); ``True``: every sample its own set, the steps under ``vmap``. Pass t runs the
-    network at t updates: it scores the step, then (t <= test_val_step) updates the weights;
-    the pass after the last update (or after an early stop) gives the prediction.
-    """
+    """TTO of one group of B samples from ``state`` = (parameters, buffers), one set of weights
+    (``vectorised=False``) or one per sample. Pass t runs the network at t updates, scores it,
+    then (t <= test_val_step) updates; the pass after the last update or a stop predicts."""
     B, device = inputs["img"].shape[0], inputs["img"].device
     G = B if vectorised else 1
     expand = (lambda m: m) if vectorised else (lambda m: m.expand(B))  # noqa: E731
