@@ -47,18 +47,23 @@ def _check(cond: bool, msg: str) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # per-sample terms
+def _keypoints_checked(pred: torch.Tensor, gt: torch.Tensor, name: str, d: int) -> torch.Tensor:
+    """Check pred [B,J,d] and gt [B,J,d+1] (+ conf); gt in pred's dtype."""
+    _check(pred.dim() == 3 and pred.shape[-1] == d,
+           f"{name}: pred must be [B,J,{d}], got {tuple(pred.shape)}")
+    _check(gt.shape == (*pred.shape[:2], d + 1),
+           f"{name}: gt must be [B,J,{d + 1}] matching pred {tuple(pred.shape)}, "
+           f"got {tuple(gt.shape)}")
+    return gt.to(pred.dtype)
+
+
 def keypoint_2d_loss(pred: torch.Tensor, gt: torch.Tensor, openpose_weight: float = 0.0,
                      gt_weight: float = 1.0, num_openpose: int = NUM_OPENPOSE) -> torch.Tensor:
     """Confidence-weighted squared 2D error per sample: pred [B, J, 2] and gt [B, J, 3] (+ conf)
     in normalised crop coords; conf[:, :num_openpose] *= openpose_weight, the rest *= gt_weight;
     [B] = sum conf (p - g)^2 / (J * 2), zero-confidence entries included (SPIN, spec §9.2-16).
     """
-    _check(pred.dim() == 3 and pred.shape[-1] == 2,
-           f"keypoint_2d_loss: pred must be [B,J,2], got {tuple(pred.shape)}")
-    _check(gt.shape == (*pred.shape[:2], 3),
-           f"keypoint_2d_loss: gt must be [B,J,3] matching pred {tuple(pred.shape)}, "
-           f"got {tuple(gt.shape)}")
-    gt = gt.to(pred.dtype)
+    gt = _keypoints_checked(pred, gt, "keypoint_2d_loss", 2)
     j = pred.shape[1]
     w = torch.full((j,), float(gt_weight), dtype=pred.dtype, device=pred.device)
     w[:min(num_openpose, j)] = float(openpose_weight)
@@ -72,12 +77,7 @@ def keypoint_3d_loss(pred: torch.Tensor, gt: torch.Tensor, rhip: int = constants
     """Hip-centred, confidence-weighted squared 3D error per sample: pred [B, 24, 3] (the
     model's joints[:, 25:49]), gt [B, 24, 4] (+ conf), each centred on its own midpoint of
     joints ``rhip`` and ``lhip``; [B] = sum conf d^2 / (24 * 3)."""
-    _check(pred.dim() == 3 and pred.shape[-1] == 3,
-           f"keypoint_3d_loss: pred must be [B,J,3], got {tuple(pred.shape)}")
-    _check(gt.shape == (*pred.shape[:2], 4),
-           f"keypoint_3d_loss: gt must be [B,J,4] matching pred {tuple(pred.shape)}, "
-           f"got {tuple(gt.shape)}")
-    gt = gt.to(pred.dtype)
+    gt = _keypoints_checked(pred, gt, "keypoint_3d_loss", 3)
     conf, g = gt[..., 3], gt[..., :3]
     g = g - 0.5 * (g[:, rhip] + g[:, lhip])[:, None]
     p = pred - 0.5 * (pred[:, rhip] + pred[:, lhip])[:, None]
