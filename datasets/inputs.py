@@ -20,7 +20,7 @@ from utils.jsonio import dumps
 __all__ = ["DemoInputError", "IMAGE_EXTS", "NUM_OPENPOSE", "list_images", "read_openpose_json",
            "load_bbox_file", "bboxes_for", "bbox_from_openpose", "bbox_from_xywh",
            "export_dataset_inputs", "gt_to_openpose", "prepare_person", "collate",
-           "read_video", "video_frame_name"]
+           "read_video"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 NUM_OPENPOSE = 25
@@ -31,14 +31,9 @@ class DemoInputError(ValueError):
     """A per-image input (keypoint file, bbox entry) is malformed; the message says what."""
 
 
-def video_frame_name(video, frame: int) -> str:
-    """OpenPose's name of frame ``frame`` of ``video``, ``<video stem>_<frame:012d>`` (its
-    keypoints: ``<name>_keypoints.json``)."""
-    return f"{Path(video).stem}_{int(frame):012d}"
-
-
 def read_video(path, every: int = 1):
-    """(fps, iterator of (frame index, [H, W, 3] uint8 RGB)): every ``every``-th frame from 0.
+    """(fps, iterator of (name, [H, W, 3] uint8 RGB)): every ``every``-th frame from 0, named as
+    OpenPose names it, ``<video stem>_<frame:012d>`` (keypoints: ``<name>_keypoints.json``).
 
     Raises :class:`DemoInputError` when OpenCV cannot open the file or it has no frame."""
     if every < 1:
@@ -58,7 +53,7 @@ def read_video(path, every: int = 1):
         try:
             while bgr is not None:
                 if i % every == 0:
-                    yield i, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                    yield f"{Path(path).stem}_{i:012d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 ok, bgr = cap.read()
                 bgr, i = (bgr if ok else None), i + 1
         finally:
@@ -217,8 +212,7 @@ def gt_to_openpose(part) -> np.ndarray:
     (confidence 0: ignored by the bbox and the TTO loss)."""
     part = np.asarray(part, dtype=np.float64)
     op = np.zeros(part.shape[:-2] + (NUM_OPENPOSE, 3))
-    for o_idx, g_idx in _GT_TO_OP.items():
-        op[..., o_idx, :] = part[..., g_idx, :]
+    op[..., list(_GT_TO_OP), :] = part[..., list(_GT_TO_OP.values()), :]
     return op
 
 

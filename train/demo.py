@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -44,6 +45,7 @@ from datasets.inputs import (IMAGE_EXTS, NUM_OPENPOSE, DemoInputError, bbox_from
                              read_video)
 from models.smpl import build_smpl
 from train.tto import TTOConfig, test_time_optimize
+from train.video import run_video
 from utils import imutils
 from utils.camera import Camera, smpl_predict
 from utils.geometry import perspective_projection, rotmat_to_axis_angle
@@ -323,10 +325,6 @@ class _Image:
     person_ids: list        # index of each person in the keypoint / bbox file
 
 
-class _Skip(Exception):
-    """(reason in SKIP_REASONS, message): the image is skipped."""
-
-
 @dataclass
 class Summary:
     images: int = 0
@@ -357,45 +355,14 @@ class Summary:
         return "\n".join(lines)
 
 
-def check_inputs(o, paths: DataPaths):
-    """Everything that must exist, before any work: the video (``--video``), checkpoint, SMPL
-    files, the image folder (``--from_dataset``: written from the test set first), keypoint
-    folder or bbox file; and the video must be readable. Returns (options with the image /
-    keypoint folders, the images or ``--video``'s (fps, frames), bbox source or None)."""
-    video = None if getattr(o, "video", None) is None else require(o.video, "video (--video)")
-    paths.release_checkpoint(o.checkpoint)
-    paths.smpl_model("neutral")
-    paths.smpl_mean_params()
-    paths.j_regressor_extra()
-    if o.from_dataset is not None:
-        with np.load(paths.dataset_npz(o.from_dataset, is_train=False)) as z:
-            n = len(z["imgname"])
-        img_dir, kp_dir = export_dataset_inputs(
-            paths, o.from_dataset, Path(o.out_dir) / "inputs",
-            range(min(n, o.max_images) if o.max_images else n))
-        o = argparse.Namespace(**{**vars(o), "img_dir": str(img_dir),
-                                  "openpose_dir": str(kp_dir)})
-    if video is None and not require(o.img_dir, "image folder (--img_dir)").is_dir():
-        raise SystemExit(f"error: --img_dir {Path(o.img_dir)} is not a folder")
-    source = None if o.openpose_dir is not None else load_bbox_file(o.bbox_file)
-    if source is None and not require(o.openpose_dir,
-                                      "OpenPose keypoint folder (--openpose_dir)").is_dir():
-        raise SystemExit(f"error: --openpose_dir {o.openpose_dir} is not a folder")
-    if video is not None:
-        try:
-            return o, read_video(video, o.every), source
-        except DemoInputError as e:
-            raise SystemExit(f"error: {e}") from None
-    images = list_images(o.img_dir)
-    if not images:
-        raise SystemExit(f"error: no image ({', '.join(IMAGE_EXTS)}) in {Path(o.img_dir)}")
-    return o, images[:o.max_images] if o.max_images else images, source
-
-
 class DemoRun:
-    """One demo run (images or video frames): builds the synthetic world (``--synthetic``),
-    checks the inputs (:func:`check_inputs`: ``self.inputs``), then holds the networks, the
-    renderer and the summary."""
+    """One demo run (images or video frames). Builds the synthetic world (``--synthetic``), then
+    fails before any work when a file is missing (:class:`config.MissingFileError`: the video,
+    checkpoint, SMPL / mean-parameter / regressor files, the image folder (``--from_dataset``:
+    written from the test set first), keypoint folder or bbox file) or unusable (``SystemExit``:
+    no image, an unreadable bbox file or video). ``inputs``: the images, or ``--video``'s (fps,
+    frames); ``source``: the bbox entries (None with keypoints). Holds the networks, the renderer
+    and the summary."""
 
     def __init__(self, o, log=None):
         from train.evaluation import build_eval_networks, read_eval_checkpoint
@@ -405,7 +372,34 @@ class DemoRun:
         if o.synthetic:
             from datasets.synthetic import build_world
             build_world(paths.root)
-        o, self.inputs, self.source = check_inputs(o, paths)
+        video = None if getattr(o, "video", None) is None else require(o.video, "video (--video)")
+        paths.release_checkpoint(o.checkpoint)
+        paths.smpl_model("neutral")
+        paths.smpl_mean_params()
+        paths.j_regressor_extra()
+        if o.from_dataset is not None:
+            with np.load(paths.dataset_npz(o.from_dataset, is_train=False)) as z:
+                n = len(z["imgname"])
+            o = argparse.Namespace(**vars(o))   # a copy: the caller's options stay as given
+            o.img_dir, o.openpose_dir = map(str, export_dataset_inputs(
+                paths, o.from_dataset, Path(o.out_dir) / "inputs",
+                range(min(n, o.max_images) if o.max_images else n)))
+        if video is None and not require(o.img_dir, "image folder (--img_dir)").is_dir():
+            raise SystemExit(f"error: --img_dir {Path(o.img_dir)} is not a folder")
+        self.tto = o.openpose_dir is not None
+        self.source = None if self.tto else load_bbox_file(o.bbox_file)
+        if self.tto and not require(o.openpose_dir,
+                                    "OpenPose keypoint folder (--openpose_dir)").is_dir():
+            raise SystemExit(f"error: --openpose_dir {o.openpose_dir} is not a folder")
+        if video is None:
+            self.inputs = list_images(o.img_dir)[:o.max_images or None]
+            if not self.inputs:
+                raise SystemExit(f"error: no image ({', '.join(IMAGE_EXTS)}) in {Path(o.img_dir)}")
+        else:
+            try:
+                self.inputs = read_video(video, o.every)
+            except DemoInputError as e:
+                raise SystemExit(f"error: {e}") from None
         seed_everything(o.seed)
         self.device = select_device(o.device)
         self.model, self.model_aux = build_eval_networks(   # the options it records decide
@@ -415,45 +409,38 @@ class DemoRun:
         self.smpl = build_smpl(paths, "neutral").to(self.device)
         self.faces = np.asarray(self.smpl.faces, dtype=np.int64)
         self.camera, self.cfg, self.o = Camera.from_options(o), TTOConfig.from_options(o), o
-        self.tto = o.openpose_dir is not None
         self.renderer = Renderer(self.faces, backend=o.render_backend)
         self.out_dir = Path(o.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        video = getattr(o, "video", None) is not None   # frames: counted as they are read
-        self.summary = Summary(images=0 if video else len(self.inputs))
+        self.summary = Summary(images=0 if video else len(self.inputs))   # frames: as read
 
     def load(self, path: Path, rgb: np.ndarray | None = None) -> _Image | None:
         """One image (or video frame ``rgb`` named ``path``) and its people; bad input is
-        reported, counted, and gives None."""
+        reported, counted (:meth:`Summary.skip`), and gives None."""
+        o, skip = self.o, partial(self.summary.skip, path, log=self.log)
         try:
-            return self._load(path, rgb)
+            if self.tto:
+                kp_file = Path(o.openpose_dir) / f"{path.stem}_keypoints.json"
+                if not kp_file.is_file():
+                    return skip("no_keypoint_file", f"no keypoint file {kp_file}")
+                raw = read_openpose_json(kp_file)
+            elif (raw := bboxes_for(self.source, path)) is None:
+                return skip("no_bbox", f"no entry for {path.name} in {o.bbox_file}")
         except DemoInputError as e:
-            self.summary.skip(path, "bad_annotation", str(e), self.log)
-        except _Skip as e:
-            self.summary.skip(path, *e.args, self.log)
-
-    def _load(self, path: Path, rgb: np.ndarray | None) -> _Image:
-        o = self.o
-        if o.openpose_dir is not None:
-            kp_file = Path(o.openpose_dir) / f"{path.stem}_keypoints.json"
-            if not kp_file.is_file():
-                raise _Skip("no_keypoint_file", f"no keypoint file {kp_file}")
-            raw = read_openpose_json(kp_file)
-        elif (raw := bboxes_for(self.source, path)) is None:
-            raise _Skip("no_bbox", f"no entry for {path.name} in {o.bbox_file}")
+            return skip("bad_annotation", str(e))
         if not raw:
-            raise _Skip("no_people", "the keypoint / bbox entry lists no people")
+            return skip("no_people", "the keypoint / bbox entry lists no people")
         if rgb is None:
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             rgb = None if bgr is None or bgr.size == 0 else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         if rgb is None:
-            raise _Skip("unreadable_image", f"cannot read image {path} (corrupt or not an image)")
+            return skip("unreadable_image", f"cannot read image {path} (corrupt or not an image)")
         h, w = rgb.shape[:2]
         focal = float(o.focal_length) if o.focal_length else float(imutils.diagonal_focal(h, w))
         people, ids, dropped = [], [], []
         for i, item in enumerate(raw):
             kp, why = None, None
-            if o.openpose_dir is None:
+            if not self.tto:
                 if item[2] > 0 and item[3] > 0:
                     center, scale = bbox_from_xywh(item)
                 else:
@@ -474,18 +461,18 @@ class DemoRun:
             people.append(prepare_person(rgb, center, scale, focal, o.bbox_type, kp, o.crop_scale))
             ids.append(i)
         if not people:
-            raise _Skip("no_usable_people", "; ".join(dropped))
+            return skip("no_usable_people", "; ".join(dropped))
         if dropped:
             self.summary.people_skipped += len(dropped)
             self.log(f"[demo] {path.name}: skipped " + "; ".join(dropped))
         return _Image(path, rgb, people, ids)
 
-    def _write(self, img: _Image, records: list[dict], overlay_sink=None) -> dict:
-        """Write the npz (and obj) files and the overlay of one image; returns its status. Each
-        record keeps the better of the predictions before / after TTO (:func:`judge_tto`); the
-        overlay's right panel shows the kept one."""
+    def _write(self, img: _Image, records: list[dict], overlay_sink=None) -> None:
+        """Write the npz (and obj) files and the overlay of one image, then log and count it.
+        Each record keeps the better of the predictions before / after TTO (:func:`judge_tto`);
+        the overlay's right panel shows the kept one."""
         from utils.renderer import make_grid, save_obj
-        o, stem, files = self.o, img.path.stem, []
+        o, stem, files, summary = self.o, img.path.stem, [], self.summary
         records, statuses = zip(*[judge_tto(r) for r in records])
         for pid, rec in zip(img.person_ids, records):
             p = self.out_dir / f"{stem}_person{pid}.npz"
@@ -498,7 +485,7 @@ class DemoRun:
                                            draw_keypoints=o.draw_keypoints)
                              for tag in (("_before", "") if self.tto else ("",))])
         if overlay_sink is not None:
-            overlay_sink(img, overlay)
+            overlay_sink(overlay)
         else:
             path = self.out_dir / f"{stem}_overlay.jpg"
             if not cv2.imwrite(str(path), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)):
@@ -506,13 +493,19 @@ class DemoRun:
             files.append(path.name)
         errors = {k: [float(r[k]) for r in records]
                   for k in ("kp_error_px_before", "kp_error_px", "kp_error_px_tto")}
-        return {"status": "ok", "people": len(records), "files": files,
-                "person_status": list(statuses), **errors,
-                "tto_steps": [int(r["tto_steps"]) for r in records]}
+        summary.per_image[img.path.name] = status = {
+            "status": "ok", "people": len(records), "files": files,
+            "person_status": list(statuses), **errors,
+            "tto_steps": [int(r["tto_steps"]) for r in records]}
+        self.log(_image_line(img.path.name, status))
+        summary.tto_rejected += sum(st in ("tto_worse", "tto_diverged") for st in statuses)
+        summary.processed += 1
+        summary.people += len(records)
+        summary.nonfinite += int(sum(bool(r["nonfinite"]) for r in records))
 
     def flush(self, pending: list[_Image], overlay_sink=None) -> None:
         """Predict every person of ``pending`` and write each image's results
-        (``overlay_sink(img, overlay_rgb)`` instead of ``<stem>_overlay.jpg`` when given)."""
+        (``overlay_sink(overlay_rgb)`` instead of ``<stem>_overlay.jpg`` when given)."""
         people, records, summary = [p for img in pending for p in img.people], [], self.summary
         try:
             for s in range(0, len(people), self.o.batch_size):
@@ -529,18 +522,10 @@ class DemoRun:
         for img in pending:
             recs, records = records[:len(img.people)], records[len(img.people):]
             try:
-                status = self._write(img, recs, overlay_sink)
+                self._write(img, recs, overlay_sink)
             except Exception as e:  # noqa: BLE001
                 summary.skip(img.path, "error", f"writing results failed: "
                              f"{type(e).__name__}: {e}", self.log)
-                continue
-            summary.per_image[img.path.name] = status
-            self.log(_image_line(img.path.name, status))
-            summary.tto_rejected += sum(st in ("tto_worse", "tto_diverged")
-                                        for st in status["person_status"])
-            summary.processed += 1
-            summary.people += len(recs)
-            summary.nonfinite += int(sum(bool(r["nonfinite"]) for r in recs))
 
     def finish(self, **extra) -> dict:
         """Close the renderer, write ``summary.json`` (strict JSON: NaN is null), log the
@@ -554,8 +539,7 @@ class DemoRun:
 
 def run_demo(o, log=None) -> dict:
     """The whole demo (module docstring); returns the summary dict (also ``summary.json``).
-    Raises :class:`config.MissingFileError` (checkpoint, SMPL / mean-parameter / regressor files,
-    image folder, bbox file) and ``SystemExit`` (no image, unreadable bbox file) before any work."""
+    Fails before any work as :class:`DemoRun` does."""
     run, pending = DemoRun(o, log), []
     try:
         for path in tqdm(run.inputs, desc="demo", unit="img", disable=None):
@@ -574,11 +558,7 @@ def run_demo(o, log=None) -> dict:
 def main(options) -> dict:
     """demo.py: run the demo; a missing file is a one-line error naming it."""
     try:
-        if getattr(options, "video", None) is not None:
-            from train.video import run_video
-            result = run_video(options)
-        else:
-            result = run_demo(options)
+        result = (run_demo if getattr(options, "video", None) is None else run_video)(options)
     except MissingFileError as e:
         raise SystemExit(f"error: {e}") from e
     if result["images"] and not result["processed"]:   # issue #13 point 10

@@ -14,26 +14,23 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datasets.inputs import video_frame_name
-
 __all__ = ["run_video", "OverlayVideo"]
 
 
 class OverlayVideo:
-    """An mp4 written frame by frame (RGB frames of one size; opened at the first frame)."""
+    """An mp4 written frame by frame (RGB; opened at the first frame, whose size the rest get)."""
 
     def __init__(self, path: Path, fps: float):
-        self.path, self.fps, self.writer, self.size, self.frames = path, fps, None, None, 0
+        self.path, self.fps, self.writer, self.frames = path, fps, None, 0
 
     def write(self, rgb: np.ndarray) -> None:
-        h, w = rgb.shape[:2]
         if self.writer is None:
-            self.size = (w, h)
+            self.size = rgb.shape[1::-1]   # (w, h)
             self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"),
                                           self.fps, self.size)
             if not self.writer.isOpened():
                 raise OSError(f"{self.path}: OpenCV cannot write an mp4 video here")
-        if (w, h) != self.size:
+        if rgb.shape[1::-1] != self.size:
             rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
         self.writer.write(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
         self.frames += 1
@@ -44,9 +41,8 @@ class OverlayVideo:
 
 
 def run_video(o, log=None) -> dict:
-    """The demo on ``o.video`` (module docstring). Returns the summary dict. Raises
-    :class:`config.MissingFileError` (video, checkpoint, SMPL files, keypoint folder) and
-    ``SystemExit`` (a file OpenCV cannot read as a video) before any work."""
+    """The demo on ``o.video`` (module docstring). Returns the summary dict; fails before any
+    work as :class:`train.demo.DemoRun` does."""
     from tqdm import tqdm
     from train.demo import DemoRun
     from utils.renderer import make_grid
@@ -54,13 +50,13 @@ def run_video(o, log=None) -> dict:
     (fps, frames), video, every = run.inputs, Path(o.video), run.o.every
     out = OverlayVideo(run.out_dir / f"{video.stem}_overlay.mp4", fps / every)
     try:
-        for i, rgb in tqdm(frames, desc="video", unit="frame", disable=None):
+        for name, rgb in tqdm(frames, desc="video", unit="frame", disable=None):
             if run.o.max_images and run.summary.images >= run.o.max_images:
                 break
             run.summary.images += 1
-            img, shown = run.load(Path(video_frame_name(video, i) + ".jpg"), rgb), []
+            img, shown = run.load(Path(name + ".jpg"), rgb), []
             if img is not None:
-                run.flush([img], overlay_sink=lambda _img, overlay: shown.append(overlay))
+                run.flush([img], overlay_sink=shown.append)
             out.write(shown[0] if shown else make_grid([rgb] * (2 if run.tto else 1)))
     finally:
         out.close()
