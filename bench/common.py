@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks (decisions D15) and the body of ``bench/data_speed.py``.
+"""Shared pieces of the benchmarks (decisions D15): options, set-up, measurement, tables.
 
 Random-weight networks, synthetic inputs and the synthetic world's SMPL-format body model (as
 costly as the real SMPL; written once into ``$METAHMR_BENCH_CACHE``, default
@@ -8,6 +8,7 @@ process (the script re-runs itself with ``--_child``), so that its peak memory i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -23,13 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-from utils import options as project_options  # noqa: E402
-from utils.jsonio import dumps, write_json  # noqa: E402
-from utils.runtime import compile_backbone, place, select_device  # noqa: E402,F401 (scripts)
+from utils import options as project_options
+from utils.jsonio import dumps, write_json
+from utils.runtime import compile_backbone, place, select_device
 
+REPO = Path(__file__).resolve().parents[1]
 CHILD_MARK = "@@BENCH_RESULT@@ "     # prefix of the child's result line on stdout
 
 
@@ -56,11 +55,6 @@ def machine_info(device: torch.device) -> dict:
         info.update(gpu=props.name, gpu_memory_mb=round(props.total_memory / 2**20),
                     cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     return info
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def synthetic_batch(batch_size: int, crop_hw: tuple[int, int], device: torch.device,
@@ -142,42 +136,59 @@ def calibrate_batchnorm(net: torch.nn.Module, batch: dict) -> None:
     net.train(was_training)
 
 
-def timed(fn, device: torch.device) -> tuple[float, float]:
-    """Wall and process CPU seconds (all threads; less sensitive to a shared machine's load)."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - t0, time.process_time() - c0
+@contextlib.contextmanager
+def stopwatch(device: torch.device | None = None):
+    """Yields a dict that gets the region's wall and CPU seconds (``wall_s``, ``cpu_s``) on exit,
+    after the CUDA ``device``'s work; CPU: all threads of this process and its finished children
+    (e.g. DataLoader workers), less sensitive than wall time to a shared machine's load."""
+    def cpu() -> float:
+        c = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + c.ru_utime + c.ru_stime
+    times, wall0, cpu0 = {}, time.perf_counter(), cpu()
+    yield times
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    times.update(wall_s=time.perf_counter() - wall0, cpu_s=cpu() - cpu0)
 
 
-def measure(fn, args, device: torch.device, unit: str) -> dict:
-    """Wall and CPU seconds per ``unit`` of ``--iters`` calls after ``--warmup`` ones, and the
-    peak memory (MiB) above the start's: CUDA ``max_memory_allocated``; CPU the RSS high-water
-    mark, reset through ``/proc/self/clear_refs`` (else ``ru_maxrss``, a lower bound)."""
-    synchronize(device)
-    if device.type == "cuda":
+def measure(fns: dict, args, device: torch.device, unit: str) -> dict[str, dict]:
+    """For each of ``fns`` (calls of one ``unit``), after ``--warmup`` calls: the wall and CPU
+    seconds of ``--iters`` calls (medians ``s_per_<unit>``; round-robin over ``fns``, so that a
+    shared machine's load hits each alike), and the peak memory (MiB) of them all above the
+    start's: CUDA ``max_memory_allocated``; CPU the RSS high-water mark, reset through
+    ``/proc/self/clear_refs`` (else ``ru_maxrss``, a lower bound)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base, method = (torch.cuda.memory_allocated(device),
                         "cuda max_memory_allocated - allocated at start")
     else:
         try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
+            Path("/proc/self/clear_refs").write_text("5")
             method = "RSS high-water (VmHWM, reset at start) - RSS at start"
         except OSError:
             method = "ru_maxrss - RSS at start (lower bound: peak not resettable)"
         base = _proc("VmRSS") or 0
-    for _ in range(args.warmup):
-        fn()
-    synchronize(device)
-    wall, cpu = map(list, zip(*[timed(fn, device) for _ in range(args.iters)]))
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+    times = {k: [] for k in fns}
+    for i in range(args.warmup + args.iters):
+        for k, fn in fns.items():
+            with stopwatch(device) as t:
+                fn()
+            if i >= args.warmup:
+                times[k].append(t)
+    peak = (torch.cuda.max_memory_allocated(device) if cuda
             else _proc("VmHWM") if method.startswith("RSS")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {f"s_per_{unit}": statistics.median(wall), f"cpu_s_per_{unit}": statistics.median(cpu),
-            "peak_mb": (peak - base) / 2**20, "peak_total_mb": peak / 2**20, "times_s": wall,
-            "cpu_times_s": cpu, "mean_s": statistics.fmean(wall), "min_s": min(wall),
-            "max_s": max(wall), "memory_method": method}
+    figures = {}
+    for k, t in times.items():
+        wall, cpu = [x["wall_s"] for x in t], [x["cpu_s"] for x in t]
+        figures[k] = {f"s_per_{unit}": statistics.median(wall),
+                      f"cpu_s_per_{unit}": statistics.median(cpu), "peak_mb": (peak - base) / 2**20,
+                      "peak_total_mb": peak / 2**20, "times_s": wall, "cpu_times_s": cpu,
+                      "mean_s": statistics.fmean(wall), "min_s": min(wall), "max_s": max(wall),
+                      "memory_method": method}
+    return figures
 
 
 def add_ratios(modes: dict, base: str, unit: str, time_key: str) -> None:
@@ -222,8 +233,7 @@ def parse_bench_args(p: argparse.ArgumentParser, argv, modes) -> argparse.Namesp
     """Parse and check the shared options; ``args.mode_list`` = the modes to measure."""
     args = p.parse_args(argv)
     args.mode_list = [m for m in args.modes.split(",") if m]
-    bad = [m for m in args.mode_list if m not in modes]
-    if bad or not args.mode_list:
+    if (bad := [m for m in args.mode_list if m not in modes]) or not args.mode_list:
         p.error(f"--modes: unknown {bad}; choose from {list(modes)}")
     if args.model == "hmr" and args.backbone == "hrnet":
         p.error("--model hmr has no HRNet variant (choose --backbone resnet or resnet18)")
@@ -244,11 +254,11 @@ def bench_main(args, script: str, measure_mode, run, report) -> int:
         print(CHILD_MARK + dumps(measure_mode(args, child["mode"])), flush=True)
         return 0
     body_model_root(args.smpl_root)        # written once, before the children start
-    modes = {}
+    results = {}
     for mode in args.mode_list:
         print(f"measuring {mode} ...", file=sys.stderr, flush=True)
         if args.in_process:
-            modes[mode] = measure_mode(args, mode)
+            results[mode] = measure_mode(args, mode)
             continue
         cmd = [sys.executable, script, "--_child", dumps({"mode": mode, "options": vars(args)})]
         proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -259,10 +269,10 @@ def bench_main(args, script: str, measure_mode, run, report) -> int:
         if proc.returncode != 0 or not marked:
             raise RuntimeError(f"mode {mode!r} failed (exit code {proc.returncode}); its "
                                f"traceback is above. Command: {shlex.join(cmd)}")
-        modes[mode] = json.loads(marked[-1])
+        results[mode] = json.loads(marked[-1])
     device = select_device(args.device)
     from constants import crop_size
-    res, config = run(args, modes, device)
+    res, config = run(args, results, device)
     res.update(machine=machine_info(device), config={
         **config, "crop_hw": list(crop_size(args.bbox_type)), "iters": args.iters,
         "warmup": args.warmup, "isolated_processes": not args.in_process, "weights": "random",
@@ -295,76 +305,3 @@ def print_table(columns: list[tuple[str, str, str]], rows: dict[str, dict]) -> N
     for name, r in rows.items():
         print(f"{name:<{width}}" + "".join(f"{'-' if r.get(k) is None else format(r[k], f):>{c}}"
                                            for (k, _, f), c in zip(columns, cw)))
-
-
-def data_speed(doc: str, argv=None) -> int:
-    """``bench/data_speed.py`` (``doc``: its docstring)."""
-    from torch.utils.data import DataLoader, Subset
-    from config import SYNTHETIC_ROOT, DataPaths, MissingFileError
-    from datasets import BaseDataset
-    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data_root", type=str, default=SYNTHETIC_ROOT, help="data layout root")
-    p.add_argument("--img_root", type=str, default=None,
-                   help="image folders root (default <root>/datasets)")
-    p.add_argument("--dataset", type=str, default="h36m", help="training dataset name")
-    project_options.add_bbox_type(p, "rect")
-    p.add_argument("--no_syn_occ", action="store_true", help="switch synthetic occlusion off")
-    p.add_argument("--ALB", action="store_true", help="photometric augmentation on")
-    p.add_argument("--n", type=int, default=300, help="samples per measurement")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
-    p.add_argument("--batch_size", type=int, default=16, help="DataLoader batch size")
-    project_options.add_seed(p)
-    p.set_defaults(seed=0)
-    p.add_argument("--json", type=str, default=None, help="also write the figures to this file")
-    a = p.parse_args(argv)
-    o = project_options.train_parser().parse_args([])   # train.py's augmentation
-    vars(o).update(data_root=a.data_root, img_root=a.img_root, bbox_type=a.bbox_type,
-                   syn_occ=not a.no_syn_occ, ALB=a.ALB)
-    t0 = time.perf_counter()
-    try:
-        ds = BaseDataset(o, a.dataset, is_train=True, paths=DataPaths.from_options(o))
-    except MissingFileError as e:
-        print(f"{e}\nBuild the synthetic world with: python -m datasets.synthetic "
-              f"--root {SYNTHETIC_ROOT}", file=sys.stderr)
-        return 2
-    init_s, n_ds = time.perf_counter() - t0, len(ds)
-    np.random.seed(a.seed)
-    torch.set_num_threads(1)
-
-    def row(n: int, t: float) -> dict:
-        return {"samples_per_s": n / t, "ms_per_sample": 1e3 * t / n}
-
-    def rate(fn) -> dict:
-        for i in range(5):
-            fn(i)
-        t0 = time.perf_counter()
-        for i in range(a.n):
-            fn(i)
-        return row(a.n, time.perf_counter() - t0)
-
-    rows = {"image read only": rate(lambda i: ds._read_image(i % n_ds)),
-            "pipeline, 1 process": rate(lambda i: ds[i % n_ds])}
-    if a.workers > 0:
-        idx = [i % n_ds for i in range(a.n + a.batch_size * (a.workers + 1))]
-        it = iter(DataLoader(Subset(ds, idx), batch_size=a.batch_size, num_workers=a.workers,
-                             shuffle=False, persistent_workers=False, prefetch_factor=2))
-        next(it)  # workers started and the pipeline full
-        done, t0 = 0, time.perf_counter()
-        for batch in it:
-            done += batch["img"].shape[0]
-        rows[f"DataLoader, {a.workers} workers"] = row(done, time.perf_counter() - t0)
-    first = ds[0]
-    res = {"dataset": a.dataset, "n_samples_in_dataset": n_ds, "init_s": init_s,
-           "crop": list(first["img"].shape), "syn_occ": not a.no_syn_occ, "ALB": a.ALB,
-           "image_size": [int(first["img_h"]), int(first["img_w"])], "modes": rows,
-           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                       "python": platform.python_version(), "torch": torch.__version__}}
-    print(f"BaseDataset({a.dataset!r}, train), {n_ds} samples, images {res['image_size'][0]}x"
-          f"{res['image_size'][1]}, crop {res['crop'][1]}x{res['crop'][2]}, syn_occ="
-          f"{res['syn_occ']}, ALB={a.ALB}, init {init_s:.2f} s, {os.cpu_count()} CPUs")
-    print_table([("samples_per_s", "samples/s", ".1f"), ("ms_per_sample", "ms/sample", ".2f")],
-                rows)
-    if a.json:
-        print(f"wrote {write_json(a.json, res)}")
-    return 0

@@ -20,7 +20,6 @@ import datetime
 import gc
 import json
 import os
-import resource
 import shutil
 import sys
 import time
@@ -32,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch  # noqa: E402
 
 import train.evaluation as ev  # noqa: E402
-from bench.common import machine_info  # noqa: E402
+from bench.common import REPO, machine_info, stopwatch  # noqa: E402
 from config import DataPaths  # noqa: E402
 from datasets.synthetic import DEFAULT_SIZES, MANIFEST, build_world  # noqa: E402
 from utils.errors import OptionError  # noqa: E402
@@ -40,7 +39,6 @@ from utils.jsonio import write_json  # noqa: E402
 from utils.options import add_crop_scale  # noqa: E402
 from utils.runtime import place, select_device  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 MODELS, MODES, TEST_SETS = ("plain", "meta"), ("sample", "batch"), ("3dpw", "h36m-p2")
 METRICS, SHOWN = ("MPJPE", "PA-MPJPE", "PVE"), ("MPJPE", "PA-MPJPE")  # JSON; figure and tables
 TRAIN_SETS = ("h36m", "mpii", "coco", "mpi-inf-3dhp")   # the mixture without 3DPW
@@ -87,26 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-@contextlib.contextmanager
-def stopwatch():
-    """Yields a dict that gets the region's wall and CPU seconds on exit (CPU: this process and
-    its finished children, e.g. DataLoader workers)."""
-    def cpu() -> float:
-        c = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return time.process_time() + c.ru_utime + c.ru_stime
-    times, wall0, cpu0 = {}, time.perf_counter(), cpu()
-    yield times
-    times.update(wall_s=time.perf_counter() - wall0, cpu_s=cpu() - cpu0)
-
-
 def log(msg: str) -> None:
     print(f"[study {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def world_sizes(a) -> dict[str, int]:
-    """Samples per set: the mixture's training sets, the two test sets, the others 2."""
-    return ({k: 2 for k in DEFAULT_SIZES} | {f"train/{n}": a.n_train for n in TRAIN_SETS}
-            | {"train/h36m": 2 * a.n_train} | {f"test/{n}": a.n_test for n in TEST_SETS})
 
 
 def train_stage(a, name: str, extra: list[str], steps: int, depends: dict,
@@ -222,23 +202,22 @@ def traced_tto(n: int):
         ev.test_time_optimize = tto
 
 
-def score(a, net, aux, ds: str, mode: str, k: int, device) -> dict:
-    """``evaluate`` with ``--tto_mode mode --test_val_step k`` on about ``--max_eval`` samples."""
-    from utils.options import parse_eval
-    o = parse_eval("cliff", [
-        "--data_root", str(a.world), "--backbone", BACKBONE, "--bbox_type", BBOX,
-        "--crop_scale", str(a.crop_scale), "--batch_size", str(a.eval_batch_size),
-        "--num_workers", "0", "--device", device.type, "--seed", str(a.seed), "--log_freq", "0",
-        "--inner_lr", str(a.inner_lr), "--after_innerlr", str(LRS["after_innerlr"]),
-        "--test_val_step", str(k), "--tto_mode", mode])
-    return ev.evaluate(net, aux, o, ds, paths=DataPaths(Path(a.world)), device=device,
-                       max_batches=-(-a.max_eval // a.eval_batch_size), log=log)
-
-
 def evaluate_models(a, nets: dict, aux, device) -> tuple[dict, list[dict], dict]:
     """No-TTO scores of the aux network and of the mean parameters (a network whose decoders
     are zero) per test set; the rows (0..N + 1 updates) of every test set, model and TTO mode;
-    their timings."""
+    their timings. Each score: ``evaluate`` on about ``--max_eval`` samples."""
+    from utils.options import parse_eval
+
+    def score(net, aux, ds: str, mode: str, k: int) -> dict:
+        o = parse_eval("cliff", [
+            "--data_root", str(a.world), "--backbone", BACKBONE, "--bbox_type", BBOX,
+            "--crop_scale", str(a.crop_scale), "--batch_size", str(a.eval_batch_size),
+            "--num_workers", "0", "--device", device.type, "--seed", str(a.seed), "--log_freq",
+            "0", "--inner_lr", str(a.inner_lr), "--after_innerlr", str(LRS["after_innerlr"]),
+            "--test_val_step", str(k), "--tto_mode", mode])
+        return ev.evaluate(net, aux, o, ds, paths=DataPaths(Path(a.world)), device=device,
+                           max_batches=-(-a.max_eval // a.eval_batch_size), log=log)
+
     mean = network(Path(a.world), "aux")
     with torch.no_grad():
         for layer in (mean.decpose, mean.decshape, mean.deccam):
@@ -247,13 +226,13 @@ def evaluate_models(a, nets: dict, aux, device) -> tuple[dict, list[dict], dict]
     refs: dict = {"aux": {}, "mean_parameters": {}}
     for name, net in (("aux", aux), ("mean_parameters", place(mean, device))):
         for ds in TEST_SETS:
-            r = score(a, net, net, ds, "batch", 0, device)
+            r = score(net, net, ds, "batch", 0)
             refs[name][ds] = {m: r[m + "_before"] for m in METRICS} | {"n": r["n"]}
             log(f"{name} on {ds} (no TTO, {r['n']} samples): " + _fmt(refs[name][ds]))
     rows, timings, last = [], {}, a.tto_steps
     for ds, name, mode in ((d, n, m) for d in TEST_SETS for n in nets for m in MODES):
         with stopwatch() as timings[f"{name}/{ds}/{mode}"], traced_tto(a.tto_steps):
-            res = [score(a, nets[name], aux, ds, mode, k, device) for k in range(last + 1)]
+            res = [score(nets[name], aux, ds, mode, k) for k in range(last + 1)]
         r0 = res[0]
         curve = [{"test_val_step": None, "updates": 0, **{m: r0[m + "_before"] for m in METRICS},
                   "n": r0["n"], "n_nonfinite": 0, "loss_2d": r0["loss_2d_before"]}] + [
@@ -356,10 +335,12 @@ def main(argv=None) -> dict:
     os.chdir(REPO)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, dict] = {}
+    timings: dict[str, dict] = {}    # samples per set: the mixture, the test sets, the others 2
+    sizes = ({k: 2 for k in DEFAULT_SIZES} | {f"train/{n}": a.n_train for n in TRAIN_SETS}
+             | {"train/h36m": 2 * a.n_train} | {f"test/{n}": a.n_test for n in TEST_SETS})
     with stopwatch() as total:
         with stopwatch() as timings["world"]:
-            world = build_world(a.world, sizes=world_sizes(a), img_size=a.img_size, seed=0,
+            world = build_world(a.world, sizes=sizes, img_size=a.img_size, seed=0,
                                 weights=(BACKBONE,), log=log)
         stages, aux = train_networks(a, world)
         for name, st in stages.items():
@@ -372,7 +353,7 @@ def main(argv=None) -> dict:
     result = {"command": " ".join(["python bench/synthetic_study.py", *argv]),
               "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
               "settings": {**vars(a), **LRS}, "machine": machine_info(device),
-              "world_sizes": world_sizes(a), "timings": timings, "eval_timings": eval_timings,
+              "world_sizes": sizes, "timings": timings, "eval_timings": eval_timings,
               "training": stages, "no_tto_references": refs, "rows": rows,
               "notes": {"updates": "0 = no TTO (TTOResult.before); k + 1 = --test_val_step k",
                         "loss_2d": "mean TTO 2D loss of the returned prediction (None where "

@@ -14,7 +14,6 @@ meta-training on one batch diverges, and skipped steps would make the times mean
 """
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
@@ -29,6 +28,8 @@ MODES = {"plain": ["--no_inner"], "meta_fo_batch": ["--first_order", "--tto_mode
          "meta_so": ["--tto_mode", "sample"]}
 # the options of train.py this benchmark sets from its own command line
 TRAIN_KEYS = ("model", "backbone", "batch_size", "bbox_type", "device", "amp", "inner_step", "seed")
+# the figures that the interleaved timing replaces (the isolated ones are kept as isolated_*)
+TIMES = ("s_per_iter", "cpu_s_per_iter", "times_s", "cpu_times_s", "mean_s", "min_s", "max_s")
 
 
 def parse_args(argv=None):
@@ -52,58 +53,45 @@ def train_options(args, mode: str):
     return project_options.resolve(o)
 
 
-def _prepare(args, mode: str, device, lr_scale: float):
-    """Options, networks (main one training), SMPL, Adam as Trainer builds it, batch."""
-    from train.trainer import build_optimizer
-    o = train_options(args, mode)
+def time_steps(args, modes: list[str], lr_scale: float) -> dict[str, dict]:
+    """``MetaStep`` of each of ``modes`` timed round-robin in this process, on one network pair
+    (the main one training), SMPL, batch and Adam (built as Trainer builds it)."""
+    from train.trainer import MetaStep, build_optimizer
+    device = common.select_device(args.device)
+    o = train_options(args, modes[0])
     model, model_aux, smpl, batch = common.setup(args, o, device)
     model.train()                        # the aux network runs in eval mode
-    return o, model, model_aux, smpl, build_optimizer(o, model, model_aux, lr_scale), batch
+    optimizer = build_optimizer(o, model, model_aux, lr_scale)
+    steps = {m: MetaStep(train_options(args, m), model, model_aux, smpl, optimizer, device)
+             for m in modes}
+    outs = {m: [] for m in modes}
+
+    def call(m: str):
+        def one():
+            model_aux.requires_grad_(steps[m].aux_grad)
+            out = steps[m](batch)
+            outs[m].append((float(out["loss"]), bool(out.get("skipped", False))))
+        return one
+
+    return {m: {**r, "images_per_s": args.batch_size / r["s_per_iter"],
+                "loss_first": outs[m][0][0], "loss_last": outs[m][-1][0],
+                "skipped_steps": sum(s for _, s in outs[m])}
+            for m, r in common.measure({m: call(m) for m in modes}, args, device, "iter").items()}
 
 
 def measure_mode(args, mode: str) -> dict:
-    """Time ``MetaStep`` of one mode in this process."""
-    from train.trainer import MetaStep
-    device = common.select_device(args.device)
-    o, *nets, optimizer, batch = _prepare(args, mode, device, 1.0 if args.train_lr else 0.0)
-    step, outs = MetaStep(o, *nets, optimizer, device), []
-
-    def one():
-        out = step(batch)
-        outs.append((float(out["loss"]), bool(out.get("skipped", False))))
-
-    r = common.measure(one, args, device, "iter")
-    return {**r, "images_per_s": args.batch_size / r["s_per_iter"], "loss_first": outs[0][0],
-            "loss_last": outs[-1][0], "skipped_steps": sum(s for _, s in outs)}
-
-
-def interleaved_times(args) -> dict[str, dict]:
-    """Every mode timed round-robin in one process (one network pair, Adam lr 0), so that the
-    load of a shared machine hits every mode alike; medians per mode."""
-    from train.trainer import MetaStep
-    device = common.select_device(args.device)
-    _, model, model_aux, smpl, optimizer, batch = _prepare(args, "plain", device, 0.0)
-    steps = {m: MetaStep(train_options(args, m), model, model_aux, smpl, optimizer, device)
-             for m in args.mode_list}
-    times = {m: [] for m in steps}
-    for it in range(args.warmup + args.iters):
-        for m, step in steps.items():
-            model_aux.requires_grad_(step.aux_grad)
-            t = common.timed(lambda: step(batch), device)
-            if it >= args.warmup:
-                times[m].append(t)
-    return {m: {"s_per_iter": statistics.median(w for w, _ in t), "times_s": [w for w, _ in t],
-                "cpu_s_per_iter": statistics.median(c for _, c in t)} for m, t in times.items()}
+    """One mode timed alone (``--train_lr``: Adam at the training rates)."""
+    return time_steps(args, [mode], 1.0 if args.train_lr else 0.0)[mode]
 
 
 def run(args, modes: dict, device):
-    if not args.no_interleave:
+    if not args.no_interleave:     # every mode round-robin in one process, Adam at lr 0
         print("timing all modes interleaved ...", file=sys.stderr, flush=True)
-        for m, t in interleaved_times(args).items():
+        for m, t in time_steps(args, args.mode_list, 0.0).items():
             r = modes[m]
             r.update(isolated_s_per_iter=r["s_per_iter"],
                      isolated_cpu_s_per_iter=r["cpu_s_per_iter"])
-            r.update(t, images_per_s=args.batch_size / t["s_per_iter"])
+            r.update({k: t[k] for k in TIMES}, images_per_s=t["images_per_s"])
     common.add_ratios(modes, "plain", "iter", "ratio_to_plain")
     return {"modes": modes}, {
         **{k: getattr(args, k) for k in TRAIN_KEYS if k != "device"},
@@ -123,9 +111,5 @@ def report(res: dict) -> None:
         ("images_per_s", "img/s", ".2f")])
 
 
-def main(argv=None) -> int:
-    return common.bench_main(parse_args(argv), __file__, measure_mode, run, report)
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(common.bench_main(parse_args(), __file__, measure_mode, run, report))

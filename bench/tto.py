@@ -61,7 +61,7 @@ def measure_mode(args, mode: str) -> dict:
     def one():
         last["res"] = test_time_optimize(model, model_aux, batch, smpl, camera, cfg)
 
-    r = common.measure(one, args, device, "batch")
+    r = common.measure({mode: one}, args, device, "batch")[mode]
     res = last["res"]
     return {**r, "images_per_s": args.batch_size / r["s_per_batch"],
             "s_per_image": r["s_per_batch"] / args.batch_size,
@@ -97,9 +97,5 @@ def report(res: dict) -> None:
                  if r["sample_over_batch_peak_mb"] is not None else ""))
 
 
-def main(argv=None) -> int:
-    return common.bench_main(parse_args(argv), __file__, measure_mode, run, report)
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(common.bench_main(parse_args(), __file__, measure_mode, run, report))
