@@ -48,8 +48,10 @@ def _load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _reference(root, tmp_path, steps: int, extra) -> tuple[dict, dict, list]:
-    """One process: per step, each rank's gradient by plain autograd, their mean, Adam."""
+def _reference(root, tmp_path, steps: int, extra) -> tuple[dict, dict, list, dict]:
+    """One process: per step, each rank's gradient by plain autograd, their mean, Adam.
+    Also, per parameter, a mask of the elements whose mean gradient was, at some step, within
+    the gradient check's tolerance (1e-3 of the tensor's largest) of zero."""
     import ddp_worker
     from train.trainer import Trainer
     from utils.options import parse_train
@@ -57,7 +59,7 @@ def _reference(root, tmp_path, steps: int, extra) -> tuple[dict, dict, list]:
     assert tr.world == 1
     named = [(f"{n}/{k}", p) for n, net in (("model", tr.model), ("model_aux", tr.model_aux))
              for k, p in net.named_parameters() if p.requires_grad]
-    per_rank = []
+    per_rank, near_zero = [], {}
     for s in range(steps):
         tr.model.eval()
         per_rank = []
@@ -65,12 +67,14 @@ def _reference(root, tmp_path, steps: int, extra) -> tuple[dict, dict, list]:
             batch = ddp_worker.fixed_batch(tr.dataset, s, r, 2, BATCH)
             loss = tr.run_step.forward(batch)["_loss"]
             per_rank.append(torch.autograd.grad(loss, [p for _, p in named]))
-        for (_, p), g0, g1 in zip(named, *per_rank):
+        for (k, p), g0, g1 in zip(named, *per_rank):
             p.grad = (g0 + g1) / 2
+            tiny = p.grad.abs() <= 1e-3 * p.grad.abs().max()
+            near_zero[k] = tiny | near_zero.get(k, tiny)
         tr.optimizer.step()
     grads = {k: p.grad for k, p in named}
     return {"model": tr.model.state_dict(), "model_aux": tr.model_aux.state_dict()}, grads, [
-        dict(zip([k for k, _ in named], g)) for g in per_rank]
+        dict(zip([k for k, _ in named], g)) for g in per_rank], near_zero
 
 
 def test_ranks_apply_the_mean_gradient(synthetic_root, tmp_path):
@@ -84,7 +88,7 @@ def test_ranks_apply_the_mean_gradient(synthetic_root, tmp_path):
     for net in ("model", "model_aux"):           # every rank holds the same weights
         for k in a[net]:
             assert torch.equal(a[net][k], b[net][k]), (net, k)
-    ref, ref_grads, local = _reference(synthetic_root, tmp_path, steps, extra)
+    ref, ref_grads, local, near_zero = _reference(synthetic_root, tmp_path, steps, extra)
     aux_keys = [k for k in ref_grads if k.startswith("model_aux/")]
     assert bool(aux_keys) == (order == "second")   # aux is trained only under second order
     assert set(a["grads"]) == set(ref_grads)
@@ -93,15 +97,18 @@ def test_ranks_apply_the_mean_gradient(synthetic_root, tmp_path):
         # a rank's own gradient is ~50% off the mean, far outside this tolerance
         err = float((a["grads"][k] - g).abs().max())
         assert err <= 1e-3 * float(g.abs().max()) + 1e-9, (k, err)
-    # the weights: Adam's update lr * m / (sqrt(v) + eps) turns a rounding-level difference of a
-    # near-zero gradient into up to ~2 lr, so a few such elements may differ; without the
-    # averaging nearly every element would (each rank's own gradient)
+    # the weights follow the reference's Adam trajectory. Adam's update lr * m / (sqrt(v) + eps)
+    # turns a rounding-level difference of a near-zero gradient into up to ~2 lr (how many such
+    # elements depends on the CPU's summation order), so only elements whose mean gradient was
+    # near zero at some step may differ. (Adam's update is nearly scale-free, so this is no test
+    # of the averaging: the gradient check above is.)
     lr = 1e-4
     for net in ("model", "model_aux"):
         for k, v in ref[net].items():
             diff = (a[net][k].double() - v.double()).abs()
             assert float(diff.max()) <= 2 * steps * 1.5 * lr, (net, k)
-            assert int((diff > 1e-6).sum()) <= max(8, 1e-4 * v.numel()), (net, k)
+            exempt = near_zero.get(f"{net}/{k}", torch.zeros_like(diff, dtype=torch.bool))
+            assert not bool((diff > 1e-6)[~exempt].any()), (net, k)
     # not vacuous: the ranks' own gradients are far from their mean (main and aux)
     for prefix in ("model/", "model_aux/"):
         keys = [k for k in local[0] if k.startswith(prefix)]
