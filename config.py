@@ -45,7 +45,6 @@ DATASET_FILES = {
     },
 }
 TEST_DATASETS = tuple(DATASET_FILES["test"])
-TRAIN_DATASETS = tuple(DATASET_FILES["train"])
 
 # image folder (under img_root) of each dataset name; the npz imgname is joined onto it
 DATASET_FOLDERS = {
@@ -76,8 +75,6 @@ AUX_FILES = {  # aux-network initialisation, by (model, backbone)
     ("cliff", "resnet18"): "models/ckpt/cliff_res18.pt",   # our small extra backbone
     ("hmr", "resnet18"): "models/ckpt/hmr_res18.pt",
 }
-RELEASED_CHECKPOINTS = ("ckpt/cliff_hrnet_3dpw.pt", "ckpt/cliff_hrnet_h36m.pt",
-                        "ckpt/hmr_resnet_3dpw.pt", "ckpt/hmr_resnet_h36m.pt")
 
 
 class MissingFileError(UserError, FileNotFoundError):

@@ -69,13 +69,6 @@ JOINT_MAP = [
 ]
 assert len(JOINT_MAP) == NUM_JOINTS_OUT == len(JOINT_NAMES)
 
-# smplx's extra vertex joints (SMPL topology, 'smplh' vertex ids), in smplx's order
-SMPLX_VERTEX_JOINTS = {
-    "nose": 332, "reye": 6260, "leye": 2800, "rear": 4071, "lear": 583,
-    "LBigToe": 3216, "LSmallToe": 3226, "LHeel": 3387,
-    "RBigToe": 6617, "RSmallToe": 6624, "RHeel": 6787,
-}
-
 # Evaluation joint subsets
 H36M_TO_J17 = [6, 5, 4, 1, 2, 3, 16, 15, 14, 11, 12, 13, 8, 10, 0, 7, 9]
 H36M_TO_J14 = H36M_TO_J17[:14]
@@ -97,12 +90,6 @@ SMPL_POSE_FLIP_PERM = [3 * j + k for j in SMPL_JOINTS_FLIP_PERM for k in range(3
 
 # SMPL kinematic tree (parent of each of the 24 joints; -1 for the root)
 SMPL_PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
-SMPL_JOINT_NAMES = [
-    "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2",
-    "left_ankle", "right_ankle", "spine3", "left_foot", "right_foot", "neck", "left_collar",
-    "right_collar", "head", "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
-    "left_wrist", "right_wrist", "left_hand", "right_hand",
-]
 
 # Dataset mixtures (H36M, COCO+MPII, MPI-INF-3DHP[, 3DPW])
 MIX_WITHOUT_3DPW = {"h36m": 0.5, "lsp_coco_mpii": 0.3, "mpi-inf-3dhp": 0.2}

@@ -73,10 +73,6 @@ class Sequence:
     def n_actors(self) -> int:
         return len(self.genders)
 
-    @property
-    def n_frames(self) -> int:
-        return len(self.cam_poses)
-
 
 def image_name(sequence: str, frame: int) -> str:
     """The image of a frame, relative to the 3DPW root (the npz ``imgname``)."""
