@@ -27,6 +27,7 @@ import constants
 from utils.runtime import place, seed_everything, select_device
 from config import DataPaths, MissingFileError
 from train.tto import TTOConfig, test_time_optimize
+from train.visualize import Visualizer
 from utils.camera import Camera
 from utils.pose_utils import mpjpe as _mpjpe, pve as _pve, reconstruction_error
 
@@ -211,7 +212,7 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
                               max_batches)
     targets_model = EvalTargets(paths, dataset_name, getattr(o, "h36m_gt", "mosh")).to(device)
     camera, cfg = Camera.from_options(o), TTOConfig.from_options(o)
-    viz = _Visualizer(o, ds, smpl, camera) if getattr(o, "viz", False) else None
+    viz = Visualizer(o, ds, smpl, camera) if getattr(o, "viz", False) else None
     tally = _Tally(dataset_name)
     total = min(len(loader), max_batches) if max_batches else len(loader)
     # a live bar in a terminal; otherwise a line every --log_freq batches (issue #13 point 1)
@@ -385,102 +386,6 @@ def write_result_file(path, arrays: dict) -> Path:
     else:
         np.savez(path, **arrays)
     return path
-
-
-# ------------------------------------------------------------------------------------------------
-# --viz
-class _Visualizer:
-    """Renders the predicted meshes (before / after TTO) over the input images (``--viz``).
-
-    CLIFF: the original image (3DPW at half size, the dataset's own reader), the per-image
-    focal length and the image centre, the full-image camera. HMR: the un-normalised crop, focal
-    5000 and the crop centre. Files in ``--viz_dir``: ``<name>_input.jpg``, ``_before.jpg``,
-    ``_ours_gt.jpg`` (``_ours_openpose.jpg`` with --use_openpose2d), ``_compare.jpg`` (the three
-    side by side) and, with ``--save_obj``, ``<name>.obj`` (the adapted mesh, camera
-    coordinates). ``<name>``: ``<sequence>-<frame>`` for 3DPW, else the image stem
-    (``_<sample index>`` appended when a name repeats).
-    """
-
-    AFTER_GT = (0.65, 0.74, 0.86)       # light blue
-    AFTER_OPENPOSE = (0.95, 0.62, 0.78)  # pink
-    BEFORE = (0.80, 0.80, 0.80)         # grey
-
-    def __init__(self, o, dataset, smpl, camera: Camera):
-        from utils.renderer import Renderer
-        self.dataset, self.camera = dataset, camera
-        self.dir = Path(getattr(o, "viz_dir", None) or "eval_result/img_viz")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.max = int(getattr(o, "viz_max", 0))
-        self.save_obj = bool(getattr(o, "save_obj", False))
-        self.suffix = "ours_openpose" if getattr(o, "use_openpose2d", False) else "ours_gt"
-        self.color = self.AFTER_OPENPOSE if getattr(o, "use_openpose2d", False) else self.AFTER_GT
-        faces = getattr(smpl, "faces", None)
-        if faces is None:
-            faces = smpl.faces_tensor
-        self.faces = np.asarray(faces.cpu() if torch.is_tensor(faces) else faces, np.int64)
-        self.renderer = Renderer(self.faces, backend=getattr(o, "viz_backend", "auto"))
-        self.count = 0
-        self.names: set[str] = set()
-        self.written: list[Path] = []
-
-    def _indices(self, B: int) -> range:
-        return range(1 if self.max == 0 else B if self.max < 0 else
-                     min(B, max(0, self.max - self.count)))
-
-    def _name(self, imgname: str, index: int) -> str:
-        p = Path(imgname)
-        name = f"{p.parent.name}-{p.stem}" if self.dataset.dataset == "3dpw" else p.stem
-        if name in self.names:
-            name = f"{name}_{index}"
-        self.names.add(name)
-        return name
-
-    def _image(self, b: dict, i: int) -> np.ndarray:
-        """RGB uint8 background of sample i."""
-        import cv2
-        if self.camera.kind == "hmr":
-            mean = torch.tensor(constants.IMG_NORM_MEAN).view(3, 1, 1)
-            std = torch.tensor(constants.IMG_NORM_STD).view(3, 1, 1)
-            img = (b["img"][i].detach().float().cpu() * std + mean).clamp(0, 1)
-            return np.ascontiguousarray((img.permute(1, 2, 0).numpy() * 255).round()
-                                        .astype(np.uint8))
-        reader = getattr(self.dataset, "read_image", None) or self.dataset._read_image
-        bgr = reader(int(b["sample_index"][i]))
-        if bgr is None:
-            raise RuntimeError(f"--viz: cannot read {b['imgname'][i]}")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-    def __call__(self, b: dict, res) -> None:
-        import cv2
-        B = res.after["vertices"].shape[0]
-        for i in self._indices(B):
-            img = self._image(b, i)
-            h, w = img.shape[:2]
-            if self.camera.kind == "hmr":
-                f, c = constants.FOCAL_LENGTH, (self.camera.crop_w / 2.0, self.camera.crop_h / 2.0)
-            else:
-                f, c = float(b["focal_length"][i]), (w / 2.0, h / 2.0)
-            name = self._name(str(b["imgname"][i]), int(b["sample_index"][i]))
-            out = {"input": img}
-            one = {k: v[i:i + 1] for k, v in b.items() if torch.is_tensor(v)}
-            for tag, pred, col in (("before", res.before, self.BEFORE),
-                                   (self.suffix, res.after, self.color)):
-                t = self.camera.full_translation(pred["cam"][i:i + 1], one)[0]
-                verts = (pred["vertices"][i] + t).detach().float().cpu().numpy()
-                out[tag] = self.renderer.render(verts, f, c, img, color=col)
-                if tag == self.suffix and self.save_obj:
-                    from utils.renderer import save_obj
-                    self.written.append(save_obj(verts, self.faces, self.dir / f"{name}.obj"))
-            out["compare"] = np.concatenate([out["input"], out["before"], out[self.suffix]], 1)
-            for tag, im in out.items():
-                p = self.dir / f"{name}_{tag}.jpg"
-                if not cv2.imwrite(str(p), cv2.cvtColor(im, cv2.COLOR_RGB2BGR)):
-                    raise OSError(f"--viz: could not write {p}")
-                self.written.append(p)
-            self.count += 1
-
-    def close(self) -> None:
-        self.renderer.close()
 
 
 # ------------------------------------------------------------------------------------------------
