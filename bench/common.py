@@ -154,9 +154,11 @@ def stopwatch(device: torch.device | None = None):
 def measure(fns: dict, args, device: torch.device, unit: str) -> dict[str, dict]:
     """For each of ``fns`` (calls of one ``unit``), after ``--warmup`` calls: the wall and CPU
     seconds of ``--iters`` calls (medians ``s_per_<unit>``; round-robin over ``fns``, so that a
-    shared machine's load hits each alike), and the peak memory (MiB) of them all above the
-    start's: CUDA ``max_memory_allocated``; CPU the RSS high-water mark, reset through
-    ``/proc/self/clear_refs`` (else ``ru_maxrss``, a lower bound)."""
+    shared machine's load hits each alike), and the peak memory (MiB) of them all, warm-up
+    included (what a mode needs: Adam's state, the first call's allocations; with ``--compile``
+    also the compilation's), above the start's: CUDA ``max_memory_allocated``; CPU the RSS
+    high-water mark, reset through ``/proc/self/clear_refs`` (else ``ru_maxrss``, the process's
+    lifetime peak: an upper bound)."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
@@ -168,7 +170,7 @@ def measure(fns: dict, args, device: torch.device, unit: str) -> dict[str, dict]
             Path("/proc/self/clear_refs").write_text("5")
             method = "RSS high-water (VmHWM, reset at start) - RSS at start"
         except OSError:
-            method = "ru_maxrss - RSS at start (lower bound: peak not resettable)"
+            method = "ru_maxrss - RSS at start (upper bound: peak not resettable)"
         base = _proc("VmRSS") or 0
     times = {k: [] for k in fns}
     for i in range(args.warmup + args.iters):

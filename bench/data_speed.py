@@ -72,7 +72,7 @@ def main(argv=None) -> int:
             fn(i)
         return row(a.n, time.perf_counter() - t0)
 
-    rows = {"image read only": rate(lambda i: ds._read_image(i % n_ds)),
+    rows = {"image read only": rate(lambda i: ds.read_image(i % n_ds)),
             "pipeline, 1 process": rate(lambda i: ds[i % n_ds])}
     if a.workers > 0:
         idx = [i % n_ds for i in range(a.n + a.batch_size * (a.workers + 1))]

@@ -180,7 +180,8 @@ def traced_tto(n: int):
     """Inside, ``evaluate`` with ``--test_val_step k`` (k <= n) takes its TTO result from one run
     of ``n`` steps per batch (no early stop): the prediction after k + 1 updates, kept by an
     observer of ``test_time_optimize``, is what a run with ``--test_val_step k`` returns
-    (tests/test_tto.py); for k < n its 2D loss is NaN (not computed)."""
+    (tests/test_tto.py); for k < n its 2D loss is NaN (not computed) and its ``nonfinite``
+    flags (``n_nonfinite``) are the n-step run's."""
     tto, runs = ev.test_time_optimize, {}
 
     def traced(model, model_aux, batch, smpl, camera, cfg):

@@ -85,13 +85,14 @@ def measure_mode(args, mode: str) -> dict:
 
 
 def run(args, modes: dict, device):
-    if not args.no_interleave:     # every mode round-robin in one process, Adam at lr 0
+    if not args.no_interleave:     # every mode round-robin in one process, Adam as the children
         print("timing all modes interleaved ...", file=sys.stderr, flush=True)
-        for m, t in time_steps(args, args.mode_list, 0.0).items():
+        for m, t in time_steps(args, args.mode_list, 1.0 if args.train_lr else 0.0).items():
             r = modes[m]
             r.update(isolated_s_per_iter=r["s_per_iter"],
                      isolated_cpu_s_per_iter=r["cpu_s_per_iter"])
-            r.update({k: t[k] for k in TIMES}, images_per_s=t["images_per_s"])
+            r.update({k: t[k] for k in TIMES}, images_per_s=t["images_per_s"],
+                     interleaved_skipped_steps=t["skipped_steps"])
     common.add_ratios(modes, "plain", "iter", "ratio_to_plain")
     return {"modes": modes}, {
         **{k: getattr(args, k) for k in TRAIN_KEYS if k != "device"},
@@ -103,8 +104,9 @@ def run(args, modes: dict, device):
 
 def report(res: dict) -> None:
     for name, r in res["modes"].items():
-        if r.get("skipped_steps"):
-            print(f"warning: {name}: {r['skipped_steps']} iteration(s) had a non-finite loss and "
+        skipped = r.get("skipped_steps", 0) + r.get("interleaved_skipped_steps", 0)
+        if skipped:
+            print(f"warning: {name}: {skipped} iteration(s) had a non-finite loss and "
                   f"skipped backward and Adam; its time is not representative")
     common.print_results(res, "MetaStep", f"amp {res['config']['amp']}", "iter", "plain", [
         ("s_per_iter", "s/iter", ".3f"), ("ratio_to_plain", "x plain", ".2f"),

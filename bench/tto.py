@@ -51,7 +51,7 @@ def measure_mode(args, mode: str) -> dict:
     from utils.camera import Camera
     o = project_options.eval_parser(args.model).parse_args([*README_TTO, "--tto_mode", mode])
     vars(o).update({k: getattr(args, k) for k in EVAL_KEYS})
-    o = project_options.resolve(project_options.fill_checkpoint_defaults(o))
+    o = project_options.resolve(o)   # fills --model (always None here) and --crop_scale
     device = common.select_device(args.device)
     model, model_aux, smpl, batch = common.setup(args, o, device, compile_aux=False)
     model.eval()

@@ -17,6 +17,7 @@ __all__ = ["DatasetError", "read_annotations", "check_annotations"]
 # npz key -> expected per-sample shape
 _SHAPES = {"part": (24, 3), "openpose": (25, 3), "pose": (72,), "S": (24, 4),
            "center": (2,), "has_smpl": (), "gender": ()}
+_SCALAR_OK = ("focal_length",)   # may hold one value for all samples
 
 
 class DatasetError(UserError, ValueError):
@@ -47,8 +48,11 @@ def check_annotations(data: dict[str, np.ndarray], fail: Callable[..., DatasetEr
     if data["imgname"].ndim != 1:
         raise fail(f"'imgname' has shape {data['imgname'].shape}, expected (N,)")
     n = len(data["imgname"])
+    if scalar := [k for k, v in data.items() if v.ndim == 0 and k not in _SCALAR_OK]:
+        raise fail(f"{scalar[0]!r} is a single value (a 0-d array), expected one entry per "
+                   f"sample ({n}, as in imgname)")
     lengths = {k: len(v) for k, v in data.items() if v.ndim > 0}
-    if k_bad := [k for k, m in lengths.items() if m != n and k != "focal_length"]:
+    if k_bad := [k for k, m in lengths.items() if m != n and k not in _SCALAR_OK]:
         listing = ", ".join(f"{k} has {m}" for k, m in lengths.items())
         raise fail(f"arrays of different lengths ({', '.join(k_bad)} differ from "
                    f"imgname): {listing}")

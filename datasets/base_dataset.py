@@ -31,7 +31,7 @@ from datasets.occlusion import SyntheticOcclusion
 from utils import imutils
 
 __all__ = ["BaseDataset", "DatasetError", "OCCLUDED_DATASETS", "HALF_SIZE_DATASETS",
-           "collate_skipping", "read_image_file"]
+           "collate_skipping"]
 
 OCCLUDED_DATASETS = ("h36m", "mpi-inf-3dhp")   # --syn_occ applies to their training samples
 HALF_SIZE_DATASETS = ("3dpw",)                 # images at half resolution (§6.3 item 1)
@@ -125,6 +125,12 @@ class BaseDataset(Dataset):
             self.has_smpl, self.has_pose_3d = np.zeros(n, np.float32), 0.0
         if "gender" in data:
             g = np.char.lower(np.char.strip(data["gender"].astype(str)))
+            # the release reads anything but 'm' as female; in a test set (scored against the
+            # gendered meshes) another value is a broken file. Training does not read it.
+            if not self.is_train and (bad := ~np.isin(g, ("m", "f"))).any():
+                raise self._fail(f"'gender' holds {sorted(set(g[bad].tolist()))[:5]} "
+                                 f"({int(bad.sum())} samples, first is {_first(bad)}); expected "
+                                 f"'m' or 'f' per sample", _first(bad))
             self.gender = np.where(g == "m", 0, 1).astype(np.int64)
         elif self.dataset in GENDERED_TEST_SETS and not self.is_train:
             raise self._fail("has no 'gender' array, which the 3DPW protocol needs (each "
@@ -182,7 +188,7 @@ class BaseDataset(Dataset):
             img = cv2.resize(img, (w // 2, h // 2))
         return img, why
 
-    def _read_image(self, index: int) -> np.ndarray | None:
+    def read_image(self, index: int) -> np.ndarray | None:
         """BGR uint8 image (halved for 3DPW); None if bad and ``skip_bad_images``."""
         img, why = self._load_image(index)
         if img is None:

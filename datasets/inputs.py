@@ -14,6 +14,7 @@ import torch
 
 import constants
 from config import DataPaths, require
+from datasets.annotations import DatasetError, check_annotations, read_annotations
 from utils import imutils
 from utils.jsonio import dumps
 
@@ -161,38 +162,46 @@ def bbox_from_xywh(box):
     return center, float(scale)
 
 
-def export_dataset_inputs(paths: DataPaths, dataset: str, out_dir, indices=None,
+def export_dataset_inputs(paths: DataPaths, dataset: str, out_dir, max_images: int = 0,
                           keypoints: str = "openpose") -> tuple[Path, Path]:
     """Copy images of a test set (``config.TEST_DATASETS``, e.g. 'h36m-p2') and write their
     keypoints as OpenPose BODY_25 JSON files; returns (image folder, keypoint folder).
 
     ``out_dir`` gets ``images/<name>.jpg`` and ``openpose/<name>_keypoints.json`` (``<name>``:
-    ``<sequence>-<frame>`` for 3DPW, the image stem otherwise) for ``indices`` (default: all).
-    keypoints: 'openpose' (the npz ``openpose`` array) or 'gt' (the GT ``part`` joints in their
-    OpenPose slots, :func:`gt_to_openpose`; for sets without OpenPose). Keypoints are in the
-    stored image's pixels (the npz values; 3DPW images are stored at full size, as in the real set).
+    ``<sequence>-<frame>`` for 3DPW, the image stem otherwise) for the first ``max_images``
+    samples (0: all). keypoints: 'openpose' (the npz ``openpose`` array) or 'gt' (the GT
+    ``part`` joints in their OpenPose slots, :func:`gt_to_openpose`; for sets without OpenPose).
+    Keypoints are in the stored image's pixels (the npz values; 3DPW images are stored at full
+    size, as in the real set). The npz is read and checked by :mod:`datasets.annotations`; a bad
+    file, a set without 'openpose' or a missing image raise :class:`DatasetError`.
     """
     import shutil
-    with np.load(paths.dataset_npz(dataset, is_train=False)) as z:
-        data = {k: z[k] for k in ("imgname", "openpose", "part") if k in z.files}
-    img_root, out = paths.image_folder(dataset), Path(out_dir)
-    img_out, kp_out = out / "images", out / "openpose"
-    img_out.mkdir(parents=True, exist_ok=True)
-    kp_out.mkdir(parents=True, exist_ok=True)
+    npz = paths.dataset_npz(dataset, is_train=False)
+    data = read_annotations(npz)
+    n = check_annotations(data, lambda msg, index=None: DatasetError(f"{npz}: {msg}"))
     if keypoints == "openpose":
         if "openpose" not in data:
-            raise ValueError(f"{dataset}: the npz has no 'openpose' keypoints; use keypoints='gt'")
+            raise DatasetError(f"{npz}: no 'openpose' keypoints in this {dataset} test set, so "
+                               f"--from_dataset cannot use it. Choose a set with them, or run "
+                               f"on --img_dir with --openpose_dir / --bbox_file")
         kp_all = data["openpose"]
     elif keypoints == "gt":
         kp_all = gt_to_openpose(data["part"])
     else:
         raise ValueError(f"keypoints must be 'openpose' or 'gt', got {keypoints!r}")
+    img_root, out = paths.image_folder(dataset), Path(out_dir)
+    img_out, kp_out = out / "images", out / "openpose"
+    img_out.mkdir(parents=True, exist_ok=True)
+    kp_out.mkdir(parents=True, exist_ok=True)
     names: set[str] = set()
-    for i in range(len(data["imgname"])) if indices is None else indices:
+    for i in range(min(n, max_images) if max_images else n):
         rel = Path(str(data["imgname"][i]))
         name = f"{rel.parent.name}-{rel.stem}" if dataset == "3dpw" else rel.stem
         name = f"{name}_{i}" if name in names else name
         names.add(name)
+        if not (img_root / rel).is_file():
+            raise DatasetError(f"{npz}, sample {i}: image {img_root / rel} does not exist. "
+                               f"Restore the {dataset} images under {img_root}")
         shutil.copyfile(img_root / rel, img_out / f"{name}{rel.suffix}")
         person = {"person_id": [-1], "pose_keypoints_2d": np.asarray(kp_all[i], float)
                   .reshape(-1).tolist()}

@@ -1,13 +1,14 @@
 """Synthetic occlusion with Pascal VOC object patches (upstream-behaviour.md §2.7, decisions D8).
 
-``data/VOC/pascal_occluders.npy``: RGBA uint8 patches (RGB like the crops), an object array or
-list of H x W x 4 arrays (read through :func:`utils.safe_pickle.load_npy`: arrays only, nothing
-runs) or one N x H x W x 4 array. Per crop (numpy random state, in this order): ``count =
-randint(1, 8)``, then per occluder its index ``randint(len)`` (numpy, not the released
-``random.choice``: one seed governs the pipeline), a size factor ``U(0.2, 1.0) * min(W, H) /
-256`` (``cv2.resize``, INTER_AREA shrinking, INTER_LINEAR enlarging) and a centre ``U([0, 0],
-[W, H])``; the patch, centred there (rounded), is alpha-blended ``a * patch + (1 - a) * out``
-(``a = alpha / 255``), clipped at the crop border.
+``data/VOC/pascal_occluders.npy``: RGBA uint8 patches (RGB like the crops), an object array of
+H x W x 4 arrays (what ``np.save`` makes of a list; read through
+:func:`utils.safe_pickle.load_npy`: arrays only, nothing runs) or one N x H x W x 4 array.
+Per crop (numpy random state, in this order): ``count = randint(1, 8)``, then per occluder its
+index ``randint(len)`` (numpy, not the released ``random.choice``: one seed governs the
+pipeline), a size factor ``U(0.2, 1.0) * min(W, H) / 256`` (``cv2.resize``, INTER_AREA
+shrinking, INTER_LINEAR enlarging) and a centre ``U([0, 0], [W, H])``; the patch, centred
+there (rounded), is alpha-blended ``a * patch + (1 - a) * out`` (``a = alpha / 255``), clipped
+at the crop border.
 """
 from __future__ import annotations
 
@@ -35,15 +36,12 @@ def _load_cached(path: str, mtime: float) -> tuple[np.ndarray, ...]:
         raise
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
         raise OccluderFileError(f"cannot read occluder file {path}: {e}") from e
-    if isinstance(raw, np.ndarray) and (raw.dtype == object or raw.ndim == 4):
+    if raw.dtype == object or raw.ndim == 4:   # load_npy returns an ndarray or raises
         items = list(raw.reshape(-1) if raw.dtype == object else raw)
-    elif isinstance(raw, (list, tuple)):
-        items = list(raw)
     else:
         raise OccluderFileError(
-            f"occluder file {path}: expected an object array (or list) of HxWx4 RGBA uint8 "
-            f"patches or an NxHxWx4 array, got {type(raw).__name__} "
-            f"{getattr(raw, 'dtype', '')}{getattr(raw, 'shape', '')}")
+            f"occluder file {path}: expected an object array of HxWx4 RGBA uint8 patches or "
+            f"an NxHxWx4 array, got a {raw.dtype} array of shape {raw.shape}")
     if not items:
         raise OccluderFileError(f"occluder file {path} holds no occluders")
     out = []

@@ -130,9 +130,12 @@ def _gt_joints(seqs: list[Sequence], models: dict) -> dict:
                  for a in range(q.n_actors) if q.genders[a] == code]
         if not items:
             continue
-        S = _pose_chunks(models[gender], *(np.concatenate(x) for x in zip(*(
-            (np.repeat(seqs[i].betas[a][None], len(f), 0), seqs[i].poses[a, f],
-             seqs[i].trans[a, f], seqs[i].cam_poses[f]) for i, a, f in items))))
+        betas = np.concatenate([np.repeat(seqs[i].betas[a][None], len(f), 0)
+                                for i, a, f in items])
+        pose = np.concatenate([seqs[i].poses[a, f] for i, a, f in items])
+        trans = np.concatenate([seqs[i].trans[a, f] for i, a, f in items])
+        cam = np.concatenate([seqs[i].cam_poses[f] for i, a, f in items])
+        S = _pose_chunks(models[gender], betas, pose, trans, cam)
         ends = np.cumsum([len(f) for _, _, f in items])
         for (i, a, _), part in zip(items, np.split(S, ends[:-1])):
             out[i, a] = part

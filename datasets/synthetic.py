@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -51,11 +50,13 @@ import config
 from config import DATASET_FOLDERS, DataPaths
 from datasets.synthetic_images import occluder_patches
 from datasets.synthetic_sets import DATASET_SPECS, expected_keys, mean_pose, write_dataset
+from utils.atomic import atomic_path
+from utils.cli import run
+from utils.errors import OptionError, UserError
 from utils.jsonio import dumps as strict_dumps
 
 __all__ = ["build_world", "write_body_files", "DEFAULT_SIZES", "TINY_SIZES", "DEFAULT_IMG_SIZE",
-           "TINY_IMG_SIZE", "GENERATOR_VERSION", "DATASET_SPECS", "expected_keys", "mean_pose",
-           "main"]
+           "TINY_IMG_SIZE", "GENERATOR_VERSION", "DATASET_SPECS", "expected_keys", "main"]
 
 GENERATOR_VERSION = 1
 DEFAULT_IMG_SIZE = 256
@@ -70,10 +71,8 @@ TINY_SIZES = {k: 4 for k in DEFAULT_SIZES}
 
 def _save_npy(path: Path, arr: np.ndarray, allow_pickle: bool = False) -> None:
     """``np.save``, atomically (a concurrent writer never leaves a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npy")
-    np.save(tmp, arr, allow_pickle=allow_pickle)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr, allow_pickle=allow_pickle)
 
 
 def write_body_files(paths: DataPaths, genders=("neutral", "male", "female")) -> None:
@@ -86,9 +85,8 @@ def write_body_files(paths: DataPaths, genders=("neutral", "male", "female")) ->
     extra, h36m = sb.extra_regressors(models["neutral"])
     _save_npy(paths.data_dir / "J_regressor_extra.npy", extra)
     _save_npy(paths.data_dir / "J_regressor_h36m.npy", h36m)
-    tmp = paths.data_dir / f"smpl_mean_params.tmp{os.getpid()}.npz"
-    np.savez(tmp, **sb.mean_params(mean_pose()))
-    os.replace(tmp, paths.data_dir / "smpl_mean_params.npz")
+    with atomic_path(paths.data_dir / "smpl_mean_params.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **sb.mean_params(mean_pose()))
 
 
 def _write_weights(root: Path, weights, paths: DataPaths, log) -> None:
@@ -123,14 +121,14 @@ def build_world(root: str | os.PathLike = config.SYNTHETIC_ROOT, sizes: dict | N
             "sizes": dict(DEFAULT_SIZES)}
     for k, v in (sizes or {}).items():
         if k not in DEFAULT_SIZES:
-            raise ValueError(f"unknown dataset {k!r} in sizes; expected keys like "
+            raise OptionError(f"unknown dataset {k!r} in sizes; expected keys like "
                              f"{sorted(DEFAULT_SIZES)}")
         if int(v) < 2:
-            raise ValueError(f"sizes[{k!r}] = {v}: every set needs at least 2 samples")
+            raise OptionError(f"sizes[{k!r}] = {v}: every set needs at least 2 samples")
         want["sizes"][k] = int(v)
     weights = tuple(w for w in (weights or ()) if w)
     if unknown := [w for w in weights if w not in config.BACKBONE_FILES]:
-        raise ValueError(f"unknown backbone(s) {unknown} for stand-in weights; choose from "
+        raise OptionError(f"unknown backbone(s) {unknown} for stand-in weights; choose from "
                          f"{sorted(config.BACKBONE_FILES)}")
     # reuse a complete world of this generator version built with every argument given
     have = json.loads(manifest_path.read_text()) if marker.exists() and \
@@ -149,7 +147,7 @@ def build_world(root: str | os.PathLike = config.SYNTHETIC_ROOT, sizes: dict | N
                     *(paths.images_dir / d for d in set(DATASET_FOLDERS.values())))
         if p.exists() and (p.is_file() or any(p.iterdir()))]
     if foreign:
-        raise RuntimeError(f"{root} holds a data tree that the synthetic generator did not "
+        raise UserError(f"{root} holds a data tree that the synthetic generator did not "
                            f"write ({foreign[0]}; no {MANIFEST}); refusing to overwrite "
                            "it. Choose another --root for the synthetic world.")
     log(f"building the synthetic world in {root} (seed {want['seed']}, images "
@@ -217,16 +215,13 @@ def main(argv=None) -> Path:
     img_size = a.img_size if a.img_size is not None else (TINY_IMG_SIZE if a.tiny
                                                           else DEFAULT_IMG_SIZE)
     weights = tuple(w.strip() for w in a.weights.split(",") if w.strip())
-    try:
-        root = build_world(a.root, sizes=sizes, img_size=img_size, seed=a.seed, force=a.force,
-                           weights=weights)
-        if a.raw:
-            from datasets.synthetic_raw import write_raw_3dpw
-            write_raw_3dpw(root, seed=a.seed)
-        return root
-    except (ValueError, RuntimeError) as e:
-        raise SystemExit(f"error: {e}") from e
+    root = build_world(a.root, sizes=sizes, img_size=img_size, seed=a.seed, force=a.force,
+                       weights=weights)
+    if a.raw:
+        from datasets.synthetic_raw import write_raw_3dpw
+        write_raw_3dpw(root, seed=a.seed)
+    return root
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(main)

@@ -31,6 +31,7 @@ from scipy.optimize import nnls
 import constants
 from datasets.synthetic_tube import (N_SEG, N_VERTS, PART_NAMES, PARTS, faces, shape_params,
                                      signed_volume, surface)
+from utils.atomic import atomic_path
 
 __all__ = ["GENDER_PRESETS", "BodyModel", "build_body_model", "write_body_models",
            "extra_regressors", "mean_params", "H36M_JOINT_NAMES", "EXTRA_JOINT_NAMES"]
@@ -180,15 +181,12 @@ def write_body_models(smpl_dir: str | os.PathLike,
                       genders=("neutral", "male", "female")) -> dict[str, BodyModel]:
     """Write ``SMPL_<GENDER>.pkl`` of each of ``genders`` under ``smpl_dir`` (atomically);
     returns the models."""
-    Path(smpl_dir).mkdir(parents=True, exist_ok=True)
     out = {}
     for gender in genders:
         out[gender] = build_body_model(gender)
         path = Path(smpl_dir) / f"SMPL_{gender.upper()}.pkl"
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        with open(tmp, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             pickle.dump(out[gender].data, fh, protocol=2)
-        os.replace(tmp, path)
     return out
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from config import DATASET_FOLDERS, DataPaths
 from datasets.pw3d_raw import BODY25_FROM_COCO18
+from utils.atomic import atomic_path
 
 __all__ = ["write_raw_3dpw"]
 
@@ -106,10 +107,8 @@ def _write_split(d: dict, split: str, images: Path, out: Path, models: dict,
             "cam_poses": cam, "img_frame_ids": np.arange(n),
             "cam_intrinsics": np.array([[f, 0, w / 2.0], [0, f, h / 2.0], [0, 0, 1.0]])}
         path = out / "sequenceFiles" / split / f"{stem}.pkl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".tmp"), "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             pickle.dump(seq_file, fh, protocol=2)
-        os.replace(path.with_suffix(".tmp"), path)
         for i in (i for idx in actors.values() for i in idx):    # the images, linked
             src, dst = images / str(d["imgname"][i]), out / str(d["imgname"][i])
             if dst.exists() and os.path.samefile(src, dst):

@@ -13,7 +13,6 @@ and the image (:mod:`datasets.synthetic_images`); the npz last (conventions:
 from __future__ import annotations
 
 import math
-import os
 import zlib
 from collections import namedtuple
 from pathlib import Path
@@ -24,6 +23,7 @@ from scipy.spatial.transform import Rotation
 
 from config import DATASET_FILES, DATASET_FOLDERS, DataPaths
 from datasets.synthetic_images import background, clothes, draw_body
+from utils.atomic import atomic_path
 
 __all__ = ["DatasetSpec", "DATASET_SPECS", "expected_keys", "mean_pose", "write_dataset"]
 
@@ -291,8 +291,6 @@ def write_dataset(key: str, n: int, img_size: int, paths: DataPaths, models: dic
             "has_smpl": np.ones(n), "S": ann["S"], "gender": np.array(gender),
             "focal_length": ann["focal_length"]}      # the real set's keys, in SPIN's order
     npz = paths.data_dir / "datasets" / DATASET_FILES[spec.split][spec.name]
-    npz.parent.mkdir(parents=True, exist_ok=True)
-    tmp = npz.with_name(npz.stem + ".tmp.npz")
-    np.savez(tmp, **{k: v for k, v in data.items() if k in expected_keys(key)})
-    os.replace(tmp, npz)
+    with atomic_path(npz) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **{k: v for k, v in data.items() if k in expected_keys(key)})
     return npz

@@ -107,21 +107,24 @@ def describe(obj: object) -> str | None:
                     f"({FORMATS['aux', 'cliff', bb].source}), {_NOT_OURS} --aux_checkpoint to "
                     f"train.py")
         if net["model"] == "hmr":
-            return (f"this is an HMR {name} auxiliary checkpoint (SPIN's hmr.pt), {_NOT_OURS} "
-                    f"--aux_checkpoint to train.py --model hmr")
+            return (f"this is an HMR {name} auxiliary checkpoint "
+                    f"({FORMATS['aux', 'hmr', 'resnet'].source}), {_NOT_OURS} --aux_checkpoint to "
+                    f"train.py --model hmr")
         return (f"this holds one {_label(net)} network under 'model' but no 'model_aux': "
                 f"not a Meta-HMR checkpoint (which holds both networks)")
     if isinstance(obj.get("state_dict"), Mapping):
-        state = {k.replace("backbone.", ""): v for k, v in obj["state_dict"].items()
-                 if isinstance(k, str)}
-        if (bb := _backbone(set(state))) is not None and "fc1.weight" not in state:
-            return (f"this is a pretrained {_NAMES[bb]} backbone (pose_resnet.pth), "
-                    f"{_NOT_OURS} --backbone_checkpoint to train.py")
+        keys = {k for k in rename(obj["state_dict"], FORMATS["backbone", "resnet"].drop)
+                if isinstance(k, str)}
+        if (bb := _backbone(keys)) is not None and "fc1.weight" not in keys:
+            return (f"this is a pretrained {_NAMES[bb]} backbone "
+                    f"({FORMATS['backbone', bb].source}), {_NOT_OURS} --backbone_checkpoint to "
+                    f"train.py")
     keys = {k for k in obj if isinstance(k, str)}
     bb = _backbone(keys)
     if bb == "hrnet" and "fc1.weight" not in keys and "conv1.weight" in keys:
-        return ("this is a pretrained HRNet-W48 pose backbone (pose_hrnet_w48_256x192.pth), "
-                f"{_NOT_OURS} --backbone_checkpoint to train.py")
+        return (f"this is a pretrained HRNet-W48 pose backbone "
+                f"({FORMATS['backbone', 'hrnet'].source}), {_NOT_OURS} --backbone_checkpoint to "
+                f"train.py")
     if bb is not None:
         return (f"this is the bare state dict of one {_label(network_of(obj))} network, not a "
                 f"Meta-HMR checkpoint (a dict with 'model' and 'model_aux' written by train.py)")

@@ -115,8 +115,6 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> object
 
 def _state(obj: object, fmt, path) -> dict:
     """The state dict that ``fmt`` (a :class:`checkpoint_kind.Format`) finds in ``obj``."""
-    if fmt.entry is None:
-        return obj
     if not isinstance(obj, Mapping) or fmt.entry not in obj:
         found = sorted(obj)[:_SHOW] if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(f"{path}: expected a dict with a {fmt.entry!r} entry, found {found}")
@@ -218,7 +216,8 @@ def load_backbone_weights(path: str | os.PathLike, model: Regressor,
         return _load_strict(target, state, path, fmt.what, own_keys=trunk,
                             may_miss=lambda k: _is_counter(k) or bool(_COCO_ABSENT.match(k)))
     trunk = model.trunk_state_keys()
-    state = {k: v for k, v in _state(obj, fmt, path).items() if k in set(trunk)}
+    keep = set(trunk)
+    state = {k: v for k, v in _state(obj, fmt, path).items() if k in keep}
     if not state:
         raise CheckpointError(f"{path}: no {backbone} trunk key found (expected e.g. "
                               f"'backbone.conv1.weight' under 'state_dict')")

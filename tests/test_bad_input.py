@@ -11,6 +11,7 @@ import argparse
 import io
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -405,3 +406,25 @@ def test_entry_scripts_print_one_line(synthetic_root, tmp_path):
         assert p.returncode == 2, p.stderr[-2000:]
         lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith(start), p.stderr[-2000:]
+
+
+@pytest.mark.parametrize("case", ["no_openpose", "missing_image"])
+def test_demo_from_dataset_bad_set_is_one_line(synthetic_root, tmp_path, case):
+    """demo.py --from_dataset on a test set without 'openpose', or naming a missing image."""
+    data = _world_npz(synthetic_root, "h36m-p2")
+    if case == "no_openpose":
+        data.pop("openpose")
+        want = "no 'openpose' keypoints in this h36m-p2 test set"
+    else:
+        data["imgname"] = np.array(["nope/missing.jpg", *data["imgname"][1:]])
+        want = "sample 0: image .*nope/missing.jpg does not exist"
+    root = _root(tmp_path / "root", synthetic_root, "h36m-p2", data)
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"never read: the inputs fail first")
+    p = _script("demo.py", "--from_dataset", "h36m-p2", "--data_root", root, "--checkpoint",
+                ckpt, "--out_dir", tmp_path / "out", "--device", "cpu", "--backbone", "resnet18")
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr[-2000:]
+    assert re.search(want, lines[0]), lines[0]
+    assert DATASET_FILES["test"]["h36m-p2"] in lines[0], lines[0]   # names the file

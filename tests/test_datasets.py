@@ -504,6 +504,38 @@ def test_arrays_of_different_lengths(tmp_path):
     _expect(tmp_path, "mpii", r"different lengths.*S.*imgname has 5.*S has 4")
 
 
+@pytest.mark.parametrize("key,value", [("has_smpl", np.float64(1.0)), ("gender", np.str_("m"))])
+def test_scalar_per_sample_key(tmp_path, key, value):
+    """A 0-d array where each sample needs an entry (only focal_length may be one value)."""
+    make_npz_and_images(tmp_path, "h36m", True, n=3, extra={key: np.array(value)})
+    _expect(tmp_path, "h36m", f"'{key}' is a single value .*one entry per sample \\(3")
+
+
+def test_scalar_focal_length_is_shared(tmp_path):
+    make_npz_and_images(tmp_path, "h36m", True, n=3, extra={"focal_length": np.array(700.0)})
+    assert (_ds(tmp_path, "h36m", True).focal_length == 700.0).all()
+
+
+@pytest.mark.parametrize("bad", ["male", "", "x"])
+def test_gender_other_than_m_or_f(tmp_path, bad):
+    """A test set is scored against the gendered meshes: another value is refused. Training
+    does not read gender: the release's reading ('m' -> 0, anything else -> 1) is kept."""
+    gender = {"gender": np.array(["m", bad, "f"])}
+    make_npz_and_images(tmp_path, "3dpw", False, n=3, extra=gender)
+    err = _expect(tmp_path, "3dpw", f"'gender' holds \\['{bad}'\\].*expected 'm' or 'f'",
+                  is_train=False)
+    assert "sample 1" in str(err)
+    make_npz_and_images(tmp_path, "h36m", True, n=3, extra=gender)
+    assert _ds(tmp_path, "h36m", True).gender.tolist() == [0, 1, 1]
+
+
+def test_gender_codes(tmp_path):
+    """'m' -> 0 (male model), 'f' -> 1; case, spaces and bytes as stored by numpy are read."""
+    make_npz_and_images(tmp_path, "h36m", True, n=4,
+                        extra={"gender": np.array([b"m", b"F", b" f", b"M"])})
+    assert _ds(tmp_path, "h36m", True).gender.tolist() == [0, 1, 1, 0]
+
+
 def test_bad_shape(tmp_path):
     make_npz_and_images(tmp_path, "coco", True, n=3, extra={"part": np.ones((3, 14, 3))})
     _expect(tmp_path, "coco", r"'part' has shape \(3, 14, 3\), expected \(N, 24, 3\)")
@@ -616,3 +648,13 @@ def test_alb_keeps_rgb(world, monkeypatch):
         assert grey or (m[0] > m[1] and m[0] > m[2])  # still red: channel order kept
         changed += int(np.any(out != red))
     assert changed >= 10
+
+
+def test_denormalize_image_inverts_torchvision_normalize():
+    """Every uint8 value comes back from torchvision's normalisation, batched and channel-last."""
+    from torchvision.transforms import functional as TF
+    img = np.stack(np.meshgrid(np.arange(256), np.arange(3), indexing="ij"), -1)[..., :1]
+    img = np.repeat(img, 3, -1).astype(np.uint8)[None].repeat(2, 0)      # (2, 256, 3, 3)
+    norm = torch.stack([TF.normalize(TF.to_tensor(i), constants.IMG_NORM_MEAN,
+                                     constants.IMG_NORM_STD) for i in img])
+    assert np.array_equal(imutils.denormalize_image(norm.numpy()), img)

@@ -50,8 +50,8 @@ def _load(path):
 
 def _reference(root, tmp_path, steps: int, extra) -> tuple[dict, dict, list, dict]:
     """One process: per step, each rank's gradient by plain autograd, their mean, Adam.
-    Also, per parameter, a mask of the elements whose mean gradient was, at some step, within
-    the gradient check's tolerance (1e-3 of the tensor's largest) of zero."""
+    Also, per parameter, a mask of the elements whose mean gradient was, at some step, near
+    zero (below 1e-5 of the tensor's largest: rounding-level flips seen were below 1e-6)."""
     import ddp_worker
     from train.trainer import Trainer
     from utils.options import parse_train
@@ -69,7 +69,7 @@ def _reference(root, tmp_path, steps: int, extra) -> tuple[dict, dict, list, dic
             per_rank.append(torch.autograd.grad(loss, [p for _, p in named]))
         for (k, p), g0, g1 in zip(named, *per_rank):
             p.grad = (g0 + g1) / 2
-            tiny = p.grad.abs() <= 1e-3 * p.grad.abs().max()
+            tiny = p.grad.abs() <= 1e-5 * p.grad.abs().max()
             near_zero[k] = tiny | near_zero.get(k, tiny)
         tr.optimizer.step()
     grads = {k: p.grad for k, p in named}
@@ -102,13 +102,15 @@ def test_ranks_apply_the_mean_gradient(synthetic_root, tmp_path):
     # elements depends on the CPU's summation order), so only elements whose mean gradient was
     # near zero at some step may differ. (Adam's update is nearly scale-free, so this is no test
     # of the averaging: the gradient check above is.)
-    lr = 1e-4
+    lr, checked, total = 1e-4, 0, 0
     for net in ("model", "model_aux"):
         for k, v in ref[net].items():
             diff = (a[net][k].double() - v.double()).abs()
             assert float(diff.max()) <= 2 * steps * 1.5 * lr, (net, k)
             exempt = near_zero.get(f"{net}/{k}", torch.zeros_like(diff, dtype=torch.bool))
             assert not bool((diff > 1e-6)[~exempt].any()), (net, k)
+            checked, total = checked + int((~exempt).sum()), total + v.numel()
+    assert checked >= total // 3, (checked, total)   # dead ReLUs: ~46% exempt on this tiny crop
     # not vacuous: the ranks' own gradients are far from their mean (main and aux)
     for prefix in ("model/", "model_aux/"):
         keys = [k for k in local[0] if k.startswith(prefix)]

@@ -406,15 +406,16 @@ def test_export_dataset_inputs(synthetic_root, tmp_path):
     import constants
     paths = DataPaths(Path(synthetic_root))
     z = _npz(synthetic_root)
-    img, kp = demo_inputs.export_dataset_inputs(paths, DATASET, tmp_path / "a", [0, 2])
-    names = [Path(str(n)).stem for n in z["imgname"][[0, 2]]]
+    img, kp = demo_inputs.export_dataset_inputs(paths, DATASET, tmp_path / "a", max_images=3)
+    names = [Path(str(n)).stem for n in z["imgname"][:3]]
+    assert len(z["imgname"]) > 3          # the first max_images samples, not all
     assert sorted(p.stem for p in demo_inputs.list_images(img)) == sorted(names)
-    people = demo_inputs.read_openpose_json(kp / f"{names[1]}_keypoints.json")
+    people = demo_inputs.read_openpose_json(kp / f"{names[2]}_keypoints.json")
     assert len(people) == 1
     np.testing.assert_allclose(people[0], z["openpose"][2])
     src = paths.image_folder(DATASET) / z["imgname"][2]
-    assert (img / f"{names[1]}.jpg").read_bytes() == src.read_bytes()
-    _, kp = demo_inputs.export_dataset_inputs(paths, DATASET, tmp_path / "b", [0], keypoints="gt")
+    assert (img / f"{names[2]}.jpg").read_bytes() == src.read_bytes()
+    _, kp = demo_inputs.export_dataset_inputs(paths, DATASET, tmp_path / "b", 1, keypoints="gt")
     op = demo_inputs.read_openpose_json(kp / f"{names[0]}_keypoints.json")[0]
     filled = op[:, 2] > 0
     assert (z["part"][0][:, 2] > 0).all()                     # every GT joint visible

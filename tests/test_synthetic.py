@@ -14,6 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +29,10 @@ from config import DATASET_FILES, DATASET_FOLDERS, DataPaths
 from datasets.synthetic import (DATASET_SPECS, MANIFEST, MARKER, build_world, expected_keys,
                                 main)
 from models.smpl import build_smpl
+from utils.errors import OptionError, UserError
 from utils.raster import rasterize, render_mesh_software
+
+REPO = Path(__file__).resolve().parents[1]
 
 KEYS = sorted(DATASET_SPECS)          # 'train/h36m', 'test/3dpw', ...
 GENDER_MODEL = {"m": "male", "f": "female"}
@@ -298,15 +304,29 @@ def test_build_world_refuses_a_foreign_data_tree_and_bad_sizes(tmp_path):
     real = tmp_path / "real"
     (real / "data" / "smpl").mkdir(parents=True)
     (real / "data" / "smpl" / "SMPL_NEUTRAL.pkl").write_bytes(b"not ours")
-    with pytest.raises(RuntimeError, match="did not write"):
+    with pytest.raises(UserError, match="did not write"):
         build_world(real, weights=(), log=None)
     assert (real / "data" / "smpl" / "SMPL_NEUTRAL.pkl").read_bytes() == b"not ours"
-    with pytest.raises(ValueError, match="unknown dataset 'train/lsp'"):
+    with pytest.raises(OptionError, match="unknown dataset 'train/lsp'"):
         build_world(tmp_path / "x", sizes={"train/lsp": 3}, log=None)
-    with pytest.raises(SystemExit, match="unknown dataset"):
+    with pytest.raises(OptionError, match="unknown dataset"):
         main(["--root", str(tmp_path / "y"), "--sizes", "test/foo=2"])
-    with pytest.raises(SystemExit, match="unknown backbone"):
+    with pytest.raises(OptionError, match="unknown backbone"):
         main(["--root", str(tmp_path / "y"), "--weights", "vgg"])
+
+
+def test_cli_bad_sizes_is_one_line_exit_2(tmp_path):
+    """``python -m datasets.synthetic`` with a too small set: one ``error:`` line, code 2,
+    nothing written."""
+    root = tmp_path / "w"
+    p = subprocess.run([sys.executable, "-m", "datasets.synthetic", "--root", str(root),
+                        "--sizes", "train/h36m=1", "--weights", ""], cwd=REPO,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "METAHMR_DEBUG": ""})
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert lines == ["error: sizes['train/h36m'] = 1: every set needs at least 2 samples"], lines
+    assert not root.exists()
 
 
 # ---------------------------------------------------------------------------------------------

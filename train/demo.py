@@ -378,12 +378,9 @@ class DemoRun:
         paths.smpl_mean_params()
         paths.j_regressor_extra()
         if o.from_dataset is not None:
-            with np.load(paths.dataset_npz(o.from_dataset, is_train=False)) as z:
-                n = len(z["imgname"])
             o = argparse.Namespace(**vars(o))   # a copy: the caller's options stay as given
             o.img_dir, o.openpose_dir = map(str, export_dataset_inputs(
-                paths, o.from_dataset, Path(o.out_dir) / "inputs",
-                range(min(n, o.max_images) if o.max_images else n)))
+                paths, o.from_dataset, Path(o.out_dir) / "inputs", o.max_images))
         if video is None and not require(o.img_dir, "image folder (--img_dir)").is_dir():
             raise SystemExit(f"error: --img_dir {Path(o.img_dir)} is not a folder")
         self.tto = o.openpose_dir is not None

@@ -103,7 +103,7 @@ def peer_errors(rank: int, timeout_s: float):
                          f"its own output says why") from e
 
 
-PEER_FAILURE_MARKS = ("gloo", "NCCL", "Timed out", "timed out", "timeout", "Connection closed",
+PEER_FAILURE_MARKS = ("gloo", "NCCL", "Timed out", "timed out", "Connection closed",
                       "Connection reset", "pair closure")
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import constants
-from utils.runtime import place, seed_everything, select_device
+from utils.runtime import place, seed_everything, select_device, to_device
 from config import DataPaths, MissingFileError
 from train.tto import TTOConfig, test_time_optimize
 from train.visualize import Visualizer
@@ -226,8 +226,7 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
                 tally.skipped += batch.pop("skipped", [])      # --skip_bad_images: not scored
                 if "img" not in batch:
                     continue
-                b = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                     for k, v in batch.items()}
+                b = to_device(batch, device)
                 t0 = time.perf_counter()
                 res = test_time_optimize(model, model_aux, b, smpl, camera, cfg)
                 if device.type == "cuda":

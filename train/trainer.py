@@ -30,6 +30,7 @@ from train.losses import LossWeights, gt_targets, pseudo_targets, smpl_loss
 from utils.camera import Camera, smpl_predict
 from utils.options import save_options, to_dict
 from utils import runtime
+from utils.imutils import denormalize_image
 from utils.runtime import seed_everything, select_device
 
 
@@ -302,8 +303,7 @@ class Trainer:
             bar = tqdm(loader, desc=f"epoch {self.epoch}", initial=self.batch_idx,
                        total=per_epoch, disable=not self.main, dynamic_ncols=True)
             for batch in bar:
-                batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
-                         for k, v in batch.items()}
+                batch = runtime.to_device(batch, self.device)
                 self.model.train()
                 self.last_batch = batch
                 out = self.run_step(batch, log_inner=(self.step + 1) % o.summary_steps == 0)
@@ -370,10 +370,7 @@ class Trainer:
         n = viz["vertices"].shape[0]
         sub = {k: v[:n] for k, v in batch.items() if torch.is_tensor(v)}
         focal, centre = self.run_step.camera.crop_intrinsics(sub)
-        mean = torch.tensor(constants.IMG_NORM_MEAN, device=sub["img"].device).view(1, 3, 1, 1)
-        std = torch.tensor(constants.IMG_NORM_STD, device=sub["img"].device).view(1, 3, 1, 1)
-        imgs = ((sub["img"] * std + mean).clamp(0, 1) * 255).byte()
-        imgs = imgs.permute(0, 2, 3, 1).cpu().numpy()
+        imgs = denormalize_image(sub["img"].detach().float().cpu().numpy())
         verts = (viz["vertices"] + viz["translation"][:, None]).cpu().numpy()
         return np.stack([self.renderer.render(verts[i], float(focal[i]), centre[i].tolist(),
                                               np.ascontiguousarray(imgs[i]))

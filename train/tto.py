@@ -337,7 +337,6 @@ class _Weights:
         for k, v in self.leaves.items():
             g = gh.get(k, gr.get(k))
             v.grad = None if g is None else g.detach() if clean else torch.nan_to_num(g.detach())
-        del grads, gh, gr
         self.adam.step()
         for v in self.leaves.values():   # free now: the next gradients are new tensors
             v.grad = None

@@ -8,6 +8,7 @@ import torch
 
 import constants
 from utils.camera import Camera
+from utils.imutils import denormalize_image
 
 
 class Visualizer:
@@ -35,14 +36,10 @@ class Visualizer:
         self.save_obj = bool(getattr(o, "save_obj", False))
         self.suffix = "ours_openpose" if getattr(o, "use_openpose2d", False) else "ours_gt"
         self.color = self.AFTER_OPENPOSE if getattr(o, "use_openpose2d", False) else self.AFTER_GT
-        faces = getattr(smpl, "faces", None)
-        if faces is None:
-            faces = smpl.faces_tensor
-        self.faces = np.asarray(faces.cpu() if torch.is_tensor(faces) else faces, np.int64)
+        self.faces = np.asarray(smpl.faces, np.int64)
         self.renderer = Renderer(self.faces, backend=getattr(o, "viz_backend", "auto"))
         self.count = 0
         self.names: set[str] = set()
-        self.written: list[Path] = []
 
     def _indices(self, B: int) -> range:
         return range(1 if self.max == 0 else B if self.max < 0 else
@@ -60,13 +57,8 @@ class Visualizer:
         """RGB uint8 background of sample i."""
         import cv2
         if self.camera.kind == "hmr":
-            mean = torch.tensor(constants.IMG_NORM_MEAN).view(3, 1, 1)
-            std = torch.tensor(constants.IMG_NORM_STD).view(3, 1, 1)
-            img = (b["img"][i].detach().float().cpu() * std + mean).clamp(0, 1)
-            return np.ascontiguousarray((img.permute(1, 2, 0).numpy() * 255).round()
-                                        .astype(np.uint8))
-        reader = getattr(self.dataset, "read_image", None) or self.dataset._read_image
-        bgr = reader(int(b["sample_index"][i]))
+            return denormalize_image(b["img"][i].detach().float().cpu().numpy())
+        bgr = self.dataset.read_image(int(b["sample_index"][i]))
         if bgr is None:
             raise RuntimeError(f"--viz: cannot read {b['imgname'][i]}")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -91,13 +83,12 @@ class Visualizer:
                 out[tag] = self.renderer.render(verts, f, c, img, color=col)
                 if tag == self.suffix and self.save_obj:
                     from utils.renderer import save_obj
-                    self.written.append(save_obj(verts, self.faces, self.dir / f"{name}.obj"))
+                    save_obj(verts, self.faces, self.dir / f"{name}.obj")
             out["compare"] = np.concatenate([out["input"], out["before"], out[self.suffix]], 1)
             for tag, im in out.items():
                 p = self.dir / f"{name}_{tag}.jpg"
                 if not cv2.imwrite(str(p), cv2.cvtColor(im, cv2.COLOR_RGB2BGR)):
                     raise OSError(f"--viz: could not write {p}")
-                self.written.append(p)
             self.count += 1
 
     def close(self) -> None:

@@ -190,6 +190,13 @@ def normalize_image(img, pn=None) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
+def denormalize_image(img) -> np.ndarray:
+    """(..., 3, H, W) normalised float -> (..., H, W, 3) uint8 RGB: :func:`normalize_image`
+    undone (without its noise), rounded to the nearest value."""
+    x = np.moveaxis(np.asarray(img, dtype=np.float32), -3, -1) * _STD + _MEAN
+    return np.ascontiguousarray((np.clip(x, 0.0, 1.0) * 255.0).round().astype(np.uint8))
+
+
 def photometric_augment(img, rng=np.random) -> np.ndarray:
     """Our stand-in for the released ``--ALB`` albumentations pipeline (RGB stays RGB, D8):
     (H, W, 3) uint8 -> (H, W, 3) uint8, geometry untouched; each step drawn from ``rng`` (a

@@ -30,6 +30,12 @@ def place(module: torch.nn.Module, device: torch.device,
     return module.to(device=device, memory_format=fmt)
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A batch dict with its tensors on ``device`` (copied asynchronously where possible)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (decisions D14)."""
     random.seed(seed)
