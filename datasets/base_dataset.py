@@ -65,8 +65,11 @@ class BaseDataset(Dataset):
         self.rot_factor = float(_opt(options, "rot_factor", 30.0))
         self.noise_factor = float(_opt(options, "noise_factor", 0.4))
         self.scale_factor = float(_opt(options, "scale_factor", 0.25))
-        self.ignore_3d, self.use_alb, self.skip_bad_images = (
-            bool(_opt(options, k, False)) for k in ("ignore_3d", "ALB", "skip_bad_images"))
+        # training only, like every augmentation (§6.3): a test set keeps its 3D labels, which
+        # the test-time pseudo-label loss masks by, and its pixels
+        self.ignore_3d, self.use_alb = (bool(_opt(options, k, False)) and self.is_train
+                                        for k in ("ignore_3d", "ALB"))
+        self.skip_bad_images = bool(_opt(options, "skip_bad_images", False))
         self.half_size = dataset in HALF_SIZE_DATASETS
         self.use_syn_occ = (bool(_opt(options, "syn_occ", False)) and self.is_train
                             and dataset in OCCLUDED_DATASETS)

@@ -658,3 +658,35 @@ def test_denormalize_image_inverts_torchvision_normalize():
     norm = torch.stack([TF.normalize(TF.to_tensor(i), constants.IMG_NORM_MEAN,
                                      constants.IMG_NORM_STD) for i in img])
     assert np.array_equal(imutils.denormalize_image(norm.numpy()), img)
+
+
+def test_test_sets_ignore_the_training_only_options(world, monkeypatch):
+    """--ignore_3d and --ALB act on training sets only (§6.3): a test set keeps its 3D labels
+    (the test-time pseudo-label loss is masked by them) and its pixels, also when the
+    in-training evaluation passes the training options."""
+    monkeypatch.setattr(imutils, "photometric_augment", lambda img, rng=np.random: 255 - img)
+    plain = _ds(world, "3dpw", False)[0]
+    flagged = _ds(world, "3dpw", False, ignore_3d=True, ALB=True)[0]
+    assert float(plain["has_smpl"]) == 1          # so that keeping it is seen
+    for k in ("img", "has_smpl", "has_pose_3d", "pose_3d", "pose"):
+        np.testing.assert_array_equal(np.asarray(flagged[k]), np.asarray(plain[k]), err_msg=k)
+    train = _fixed(_ds(world, "h36m", True, ignore_3d=True, ALB=True))[0]   # training: both act
+    assert float(train["has_smpl"]) == 0
+    assert not np.allclose(train["img"].numpy(), _fixed(_ds(world, "h36m", True))[0]["img"])
+
+
+def test_exif_orientation_is_ignored(tmp_path):
+    """Dataset images are read as stored (the release's decoder ignores EXIF orientation): the
+    npz keypoints and boxes refer to the stored pixels."""
+    from PIL import Image
+    from datasets.image_files import read_image_file
+    raw = np.zeros((40, 60, 3), np.uint8)
+    raw[:, :30] = 255                                 # the left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6                                  # orientation: shown turned by 90 degrees
+    path = tmp_path / "tagged.jpg"
+    Image.fromarray(raw).save(path, exif=exif, quality=95)
+    assert cv2.imread(str(path)).shape[:2] == (60, 40)    # OpenCV's default applies the tag
+    img, why = read_image_file(str(path))
+    assert why == "" and img.shape[:2] == (40, 60)
+    assert img[:, :30].mean() > 200 and img[:, 30:].mean() < 50

@@ -181,3 +181,26 @@ def test_hmr_training_run(synthetic_root, tmp_path):
     tr.train()
     assert len(tr.history) == 8 and all(torch.isfinite(x) for x in tr.history)
     assert fixed_loss() < before
+
+
+def test_amp_runs_only_the_backbones_in_low_precision(setup):
+    """--amp (bf16 here: CPU autocast has it): the backbones' features are computed in bf16;
+    heads, inner step, SMPL and losses run in float32 on them, so the loss equals a float32 step
+    fed those same features (a head in bf16 would round the inner update away, lr ~1e-5)."""
+    o, model, aux, batch, smpl = _fresh(setup)
+    opts = _step_options(o, inner_lr=1e-4)
+    step = MetaStep(opts, model, aux, smpl, build_optimizer(opts, model, aux), CPU)
+    step.amp_dtype = torch.bfloat16
+    amp_loss = step.forward(batch)["_loss"]
+    feats = {}
+    for net in (model, aux):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            f = net.extract_features(batch["img"])
+        assert f.dtype == torch.bfloat16
+        feats[id(net)] = f.float()
+    step.amp_dtype = None
+    for net in (model, aux):
+        net.extract_features = lambda img, f=feats[id(net)]: f   # the bf16 features, in float32
+    ref = step.forward(batch)["_loss"]
+    assert amp_loss.dtype == torch.float32
+    torch.testing.assert_close(amp_loss, ref, rtol=1e-6, atol=0)

@@ -207,3 +207,21 @@ def test_amp_training_step_on_cuda(synthetic_root, tmp_path, cuda_device, amp):
         if not torch.equal(tr.model.fc1.weight, w):
             break
     assert not torch.equal(tr.model.fc1.weight, w) and not torch.equal(tr.model_aux.fc1.weight, a)
+
+
+def test_mid_epoch_resume_needs_the_same_batches(synthetic_root, tmp_path):
+    """A checkpoint written mid-epoch holds its position as a batch count of its own batch size
+    and process count: resuming with another batch size is one clear error, not a silent skip."""
+    from train.trainer import Trainer
+    from utils.errors import OptionError
+    from utils.options import parse_train
+    args = _argv(synthetic_root, tmp_path, "mid", "--device", "cpu", "--batch_size", "1",
+                 "--first_order", "--crop_scale", "0.25", "--checkpoint_steps", "1")
+    Trainer(parse_train(args + ["--max_steps", "1"])).train()
+    saved = torch.load(tmp_path / "mid" / "checkpoints" / "current.pt", map_location="cpu",
+                       weights_only=True)
+    assert saved["dataset_perm"] is not None and (saved["batch_size"], saved["world_size"]) == (1, 1)
+    with pytest.raises(OptionError, match="stopped mid-epoch .*--batch_size 1 on 1 process"):
+        Trainer(parse_train(args + ["--max_steps", "2", "--resume", "--batch_size", "2"]))
+    tr = Trainer(parse_train(args + ["--max_steps", "2", "--resume"]))   # the same: resumes
+    assert tr.step == 1 and tr.batch_idx == 1

@@ -9,8 +9,9 @@ predicts before and after TTO; :class:`EvalTargets` builds the protocol's ground
   from its neutral mesh;
 * MPI-INF-3DHP: ``pose_3d[:, J24_TO_J17]`` minus its pelvis (a no-op on SPIN's pelvis-centred
   file); the prediction's 17 regressed joints minus the H36M pelvis; no PVE;
-* ``--h36m_gt mocap`` (h36m-p1/p2): SPIN's protocol, the mocap joints centred on the hip
-  midpoint; PVE still against the MoSh mesh.
+* ``--h36m_gt mocap`` (h36m-p1/p2): SPIN's protocol, the 14 mocap joints of
+  ``pose_3d[:, J24_TO_J14]`` minus the GT-24 pelvis (a no-op on SPIN's pelvis-centred file),
+  against the prediction's joints minus the H36M pelvis; PVE still against the MoSh mesh.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ _KEY = {"MPJPE": "mpjpe", "PA-MPJPE": "pa_mpjpe", "PVE": "pve"}
 NO_MESH_DATASETS = ("mpi-inf-3dhp",)   # GT is 3D joints only: no PVE
 MOCAP_DATASETS = ("h36m-p1", "h36m-p2")
 MPI_PELVIS_J17 = 14   # J24_TO_J17[14] = GT-24 'Pelvis (MPII)'; H36M_TO_J17[14] = H36M pelvis
+GT24_PELVIS = constants.J24_TO_J17[MPI_PELVIS_J17]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -117,10 +119,9 @@ class EvalTargets(nn.Module):
         if not self.has_mesh:   # centred on its pelvis (a no-op on the SPIN file, see above)
             joints = batch["pose_3d"][:, constants.J24_TO_J17, :3]
             joints = joints - joints[:, MPI_PELVIS_J17:MPI_PELVIS_J17 + 1]
-        elif self.mocap:
-            s = batch["pose_3d"][:, constants.J24_TO_J14, :3]
-            hips = 0.5 * (s[:, constants.GT24_RHIP] + s[:, constants.GT24_LHIP])
-            joints = s - hips[:, None]
+        elif self.mocap:   # SPIN's protocol: as stored (pelvis-centred), here centred anyway
+            s = batch["pose_3d"][:, :, :3]
+            joints = s[:, constants.J24_TO_J14] - s[:, GT24_PELVIS, None]
         else:
             joints = centred(h36m_joints(self.j_regressor, verts))
         return {"joints": joints, "vertices": verts}

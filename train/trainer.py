@@ -12,6 +12,7 @@ One iteration (``Trainer.run_step``, decisions D2-D5):
 """
 from __future__ import annotations
 
+import collections
 import math
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from train.losses import LossWeights, gt_targets, pseudo_targets, smpl_loss
 from utils.camera import Camera, smpl_predict
 from utils.options import save_options, to_dict
 from utils import runtime
+from utils.errors import OptionError
 from utils.imutils import denormalize_image
 from utils.runtime import seed_everything, select_device
 
@@ -51,6 +53,7 @@ def build_networks(options, paths: DataPaths, pretrained: bool = True):
 
 
 N_OVERLAYS = 4   # mesh overlays logged per summary with --log_images
+HISTORY = 10_000   # steps of outer loss kept in memory by the trainer
 EVAL_WAIT_S = 48 * 3600.0   # how long the other ranks wait for rank 0's in-training evaluation
 
 
@@ -107,31 +110,37 @@ class MetaStep:
         self.scaler.update()
         return out
 
+    def _backbone(self, net, img: torch.Tensor) -> torch.Tensor:
+        """``net``'s features [B, D] in float32; under ``--amp`` computed in low precision. The
+        heads, SMPL and the losses stay in float32: the adapted weights differ from the others
+        by lr ~1e-5 times a gradient, below bf16's and fp16's resolution."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            return net.extract_features(img).float()
+
     def forward(self, batch: dict, log_inner: bool = False) -> dict[str, torch.Tensor]:
         """The loss to back-propagate (``_loss``) and the logged values (detached)."""
         o = self.options
         img, bbox_info = batch["img"], batch["bbox_info"]
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            with torch.no_grad():
-                pose = batch["pose"]
-                gt_vertices = self.smpl(betas=batch["betas"], body_pose=pose[:, 3:],
-                                        global_orient=pose[:, :3]).vertices
-            gt = gt_targets(batch, gt_vertices, self.camera)
-            features = self.model.extract_features(img)        # once (decisions D4)
-            fast, log = None, {}
-            if self.meta:
-                self.model_aux.train(self.aux_train)
-                with torch.set_grad_enabled(self.aux_grad):
-                    aux_pred = smpl_predict(self.model_aux(img, bbox_info), self.smpl,
-                                            self.camera, batch)
-                targets = pseudo_targets(aux_pred, batch, self.camera, detach=not self.aux_grad)
-                fast, log = inner_adapt(self.model, features, bbox_info, batch, targets,
-                                        self.smpl, self.camera, self.weights, o.inner_lr,
-                                        o.inner_step, o.tto_mode, o.first_order)
-            pred = smpl_predict(run_head(self.model, features, bbox_info, fast), self.smpl,
-                                self.camera, batch)
-            losses = smpl_loss(pred, gt, self.weights, mode="batch")
+        with torch.no_grad():
+            pose = batch["pose"]
+            gt_vertices = self.smpl(betas=batch["betas"], body_pose=pose[:, 3:],
+                                    global_orient=pose[:, :3]).vertices
+        gt = gt_targets(batch, gt_vertices, self.camera)
+        features = self._backbone(self.model, img)        # once (decisions D4)
+        fast, log = None, {}
+        if self.meta:
+            self.model_aux.train(self.aux_train)
+            with torch.set_grad_enabled(self.aux_grad):
+                aux_out = run_head(self.model_aux, self._backbone(self.model_aux, img), bbox_info)
+                aux_pred = smpl_predict(aux_out, self.smpl, self.camera, batch)
+            targets = pseudo_targets(aux_pred, batch, self.camera, detach=not self.aux_grad)
+            fast, log = inner_adapt(self.model, features, bbox_info, batch, targets,
+                                    self.smpl, self.camera, self.weights, o.inner_lr,
+                                    o.inner_step, o.tto_mode, o.first_order)
+        pred = smpl_predict(run_head(self.model, features, bbox_info, fast), self.smpl,
+                            self.camera, batch)
+        losses = smpl_loss(pred, gt, self.weights, mode="batch")
         loss = constants.OUTER_LOSS_SCALE * losses["total"]
         out = {f"loss_{k}": v.detach() for k, v in losses.items() if k != "total"}
         out.update(loss=loss.detach(), **log)
@@ -163,6 +172,17 @@ class MetaNetworks(torch.nn.Module):
 
     def forward(self, batch: dict, log_inner: bool = False) -> dict[str, torch.Tensor]:
         return self.step.forward(batch, log_inner)
+
+
+def _check_same_batches(path, data: dict, batch_size: int, world: int) -> None:
+    """A run stopped mid-epoch resumes its shuffle order at batch ``batch_idx`` of its own
+    batch size and process count; with others, samples would be skipped or repeated."""
+    saved = (data.get("batch_size", batch_size), data.get("world_size", world))
+    if saved != (batch_size, world):
+        raise OptionError(f"{path} stopped mid-epoch (batch {data['batch_idx']}) with "
+                          f"--batch_size {saved[0]} on {saved[1]} process(es); this run has "
+                          f"--batch_size {batch_size} on {world}. Resume with those, or pass "
+                          f"--pretrained_checkpoint {path} to start a new run from its weights")
 
 
 class Trainer:
@@ -204,7 +224,8 @@ class Trainer:
                                     self.world)
         self.epoch, self.batch_idx, self.step = 0, 0, 0
         self.n_nonfinite = self.nonfinite_run = 0
-        self.history: list[torch.Tensor] = []   # outer loss per step (detached)
+        # the outer loss of the last HISTORY steps (detached; the study reads it)
+        self.history: collections.deque[torch.Tensor] = collections.deque(maxlen=HISTORY)
         self.writer = self.renderer = None
         if o.pretrained_checkpoint:
             self.load_pretrained(o.pretrained_checkpoint)
@@ -220,6 +241,7 @@ class Trainer:
         return {"model": self.model.state_dict(), "model_aux": self.model_aux.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
                 "batch_idx": self.batch_idx, "batch_size": self.options.batch_size,
+                "world_size": self.world,
                 "dataset_perm": dataset_perm, "total_step_count": self.step,
                 "options": to_dict(self.options), "rng": ckpt.rng_state(),
                 "n_nonfinite": self.n_nonfinite}
@@ -256,6 +278,8 @@ class Trainer:
                 print(f"--resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
             return
         path, data = found
+        if data.get("dataset_perm") is not None:   # mid-epoch: the position is in batches
+            _check_same_batches(path, data, self.options.batch_size, self.world)
         self.model.load_state_dict(data["model"])
         self.model_aux.load_state_dict(data["model_aux"])
         self.optimizer.load_state_dict(data["optimizer"])
