@@ -408,16 +408,18 @@ def test_entry_scripts_print_one_line(synthetic_root, tmp_path):
         assert len(lines) == 1 and lines[0].startswith(start), p.stderr[-2000:]
 
 
-@pytest.mark.parametrize("case", ["no_openpose", "missing_image"])
-def test_demo_from_dataset_bad_set_is_one_line(synthetic_root, tmp_path, case):
-    """demo.py --from_dataset on a test set without 'openpose', or naming a missing image."""
+def test_demo_from_dataset_bad_set_is_one_line(synthetic_root, tmp_path):
+    """demo.py --from_dataset on a test set without 'openpose' (the script: one line, exit 2),
+    or naming a missing image (the same DatasetError, in process)."""
+    from datasets.inputs import export_dataset_inputs
     data = _world_npz(synthetic_root, "h36m-p2")
-    if case == "no_openpose":
-        data.pop("openpose")
-        want = "no 'openpose' keypoints in this h36m-p2 test set"
-    else:
-        data["imgname"] = np.array(["nope/missing.jpg", *data["imgname"][1:]])
-        want = "sample 0: image .*nope/missing.jpg does not exist"
+    data["imgname"] = np.array(["nope/missing.jpg", *data["imgname"][1:]])
+    root = _root(tmp_path / "missing", synthetic_root, "h36m-p2", data)
+    with pytest.raises(DatasetError, match="sample 0: image .*nope/missing.jpg does not exist"):
+        export_dataset_inputs(DataPaths(root), "h36m-p2", tmp_path / "inputs")
+    data = _world_npz(synthetic_root, "h36m-p2")
+    data.pop("openpose")
+    want = "no 'openpose' keypoints in this h36m-p2 test set"
     root = _root(tmp_path / "root", synthetic_root, "h36m-p2", data)
     ckpt = tmp_path / "c.pt"
     ckpt.write_bytes(b"never read: the inputs fail first")
