@@ -9,6 +9,8 @@ One iteration (``Trainer.run_step``, decisions D2-D5):
    pseudo-label + 2D loss (per sample or per batch: ``--tto_mode``).
 5. Outer loss: the supervised loss at the adapted weights, x60; Adam on the main network
    (and the aux group unless ``--no_learn_loss``).
+
+Under ``--amp`` (CUDA) only the backbones run in bf16 / fp16; heads, SMPL and losses in float32.
 """
 from __future__ import annotations
 
