@@ -74,7 +74,7 @@ def read_openpose_json(path) -> list[np.ndarray]:
     valid JSON, has no ``people`` list, or a ``pose_keypoints_2d`` is not 75 finite numbers."""
     path = Path(path)
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8-sig") as f:   # (a byte-order mark is allowed)
             data = json.load(f)
     except (OSError, ValueError) as e:
         raise DemoInputError(f"{path}: cannot read OpenPose JSON: {e}") from e
@@ -95,8 +95,10 @@ def read_openpose_json(path) -> list[np.ndarray]:
 
 
 def _array(value) -> np.ndarray | None:
+    """Numbers (not booleans, not strings) as float64, else None."""
     try:
-        return np.asarray(value, dtype=np.float64)
+        arr = np.asarray(value)
+        return arr.astype(np.float64) if arr.dtype.kind in "iuf" else None
     except (TypeError, ValueError):
         return None
 
@@ -107,7 +109,7 @@ def load_bbox_file(path) -> dict[str, list]:
     per image (:func:`bboxes_for`), so one bad entry skips one image."""
     p = require(path, "bbox file (--bbox_file)")
     try:
-        with open(p) as f:
+        with open(p, encoding="utf-8-sig") as f:   # (a byte-order mark is allowed)
             data = json.load(f)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: --bbox_file {p}: not valid JSON: {e}") from e

@@ -302,8 +302,10 @@ def test_bbox_file_mode_cli(synthetic_root, ckpt, inputs, tmp_path):
     shutil.copyfile(inputs["src"] / inputs["npz"]["imgname"][0], img / "a.jpg")
     for name in ("b.jpg", "nokp.jpg"):
         shutil.copyfile(inputs["img"] / name, img / name)
-    boxes = {"a.jpg": [[30, 10, 60, 100]], "b": [[20, 5, 50, 110], [0, 0, 0, 5]]}
-    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    # b: one good box, one without area, one outside the image; the file starts with a BOM
+    boxes = {"a.jpg": [[30, 10, 60, 100]], "b": [[20, 5, 50, 110], [0, 0, 0, 5],
+                                                 [5000, 5000, 50, 50]]}
+    (tmp_path / "boxes.json").write_text("\ufeff" + json.dumps(boxes), encoding="utf-8")
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(REPO / "demo.py"),
                            *_argv(synthetic_root, ckpt, out, "--img_dir", img,
@@ -313,7 +315,8 @@ def test_bbox_file_mode_cli(synthetic_root, ckpt, inputs, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Demo summary: 3 images, 2 processed (2 people), 1 skipped" in proc.stdout
     s = json.loads((out / "summary.json").read_text())
-    assert s["skipped"]["no_bbox"] == 1 and s["people_skipped"] == 1 and not s["tto"]
+    assert s["skipped"]["no_bbox"] == 1 and s["people_skipped"] == 2 and not s["tto"]
+    assert "lies outside the" in proc.stdout + proc.stderr
     r = _load(out, "a_person0.npz")
     assert not bool(r["tto"]) and int(r["tto_steps"]) == 0 and np.isnan(r["kp_error_px"])
     np.testing.assert_allclose(r["pose"], r["pose_before"])
@@ -361,6 +364,21 @@ def test_missing_files_fail_before_any_work(synthetic_root, ckpt, inputs, tmp_pa
                               "--openpose_dir", inputs["kp"]))
     with pytest.raises(SystemExit, match="no image"):
         demo.run_demo(o)
+    (tmp_path / "afile").write_text("")
+    for bad in (tmp_path / "afile", tmp_path / "afile" / "sub"):   # --out_dir at or under a file
+        o = demo.parse_demo(_argv(synthetic_root, ckpt, bad, *base))
+        with pytest.raises(SystemExit, match="afile is a file, not a folder"):
+            demo.run_demo(o)
+    dup = tmp_path / "dup"                     # a.jpg and a.png: one keypoint file, one output
+    dup.mkdir()
+    for name in ("a.jpg", "a.png"):
+        shutil.copyfile(inputs["img"] / "b.jpg", dup / name)
+    o = demo.parse_demo(_argv(synthetic_root, ckpt, out, "--img_dir", dup,
+                              "--openpose_dir", inputs["kp"]))
+    with pytest.raises(SystemExit, match="a.jpg, a.png in .* share a name"):
+        demo.run_demo(o)
+    with pytest.raises(SystemExit, match="--kp_threshold must be >= 0"):
+        demo.parse_demo(_argv(synthetic_root, ckpt, out, *base, "--kp_threshold", -1))
     assert not out.exists()
 
 

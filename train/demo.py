@@ -146,7 +146,9 @@ def resolve_demo(o: argparse.Namespace) -> argparse.Namespace:
             (o.focal_length is not None and not o.focal_length > 0,
              f"--focal_length must be positive, got {o.focal_length}"),
             (o.min_keypoints < 2, f"--min_keypoints must be >= 2 (a box needs two points), "
-             f"got {o.min_keypoints}")):
+             f"got {o.min_keypoints}"),
+            (not o.kp_threshold >= 0, f"--kp_threshold must be >= 0 (a confidence), got "
+             f"{o.kp_threshold}")):
         if bad:
             raise SystemExit(f"error: {message}")
     o.use_openpose2d = True   # the 2D loss: on the OpenPose keypoints (weight 1), not GT (0)
@@ -373,6 +375,11 @@ class DemoRun:
             from datasets.synthetic import build_world
             build_world(paths.root)
         video = None if getattr(o, "video", None) is None else require(o.video, "video (--video)")
+        self.out_dir = Path(o.out_dir)
+        if (file := next((q for q in (self.out_dir, *self.out_dir.parents) if q.exists()),
+                         None)) is not None and not file.is_dir():   # checked, created later
+            raise SystemExit(f"error: --out_dir {self.out_dir}: {file} is a file, not a folder. "
+                             f"Pass a folder path")
         paths.release_checkpoint(o.checkpoint)
         paths.smpl_model("neutral")
         paths.smpl_mean_params()
@@ -389,9 +396,20 @@ class DemoRun:
                                     "OpenPose keypoint folder (--openpose_dir)").is_dir():
             raise SystemExit(f"error: --openpose_dir {o.openpose_dir} is not a folder")
         if video is None:
-            self.inputs = list_images(o.img_dir)[:o.max_images or None]
+            images = list_images(o.img_dir)
+            names = {p.name for p in Path(o.img_dir).iterdir()}
+            if other := sorted(names - {p.name for p in images}):   # said, not silently skipped
+                log(f"[demo] {Path(o.img_dir)}: ignoring {len(other)} entries that are not image "
+                    f"files ({', '.join(IMAGE_EXTS)}): {', '.join(other[:5])}"
+                    f"{' ...' if len(other) > 5 else ''}")
+            self.inputs = images[:o.max_images or None]
             if not self.inputs:
                 raise SystemExit(f"error: no image ({', '.join(IMAGE_EXTS)}) in {Path(o.img_dir)}")
+            stems = [p.stem for p in self.inputs]
+            if same := sorted({p.name for p in self.inputs if stems.count(p.stem) > 1}):
+                raise SystemExit(f"error: {', '.join(same[:6])} in {Path(o.img_dir)} share a name "
+                                 f"(their keypoint files and outputs are named by it). Rename or "
+                                 f"move all but one")
         else:
             try:
                 self.inputs = read_video(video, o.every)
@@ -407,7 +425,6 @@ class DemoRun:
         self.faces = np.asarray(self.smpl.faces, dtype=np.int64)
         self.camera, self.cfg, self.o = Camera.from_options(o), TTOConfig.from_options(o), o
         self.renderer = Renderer(self.faces, backend=o.render_backend)
-        self.out_dir = Path(o.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.summary = Summary(images=0 if video else len(self.inputs))   # frames: as read
 
@@ -438,10 +455,13 @@ class DemoRun:
         for i, item in enumerate(raw):
             kp, why = None, None
             if not self.tto:
-                if item[2] > 0 and item[3] > 0:
-                    center, scale = bbox_from_xywh(item)
+                x, y, bw, bh = item.tolist()
+                if not (bw >= 2 and bh >= 2):
+                    why = f"box {i}: width and height must be at least 2 px, got {[x, y, bw, bh]}"
+                elif x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
+                    why = f"box {i}: {[x, y, bw, bh]} lies outside the {w}x{h} image"
                 else:
-                    why = f"box {i}: width and height must be positive, got {list(item)}"
+                    center, scale = bbox_from_xywh(item)
             else:
                 center, scale, n, kp = bbox_from_openpose(item, o.kp_threshold, (h, w))
                 if far := int(((np.asarray(item)[:, 2] > o.kp_threshold) & (kp[:, 2] == 0)).sum()):
