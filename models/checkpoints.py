@@ -23,7 +23,7 @@ from config import require
 from utils.atomic import atomic_path
 from utils.errors import UserError
 
-from .checkpoint_kind import FORMATS, describe, rename
+from .checkpoint_kind import FORMATS, describe, metahmr_network, rename
 from .regressor import Regressor, build_model
 
 INIT_BUFFERS = ("init_pose", "init_shape", "init_cam")
@@ -149,6 +149,11 @@ def _load_strict(module: nn.Module, state: Mapping, path, what: str,
         raise CheckpointError("; ".join(parts) + ". It was saved from another network: pass "
                               "the file meant for this role, or the --model / --backbone / "
                               "--bbox_type it was trained with")
+    if nonfinite := [k for k, v in state.items() if k in own and v.is_floating_point()
+                     and not bool(torch.isfinite(v).all())]:
+        raise CheckpointError(f"{path}: {what} holds NaN or inf in {len(nonfinite)} tensor(s) "
+                              f"({', '.join(nonfinite[:_SHOW])}): a diverged or damaged run. "
+                              f"Pass an earlier checkpoint")
     module.load_state_dict(state, strict=own_keys is None and not tolerated)
     return tolerated
 
@@ -186,6 +191,10 @@ def load_aux_weights(path: str | os.PathLike, model_aux: nn.Module, model: str =
     """Initialise the aux network from the CLIFF / SPIN-HMR checkpoint; returns the keys
     allowed to be missing (HMR: ``init_*``, absent from ``hmr.pt``, keep the mean params)."""
     obj = read_checkpoint(path, f"{model}/{backbone} aux-network checkpoint")
+    if metahmr_network(obj) is not None:
+        raise CheckpointError(f"{path}: this is a Meta-HMR checkpoint (both networks), not an "
+                              f"aux-network file. Pass it as --pretrained_checkpoint (train.py) "
+                              f"or --checkpoint (evaluation)")
     if (fmt := FORMATS.get(("aux", model, backbone))) is None:
         raise ValueError(f"no aux-network checkpoint format for model={model!r}, "
                          f"backbone={backbone!r}")

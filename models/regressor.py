@@ -21,7 +21,9 @@ import torch.nn.functional as F
 import constants
 from config import require
 from . import backbones
+from utils.errors import UserError
 from utils.geometry import batch_rodrigues, rot6d_to_rotmat, rotmat_to_rot6d
+from utils.safe_npz import read_npz
 
 NPOSE = 6 * constants.NUM_JOINTS_SMPL      # 144
 NSHAPE = constants.NUM_BETAS               # 10
@@ -93,20 +95,30 @@ def identity_mean_params() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return pose[None], torch.zeros(1, NSHAPE), torch.zeros(1, NCAM)
 
 
+class MeanParamsError(UserError, ValueError):
+    """``smpl_mean_params.npz`` is unreadable or has the wrong content."""
+
+
 def load_mean_params(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SPIN's ``smpl_mean_params.npz`` -> pose6d [1,144], shape [1,10], cam [1,3] (float32);
     a 72-d axis-angle ``pose`` is converted to 6D."""
     p = require(path, "SMPL mean parameters (smpl_mean_params.npz)")
-    with np.load(p) as f:
-        if missing := [k for k in ("pose", "shape", "cam") if k not in f.files]:
-            raise ValueError(f"{p}: missing keys {missing} (has {f.files})")
+    f = read_npz(p)   # never unpickles; one-line errors for an unreadable file
+    if missing := [k for k in ("pose", "shape", "cam") if k not in f]:
+        raise MeanParamsError(f"{p}: missing keys {missing} (has {sorted(f)}). Use SPIN's "
+                              f"smpl_mean_params.npz")
+    try:
         pose, shape, cam = (torch.as_tensor(np.asarray(f[k], dtype=np.float32)).reshape(1, -1)
                             for k in ("pose", "shape", "cam"))
+    except (TypeError, ValueError) as e:
+        raise MeanParamsError(f"{p}: 'pose', 'shape' and 'cam' must be numbers ({e})") from None
+    if not all(bool(torch.isfinite(t).all()) for t in (pose, shape, cam)):
+        raise MeanParamsError(f"{p}: holds NaN or inf. Use SPIN's smpl_mean_params.npz")
     if pose.shape[1] == 3 * constants.NUM_JOINTS_SMPL:        # axis-angle -> 6D
         pose = rotmat_to_rot6d(batch_rodrigues(pose.reshape(-1, 3))).reshape(1, NPOSE)
     for name, t, n in (("pose", pose, NPOSE), ("shape", shape, NSHAPE), ("cam", cam, NCAM)):
         if t.shape[1] != n:
-            raise ValueError(f"{p}: '{name}' has {t.shape[1]} values, expected {n}"
+            raise MeanParamsError(f"{p}: '{name}' has {t.shape[1]} values, expected {n}"
                              + (" (6D) or 72 (axis-angle)" if name == "pose" else ""))
     return pose, shape, cam
 

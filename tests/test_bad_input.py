@@ -430,3 +430,35 @@ def test_demo_from_dataset_bad_set_is_one_line(synthetic_root, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr[-2000:]
     assert re.search(want, lines[0]), lines[0]
     assert DATASET_FILES["test"]["h36m-p2"] in lines[0], lines[0]   # names the file
+
+
+def test_nonfinite_weights_and_a_training_checkpoint_as_aux_file_are_refused(synthetic_root,
+                                                                              tmp_path):
+    from models import build_model
+    from models.checkpoints import CheckpointError, load_aux_weights, load_metahmr_checkpoint
+    mean = DataPaths(synthetic_root).smpl_mean_params()
+    net, aux = (build_model("cliff", "resnet18", role, "rect", mean) for role in ("main", "aux"))
+    good = {"model": net.state_dict(), "model_aux": aux.state_dict()}
+    torch.save(good, tmp_path / "good.pt")
+    with pytest.raises(CheckpointError, match="Meta-HMR checkpoint .*not an aux-network file"):
+        load_aux_weights(tmp_path / "good.pt", aux, "cliff", "resnet18")
+    bad = {"model": {k: v.clone() for k, v in good["model"].items()},
+           "model_aux": good["model_aux"]}
+    bad["model"]["fc1.weight"][0, 0] = float("nan")
+    torch.save(bad, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"NaN or inf in 1 tensor\(s\) \(fc1.weight\)"):
+        load_metahmr_checkpoint(tmp_path / "nan.pt", net, aux)
+    load_metahmr_checkpoint(tmp_path / "good.pt", net, aux)      # finite: loads
+
+
+def test_mean_params_file_errors_are_one_line(tmp_path):
+    from models.regressor import MeanParamsError, load_mean_params
+    z = {"pose": np.zeros(144), "shape": np.zeros(10), "cam": np.zeros(3)}
+    cases = {"no_cam": ({**z, "cam": None}, r"missing keys \['cam'\]"),
+             "nan": ({**z, "pose": np.full(144, np.nan)}, "NaN or inf"),
+             "text": ({**z, "shape": np.array(["a"] * 10)}, "must be numbers"),
+             "short": ({**z, "cam": np.zeros(2)}, "'cam' has 2 values, expected 3")}
+    for name, (arrays, match) in cases.items():
+        np.savez(tmp_path / f"{name}.npz", **{k: v for k, v in arrays.items() if v is not None})
+        with pytest.raises(MeanParamsError, match=match):
+            load_mean_params(tmp_path / f"{name}.npz")

@@ -225,3 +225,10 @@ def test_mid_epoch_resume_needs_the_same_batches(synthetic_root, tmp_path):
         Trainer(parse_train(args + ["--max_steps", "2", "--resume", "--batch_size", "2"]))
     tr = Trainer(parse_train(args + ["--max_steps", "2", "--resume"]))   # the same: resumes
     assert tr.step == 1 and tr.batch_idx == 1
+    # a file that is not a whole train.py checkpoint: one error naming what is wrong
+    from models.checkpoints import CheckpointError
+    for drop, why in (("optimizer", "no 'optimizer'"), ("model_aux", "model_aux")):
+        bad = tmp_path / f"no_{drop}.pt"
+        torch.save({k: v for k, v in saved.items() if k != drop}, bad)
+        with pytest.raises(CheckpointError, match=f"{bad}.*{why}"):
+            Trainer(parse_train(args + ["--resume", "--checkpoint", str(bad)]))

@@ -83,14 +83,10 @@ class EvalTargets(nn.Module):
             raise ValueError(f"h36m_gt must be 'mosh' or 'mocap', got {h36m_gt!r}")
         self.dataset = dataset
         self.mocap = h36m_gt == "mocap" and dataset in MOCAP_DATASETS
-        f = paths.j_regressor_h36m()
-        jr = np.load(f)
-        if jr.ndim != 2 or jr.shape[0] != 17:
-            raise ValueError(f"{f}: J_regressor_h36m must be [17, V], got {jr.shape}")
-        self.register_buffer("j_regressor", torch.as_tensor(np.asarray(jr, np.float32)))
+        from models.smpl import build_smpl, load_regressor
+        self.register_buffer("j_regressor", load_regressor(paths.j_regressor_h36m(), rows=17))
         self.has_mesh = dataset not in NO_MESH_DATASETS
         if self.has_mesh:
-            from models.smpl import build_smpl
             self.smpl_male = build_smpl(paths, "male")
             self.smpl_female = build_smpl(paths, "female")
 

@@ -280,17 +280,26 @@ class Trainer:
                 print(f"--resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
             return
         path, data = found
+        from models.checkpoints import CheckpointError, load_metahmr_state
+        load_metahmr_state(data, path, self.model, self.model_aux)   # checked, strict
         if data.get("dataset_perm") is not None:   # mid-epoch: the position is in batches
             _check_same_batches(path, data, self.options.batch_size, self.world)
-        self.model.load_state_dict(data["model"])
-        self.model_aux.load_state_dict(data["model_aux"])
-        self.optimizer.load_state_dict(data["optimizer"])
-        self.epoch, self.batch_idx = int(data["epoch"]), int(data["batch_idx"])
-        self.step = int(data["total_step_count"])
-        self.n_nonfinite = int(data.get("n_nonfinite", 0))
-        self.resume_perm = data.get("dataset_perm")
-        if "rng" in data:
-            ckpt.set_rng_state(data["rng"])
+        try:   # the bookkeeping of a train.py checkpoint
+            self.optimizer.load_state_dict(data["optimizer"])
+            self.epoch, self.batch_idx = int(data["epoch"]), int(data["batch_idx"])
+            self.step = int(data["total_step_count"])
+            self.n_nonfinite = int(data.get("n_nonfinite", 0))
+            self.resume_perm = data.get("dataset_perm")
+            if self.resume_perm is not None and sorted(self.resume_perm) != list(
+                    range(len(self.dataset))):
+                raise ValueError("its dataset_perm is not an order of this training set")
+            if "rng" in data:
+                ckpt.set_rng_state(data["rng"])
+        except (KeyError, TypeError, ValueError) as e:
+            what = f"no {e}" if isinstance(e, KeyError) else str(e)
+            raise CheckpointError(f"{path}: cannot resume from it ({what}). --resume needs a "
+                                  f"checkpoint written by train.py for this run; pass its weights "
+                                  f"with --pretrained_checkpoint instead") from None
         if self.main:
             print(f"resumed from {path}: epoch {self.epoch}, batch {self.batch_idx}, "
                   f"step {self.step}")
