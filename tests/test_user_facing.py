@@ -57,6 +57,23 @@ def test_config_json_is_strict_and_round_trips(tmp_path):
     assert data["time_to_run"] is None
     back = parse_train(["--from_json", str(tmp_path / "config.json")])
     assert back.time_to_run == math.inf and back.name == "x"
+    # every value read back through its own option: a round trip of non-default values ...
+    o = parse_train(["--name=-y", "--first_order", "--no_pin_memory", "--test_val_step",
+                     "-1", "--outer_lr", "3e-05", "--tto_mode", "batch", "--checkpoint", "c.pt"])
+    save_options(o, tmp_path / "c.json")
+    back = parse_train(["--from_json", str(tmp_path / "c.json")])
+    assert {k: v for k, v in vars(back).items() if k != "from_json"} == \
+        {k: v for k, v in vars(o).items() if k != "from_json"}
+    # ... and a wrong one is the error it would be on the command line
+    from utils.errors import OptionError
+    for key, value, why in (("first_order", "no", "expected true or false"),
+                            ("batch_size", 2.5, "invalid int value"),
+                            ("model", "banana", "invalid choice"),
+                            ("log_dir", ["a"], "expected one value"),
+                            ("batch_size", None, "is null"), ("aux_mode", True, "expected like")):
+        (tmp_path / "bad.json").write_text(json.dumps({**data, key: value}))
+        with pytest.raises(OptionError, match=why):
+            parse_train(["--from_json", str(tmp_path / "bad.json")])
 
 
 def _json_writes(path: Path) -> list[tuple[int, str]]:

@@ -424,10 +424,38 @@ def parse_train(argv=None) -> argparse.Namespace:
         unknown = sorted(set(data) - set(vars(options)))
         if unknown:
             raise SystemExit(f"error: {options.from_json} has unknown options {unknown}")
-        options = argparse.Namespace(**{**vars(p.parse_args([])), **data})
-        if options.time_to_run is None:   # config.json writes "no budget" (inf) as null
-            options.time_to_run = math.inf
+        options = _parse_json_values(p, data, options.from_json)
     return resolve(options)
+
+
+def _parse_json_values(p: argparse.ArgumentParser, data: dict, file) -> argparse.Namespace:
+    """The options of a config.json, each value read back through its own option (type,
+    choices, flag), so that a wrong value is the error it would be on the command line."""
+    defaults = vars(p.parse_args([]))
+    argv, nulls = [], {}
+    for k, v in data.items():
+        d = defaults[k]
+        if v is None:   # config.json writes "no budget" (inf) as null
+            if d is not None and k != "time_to_run":
+                raise OptionError(f"{file}: {k} is null; expected a value like {d!r}")
+            nulls[k] = math.inf if k == "time_to_run" else None
+        elif isinstance(d, bool) or isinstance(v, bool):
+            if not (isinstance(d, bool) and isinstance(v, bool)):
+                raise OptionError(f"{file}: {k} is {json.dumps(v)}; expected "
+                                  + ("true or false" if isinstance(d, bool) else f"like {d!r}"))
+            argv += [f"--{k}" if v else f"--no_{k}"] if v != d else []
+        elif isinstance(v, (int, float, str)):
+            argv.append(f"--{k}={v}")
+        else:
+            raise OptionError(f"{file}: {k} is {json.dumps(v)[:60]}; expected one value")
+
+    def error(message: str):
+        raise OptionError(f"{file}: {message}")
+    p.error = error
+    options = p.parse_args(argv)
+    for k, v in nulls.items():
+        setattr(options, k, v)
+    return options
 
 
 def parse_eval(model: str, argv=None) -> argparse.Namespace:
