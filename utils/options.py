@@ -441,13 +441,13 @@ def _parse_json_values(p: argparse.ArgumentParser, data: dict, file) -> argparse
             nulls[k] = math.inf if k == "time_to_run" else None
         elif isinstance(d, bool) or isinstance(v, bool):
             if not (isinstance(d, bool) and isinstance(v, bool)):
-                raise OptionError(f"{file}: {k} is {json.dumps(v)}; expected "
+                raise OptionError(f"{file}: {k} is {v!r}; expected "
                                   + ("true or false" if isinstance(d, bool) else f"like {d!r}"))
             argv += [f"--{k}" if v else f"--no_{k}"] if v != d else []
         elif isinstance(v, (int, float, str)):
             argv.append(f"--{k}={v}")
         else:
-            raise OptionError(f"{file}: {k} is {json.dumps(v)[:60]}; expected one value")
+            raise OptionError(f"{file}: {k} is {v!r:.60}; expected one value")
 
     def error(message: str):
         raise OptionError(f"{file}: {message}")
