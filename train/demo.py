@@ -28,6 +28,7 @@ batch of frames).
 from __future__ import annotations
 
 import argparse
+import collections
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -405,8 +406,8 @@ class DemoRun:
             self.inputs = images[:o.max_images or None]
             if not self.inputs:
                 raise SystemExit(f"error: no image ({', '.join(IMAGE_EXTS)}) in {Path(o.img_dir)}")
-            stems = [p.stem for p in self.inputs]
-            if same := sorted({p.name for p in self.inputs if stems.count(p.stem) > 1}):
+            stems = collections.Counter(p.stem for p in self.inputs)
+            if same := sorted(p.name for p in self.inputs if stems[p.stem] > 1):
                 raise SystemExit(f"error: {', '.join(same[:6])} in {Path(o.img_dir)} share a name "
                                  f"(their keypoint files and outputs are named by it). Rename or "
                                  f"move all but one")
