@@ -158,7 +158,9 @@ def measure(fns: dict, args, device: torch.device, unit: str) -> dict[str, dict]
     included (what a mode needs: Adam's state, the first call's allocations; with ``--compile``
     also the compilation's), above the start's: CUDA ``max_memory_allocated``; CPU the RSS
     high-water mark, reset through ``/proc/self/clear_refs`` (else ``ru_maxrss``, the process's
-    lifetime peak: an upper bound)."""
+    lifetime peak: an upper bound). The kernel's RSS counters are approximate (per-CPU batches
+    of pages), so a run that grows by less than their slack can read a few hundred KiB below
+    the start: that reads as 0 growth, never a negative peak."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
@@ -186,7 +188,7 @@ def measure(fns: dict, args, device: torch.device, unit: str) -> dict[str, dict]
     for k, t in times.items():
         wall, cpu = [x["wall_s"] for x in t], [x["cpu_s"] for x in t]
         figures[k] = {f"s_per_{unit}": statistics.median(wall),
-                      f"cpu_s_per_{unit}": statistics.median(cpu), "peak_mb": (peak - base) / 2**20,
+                      f"cpu_s_per_{unit}": statistics.median(cpu), "peak_mb": max(peak - base, 0) / 2**20,
                       "peak_total_mb": peak / 2**20, "times_s": wall, "cpu_times_s": cpu,
                       "mean_s": statistics.fmean(wall), "min_s": min(wall), "max_s": max(wall),
                       "memory_method": method}
