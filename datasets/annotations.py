@@ -18,6 +18,8 @@ __all__ = ["DatasetError", "read_annotations", "check_annotations"]
 _SHAPES = {"part": (24, 3), "openpose": (25, 3), "pose": (72,), "S": (24, 4),
            "center": (2,), "has_smpl": (), "gender": ()}
 _SCALAR_OK = ("focal_length",)   # may hold one value for all samples
+_NUMERIC = ("part", "openpose", "pose", "shape", "S", "center", "scale", "has_smpl",
+            "focal_length")   # must be bool / int / float arrays (not strings)
 
 
 class DatasetError(UserError, ValueError):
@@ -38,7 +40,8 @@ def read_annotations(path: Path) -> dict[str, np.ndarray]:
 def check_annotations(data: dict[str, np.ndarray], fail: Callable[..., DatasetError]) -> int:
     """Check what :class:`BaseDataset` relies on: required keys (``imgname``, ``part``; ``pose``
     only with ``shape``), one entry per sample (``focal_length`` may be a scalar), per-sample
-    shapes, no NaN / inf. ``fail(message, index=None)`` makes the error. Returns N."""
+    shapes, numbers (not strings) in the numeric keys, no NaN / inf. ``fail(message,
+    index=None)`` makes the error. Returns N."""
     for key in ("imgname", "part"):
         if key not in data:
             raise fail(f"missing required key {key!r} (keys present: {sorted(data)})")
@@ -58,6 +61,9 @@ def check_annotations(data: dict[str, np.ndarray], fail: Callable[..., DatasetEr
                    f"imgname): {listing}")
     if n == 0:
         raise fail("no samples (imgname is empty)")
+    if text := [k for k in _NUMERIC if k in data and data[k].dtype.kind not in "biuf"]:
+        raise fail(f"{text[0]!r} has dtype {data[text[0]].dtype}, expected numbers (bool, int "
+                   f"or float). Re-create the file with numeric arrays (e.g. arr.astype(float))")
     for key, shape in _SHAPES.items():
         got = data[key].shape if key in data else None
         if got is not None and got[1:] != shape and not (key == "S" and got[1:] == (24, 3)):

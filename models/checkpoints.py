@@ -9,9 +9,10 @@ and the COCO pose-HRNet file's missing ``stage4.2.fuse_layers.{1,2,3}`` (random,
 from __future__ import annotations
 
 import os
-import pickletools
 import re
 import sys
+import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch.nn as nn
 
 import config
 from config import require
+from utils import safe_pickle
 from utils.atomic import atomic_path
 from utils.errors import UserError
 
@@ -44,19 +46,26 @@ class CheckpointError(UserError, RuntimeError):
     """A weight file does not match the network it is loaded into (message names file + keys)."""
 
 
+def _pickles(path: Path) -> tuple[list[bytes], int]:
+    """The pickle bytes of a checkpoint (a torch zip's ``data.pkl`` members, else the whole
+    file) and how many consecutive pickles to read (a legacy torch file stores five)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [zf.read(n) for n in zf.namelist() if n.endswith("data.pkl")], 1
+    except Exception:  # noqa: BLE001 - not a (readable) zip: the file itself
+        return [path.read_bytes()], 5
+
+
 def _unsafe_globals(path: Path) -> list[str]:
-    """Names a checkpoint's pickle would import beyond torch's weights-only set (never run)."""
-    try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # noqa: BLE001 - a legacy (non-zip) file: read the opcodes instead
-        pass
-    try:
-        with open(path, "rb") as fh:
-            ops = list(pickletools.genops(fh))
-    except Exception:  # noqa: BLE001 - not a pickle at all
-        return []
-    names = [str(arg).replace(" ", ".") for op, arg, _ in ops if op.name == "GLOBAL"]
-    return [n for n in names if not n.startswith(("collections.", "torch."))]
+    """Names a checkpoint's pickle would import beyond torch's weights-only set, read with
+    :func:`utils.safe_pickle.referenced_globals` (never run; every pickle protocol)."""
+    try:   # torch's weights-only allow list (a private helper; by prefix where it is missing)
+        safe = set(torch._weights_only_unpickler._get_allowed_globals()).__contains__
+    except AttributeError:
+        safe = lambda n: n.startswith(("collections.", "torch."))   # noqa: E731
+    data, pickles = _pickles(path)
+    names = [n for d in data for n in safe_pickle.referenced_globals(d, pickles)]
+    return [n for n in dict.fromkeys(names) if not safe(n)]
 
 
 def _refusal(p: Path, what: str, names: list[str]) -> str:
@@ -88,16 +97,31 @@ def _refusal(p: Path, what: str, names: list[str]) -> str:
 def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> object:
     """``torch.load(path, map_location='cpu', weights_only=True)`` with one-line errors:
     :class:`config.MissingFileError` for a missing file, else :class:`CheckpointError` saying
-    why (not a PyTorch file, truncated or corrupt, a pickled module, other objects, code)."""
+    why (not a PyTorch file, truncated or corrupt, a pickled module, other objects, code).
+    torch's warnings about a failed file are dropped (the error says it all); the note on a
+    pickle protocol above 2 is dropped always."""
     p = require(path, what)
     if p.is_dir():
         raise CheckpointError(f"{p}: is a folder, not a {what}. Pass the .pt file")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name and the reason
-        err = exc
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            obj, err = torch.load(p, map_location="cpu", weights_only=True), None
+        except Exception as exc:  # noqa: BLE001 - re-raised with the file name and the reason
+            err = exc
+    if err is None:
+        for w in caught:
+            if not str(w.message).startswith("Detected pickle protocol"):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return obj
     if names := _unsafe_globals(p):
         raise CheckpointError(_refusal(p, what, names)) from None
+    data = _pickles(p)[0]
+    proto = data[0][1] if data and len(data[0]) > 1 and data[0][:1] == b"\x80" else 0
+    if proto > 3 and "Unsupported operand" in str(err):
+        raise CheckpointError(f"{p}: this {what} uses pickle protocol {proto}, which "
+                              f"torch.load(weights_only=True) cannot read. Re-save it with "
+                              f"torch.save's default protocol (no pickle_protocol argument)")
     with open(p, "rb") as fh:
         head = fh.read(4)
     first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]

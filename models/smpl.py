@@ -39,6 +39,9 @@ _EXPECTED = {  # key -> expected shape (None: any size on that axis)
 }
 
 
+_USE_OFFICIAL = "Use the official SMPL_*.pkl of the seed README (or the synthetic world's)"
+
+
 class SMPLFileError(UserError, ValueError):
     """An SMPL model or regressor file is unreadable or has the wrong content."""
 
@@ -65,10 +68,32 @@ def _dense(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def _numeric(path: Path, key: str, value) -> np.ndarray:
+    """``value`` of SMPL file ``key`` as a numeric numpy array (a scipy.sparse matrix: its stored
+    values, with its shape), finite; :class:`SMPLFileError` naming the file and key otherwise."""
+    kind = type(value).__module__.split(".")[0]
+    if not isinstance(value, np.ndarray) and kind not in ("scipy", "chumpy"):
+        raise SMPLFileError(f"SMPL model {path}: {key!r} is a {type(value).__name__}, not an "
+                            f"array. {_USE_OFFICIAL}")
+    try:
+        arr = _dense(value) if kind != "scipy" else value
+        values = np.asarray(arr.data if kind == "scipy" else arr)
+    except Exception as e:   # noqa: BLE001 - a damaged chumpy / sparse object
+        raise SMPLFileError(f"SMPL model {path}: {key!r} cannot be read as an array "
+                            f"({type(e).__name__}: {e}). {_USE_OFFICIAL}") from None
+    if values.dtype.kind not in "biuf":
+        raise SMPLFileError(f"SMPL model {path}: {key!r} has dtype {values.dtype}, expected "
+                            f"numbers. {_USE_OFFICIAL}")
+    if not np.isfinite(values).all():
+        raise SMPLFileError(f"SMPL model {path}: {key!r} holds NaN or inf. {_USE_OFFICIAL}")
+    return arr
+
+
 def load_smpl_data(path: str | os.PathLike) -> dict:
     """Read an SMPL pickle through :mod:`utils.safe_pickle` (anything but arrays and basic
     containers raises its ``UnsafePickleError``, nothing runs) and check its keys and shapes
-    (:class:`SMPLFileError` naming the file); returns its dict."""
+    (numeric, finite, shapes of 6890 vertices and 24 joints, kintree parents and face indices
+    in range; :class:`SMPLFileError` naming the file and key); returns its dict."""
     path = Path(path)
     try:
         data = safe_pickle.load_file(path, what="SMPL body model")
@@ -76,20 +101,29 @@ def load_smpl_data(path: str | os.PathLike) -> dict:
         raise
     except Exception as e:   # noqa: BLE001 - re-raised with the file name
         raise SMPLFileError(f"{path}: cannot read this SMPL body model ({type(e).__name__}: "
-                            f"{e}). Use the official SMPL_*.pkl of the seed README (or the "
-                            f"synthetic world's)") from e
+                            f"{e}). {_USE_OFFICIAL}") from e
     if not isinstance(data, dict):
         raise SMPLFileError(f"SMPL model {path}: expected a pickled dict, got {type(data)}")
+    arrays = {}
     for key, shape in _EXPECTED.items():
         if key not in data:
             raise SMPLFileError(f"SMPL model {path}: missing key {key!r} "
                                 f"(keys present: {sorted(data)})")
-        got = tuple(_dense(data[key]).shape) if key != "J_regressor" else tuple(data[key].shape)
+        arrays[key] = arr = _numeric(path, key, data[key])
+        got = tuple(arr.shape)
         if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
             want = "x".join("N" if s is None else str(s) for s in shape)
             raise SMPLFileError(f"SMPL model {path}: {key!r} has shape {got}, expected {want}")
-    if (k := _dense(data["shapedirs"]).shape[2]) < constants.NUM_BETAS:
+    if (k := arrays["shapedirs"].shape[2]) < constants.NUM_BETAS:
         raise SMPLFileError(f"SMPL model {path}: 'shapedirs' has {k} components, need >= 10")
+    parents, faces = arrays["kintree_table"][0, 1:], arrays["f"]
+    for key, bad in (("kintree_table", (parents < 0) | (parents >= np.arange(1, 24))),
+                     ("f", (faces < 0) | (faces >= NUM_VERTS))):
+        if bad.any() or (arrays[key] != np.round(arrays[key])).any():
+            what = ("a joint's parent (row 0) must be an earlier joint, 0 <= parent[i] < i"
+                    if key == "kintree_table" else f"vertex indices must be 0..{NUM_VERTS - 1}")
+            raise SMPLFileError(f"SMPL model {path}: {key!r} holds invalid indices ({what}). "
+                                f"{_USE_OFFICIAL}")
     return data
 
 

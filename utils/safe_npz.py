@@ -1,8 +1,9 @@
 """Reading an ``.npz`` without ever unpickling it (issue #15, items 1 and 5).
 
 :func:`read_npz` refuses with :class:`NpzError` (naming the file and key) an object array (a
-pickle; never in the official files), a zip member stored twice (numpy would silently take one)
-and a file that is not a zip archive of ``.npy`` members.
+pickle; never in the official files), a zip member stored twice (numpy would silently take one),
+a member that is not a ``.npy`` array (numpy would return its raw bytes) and a file that is not a
+zip archive.
 """
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise NpzError(f"{path}: zip member(s) stored more than once: {', '.join(twice)} "
                        f"(which copy is meant is ambiguous; the file was tampered with or "
                        f"written wrongly). Re-create it with numpy.savez")
+    if other := [n for n in names if not n.endswith(".npy")]:
+        raise NpzError(f"{path}: zip member(s) {', '.join(map(repr, other))} are not .npy "
+                       f"arrays (the file was not written by numpy.savez, or was altered "
+                       f"since). Re-create it with numpy.savez")
     out = {}
     with np.load(path, allow_pickle=False) as z:
         for key in z.files:

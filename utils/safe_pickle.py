@@ -9,7 +9,8 @@ it: numpy ``ndarray``, ``dtype`` and its subclasses, scalar types and the array 
 when a file names it); the basic containers of protocol 2 (``set``, ``frozenset``, ``list``,
 ``dict``, ``tuple``, ``object``, ``slice``, ``complex``, ``bytes``, ``bytearray``, ``int``,
 ``float``, ``bool``, ``str``, ``collections.OrderedDict``, ``copyreg._reconstructor``,
-``_codecs.encode``). Python-2 names are mapped as ``pickle`` does.
+``_codecs.encode``). Python-2 names are mapped as ``pickle`` does. :func:`referenced_globals`
+lists what a pickle names without unpickling it (to say what a refused file would import).
 """
 from __future__ import annotations
 
@@ -20,15 +21,18 @@ import copyreg
 import functools
 import importlib
 import importlib.util
+import io
 import os
 import pickle
+import pickletools
 from pathlib import Path
 
 import numpy as np
 
 from utils.errors import UserError
 
-__all__ = ["UnsafePickleError", "RestrictedUnpickler", "load", "load_file", "load_npy"]
+__all__ = ["UnsafePickleError", "RestrictedUnpickler", "load", "load_file", "load_npy",
+           "referenced_globals"]
 
 # modules whose names are looked up at all (anything else is refused before it is imported)
 _MODULE_PREFIXES = ("numpy.core.", "numpy._core.", "scipy.sparse.", "chumpy.")
@@ -87,6 +91,13 @@ def _admitted(module: str, obj: object) -> bool:
     return False
 
 
+def _py3(module: str, name: str) -> tuple[str, str]:
+    """The Python-3 module and name of a pickled global (Python-2 names mapped as pickle does)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[module, name]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` of the allowed globals only; ``source`` (the file name) and ``what``
     (its role, e.g. "SMPL body model") go into the error messages."""
@@ -104,11 +115,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             f"(or one written by this project); do not use this one")
 
     def find_class(self, module: str, name: str):
-        mod, nm = module, name
-        if (mod, nm) in _compat_pickle.NAME_MAPPING:          # Python-2 names
-            mod, nm = _compat_pickle.NAME_MAPPING[(mod, nm)]
-        elif mod in _compat_pickle.IMPORT_MAPPING:
-            mod = _compat_pickle.IMPORT_MAPPING[mod]
+        mod, nm = _py3(module, name)
         if (mod, nm) in _NAMED:
             return _NAMED[mod, nm]
         if "." in nm or not (mod in _MODULES or mod.startswith(_MODULE_PREFIXES)):
@@ -128,6 +135,38 @@ class RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         raise UnsafePickleError(f"{self.source}: refused to load this {self.what}: it uses "
                                 f"persistent ids, which the official files never do")
+
+
+def referenced_globals(data: bytes, pickles: int = 1) -> list[str]:
+    """The ``module.name`` globals that the first ``pickles`` pickles in ``data`` name, in order
+    (``GLOBAL`` / ``INST`` and protocol 4-5 ``STACK_GLOBAL``, whose two strings are traced
+    through the memo; Python-2 names mapped), read with :mod:`pickletools`: nothing is imported
+    or run. Damaged data ends the scan quietly (what was found before it is returned)."""
+    names, fh, strings = [], io.BytesIO(data), ("UNICODE", "STRING")
+    for _ in range(pickles):
+        stack, memo = [], {}   # stack: the str pushed by each opcode (None for anything else)
+        try:
+            for op, arg, _pos in pickletools.genops(fh):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(".".join(_py3(*str(arg).split(" ", 1))))
+                elif op.name == "STACK_GLOBAL":
+                    mod, name = ([None, None] + stack)[-2:]
+                    names.append(".".join(_py3(mod, name)) if isinstance(mod, str)
+                                 and isinstance(name, str) else "<untraced>.<untraced>")
+                if op.name == "MEMOIZE":
+                    memo[len(memo)] = stack[-1] if stack else None
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = stack[-1] if stack else None
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    stack.append(memo.get(arg))
+                elif op.name not in ("FRAME", "PROTO"):
+                    stack.append(arg if isinstance(arg, str) and op.name.endswith(strings)
+                                 else None)
+        except Exception:  # noqa: BLE001 - not (or no longer) a pickle: stop reading
+            break
+        if fh.tell() >= len(data):
+            break
+    return names
 
 
 def load(file, source: str = "<pickle>", what: str = "pickle"):
