@@ -20,6 +20,7 @@ from utils.jsonio import dumps
 
 __all__ = ["DemoInputError", "IMAGE_EXTS", "NUM_OPENPOSE", "list_images", "read_openpose_json",
            "load_bbox_file", "bboxes_for", "bbox_from_openpose", "bbox_from_xywh",
+           "far_outside", "box_problem", "keypoints_problem",
            "export_dataset_inputs", "gt_to_openpose", "prepare_person", "collate",
            "read_video"]
 
@@ -137,6 +138,50 @@ def bboxes_for(entries: dict, image: Path) -> list[np.ndarray] | None:
     return list(arr)
 
 
+def far_outside(points, image_hw) -> np.ndarray:
+    """[N] bool: the (x, y) ``points`` ([N, >=2]) more than ``FAR_OUTSIDE`` times the larger
+    side of an image of ``image_hw`` (height, width) outside it."""
+    pts = np.asarray(points, dtype=np.float64)
+    h, w = float(image_hw[0]), float(image_hw[1])
+    m = FAR_OUTSIDE * max(h, w)
+    x, y = pts[:, 0], pts[:, 1]
+    return (x < -m) | (x > w + m) | (y < -m) | (y > h + m)
+
+
+def keypoints_problem(kp25, threshold: float, image_hw) -> str | None:
+    """Why one person's [25, 3] OpenPose keypoints do not belong to an image of ``image_hw``,
+    or None: most (more than half) of its confident keypoints (confidence > ``threshold``) lie
+    :func:`far_outside` it, as when the file is of another image or resolution. A few such
+    keypoints are detector glitches, ignored by :func:`bbox_from_openpose`."""
+    kp = np.asarray(kp25, dtype=np.float64)
+    confident = kp[:, 2] > threshold
+    far = int((confident & far_outside(kp, image_hw)).sum())
+    if 2 * far <= int(confident.sum()):
+        return None
+    h, w = image_hw
+    return (f"{far} of its {int(confident.sum())} confident keypoints lie far outside the "
+            f"{w}x{h} image (more than {FAR_OUTSIDE:g} x its larger side beyond the border): "
+            f"the keypoint file seems to be of another image or resolution")
+
+
+def box_problem(box, image_hw) -> str | None:
+    """Why a detector box (x, y, w, h) cannot be used on an image of ``image_hw`` (height,
+    width), or None: a side under 2 px, the box outside the image, or a corner
+    :func:`far_outside` it (e.g. 1e300, or 1000 times the image: not a box of this image; its
+    crop and camera would not be finite)."""
+    x, y, bw, bh = (float(v) for v in box)
+    h, w = image_hw
+    shown = [x, y, bw, bh]
+    if not (bw >= 2 and bh >= 2):
+        return f"width and height must be at least 2 px, got {shown}"
+    if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
+        return f"{shown} lies outside the {w}x{h} image"
+    if far_outside([[x, y], [x + bw, y + bh]], image_hw).any():
+        return (f"{shown} reaches far outside the {w}x{h} image (more than {FAR_OUTSIDE:g} x "
+                f"its larger side beyond the border): not a box of this image")
+    return None
+
+
 def bbox_from_openpose(kp25, threshold: float, image_hw=None):
     """[25, 3] OpenPose keypoints -> (center [2], scale, n_confident, kp with conf zeroed).
 
@@ -149,9 +194,7 @@ def bbox_from_openpose(kp25, threshold: float, image_hw=None):
     kp = np.array(kp25, dtype=np.float64)
     kp[kp[:, 2] <= threshold, 2] = 0.0
     if image_hw is not None:
-        h, w = float(image_hw[0]), float(image_hw[1])
-        m = FAR_OUTSIDE * max(h, w)
-        kp[(kp[:, 0] < -m) | (kp[:, 0] > w + m) | (kp[:, 1] < -m) | (kp[:, 1] > h + m), 2] = 0.0
+        kp[far_outside(kp, image_hw), 2] = 0.0
     center, scale, n = imutils.bbox_from_keypoints(kp)
     return center, float(scale), int(n), kp
 

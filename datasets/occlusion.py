@@ -80,6 +80,16 @@ class SyntheticOcclusion:
             self._occluders = load_occluders(self.path)
         return self._occluders
 
+    def check(self) -> "SyntheticOcclusion":
+        """Read and check the occluder file now (:class:`OccluderFileError` if it is bad), so
+        that a training run stops before it writes anything, not at its first batch."""
+        try:
+            _ = self.occluders
+        except OccluderFileError as e:
+            raise OccluderFileError(f"{e}. Restore the released pascal_occluders.npy (or train "
+                                    f"without --syn_occ)") from None
+        return self
+
     def __getstate__(self):  # DataLoader workers reload (cached) rather than pickle patches
         return {"path": self.path, "_occluders": None}
 

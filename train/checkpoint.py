@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.atomic import atomic_path
+from utils.atomic import atomic_path, remove_stale_temporaries
 
 
 def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``:
-    a crash or kill during the write leaves the previous file intact."""
+    a crash or kill during the write leaves the previous file intact (and its temporary, which
+    the next save in that folder removes: :func:`utils.atomic.remove_stale_temporaries`)."""
+    remove_stale_temporaries(Path(path).parent)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
@@ -37,6 +39,7 @@ def link_as(src: str | os.PathLike, path: str | os.PathLike) -> Path:
     src, path = Path(src), Path(path)
     if src.resolve() == path.resolve():
         return path
+    remove_stale_temporaries(path.parent)
     with atomic_path(path) as tmp:
         try:
             os.link(src, tmp)
@@ -81,11 +84,15 @@ def load_for_resume(folder: str | os.PathLike, log=print) -> tuple[Path, dict] |
     """The newest checkpoint of ``folder`` that loads, as (path, dict); None if there is none.
     An unreadable file (truncated, a full disk, a copy cut short) is skipped with a message
     naming it and the file used instead; :class:`models.checkpoints.CheckpointError` when
-    every checkpoint of the folder is unreadable."""
+    every checkpoint of the folder is unreadable. Hidden files (temporaries of saves in
+    progress or interrupted: ``.<name>.tmp<pid>``) are never picked; those whose writer is gone
+    are removed."""
     from models.checkpoints import CheckpointError
     bad: list[str] = []
+    remove_stale_temporaries(folder)
+    found = [p for p in Path(folder).glob("*.pt") if not p.name.startswith(".") and p.is_file()]
     # newest first (current.pt first on equal times)
-    for path in sorted(Path(folder).glob("*.pt"),
+    for path in sorted(found,
                        key=lambda p: (p.stat().st_mtime_ns, p.name == "current.pt"), reverse=True):
         try:
             data = load(path)

@@ -17,6 +17,15 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
+def check_occluders(dataset: Dataset) -> None:
+    """Read every occluder file that ``dataset`` (a dataset, or a mixture of them in
+    ``.datasets``, e.g. ``MixedDataset``) will paste from, now: a bad file stops the run
+    before its folder is written (:class:`datasets.occlusion.OccluderFileError`)."""
+    for d in getattr(dataset, "datasets", [dataset]):
+        if getattr(d, "occluder", None) is not None:
+            d.occluder.check()
+
+
 class SeededDataset(Dataset):
     """Wraps a dataset; seeds numpy and python RNGs per (seed, epoch, index) before each item."""
 

@@ -41,9 +41,9 @@ from tqdm import tqdm
 import constants
 from config import TEST_DATASETS, DataPaths, MissingFileError, require
 from datasets.inputs import (IMAGE_EXTS, NUM_OPENPOSE, DemoInputError, bbox_from_openpose,
-                             bbox_from_xywh, bboxes_for, collate, export_dataset_inputs,
-                             list_images, load_bbox_file, prepare_person, read_openpose_json,
-                             read_video)
+                             bbox_from_xywh, bboxes_for, box_problem, collate,
+                             export_dataset_inputs, keypoints_problem, list_images,
+                             load_bbox_file, prepare_person, read_openpose_json, read_video)
 from models.smpl import build_smpl
 from train.tto import TTOConfig, test_time_optimize
 from train.video import run_video
@@ -275,6 +275,9 @@ TTO_STATUS = {
 # keys of person_record that exist after TTO and at the loaded weights ("_before")
 PREDICTION_KEYS = ("pose", "betas", "cam_crop", "cam_t", "joints_3d", "joints_2d", "vertices",
                    "kp_error_px")
+# values of a written record that must be finite (the kept prediction and its camera)
+FINITE_KEYS = PREDICTION_KEYS[:-1] + ("focal_length", "camera_center", "bbox_center",
+                                      "bbox_scale")
 MAX_ABS_BETA = 10.0      # SMPL shapes are a few units; 10 is no human body
 MAX_BODY_EXTENT_M = 5.0  # body-frame vertices within 5 m of the root
 MAX_DEPTH_M = 1000.0     # camera translation: in front of the camera, within 1 km
@@ -348,8 +351,8 @@ class Summary:
         lines = [f"Demo summary: {self.images} images, {self.processed} processed "
                  f"({self.people} people), {sum(self.skipped.values())} skipped"]
         lines += [f"  {v} x {SKIP_REASONS[k]}" for k, v in self.skipped.items() if v]
-        for n, text in ((self.people_skipped, "people skipped (too few confident keypoints or "
-                         "an invalid box) in processed images"),
+        for n, text in ((self.people_skipped, "people skipped (too few confident keypoints, "
+                         "an invalid box, a non-finite prediction) in processed images"),
                         (self.tto_rejected, "people whose TTO raised the 2D error or diverged "
                          "(prediction before TTO kept)"),
                         (self.nonfinite, "people whose TTO went non-finite (last finite "
@@ -454,28 +457,11 @@ class DemoRun:
         focal = float(o.focal_length) if o.focal_length else float(imutils.diagonal_focal(h, w))
         people, ids, dropped = [], [], []
         for i, item in enumerate(raw):
-            kp, why = None, None
-            if not self.tto:
-                x, y, bw, bh = item.tolist()
-                if not (bw >= 2 and bh >= 2):
-                    why = f"box {i}: width and height must be at least 2 px, got {[x, y, bw, bh]}"
-                elif x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
-                    why = f"box {i}: {[x, y, bw, bh]} lies outside the {w}x{h} image"
-                else:
-                    center, scale = bbox_from_xywh(item)
-            else:
-                center, scale, n, kp = bbox_from_openpose(item, o.kp_threshold, (h, w))
-                if far := int(((np.asarray(item)[:, 2] > o.kp_threshold) & (kp[:, 2] == 0)).sum()):
-                    self.log(f"warning: {path.name} person {i}: {far} confident keypoint(s) far "
-                             f"outside the image ignored")
-                if n < o.min_keypoints:
-                    why = (f"person {i}: {n} keypoints with confidence > {o.kp_threshold} "
-                           f"(need {o.min_keypoints})")
-                elif not scale > 0:
-                    why = f"person {i}: its confident keypoints coincide (empty box)"
+            box, why = self._box(path, i, item, (h, w))
             if why:
                 dropped.append(why)
                 continue
+            center, scale, kp = box
             people.append(prepare_person(rgb, center, scale, focal, o.bbox_type, kp, o.crop_scale))
             ids.append(i)
         if not people:
@@ -485,13 +471,58 @@ class DemoRun:
             self.log(f"[demo] {path.name}: skipped " + "; ".join(dropped))
         return _Image(path, rgb, people, ids)
 
+    def _box(self, path: Path, i: int, item: np.ndarray, hw: tuple) -> tuple[tuple, str]:
+        """Entry ``i`` of an image of ``hw`` (height, width) -> ((center, scale, keypoints or
+        None), '') or (None, why it is unusable): a bad box (:func:`box_problem`), keypoints of
+        another image (:func:`keypoints_problem`), too few confident keypoints, an empty box. A
+        few confident keypoints far outside the image are ignored, with a warning."""
+        if not self.tto:
+            why = box_problem(item, hw)
+            return (None, f"box {i}: {why}") if why else ((*bbox_from_xywh(item), None), "")
+        o = self.o
+        if why := keypoints_problem(item, o.kp_threshold, hw):
+            return None, f"person {i}: {why}"
+        center, scale, n, kp = bbox_from_openpose(item, o.kp_threshold, hw)
+        if far := int(((np.asarray(item)[:, 2] > o.kp_threshold) & (kp[:, 2] == 0)).sum()):
+            self.log(f"warning: {path.name} person {i}: {far} confident keypoint(s) far "
+                     f"outside the image ignored")
+        if n < o.min_keypoints:
+            return None, (f"person {i}: {n} keypoints with confidence > {o.kp_threshold} "
+                          f"(need {o.min_keypoints})")
+        if not scale > 0:
+            return None, f"person {i}: its confident keypoints coincide (empty box)"
+        return (center, scale, kp), ""
+
+    def _finite(self, img: _Image, records: list[dict]) -> tuple[list, list[str]]:
+        """The judged records (:func:`judge_tto`: (record, status)) of the people of ``img``
+        whose kept prediction is finite, and why each other one is dropped (never written)."""
+        judged, dropped, ids = [], [], []
+        for pid, rec in zip(img.person_ids, records):
+            out, status = judge_tto(rec)
+            bad = [k for k in FINITE_KEYS if not np.isfinite(np.asarray(out[k], float)).all()]
+            if bad:
+                dropped.append(f"person {pid}: its prediction is not finite (NaN or inf in "
+                               f"{', '.join(bad)}); not written")
+            else:
+                judged.append((out, status))
+                ids.append(pid)
+        img.person_ids = ids
+        return judged, dropped
+
     def _write(self, img: _Image, records: list[dict], overlay_sink=None) -> None:
         """Write the npz (and obj) files and the overlay of one image, then log and count it.
         Each record keeps the better of the predictions before / after TTO (:func:`judge_tto`);
-        the overlay's right panel shows the kept one."""
+        the overlay's right panel shows the kept one. A person whose kept prediction is not
+        finite is dropped (logged, counted); an image left without people is skipped."""
         from utils.renderer import make_grid, save_obj
         o, stem, files, summary = self.o, img.path.stem, [], self.summary
-        records, statuses = zip(*[judge_tto(r) for r in records])
+        judged, dropped = self._finite(img, records)
+        if not judged:
+            return summary.skip(img.path, "error", "; ".join(dropped), self.log)
+        if dropped:
+            summary.people_skipped += len(dropped)
+            self.log(f"[demo] {img.path.name}: skipped " + "; ".join(dropped))
+        records, statuses = zip(*judged)
         for pid, rec in zip(img.person_ids, records):
             p = self.out_dir / f"{stem}_person{pid}.npz"
             np.savez(p, image=np.asarray(img.path.name), person=np.asarray(pid), **rec)

@@ -27,7 +27,7 @@ import constants
 from config import DataPaths
 from train import checkpoint as ckpt
 from train import distributed as dist
-from train.data import EpochSampler, SeededDataset
+from train.data import EpochSampler, SeededDataset, check_occluders
 from train.inner import inner_adapt, run_head
 from train.losses import LossWeights, gt_targets, pseudo_targets, smpl_loss
 from utils.camera import Camera, smpl_predict
@@ -221,7 +221,9 @@ class Trainer:
                                  self.device)
 
         from datasets import MixedDataset
-        self.dataset = SeededDataset(MixedDataset(o, paths=self.paths), o.seed)
+        mixture = MixedDataset(o, paths=self.paths)
+        check_occluders(mixture)   # a bad occluder file: an error now, not at the first batch
+        self.dataset = SeededDataset(mixture, o.seed)
         self.sampler = EpochSampler(len(self.dataset), o.shuffle_train, o.seed, self.rank,
                                     self.world)
         self.epoch, self.batch_idx, self.step = 0, 0, 0

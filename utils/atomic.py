@@ -3,18 +3,54 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Iterator
+
+# the temporary name of atomic_path: .<name>.tmp<writer's process id>
+_TMP_NAME = re.compile(r"^\..+\.tmp(\d+)$")
+
+
+def temporary_name(path: Path, pid: int | None = None) -> Path:
+    """The temporary file of ``path`` written by process ``pid`` (default this one)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid() if pid is None else pid}")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts; 0 is kept as alive)."""
+    try:
+        os.kill(pid, 0)   # signal 0: nothing is sent, the process is only looked up
+    except PermissionError:
+        return True
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the :func:`atomic_path` temporaries of ``folder`` whose writer process is gone
+    (a kill or crash during a write leaves them); those of live processes stay. Returns the
+    removed paths."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(folder):
+            m = _TMP_NAME.match(entry.name)
+            if m and entry.is_file(follow_symlinks=False) and not _alive(int(m.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary name beside ``path`` to write to: renamed over ``path`` when the block ends
     without an error, removed otherwise. A crash or kill during the write leaves the previous
-    ``path`` intact (the rename is atomic within a folder)."""
+    ``path`` intact (the rename is atomic within a folder); the temporary it leaves is removed
+    by :func:`remove_stale_temporaries`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_name(path)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -346,11 +346,13 @@ def apply_checkpoint_options(o: argparse.Namespace, source: str, stored: dict | 
 
     stored: the options train.py recorded in the checkpoint (None for released files);
     inferred: {'model', 'backbone'} recognised from its keys (models/checkpoint_kind.py).
-    A value given on the command line that contradicts them is an :class:`OptionError` (one
-    line); a file that records no bbox type / crop scale keeps the released values and a note
-    says so. Re-runs the option checks that depend on these values.
+    A stored value is read through its own option like a command-line value (a bad one is an
+    :class:`OptionError` naming the file, the option and the value); a value given on the
+    command line that contradicts them is an :class:`OptionError` (one line); a file that
+    records no bbox type / crop scale keeps the released values and a note says so. Re-runs
+    the option checks that depend on these values.
     """
-    stored = {k: v for k, v in (stored or {}).items() if k in CHECKPOINT_OPTIONS}
+    stored = _stored_network_options(source, stored)
     known = {**{k: v for k, v in (inferred or {}).items()
                 if k in ("model", "backbone") and v is not None}, **stored}
     free = set(getattr(o, "from_checkpoint", ()))
@@ -378,6 +380,29 @@ def apply_checkpoint_options(o: argparse.Namespace, source: str, stored: dict | 
                         else f"--{n} {getattr(o, n)}" for n in missing)
             + " (pass the values it was trained with if they differ: its keys cannot tell)")
     return _check_network(o)
+
+
+def _stored_network_options(source: str, stored: dict | None) -> dict:
+    """The :data:`CHECKPOINT_OPTIONS` a checkpoint records (None: not recorded), each value
+    read through its own option (type, choices) and checked like a command-line value."""
+    stored = {k: v for k, v in (stored or {}).items()
+              if k in CHECKPOINT_OPTIONS and v is not None}
+    if not stored:
+        return {}
+    p = argparse.ArgumentParser(add_help=False)
+    add_model_options(p)
+    add_bbox_type(p)
+    add_crop_scale(p)
+    what = f"{source}: its recorded training options"
+    try:
+        parsed = _parse_json_values(p, stored, what)
+        check_ranges(parsed)
+        _check_network(parsed)
+    except OptionError as e:
+        message = str(e) if str(e).startswith(what) else f"{what}: {e}"
+        raise OptionError(f"{message} (the file is damaged or was not written by train.py). "
+                          f"Pass a checkpoint written by train.py") from None
+    return {k: getattr(parsed, k) for k in stored}
 
 
 def _check_network(o: argparse.Namespace) -> argparse.Namespace:

@@ -1,0 +1,211 @@
+"""Runs that meet damaged or foreign files: options recorded in a checkpoint, a bad occluder
+file, temporaries left by a killed checkpoint save, demo boxes and keypoints that do not belong
+to their image, non-finite predictions.
+
+Independent facts used: argparse's own verdict on a value (``float('abc')`` fails, 'banana' is
+no backbone); a process that has exited has no PID (``os.kill(pid, 0)`` fails); a 128 px image
+cannot hold a box 1e300 px wide or 1000 times its width, nor keypoints a million pixels away;
+NaN is not a finite number.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from config import DataPaths
+from utils.errors import OptionError, UserError
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = "h36m-p2"
+
+
+# ---------------------------------------------------------------------------------------------
+# options recorded in a checkpoint
+@pytest.mark.parametrize("stored, option, value", [
+    ({"crop_scale": "abc"}, "--crop_scale", "'abc'"),
+    ({"backbone": "banana"}, "--backbone", "'banana'"),
+    ({"bbox_type": "oval"}, "--bbox_type", "'oval'"),
+    ({"crop_scale": -1.0}, "--crop_scale", "-1.0"),
+    ({"crop_scale": [0.25]}, "crop_scale", "[0.25]"),
+    ({"model": True}, "model", "True")])
+def test_bad_recorded_options_are_one_error(stored, option, value):
+    from utils.options import apply_checkpoint_options, parse_eval
+    o = parse_eval("cliff", [])
+    full = {"model": "cliff", "backbone": "resnet18", "bbox_type": "rect", "crop_scale": 0.25,
+            **stored}
+    with pytest.raises(OptionError) as e:
+        apply_checkpoint_options(o, "runs/x/current.pt", full, None, log=lambda m: None)
+    text = str(e.value)
+    assert text.startswith("runs/x/current.pt: ") and option in text and value in text
+
+
+def test_eval_of_a_checkpoint_with_a_bad_recorded_option_is_one_line(synthetic_root, tmp_path,
+                                                                     capsys):
+    from models import build_model
+    from train.evaluation import main
+    from utils.cli import run
+    from utils.options import parse_eval
+    mean = DataPaths(Path(synthetic_root)).smpl_mean_params()
+    path = tmp_path / "damaged.pt"
+    torch.save({"model": build_model("cliff", "resnet18", "main", "rect", mean).state_dict(),
+                "model_aux": build_model("cliff", "resnet18", "aux", "rect", mean).state_dict(),
+                "options": {"model": "cliff", "backbone": "resnet18", "bbox_type": "rect",
+                            "crop_scale": "abc"}}, path)
+    with pytest.raises(SystemExit) as e:
+        run(lambda argv: main(parse_eval("cliff", argv)),
+            ["--checkpoint", str(path), "--data_root", str(synthetic_root), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {path}: ") and "--crop_scale" in err and "'abc'" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# a bad occluder file stops training before anything is written
+def test_bad_occluder_file_fails_before_the_run_folder(synthetic_root, tmp_path, monkeypatch):
+    from train.trainer import Trainer
+    from utils.options import parse_train
+    bad = tmp_path / "occluders.npy"
+    np.save(bad, np.zeros((3, 5, 5, 3), np.uint8))        # RGB, not RGBA
+    monkeypatch.setattr(DataPaths, "occluders", lambda self: bad)
+    argv = ["--name", "run", "--log_dir", str(tmp_path / "logs"), "--data_root",
+            str(synthetic_root), "--backbone", "resnet18", "--bbox_type", "rect",
+            "--crop_scale", "0.25", "--batch_size", "2", "--num_workers", "0", "--device", "cpu",
+            "--no_pretrained_backbone", "--first_order", "--syn_occ"]
+    with pytest.raises(UserError, match=r"occluders\.npy.*\(5, 5, 3\)"):
+        Trainer(parse_train(argv))
+    assert not (tmp_path / "logs").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# temporaries of a killed checkpoint save
+def _exited_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_save_temporaries_are_removed_and_never_resumed(tmp_path):
+    from train.checkpoint import atomic_save, load_for_resume
+    from utils.atomic import temporary_name
+    folder = tmp_path / "checkpoints"
+    current = atomic_save({"step": 1}, folder / "current.pt")
+    stale = temporary_name(current, _exited_pid())
+    live = temporary_name(current, os.getppid())            # the writer still runs
+    for f in (stale, live):
+        f.write_bytes(b"half a checkpoint")
+    future = os.stat(current).st_mtime + 100
+    os.utime(stale, (future, future))                        # the newest file of the folder
+    path, data = load_for_resume(folder, log=None)           # at a --resume
+    assert path == current and data["step"] == 1
+    assert not stale.exists() and live.exists()
+    stale.write_bytes(b"half a checkpoint")
+    atomic_save({"step": 2}, folder / "current.pt")          # the next save
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["current.pt", live.name])
+
+
+# ---------------------------------------------------------------------------------------------
+# the demo: boxes and keypoints of another image, non-finite predictions
+@pytest.fixture(scope="module")
+def demo_files(synthetic_root, tmp_path_factory):
+    """A random-weight CLIFF ResNet-18 checkpoint, and one test image copied under names."""
+    from models import build_model
+    paths = DataPaths(Path(synthetic_root))
+    d = tmp_path_factory.mktemp("robust_demo")
+    mean = paths.smpl_mean_params()
+    torch.manual_seed(0)
+    torch.save({"model": build_model("cliff", "resnet18", "main", "rect", mean).state_dict(),
+                "model_aux": build_model("cliff", "resnet18", "aux", "rect", mean).state_dict()},
+               d / "ck.pt")
+    with np.load(paths.dataset_npz(DATASET, is_train=False)) as z:
+        name, op = str(z["imgname"][1]), z["openpose"][1]
+    (d / "img").mkdir()
+    for n in ("a", "b", "c"):
+        shutil.copyfile(paths.image_folder(DATASET) / name, d / "img" / f"{n}.jpg")
+    return {"dir": d, "ckpt": d / "ck.pt", "openpose": op}
+
+
+def _demo_options(root, files, out, *extra):
+    from train import demo
+    return demo.parse_demo(["--checkpoint", str(files["ckpt"]), "--data_root", str(root),
+                            "--backbone", "resnet18", "--device", "cpu", "--render_backend",
+                            "software", "--out_dir", str(out), "--img_dir",
+                            str(files["dir"] / "img"), "--crop_scale", "0.25", *map(str, extra)])
+
+
+def test_demo_skips_huge_boxes_and_never_writes_nonfinite_results(synthetic_root, demo_files,
+                                                                  tmp_path, monkeypatch):
+    """a: a good box, one 1e300 px, one 1000x the image's width; b: two good boxes, the second
+    (centre x 70) predicted as NaN; c: only that box."""
+    from train import demo
+    w = 128
+    boxes = {"a.jpg": [[30, 10, 60, 100], [0, 0, 1e300, 1e300], [-500 * w, 10, 1000 * w, 100]],
+             "b.jpg": [[30, 10, 60, 100], [40, 10, 60, 100]], "c.jpg": [[40, 10, 60, 100]]}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    real = demo.predict
+
+    def nan_at_x70(model, model_aux, batch, *a, **k):
+        pred = real(model, model_aux, batch, *a, **k)
+        for p in (pred.before, pred.after):
+            p["vertices"][batch["center"][:, 0] == 70] = float("nan")
+        return pred
+    monkeypatch.setattr(demo, "predict", nan_at_x70)
+    out, logs = tmp_path / "out", []
+    s = demo.run_demo(_demo_options(synthetic_root, demo_files, out, "--bbox_file",
+                                    tmp_path / "boxes.json"), log=logs.append)
+    text = "\n".join(logs)
+    assert "box 1: [0.0, 0.0, 1e+300, 1e+300] reaches far outside" in text
+    assert "box 2: [-64000.0, 10.0, 128000.0, 100.0] reaches far outside" in text
+    assert "person 1: its prediction is not finite" in text
+    assert s["processed"] == 2 and s["people"] == 2 and s["people_skipped"] == 3
+    assert s["per_image"]["c.jpg"]["status"] == "error"
+    assert "not finite" in s["per_image"]["c.jpg"]["message"]
+    written = sorted(p.name for p in out.glob("*.npz"))
+    assert written == ["a_person0.npz", "b_person0.npz"]
+    for name in written:
+        with np.load(out / name) as z:
+            for k in ("vertices", "cam_t", "joints_2d", "pose", "bbox_scale"):
+                assert np.isfinite(z[k]).all(), (name, k)
+
+
+def test_demo_refuses_keypoints_of_another_image(synthetic_root, demo_files, tmp_path):
+    """Per person of a 128 px image: its keypoints shifted by 1e6 px, or most of them far
+    outside, are not its keypoints (skipped, said why); a few far ones are ignored, said too."""
+    from datasets.inputs import keypoints_problem
+    from train import demo
+    op = demo_files["openpose"]
+    confident = np.flatnonzero(op[:, 2] > 0.1)
+    assert len(confident) >= 10
+    shifted, most, few = op.copy(), op.copy(), op.copy()
+    shifted[:, :2] += 1e6
+    most[confident[:len(confident) // 2 + 1], :2] = [-1e6, 5e5]   # more than half
+    few[confident[:2], :2] = 1e6
+    kp = tmp_path / "kp"
+    kp.mkdir()
+    demo_json = {"version": 1.3, "people": [{"pose_keypoints_2d": p.reshape(-1).tolist()}
+                                            for p in (shifted, most, few, op)]}
+    (kp / "a_keypoints.json").write_text(json.dumps(demo_json))
+    assert keypoints_problem(op, 0.1, (128, 128)) is None
+    assert keypoints_problem(few, 0.1, (128, 128)) is None
+    assert "another image" in keypoints_problem(most, 0.1, (128, 128))
+    logs: list[str] = []
+    run = demo.DemoRun(_demo_options(synthetic_root, demo_files, tmp_path / "out",
+                                     "--openpose_dir", kp), log=logs.append)
+    img = run.load(demo_files["dir"] / "img" / "a.jpg")
+    text = "\n".join(logs)
+    assert img.person_ids == [2, 3]                    # `few` and the true keypoints
+    n = len(confident)
+    assert f"person 0: {n} of its {n} confident keypoints lie far outside the 128x128" in text
+    assert f"person 1: {n // 2 + 1} of its {n} confident keypoints lie far outside" in text
+    assert "person 2: 2 confident keypoint(s) far outside the image ignored" in text
+    used = img.people[0]["keypoints_full"].numpy()[:, 2]     # `few`: the far two not used
+    assert (used[confident[:2]] == 0).all() and (used[confident[2:]] > 0).all()
+    run.renderer.close()
