@@ -324,7 +324,7 @@ def _record(err_before, err_after, betas_after=0.1, nonfinite=False):
 
 
 def test_tto_verdict_keeps_the_better_prediction():
-    from train.demo import judge_tto
+    from train.demo_report import judge_tto
     rec, status = judge_tto(_record(12.0, 4.0))
     assert status == "ok" and float(rec["betas"][0]) == 0.1 and bool(rec["tto_kept"])
     rec, status = judge_tto(_record(4.0, 12.0))                 # worse after TTO
@@ -338,7 +338,7 @@ def test_tto_verdict_keeps_the_better_prediction():
 
 
 def test_per_image_line_reports_errors_and_warnings():
-    from train.demo import _image_line
+    from train.demo_report import image_line as _image_line
     line = _image_line("a.jpg", {"people": 2, "kp_error_px_before": [12.34, 4.0],
                                  "kp_error_px_tto": [3.21, 9.0],
                                  "person_status": ["ok", "tto_worse"]})

@@ -6,10 +6,11 @@ For every person of every image in ``--img_dir``: a bounding box from its OpenPo
 (:func:`datasets.inputs.bbox_from_openpose`, :func:`datasets.inputs.bbox_from_xywh`); the network
 input as the datasets build it at evaluation (:func:`prepare_person`); TTO on the keypoints, or
 one forward pass without keypoints (:func:`predict`); the better of the predictions before /
-after TTO (:func:`judge_tto`); per-person npz files (:func:`person_record`), an overlay (before |
-after TTO, :func:`render_people`) and ``summary.json``. ``--video``: per frame
-(:mod:`train.video`); ``--from_dataset``: a test set's images and keypoints (e.g. the synthetic
-world's), written to ``<out_dir>/inputs/``. Cameras: :func:`image_camera`.
+after TTO (:mod:`train.demo_report`, with the image lines and the summary); per-person npz
+files (:func:`person_record`), an overlay (before | after TTO, :func:`render_people`) and
+``summary.json``. ``--video``: per frame (:mod:`train.video`); ``--from_dataset``: a test set's
+images and keypoints (e.g. the synthetic world's), written to ``<out_dir>/inputs/``. Cameras:
+:func:`image_camera`.
 
 TTO runs as in evaluation with ``--use_openpose2d`` (2D loss on the OpenPose slots with their
 confidences; GT weight 0). The released code masks step 0's aux pseudo-labels by the GT flags
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from datasets.inputs import (IMAGE_EXTS, NUM_OPENPOSE, DemoInputError, bbox_from
                              export_dataset_inputs, keypoints_problem, list_images,
                              load_bbox_file, prepare_person, read_openpose_json, read_video)
 from models.smpl import build_smpl
+from train.demo_report import Summary, image_line, judge_finite
 from train.tto import TTOConfig, test_time_optimize
 from train.video import run_video
 from utils import imutils
@@ -56,16 +58,9 @@ from utils.options import (add_bbox_type, add_common, add_crop_scale, add_tto_st
 from utils.runtime import place, seed_everything, select_device
 
 __all__ = ["demo_parser", "parse_demo", "resolve_demo", "main", "run_demo", "prepare_person",
-           "collate", "predict", "image_camera", "person_record", "render_people", "judge_tto",
-           "SKIP_REASONS", "TTO_STATUS", "PALETTE", "DemoRun"]
+           "collate", "predict", "image_camera", "person_record", "render_people", "PALETTE",
+           "DemoRun"]
 
-# reason -> how the summary names it
-SKIP_REASONS = {
-    "no_keypoint_file": "no keypoint file", "no_bbox": "no bbox entry",
-    "unreadable_image": "unreadable image",
-    "bad_annotation": "keypoint / bbox entry could not be parsed", "no_people": "no people",
-    "no_usable_people": "no person with enough confident keypoints / a valid box",
-    "error": "failed while predicting or writing"}
 # options of utils.options' shared groups that mean nothing here (name -> default), and those
 # the demo always implies (OpenPose 2D loss; bad images are always skipped and counted)
 _UNUSED_COMMON = {"amp": "off", "img_root": None, "openpose_train_weight": 0.0,
@@ -265,63 +260,6 @@ def render_people(renderer, img_rgb: np.ndarray, records: list[dict], tag: str =
     return out
 
 
-# -- is the adapted prediction better? (issue #13 point 9) ---------------------------------------
-TTO_STATUS = {
-    "ok": "TTO lowered (or kept) the 2D keypoint error",
-    "no_tto": "no keypoints, no TTO (one forward pass)",
-    "tto_worse": "TTO raised the 2D keypoint error; the prediction before TTO is kept",
-    "tto_diverged": "TTO diverged (non-finite or exploding values); the prediction before TTO "
-                    "is kept"}
-# keys of person_record that exist after TTO and at the loaded weights ("_before")
-PREDICTION_KEYS = ("pose", "betas", "cam_crop", "cam_t", "joints_3d", "joints_2d", "vertices",
-                   "kp_error_px")
-# values of a written record that must be finite (the kept prediction and its camera)
-FINITE_KEYS = PREDICTION_KEYS[:-1] + ("focal_length", "camera_center", "bbox_center",
-                                      "bbox_scale")
-MAX_ABS_BETA = 10.0      # SMPL shapes are a few units; 10 is no human body
-MAX_BODY_EXTENT_M = 5.0  # body-frame vertices within 5 m of the root
-MAX_DEPTH_M = 1000.0     # camera translation: in front of the camera, within 1 km
-
-
-def judge_tto(rec: dict) -> tuple[dict, str]:
-    """Keep the better of one person's predictions before and after TTO. The adapted one is
-    kept when it is sane (finite, |betas| <= 10, the body within 5 m of its root, in front of the
-    camera within 1 km), TTO never went non-finite, and its weighted 2D keypoint error is not
-    above the one before TTO. Otherwise the prediction before TTO replaces it
-    (:data:`PREDICTION_KEYS`), with status ``tto_diverged`` (not sane / non-finite) or
-    ``tto_worse``. Returns (record with ``kp_error_px_tto``, ``status``, ``tto_kept``, status)."""
-    out, t = dict(rec), np.asarray(rec["cam_t"], np.float64)
-    sane = (all(np.isfinite(np.asarray(rec[k], np.float64)).all() for k in PREDICTION_KEYS[:-1])
-            and np.abs(rec["betas"]).max() <= MAX_ABS_BETA   # a human body in front of the
-            and np.abs(rec["vertices"]).max() <= MAX_BODY_EXTENT_M          # camera after TTO
-            and 0.0 < t[2] <= MAX_DEPTH_M and np.abs(t[:2]).max() <= MAX_DEPTH_M)
-    if not bool(rec["tto"]):
-        status = "no_tto"
-    elif bool(rec["nonfinite"]) or not sane:
-        status = "tto_diverged"
-    else:
-        e0, e1 = float(rec["kp_error_px_before"]), float(rec["kp_error_px"])
-        status = "tto_worse" if np.isfinite(e0) and not e1 <= e0 else "ok"
-    if status in ("tto_worse", "tto_diverged"):
-        out.update({k: rec[k + "_before"] for k in PREDICTION_KEYS})
-    out["kp_error_px_tto"] = rec["kp_error_px"]   # the error TTO reached, kept or not
-    out["status"], out["tto_kept"] = np.asarray(status), np.asarray(status == "ok")
-    return out, status
-
-
-def _image_line(name: str, status: dict) -> str:
-    """``<image>: N people; 2D keypoint error before -> after TTO: a -> b px, ...`` plus a
-    warning per person whose TTO was rejected (issue #13 point 10)."""
-    people, before = status["people"], status["kp_error_px_before"]
-    head = f"[demo] {name}: {people} {'person' if people == 1 else 'people'}"
-    if not any(np.isfinite(before)):
-        return head + " (no TTO)"
-    errs = ", ".join(f"{b:.1f} -> {a:.1f}" for b, a in zip(before, status["kp_error_px_tto"]))
-    return head + f"; 2D keypoint error before -> after TTO (px): {errs}" + "".join(
-        f"\nwarning: {name} person {i}: {TTO_STATUS[st]}"
-        for i, st in enumerate(status["person_status"]) if st in ("tto_worse", "tto_diverged"))
-
-
 # -- the run -------------------------------------------------------------------------------------
 @dataclass
 class _Image:
@@ -329,36 +267,6 @@ class _Image:
     rgb: np.ndarray
     people: list            # prepare_person dicts
     person_ids: list        # index of each person in the keypoint / bbox file
-
-
-@dataclass
-class Summary:
-    images: int = 0
-    processed: int = 0
-    people: int = 0
-    people_skipped: int = 0
-    nonfinite: int = 0
-    tto_rejected: int = 0
-    skipped: dict = field(default_factory=lambda: {k: 0 for k in SKIP_REASONS})
-    per_image: dict = field(default_factory=dict)   # image name -> status / message
-
-    def skip(self, image: Path, reason: str, message: str, log) -> None:
-        self.skipped[reason] += 1
-        self.per_image[image.name] = {"status": reason, "message": message}
-        log(f"[demo] skipped {image.name}: {message}")
-
-    def text(self) -> str:
-        lines = [f"Demo summary: {self.images} images, {self.processed} processed "
-                 f"({self.people} people), {sum(self.skipped.values())} skipped"]
-        lines += [f"  {v} x {SKIP_REASONS[k]}" for k, v in self.skipped.items() if v]
-        for n, text in ((self.people_skipped, "people skipped (too few confident keypoints, "
-                         "an invalid box, a non-finite prediction) in processed images"),
-                        (self.tto_rejected, "people whose TTO raised the 2D error or diverged "
-                         "(prediction before TTO kept)"),
-                        (self.nonfinite, "people whose TTO went non-finite (last finite "
-                         "prediction kept)")):
-            lines += [f"  {n} {text}"] if n else []
-        return "\n".join(lines)
 
 
 class DemoRun:
@@ -493,30 +401,15 @@ class DemoRun:
             return None, f"person {i}: its confident keypoints coincide (empty box)"
         return (center, scale, kp), ""
 
-    def _finite(self, img: _Image, records: list[dict]) -> tuple[list, list[str]]:
-        """The judged records (:func:`judge_tto`: (record, status)) of the people of ``img``
-        whose kept prediction is finite, and why each other one is dropped (never written)."""
-        judged, dropped, ids = [], [], []
-        for pid, rec in zip(img.person_ids, records):
-            out, status = judge_tto(rec)
-            bad = [k for k in FINITE_KEYS if not np.isfinite(np.asarray(out[k], float)).all()]
-            if bad:
-                dropped.append(f"person {pid}: its prediction is not finite (NaN or inf in "
-                               f"{', '.join(bad)}); not written")
-            else:
-                judged.append((out, status))
-                ids.append(pid)
-        img.person_ids = ids
-        return judged, dropped
-
     def _write(self, img: _Image, records: list[dict], overlay_sink=None) -> None:
         """Write the npz (and obj) files and the overlay of one image, then log and count it.
-        Each record keeps the better of the predictions before / after TTO (:func:`judge_tto`);
-        the overlay's right panel shows the kept one. A person whose kept prediction is not
-        finite is dropped (logged, counted); an image left without people is skipped."""
+        Each record keeps the better of the predictions before / after TTO
+        (:func:`~train.demo_report.judge_tto`); the overlay's right panel shows the kept one. A
+        person whose kept prediction is not finite is dropped (logged, counted); an image left
+        without people is skipped."""
         from utils.renderer import make_grid, save_obj
         o, stem, files, summary = self.o, img.path.stem, [], self.summary
-        judged, dropped = self._finite(img, records)
+        judged, dropped, img.person_ids = judge_finite(img.person_ids, records)
         if not judged:
             return summary.skip(img.path, "error", "; ".join(dropped), self.log)
         if dropped:
@@ -546,7 +439,7 @@ class DemoRun:
             "status": "ok", "people": len(records), "files": files,
             "person_status": list(statuses), **errors,
             "tto_steps": [int(r["tto_steps"]) for r in records]}
-        self.log(_image_line(img.path.name, status))
+        self.log(image_line(img.path.name, status))
         summary.tto_rejected += sum(st in ("tto_worse", "tto_diverged") for st in statuses)
         summary.processed += 1
         summary.people += len(records)
