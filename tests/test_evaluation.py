@@ -107,6 +107,50 @@ def test_errors_zero_offset_and_similarity():
     assert (e["pa_mpjpe"] <= e["mpjpe"] + 1e-9).all() and (e["pa_mpjpe"] > 0).all()
 
 
+def _procrustes_error(pred, gt):
+    """Mean joint error of ``pred`` [J,3] after the similarity (s, R proper, t) that best maps it
+    onto ``gt`` (Umeyama, with numpy's SVD), and its residual sum of squares."""
+    x, y = pred - pred.mean(0), gt - gt.mean(0)
+    u, d, vt = np.linalg.svd(y.T @ x)
+    z = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    r = u @ z @ vt
+    s = np.trace(np.diag(d) @ z) / np.sum(x ** 2)
+    res = s * x @ r.T - y
+    return np.linalg.norm(res, axis=1).mean(), np.sum(res ** 2)
+
+
+def test_pa_mpjpe_aligns_the_prediction_onto_the_gt():
+    """pred = 2 gt + noise is no similarity of gt: PA-MPJPE is the error after aligning the
+    prediction onto the GT (in the GT's metres -> mm), not the GT onto the prediction."""
+    from scipy.spatial import procrustes
+    rng = np.random.default_rng(3)
+    gt = rng.normal(size=(3, 14, 3)) * 0.3
+    pred = 2.0 * gt + rng.normal(size=gt.shape) * 0.05
+    e = ev.errors_mm(torch.as_tensor(pred), torch.as_tensor(gt))
+    for b in range(3):
+        err, ss = _procrustes_error(pred[b], gt[b])
+        # the helper's fit is scipy's optimum: disparity = SS / |gt - mean|^2
+        _, _, disparity = procrustes(gt[b], pred[b])
+        assert ss == pytest.approx(disparity * np.sum((gt[b] - gt[b].mean(0)) ** 2), rel=1e-9)
+        assert e["pa_mpjpe"][b] == pytest.approx(1000.0 * err, rel=1e-9)
+
+
+def test_pve_of_a_shifted_mesh_is_the_shift(synthetic_root):
+    """D7: PVE is unaligned. A predicted mesh = the GT mesh + c scores PVE = 1000 |c| mm, while
+    its (pelvis-centred) joints score 0."""
+    t = ev.EvalTargets(DataPaths(Path(synthetic_root)), "3dpw")
+    rng = np.random.default_rng(4)
+    B = 2
+    batch = {"pose": torch.as_tensor(rng.normal(size=(B, 72)) * 0.2, dtype=torch.float32),
+             "betas": torch.as_tensor(rng.normal(size=(B, 10)), dtype=torch.float32),
+             "gender": torch.tensor([0, 1])}
+    gt = t.targets(batch)
+    c = torch.tensor([0.03, -0.04, 0.12])                     # |c| = 0.13 m
+    err, _ = t.score(gt["vertices"] + c, gt)
+    np.testing.assert_allclose(err["pve"], 130.0, rtol=1e-5)
+    np.testing.assert_allclose(err["mpjpe"], 0.0, atol=1e-3)
+
+
 def test_joint_protocols(synthetic_root):
     paths = DataPaths(Path(synthetic_root))
     rng = np.random.default_rng(1)

@@ -138,14 +138,15 @@ def test_crop_intrinsics_reproduce_the_training_projection(setup, kind):
     torch.testing.assert_close(norm, pred["keypoints_2d"], rtol=1e-4, atol=1e-4)
 
 
-def _released_tto(model, aux, batch, smpl, cam, cfg: TTOConfig):
+def _released_tto(model, aux, batch, smpl, cam, cfg: TTOConfig, trace: list | None = None):
     """The released per-batch TTO written out from the spec (upstream-behaviour §7.2, §2.5):
     a copy of the network; step 0: one SGD step of inner_lr on the head with the combined
     loss; steps >= 1: Adam of after_innerlr on every weight with the raw 2D loss, stopping once
     |loss_prev - loss| < tol (loss_prev at step 1: the combined step-0 loss); a final forward.
     ``--no_inner_step``: step 0 is an Adam step too; ``--no_use_adam``: steps >= 1 are head SGD
     steps of after_innerlr on the 2D loss, without the stop check.
-    Returns (prediction, number of Adam steps)."""
+    Returns (prediction, number of Adam steps); ``trace`` (a list) receives the (loss_prev,
+    loss) pair of every stop check."""
     import copy
 
     from train.losses import INNER_TERMS, pseudo_targets, smpl_loss
@@ -173,6 +174,8 @@ def _released_tto(model, aux, batch, smpl, cam, cfg: TTOConfig):
         loss_2d.backward()
         adam.step()
         n_adam += 1
+        if trace is not None and cfg.adapt_val_step and prev is not None:
+            trace.append((prev, float(loss_2d.detach())))
         if cfg.adapt_val_step and prev is not None and \
                 abs(prev - float(loss_2d.detach())) < cfg.adapt_tol:
             break
@@ -196,6 +199,45 @@ def test_batch_mode_equals_the_released_loop(setup, adapt, variant, n_adam, n_up
     for k in ("vertices", "cam", "rotmat"):
         torch.testing.assert_close(ours.after[k], ref[k], rtol=1e-4, atol=1e-5)
     assert float((ours.after["vertices"] - ours.before["vertices"]).abs().max()) > 1e-4
+
+
+def test_stop_rule_is_on_the_absolute_change_a_rise_keeps_going(setup):
+    """D6: stop when |loss_prev - loss| < tol. After a large Adam step the 2D loss rises by far
+    more than tol: that is a big change, so neither the released loop nor ours stops."""
+    o, model, aux, batch, smpl = setup
+    cam = Camera.from_options(o)
+    cfg = _tto_cfg(o, tto_mode="batch", test_val_step=3, inner_lr=1e-3, after_innerlr=1e-4,
+                   adapt_val_step=True, adapt_tol=1e-3)
+    trace = []
+    ref, n = _released_tto(model, aux, batch, smpl, cam, cfg, trace)
+    assert n == 3                                              # no stop in the released loop
+    assert any(loss - prev > cfg.adapt_tol for prev, loss in trace)   # the case: a rise > tol
+    ours = test_time_optimize(model, aux, batch, smpl, cam, cfg)
+    assert ours.steps.tolist() == [1 + n] * batch["img"].shape[0]
+    for k in ("vertices", "cam", "rotmat"):
+        torch.testing.assert_close(ours.after[k], ref[k], rtol=1e-4, atol=1e-5)
+
+
+def test_vectorised_steps_are_per_sample_a_stopped_sample_stays_at_its_stop(device_setup):
+    """Sample mode under vmap: a sample without 2D evidence (all confidences 0: its 2D loss is
+    0 at every step) stops after 2 Adam steps while the others run on; each sample gets the
+    step count and the prediction of the released loop run on that sample alone."""
+    o, model, aux, batch, smpl = device_setup
+    cam = Camera.from_options(o)
+    batch = {k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()}
+    batch["keypoints"][1, :, 2] = 0.0
+    cfg = _tto_cfg(o, tto_mode="sample", tto_chunk=3, test_val_step=3, inner_lr=1e-3,
+                   after_innerlr=1e-4, adapt_val_step=True, adapt_tol=1e-7)
+    vec = test_time_optimize(model, aux, batch, smpl, cam, cfg)
+    expect = []
+    for i in range(batch["img"].shape[0]):
+        one = {k: v[i:i + 1] if torch.is_tensor(v) else v for k, v in batch.items()}
+        ref, n = _released_tto(model, aux, one, smpl, cam, cfg)
+        expect.append(1 + n)                                   # step 0 + the Adam steps
+        for k in ("vertices", "cam"):
+            torch.testing.assert_close(vec.after[k][i:i + 1], ref[k], rtol=1e-3, atol=1e-4)
+    assert expect == [4, 3, 4]                 # the case: only sample 1 stops early
+    assert vec.steps.tolist() == expect
 
 
 @pytest.mark.parametrize("mode", ["batch", "sample"])
