@@ -9,7 +9,8 @@ from train.losses import INNER_TERMS, LossWeights, pseudo_targets, smpl_loss
 from utils.camera import Camera, smpl_predict
 
 
-def _inner(setup, mode, idx=None, lr=1e-5, first_order=True):
+def _inputs(setup, idx=None):
+    """(batch, camera, features, pseudo-targets) of the setup batch (rows ``idx``), no graph."""
     o, model, aux, batch, smpl = setup
     if idx is not None:
         batch = {k: v[idx] if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -17,7 +18,12 @@ def _inner(setup, mode, idx=None, lr=1e-5, first_order=True):
     with torch.no_grad():
         aux_pred = smpl_predict(aux(batch["img"], batch["bbox_info"]), smpl, cam, batch)
         feats = model.extract_features(batch["img"])
-    targets = pseudo_targets(aux_pred, batch, cam)
+    return batch, cam, feats, pseudo_targets(aux_pred, batch, cam)
+
+
+def _inner(setup, mode, idx=None, lr=1e-5, first_order=True):
+    o, model, aux, _, smpl = setup
+    batch, cam, feats, targets = _inputs(setup, idx)
     fast, info = inner_adapt(model, feats, batch["bbox_info"], batch, targets, smpl, cam,
                              LossWeights(), lr, 1, mode, first_order)
     return fast, info, feats, targets, batch, cam
@@ -152,3 +158,77 @@ def test_second_order_gradient_reaches_aux(setup):
         aux.requires_grad_(False)
         aux.zero_grad(set_to_none=True)
         model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("mode", ["batch", "sample"])
+def test_second_order_meta_gradient_reaches_the_features(setup, mode):
+    """D4: without --first_order the graph through the features is kept. The outer pass sees
+    the features detached, so their meta-gradient flows through the inner step alone; it equals
+    that of the plainly written inner step (autograd, create_graph=True; per sample: summed
+    over the samples adapted alone)."""
+    o, model, aux, _, smpl = setup
+    batch, cam, feats0, targets = _inputs(setup)
+    feats, lr, B = feats0.clone().requires_grad_(True), 1e-4, feats0.shape[0]
+
+    def outer(params, idx):
+        b = {k: v[idx] for k, v in batch.items() if torch.is_tensor(v)}
+        p = smpl_predict(run_head(model, feats0[idx], b["bbox_info"], params), smpl, cam, b)
+        return p["keypoints_2d"].square().sum()
+
+    fast, _ = inner_adapt(model, feats, batch["bbox_info"], batch, targets, smpl, cam,
+                          LossWeights(), lr, 1, mode, first_order=False)
+    got, = torch.autograd.grad(outer(fast, slice(None)), feats, allow_unused=True)
+    got = torch.zeros_like(feats) if got is None else got
+    want = torch.zeros_like(feats)
+    for idx in [slice(None)] if mode == "batch" else [slice(i, i + 1) for i in range(B)]:
+        b = {k: v[idx] for k, v in batch.items() if torch.is_tensor(v)}
+        t = {k: v[idx] for k, v in targets.items()}
+        ref = _reference_inner(model, feats[idx], b, t, smpl, cam, lr, create_graph=True)
+        want += torch.autograd.grad(outer(ref, idx), feats)[0]
+    assert float(want.abs().max()) > 0
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5 * float(want.abs().max()))
+    model.zero_grad(set_to_none=True)
+
+
+def _alone(setup):
+    """Each sample of the setup batch alone at the module's weights: its inner loss (the batch
+    loss of a one-sample batch) and autograd's gradient of it for every head parameter."""
+    o, model, aux, _, smpl = setup
+    batch, cam, feats, targets = _inputs(setup)
+    head = model.head_params()
+    losses, grads = [], []
+    for i in range(feats.shape[0]):
+        b = {k: v[i:i + 1] for k, v in batch.items() if torch.is_tensor(v)}
+        t = {k: v[i:i + 1] for k, v in targets.items()}
+        p = smpl_predict(run_head(model, feats[i:i + 1], b["bbox_info"], dict(head)), smpl, cam, b)
+        loss = smpl_loss(p, t, LossWeights(), mode="batch", terms=INNER_TERMS)["total"]
+        losses.append(loss.detach())
+        grads.append(dict(zip(head, torch.autograd.grad(loss, list(head.values())))))
+    return torch.stack(losses), grads
+
+
+def test_inner_step_logs_the_mean_per_sample_loss(setup):
+    """Sample mode logs the mean over samples of each sample's own inner loss (as the trainer
+    logs 'inner_loss_after'); batch mode the batch loss."""
+    losses, _ = _alone(setup)
+    _, info, *_ = _inner(setup, "sample")
+    torch.testing.assert_close(info["inner_loss"], losses.mean(), rtol=1e-5, atol=0)
+    o, model, aux, _, smpl = setup
+    batch, cam, feats, targets = _inputs(setup)
+    with torch.no_grad():
+        p = smpl_predict(run_head(model, feats, batch["bbox_info"]), smpl, cam, batch)
+        want = smpl_loss(p, targets, LossWeights(), mode="batch", terms=INNER_TERMS)["total"]
+    _, info, *_ = _inner(setup, "batch")
+    torch.testing.assert_close(info["inner_loss"], want, rtol=1e-5, atol=0)
+
+
+def test_inner_step_logs_the_per_sample_gradient_norm(setup):
+    """Sample mode's 'inner_grad_norm' = sqrt(sum over samples of the squared norm of that
+    sample's own head gradient, weights and biases), from autograd on the parameters."""
+    _, grads = _alone(setup)
+    sq = {kind: sum(float(g.double().square().sum()) for gi in grads for k, g in gi.items()
+                    if k.endswith(kind)) for kind in (".weight", ".bias")}
+    _, info, *_ = _inner(setup, "sample")
+    want = (sq[".weight"] + sq[".bias"]) ** 0.5
+    assert sq[".bias"] / (sq[".weight"] + sq[".bias"]) > 1e-4   # the biases' share is seen
+    assert float(info["inner_grad_norm"]) == pytest.approx(want, rel=1e-5)

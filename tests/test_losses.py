@@ -213,3 +213,69 @@ def test_pseudo_targets_from_the_aux_prediction():
     for k in ("vertices", "keypoints_3d", "pose", "betas"):
         assert float(out[k].abs().sum()) == 0.0, k
     assert float(out["keypoints_2d"].sum()) > 0
+
+
+def test_gt_targets_rotations_match_scipy():
+    """The outer loss's GT rotation matrices are the axis-angle poses' (scipy's rotvec), the
+    other targets the batch's own tensors."""
+    from scipy.spatial.transform import Rotation
+    rots = Rotation.random(B * 24, random_state=8)
+    pred, target = _batch(8, dtype=torch.float32)
+
+    class _Cam:
+        def target_keypoints(self, batch):
+            return batch["kp"]
+
+    batch = {"pose": torch.tensor(rots.as_rotvec().reshape(B, 72), dtype=torch.float32),
+             "pose_3d": target["joints_3d"], "betas": target["betas"], "kp": target["keypoints_2d"],
+             "has_smpl": target["has_smpl"], "has_pose_3d": target["has_pose_3d"]}
+    gt = L.gt_targets(batch, target["vertices"], _Cam())
+    want = torch.tensor(rots.as_matrix().reshape(B, 24, 3, 3), dtype=torch.float32)
+    torch.testing.assert_close(gt["rotmat"], want, atol=1e-5, rtol=0)
+    for k, v in (("keypoints_2d", "kp"), ("joints_3d", "pose_3d"), ("betas", "betas"),
+                 ("has_smpl", "has_smpl"), ("has_pose_3d", "has_pose_3d")):
+        assert torch.equal(gt[k], batch[v]), k
+    assert torch.equal(gt["vertices"], target["vertices"])
+
+
+@pytest.mark.parametrize("kind", ["cliff", "hmr"])
+def test_2d_loss_gradient_reaches_the_camera(kind):
+    """The predicted camera (s, tx, ty) is projected with its graph: autograd's gradient of
+    the 2D keypoint loss with respect to it equals central finite differences (float64)."""
+    from types import SimpleNamespace as NS
+
+    from utils.camera import Camera, smpl_predict
+    g = torch.Generator().manual_seed(9)
+    n = 2
+    joints = 0.5 * torch.randn(n, 49, 3, generator=g, dtype=torch.float64)
+    body = lambda **kw: NS(vertices=torch.zeros(n, 5, 3, dtype=torch.float64),  # noqa: E731
+                           joints=joints)   # a stand-in body model: fixed joints
+    k, a, b = 0.2, -10.0, -20.0                 # full image -> crop: x' = k x + a, y' = k y + b
+    batch = {"img": torch.zeros(n, 3, 64, 48), "center": torch.tensor([[150.0, 210.0]] * n),
+             "scale": torch.tensor([1.1] * n), "img_h": torch.tensor([480.0] * n),
+             "img_w": torch.tensor([320.0] * n), "focal_length": torch.tensor([500.0] * n),
+             "crop_trans": torch.tensor([[[k, 0, a], [0, k, b]]] * n),
+             "keypoints": torch.cat([torch.rand(n, 49, 2, generator=g) * 48,
+                                     torch.ones(n, 49, 1)], -1)}
+    camera = Camera(kind, 64, 48)
+    rotmat = torch.eye(3, dtype=torch.float64).expand(n, 24, 3, 3)
+    betas = torch.zeros(n, 10, dtype=torch.float64)
+    target = {"keypoints_2d": camera.target_keypoints(batch)}
+
+    def loss(cam):
+        pred = smpl_predict((rotmat, betas, cam), body, camera, batch)
+        return L.smpl_loss(pred, target, terms=("keypoints_2d",))["total"]
+
+    cam = torch.tensor([[0.9, 0.05, -0.1], [1.2, -0.2, 0.1]], dtype=torch.float64,
+                       requires_grad=True)
+    got, = torch.autograd.grad(loss(cam), cam, allow_unused=True)
+    assert got is not None
+    eps, fd = 1e-6, torch.zeros_like(cam)
+    with torch.no_grad():
+        for i in range(n):
+            for j in range(3):
+                d = torch.zeros_like(cam)
+                d[i, j] = eps
+                fd[i, j] = (loss(cam + d) - loss(cam - d)) / (2 * eps)
+    assert float(fd.abs().min()) > 1e-6
+    torch.testing.assert_close(got, fd, rtol=1e-5, atol=1e-9)

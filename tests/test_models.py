@@ -115,6 +115,66 @@ def test_zero_decoders_give_mean_params(mean_file, tmp_path, axis_angle):
         torch.testing.assert_close(out.pred_pose6d[i], net.init_pose[0])
 
 
+class _MaskDropout(nn.Module):
+    """Dropout (p = 0.5) that records each mask it draws."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+
+    def forward(self, x):
+        self.masks.append((torch.rand_like(x) >= 0.5).to(x.dtype) * 2.0)
+        return x * self.masks[-1]
+
+
+def test_ief_iterations_written_out(r18):
+    """§4.1 by hand: each IEF iteration is [feat, bbox_info, pose, shape, cam] -> fc1 ->
+    dropout -> fc2 -> dropout -> residual updates of pose, shape and cam, with fresh masks per
+    dropout call (train mode)."""
+    net = copy.deepcopy(r18).train()
+    net.drop1, net.drop2 = _MaskDropout(), _MaskDropout()
+    g = torch.Generator().manual_seed(4)
+    feats, bbox = torch.randn(2, net.feature_dim, generator=g), torch.randn(2, 3, generator=g)
+    with torch.no_grad():
+        for layer in (net.decpose, net.decshape, net.deccam):
+            layer.bias.normal_(0, 0.1, generator=g)
+        net.init_cam.copy_(torch.tensor([[0.9, 0.01, -0.02]]))
+        out = net(features=feats, bbox_info=bbox, n_iter=3)
+        assert len(net.drop1.masks) == len(net.drop2.masks) == 3
+        pose, shape, cam = (t.expand(2, -1) for t in (net.init_pose, net.init_shape, net.init_cam))
+        for m1, m2 in zip(net.drop1.masks, net.drop2.masks):
+            x = torch.cat([feats, bbox, pose, shape, cam], 1) @ net.fc1.weight.T + net.fc1.bias
+            x = (m1 * x) @ net.fc2.weight.T + net.fc2.bias
+            x = m2 * x
+            pose = pose + x @ net.decpose.weight.T + net.decpose.bias
+            shape = shape + x @ net.decshape.weight.T + net.decshape.bias
+            cam = cam + x @ net.deccam.weight.T + net.deccam.bias
+    assert not torch.equal(net.drop2.masks[0], net.drop2.masks[1])
+    for got, want in zip(out[1:], (shape, cam, pose)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_ief_accumulates_the_residuals(r18):
+    """With zero decoder weights and biases b, n IEF iterations give init + n b for the pose
+    (6D), the shape and the camera (from non-zero initial values)."""
+    net = copy.deepcopy(r18).eval()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name in ("init_pose", "init_shape", "init_cam"):
+            getattr(net, name).normal_(0, 1, generator=g)
+        b = {}
+        for layer in ("decpose", "decshape", "deccam"):
+            getattr(net, layer).weight.zero_()
+            b[layer] = getattr(net, layer).bias.normal_(0, 0.1, generator=g).clone()
+        feats, bbox = torch.randn(2, net.feature_dim, generator=g), torch.randn(2, 3, generator=g)
+        for n in (1, 4):
+            out = net(features=feats, bbox_info=bbox, n_iter=n)
+            for got, init, layer in ((out.pred_pose6d, net.init_pose, "decpose"),
+                                     (out.pred_betas, net.init_shape, "decshape"),
+                                     (out.pred_cam, net.init_cam, "deccam")):
+                torch.testing.assert_close(got, (init + n * b[layer]).expand(2, -1), msg=layer)
+
+
 def test_features_path_equals_image_path_and_bad_inputs(r18, device):
     r18 = copy.deepcopy(r18).to(device)
     img, bbox = (x.to(device) for x in _cliff_inputs())
