@@ -398,6 +398,43 @@ def test_occlusion_changes_pixels_only_under_occluders(world):
     assert (out[50:70, 35:65] == (250, 10, 10)).all()
 
 
+def test_occlusion_count_and_alpha_rounding():
+    """1-7 occluders per crop (randint(1, 8)); alpha blending rounds a/255 src + (1 - a/255) dst
+    to the nearest integer."""
+    patch = np.zeros((4, 4, 4), np.uint8)
+    patch[..., :3], patch[..., 3] = 200, 100
+    occ = SyntheticOcclusion("unused.npy")
+    occ._occluders = (patch,)
+
+    class Counting:   # a real RandomState that counts the occluder-index draws
+        def __init__(self, seed):
+            self.rs, self.n = np.random.RandomState(seed), 0
+
+        def randint(self, lo, hi=None):
+            self.n += hi is None
+            return self.rs.randint(lo, hi)
+
+        def uniform(self, lo, hi):
+            return self.rs.uniform(lo, hi)
+    img = np.full((16, 16, 3), 50, np.uint8)
+    counts = set()
+    for seed in range(60):
+        rng = Counting(seed)
+        occ(img, rng=rng)
+        counts.add(rng.n)
+    assert counts == set(range(1, 8))
+
+    class One:        # one occluder, factor 1, centred at (8, 8)
+        def randint(self, lo, hi=None):
+            return 1 if hi is not None else 0
+
+        def uniform(self, lo, hi):
+            return 1.0 if np.isscalar(lo) else np.array([8.0, 8.0])
+    out = occ(np.full((256, 256, 3), 50, np.uint8), rng=One())
+    want = int(np.floor(200 * 100 / 255 + 50 * 155 / 255 + 0.5))       # 108.82 -> 109
+    assert want == 109 and (out[6:10, 6:10] == want).all() and (out[:6] == 50).all()
+
+
 def test_occlusion_in_the_pipeline(world):
     """syn_occ only alters training h36m / mpi-inf-3dhp crops, and only where occluders are."""
     ds_plain = _fixed(_ds(world, "h36m", True))

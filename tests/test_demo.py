@@ -274,6 +274,25 @@ def test_gt_body_through_the_demo_camera_lands_on_the_person(synthetic_root, inp
         assert np.mean(inside) >= 0.9, np.mean(inside)
 
 
+def test_prepare_person_keypoints_and_bbox_info_by_hand():
+    """OpenPose keypoints (with their confidences) go into the crop by x' = k (x - c) + crop/2,
+    k = crop_h / (200 s); bbox_info is CLIFF's formula of a non-square image."""
+    rgb = np.zeros((60, 80, 3), np.uint8)                        # H 60, W 80
+    op = np.zeros((25, 3))
+    op[[0, 4, 11]] = [[40, 25, 0.9], [50, 10, 0.3], [30, 45, 0.6]]
+    p = demo.prepare_person(rgb, np.array([40.0, 25.0]), 0.5, 100.0, "rect", openpose=op)
+    k = 256 / (200 * 0.5)
+    want = np.zeros((49, 3))
+    want[:25, :2] = k * (op[:, :2] - [40, 25]) + [96, 128]
+    want[:25, 2] = op[:, 2]
+    np.testing.assert_allclose(p["keypoints"].numpy(), want, atol=1e-4)
+    np.testing.assert_allclose(p["bbox_info"].numpy(),
+                               [(40 - 40) / 100 * 2.8, (25 - 30) / 100 * 2.8,
+                                (200 * 0.5 - 0.24 * 100) / (0.06 * 100)], rtol=1e-6)
+    assert (float(p["img_h"]), float(p["img_w"])) == (60.0, 80.0)
+
+
+
 @pytest.mark.parametrize("kind", ["cliff", "hmr"])
 def test_image_camera_reproduces_the_network_projection(kind):
     """The per-person full-image camera, mapped into the crop, is the training projection."""

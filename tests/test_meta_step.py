@@ -148,9 +148,34 @@ def test_aux_network_mode(setup, first_order, aux_mode, train_mode):
     aux.train(not train_mode)
     opts = _step_options(o, first_order=first_order, aux_mode=aux_mode)
     seen = []
-    aux.register_forward_pre_hook(lambda m, args: seen.append(m.training))
+    aux.register_forward_pre_hook(lambda m, args: seen.append((m.training,
+                                                                torch.is_grad_enabled())))
     MetaStep(opts, model, aux, smpl, build_optimizer(opts, model, aux), CPU).forward(batch)
-    assert seen == [train_mode]
+    # D5: under --first_order the aux network runs under no_grad (frozen), else with gradients
+    assert seen == [(train_mode, not first_order)]
+    assert all(p.requires_grad != first_order for p in aux.parameters())
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_no_inner_step_is_plain_supervised_training(setup, first_order):
+    """--no_inner (inner_step 0): the baseline never runs (nor drifts the BN statistics of) the
+    aux network, which gets no gradient; the loss is 60 x the GT loss at the loaded weights."""
+    o, model, aux, batch, smpl = _fresh(setup)
+    opts = _step_options(o, first_order=first_order, inner_step=0)
+    seen = []
+    aux.register_forward_pre_hook(lambda m, args: seen.append(m))
+    step = MetaStep(opts, model, aux, smpl, build_optimizer(opts, model, aux), CPU)
+    out = step.forward(batch)
+    assert seen == [] and not any(p.requires_grad for p in aux.parameters())
+    cam = Camera.from_options(opts)
+    with torch.no_grad():
+        pose = batch["pose"]
+        gt_v = smpl(betas=batch["betas"], body_pose=pose[:, 3:], global_orient=pose[:, :3]).vertices
+        pred = smpl_predict(run_head(model, model.extract_features(batch["img"]),
+                                     batch["bbox_info"]), smpl, cam, batch)
+        want = 60.0 * smpl_loss(pred, gt_targets(batch, gt_v, cam), LossWeights.from_options(opts),
+                                mode="batch")["total"]
+    torch.testing.assert_close(out["_loss"].detach(), want, rtol=1e-5, atol=0)
 
 
 def test_hmr_training_run(synthetic_root, tmp_path):

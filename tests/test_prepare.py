@@ -341,8 +341,9 @@ def test_skipped_frames_are_counted_by_reason(raw, tmp_path, models):
     def edit(d):
         v = np.flatnonzero(d["campose_valid"][0])          # frames 0, 3, 6, 9
         d["poses2d"][0][v[0], 2] = 0.0                     # no 2D joint: no box
-        R = d["cam_poses"][v[1], :3, :3]
-        d["trans"][0][v[1]] += R.T @ np.array([50.0, 0, 0])   # 50 m to the camera's right
+        for fr in v[:2]:                                   # 50 m to the camera's right: no GT
+            R = d["cam_poses"][fr, :3, :3]                 # joint in the image (frame 0 is
+            d["trans"][0][fr] += R.T @ np.array([50.0, 0, 0])  # counted once, as no 2D)
         return d
     _edit(f, edit)
     s = prepare_3dpw(r, tmp_path / "out", sets=("test",), models=models, log=None)["test"]
@@ -367,6 +368,7 @@ def test_two_actors_of_both_genders(raw, synthetic_root, tmp_path, models):
             d[k] = [d[k][0], np.array(d[k][0], copy=True)]
         d["genders"] = [d["genders"][0], other[d["genders"][0]]]
         d["trans"][1] += np.array([0.0, 0.0, 0.5])
+        d["betas"][1][:10] += 0.5                          # and another body shape
         return d
     _edit(f, edit)
     d = pickle.load(open(f, "rb"), encoding="latin1")
@@ -410,3 +412,35 @@ def test_cli_errors_are_one_line(raw, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run(main, ["3dpw", "--raw", str(r), "--train_splits", "val"])
     assert e.value.code == 2 and "--train_splits val" in capsys.readouterr().err
+
+
+def test_part_visibility_and_focal_on_a_hand_made_frame():
+    """_convert on one hand-made frame: joints exactly on the last pixel column / row are
+    visible, half a pixel beyond (or before 0) not, a joint behind the camera is all zeros (even
+    though x/z would land inside the image); focal_length is fx, not fy."""
+    from datasets.pw3d_raw import Sequence
+    from datasets.prepare_3dpw import SetSummary, _convert
+    W, H = 64, 48
+    K = np.array([[64.0, 0, 31], [0, 48.0, 23], [0, 0, 1]])
+    S = np.zeros((1, 24, 3))
+    S[0, :, 2] = 1.0                                   # (0, 0, 1) -> pixel (31, 23)
+    S[0, 1] = [0.5, 0, 1]                              # u = 63 = W - 1: visible
+    S[0, 2] = [0.5078125, 0, 1]                        # u = 63.5: outside
+    S[0, 3] = [0, 0.5, 1]                              # v = 47 = H - 1: visible
+    S[0, 4] = [0, 0.5 + 0.5 / 48, 1]                   # v = 47.5: outside
+    S[0, 5] = [-31 / 64, 0, 1]                         # u = 0: visible
+    S[0, 6] = [-31.5 / 64, 0, 1]                       # u = -0.5: outside
+    S[0, 7] = [0, 0, -2]                               # behind the camera
+    p2d = np.zeros((1, 1, 3, 18))
+    p2d[0, 0, :, :2] = [[10, 20], [30, 40], [1, 1]]
+    seq = Sequence(file=Path("x.pkl"), name="seq", genders=["f"], betas=np.zeros((1, 10)),
+                   poses=np.zeros((1, 1, 72)), trans=np.zeros((1, 1, 3)), poses2d=p2d,
+                   cam_poses=np.eye(4)[None], K=K, valid=np.ones((1, 1), bool))
+    out = _convert(seq, {0: (W, H)}, [S], True, SetSummary("test", ("test",)))[0]
+    want_vis = np.ones(24)
+    want_vis[[2, 4, 6, 7]] = 0
+    np.testing.assert_array_equal(out["part"][0, :, 2], want_vis)
+    uv = S[0, :7, :2] / S[0, :7, 2:] * K[[0, 1], [0, 1]] + K[:2, 2]
+    np.testing.assert_allclose(out["part"][0, :7, :2], uv, atol=1e-12)
+    np.testing.assert_array_equal(out["part"][0, 7], [0, 0, 0])
+    assert out["focal_length"].tolist() == [64.0]

@@ -225,6 +225,12 @@ def test_mid_epoch_resume_needs_the_same_batches(synthetic_root, tmp_path):
         Trainer(parse_train(args + ["--max_steps", "2", "--resume", "--batch_size", "2"]))
     tr = Trainer(parse_train(args + ["--max_steps", "2", "--resume"]))   # the same: resumes
     assert tr.step == 1 and tr.batch_idx == 1
+    # the bookkeeping comes from its own entries (here all different from each other)
+    later = tmp_path / "later.pt"
+    torch.save({**saved, "epoch": 2, "batch_idx": 1, "total_step_count": 9, "n_nonfinite": 3},
+               later)
+    tr = Trainer(parse_train(args + ["--max_steps", "20", "--resume", "--checkpoint", str(later)]))
+    assert (tr.epoch, tr.batch_idx, tr.step, tr.n_nonfinite) == (2, 1, 9, 3)
     # a file that is not a whole train.py checkpoint: one error naming what is wrong
     from models.checkpoints import CheckpointError
     for drop, why in (("optimizer", "no 'optimizer'"), ("model_aux", "model_aux")):
@@ -232,3 +238,54 @@ def test_mid_epoch_resume_needs_the_same_batches(synthetic_root, tmp_path):
         torch.save({k: v for k, v in saved.items() if k != drop}, bad)
         with pytest.raises(CheckpointError, match=f"{bad}.*{why}"):
             Trainer(parse_train(args + ["--resume", "--checkpoint", str(bad)]))
+
+
+def test_epoch_sampler_order_shards_and_resume_position():
+    """Per-epoch permutations from (seed, epoch); DistributedSampler-style shards (equal sizes,
+    disjoint, interleaved rank::world over the first n // world * world); a resumed epoch skips
+    start_batch * batch_size samples of its shard."""
+    from train.data import EpochSampler
+    s = EpochSampler(10, True, seed=3)
+    p0, p1 = s.permutation(0), s.permutation(1)
+    assert sorted(p0) == sorted(p1) == list(range(10)) and p0 != p1
+    assert EpochSampler(10, True, seed=3).permutation(1) == p1       # reproducible
+    assert EpochSampler(10, True, seed=4).permutation(1) != p1
+    assert EpochSampler(10, False, seed=3).permutation(5) == list(range(10))
+    shards = []
+    for r in range(3):
+        sr = EpochSampler(10, True, seed=3, rank=r, world=3)
+        sr.set_epoch(1)
+        shards.append(list(sr))
+        assert shards[-1] == [p1[i] for i in range(r, 9, 3)] and len(sr) == 3
+    assert sorted(sum(shards, [])) == sorted(p1[:9])
+    s.set_epoch(1, start_batch=2, batch_size=3)
+    assert list(s) == p1[6:] and len(s) == 4
+
+
+def test_samples_are_seeded_by_seed_epoch_and_index():
+    from train.data import SeededDataset
+
+    class Draw(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            import numpy as np
+            return float(np.random.rand())
+    d = SeededDataset(Draw(), seed=7)
+    e0 = [d[i] for i in range(3)]
+    assert len(set(e0)) == 3 and [d[i] for i in range(3)] == e0
+    d.epoch = 1
+    e1 = [d[i] for i in range(3)]
+    assert not set(e1) & set(e0)
+
+
+def test_rng_state_round_trip():
+    import random
+    import numpy as np
+    from train.checkpoint import rng_state, set_rng_state
+    state = rng_state()
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(state)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]

@@ -309,6 +309,20 @@ def test_far_outside_keypoint_does_not_blow_up_the_box():
     assert bbox_from_openpose(kp, 0.1, (512, 512))[3][7, 2] == 0.95
 
 
+def test_far_outside_is_half_the_larger_side_and_the_threshold_is_inclusive():
+    from datasets.inputs import bbox_from_openpose
+    kp = np.zeros((25, 3))
+    kp[:4] = [[100, 20, 0.9], [300, 80, 0.9], [200, 50, 0.9], [-150, 50, 0.9]]
+    # a 400 x 100 (w x h) image: 'far' is beyond 0.5 * 400 = 200 px, so x = -150 is kept ...
+    center, scale, n, kp0 = bbox_from_openpose(kp, 0.1, (100, 400))
+    assert n == 4 and kp0[3, 2] == 0.9
+    np.testing.assert_allclose(center, [75, 50])
+    kp[3, 0] = -201                       # ... and x = -201 dropped
+    assert bbox_from_openpose(kp, 0.1, (100, 400))[3][3, 2] == 0
+    kp[3] = [200, 50, 0.1]                # confidence == threshold: zeroed (<= threshold)
+    assert bbox_from_openpose(kp, 0.1)[3][3, 2] == 0 and bbox_from_openpose(kp, 0.1)[2] == 3
+
+
 def _record(err_before, err_after, betas_after=0.1, nonfinite=False):
     rec = {"tto": np.asarray(True), "nonfinite": np.asarray(nonfinite)}
     for tag, err, betas in (("", err_after, betas_after), ("_before", err_before, 0.2)):
