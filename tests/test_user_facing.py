@@ -173,6 +173,46 @@ def test_eval_workers_default_to_the_machine():
 
 # ---------------------------------------------------------------------------------------------
 # point 7: options from the checkpoint; what a file is
+# the released defaults (upstream-behaviour.md §3.1 / §3.2), written out from its tables; where
+# decisions.md differs it is said: checkpoint_steps (D13: 1000, the released one was unused)
+RELEASED_TRAIN_DEFAULTS = {
+    "name": "train_coco_loss", "time_to_run": math.inf, "resume": False, "num_workers": 4,
+    "pin_memory": True, "log_dir": "logs", "checkpoint": None, "from_json": None,
+    "pretrained_checkpoint": None, "backbone": "resnet", "model": "cliff", "num_epochs": 1600,
+    "batch_size": 256, "use_openpose2d": False, "adapt_val_step": False, "syn_occ": False,
+    "bbox_type": "square", "ALB": False, "no_inner": False, "beta1": 0.9, "beta2": 0.999,
+    "outer_lr": 1e-4, "eps_adam": 1e-8, "inner_lr": 1e-5, "aux_lr": 1e-6,
+    "no_learn_loss": False, "first_order": False, "inner_step": 1, "after_innerlr": 2e-7,
+    "test_val_step": 0, "no_use_adam": False, "no_inner_step": False, "rot_factor": 30.0,
+    "noise_factor": 0.4, "scale_factor": 0.25, "ignore_3d": False, "shape_loss_weight": 0.5,
+    "keypoint_loss_weight": 5.0, "pose_loss_weight": 1.0, "beta_loss_weight": 0.001,
+    "openpose_train_weight": 0.0, "gt_train_weight": 1.0, "summary_steps": 100,
+    "checkpoint_steps": 1000, "test_epochs": 50, "save_epochs": 50, "test_start_epoch": 0,
+    "shuffle_train": True}
+RELEASED_EVAL_DEFAULTS = {   # (cliff, hmr)
+    "checkpoint": (None, None), "dataset": ("h36m-p1", "h36m-p1"), "log_freq": (8, 50),
+    "batch_size": (40, 40), "shuffle": (False, False), "result_file": (None, None),
+    "viz": (False, False), "inner_lr": (1e-5, 1e-5), "test_val_step": (7, 14),
+    "after_innerlr": (2e-7, 1e-5), "no_use_adam": (False, False),
+    "no_inner_step": (False, False), "adapt_val_step": (False, False),
+    "use_openpose2d": (False, False), "shape_loss_weight": (0.5, 0.5),
+    "keypoint_loss_weight": (5.0, 5.0), "pose_loss_weight": (1.0, 1.0),
+    "beta_loss_weight": (0.001, 0.001)}
+
+
+def test_option_defaults_are_the_released_ones():
+    """D1: every option keeps the released default (a checkpoint's network options: its own,
+    else the released eval defaults resnet / rect)."""
+    from utils.options import fill_checkpoint_defaults, parse_eval, parse_train
+    o = vars(parse_train([]))
+    assert {k: o.get(k, "missing") for k in RELEASED_TRAIN_DEFAULTS} == RELEASED_TRAIN_DEFAULTS
+    for i, model in enumerate(("cliff", "hmr")):
+        e = vars(fill_checkpoint_defaults(parse_eval(model, [])))
+        want = {k: v[i] for k, v in RELEASED_EVAL_DEFAULTS.items()}
+        assert {k: e.get(k, "missing") for k in want} == want
+        assert (e["model"], e["backbone"], e["bbox_type"]) == (model, "resnet", "rect")
+
+
 def _save_ckpt(root, path, options=None, model="cliff", backbone="resnet18"):
     from config import DataPaths
     from models import build_model
