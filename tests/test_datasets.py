@@ -727,3 +727,56 @@ def test_exif_orientation_is_ignored(tmp_path):
     img, why = read_image_file(str(path))
     assert why == "" and img.shape[:2] == (40, 60)
     assert img[:, :30].mean() > 200 and img[:, 30:].mean() < 50
+
+
+@pytest.mark.parametrize("name", ["h36m-p2", "3dpw"])
+def test_test_set_items_are_the_annotations_unaugmented(tmp_path, name):
+    """A test set draws no augmentation (§6.3: training only), whatever the random state: the
+    item's keypoints, SMPL and 3D joints are the npz values (3DPW: 2D keypoints, GT and OpenPose
+    alike, halved with the image), flags 'not flipped, no rotation, scale 1'."""
+    npz = make_npz_and_images(tmp_path, name, False, n=2, size=(200, 150))
+    raw = np.load(npz)
+    half = 2.0 if name == "3dpw" else 1.0
+    ds = _ds(tmp_path, name, False)
+    for seed in range(3):   # a draw of flip (p 0.5) etc. would show in one of these
+        np.random.seed(seed)
+        it = ds[1]
+        assert int(it["is_flipped"]) == 0 and float(it["rot_angle"]) == 0.0
+        assert float(it["scale_factor"]) == 1.0
+        kp = it["keypoints_full"].numpy()
+        np.testing.assert_allclose(kp[:25, :2], raw["openpose"][1, :, :2] / half, rtol=1e-6)
+        np.testing.assert_allclose(kp[25:, :2], raw["part"][1, :, :2] / half, rtol=1e-6)
+        np.testing.assert_allclose(kp[:, 2], np.r_[raw["openpose"][1, :, 2], raw["part"][1, :, 2]])
+        np.testing.assert_allclose(it["pose"].numpy(), raw["pose"][1], rtol=1e-6)
+        np.testing.assert_allclose(it["pose_3d"].numpy(), raw["S"][1], rtol=1e-6)
+        assert float(it["has_smpl"]) == 1.0 and float(it["has_pose_3d"]) == 1.0
+        # the crop keypoints are the full-image ones under the unrotated crop transform
+        ct = it["crop_trans"].numpy().astype(np.float64)
+        np.testing.assert_allclose(it["keypoints"].numpy()[:, :2],
+                                   kp[:, :2] @ ct[:, :2].T + ct[:, 2], rtol=1e-4, atol=1e-3)
+
+
+def test_test_set_flags_without_labels(tmp_path):
+    """A test file without SMPL labels has has_smpl 0; S without a confidence column counts
+    every joint as valid (1); --syn_occ never occludes a test set, MPI-INF-3DHP included."""
+    npz = make_npz_and_images(tmp_path, "mpi-inf-3dhp", False, n=2, drop=("pose", "shape"))
+    raw = dict(np.load(npz))
+    raw["S"] = raw["S"][..., :3]
+    np.savez(npz, **raw)
+    ds = _ds(tmp_path, "mpi-inf-3dhp", False, syn_occ=True)
+    assert ds.occluder is None
+    it = ds[0]
+    assert float(it["has_smpl"]) == 0.0 and float(it["has_pose_3d"]) == 1.0
+    np.testing.assert_allclose(it["pose_3d"].numpy(), np.c_[raw["S"][0], np.ones(24)], rtol=1e-6)
+
+
+def test_img_root_moves_the_image_folders(tmp_path):
+    """--img_root (D10) replaces <data_root>/datasets for the raw images only: a test set's
+    images are read from <img_root>/<folder>, the annotations still from <data_root>/data."""
+    make_npz_and_images(tmp_path / "imgs_src", "h36m-p2", False, n=1)
+    make_npz_and_images(tmp_path / "root", "h36m-p2", False, n=1)
+    (tmp_path / "root" / "datasets").rename(tmp_path / "elsewhere")
+    o = _opts(data_root=str(tmp_path / "root"), img_root=str(tmp_path / "elsewhere"))
+    ds = BaseDataset(o, "h36m-p2", False)
+    assert Path(ds.image_path(0)).parent.parent == tmp_path / "elsewhere" / "h36m"
+    assert ds[0]["img"].shape == (3, 256, 192)

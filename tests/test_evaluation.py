@@ -366,3 +366,53 @@ def test_missing_checkpoint_is_a_clear_error(synthetic_root, tmp_path, device):
     o.checkpoint = str(tmp_path / "nope.pt")
     with pytest.raises(SystemExit, match="nope.pt"):
         ev.main(o)
+
+
+def test_mpi_inf_3dhp_scores_both_sides_pelvis_centred(synthetic_root):
+    """MPI-INF-3DHP (§7): the GT's 17 joints minus its pelvis against the prediction's 17
+    regressed joints minus the H36M pelvis. A predicted mesh whose regressed joints are the GT
+    joints up to a translation scores 0, wherever the mesh is; --h36m_gt mocap changes only
+    h36m-p1/p2: 3DPW keeps the mesh GT."""
+    paths = DataPaths(Path(synthetic_root))
+    rng = np.random.default_rng(5)
+    B = 2
+    pose = torch.as_tensor(rng.normal(size=(B, 72)) * 0.2, dtype=torch.float32)
+    betas = torch.as_tensor(rng.normal(size=(B, 10)), dtype=torch.float32)
+    t3dpw = ev.EvalTargets(paths, "3dpw")
+    verts = t3dpw.gt_vertices(pose, betas, torch.tensor([0, 0]))
+    verts = verts + torch.tensor([0.4, -0.3, 5.0])           # a camera-frame mesh, far from 0
+    jr = torch.as_tensor(np.load(paths.j_regressor_h36m()), dtype=torch.float32)
+    j17 = torch.einsum("jv,bvc->bjc", jr, verts)[:, constants.H36M_TO_J17]
+    s = torch.zeros(B, 24, 4)
+    s[:, constants.J24_TO_J17, :3] = j17 + torch.tensor([[[1.0, 2.0, -0.5]], [[-3.0, 0.2, 0.1]]])
+    s[..., 3] = 1
+    batch = {"pose": pose, "betas": betas, "gender": torch.tensor([0, 0]), "pose_3d": s}
+    mpi = ev.EvalTargets(paths, "mpi-inf-3dhp")
+    err, _ = mpi.score(verts, mpi.targets(batch))
+    np.testing.assert_allclose(err["mpjpe"], 0.0, atol=0.01)   # float32 at 5 m
+    assert np.isnan(err["pve"]).all()
+    err, _ = mpi.score(verts + torch.tensor([0.0, 0.0, 0.1]), mpi.targets(batch))
+    np.testing.assert_allclose(err["mpjpe"], 0.0, atol=0.01)   # float32 at 5 m
+
+    batch["pose_3d"] = torch.as_tensor(rng.normal(size=(B, 24, 4)), dtype=torch.float32)
+    mesh_gt = t3dpw.targets(batch)["joints"]
+    mocap_3dpw = ev.EvalTargets(paths, "3dpw", h36m_gt="mocap").targets(batch)["joints"]
+    torch.testing.assert_close(mocap_3dpw, mesh_gt)
+
+
+def test_summary_counts_nonfinite_and_keeps_before_apart():
+    """The summary of per-sample results: n_nonfinite counts the flagged samples, each metric
+    and its '_before' are the means of their own arrays, mean_tto_steps the mean of the steps."""
+    t = ev._Tally("3dpw")
+    for k in t.keep:
+        t.keep[k] = [np.zeros(3)]
+    t.keep["nonfinite"] = [np.array([True, False]), np.array([True])]
+    t.keep["tto_steps"] = [np.array([1, 2, 6])]
+    for i, (m, key) in enumerate(ev._KEY.items()):
+        t.keep[key] = [np.array([1.0, 2.0, 6.0]) * (i + 1)]
+        t.keep[key + "_before"] = [np.array([10.0, 20.0, 60.0]) * (i + 1)]
+    out, _ = t.summary(3, 0)
+    assert out["n"] == 3 and out["n_nonfinite"] == 2 and out["mean_tto_steps"] == 3.0
+    for i, m in enumerate(ev.METRICS):
+        assert out[m] == pytest.approx(3.0 * (i + 1))
+        assert out[m + "_before"] == pytest.approx(30.0 * (i + 1))
