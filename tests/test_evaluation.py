@@ -416,3 +416,36 @@ def test_summary_counts_nonfinite_and_keeps_before_apart():
     for i, m in enumerate(ev.METRICS):
         assert out[m] == pytest.approx(3.0 * (i + 1))
         assert out[m + "_before"] == pytest.approx(30.0 * (i + 1))
+
+
+def test_collect_keeps_the_adapted_camera_and_the_nonfinite_flags():
+    """The result file's rows of one batch: 'camera' is the crop camera (s, tx, ty) after TTO
+    (not before, not the translation), 'nonfinite' the per-sample flags, 'pose' the axis-angle
+    of the rotation matrices (identity -> 0, 90 deg about z -> (0, 0, pi/2))."""
+    from types import SimpleNamespace
+
+    class Cam:   # the translation column has its own source, told apart from 'camera'
+        def full_translation(self, cam, b):
+            return cam * 0 + torch.tensor([7.0, 8.0, 9.0])
+
+    rot = torch.eye(3).repeat(2, 24, 1, 1)
+    rot[1, 0] = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    after = {"rotmat": rot, "betas": torch.full((2, 10), 0.5),
+             "cam": torch.tensor([[0.9, 0.1, -0.2], [1.1, -0.3, 0.4]])}
+    before = {**after, "cam": torch.tensor([[0.5, 0.0, 0.0], [0.5, 0.0, 0.0]])}
+    res = SimpleNamespace(after=after, before=before, steps=torch.tensor([3, 0]),
+                          nonfinite=torch.tensor([False, True]))
+    keep = {k: [] for k in ev._Tally("3dpw").keep}
+    ev._collect(keep, {"imgname": ["a.jpg", "b.jpg"], "sample_index": [4, 9]}, res,
+                torch.zeros(2, 17, 3), Cam())
+    got = {k: np.concatenate(v) for k, v in keep.items() if v}
+    np.testing.assert_allclose(got["camera"], [[0.9, 0.1, -0.2], [1.1, -0.3, 0.4]], rtol=1e-6)
+    np.testing.assert_array_equal(got["translation"], [[7.0, 8.0, 9.0]] * 2)
+    np.testing.assert_array_equal(got["nonfinite"], [False, True])
+    assert got["nonfinite"].dtype == bool
+    np.testing.assert_array_equal(got["tto_steps"], [3, 0])
+    np.testing.assert_array_equal(got["sample_index"], [4, 9])
+    assert list(got["imgname"]) == ["a.jpg", "b.jpg"]
+    want_pose = np.zeros((2, 72))
+    want_pose[1, 2] = np.pi / 2
+    np.testing.assert_allclose(got["pose"], want_pose, atol=1e-5)

@@ -340,6 +340,9 @@ def test_metahmr_checkpoint_round_trip(tmp_path, mean_file):
     # DDP-saved file: 'module.' prefixes are removed
     torch.save({"model": {"module." + k: v for k, v in main.state_dict().items()}}, path)
     load_metahmr_checkpoint(path, build_model("cliff", "resnet18", "main"))
+    torch.save({"model": {"module." + k: v for k, v in main.state_dict().items()},
+                "model_aux": {"module." + k: v for k, v in aux.state_dict().items()}}, path)
+    load_metahmr_checkpoint(path, main2, aux2)
     # mismatches name the file and the keys
     sd = dict(main.state_dict())
     del sd["layer2.0.conv1.weight"]
@@ -379,6 +382,17 @@ def test_standin_files_load_back(tmp_path, mean_file):
     assert load_aux_weights(out["aux/cliff/resnet18"], aux, "cliff", "resnet18") == []
     assert torch.equal(aux.layer4[1].conv2.weight, raw["module.encoder.layer4.1.conv2.weight"])
     assert torch.equal(aux.init_cam, raw["module.init_cam"])
+    # the official CLIFF files hold init_* and load strictly: one missing is an error (only
+    # hmr.pt may lack them); a weight of +inf is refused like NaN
+    torch.save({"model": {k: v for k, v in raw.items() if k != "module.init_pose"}},
+               tmp_path / "no_init.pt")
+    with pytest.raises(CheckpointError, match="missing keys.*init_pose"):
+        load_aux_weights(tmp_path / "no_init.pt", aux, "cliff", "resnet18")
+    inf = {k: v.clone() for k, v in raw.items()}
+    inf["module.fc2.weight"][0, 0] = float("inf")
+    torch.save({"model": inf}, tmp_path / "inf.pt")
+    with pytest.raises(CheckpointError, match=r"NaN or inf in 1 tensor\(s\) \(fc2.weight\)"):
+        load_aux_weights(tmp_path / "inf.pt", aux, "cliff", "resnet18")
 
     raw = torch.load(out["aux/hmr/resnet18"], map_location="cpu", weights_only=True)["model"]
     assert "init_pose" not in raw
@@ -391,6 +405,19 @@ def test_standin_files_load_back(tmp_path, mean_file):
     torch.save({"model": raw}, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="fc1.weight"):
         load_aux_weights(tmp_path / "bad.pt", hmr, "hmr", "resnet18")
+
+    # pose_resnet.pth layout: the trunk under 'backbone.' beside the unused keypoint head (its
+    # deconv and final layers are ignored); a file saved before BN counted its batches has no
+    # num_batches_tracked (tolerated, reported)
+    full = torch.load(out["backbone/resnet18"], map_location="cpu", weights_only=True)
+    sd = {k: v for k, v in full["state_dict"].items() if not k.endswith("num_batches_tracked")}
+    sd["keypoint_head.deconv_layers.0.weight"] = torch.zeros(1)   # (shape: any, unused)
+    sd["keypoint_head.final_layer.weight"] = torch.zeros(17, 256, 1, 1)
+    sd["keypoint_head.final_layer.bias"] = torch.zeros(17)
+    torch.save({"state_dict": sd}, tmp_path / "pose_resnet.pth")
+    missed = load_backbone_weights(tmp_path / "pose_resnet.pth", main)
+    assert missed and all(k.endswith(".num_batches_tracked") for k in missed)
+    assert "bn1.num_batches_tracked" in missed
 
     bad = torch.load(out["backbone/resnet18"], map_location="cpu", weights_only=True)
     del bad["state_dict"]["backbone.layer3.1.bn2.weight"]
@@ -443,6 +470,21 @@ def test_hrnet_backbone_file_loads_trunk_only(tmp_path):
         load_backbone_weights(path, net)
     torch.save({"module." + k: coco[k] for k in ("conv1.weight", "bn1.weight")}, path)
     with pytest.raises(CheckpointError, match="unprefixed"):
+        load_backbone_weights(path, net)
+    # only stage4.2.fuse_layers.{1,2,3} may be absent: fuse layer 0 of the last module, or
+    # another module's fuse layer, missing is a damaged file (one file, both named)
+    other = "stage4.1.fuse_layers.1.0.0.0.weight"
+    torch.save({k: v for k, v in coco.items()
+                if k != other and not k.startswith("stage4.2.fuse_layers.0.")}, path)
+    with pytest.raises(CheckpointError, match="missing keys") as err:
+        load_backbone_weights(path, net)
+    assert other in str(err.value) and "stage4.2.fuse_layers.0." in str(err.value)
+    # a file without BN batch counters passes the key check (counters tolerated) and then
+    # -inf is refused
+    inf = {k: v.clone() for k, v in coco.items() if not k.endswith("num_batches_tracked")}
+    inf["layer1.0.conv1.weight"][0, 0, 0, 0] = float("-inf")
+    torch.save(inf, path)
+    with pytest.raises(CheckpointError, match=r"NaN or inf.*layer1\.0\.conv1\.weight"):
         load_backbone_weights(path, net)
 
 
