@@ -107,6 +107,13 @@ def test_eval_result_file_json_is_strict(tmp_path):
     p = write_result_file(tmp_path / "r.json", arrays)
     data = _strict_loads(p.read_text())
     assert data == {"mpjpe": [50.0, 60.0], "pve": [None, None], "imgname": ["a.jpg", "b.jpg"]}
+    # any other name is the npz of --result_file's help (upstream's np.savez), not JSON, at the
+    # very name given (the printed one)
+    (tmp_path / "other").mkdir()
+    p = write_result_file(tmp_path / "other" / "r.txt", arrays)
+    assert list((tmp_path / "other").iterdir()) == [p] == [tmp_path / "other" / "r.txt"]
+    with np.load(p) as z:
+        np.testing.assert_array_equal(z["mpjpe"], [50.0, 60.0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +318,12 @@ def test_file_kinds_from_the_released_key_layouts():
     pose_resnet = {"state_dict": {"backbone." + k: v for k, v in res.items()
                                   if not k.startswith(head)}}
     assert "--backbone_checkpoint" in describe(pose_resnet)
+    # a whole network (with its head's fc1) is never called a pretrained backbone
+    assert "backbone_checkpoint" not in (describe({"state_dict": res}) or "")
+    flat_hr = {k.removeprefix("backbone."): v
+               for k, v in _manifest("cliff_hrnet_rect_main").items()}
+    assert "conv1.weight" in flat_hr and "fc1.weight" in flat_hr
+    assert "bare state dict of one CLIFF HRNet-W48" in describe(flat_hr)
     assert "bare state dict of one CLIFF HRNet-W48" in describe(_manifest("cliff_hrnet_rect_main"))
 
 

@@ -29,6 +29,7 @@ from utils.runtime import place, seed_everything, select_device, to_device
 from config import DataPaths, MissingFileError
 from train.tto import TTOConfig, test_time_optimize
 from train.visualize import Visualizer
+from utils.atomic import atomic_path
 from utils.camera import Camera
 from utils.pose_utils import mpjpe as _mpjpe, pve as _pve, reconstruction_error
 
@@ -375,12 +376,12 @@ def write_result_file(path, arrays: dict) -> Path:
     tto_steps [N], nonfinite [N].
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".json":   # strict JSON: NaN (no PVE) is null
         from utils.jsonio import write_json
         write_json(path, arrays, indent=None)
-    else:
-        np.savez(path, **arrays)
+    else:   # at the very name given (np.savez of a name would append .npz to any other suffix)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
     return path
 
 
