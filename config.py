@@ -1,10 +1,7 @@
-"""The data layout of the seed README, relative to one root (decisions D10).
-
-Nothing here is edited by hand: the root comes from ``--data_root`` (default ``.``, or the
-environment variable ``METAHMR_ROOT``), the image folders from ``--img_root`` (default
-``<data_root>/datasets``). Every lookup of a file that must exist goes through
-:func:`require`, which raises :class:`MissingFileError` naming the file, where it was expected
-and where the seed README says to get it.
+"""The data layout of the seed README under one root (decisions D10): ``--data_root`` (default
+``.`` or env ``METAHMR_ROOT``), images under ``--img_root`` (default ``<data_root>/datasets``).
+A missing file is a :class:`MissingFileError` naming it, where it was expected and where the
+seed README says to get it.
 
 Layout (``${ROOT}``)::
 
@@ -82,19 +79,12 @@ class MissingFileError(UserError, FileNotFoundError):
 
 
 def require(path: str | os.PathLike, what: str, source: str = "") -> Path:
-    """Return ``Path(path)`` if it exists, else raise :class:`MissingFileError`.
-
-    Args:
-        path: the expected location.
-        what: a few words naming the file (e.g. "SMPL neutral body model").
-        source: where to get it (a sentence pointing at the seed README).
-    """
+    """``Path(path)`` if it exists, else a :class:`MissingFileError` naming ``what`` (e.g.
+    "SMPL neutral body model") and, if given, ``source``: where to get it."""
     p = Path(path)
     if not p.exists():
-        msg = f"{what} not found: expected at {p.resolve()}"
-        if source:
-            msg += f". Get it from {source}"
-        raise MissingFileError(msg)
+        raise MissingFileError(f"{what} not found: expected at {p.resolve()}"
+                               + (f". Get it from {source}" if source else ""))
     return p
 
 
@@ -117,15 +107,12 @@ class DataPaths:
     @classmethod
     def from_options(cls, options) -> "DataPaths":
         """Build from parsed options having ``data_root`` and optionally ``img_root``."""
-        root = getattr(options, "data_root", None) or default_root()
-        img_root = getattr(options, "img_root", None)
-        return cls(Path(root), Path(img_root) if img_root else None)
+        return cls(getattr(options, "data_root", None) or default_root(),
+                   getattr(options, "img_root", None) or None)
 
     def check_root(self) -> None:
-        """Raise :class:`MissingFileError` when the data root (or ``img_root``) does not exist.
-
-        Said once for the folder, instead of naming only the first file missing under it.
-        """
+        """Raise :class:`MissingFileError` when the data root (or ``img_root``) does not exist:
+        said once for the folder, rather than naming the first file missing under it."""
         for folder, option in ((self.root, "--data_root (env METAHMR_ROOT)"),
                                (self.img_root, "--img_root")):
             if folder is not None and not folder.is_dir():
@@ -140,7 +127,6 @@ class DataPaths:
             self.check_root()
         return require(path, what, source)
 
-    # -- directories -------------------------------------------------------------------------
     @property
     def data_dir(self) -> Path:
         return self.root / "data"
@@ -153,10 +139,9 @@ class DataPaths:
     def smpl_dir(self) -> Path:
         return self.data_dir / "smpl"
 
-    # -- files -------------------------------------------------------------------------------
     def smpl_model(self, gender: str = "neutral") -> Path:
-        name = {"neutral": "NEUTRAL", "male": "MALE", "female": "FEMALE"}[gender]
-        return self._require(self.smpl_dir / f"SMPL_{name}.pkl", f"SMPL {gender} body model",
+        return self._require(self.smpl_dir / f"SMPL_{gender.upper()}.pkl",
+                             f"SMPL {gender} body model",
                              _SMPL_SRC)
 
     def smpl_mean_params(self) -> Path:
@@ -188,18 +173,12 @@ class DataPaths:
         return self._require(self.images_dir / DATASET_FOLDERS[name], f"{name} image folder",
                              _DATASET_SRC)
 
-    def backbone_checkpoint(self, backbone: str) -> Path:
-        if backbone not in BACKBONE_FILES:
-            raise ValueError(f"no pretrained backbone file known for {backbone!r}")
+    def backbone_checkpoint(self, backbone: str) -> Path:   # --backbone's choices: all known
         return self._require(self.root / BACKBONE_FILES[backbone],
-                             f"pretrained {backbone} backbone",
-                             _BACKBONE_SRC)
+                             f"pretrained {backbone} backbone", _BACKBONE_SRC)
 
-    def aux_checkpoint(self, model: str, backbone: str) -> Path:
-        key = (model, backbone)
-        if key not in AUX_FILES:
-            raise ValueError(f"no auxiliary-network checkpoint known for {model}/{backbone}")
-        return self._require(self.root / AUX_FILES[key],
+    def aux_checkpoint(self, model: str, backbone: str) -> Path:   # all but hmr/hrnet (refused)
+        return self._require(self.root / AUX_FILES[model, backbone],
                              f"{model}/{backbone} aux-network checkpoint",
                              _CLIFF_SRC if model == "cliff" else _SPIN_SRC)
 

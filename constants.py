@@ -26,14 +26,9 @@ OUTER_LOSS_SCALE = 60.0
 def crop_size(bbox_type: str, scale: float = 1.0) -> tuple[int, int]:
     """(crop_h, crop_w) for a bbox type: 'rect' -> (256, 192), 'square' -> (224, 224), times
     ``scale`` (``--crop_scale``; 1 for the released networks), rounded."""
-    if bbox_type == "rect":
-        h, w = IMG_H, IMG_W
-    elif bbox_type == "square":
-        h, w = IMG_RES, IMG_RES
-    else:
+    if bbox_type not in ("rect", "square"):
         raise ValueError(f"unknown bbox_type {bbox_type!r}: expected 'rect' or 'square'")
-    if scale == 1.0:
-        return h, w
+    h, w = (IMG_H, IMG_W) if bbox_type == "rect" else (IMG_RES, IMG_RES)
     h, w = int(round(h * scale)), int(round(w * scale))
     if not scale > 0 or min(h, w) < 16:
         raise ValueError(f"crop_scale {scale} gives a {h}x{w} crop (at least 16 px per side)")

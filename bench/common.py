@@ -1,9 +1,8 @@
 """Shared pieces of the benchmarks (decisions D15): options, set-up, measurement, tables.
 
-Random-weight networks, synthetic inputs and the synthetic world's SMPL-format body model (as
-costly as the real SMPL; written once into ``$METAHMR_BENCH_CACHE``, default
-``~/.cache/metahmr_bench``): no data file is needed. Each mode is measured in a fresh child
-process (the script re-runs itself with ``--_child``), so that its peak memory is its own.
+Random-weight networks, synthetic inputs and the synthetic SMPL-format body model (written once
+into ``$METAHMR_BENCH_CACHE``): no data file is needed. Each mode runs in a fresh child process
+(the script re-runs itself with ``--_child``), so that its peak memory is its own.
 """
 from __future__ import annotations
 
@@ -24,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from config import DataPaths, MissingFileError
+from constants import crop_size
 from utils import options as project_options
 from utils.jsonio import dumps, write_json
 from utils.runtime import compile_backbone, place, select_device
@@ -84,7 +85,6 @@ def synthetic_batch(batch_size: int, crop_hw: tuple[int, int], device: torch.dev
 def body_model_root(root: str | os.PathLike | None = None) -> Path:
     """A data root with the neutral SMPL, J_regressor_extra and mean parameters: ``root`` (e.g.
     the real one), else the cache folder (the synthetic ones written there the first time)."""
-    from config import DataPaths, MissingFileError
     if root is not None:
         return Path(root)
     root = Path(os.environ.get("METAHMR_BENCH_CACHE",
@@ -103,8 +103,6 @@ def setup(args, o: argparse.Namespace, device: torch.device, compile_aux: bool =
     """(main, aux, smpl, batch) for the options ``o`` of one mode: random-weight networks placed
     as the scripts place them (``--compile``: backbones compiled, the aux one if
     ``compile_aux``), a synthetic batch at ``o``'s crop, every BatchNorm calibrated on it."""
-    from config import DataPaths
-    from constants import crop_size
     from models import build_model
     from models.smpl import build_smpl
     paths = DataPaths(body_model_root(args.smpl_root))
@@ -153,14 +151,11 @@ def stopwatch(device: torch.device | None = None):
 
 def measure(fns: dict, args, device: torch.device, unit: str) -> dict[str, dict]:
     """For each of ``fns`` (calls of one ``unit``), after ``--warmup`` calls: the wall and CPU
-    seconds of ``--iters`` calls (medians ``s_per_<unit>``; round-robin over ``fns``, so that a
-    shared machine's load hits each alike), and the peak memory (MiB) of them all, warm-up
-    included (what a mode needs: Adam's state, the first call's allocations; with ``--compile``
-    also the compilation's), above the start's: CUDA ``max_memory_allocated``; CPU the RSS
-    high-water mark, reset through ``/proc/self/clear_refs`` (else ``ru_maxrss``, the process's
-    lifetime peak: an upper bound). The kernel's RSS counters are approximate (per-CPU batches
-    of pages), so a run that grows by less than their slack can read a few hundred KiB below
-    the start: that reads as 0 growth, never a negative peak."""
+    seconds of ``--iters`` calls (medians ``s_per_<unit>``; round-robin over ``fns``, so that
+    load hits each alike), and the peak memory (MiB) above the start's over them all, warm-up
+    included: CUDA ``max_memory_allocated``; CPU the RSS high-water mark, reset through
+    ``/proc/self/clear_refs`` (else ``ru_maxrss``: an upper bound). The kernel's RSS counters are
+    approximate, so a growth below their slack reads as 0, never a negative peak."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
@@ -188,10 +183,10 @@ def measure(fns: dict, args, device: torch.device, unit: str) -> dict[str, dict]
     for k, t in times.items():
         wall, cpu = [x["wall_s"] for x in t], [x["cpu_s"] for x in t]
         figures[k] = {f"s_per_{unit}": statistics.median(wall),
-                      f"cpu_s_per_{unit}": statistics.median(cpu), "peak_mb": max(peak - base, 0) / 2**20,
-                      "peak_total_mb": peak / 2**20, "times_s": wall, "cpu_times_s": cpu,
-                      "mean_s": statistics.fmean(wall), "min_s": min(wall), "max_s": max(wall),
-                      "memory_method": method}
+                      f"cpu_s_per_{unit}": statistics.median(cpu),
+                      "peak_mb": max(peak - base, 0) / 2**20, "peak_total_mb": peak / 2**20,
+                      "times_s": wall, "cpu_times_s": cpu, "mean_s": statistics.fmean(wall),
+                      "min_s": min(wall), "max_s": max(wall), "memory_method": method}
     return figures
 
 
@@ -275,7 +270,6 @@ def bench_main(args, script: str, measure_mode, run, report) -> int:
                                f"traceback is above. Command: {shlex.join(cmd)}")
         results[mode] = json.loads(marked[-1])
     device = select_device(args.device)
-    from constants import crop_size
     res, config = run(args, results, device)
     res.update(machine=machine_info(device), config={
         **config, "crop_hw": list(crop_size(args.bbox_type)), "iters": args.iters,

@@ -3,11 +3,9 @@
     python bench/data_speed.py [--data_root data/synthetic] [--dataset h36m] [--n 300]
                                [--workers 2] [--batch_size 16] [--json out.json]
 
-Training mode (flip / rotation / scale / pixel noise), ``--bbox_type rect`` (256x192) and
-``--syn_occ`` on by default (the README training command). Rows: the image read alone (cv2
-decode, the floor), the whole pipeline in this process, and a DataLoader with ``--workers``
-worker processes (steady state: timed from the first batch). Build the synthetic world first
-with ``python -m datasets.synthetic --root data/synthetic`` if it is missing.
+Training-mode augmentation with the README training command's rect crop and ``--syn_occ``.
+Rows: the image read alone (the floor), the whole pipeline in this process, and a DataLoader
+with ``--workers`` worker processes (steady state: timed from the first batch).
 """
 import argparse
 import os

@@ -2,12 +2,10 @@
 
     bash bench/device_check.sh [--out DIR] [--quick] [--compile] [--only STEP,...]
 
-The steps of :func:`plan` (the CUDA tests; bench/train_step.py and bench/tto.py at the README's
-batch sizes, ResNet-50 and HRNet-W48, amp off and bf16; a synthetic world; the seed README
-training command; ``eval_cliff.py --viz``; torchrun with NCCL) run as child processes with their
-own time limits (the whole < 8 min on one GPU). Without CUDA the steps that need it are reported
-as skipped; ``--quick`` runs them all at toy sizes on any device (a dry run on a CPU). Prints one
-table and writes ``DIR/device_check.json``.
+The steps of :func:`plan` run as child processes with their own time limits (the whole < 8 min
+on one GPU). Without CUDA the steps that need it are reported as skipped; ``--quick`` runs them
+all at toy sizes on any device (a dry run on a CPU). Prints one table and writes
+``DIR/device_check.json``.
 """
 from __future__ import annotations
 
@@ -20,7 +18,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))        # utils.renderer, for eval_viz's GL platform
+sys.path.insert(0, str(REPO))        # utils: jsonio; renderer, for eval_viz's GL platform
+from utils.jsonio import write_json  # noqa: E402
 PY = sys.executable
 TEST_FILES = ["tests/test_models.py", "tests/test_inner.py", "tests/test_tto.py",
               "tests/test_train.py", "tests/test_evaluation.py", "tests/test_demo.py",
@@ -161,11 +160,9 @@ def main(argv=None) -> int:
     print(f"{'step':<26}{'status':<9}{'s':>7}  figures")
     for name, r in results.items():
         print(f"{name:<26}{r['status']:<9}{r['seconds']:>7.1f}  {short(r)}")
-    path = a.out / "device_check.json"
-    path.write_text(json.dumps({"device": device, "quick": a.quick, "total_s": round(total, 1),
-                                "torch": torch.__version__, "steps": results},
-                               indent=2, allow_nan=False) + "\n")
-    print(f"wrote {path}")
+    summary = {"device": device, "quick": a.quick, "total_s": round(total, 1),
+               "torch": torch.__version__, "steps": results}
+    print(f"wrote {write_json(a.out / 'device_check.json', summary)}")
     return 0 if all(r["status"] != "failed" for r in results.values()) else 1
 
 

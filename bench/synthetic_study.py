@@ -2,14 +2,12 @@
 
     python bench/synthetic_study.py --out bench/out/study   # the README's run: ~25 min, 2 cores
 
-On the synthetic world (``--world``, built or reused), CLIFF-ResNet18, rect crop x
-``--crop_scale``: an aux network trained plainly from a random backbone; plain and meta CLIFF
-trained from its trunk (same initialisation, data order, ``--steps``); both scored on synthetic
-3DPW and H36M-p2 after 0..N + 1 TTO updates per sample and per batch (``--tto_steps`` N), with
-the aux network and the mean parameters as no-TTO references. Writes
-``synthetic_study.{json,md,png}``, ``runs/`` and ``weights/`` into ``--out`` (md and png also
-into ``--docs_dir``); a stage trained with the same options and inputs is reused (delete
-``runs/<name>`` to retrain). The numbers say nothing about the real datasets.
+On the synthetic world, CLIFF-ResNet18: an aux network trained plainly from a random backbone;
+plain and meta CLIFF trained from its trunk (same initialisation and data order); both scored
+on synthetic 3DPW and H36M-p2 after 0..N + 1 TTO updates per sample and per batch, with the aux
+network and the mean parameters as no-TTO references. Writes ``synthetic_study.{json,md,png}``,
+``runs/`` and ``weights/`` into ``--out``; a stage trained with the same options and inputs is
+reused (delete ``runs/<name>`` to retrain). The numbers say nothing about the real datasets.
 """
 from __future__ import annotations
 
@@ -36,7 +34,7 @@ from config import DataPaths  # noqa: E402
 from datasets.synthetic import DEFAULT_SIZES, MANIFEST, build_world  # noqa: E402
 from utils.errors import OptionError  # noqa: E402
 from utils.jsonio import write_json  # noqa: E402
-from utils.options import add_crop_scale  # noqa: E402
+from utils.options import add_crop_scale, add_device  # noqa: E402
 from utils.runtime import place, select_device  # noqa: E402
 
 MODELS, MODES, TEST_SETS = ("plain", "meta"), ("sample", "batch"), ("3dpw", "h36m-p2")
@@ -68,12 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, default, _, text in INT_OPTIONS:
         p.add_argument(f"--{name}", type=int, default=default, help=text)
     add_crop_scale(p)
-    p.set_defaults(crop_scale=0.25)
     p.add_argument("--inner_lr", type=float, default=1e-5,
                    help="SGD lr of the meta run's inner step and of TTO step 0 (released 1e-5; "
                         "1e-4 made meta-training diverge here)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
-                   help="device of training and evaluation")
+    add_device(p)
+    p.set_defaults(crop_scale=0.25, device="cpu")
     a = p.parse_args(argv)
     for name, _, smallest, _ in INT_OPTIONS:
         if getattr(a, name) < smallest:
@@ -147,8 +144,8 @@ def network(world: Path, role: str = "main", n_iter: int | None = None, checkpoi
 
 def train_networks(a, world: Path) -> tuple[dict, torch.nn.Module]:
     """The aux, plain and meta stages (their summaries) and the aux network, exported as a
-    CLIFF aux checkpoint (loaded back strictly and checked value by value) and its trunk as a
-    ``pose_resnet.pth`` file (the plain and meta runs' initialisation)."""
+    CLIFF aux checkpoint (loaded back as the trainer loads it, checked value by value) and its
+    trunk as a ``pose_resnet.pth`` file (the plain and meta runs' initialisation)."""
     from models.checkpoints import load_aux_weights, resnet_aux_file, resnet_backbone_file
     aux_stage = train_stage(a, "aux", ["--no_inner", "--no_pretrained_backbone", "--outer_lr",
                                        str(LRS["aux_lr"]), "--seed", str(a.seed + 1)],
@@ -336,7 +333,8 @@ def main(argv=None) -> dict:
     os.chdir(REPO)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, dict] = {}    # samples per set: the mixture, the test sets, the others 2
+    timings: dict[str, dict] = {}
+    # samples per set: the mixture, the test sets, the others 2
     sizes = ({k: 2 for k in DEFAULT_SIZES} | {f"train/{n}": a.n_train for n in TRAIN_SETS}
              | {"train/h36m": 2 * a.n_train} | {f"test/{n}": a.n_test for n in TEST_SETS})
     with stopwatch() as total:

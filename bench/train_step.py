@@ -3,14 +3,12 @@
     python bench/train_step.py --model cliff --backbone resnet --batch_size 4 --device cpu \
                                [--iters 10] [--warmup 2] [--amp off|bf16|fp16] [--json out.json]
 
-One ``train.trainer.MetaStep`` iteration per call (GT mesh, backbone, aux pseudo-labels, inner
-step, outer loss, backward, Adam) on random-weight networks and a synthetic batch, in the modes
-``plain`` (``--no_inner``), ``meta_fo_batch`` (first order, released per-batch fast weights),
-``meta_fo_sample`` (first order, per sample) and ``meta_so`` (second-order MAML, per sample):
-seconds per iteration (medians; by default all modes round-robin in one process), peak memory
-(one child process per mode), ratios to ``plain``. Adam runs at lr 0 unless ``--train_lr``:
-the same arithmetic, the same weights every iteration (at the real rates random-weight
-meta-training on one batch diverges, and skipped steps would make the times meaningless).
+One ``train.trainer.MetaStep`` iteration per call on random-weight networks and a synthetic
+batch, in the modes of ``MODES`` (plain; first order per batch, as released, and per sample;
+second order): seconds per iteration (medians; all modes round-robin in one process), peak
+memory (one child process per mode), ratios to ``plain``. Adam runs at lr 0 unless
+``--train_lr``: the same arithmetic and weights every iteration (random-weight meta-training on
+one batch diverges at the real rates, and skipped steps would make the times meaningless).
 """
 from __future__ import annotations
 
@@ -53,15 +51,16 @@ def train_options(args, mode: str):
     return project_options.resolve(o)
 
 
-def time_steps(args, modes: list[str], lr_scale: float) -> dict[str, dict]:
+def time_steps(args, modes: list[str]) -> dict[str, dict]:
     """``MetaStep`` of each of ``modes`` timed round-robin in this process, on one network pair
-    (the main one training), SMPL, batch and Adam (built as Trainer builds it)."""
+    (the main one training), SMPL, batch and Adam (built as Trainer builds it; lr 0 unless
+    ``--train_lr``)."""
     from train.trainer import MetaStep, build_optimizer
     device = common.select_device(args.device)
     o = train_options(args, modes[0])
     model, model_aux, smpl, batch = common.setup(args, o, device)
     model.train()                        # the aux network runs in eval mode
-    optimizer = build_optimizer(o, model, model_aux, lr_scale)
+    optimizer = build_optimizer(o, model, model_aux, 1.0 if args.train_lr else 0.0)
     steps = {m: MetaStep(train_options(args, m), model, model_aux, smpl, optimizer, device)
              for m in modes}
     outs = {m: [] for m in modes}
@@ -80,14 +79,14 @@ def time_steps(args, modes: list[str], lr_scale: float) -> dict[str, dict]:
 
 
 def measure_mode(args, mode: str) -> dict:
-    """One mode timed alone (``--train_lr``: Adam at the training rates)."""
-    return time_steps(args, [mode], 1.0 if args.train_lr else 0.0)[mode]
+    """One mode timed alone."""
+    return time_steps(args, [mode])[mode]
 
 
 def run(args, modes: dict, device):
     if not args.no_interleave:     # every mode round-robin in one process, Adam as the children
         print("timing all modes interleaved ...", file=sys.stderr, flush=True)
-        for m, t in time_steps(args, args.mode_list, 1.0 if args.train_lr else 0.0).items():
+        for m, t in time_steps(args, args.mode_list).items():
             r = modes[m]
             r.update(isolated_s_per_iter=r["s_per_iter"],
                      isolated_cpu_s_per_iter=r["cpu_s_per_iter"])

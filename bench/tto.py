@@ -5,10 +5,9 @@
                         [--warmup 1] [--json out.json]
 
 Times ``train.tto.test_time_optimize`` on random-weight networks and a synthetic batch at the
-seed README's settings (``--inner_lr 1e-5 --after_innerlr 1e-5 --inner_step 1 --test_val_step
-14``, rect crop; no early stop unless ``--adapt_val_step``) in the modes ``batch`` (released)
-and ``sample`` (``--tto_chunk`` samples vectorised together, 0 = auto): images per second, peak
-memory (one child process per mode), sample/batch ratios.
+seed README's settings (``README_TTO``, ``--test_val_step 14``, rect crop, no early stop) in the
+modes ``batch`` (released) and ``sample``: images per second, peak memory (one child process
+per mode), sample/batch ratios.
 """
 from __future__ import annotations
 

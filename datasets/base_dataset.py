@@ -1,15 +1,12 @@
 """SPIN-format datasets: npz annotations + images -> augmented crops (upstream-behaviour.md §6).
 
-The npz is read once and checked (:mod:`datasets.annotations`); an item runs §6.3 on one image:
-keypoints (49, 3) = OpenPose 25 + GT 24 (3DPW: image, keypoints and focal halved); bbox from the
-visible GT keypoints (the npz center/scale are ignored); training draws (:meth:`augm_params`);
-flip; ``full_trans`` (rotated), ``crop_trans``, ``inv_trans``; keypoints (float64) into crop
-pixels, S and root orientation turned by -rot; image: ``--ALB``, ``cv2.warpAffine`` (bilinear,
-black border), ``--syn_occ`` (training h36m / mpi-inf-3dhp), pixel noise, ImageNet
-normalisation, CHW. Bad data raises :class:`DatasetError` naming file, sample and problem. An
-unreadable image (:mod:`datasets.image_files`) too, unless ``skip_bad_images``: training then
-uses the next readable one (item ``n_skipped``), a test set returns ``{'skipped': True, ...}``
-for :func:`collate_skipping` to leave out. ``n_skipped`` counts over all processes.
+The npz is read and checked once (:mod:`datasets.annotations`); an item runs §6.3 on one image:
+keypoints (49, 3) = OpenPose 25 + GT 24 (3DPW: image, keypoints and focal halved), the bbox from
+the visible GT keypoints (the npz center/scale are ignored), the training draws, flip, rotation,
+crop, occluders, pixel noise and normalisation. Bad data raises :class:`DatasetError` naming
+file, sample and problem; so does an unreadable image unless ``skip_bad_images``: training then
+uses the next readable one, a test set returns ``{'skipped': True, ...}`` for
+:func:`collate_skipping` to leave out.
 """
 from __future__ import annotations
 
@@ -50,10 +47,8 @@ def _first(bad: np.ndarray) -> int:
 
 class BaseDataset(Dataset):
     """One SPIN-format dataset ``dataset`` (a ``config.DATASET_FILES`` name), training split with
-    augmentation or test split without. ``options`` attributes (missing or None: default):
-    bbox_type 'rect', crop_scale 1, rot_factor 30, noise_factor 0.4, scale_factor 0.25,
-    ignore_3d, syn_occ, ALB, skip_bad_images, use_openpose2d (False). paths default
-    ``DataPaths.from_options(options)``."""
+    augmentation or test split without. ``options`` attributes that are missing or None take
+    the defaults below; ``paths`` defaults to ``DataPaths.from_options(options)``."""
 
     def __init__(self, options, dataset: str, is_train: bool, paths: DataPaths | None = None):
         super().__init__()
@@ -77,7 +72,6 @@ class BaseDataset(Dataset):
         self.img_dir = self.paths.image_folder(dataset)
         # occluders: only needed (and only required to exist) when they will be used (D8)
         self.occluder = SyntheticOcclusion(self.paths.occluders()) if self.use_syn_occ else None
-        self.drop_bad_images = not self.is_train   # test sets leave bad images' samples out
         self._skipped = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._warned_skip = False
         self._load(self.npz_file)
@@ -118,12 +112,10 @@ class BaseDataset(Dataset):
                                  _first(self.has_smpl != 0))
         else:
             self.has_smpl = np.full(n, 1.0 if self.has_pose_shape else 0.0, np.float32)
-        self.has_pose_3d = 1.0 if "S" in data else 0.0
-        if "S" in data:
+        self.has_pose_3d = float("S" in data)
+        if "S" in data:   # (N, 24, 3) without the confidence column: all joints valid
             s = data["S"].astype(np.float32)
-            if s.shape[2] == 3:  # no confidence column: all joints valid
-                s = np.concatenate([s, np.ones_like(s[..., :1])], -1)
-            self.pose_3d = s
+            self.pose_3d = np.pad(s, ((0, 0), (0, 0), (0, 4 - s.shape[2])), constant_values=1)
         if self.ignore_3d:
             self.has_smpl, self.has_pose_3d = np.zeros(n, np.float32), 0.0
         if "gender" in data:
@@ -202,8 +194,8 @@ class BaseDataset(Dataset):
         """Raise for an unreadable image, or warn once (``skip_bad_images``)."""
         path = self.image_path(index)
         if not self.skip_bad_images:
-            what = ("leave such samples out of the metrics" if self.drop_bad_images else
-                    "replace bad images by the next readable one")
+            what = ("replace bad images by the next readable one" if self.is_train else
+                    "leave such samples out of the metrics")
             raise self._fail(f"cannot read image {path}: {why}. Replace the file, or pass "
                              f"--skip_bad_images to {what}", index)
         if not self._warned_skip:
@@ -213,9 +205,8 @@ class BaseDataset(Dataset):
 
     # -- one sample --------------------------------------------------------------------------
     def augm_params(self):
-        """Draw (numpy global state, released order) flip ``uniform() <= 0.5``, ``pn =
-        uniform(1-nf, 1+nf, 3)``, ``rot = clip(randn()*rf, ±2rf)``, ``sc = clip(randn()*sf + 1,
-        1±sf)``, then ``uniform() <= 0.6`` zeroes rot; eval: (0, None, 0, 1)."""
+        """(flip, pixel noise [3], rot, scale): training draws from numpy's global state in the
+        released order (rot zeroed 60% of the time); a test set: (0, None, 0, 1)."""
         if not self.is_train:
             return 0, None, 0.0, 1.0
         flip = 1 if np.random.uniform() <= 0.5 else 0
@@ -233,24 +224,19 @@ class BaseDataset(Dataset):
         if not -self.n <= index < self.n:
             raise IndexError(f"index {index} out of range for {self.dataset} "
                              f"({self.npz_file}) of {self.n} samples")
-        start = index = index % self.n
-        skipped = 0
-        img, why = self._load_image(index)
-        while img is None:
+        start = index % self.n
+        for skipped in range(self.n):
+            index = (start + skipped) % self.n
+            img, why = self._load_image(index)
+            if img is not None:
+                return {**self._process(index, img), "n_skipped": skipped}
             self._bad_image(index, why)       # raises unless skip_bad_images
             self._skipped += 1
-            if self.drop_bad_images:          # test sets: left out, never replaced
+            if not self.is_train:             # test sets: left out, never replaced
                 return {"skipped": True, "sample_index": index,
                         "imgname": self.image_path(index), "reason": why}
-            skipped += 1
-            if skipped >= self.n:
-                raise self._fail(f"no readable image in the whole dataset (tried all {self.n} "
-                                 f"samples, starting at {start}; images under {self.img_dir})")
-            index = (index + 1) % self.n
-            img, why = self._load_image(index)
-        item = self._process(index, img)
-        item["n_skipped"] = skipped
-        return item
+        raise self._fail(f"no readable image in the whole dataset (tried all {self.n} "
+                         f"samples, starting at {start}; images under {self.img_dir})")
 
     def _process(self, index: int, img: np.ndarray) -> dict:
         img_h, img_w = img.shape[:2]

@@ -1,11 +1,10 @@
 """User inputs of the demo: image and video listings, OpenPose BODY_25 JSON files, bbox files,
-boxes from them, a SPIN-format test set written out as such inputs, and the network input of one
-person. Pure file-format code (no network runs here). Parsing errors are :class:`DemoInputError`
-naming the file or entry: the demo reports them per image and goes on.
-"""
+boxes from them, a test set written out as such inputs, and one person's network input. Parsing
+errors are :class:`DemoInputError` naming the file or entry: the demo reports them per image."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -35,11 +34,8 @@ class DemoInputError(ValueError):
 
 def read_video(path, every: int = 1):
     """(fps, iterator of (name, [H, W, 3] uint8 RGB)): every ``every``-th frame from 0, named as
-    OpenPose names it, ``<video stem>_<frame:012d>`` (keypoints: ``<name>_keypoints.json``).
-
-    Raises :class:`DemoInputError` when OpenCV cannot open the file or it has no frame."""
-    if every < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
+    OpenPose names it, ``<video stem>_<frame:012d>``. Raises :class:`DemoInputError` when OpenCV
+    cannot open the file or it has no frame."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise DemoInputError(f"{path}: cannot open this video (not a video, or a codec OpenCV "
@@ -73,7 +69,6 @@ def read_openpose_json(path) -> list[np.ndarray]:
     """People of an OpenPose BODY_25 file -> list of [25, 3] float64 (x, y, confidence); an
     empty ``people`` list gives []. Raises :class:`DemoInputError` naming the file when it is not
     valid JSON, has no ``people`` list, or a ``pose_keypoints_2d`` is not 75 finite numbers."""
-    path = Path(path)
     try:
         with open(path, encoding="utf-8-sig") as f:   # (a byte-order mark is allowed)
             data = json.load(f)
@@ -141,18 +136,16 @@ def bboxes_for(entries: dict, image: Path) -> list[np.ndarray] | None:
 def far_outside(points, image_hw) -> np.ndarray:
     """[N] bool: the (x, y) ``points`` ([N, >=2]) more than ``FAR_OUTSIDE`` times the larger
     side of an image of ``image_hw`` (height, width) outside it."""
-    pts = np.asarray(points, dtype=np.float64)
-    h, w = float(image_hw[0]), float(image_hw[1])
-    m = FAR_OUTSIDE * max(h, w)
-    x, y = pts[:, 0], pts[:, 1]
-    return (x < -m) | (x > w + m) | (y < -m) | (y > h + m)
+    xy = np.asarray(points, dtype=np.float64)[:, :2]
+    wh = np.array(image_hw[::-1], dtype=np.float64)
+    m = FAR_OUTSIDE * wh.max()
+    return ((xy < -m) | (xy > wh + m)).any(axis=1)
 
 
 def keypoints_problem(kp25, threshold: float, image_hw) -> str | None:
     """Why one person's [25, 3] OpenPose keypoints do not belong to an image of ``image_hw``,
-    or None: most (more than half) of its confident keypoints (confidence > ``threshold``) lie
-    :func:`far_outside` it, as when the file is of another image or resolution. A few such
-    keypoints are detector glitches, ignored by :func:`bbox_from_openpose`."""
+    or None: more than half of its confident keypoints lie :func:`far_outside` it (a file of
+    another image or resolution; a few such are glitches, for :func:`bbox_from_openpose`)."""
     kp = np.asarray(kp25, dtype=np.float64)
     confident = kp[:, 2] > threshold
     far = int((confident & far_outside(kp, image_hw)).sum())
@@ -167,8 +160,7 @@ def keypoints_problem(kp25, threshold: float, image_hw) -> str | None:
 def box_problem(box, image_hw) -> str | None:
     """Why a detector box (x, y, w, h) cannot be used on an image of ``image_hw`` (height,
     width), or None: a side under 2 px, the box outside the image, or a corner
-    :func:`far_outside` it (e.g. 1e300, or 1000 times the image: not a box of this image; its
-    crop and camera would not be finite)."""
+    :func:`far_outside` it (e.g. 1e300: its crop and camera would not be finite)."""
     x, y, bw, bh = (float(v) for v in box)
     h, w = image_hw
     shown = [x, y, bw, bh]
@@ -185,12 +177,9 @@ def box_problem(box, image_hw) -> str | None:
 def bbox_from_openpose(kp25, threshold: float, image_hw=None):
     """[25, 3] OpenPose keypoints -> (center [2], scale, n_confident, kp with conf zeroed).
 
-    Keypoints with confidence <= ``threshold`` get confidence 0; the box is
-    :func:`utils.imutils.bbox_from_keypoints` of the rest (x1.2, 4:3 rule). image_hw: (height,
-    width): a keypoint more than ``FAR_OUTSIDE`` times the image's larger side outside the image
-    (a detector glitch, e.g. a wrist at (-900, 1400) in a 512 px image) gets confidence 0 too,
-    so that it neither blows up the box nor pulls the test-time fit (issue #13 point 9).
-    """
+    Keypoints with confidence <= ``threshold``, or :func:`far_outside` an image of ``image_hw``
+    (a detector glitch: it would blow up the box and pull the test-time fit, issue #13 point 9)
+    get confidence 0; the box is :func:`utils.imutils.bbox_from_keypoints` of the rest."""
     kp = np.array(kp25, dtype=np.float64)
     kp[kp[:, 2] <= threshold, 2] = 0.0
     if image_hw is not None:
@@ -209,18 +198,13 @@ def bbox_from_xywh(box):
 
 def export_dataset_inputs(paths: DataPaths, dataset: str, out_dir, max_images: int = 0,
                           keypoints: str = "openpose") -> tuple[Path, Path]:
-    """Copy images of a test set (``config.TEST_DATASETS``, e.g. 'h36m-p2') and write their
-    keypoints as OpenPose BODY_25 JSON files; returns (image folder, keypoint folder).
-
-    ``out_dir`` gets ``images/<name>.jpg`` and ``openpose/<name>_keypoints.json`` (``<name>``:
-    ``<sequence>-<frame>`` for 3DPW, the image stem otherwise) for the first ``max_images``
-    samples (0: all). keypoints: 'openpose' (the npz ``openpose`` array) or 'gt' (the GT
-    ``part`` joints in their OpenPose slots, :func:`gt_to_openpose`; for sets without OpenPose).
-    Keypoints are in the stored image's pixels (the npz values; 3DPW images are stored at full
-    size, as in the real set). The npz is read and checked by :mod:`datasets.annotations`; a bad
-    file, a set without 'openpose' or a missing image raise :class:`DatasetError`.
-    """
-    import shutil
+    """Copy images of a test set (``config.TEST_DATASETS``) and write their keypoints as
+    OpenPose BODY_25 JSON files (in the stored image's pixels); returns (image folder, keypoint
+    folder): ``out_dir/images/<name>.jpg`` and ``out_dir/openpose/<name>_keypoints.json``
+    (``<name>``: ``<sequence>-<frame>`` for 3DPW, the image stem otherwise) for the first
+    ``max_images`` samples (0: all). keypoints: 'openpose' (the npz array) or 'gt'
+    (:func:`gt_to_openpose`). A bad npz, a set without 'openpose' or a missing image raise
+    :class:`DatasetError`."""
     npz = paths.dataset_npz(dataset, is_train=False)
     data = read_annotations(npz)
     n = check_annotations(data, lambda msg, index=None: DatasetError(f"{npz}: {msg}"))
@@ -230,10 +214,8 @@ def export_dataset_inputs(paths: DataPaths, dataset: str, out_dir, max_images: i
                                f"--from_dataset cannot use it. Choose a set with them, or run "
                                f"on --img_dir with --openpose_dir / --bbox_file")
         kp_all = data["openpose"]
-    elif keypoints == "gt":
-        kp_all = gt_to_openpose(data["part"])
     else:
-        raise ValueError(f"keypoints must be 'openpose' or 'gt', got {keypoints!r}")
+        kp_all = gt_to_openpose(data["part"])
     img_root, out = paths.image_folder(dataset), Path(out_dir)
     img_out, kp_out = out / "images", out / "openpose"
     img_out.mkdir(parents=True, exist_ok=True)
@@ -274,14 +256,12 @@ def prepare_person(img_rgb: np.ndarray, center, scale: float, focal: float, bbox
                    openpose=None, crop_scale: float = 1.0) -> dict:
     """One person's network input, as the dataset builds it at evaluation (no augmentation).
 
-    img_rgb: [H, W, 3] uint8 RGB full image; center [2] (full-image pixels), scale (bbox height
-    / 200): the bbox; focal: focal length in pixels (CLIFF camera, bbox_info); bbox_type: 'rect'
-    (256x192) or 'square' (224x224), times ``crop_scale``; openpose: [25, 3] OpenPose keypoints
-    (full-image pixels, confidence) or None. Returns tensors: img [3, crop_h, crop_w], keypoints
-    [49, 3] (crop pixels: OpenPose in slots 0-24, GT slots 25-48 zero), keypoints_full [25, 3],
-    center [2], scale, img_h, img_w, focal_length, bbox_info [3], crop_trans [2, 3], has_smpl =
-    has_pose_3d = 1 (the demo cannot know the GT flags: see train/demo.py).
-    """
+    img_rgb: [H, W, 3] uint8 RGB; center [2] (pixels), scale (bbox height / 200); focal: in
+    pixels; bbox_type: 'rect' (256x192) or 'square' (224x224), times ``crop_scale``; openpose:
+    [25, 3] (pixels, confidence) or None. Returns tensors: img [3, crop_h, crop_w], keypoints
+    [49, 3] (crop pixels: OpenPose in slots 0-24, GT slots zero), keypoints_full [25, 3], center
+    [2], scale, img_h, img_w, focal_length, bbox_info [3], crop_trans [2, 3], has_smpl =
+    has_pose_3d = 1 (see train/demo.py)."""
     crop_h, crop_w = constants.crop_size(bbox_type, crop_scale)
     h, w = img_rgb.shape[:2]
     trans = imutils.get_affine_transform(center, scale, 0.0, (crop_w, crop_h))

@@ -60,20 +60,15 @@ class MixedDataset(Dataset):
         self.partition = mixture_partition(ratios, dict(zip(names, self.lengths)))
         self._cum = np.cumsum([self.partition[n] for n in names])
         self._cum[-1] = 1.0  # guard against rounding: every p in [0, 1) finds a dataset
-        self.length = max(self.lengths)
 
     def __len__(self) -> int:
-        return self.length
+        return max(self.lengths)
 
     @property
     def n_skipped(self) -> int:
         """Images skipped by the member datasets (``skip_bad_images``), all processes."""
         return sum(int(getattr(d, "n_skipped", 0)) for d in self.datasets)
 
-    def choose(self, p: float) -> int:
-        """Index of the dataset that a uniform draw ``p`` in [0, 1) selects."""
-        return int(np.searchsorted(self._cum, p, side="left"))
-
     def __getitem__(self, index):
-        i = self.choose(np.random.rand())
+        i = int(np.searchsorted(self._cum, np.random.rand(), side="left"))
         return self.datasets[i][int(index) % self.lengths[i]]

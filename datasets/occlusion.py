@@ -1,14 +1,10 @@
 """Synthetic occlusion with Pascal VOC object patches (upstream-behaviour.md §2.7, decisions D8).
 
-``data/VOC/pascal_occluders.npy``: RGBA uint8 patches (RGB like the crops), an object array of
-H x W x 4 arrays (what ``np.save`` makes of a list; read through
-:func:`utils.safe_pickle.load_npy`: arrays only, nothing runs) or one N x H x W x 4 array.
-Per crop (numpy random state, in this order): ``count = randint(1, 8)``, then per occluder its
-index ``randint(len)`` (numpy, not the released ``random.choice``: one seed governs the
-pipeline), a size factor ``U(0.2, 1.0) * min(W, H) / 256`` (``cv2.resize``, INTER_AREA
-shrinking, INTER_LINEAR enlarging) and a centre ``U([0, 0], [W, H])``; the patch, centred
-there (rounded), is alpha-blended ``a * patch + (1 - a) * out`` (``a = alpha / 255``), clipped
-at the crop border.
+``data/VOC/pascal_occluders.npy`` holds RGBA uint8 patches (RGB like the crops): an object
+array of H x W x 4 arrays (read through :func:`utils.safe_pickle.load_npy`: arrays only, nothing
+runs) or one N x H x W x 4 array. Each crop gets 1-7 patches of random size and place,
+alpha-blended and clipped at its border. Every draw comes from numpy's random state (the patch
+index too, not the released ``random.choice``: one seed governs the pipeline).
 """
 from __future__ import annotations
 
@@ -36,12 +32,11 @@ def _load_cached(path: str, mtime: float) -> tuple[np.ndarray, ...]:
         raise
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
         raise OccluderFileError(f"cannot read occluder file {path}: {e}") from e
-    if raw.dtype == object or raw.ndim == 4:   # load_npy returns an ndarray or raises
-        items = list(raw.reshape(-1) if raw.dtype == object else raw)
-    else:
+    if raw.dtype != object and raw.ndim != 4:   # load_npy returns an ndarray or raises
         raise OccluderFileError(
             f"occluder file {path}: expected an object array of HxWx4 RGBA uint8 patches or "
             f"an NxHxWx4 array, got a {raw.dtype} array of shape {raw.shape}")
+    items = list(raw.reshape(-1) if raw.dtype == object else raw)
     if not items:
         raise OccluderFileError(f"occluder file {path} holds no occluders")
     out = []
@@ -80,7 +75,7 @@ class SyntheticOcclusion:
             self._occluders = load_occluders(self.path)
         return self._occluders
 
-    def check(self) -> "SyntheticOcclusion":
+    def check(self) -> None:
         """Read and check the occluder file now (:class:`OccluderFileError` if it is bad), so
         that a training run stops before it writes anything, not at its first batch."""
         try:
@@ -88,7 +83,6 @@ class SyntheticOcclusion:
         except OccluderFileError as e:
             raise OccluderFileError(f"{e}. Restore the released pascal_occluders.npy (or train "
                                     f"without --syn_occ)") from None
-        return self
 
     def __getstate__(self):  # DataLoader workers reload (cached) rather than pickle patches
         return {"path": self.path, "_occluders": None}

@@ -1,20 +1,14 @@
 """Official 3DPW release -> the SPIN-format npz files of ``config.DATASET_FILES`` (3dpw).
 
-One sample per actor and frame with ``campose_valid`` (SPIN's preprocessing plus what the
-evaluation reads): ``imgname`` ``imageFiles/<sequence>/image_%05d.jpg``; ``pose`` [72], the
-global orientation turned into the camera frame (``R_cam @ R_global``); ``shape`` [10];
-``gender`` 'm'/'f'; ``S`` [24, 4]: the 24 GT joints (``constants.JOINT_NAMES[25:]``) of the
-**gendered** SMPL (``poses``, ``betas``, ``trans``) moved by ``cam_poses`` into the camera frame
-(metres, not root-centred), confidence 1; ``part`` [24, 3]: those projected with
-``cam_intrinsics``, visible where in front of the camera and inside the image (``0 <= x <= W-1``,
-``0 <= y <= H-1``; zeros behind it); ``openpose`` [25, 3]: BODY_25 from ``poses2d``'s COCO-18
-(zeros for MidHip and feet); ``center`` [2] / ``scale``: SPIN's box of the ``poses2d`` joints
-with confidence > 0 (tight-box centre, ``1.2 * max(w, h) / 200``); ``focal_length``
-(``cam_intrinsics[0, 0]``) only with ``with_focal_length`` (the released file has none).
-
-Test file from ``sequenceFiles/test``, training file from ``train_splits``. A valid frame is
-skipped only without a ``poses2d`` joint (no box) or a GT joint inside the image, and every skip
-is counted by reason in the summary.
+One sample per actor and ``campose_valid`` frame (SPIN's preprocessing plus what the evaluation
+reads): ``imgname``; ``pose`` [72], the global orientation turned into the camera frame;
+``shape`` [10]; ``gender`` 'm'/'f'; ``S`` [24, 4]: the 24 GT joints of the **gendered** SMPL
+moved by ``cam_poses`` into the camera frame (metres, not root-centred), confidence 1; ``part``
+[24, 3]: those projected with ``cam_intrinsics``, visible where in front of the camera and inside
+the image; ``openpose`` [25, 3] from ``poses2d``; ``center`` / ``scale``: SPIN's box of the
+``poses2d`` joints; ``focal_length`` only with ``with_focal_length`` (the released file has
+none). A valid frame is skipped only without a ``poses2d`` joint (no box) or a GT joint inside
+the image; every skip is counted by reason in the summary.
 """
 from __future__ import annotations
 
@@ -76,7 +70,8 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def camera_frame_pose(pose: np.ndarray, R_cam: np.ndarray) -> np.ndarray:
-    """[M, 72] poses with the global orientation (first 3) turned by ``R_cam`` [M, 3, 3]."""
+    """[M, 72] poses with the global orientation (first 3) turned by ``R_cam`` [M, 3, 3]
+    (``R_cam @ R_global``)."""
     from scipy.spatial.transform import Rotation
     out = np.array(pose, dtype=np.float64, copy=True)
     R = R_cam @ Rotation.from_rotvec(out[:, :3]).as_matrix()
@@ -85,7 +80,8 @@ def camera_frame_pose(pose: np.ndarray, R_cam: np.ndarray) -> np.ndarray:
 
 
 def spin_box(kp: np.ndarray, factor: float = 1.2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SPIN's npz box of 2D joints [M, J, 3] (conf > 0): centre [M, 2], scale [M], ok [M]."""
+    """SPIN's npz box of 2D joints [M, J, 3] (conf > 0): centre [M, 2] of the tight box, scale
+    [M] (``factor * max(w, h) / 200``), ok [M]."""
     vis = kp[..., 2] > 0
     lo = np.where(vis[..., None], kp[..., :2], np.inf).min(1)
     hi = np.where(vis[..., None], kp[..., :2], -np.inf).max(1)
@@ -107,23 +103,11 @@ def _check_images(raw: Path, seq: Sequence) -> dict[int, tuple[int, int]]:
             for f in np.flatnonzero(seq.valid.any(0))}
 
 
-def _pose_chunks(model, betas, pose, trans, cam) -> np.ndarray:
-    """[M, 24, 3] camera-frame GT joints of M bodies (float64), SMPL_CHUNK bodies at a time."""
-    import torch
-    out = np.zeros((len(pose), 24, 3))
-    t = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64)  # noqa: E731
-    for s in range(0, len(pose), SMPL_CHUNK):
-        c = slice(s, s + SMPL_CHUNK)
-        with torch.no_grad():
-            j = model(betas=t(betas[c]), body_pose=t(pose[c, 3:]), global_orient=t(pose[c, :3]),
-                      transl=t(trans[c])).joints[:, 25:].numpy()
-        out[c] = np.einsum("mij,mkj->mki", cam[c, :3, :3], j) + cam[c, None, :3, 3]
-    return out
-
-
 def _gt_joints(seqs: list[Sequence], models: dict) -> dict:
-    """{(sequence index, actor): [M, 24, 3]} camera-frame GT joints at the actor's valid frames,
-    posed per gender over all sequences at once (full SMPL_CHUNK batches)."""
+    """{(sequence index, actor): [M, 24, 3]} camera-frame GT joints (float64) at the actor's
+    valid frames, posed per gender over all sequences at once, SMPL_CHUNK bodies at a time."""
+    import torch
+    t = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64)  # noqa: E731
     out = {}
     for gender, code in (("male", "m"), ("female", "f")):
         items = [(i, a, np.flatnonzero(q.valid[a])) for i, q in enumerate(seqs)
@@ -135,7 +119,14 @@ def _gt_joints(seqs: list[Sequence], models: dict) -> dict:
         pose = np.concatenate([seqs[i].poses[a, f] for i, a, f in items])
         trans = np.concatenate([seqs[i].trans[a, f] for i, a, f in items])
         cam = np.concatenate([seqs[i].cam_poses[f] for i, a, f in items])
-        S = _pose_chunks(models[gender], betas, pose, trans, cam)
+        S = np.zeros((len(pose), 24, 3))
+        for s in range(0, len(pose), SMPL_CHUNK):
+            c = slice(s, s + SMPL_CHUNK)
+            with torch.no_grad():
+                j = models[gender](betas=t(betas[c]), body_pose=t(pose[c, 3:]),
+                                   global_orient=t(pose[c, :3]), transl=t(trans[c])).joints
+            S[c] = np.einsum("mij,mkj->mki", cam[c, :3, :3], j[:, 25:].numpy())
+            S[c] += cam[c, None, :3, 3]
         ends = np.cumsum([len(f) for _, _, f in items])
         for (i, a, _), part in zip(items, np.split(S, ends[:-1])):
             out[i, a] = part

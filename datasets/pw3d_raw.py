@@ -1,13 +1,11 @@
 """The official 3DPW release, read and checked (input of ``python -m datasets.prepare 3dpw``).
 
-A 3DPW root holds ``sequenceFiles/{train,validation,test}/<sequence>.pkl`` (Python 2 pickles)
-and ``imageFiles/<sequence>/image_%05d.jpg`` (by frame index). Keys read from a sequence file
-(A actors, N frames): ``sequence`` (name), ``genders`` A x 'm'/'f', ``betas`` A x [>= 10],
-``poses`` A x [N, 72] and ``trans`` A x [N, 3] (world frame, metres), ``poses2d`` A x [N, 3, 18]
-(OpenPose COCO-18 x, y, confidence rows), ``cam_poses`` [N, 4, 4] (world to camera),
-``cam_intrinsics`` [3, 3], ``campose_valid`` A x [N]. The pickles are read through
-:mod:`utils.safe_pickle` (numpy arrays and basic containers; any other global is refused
-before import, nothing runs). Every problem raises :class:`RawDataError` naming the file.
+A 3DPW root holds ``sequenceFiles/{train,validation,test}/<sequence>.pkl`` (Python 2 pickles,
+read through :mod:`utils.safe_pickle`: nothing runs) and ``imageFiles/<sequence>/image_%05d.jpg``
+(by frame index). A sequence file (A actors, N frames) holds ``sequence`` (name), ``genders``,
+``betas``, ``poses`` and ``trans`` (world frame, metres), ``poses2d`` (OpenPose COCO-18 x, y,
+confidence rows), ``cam_poses`` (world to camera), ``cam_intrinsics`` and ``campose_valid``
+(shapes: :class:`Sequence`). Every problem raises :class:`RawDataError` naming the file.
 """
 from __future__ import annotations
 
@@ -21,19 +19,16 @@ from utils import safe_pickle
 from utils.errors import UserError
 
 __all__ = ["RawDataError", "load_pickle", "Sequence", "read_sequence",
-           "sequence_files", "image_name", "REQUIRED_KEYS", "COCO18_NAMES", "BODY25_FROM_COCO18",
-           "SPLITS"]
+           "sequence_files", "image_name", "REQUIRED_KEYS", "BODY25_FROM_COCO18", "SPLITS"]
 
 SPLITS = ("train", "validation", "test")
 _PER_ACTOR = {"poses": (72,), "trans": (3,), "poses2d": (3, 18), "campose_valid": ()}  # [N, ...]
 REQUIRED_KEYS = ("sequence", "genders", "betas", "poses", "trans", "poses2d", "cam_poses",
                  "cam_intrinsics", "campose_valid")
 
-# OpenPose COCO-18 order (poses2d) and, for each BODY_25 joint (constants.JOINT_NAMES[:25]),
-# the COCO-18 joint it is (-1: BODY_25 joints COCO-18 has no counterpart for: MidHip, feet)
-COCO18_NAMES = ("Nose", "Neck", "RShoulder", "RElbow", "RWrist", "LShoulder", "LElbow",
-                "LWrist", "RHip", "RKnee", "RAnkle", "LHip", "LKnee", "LAnkle", "REye", "LEye",
-                "REar", "LEar")
+# for each BODY_25 joint (constants.JOINT_NAMES[:25]), its index in poses2d's OpenPose COCO-18
+# order (Nose, Neck, RShoulder, RElbow, RWrist, LShoulder, LElbow, LWrist, RHip, RKnee, RAnkle,
+# LHip, LKnee, LAnkle, REye, LEye, REar, LEar); -1: none (MidHip, feet)
 BODY25_FROM_COCO18 = (0, 1, 2, 3, 4, 5, 6, 7, -1, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
                       -1, -1, -1, -1, -1, -1)
 
@@ -103,8 +98,6 @@ def _array(path: Path, what: str, x, shape: tuple) -> np.ndarray:
 
 def _per_actor(path: Path, data: dict, key: str, n_actors: int) -> list:
     v = data[key]
-    if isinstance(v, np.ndarray) and v.dtype != object and v.ndim >= 1:
-        v = list(v)
     if not isinstance(v, (list, tuple, np.ndarray)) or len(v) != n_actors:
         got = len(v) if isinstance(v, (list, tuple, np.ndarray)) else type(v).__name__
         raise RawDataError(f"{path}: {key!r} holds {got} entries but 'genders' names "

@@ -6,39 +6,30 @@
     python -m datasets.synthetic --root data/synthetic --raw       # + 3DPW in the raw layout
 
 writes, under ``root`` (the :class:`config.DataPaths` layout): ``data/smpl/SMPL_{NEUTRAL,MALE,
-FEMALE}.pkl``, a humanoid body model in SMPL's pickle format (:mod:`datasets.synthetic_body`),
-``data/J_regressor_extra.npy`` [9, 6890], ``data/J_regressor_h36m.npy`` [17, 6890] (convex
-vertex weights), ``data/smpl_mean_params.npz`` (SPIN's keys; ``cam`` = [0.9, 0, 0]);
-``data/VOC/pascal_occluders.npy`` (the released format: a 1-D numpy object array of RGBA uint8
-patches ``[h_i, w_i, 4]``, alpha 255 on the object; read it with
-``utils.safe_pickle.load_npy``, never ``np.load(path, allow_pickle=True)``); SPIN-format npz
-``data/datasets/<config.DATASET_FILES[split][name]>`` for every train (h36m, mpii, coco,
-mpi-inf-3dhp, 3dpw) and test (3dpw, h36m-p1, h36m-p2, mpi-inf-3dhp, coco) set
-(:mod:`datasets.synthetic_sets`) with JPEGs under ``datasets/<config.DATASET_FOLDERS[name]>/``
-named like the real set's; optionally stand-in network weights; ``synthetic_world.json`` (what
-was built) and, last, ``.complete``.
+FEMALE}.pkl`` (:mod:`datasets.synthetic_body`), ``data/J_regressor_{extra,h36m}.npy``,
+``data/smpl_mean_params.npz`` (``cam`` = [0.9, 0, 0]), ``data/VOC/pascal_occluders.npy`` (1-D
+object array of RGBA uint8 patches: read it with ``utils.safe_pickle.load_npy``, never
+``np.load(path, allow_pickle=True)``), a SPIN-format npz and JPEGs named like the real ones for
+every train and test set (:mod:`datasets.synthetic_sets`), optionally stand-in network weights,
+``synthetic_world.json`` (what was built) and, last, ``.complete``.
 
-Every image shows one posed body of the gendered (sets that store ``gender``: h36m, 3dpw) or
-neutral model in front of a random background. The annotations are exact, with ``f`` = the npz
-``focal_length`` if stored (3DPW), else the image diagonal (CLIFF's convention), and the
-principal point at the image centre ``(W/2, H/2)`` (pixel centres at integers): ``S`` [N, 24,
-4] = the 24 GT joints (SPIN model joints 25..48) in the camera frame (metres, OpenCV axes),
-confidence 1 (sets with 3D); ``part`` [N, 24, 3] = their projections, confidence 1 where the
-real set annotates the joint (COCO: limbs + face; MPII: limbs + neck/head/pelvis/thorax; others
-all) and it is inside the image, else 0; ``openpose`` [N, 25, 3] = projections of model joints
-0..24 plus noise (~1% of the body height), confidences in [0.35, 0.95], some dropped (0);
-``pose`` [N, 72] (global orientation in the camera frame) and ``shape`` [N, 10]:
-``SMPL(pose, shape).joints + t = S`` for one (unstored) translation t per sample; ``center`` /
-``scale`` (SPIN's bbox of ``part``: 1.2 max(w, h) / 200), ``has_smpl``, ``gender`` ('m'/'f'),
-``focal_length`` (3DPW, whose images are twice the other sets' size, portrait: the loader
-halves both). Everything is deterministic in ``seed``. 3DPW in the official raw layout:
-:mod:`datasets.synthetic_raw`.
+Every image shows one posed body (the gendered model in sets that store ``gender``, else the
+neutral) over a random background, with exact annotations: ``f`` = the npz ``focal_length`` if
+stored (3DPW), else the image diagonal; principal point ``(W/2, H/2)``; ``S`` [N, 24, 4] = the
+GT joints (SPIN model joints 25..48) in the camera frame; ``part`` [N, 24, 3] = their
+projections, confidence 1 where the real set annotates the joint and it is in the image;
+``openpose`` [N, 25, 3] = noisy projections of joints 0..24 (confidences in [0.35, 0.95], some
+0); ``pose`` [N, 72] (global orientation in the camera frame) and ``shape`` [N, 10] with
+``SMPL(pose, shape).joints + t = S`` for an unstored t; ``center`` / ``scale`` = SPIN's bbox of
+``part``. 3DPW's images are twice the others' size (the loader halves both). Deterministic in
+``seed``; 3DPW in the official raw layout: :mod:`datasets.synthetic_raw`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -81,7 +72,11 @@ def write_body_files(paths: DataPaths, genders=("neutral", "male", "female")) ->
     :class:`models.smpl.SMPL` and the networks' mean parameters read (the benchmarks write only
     the neutral model's). Each file is written atomically."""
     from datasets import synthetic_body as sb
-    models = sb.write_body_models(paths.smpl_dir, genders)
+    models = {g: sb.build_body_model(g) for g in genders}
+    for gender, model in models.items():
+        path = paths.smpl_dir / f"SMPL_{gender.upper()}.pkl"
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            pickle.dump(model.data, fh, protocol=2)
     extra, h36m = sb.extra_regressors(models["neutral"])
     _save_npy(paths.data_dir / "J_regressor_extra.npy", extra)
     _save_npy(paths.data_dir / "J_regressor_h36m.npy", h36m)
@@ -90,11 +85,7 @@ def write_body_files(paths: DataPaths, genders=("neutral", "male", "female")) ->
 
 
 def _write_weights(root: Path, weights, paths: DataPaths, log) -> None:
-    try:
-        from models.checkpoints import write_standin_weights
-    except ImportError as e:
-        return log(f"  note: stand-in network weights not written "
-                   f"(models.checkpoints.write_standin_weights unavailable: {e})")
+    from models.checkpoints import write_standin_weights
     t0 = time.time()
     write_standin_weights(root, backbones=tuple(weights), mean_params=paths.smpl_mean_params())
     log(f"  stand-in weights for {', '.join(weights)} ({time.time() - t0:.1f} s)")
@@ -138,7 +129,7 @@ def build_world(root: str | os.PathLike = config.SYNTHETIC_ROOT, sizes: dict | N
             for k, arg in (("seed", seed), ("img_size", img_size), ("sizes", sizes))):
         need = [config.BACKBONE_FILES[b] for b in weights] + \
             [p for (m, b), p in config.AUX_FILES.items() if b in weights]
-        if weights and not all((root / p).exists() for p in need):
+        if not all((root / p).exists() for p in need):
             _write_weights(root, weights, paths, log)
         return root
     previous = manifest_path.exists()     # an earlier (maybe partial) synthetic build

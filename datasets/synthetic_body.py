@@ -1,28 +1,18 @@
 """The synthetic body model in SMPL's file format (the stand-in for ``SMPL_*.pkl``), its extra
 joint regressors and mean parameters.
 
-The surface is the tube of :mod:`datasets.synthetic_tube` (~1.7 m tall, y up, facing +z, the
-subject's left on +x, like SMPL). ``J_regressor`` [24, 6890] (sparse): each row the uniform
-average of the joint's keyframe ring (exact). ``weights``: Gaussian in the distance of each
-ring's centre to the bones its segment may follow, normalised. ``shapedirs``: central
-differences in the 10 shape parameters (beta_k = +-1: one "standard deviation" of parameter k).
-``posedirs``: each bent joint pushes the surface around it outward along the ring normals by up
-to ~1 cm x (1 - cos angle). Male and female are other parameter presets (taller / broader
-shoulders; shorter / wider hips). A vertex permutation puts the vertices that smplx reads as
-face, foot and fingertip keypoints (SMPL's ids, e.g. nose 332, left big toe 3216) on this body's
-nose, eyes, ears, toes, heels and fingertips. The pickle holds numpy arrays and a scipy sparse
-``J_regressor`` (no chumpy) under the official keys.
-
-:func:`extra_regressors`: the rows of ``J_regressor_extra.npy`` (SPIN's 9 extra joints) and
-``J_regressor_h36m.npy`` (17 H36M joints), convex vertex weights (NNLS) reproducing a point of
-the template within 2 mm, where those datasets put the joint relative to SMPL's skeleton.
+The surface is the tube of :mod:`datasets.synthetic_tube`. ``J_regressor`` [24, 6890] (sparse):
+the uniform average of each joint's keyframe ring. ``weights``: Gaussian in the distance of each
+ring's centre to the bones its segment may follow. ``shapedirs``: central differences in the 10
+shape parameters (beta_k = +-1). ``posedirs``: each bent joint pushes the surface around it
+outward by up to ~1 cm x (1 - cos angle). Male and female are other parameter presets. A vertex
+permutation puts the vertices that smplx reads as face, foot and fingertip keypoints (SMPL's
+ids, e.g. nose 332) on this body's nose, eyes, ears, toes, heels and fingertips. The pickle
+holds numpy arrays and a scipy sparse ``J_regressor`` (no chumpy) under the official keys.
 """
 from __future__ import annotations
 
-import os
-import pickle
 from collections import namedtuple
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse
@@ -31,10 +21,9 @@ from scipy.optimize import nnls
 import constants
 from datasets.synthetic_tube import (N_SEG, N_VERTS, PART_NAMES, PARTS, faces, shape_params,
                                      signed_volume, surface)
-from utils.atomic import atomic_path
 
-__all__ = ["GENDER_PRESETS", "BodyModel", "build_body_model", "write_body_models",
-           "extra_regressors", "mean_params", "H36M_JOINT_NAMES", "EXTRA_JOINT_NAMES"]
+__all__ = ["GENDER_PRESETS", "BodyModel", "build_body_model", "extra_regressors",
+           "mean_params"]
 
 UINT32_MAX = 4294967295                 # the official kintree_table root marker
 GENDER_PRESETS = {"neutral": {}, "male": dict(height=0.6, shoulders=1.0, hips=-0.8, chest=0.5,
@@ -45,20 +34,10 @@ GENDER_PRESETS = {"neutral": {}, "male": dict(height=0.6, shoulders=1.0, hips=-0
 _BONE_END = (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, "toe_l", "toe_r", 15, 16, 17, "crown", 18, 19, 20,
              21, 22, 23, "tip_l", "tip_r")
 _SKIN_SIGMA = {"torso": 0.05, "hidden": 0.01}       # limbs: 0.025
-EXTRA_JOINT_NAMES = ("Right Hip", "Left Hip", "Neck (LSP)", "Top of Head (LSP)",
-                     "Pelvis (MPII)", "Thorax (MPII)", "Spine (H36M)", "Jaw (H36M)",
-                     "Head (H36M)")
-# Rows of J_regressor_h36m.npy as SPIN's H36M_TO_J17 reads them (anatomical sides): rows 1-3
-# are the left leg, 4-6 the right (H36M's names "R_Hip, R_Knee, R_Ankle" of rows 1-3 have the
-# legs swapped: H36M_TO_J14[0] = 6 is LSP's right ankle), 11-13 the left arm, 14-16 the right.
-H36M_JOINT_NAMES = ("Pelvis", "L Hip", "L Knee", "L Ankle", "R Hip", "R Knee", "R Ankle",
-                    "Spine", "Thorax", "Neck/Nose", "Head", "L Shoulder", "L Elbow",
-                    "L Wrist", "R Shoulder", "R Elbow", "R Wrist")
 
-
-# a generated body model: gender, the SMPL-format dict (what is pickled), [6890] part index
-# (PART_NAMES) and ring index (-1: the poles) per vertex, landmarks: name -> vertex id
-BodyModel = namedtuple("BodyModel", "gender data part ring landmarks")
+# a generated body model: the SMPL-format dict (what is pickled), the part index (PART_NAMES)
+# of every vertex [6890], landmarks: name -> vertex id
+BodyModel = namedtuple("BodyModel", "data part landmarks")
 
 
 def _skinning(rings, joints, marks) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +55,7 @@ def _skinning(rings, joints, marks) -> tuple[np.ndarray, np.ndarray]:
         sigma[i] = _SKIN_SIGMA.get(PART_NAMES[r.part], 0.025)
     d = np.where(allowed, dist, np.inf)
     logw = -(d ** 2 - (d.min(1, keepdims=True)) ** 2) / (2 * sigma[:, None] ** 2)
-    w = np.where(allowed, np.exp(np.where(allowed, logw, -np.inf)), 0.0)
+    w = np.exp(np.where(allowed, logw, -np.inf))
     w /= w.sum(1, keepdims=True)
     w[w < 1e-4] = 0.0
     w = w / w.sum(1, keepdims=True)
@@ -132,39 +111,31 @@ def _permutation(verts, part, targets) -> tuple[np.ndarray, dict]:
 
 def build_body_model(gender: str = "neutral") -> BodyModel:
     """Generate the body model of ``gender`` ('neutral', 'male', 'female')."""
-    if gender not in GENDER_PRESETS:
-        raise ValueError(f"gender must be one of {sorted(GENDER_PRESETS)}, got {gender!r}")
     p0 = shape_params(GENDER_PRESETS[gender])
     verts, rings, joints, marks, radial = surface(p0)
-    ring_of = np.concatenate([[-1], np.repeat(np.arange(len(rings)), N_SEG), [-1]])
-    part = np.array([rings[r].part if r >= 0 else 0 for r in ring_of])
-    part[-1] = PART_NAMES.index("foot_r")
+    part = np.concatenate([[0], np.repeat([r.part for r in rings], N_SEG),   # + the poles
+                           [PART_NAMES.index("foot_r")]])
     tris = faces()
     if signed_volume(verts, tris) < 0:
         tris = tris[:, ::-1].copy()
     weights, jreg = _skinning(rings, joints, marks)
     # landmarks chosen on the neutral body, so that every gender shares the permutation
-    verts_n, _, joints_n, marks_n, _ = surface(shape_params(None)) if gender != "neutral" \
-        else (verts, None, joints, marks, None)
+    verts_n, _, joints_n, marks_n, _ = surface(shape_params(None))
     order, chosen = _permutation(verts_n, part, _landmark_targets(joints_n, marks_n))
     shapedirs = np.zeros((N_VERTS, 3, 10))     # central differences, one unit per parameter
     for k, name in enumerate(p0):
-        hi, lo = dict(p0), dict(p0)
-        hi[name] += 1.0
-        lo[name] -= 1.0
+        hi, lo = {**p0, name: p0[name] + 1.0}, {**p0, name: p0[name] - 1.0}
         shapedirs[:, :, k] = (surface(hi)[0] - surface(lo)[0]) / 2.0
     # pose blend shapes: a bulge around each bent joint j (rows 9 (j - 1) + {0, 4, 8}: trace(R)
     # - 3) along the ring normals, on the visible surface only
-    posedirs, radial_all = np.zeros((N_VERTS, 3, 207)), np.zeros((N_VERTS, 3))
-    radial_all[1:-1] = radial
+    posedirs, radial_all = np.zeros((N_VERTS, 3, 207)), np.pad(radial, ((1, 1), (0, 0)))
     visible = (part != PART_NAMES.index("hidden"))[:, None]
     for j in range(1, 24):
         amp = 0.01 if j in (1, 2, 4, 5, 16, 17, 18, 19) else 0.005
         bump = 4.0 * weights[:, j] * weights[:, constants.SMPL_PARENTS[j]]
         posedirs[:, :, [9 * (j - 1), 9 * (j - 1) + 4, 9 * (j - 1) + 8]] = \
             (-0.5 * amp * bump[:, None] * radial_all * visible)[..., None]
-    inv = np.empty_like(order)               # vertices reordered: order[new] = old
-    inv[order] = np.arange(len(order))
+    inv = np.argsort(order)               # vertices reordered: order[new] = old, inv[old] = new
     v_template = verts[order]
     data = {"v_template": v_template, "f": inv[tris].astype(np.uint32),
             "J_regressor": scipy.sparse.csc_matrix(jreg[:, order]),
@@ -173,21 +144,7 @@ def build_body_model(gender: str = "neutral") -> BodyModel:
             "weights": weights[order], "posedirs": posedirs[order],
             "shapedirs": shapedirs[order], "J": jreg[:, order] @ v_template,
             "bs_style": "lbs", "bs_type": "lrotmin"}
-    return BodyModel(gender=gender, data=data, part=part[order], ring=ring_of[order],
-                     landmarks=chosen)
-
-
-def write_body_models(smpl_dir: str | os.PathLike,
-                      genders=("neutral", "male", "female")) -> dict[str, BodyModel]:
-    """Write ``SMPL_<GENDER>.pkl`` of each of ``genders`` under ``smpl_dir`` (atomically);
-    returns the models."""
-    out = {}
-    for gender in genders:
-        out[gender] = build_body_model(gender)
-        path = Path(smpl_dir) / f"SMPL_{gender.upper()}.pkl"
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            pickle.dump(out[gender].data, fh, protocol=2)
-    return out
+    return BodyModel(data=data, part=part[order], landmarks=chosen)
 
 
 def _regress_points(model: BodyModel, targets: list, radius: float = 0.09) -> np.ndarray:
@@ -219,10 +176,13 @@ def _regress_points(model: BodyModel, targets: list, radius: float = 0.09) -> np
 
 
 def extra_regressors(model: BodyModel) -> tuple[np.ndarray, np.ndarray]:
-    """(J_regressor_extra [9, 6890], J_regressor_h36m [17, 6890]) for the (neutral) model: rows
-    :data:`EXTRA_JOINT_NAMES` and :data:`H36M_JOINT_NAMES` (the row order that
-    ``constants.H36M_TO_J17`` expects), e.g. LSP hips a little below and outside SMPL's, the
-    H36M 'Neck/Nose' in the lower face."""
+    """(J_regressor_extra [9, 6890], J_regressor_h36m [17, 6890]) for the (neutral) model:
+    convex vertex weights reproducing, within 2 mm, where those datasets put each joint relative
+    to SMPL's skeleton (e.g. LSP hips a little below and outside SMPL's, the H36M 'Neck/Nose' in
+    the lower face). Rows: SPIN's 9 extra joints; the 17 H36M joints as SPIN's H36M_TO_J17 reads
+    them, with anatomical sides (rows 1-3 the left leg, 4-6 the right: H36M's names of rows 1-3
+    have the legs swapped, H36M_TO_J14[0] = 6 is LSP's right ankle; 11-13 the left arm, 14-16
+    the right)."""
     J, v = np.asarray(model.data["J"]), model.data["v_template"]
     crown = v[model.part == 0][np.argmax(v[model.part == 0][:, 1])]
     nose = v[model.landmarks["nose"]]
@@ -242,7 +202,7 @@ def extra_regressors(model: BodyModel) -> tuple[np.ndarray, np.ndarray]:
     ]
     hip_r, hip_l = J[2] + np.array([-0.01, 0.01, 0.0]), J[1] + np.array([0.01, 0.01, 0.0])
     h36m = [
-        ((hip_r + hip_l) / 2, legs),
+        ((hip_r + hip_l) / 2, legs),                                          # pelvis
         (hip_l, leg_l), (J[4], ("leg_l",)), (J[7] - np.array([0, 0.01, 0]), ("leg_l",)),
         (hip_r, leg_r), (J[5], ("leg_r",)), (J[8] - np.array([0, 0.01, 0]), ("leg_r",)),
         ((J[3] + J[6]) / 2 + np.array([0.0, 0.02, 0.0]), torso),             # spine

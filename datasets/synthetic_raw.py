@@ -4,17 +4,13 @@
     python -m datasets.prepare 3dpw --raw data/synthetic/datasets/pw3d --out /tmp/pw3d \
         --data_root data/synthetic --with_focal_length
 
-:func:`write_raw_3dpw` turns the world's SPIN-format 3DPW npz files back into what the official
-download holds (:mod:`datasets.pw3d_raw`), to test the preparation tool end to end against the
-world's own npz: ``imageFiles/<sequence>/image_%05d.jpg`` (the world's images; hard-linked or
-copied when ``out`` is elsewhere) and ``sequenceFiles/{test,train}/<sequence>.pkl`` (pickle
-protocol 2), an actor per synthetic subject, ``N`` = the highest frame used + 1,
-``campose_valid`` true exactly at the frames with an image. A second subject recorded under a
-sequence name (frames 1000+, another camera) goes to ``<sequence>_<k>.pkl`` (a file has one
-``cam_intrinsics``). Per frame a random world-to-camera ``cam_poses``; ``poses``: the world-frame
-pose (global orientation ``R_cam^T R``); ``trans`` puts the gendered SMPL's GT joints, moved by
-``cam_poses``, at the npz ``S``; ``cam_intrinsics`` = ``[[f, 0, W/2], [0, f, H/2], [0, 0, 1]]``;
-``poses2d``: the npz ``openpose`` joints in COCO-18 order ([3, 18]); ``genders``, ``betas``.
+:func:`write_raw_3dpw` turns the world's 3DPW npz files back into what the official download
+holds (:mod:`datasets.pw3d_raw`), to test the preparation tool end to end: the world's images
+as ``imageFiles/<sequence>/image_%05d.jpg`` and ``sequenceFiles/{test,train}/<sequence>.pkl``,
+an actor per subject, ``campose_valid`` true exactly at the frames with an image, random
+world-to-camera ``cam_poses`` per frame, world-frame ``poses`` and ``trans`` that reproduce the
+npz ``S``. A second camera under a sequence name goes to ``<sequence>_<k>.pkl`` (a file has one
+``cam_intrinsics``).
 """
 from __future__ import annotations
 
@@ -31,6 +27,7 @@ import numpy as np
 from config import DATASET_FOLDERS, DataPaths
 from datasets.pw3d_raw import BODY25_FROM_COCO18
 from utils.atomic import atomic_path
+from utils.safe_npz import read_npz
 
 __all__ = ["write_raw_3dpw"]
 
@@ -67,14 +64,12 @@ def _actor(d: dict, idx: list, frames: np.ndarray, cam: np.ndarray, model, n: in
                   global_orient=torch.as_tensor(pose[:, :3])).joints[:, 25:].numpy()
     s_world = np.einsum("mkj,mji->mki", d["S"][idx, :, :3] - t_c[:, None], R_c)  # R_c^T (S-t)
     out = {"poses": np.zeros((n, 72)), "trans": np.zeros((n, 3)),
-           "poses2d": np.zeros((n, 3, 18)), "valid": np.zeros(n, np.int64)}
+           "poses2d": np.zeros((n, 3, 18)), "campose_valid": np.zeros(n, np.int64)}
     out["poses"][frames], out["trans"][frames] = pose, (s_world - j).mean(1)
-    coco = np.zeros((len(idx), 18, 3))
-    for b, c in enumerate(BODY25_FROM_COCO18):
+    for b, c in enumerate(BODY25_FROM_COCO18):     # poses2d: COCO-18 order, [3, 18]
         if c >= 0:
-            coco[:, c] = d["openpose"][idx, b]
-    out["poses2d"][frames] = np.transpose(coco, (0, 2, 1))
-    out["valid"][frames] = 1
+            out["poses2d"][frames, :, c] = d["openpose"][idx, b]
+    out["campose_valid"][frames] = 1
     return out
 
 
@@ -102,8 +97,7 @@ def _write_split(d: dict, split: str, images: Path, out: Path, models: dict,
         seq_file = {
             "sequence": seq, "genders": [a[0] for a in actors],
             "betas": [d["shape"][idx[0]].astype(np.float64) for idx in actors.values()],
-            "poses": [p["poses"] for p in per], "trans": [p["trans"] for p in per],
-            "poses2d": [p["poses2d"] for p in per], "campose_valid": [p["valid"] for p in per],
+            **{k: [p[k] for p in per] for k in ("poses", "trans", "poses2d", "campose_valid")},
             "cam_poses": cam, "img_frame_ids": np.arange(n),
             "cam_intrinsics": np.array([[f, 0, w / 2.0], [0, f, h / 2.0], [0, 0, 1.0]])}
         path = out / "sequenceFiles" / split / f"{stem}.pkl"
@@ -136,8 +130,7 @@ def write_raw_3dpw(root: str | os.PathLike, out: str | os.PathLike | None = None
     out = Path(out) if out is not None else images
     models = {g: build_smpl(paths, g, dtype=torch.float64) for g in ("male", "female")}
     for split in ("test", "train"):
-        with np.load(paths.dataset_npz("3dpw", split == "train"), allow_pickle=False) as z:
-            d = {k: z[k] for k in z.files}
+        d = read_npz(paths.dataset_npz("3dpw", split == "train"))
         target = out / "sequenceFiles" / split
         if target.is_dir():
             shutil.rmtree(target)

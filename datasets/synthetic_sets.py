@@ -1,14 +1,12 @@
 """The synthetic world's data sets: how each mimics its real one, and how one is generated.
 
 :data:`DATASET_SPECS` holds a :class:`DatasetSpec` per ``'<split>/<name>'`` of
-``config.DATASET_FILES``. :func:`write_dataset` generates a set from one numpy generator
-(seeded by the world seed and the set's name), in this order: image names in the real set's
-style (``images/S9_Walking_1.55011271_000001.jpg``, ``imageFiles/<sequence>/image_%05d.jpg``,
-...); per sequence a subject (gender, H36M: the real subject's; shape, clothes, background,
-image size, focal length); per sample a pose; then sample by sample the camera translation that
-puts the body in view, the exact annotations (``S``, ``part``, noisy ``openpose``, SPIN's bbox)
-and the image (:mod:`datasets.synthetic_images`); the npz last (conventions:
-:mod:`datasets.synthetic`).
+``config.DATASET_FILES``. :func:`write_dataset` draws a set from one numpy generator (seeded by
+the world seed and the set's name): image names in the real set's style, a subject per sequence
+(gender (H36M: the real subject's), shape, clothes, background, image size, focal length), a
+pose per sample, then per sample the camera translation that puts the body in view, the exact
+annotations and the image (:mod:`datasets.synthetic_images`); conventions:
+:mod:`datasets.synthetic`.
 """
 from __future__ import annotations
 
@@ -175,21 +173,19 @@ def _pose_bodies(models: dict, spec: DatasetSpec, gender, betas, pose, index: ra
     """Vertices [n, 6890, 3], 49 joints [n, 49, 3] and root joint [n, 3] of samples ``index``
     (float64), with the gendered model where the set stores the gender, else the neutral."""
     import torch
-    idx = list(index)
+    idx = np.asarray(index)
     verts, joints, root = np.zeros((len(idx), 6890, 3)), np.zeros((len(idx), 49, 3)), \
         np.zeros((len(idx), 3))
-    groups = [(name, [k for k, i in enumerate(idx) if gender[i] == code])
-              for code, name in (("m", "male"), ("f", "female"))] if spec.gendered \
-        else [("neutral", list(range(len(idx))))]
-    for name, sel in groups:
-        if sel:
-            rows = [idx[k] for k in sel]
-            with torch.no_grad():
-                out = models[name](betas=torch.as_tensor(betas[rows]),
-                                   body_pose=torch.as_tensor(pose[rows, 3:]),
-                                   global_orient=torch.as_tensor(pose[rows, :3]))
-            verts[sel], joints[sel] = out.vertices.numpy(), out.joints.numpy()
-            root[sel] = out.smpl_joints[:, 0].numpy()
+    model = np.array([("male" if gender[i] == "m" else "female") if spec.gendered else "neutral"
+                      for i in idx])
+    for name in np.unique(model):
+        sel, rows = np.flatnonzero(model == name), idx[model == name]
+        with torch.no_grad():
+            out = models[name](betas=torch.as_tensor(betas[rows]),
+                               body_pose=torch.as_tensor(pose[rows, 3:]),
+                               global_orient=torch.as_tensor(pose[rows, :3]))
+        verts[sel], joints[sel] = out.vertices.numpy(), out.joints.numpy()
+        root[sel] = out.smpl_joints[:, 0].numpy()
     return verts, joints, root
 
 
@@ -222,9 +218,7 @@ def _annotate(ann: dict, i: int, spec: DatasetSpec, sq: dict, verts: np.ndarray,
     v_cam, j_cam = verts + t, joints + t
     uv = _project(j_cam, f, w, h)
     inside = (uv[:, 0] >= 0) & (uv[:, 0] <= w - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= h - 1)
-    vis = np.zeros(24, bool)
-    vis[list(spec.visible)] = True
-    vis &= inside[25:]
+    vis = np.isin(np.arange(24), spec.visible) & inside[25:]
     part, openpose = ann["part"][i], ann["openpose"][i]
     part[vis, :2], part[vis, 2] = uv[25:][vis], 1.0
     ann["S"][i, :, :3], ann["S"][i, :, 3] = j_cam[25:], 1.0
@@ -274,10 +268,9 @@ def write_dataset(key: str, n: int, img_size: int, paths: DataPaths, models: dic
         if spec.per_sequence:   # the sequence's background, drawn once, jittered per frame
             if q not in backgrounds:
                 backgrounds[q] = background(np.random.default_rng(sq["bg_seed"]), sq["h"],
-                                            sq["w"])
-            bg = backgrounds[q]
-            bg = np.clip(bg.astype(np.int16) + rng.integers(-3, 4, bg.shape), 0, 255)
-            bg = bg.astype(np.uint8)
+                                            sq["w"]).astype(np.int16)
+            jitter = rng.integers(-3, 4, backgrounds[q].shape)
+            bg = np.clip(backgrounds[q] + jitter, 0, 255).astype(np.uint8)
         else:                   # a new one per image
             bg = background(rng, sq["h"], sq["w"])
         img, _ = draw_body(bg, v_cam, faces, lbs_w, sq["clothes"], sq["f"], rng)

@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 
 __all__ = ["SHAPE_PARAMS", "shape_params", "keyframes", "N_SEG", "N_RINGS", "N_VERTS",
-           "N_FACES", "PART_NAMES", "PARTS", "Ring", "surface", "faces", "signed_volume"]
+           "PART_NAMES", "PARTS", "Ring", "surface", "faces", "signed_volume"]
 
 SHAPE_PARAMS = ("height", "girth", "shoulders", "hips", "legs", "arms", "belly", "head",
                 "neck", "chest")
@@ -59,7 +59,6 @@ _HEAD, _NECK_Y = ("head_top", "head_mid", "jaw", "head"), 0.300
 
 N_SEG, N_RINGS = 28, 246
 N_VERTS = N_SEG * N_RINGS + 2          # 6890
-N_FACES = 2 * N_SEG * N_RINGS           # 13776
 N_CAP = 5                               # rings per end cap (the last one is the pinch)
 R_MIN = 0.002                           # radius of pinches and hidden connectors (m)
 PART_NAMES = ("torso", "arm_l", "arm_r", "leg_l", "foot_l", "leg_r", "foot_r", "hidden")
@@ -171,9 +170,8 @@ def _ring_layout() -> dict:
             keys.append((name, k))
     budget = N_RINGS - fixed
     share = np.asarray(seg_len) / sum(seg_len) * budget
-    counts = np.floor(share).astype(int)
-    for idx in np.argsort(-(share - counts))[:budget - counts.sum()]:
-        counts[idx] += 1
+    counts = np.floor(share).astype(int)     # the rest to the largest remainders
+    counts[np.argsort(-(share - counts))[:budget - counts.sum()]] += 1
     return {key: int(c) for key, c in zip(keys, counts)}
 
 
@@ -221,7 +219,7 @@ def surface(p: dict):
     rings, north, south, joints, marks = _rings(p)
     c = np.stack([r.centre for r in rings])
     t = np.concatenate([c[1:], south[None]]) - np.concatenate([north[None], c[:-1]])
-    u, v = np.zeros_like(c), np.zeros_like(c)     # ring frames: v = t x u
+    tang, u = np.zeros_like(c), np.zeros_like(c)     # ring frames (tangent, u, v = t x u)
     last_t, last_u = np.array([0.0, -1.0, 0.0]), np.array([1.0, 0.0, 0.0])
     norms = np.sqrt((t * t).sum(1))
     for i, r in enumerate(rings):
@@ -233,10 +231,9 @@ def surface(p: dict):
                 ui = alt - (alt @ ti) * ti
                 if ui @ ui >= 0.25:
                     break
-        ui = ui / math.sqrt(ui @ ui)
-        u[i], v[i] = ui, np.array([ti[1] * ui[2] - ti[2] * ui[1], ti[2] * ui[0] - ti[0] * ui[2],
-                                   ti[0] * ui[1] - ti[1] * ui[0]])
-        last_t, last_u = ti, ui
+        tang[i] = last_t = ti
+        u[i] = last_u = ui / math.sqrt(ui @ ui)
+    v = np.cross(tang, u)
     theta = 2 * np.pi * np.arange(N_SEG) / N_SEG
     cos, sin = np.cos(theta), np.sin(theta)
     ru, rv = np.array([r.ru for r in rings]), np.array([r.rv for r in rings])

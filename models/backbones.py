@@ -1,16 +1,13 @@
 """Image encoders of the regressors (upstream-behaviour.md §2.1, decisions D9): [B,3,H,W] -> [B,D].
 
-* ResNet-50 / -18 trunks (torchvision modules registered flat on the caller, no prefix), with
-  adaptive average pooling: equal to the released ``AvgPool2d(7)`` / ``AvgPool2d((8, 6))`` at
-  224² / 256×192 crops, and fine at any size. D = 2048 / 512.
-* :class:`PoseHRNet`: PARE's pose HRNet-W48 (main CLIFF-HRNet net, ``backbone.*`` keys): timm's
-  HRNet trunk modules re-registered in the released key order, an unused 24-channel
-  ``final_layer``, and ``downsample_stage_{1,2,3}`` (3, 2, 1 strided conv+BN+ReLU) bringing
-  branches 0-2 to 1/32; concatenated (48+96+192+384) and averaged: D = 720.
-* :func:`cls_hrnet_w48`: CLIFF's classification HRNet-W48 encoder (timm ``hrnet_w48``, no
-  classifier; keys = the released ``encoder.*`` keys): D = 2048.
-
-HRNet needs H and W divisible by 32.
+* ResNet-50 / -18 trunks (torchvision modules registered flat on the caller), with adaptive
+  average pooling: equal to the released ``AvgPool2d`` at its crop sizes, fine at any size.
+  D = 2048 / 512.
+* :class:`PoseHRNet`: PARE's pose HRNet-W48 (main CLIFF-HRNet net, ``backbone.*`` keys), timm's
+  HRNet trunk modules in the released key order, an unused ``final_layer`` and strided convs
+  bringing branches 0-2 to 1/32; concatenated and averaged: D = 48+96+192+384 = 720.
+* CLIFF's classification HRNet-W48 encoder (timm ``hrnet_w48``, no classifier; keys = the
+  released ``encoder.*`` keys): D = 2048. HRNet needs H and W divisible by 32.
 """
 from __future__ import annotations
 
@@ -34,10 +31,8 @@ def resnet_trunk(arch: str) -> "OrderedDict[str, nn.Module]":
     'resnet18'; Bottleneck stride on conv2, as SPIN/CLIFF."""
     import torchvision
 
-    ctors = {"resnet": torchvision.models.resnet50, "resnet18": torchvision.models.resnet18}
-    if arch not in ctors:
-        raise ValueError(f"unknown ResNet backbone {arch!r}: expected one of {sorted(ctors)}")
-    net = ctors[arch](weights=None)
+    net = {"resnet": torchvision.models.resnet50, "resnet18": torchvision.models.resnet18}[arch](
+        weights=None)
     return OrderedDict((name, getattr(net, name)) for name in RESNET_TRUNK)
 
 
@@ -48,22 +43,11 @@ def resnet_features(m: nn.Module, img: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
-def _hrnet_w48(**kwargs) -> nn.Module:
+def hrnet_w48(**kwargs) -> nn.Module:
+    """timm's ``hrnet_w48``; ``num_classes=0``: CLIFF's encoder, [B,3,H,W] -> [B, 2048]."""
     from timm.models.hrnet import HighResolutionNet, cfg_cls
 
     return HighResolutionNet(cfg_cls["hrnet_w48"], **kwargs)
-
-
-def hrnet_stages(m: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """HRNet trunk registered on ``m``: [B,3,H,W] -> 4 maps [B, 48|96|192|384, H/4..H/32, ...]
-    (a new branch comes from the previous stage's last branch)."""
-    x = F.relu(m.bn1(m.conv1(x)))
-    x = m.layer1(F.relu(m.bn2(m.conv2(x))))
-    yl = m.stage2([t(x) for t in m.transition1])
-    for transition, stage in ((m.transition2, m.stage3), (m.transition3, m.stage4)):
-        xl = [yl[i] if isinstance(t, nn.Identity) else t(yl[-1]) for i, t in enumerate(transition)]
-        yl = stage(xl)
-    return yl
 
 
 class PoseHRNet(nn.Module):
@@ -73,7 +57,7 @@ class PoseHRNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        timm_net = _hrnet_w48(head="features", num_classes=0)   # trunk only, no aggregation head
+        timm_net = hrnet_w48(head="features", num_classes=0)   # trunk only, no aggregation head
         for name in HRNET_TRUNK:
             self.add_module(name, getattr(timm_net, name))
         self.final_layer = nn.Conv2d(48, POSE_HRNET_HEATMAPS, 1)
@@ -95,12 +79,15 @@ class PoseHRNet(nn.Module):
                 nn.init.zeros_(mod.bias)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        yl = hrnet_stages(self, img)
+        """The trunk's 4 maps [B, 48|96|192|384, H/4..H/32, ...] (a new branch comes from the
+        previous stage's last one), brought to 1/32, concatenated and averaged."""
+        x = F.relu(self.bn1(self.conv1(img)))
+        x = self.layer1(F.relu(self.bn2(self.conv2(x))))
+        yl = self.stage2([t(x) for t in self.transition1])
+        for transition, stage in ((self.transition2, self.stage3), (self.transition3, self.stage4)):
+            yl = stage([yl[i] if isinstance(t, nn.Identity) else t(yl[-1])
+                        for i, t in enumerate(transition)])
         maps = [self.downsample_stage_1(yl[0]), self.downsample_stage_2(yl[1]),
                 self.downsample_stage_3(yl[2]), yl[3]]
         return F.adaptive_avg_pool2d(torch.cat(maps, 1), 1).flatten(1)
 
-
-def cls_hrnet_w48() -> nn.Module:
-    """CLIFF's encoder (timm ``hrnet_w48``, ``num_classes=0``): [B,3,H,W] -> [B, 2048]."""
-    return _hrnet_w48(num_classes=0)

@@ -50,8 +50,7 @@ def rename(state: Mapping, drop: tuple) -> dict:
     out = {}
     for k, v in state.items():
         for d in drop if isinstance(k, str) else ():
-            k = (k[len(d) - 1:] if k.startswith(d[1:]) else k) if d[0] == "^" else \
-                k.replace(d, "")
+            k = k.removeprefix(d[1:]) if d[0] == "^" else k.replace(d, "")
         out[k] = v
     return out
 
@@ -59,10 +58,9 @@ def rename(state: Mapping, drop: tuple) -> dict:
 def _backbone(keys: set) -> str | None:
     if any(k.startswith(("backbone.stage4.", "encoder.stage4.", "stage4.")) for k in keys):
         return "hrnet"
-    for pre in ("", "encoder.", "backbone."):
-        for key, bb in (("conv3", "resnet"), ("conv2", "resnet18")):
-            if f"{pre}layer4.0.{key}.weight" in keys:
-                return bb
+    for key, bb in (("conv3", "resnet"), ("conv2", "resnet18")):   # ResNet-50 has a conv2 too
+        if any(f"{pre}layer4.0.{key}.weight" in keys for pre in ("", "encoder.", "backbone.")):
+            return bb
     return None
 
 

@@ -32,14 +32,11 @@ INIT_BUFFERS = ("init_pose", "init_shape", "init_cam")
 HRNET_TRUNK_PREFIXES = ("conv1", "bn1", "conv2", "bn2", "layer1", "transition1", "transition2",
                         "transition3", "stage2", "stage3", "stage4")
 _COCO_ABSENT = re.compile(r"^stage4\.2\.fuse_layers\.[123]\.")
+_COUNTER = ".num_batches_tracked"   # BN batch counters: may be absent from backbone files
 _SHOW = 12
 _CODE_MODULES = ("os", "posix", "nt", "sys", "subprocess", "builtins", "__builtin__", "shutil",
                  "socket", "importlib", "runpy", "pty", "code", "pickle", "marshal", "types",
                  "functools", "operator", "ctypes", "webbrowser")
-
-
-def _is_counter(key: str) -> bool:
-    return key.endswith(".num_batches_tracked")
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -56,14 +53,13 @@ def _pickles(path: Path) -> tuple[list[bytes], int]:
         return [path.read_bytes()], 5
 
 
-def _unsafe_globals(path: Path) -> list[str]:
-    """Names a checkpoint's pickle would import beyond torch's weights-only set, read with
-    :func:`utils.safe_pickle.referenced_globals` (never run; every pickle protocol)."""
+def _unsafe_globals(data: list[bytes], pickles: int) -> list[str]:
+    """Names the checkpoint pickles ``data`` would import beyond torch's weights-only set, read
+    with :func:`utils.safe_pickle.referenced_globals` (never run; every pickle protocol)."""
     try:   # torch's weights-only allow list (a private helper; by prefix where it is missing)
         safe = set(torch._weights_only_unpickler._get_allowed_globals()).__contains__
     except AttributeError:
         safe = lambda n: n.startswith(("collections.", "torch."))   # noqa: E731
-    data, pickles = _pickles(path)
     names = [n for d in data for n in safe_pickle.referenced_globals(d, pickles)]
     return [n for n in dict.fromkeys(names) if not safe(n)]
 
@@ -114,9 +110,9 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> object
             if not str(w.message).startswith("Detected pickle protocol"):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return obj
-    if names := _unsafe_globals(p):
+    data, pickles = _pickles(p)
+    if names := _unsafe_globals(data, pickles):
         raise CheckpointError(_refusal(p, what, names)) from None
-    data = _pickles(p)[0]
     proto = data[0][1] if data and len(data[0]) > 1 and data[0][:1] == b"\x80" else 0
     if proto > 3 and "Unsupported operand" in str(err):
         raise CheckpointError(f"{p}: this {what} uses pickle protocol {proto}, which "
@@ -223,8 +219,7 @@ def load_aux_weights(path: str | os.PathLike, model_aux: nn.Module, model: str =
         raise ValueError(f"no aux-network checkpoint format for model={model!r}, "
                          f"backbone={backbone!r}")
     return _load_strict(model_aux, _state(obj, fmt, path), path, fmt.what,
-                        may_miss=(lambda k: k in INIT_BUFFERS) if model == "hmr"
-                        else (lambda k: False))
+                        may_miss=lambda k: model == "hmr" and k in INIT_BUFFERS)
 
 
 def load_backbone_weights(path: str | os.PathLike, model: Regressor,
@@ -247,14 +242,15 @@ def load_backbone_weights(path: str | os.PathLike, model: Regressor,
         target = model.backbone
         trunk = [k for k in target.state_dict() if k.split(".")[0] in HRNET_TRUNK_PREFIXES]
         return _load_strict(target, state, path, fmt.what, own_keys=trunk,
-                            may_miss=lambda k: _is_counter(k) or bool(_COCO_ABSENT.match(k)))
+                            may_miss=lambda k: k.endswith(_COUNTER) or bool(_COCO_ABSENT.match(k)))
     trunk = model.trunk_state_keys()
     keep = set(trunk)
     state = {k: v for k, v in _state(obj, fmt, path).items() if k in keep}
     if not state:
         raise CheckpointError(f"{path}: no {backbone} trunk key found (expected e.g. "
                               f"'backbone.conv1.weight' under 'state_dict')")
-    return _load_strict(model, state, path, fmt.what, may_miss=_is_counter, own_keys=trunk)
+    return _load_strict(model, state, path, fmt.what, may_miss=lambda k: k.endswith(_COUNTER),
+                        own_keys=trunk)
 
 
 # -- weight files in the released formats: the study's exports, the synthetic world's stand-ins --

@@ -1,11 +1,9 @@
 """HMR / CLIFF regressors with iterative error feedback (upstream-behaviour.md §2.1, §2.2, §4.1).
 
-:class:`Regressor`: the six released networks and a ResNet-18 extra (encoders and feature sizes:
-:mod:`models.backbones`), with the released keys, shapes and order (``init_pose`` [1,144],
-``init_shape`` [1,10], ``init_cam`` [1,3], then the modules). The head (fc1, fc2, decpose,
-decshape, deccam) is the fast-weight set (D3); it computes every linear map with
-:func:`batched_linear`, so it runs under ``torch.func.functional_call`` with shared ([out, in])
-or per-sample ([B, out, in]) weights.
+:class:`Regressor`: the six released networks and a ResNet-18 extra, with the released keys,
+shapes and order. The head (fc1, fc2, decpose, decshape, deccam) is the fast-weight set (D3): it
+computes every linear map with :func:`batched_linear`, so it runs under
+``torch.func.functional_call`` with shared ([out, in]) or per-sample ([B, out, in]) weights.
 """
 from __future__ import annotations
 
@@ -124,8 +122,13 @@ def load_mean_params(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tenso
 
 
 class Regressor(nn.Module):
-    """HMR/CLIFF regressor: encoder + IEF head (see :func:`build_model`). Attributes:
-    model_type, backbone_name, role, bbox_type, use_bbox_info, feature_dim, n_iter."""
+    """HMR/CLIFF regressor, encoder + IEF head, randomly initialised with the released
+    architecture and keys (``init_pose`` [1,144], ``init_shape`` [1,10], ``init_cam`` [1,3],
+    then the modules). model 'cliff' | 'hmr'; backbone 'resnet' | 'hrnet' (cliff only) |
+    'resnet18'; role 'main' (10 IEF iterations) | 'aux' (3); bbox_type 'rect' (256×192) |
+    'square' (224²), the crop size only; mean_params: smpl_mean_params.npz, or None for
+    :func:`identity_mean_params`. Attributes: model_type, backbone_name, role,
+    bbox_type, use_bbox_info, feature_dim, n_iter."""
 
     head_param_names = HEAD_PARAM_NAMES
 
@@ -155,14 +158,10 @@ class Regressor(nn.Module):
                 self.add_module(name, mod)
             self.feature_dim = backbones.RESNET_DIMS[backbone]
         elif role == "aux":
-            self.feature_dim, self.encoder = backbones.CLS_HRNET_DIM, backbones.cls_hrnet_w48()
+            self.feature_dim = backbones.CLS_HRNET_DIM
+            self.encoder = backbones.hrnet_w48(num_classes=0)
         else:
             self.feature_dim = backbones.POSE_HRNET_DIM
-        self._build_head()
-        if backbone == "hrnet" and role == "main":
-            self.backbone = backbones.PoseHRNet()
-
-    def _build_head(self) -> None:
         n_in = self.feature_dim + (NBBOX if self.use_bbox_info else 0) + NPOSE + NSHAPE + NCAM
         self.fc1, self.drop1 = nn.Linear(n_in, HIDDEN), nn.Dropout(0.5)
         self.fc2, self.drop2 = nn.Linear(HIDDEN, HIDDEN), nn.Dropout(0.5)
@@ -170,6 +169,8 @@ class Regressor(nn.Module):
             nn.Linear(HIDDEN, NPOSE), nn.Linear(HIDDEN, NSHAPE), nn.Linear(HIDDEN, NCAM))
         for layer in (self.decpose, self.decshape, self.deccam):
             nn.init.xavier_uniform_(layer.weight, gain=0.01)
+        if backbone == "hrnet" and role == "main":
+            self.backbone = backbones.PoseHRNet()
 
     # -- structure ---------------------------------------------------------------------------
     @property
@@ -206,8 +207,6 @@ class Regressor(nn.Module):
         head_delta: per-sample head updates {name: [B, out, in] | LowRankDelta, or [B, out] for
         biases}: sample i runs with ``W + delta[i]`` (the shared W's gradient stays one matmul).
         record: collects {layer: [(input [B, in], output [B, out]), ...]} in call order.
-        Returns :class:`RegressorOutput` (rotmat [B,24,3,3], betas [B,10], cam [B,3], pose6d
-        [B,144]).
         """
         if (img is None) == (features is None):
             raise ValueError("pass exactly one of img [B,3,H,W] or features [B,D]")
@@ -224,8 +223,6 @@ class Regressor(nn.Module):
                 raise ValueError(f"CLIFF needs bbox_info [B={batch}, 3], got {got}")
             parts.append(bbox_info.to(features.dtype))
         n_iter = self.n_iter if n_iter is None else n_iter
-        if n_iter < 0:
-            raise ValueError(f"n_iter must be >= 0, got {n_iter}")
 
         pose, shape, cam = (t.expand(batch, -1) for t in
                             (self.init_pose, self.init_shape, self.init_cam))
@@ -254,11 +251,5 @@ class Regressor(nn.Module):
         return RegressorOutput(rotmat, shape, cam, pose)
 
 
-def build_model(model: str = "cliff", backbone: str = "resnet", role: str = "main",
-                bbox_type: str = "rect", mean_params: str | os.PathLike | None = None,
-                n_iter: int | None = None) -> Regressor:
-    """A randomly initialised network with the released architecture and keys. model 'cliff' |
-    'hmr'; backbone 'resnet' | 'hrnet' (cliff only) | 'resnet18'; role 'main' (10 IEF
-    iterations) | 'aux' (3); bbox_type 'rect' (256×192) | 'square' (224²), the crop size only;
-    mean_params: smpl_mean_params.npz, or None for identity / zero stand-ins."""
-    return Regressor(model, backbone, role, bbox_type, mean_params, n_iter)
+
+build_model = Regressor   # the public constructor

@@ -60,12 +60,8 @@ class SMPLOutput:
 
 
 def _dense(x) -> np.ndarray:
-    """numpy array from a numpy / scipy.sparse / chumpy value."""
-    if "scipy.sparse" in str(type(x)):
-        x = x.toarray()
-    elif hasattr(x, "r") and not isinstance(x, np.ndarray):   # chumpy Ch
-        x = x.r
-    return np.asarray(x)
+    """numpy array from a numpy or chumpy (``.r``) value."""
+    return np.asarray(x.r if hasattr(x, "r") and not isinstance(x, np.ndarray) else x)
 
 
 def _numeric(path: Path, key: str, value) -> np.ndarray:
@@ -76,8 +72,7 @@ def _numeric(path: Path, key: str, value) -> np.ndarray:
         raise SMPLFileError(f"SMPL model {path}: {key!r} is a {type(value).__name__}, not an "
                             f"array. {_USE_OFFICIAL}")
     try:
-        arr = _dense(value) if kind != "scipy" else value
-        values = np.asarray(arr.data if kind == "scipy" else arr)
+        values = np.asarray(value.data if kind == "scipy" else _dense(value))
     except Exception as e:   # noqa: BLE001 - a damaged chumpy / sparse object
         raise SMPLFileError(f"SMPL model {path}: {key!r} cannot be read as an array "
                             f"({type(e).__name__}: {e}). {_USE_OFFICIAL}") from None
@@ -86,14 +81,12 @@ def _numeric(path: Path, key: str, value) -> np.ndarray:
                             f"numbers. {_USE_OFFICIAL}")
     if not np.isfinite(values).all():
         raise SMPLFileError(f"SMPL model {path}: {key!r} holds NaN or inf. {_USE_OFFICIAL}")
-    return arr
+    return value if kind == "scipy" else values
 
 
 def load_smpl_data(path: str | os.PathLike) -> dict:
-    """Read an SMPL pickle through :mod:`utils.safe_pickle` (anything but arrays and basic
-    containers raises its ``UnsafePickleError``, nothing runs) and check its keys and shapes
-    (numeric, finite, shapes of 6890 vertices and 24 joints, kintree parents and face indices
-    in range; :class:`SMPLFileError` naming the file and key); returns its dict."""
+    """Read an SMPL pickle through :mod:`utils.safe_pickle` (nothing runs) and check its keys,
+    shapes, values and indices (:class:`SMPLFileError` naming the file and key); returns it."""
     path = Path(path)
     try:
         data = safe_pickle.load_file(path, what="SMPL body model")

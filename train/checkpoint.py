@@ -1,11 +1,9 @@
 """Atomic checkpoints and resume (decisions D9, D13).
 
-A checkpoint is one plain dict (safe to load with ``weights_only=True``):
-``model``, ``model_aux``, ``optimizer``, ``epoch``, ``batch_idx``, ``batch_size``,
-``dataset_perm`` (the sampler's permutation of the current epoch, or None at an epoch end),
-``total_step_count``, ``options`` (a plain dict) and ``rng`` (torch / numpy / python states).
-The keys of the released checkpoints are kept, so files written here load in the released
-eval scripts and vice versa.
+A checkpoint is one plain dict (safe to load with ``weights_only=True``) with the released keys
+(``model``, ``model_aux``, ``optimizer``, ``epoch``, ``batch_idx``, ``batch_size``,
+``total_step_count``, ``options``) plus ``dataset_perm`` (the sampler's permutation of the
+current epoch, None at an epoch end) and ``rng`` (torch / numpy / python states).
 """
 from __future__ import annotations
 
@@ -20,9 +18,8 @@ from utils.atomic import atomic_path, remove_stale_temporaries
 
 
 def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``:
-    a crash or kill during the write leaves the previous file intact (and its temporary, which
-    the next save in that folder removes: :func:`utils.atomic.remove_stale_temporaries`)."""
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``: a
+    crash during the write leaves the previous file (and a temporary the next save removes)."""
     remove_stale_temporaries(Path(path).parent)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
@@ -70,8 +67,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def load(path: str | os.PathLike) -> dict:
-    """Load a checkpoint on the CPU (``weights_only=True``); one-line errors for a missing,
-    unreadable or unsafe file (:func:`models.checkpoints.read_checkpoint`)."""
+    """Load a checkpoint on the CPU with the one-line errors of
+    :func:`models.checkpoints.read_checkpoint`."""
     from models.checkpoints import CheckpointError, read_checkpoint
     data = read_checkpoint(path, "training checkpoint")
     if not isinstance(data, dict):
@@ -82,11 +79,8 @@ def load(path: str | os.PathLike) -> dict:
 
 def load_for_resume(folder: str | os.PathLike, log=print) -> tuple[Path, dict] | None:
     """The newest checkpoint of ``folder`` that loads, as (path, dict); None if there is none.
-    An unreadable file (truncated, a full disk, a copy cut short) is skipped with a message
-    naming it and the file used instead; :class:`models.checkpoints.CheckpointError` when
-    every checkpoint of the folder is unreadable. Hidden files (temporaries of saves in
-    progress or interrupted: ``.<name>.tmp<pid>``) are never picked; those whose writer is gone
-    are removed."""
+    Unreadable files are skipped with a message (``CheckpointError`` when all are); temporaries
+    of saves (hidden files) are never picked, and removed when their writer is gone."""
     from models.checkpoints import CheckpointError
     bad: list[str] = []
     remove_stale_temporaries(folder)

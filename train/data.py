@@ -13,14 +13,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
-
-
 def check_occluders(dataset: Dataset) -> None:
-    """Read every occluder file that ``dataset`` (a dataset, or a mixture of them in
-    ``.datasets``, e.g. ``MixedDataset``) will paste from, now: a bad file stops the run
-    before its folder is written (:class:`datasets.occlusion.OccluderFileError`)."""
+    """Read now every occluder file that ``dataset`` (or each of its ``.datasets``) will paste
+    from: a bad file stops the run before its folder is written."""
     for d in getattr(dataset, "datasets", [dataset]):
         if getattr(d, "occluder", None) is not None:
             d.occluder.check()
@@ -36,7 +31,7 @@ class SeededDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        s = sample_seed(self.seed, self.epoch, index)
+        s = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
         np.random.seed(s)
         random.seed(s)
         return self.dataset[index]
@@ -44,7 +39,8 @@ class SeededDataset(Dataset):
 
 class EpochSampler(Sampler[int]):
     """Per-epoch permutation from (seed, epoch), sharded over DDP ranks, resumable mid-epoch
-    (:meth:`set_epoch`: a stored permutation, and the batches already done skipped)."""
+    (:meth:`set_epoch`: a stored permutation, checked by the trainer, and the batches already
+    done skipped)."""
 
     def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
         self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
@@ -60,8 +56,6 @@ class EpochSampler(Sampler[int]):
     def set_epoch(self, epoch: int, perm: list[int] | None = None, start_batch: int = 0,
                   batch_size: int = 1) -> None:
         self.perm = list(perm) if perm is not None else self.permutation(epoch)
-        if len(self.perm) != self.n:
-            raise ValueError(f"stored permutation has {len(self.perm)} entries, dataset {self.n}")
         self.start = start_batch * batch_size
 
     def _mine(self) -> list[int]:

@@ -2,29 +2,22 @@
 the README's "Demo on your own images").
 
 For every person of every image in ``--img_dir``: a bounding box from its OpenPose keypoints
-(``--openpose_dir``) or a detector box (``--bbox_file``) by the datasets' rule
-(:func:`datasets.inputs.bbox_from_openpose`, :func:`datasets.inputs.bbox_from_xywh`); the network
-input as the datasets build it at evaluation (:func:`prepare_person`); TTO on the keypoints, or
-one forward pass without keypoints (:func:`predict`); the better of the predictions before /
-after TTO (:mod:`train.demo_report`, with the image lines and the summary); per-person npz
-files (:func:`person_record`), an overlay (before | after TTO, :func:`render_people`) and
+(``--openpose_dir``) or a detector box (``--bbox_file``); the network input as the datasets build
+it at evaluation (:func:`prepare_person`); TTO on the keypoints, or one forward pass without
+them (:func:`predict`); the better prediction before / after TTO (:mod:`train.demo_report`);
+per-person npz files (:func:`person_record`), an overlay (:func:`render_people`) and
 ``summary.json``. ``--video``: per frame (:mod:`train.video`); ``--from_dataset``: a test set's
-images and keypoints (e.g. the synthetic world's), written to ``<out_dir>/inputs/``. Cameras:
-:func:`image_camera`.
+images and keypoints, written to ``<out_dir>/inputs/``.
 
-TTO runs as in evaluation with ``--use_openpose2d`` (2D loss on the OpenPose slots with their
-confidences; GT weight 0). The released code masks step 0's aux pseudo-labels by the GT flags
-``has_smpl`` / ``has_pose_3d``; an in-the-wild image has no GT, and flags 0 would drop the
-pseudo-labels (the heart of Meta-HMR's step 0) and keep only the 2D + camera terms, so the demo
-sets both flags to 1, as on the 3DPW / H36M test sets the method was tuned on.
+TTO runs as evaluation's with ``--use_openpose2d``. The released code masks step 0's aux
+pseudo-labels by the GT flags ``has_smpl`` / ``has_pose_3d``; an in-the-wild image has no GT,
+and flags 0 would drop the pseudo-labels (the heart of Meta-HMR's step 0), so the demo sets
+both to 1, as on the 3DPW / H36M test sets the method was tuned on.
 
-Bad input (no keypoint file / bbox entry, an unreadable image or entry, no usable people) is
-reported, counted and summed up, and the run goes on; a missing checkpoint, SMPL file, image
-folder or bbox file fails before any work (:class:`config.MissingFileError`); ``main`` exits with
-code 2 when no image was processed. People of consecutive images share ``--batch_size``
-batches; with ``--tto_mode sample`` (default) each is adapted on its own, so results do not
-depend on the batching (``batch``: one copy per batch of people, as the released evaluation per
-batch of frames).
+Bad input is reported, counted and summed up, and the run goes on; a missing file fails before
+any work (:class:`config.MissingFileError`); ``main`` exits with code 2 when no image was
+processed. With ``--tto_mode sample`` (default) each person is adapted on its own, so results
+do not depend on how people share ``--batch_size`` batches.
 """
 from __future__ import annotations
 
@@ -121,8 +114,8 @@ def demo_parser() -> argparse.ArgumentParser:
 
 
 def resolve_demo(o: argparse.Namespace) -> argparse.Namespace:
-    """Check the demo's option combinations (``--batch_size`` and ``--test_val_step`` are
-    range-checked by :func:`utils.options.resolve`) and fill the implied TTO settings."""
+    """Check the demo's option combinations (after :func:`utils.options.resolve`) and fill the
+    implied TTO settings."""
     o = resolve(o)
     for name, default in _UNUSED_COMMON.items():   # refused rather than ignored
         if getattr(o, name) != default:
@@ -169,9 +162,9 @@ class Prediction:
 
 def predict(model, model_aux, batch: dict, smpl, camera, cfg, tto: bool) -> Prediction:
     """TTO on the batch's OpenPose keypoints (``tto=True``) or a plain forward pass. batch:
-    :func:`collate` output on the networks' device; both networks in eval mode. The dicts hold
-    rotmat [B,24,3,3], betas [B,10], cam [B,3], vertices [B,6890,3], joints [B,49,3],
-    keypoints_2d [B,49,2] (normalised crop coords)."""
+    :func:`collate` output on the networks' device. The dicts hold rotmat [B,24,3,3], betas
+    [B,10], cam [B,3], vertices [B,6890,3], joints [B,49,3], keypoints_2d [B,49,2] (normalised
+    crop coords)."""
     if tto:
         res = test_time_optimize(model, model_aux, batch, smpl, camera, cfg)
         return Prediction(res.before, res.after, res.steps, res.nonfinite, True)
@@ -203,16 +196,14 @@ def image_camera(camera, cam: torch.Tensor, batch: dict):
 def person_record(pred: Prediction, batch: dict, camera) -> list[dict]:
     """Per-person result arrays (numpy) of a batch, as written to ``<stem>_person<i>.npz``.
 
-    Keys (after TTO; the same with ``_before`` at the loaded weights, for pose, betas, cam_crop,
-    cam_t, joints_2d, joints_3d, vertices): pose [72] SMPL axis-angle; betas [10]; cam_crop [3]
-    (s, tx, ty); cam_t [3] camera translation in full-image camera coordinates (OpenCV axes,
-    metres); focal_length, camera_center [2] (the full-image intrinsics of ``cam_t``:
-    :func:`image_camera`); joints_3d [49,3] SPIN-order joints in the body frame (camera frame =
-    joints_3d + cam_t); joints_2d [49,2] full-image pixels; vertices [6890,3] body frame;
-    bbox_center [2]; bbox_scale; img_h; img_w; keypoints [25,3] the OpenPose input used
-    (confidences <= --kp_threshold zeroed; zeros without keypoints); tto; tto_steps; nonfinite;
-    kp_error_px / kp_error_px_before (confidence-weighted mean pixel distance of the OpenPose
-    slots to the keypoints; NaN without keypoints)."""
+    After TTO, and with ``_before`` at the loaded weights: pose [72] SMPL axis-angle, betas [10],
+    cam_crop [3] (s, tx, ty), cam_t [3] (full-image camera translation, OpenCV axes, metres),
+    joints_3d [49,3] (SPIN order, body frame: camera frame = joints_3d + cam_t), joints_2d [49,2]
+    (full-image pixels), vertices [6890,3] (body frame), kp_error_px (confidence-weighted mean
+    pixel distance of the OpenPose slots to the keypoints; NaN without keypoints). Once:
+    focal_length, camera_center [2] (:func:`image_camera`), bbox_center [2], bbox_scale, img_h,
+    img_w, keypoints [25,3] (the OpenPose input used: confidences <= --kp_threshold zeroed; zeros
+    without keypoints), tto, tto_steps, nonfinite."""
     B, kp_full, cols = batch["img"].shape[0], batch["keypoints_full"], {}
     np_ = lambda x: x.detach().float().cpu().numpy()  # noqa: E731
     for tag, p in (("", pred.after), ("_before", pred.before)):
@@ -270,13 +261,10 @@ class _Image:
 
 
 class DemoRun:
-    """One demo run (images or video frames). Builds the synthetic world (``--synthetic``), then
-    fails before any work when a file is missing (:class:`config.MissingFileError`: the video,
-    checkpoint, SMPL / mean-parameter / regressor files, the image folder (``--from_dataset``:
-    written from the test set first), keypoint folder or bbox file) or unusable (``SystemExit``:
-    no image, an unreadable bbox file or video). ``inputs``: the images, or ``--video``'s (fps,
-    frames); ``source``: the bbox entries (None with keypoints). Holds the networks, the renderer
-    and the summary."""
+    """One demo run (images or video frames): ``inputs`` (the images, or ``--video``'s (fps,
+    frames)), ``source`` (the bbox entries; None with keypoints), the networks, the renderer and
+    the summary. Fails before any work when a file is missing (:class:`config.MissingFileError`)
+    or unusable (``SystemExit``: no image, an unreadable bbox file or video)."""
 
     def __init__(self, o, log=None):
         from train.evaluation import build_eval_networks, read_eval_checkpoint
@@ -286,10 +274,10 @@ class DemoRun:
         if o.synthetic:
             from datasets.synthetic import build_world
             build_world(paths.root)
-        video = None if getattr(o, "video", None) is None else require(o.video, "video (--video)")
+        video = None if o.video is None else require(o.video, "video (--video)")
         self.out_dir = Path(o.out_dir)
-        if (file := next((q for q in (self.out_dir, *self.out_dir.parents) if q.exists()),
-                         None)) is not None and not file.is_dir():   # checked, created later
+        file = next(q for q in (self.out_dir, *self.out_dir.parents) if q.exists())
+        if not file.is_dir():   # checked here, created later
             raise SystemExit(f"error: --out_dir {self.out_dir}: {file} is a file, not a folder. "
                              f"Pass a folder path")
         paths.release_checkpoint(o.checkpoint)
@@ -409,14 +397,14 @@ class DemoRun:
         without people is skipped."""
         from utils.renderer import make_grid, save_obj
         o, stem, files, summary = self.o, img.path.stem, [], self.summary
-        judged, dropped, img.person_ids = judge_finite(img.person_ids, records)
+        judged, dropped = judge_finite(img.person_ids, records)
         if not judged:
             return summary.skip(img.path, "error", "; ".join(dropped), self.log)
         if dropped:
             summary.people_skipped += len(dropped)
             self.log(f"[demo] {img.path.name}: skipped " + "; ".join(dropped))
-        records, statuses = zip(*judged)
-        for pid, rec in zip(img.person_ids, records):
+        pids, records, statuses = zip(*judged)
+        for pid, rec in zip(pids, records):
             p = self.out_dir / f"{stem}_person{pid}.npz"
             np.savez(p, image=np.asarray(img.path.name), person=np.asarray(pid), **rec)
             files.append(p.name)
@@ -500,7 +488,7 @@ def run_demo(o, log=None) -> dict:
 def main(options) -> dict:
     """demo.py: run the demo; a missing file is a one-line error naming it."""
     try:
-        result = (run_demo if getattr(options, "video", None) is None else run_video)(options)
+        result = (run_demo if options.video is None else run_video)(options)
     except MissingFileError as e:
         raise SystemExit(f"error: {e}") from e
     if result["images"] and not result["processed"]:   # issue #13 point 10

@@ -38,16 +38,15 @@ MAX_DEPTH_M = 1000.0     # camera translation: in front of the camera, within 1 
 
 
 def judge_tto(rec: dict) -> tuple[dict, str]:
-    """Keep the better of one person's predictions before and after TTO. The adapted one is
-    kept when it is sane (finite, |betas| <= 10, the body within 5 m of its root, in front of the
-    camera within 1 km), TTO never went non-finite, and its weighted 2D keypoint error is not
-    above the one before TTO. Otherwise the prediction before TTO replaces it
-    (:data:`PREDICTION_KEYS`), with status ``tto_diverged`` (not sane / non-finite) or
-    ``tto_worse``. Returns (record with ``kp_error_px_tto``, ``status``, ``tto_kept``, status)."""
+    """Keep the better of one person's predictions before and after TTO: the adapted one when
+    it is sane (finite, a human body in front of the camera: the limits above), TTO never went
+    non-finite and its 2D keypoint error is not above the one before TTO; else the one before
+    (status ``tto_diverged`` or ``tto_worse``). Returns (record with ``kp_error_px_tto``,
+    ``status``, ``tto_kept``; status)."""
     out, t = dict(rec), np.asarray(rec["cam_t"], np.float64)
     sane = (all(np.isfinite(np.asarray(rec[k], np.float64)).all() for k in PREDICTION_KEYS[:-1])
-            and np.abs(rec["betas"]).max() <= MAX_ABS_BETA   # a human body in front of the
-            and np.abs(rec["vertices"]).max() <= MAX_BODY_EXTENT_M          # camera after TTO
+            and np.abs(rec["betas"]).max() <= MAX_ABS_BETA
+            and np.abs(rec["vertices"]).max() <= MAX_BODY_EXTENT_M
             and 0.0 < t[2] <= MAX_DEPTH_M and np.abs(t[:2]).max() <= MAX_DEPTH_M)
     if not bool(rec["tto"]):
         status = "no_tto"
@@ -63,11 +62,11 @@ def judge_tto(rec: dict) -> tuple[dict, str]:
     return out, status
 
 
-def judge_finite(ids: list, records: list[dict]) -> tuple[list, list[str], list]:
+def judge_finite(ids: list, records: list[dict]) -> tuple[list, list[str]]:
     """:func:`judge_tto` of each person's record (``ids``: its index in the image's input), kept
-    only when its kept prediction is finite (:data:`FINITE_KEYS`). Returns the judged
-    (record, status) pairs, why each other person is dropped (never written), the kept ids."""
-    judged, dropped, keep = [], [], []
+    only when its kept prediction is finite (:data:`FINITE_KEYS`). Returns the judged (id,
+    record, status) triples and why each other person is dropped (never written)."""
+    judged, dropped = [], []
     for pid, rec in zip(ids, records):
         out, status = judge_tto(rec)
         bad = [k for k in FINITE_KEYS if not np.isfinite(np.asarray(out[k], float)).all()]
@@ -75,9 +74,8 @@ def judge_finite(ids: list, records: list[dict]) -> tuple[list, list[str], list]
             dropped.append(f"person {pid}: its prediction is not finite (NaN or inf in "
                            f"{', '.join(bad)}); not written")
         else:
-            judged.append((out, status))
-            keep.append(pid)
-    return judged, dropped, keep
+            judged.append((pid, out, status))
+    return judged, dropped
 
 
 def image_line(name: str, status: dict) -> str:
@@ -91,7 +89,6 @@ def image_line(name: str, status: dict) -> str:
     return head + f"; 2D keypoint error before -> after TTO (px): {errs}" + "".join(
         f"\nwarning: {name} person {i}: {TTO_STATUS[st]}"
         for i, st in enumerate(status["person_status"]) if st in ("tto_worse", "tto_diverged"))
-
 
 
 @dataclass

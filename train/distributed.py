@@ -1,11 +1,8 @@
 """DDP set-up for ``torchrun`` (decisions D11): the process group, the DDP wrapper, rank-0 duties.
 
-Gradients are averaged by DDP (bucketed all-reduces overlapping the backward); BatchNorm
-buffers follow rank 0 or, with ``--sync_bn`` on CUDA, are computed over all ranks. Nothing here
-is used by a plain ``python train.py`` run. A rank that dies or hangs does not leave the others
-waiting forever: every collective has the ``--dist_timeout``; gloo raises when a peer's
-connection drops, NCCL aborts the communicator after the timeout
-(``TORCH_NCCL_ASYNC_ERROR_HANDLING``), and torchrun stops the remaining workers.
+Nothing here acts in a plain ``python train.py`` run. A rank that dies or hangs does not leave
+the others waiting forever: every collective has the ``--dist_timeout`` (gloo raises when a
+peer's connection drops, NCCL aborts the communicator), and torchrun stops the other workers.
 """
 from __future__ import annotations
 
@@ -18,15 +15,10 @@ import torch.distributed as dist
 from torch import nn
 
 
-def launched() -> bool:
-    """True under torchrun (``RANK`` and ``WORLD_SIZE`` set)."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
 def init(device: torch.device, timeout_s: float = 600.0) -> tuple[int, int]:
-    """(rank, world_size), after initialising the process group under torchrun (NCCL on CUDA,
-    gloo on the CPU; ``timeout_s`` bounds every collective: a rank waiting longer raises)."""
-    if not launched() or not dist.is_available():
+    """(rank, world_size), after initialising the process group under torchrun (``RANK`` and
+    ``WORLD_SIZE`` set; NCCL on CUDA, gloo on the CPU; ``timeout_s`` bounds every collective)."""
+    if not {"RANK", "WORLD_SIZE"} <= os.environ.keys() or not dist.is_available():
         return 0, 1
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -69,7 +61,7 @@ def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.M
         nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if not dist.is_initialized():
         return module
-    ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
+    ids = [device.index or 0] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
@@ -87,28 +79,24 @@ def wait_for_main(key: str, timeout_s: float) -> None:
         store.wait([key], datetime.timedelta(seconds=timeout_s))
 
 
+# in gloo's plain RuntimeError of a failed collective (a peer's closed connection, a timeout)
+PEER_FAILURE_MARKS = ("gloo", "NCCL", "Timed out", "timed out", "Connection closed",
+                      "Connection reset", "pair closure")
+
+
 @contextlib.contextmanager
 def peer_errors(rank: int, timeout_s: float):
-    """Turn a failed collective (a peer died, or hung past the process group's timeout) into
-    one ``error:`` line naming this rank, instead of a long backend traceback."""
+    """Turn a failed collective (a peer died, or hung past the process group's timeout: a
+    ``DistError`` of NCCL or the store, or gloo's ``RuntimeError``) into one ``error:`` line
+    naming this rank, instead of a long backend traceback."""
     try:
         yield
     except RuntimeError as e:
-        if not (dist.is_initialized() and peer_failure(e)):
+        lost = isinstance(e, dist.DistError) or any(m in str(e) for m in PEER_FAILURE_MARKS)
+        if not (dist.is_initialized() and lost):
             raise
         text = str(e).strip()
         first = text.splitlines()[0][:300] if text else type(e).__name__
         raise SystemExit(f"error: rank {rank}: lost contact with the other ranks ({first}). "
                          f"A rank died or hung for more than --dist_timeout {timeout_s:g} s; "
                          f"its own output says why") from e
-
-
-PEER_FAILURE_MARKS = ("gloo", "NCCL", "Timed out", "timed out", "Connection closed",
-                      "Connection reset", "pair closure")
-
-
-def peer_failure(e: BaseException) -> bool:
-    """A failed collective: a ``DistError`` (NCCL, the store), or gloo's plain ``RuntimeError``
-    (a peer's closed connection or a timeout)."""
-    return isinstance(e, dist.DistError) or (
-        isinstance(e, RuntimeError) and any(m in str(e) for m in PEER_FAILURE_MARKS))

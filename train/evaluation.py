@@ -2,16 +2,14 @@
 
 Per batch (upstream-behaviour §7, decisions D2, D6-D8): :func:`train.tto.test_time_optimize`
 predicts before and after TTO; :class:`EvalTargets` builds the protocol's ground truth;
-:func:`errors_mm` scores MPJPE, PA-MPJPE (per-sample Procrustes) and PVE (unaligned), in mm:
+:func:`errors_mm` scores MPJPE, PA-MPJPE (per-sample Procrustes) and PVE (unaligned), in mm.
+Joints, each centred on its pelvis (a no-op on SPIN's pelvis-centred files):
 
-* all sets but MPI-INF-3DHP: the gendered SMPL mesh (female where ``gender == 1``, else male),
-  ``J_regressor_h36m`` joints, the 14 LSP joints minus the H36M pelvis; the prediction likewise
-  from its neutral mesh;
-* MPI-INF-3DHP: ``pose_3d[:, J24_TO_J17]`` minus its pelvis (a no-op on SPIN's pelvis-centred
-  file); the prediction's 17 regressed joints minus the H36M pelvis; no PVE;
+* all sets but MPI-INF-3DHP: the 14 LSP joints of ``J_regressor_h36m`` on the gendered SMPL
+  mesh (female where ``gender == 1``, else male), the prediction's likewise on its neutral mesh;
+* MPI-INF-3DHP: ``pose_3d[:, J24_TO_J17]`` against the prediction's 17 regressed joints; no PVE;
 * ``--h36m_gt mocap`` (h36m-p1/p2): SPIN's protocol, the 14 mocap joints of
-  ``pose_3d[:, J24_TO_J14]`` minus the GT-24 pelvis (a no-op on SPIN's pelvis-centred file),
-  against the prediction's joints minus the H36M pelvis; PVE still against the MoSh mesh.
+  ``pose_3d[:, J24_TO_J14]``; PVE still against the MoSh mesh.
 """
 from __future__ import annotations
 
@@ -59,15 +57,12 @@ def errors_mm(pred_joints, gt_joints, pred_vertices=None, gt_vertices=None) -> d
     """Per-sample errors in mm of joints [B,J,3] (in metres, centred by the protocol) and
     vertices [B,V,3] or None: {'mpjpe', 'pa_mpjpe' (float64 Procrustes per sample), 'pve' (NaN
     without vertices)}, each [B] float64 numpy."""
-    def to_np(x):
-        return x.detach().double().cpu().numpy() if torch.is_tensor(x) else \
-            np.asarray(x, np.float64)
-
-    pj, gj = to_np(pred_joints), to_np(gt_joints)
+    pj, gj, pv, gv = (None if x is None else torch.as_tensor(x).detach().double().cpu().numpy()
+                      for x in (pred_joints, gt_joints, pred_vertices, gt_vertices))
     out = {"mpjpe": 1000.0 * _mpjpe(pj, gj),
            "pa_mpjpe": 1000.0 * reconstruction_error(pj, gj, reduction=None)}
-    if pred_vertices is not None and gt_vertices is not None:
-        out["pve"] = 1000.0 * _pve(to_np(pred_vertices), to_np(gt_vertices))
+    if pv is not None and gv is not None:
+        out["pve"] = 1000.0 * _pve(pv, gv)
     else:
         out["pve"] = np.full(len(pj), np.nan)
     return out
@@ -80,8 +75,6 @@ class EvalTargets(nn.Module):
 
     def __init__(self, paths: DataPaths, dataset: str, h36m_gt: str = "mosh"):
         super().__init__()
-        if h36m_gt not in ("mosh", "mocap"):
-            raise ValueError(f"h36m_gt must be 'mosh' or 'mocap', got {h36m_gt!r}")
         self.dataset = dataset
         self.mocap = h36m_gt == "mocap" and dataset in MOCAP_DATASETS
         from models.smpl import build_smpl, load_regressor

@@ -1,14 +1,10 @@
 """Fast weights and the training inner step (decisions D2-D4).
 
-The main network is never copied. The head's adapted weights (``fc1, fc2, decpose, decshape,
-deccam``) are plain tensors passed to the network: a dict {name: tensor} through
-:func:`torch.func.functional_call` (``batch`` mode, one set per batch, as released), or per-sample
-additive updates (:class:`FastDelta`, ``sample`` mode). The inner step takes SGD steps of
-``inner_lr`` on them with the combined loss (aux pseudo-labels + 2D keypoints + camera).
-
-One backward to the head layers' outputs gives every sample its own gradient: each sample's
-update of a layer's weight is a sum of one outer product per IEF iteration, kept as low-rank
-factors (:class:`models.LowRankDelta`); the batch update is the same sum over samples.
+The main network is never copied: the head's adapted weights (``fc1, fc2, decpose, decshape,
+deccam``) are plain tensors passed to it, one set per batch (``batch`` mode, as released) or
+per-sample additive updates (:class:`FastDelta`, ``sample`` mode). One backward to the head
+layers' outputs gives every sample its own gradient: a sum of one outer product per IEF
+iteration, kept as low-rank factors (:class:`models.LowRankDelta`).
 """
 from __future__ import annotations
 
@@ -29,8 +25,7 @@ def run_head(model, features: Tensor, bbox_info: Tensor | None, params=None,
              record: dict | None = None):
     """The regression head on precomputed backbone features with ``params``: None (the
     module's own weights), a dict {name: tensor} (batch mode; per-sample tensors with a leading
-    [B] also work) or a :class:`FastDelta`. ``record``: see :meth:`models.Regressor.forward`.
-    """
+    [B] also work) or a :class:`FastDelta`. ``record``: see :meth:`Regressor.forward`."""
     kwargs = {"features": features, "bbox_info": bbox_info if model.use_bbox_info else None,
               "record": record}
     if params is None:
@@ -64,8 +59,6 @@ def inner_adapt(model, features: Tensor, bbox_info: Tensor | None, batch: dict, 
     first step) and 'inner_grad_norm' (of the first step).
     """
     B = features.shape[0]
-    if mode not in ("sample", "batch"):
-        raise ValueError(f"unknown tto_mode {mode!r}")
     fast: Params | FastDelta = (FastDelta({}) if mode == "sample"   # W + 0 for every sample
                                 else dict(model.head_params()))
     info: dict[str, Tensor] = {}
@@ -132,13 +125,13 @@ def _grad_sq_norm(grads: dict, per_sample: bool) -> Tensor:
     """Squared norm of the head gradient (weights and biases) of :func:`_head_gradients`:
     of every sample's own gradient, summed (Σ_i ||Σ_t g_it x_itᵀ||² = Σ (G Gᵀ) ⊙ (X Xᵀ)),
     or of the batch gradient."""
-    total = 0.0
+    sq = 0.0
     for g, x in grads.values():
         g, x = g.detach(), x.detach()
         if per_sample:
-            total = total + ((g @ g.transpose(1, 2)) * (x @ x.transpose(1, 2))).sum() \
+            sq = sq + ((g @ g.transpose(1, 2)) * (x @ x.transpose(1, 2))).sum() \
                 + g.sum(1).square().sum()
         else:
-            total = total + (g.flatten(0, 1).T @ x.flatten(0, 1)).square().sum() \
+            sq = sq + (g.flatten(0, 1).T @ x.flatten(0, 1)).square().sum() \
                 + g.sum((0, 1)).square().sum()
-    return torch.as_tensor(total)
+    return torch.as_tensor(sq)

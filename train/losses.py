@@ -3,20 +3,16 @@ and test-time optimisation (TTO).
 
 Each term returns a **per-sample** value [B]; :func:`reduce_per_sample` turns it into
 
-* ``mode='batch'``: the released normalisation, ``sum(mask * v) / sum(mask)`` (the mean over the
-  N samples that pass the mask; 0, still in the graph, when it is empty): exactly SPIN's
-  ``mean`` over the selected elements, 2D ``sum conf (p-g)^2 / (B 49 2)``, 3D
-  ``sum conf d^2 / (N 24 3)``, vertices ``sum |d| / (N V 3)``, pose ``sum d^2 / (N 24 9)``,
-  betas ``sum d^2 / (N 10)``, camera mean over B;
+* ``mode='batch'``: the released normalisation, ``sum(mask * v) / sum(mask)`` (the mean over
+  the samples that pass the mask; 0, still in the graph, when it is empty): exactly SPIN's
+  ``mean`` over the selected elements;
 * ``mode='sample'``: ``mask * v`` [B], each sample's loss as if the batch were that one sample;
   the gradient of their sum with respect to a sample's own (fast) weights is that sample's own
   loss gradient (per-sample adaptation, D2).
 
-:func:`smpl_loss` targets: inner step / TTO step 0, :func:`pseudo_targets` (aux vertices,
-rotmats, betas, ``joints_3d`` = aux ``joints[:, 25:49]`` with conf 1, the GT 2D keypoints and
-the GT ``has_smpl`` / ``has_pose_3d`` masks); outer step, :func:`gt_targets` (the caller
-multiplies ``total`` by ``constants.OUTER_LOSS_SCALE``); TTO steps >= 1, ``terms=TTO_TERMS``
-with keypoint weight 1 (the raw 2D loss, not x5; the OpenPose / GT conf multipliers apply).
+:func:`smpl_loss` targets: inner step / TTO step 0, :func:`pseudo_targets`; outer step,
+:func:`gt_targets` (the caller multiplies ``total`` by ``constants.OUTER_LOSS_SCALE``); TTO
+steps >= 1, ``terms=TTO_TERMS`` with keypoint weight 1 (the raw 2D loss, not x5).
 """
 from __future__ import annotations
 
@@ -27,15 +23,18 @@ import torch
 import constants
 from utils.geometry import batch_rodrigues
 
-__all__ = [
-    "keypoint_2d_loss", "keypoint_3d_loss", "vertex_loss", "pose_loss", "betas_loss",
-    "camera_loss", "reduce_per_sample", "LossWeights", "smpl_loss", "gt_targets", "pseudo_targets",
-    "total", "ALL_TERMS", "INNER_TERMS", "TTO_TERMS",
-]
-
 NUM_OPENPOSE = 25
 
-ALL_TERMS = ("vertices", "keypoints_2d", "keypoints_3d", "pose", "betas", "cam")
+# term -> (pred key, target key, mask key, LossWeights field)
+_TERMS = {
+    "vertices": ("vertices", "vertices", "has_smpl", "shape"),
+    "keypoints_2d": ("keypoints_2d", "keypoints_2d", None, "keypoint"),
+    "keypoints_3d": ("joints", "joints_3d", "has_pose_3d", "keypoint"),
+    "pose": ("rotmat", "rotmat", "has_smpl", "pose"),
+    "betas": ("betas", "betas", "has_smpl", "beta"),
+    "cam": ("cam", None, None, "cam"),
+}
+ALL_TERMS = tuple(_TERMS)
 INNER_TERMS = ALL_TERMS            # inner step and TTO step 0: pseudo-labels + 2D + camera
 TTO_TERMS = ("keypoints_2d",)      # TTO steps >= 1: the 2D loss alone
 
@@ -84,34 +83,17 @@ def keypoint_3d_loss(pred: torch.Tensor, gt: torch.Tensor, rhip: int = constants
     return (conf * ((p - g) ** 2).sum(-1)).sum(-1) / (pred.shape[1] * 3)
 
 
-def _same_shape(pred, gt, name):
-    _check(pred.shape == gt.shape,
-           f"{name}: pred and gt shapes differ: {tuple(pred.shape)} vs {tuple(gt.shape)}")
-    _check(pred.dim() >= 2, f"{name}: expected a batch [B, ...], got {tuple(pred.shape)}")
-
-
-def vertex_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """L1 per sample: pred, gt [B, V, 3] -> [B] = sum |d| / (V * 3)."""
-    _same_shape(pred, gt, "vertex_loss")
-    return (pred - gt.to(pred.dtype)).abs().flatten(1).mean(1)
-
-
-def pose_loss(pred_rotmat: torch.Tensor, gt_rotmat: torch.Tensor) -> torch.Tensor:
-    """MSE on rotation matrices per sample: [B, 24, 3, 3] x2 -> [B] = sum d^2 / (24 * 9)."""
-    _same_shape(pred_rotmat, gt_rotmat, "pose_loss")
-    return ((pred_rotmat - gt_rotmat.to(pred_rotmat.dtype)) ** 2).flatten(1).mean(1)
-
-
-def betas_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """MSE on shape coefficients per sample: [B, 10] x2 -> [B] = sum d^2 / 10."""
-    _same_shape(pred, gt, "betas_loss")
-    return ((pred - gt.to(pred.dtype)) ** 2).flatten(1).mean(1)
+def _mean_error(pred: torch.Tensor, gt: torch.Tensor, term: str) -> torch.Tensor:
+    """Per-sample mean over all but the batch dimension of |d| ('vertices': [B, V, 3]) or d^2
+    ('pose': rotmats [B, 24, 3, 3]; 'betas': [B, 10]) -> [B]."""
+    _check(pred.shape == gt.shape, f"smpl_loss: term {term!r}: pred and gt shapes differ: "
+                                   f"{tuple(pred.shape)} vs {tuple(gt.shape)}")
+    d = pred - gt.to(pred.dtype)
+    return (d.abs() if term == "vertices" else d ** 2).flatten(1).mean(1)
 
 
 def camera_loss(pred_cam: torch.Tensor) -> torch.Tensor:
     """Camera scale regulariser per sample: pred_cam [B, 3] (s, tx, ty) -> [B] = exp(-10 s)^2."""
-    _check(pred_cam.dim() == 2 and pred_cam.shape[-1] == 3,
-           f"camera_loss: pred_cam must be [B,3], got {tuple(pred_cam.shape)}")
     return torch.exp(-10.0 * pred_cam[:, 0]) ** 2
 
 
@@ -122,7 +104,6 @@ def reduce_per_sample(values: torch.Tensor, mask: torch.Tensor | None = None,
     """Per-sample values [B] (optional bool/float mask [B]) -> the loss of ``mode`` (module
     docstring; 'batch' without a mask: the mean over B). Masked-out samples give exactly 0
     even if their value is non-finite."""
-    _check(values.dim() == 1, f"reduce_per_sample: values must be [B], got {tuple(values.shape)}")
     if mask is None:
         m = torch.ones_like(values)
     else:
@@ -161,22 +142,6 @@ class LossWeights:
         _check(not missing, f"LossWeights.from_options: options lack {missing}")
         return cls(**{k: float(getattr(opts, o)) for k, o in names.items()})
 
-    def term_weight(self, term: str) -> float:
-        return {"vertices": self.shape, "keypoints_2d": self.keypoint,
-                "keypoints_3d": self.keypoint, "pose": self.pose, "betas": self.beta,
-                "cam": self.cam}[term]
-
-
-# term -> (pred keys, target keys incl. mask)
-_NEEDS = {
-    "vertices": (("vertices",), ("vertices", "has_smpl")),
-    "keypoints_2d": (("keypoints_2d",), ("keypoints_2d",)),
-    "keypoints_3d": (("joints",), ("joints_3d", "has_pose_3d")),
-    "pose": (("rotmat",), ("rotmat", "has_smpl")),
-    "betas": (("betas",), ("betas", "has_smpl")),
-    "cam": (("cam",), ()),
-}
-
 
 def smpl_loss(pred: dict, target: dict, weights: LossWeights | None = None, mode: str = "batch",
               terms=ALL_TERMS) -> dict:
@@ -192,44 +157,27 @@ def smpl_loss(pred: dict, target: dict, weights: LossWeights | None = None, mode
     weights = weights if weights is not None else LossWeights()
     if isinstance(terms, str):
         terms = (terms,)
-    unknown = [t for t in terms if t not in _NEEDS]
-    _check(not unknown, f"smpl_loss: unknown term(s) {unknown}; known: {list(_NEEDS)}")
+    unknown = [t for t in terms if t not in _TERMS]
+    _check(not unknown, f"smpl_loss: unknown term(s) {unknown}; known: {list(_TERMS)}")
     _check(len(terms) > 0, "smpl_loss: no terms requested")
-    _check(mode in ("batch", "sample"),
-           f"smpl_loss: mode must be 'batch' or 'sample', got {mode!r}")
-    for term in terms:
-        p_keys, t_keys = _NEEDS[term]
-        miss = [f"pred[{k!r}]" for k in p_keys if k not in pred]
-        miss += [f"target[{k!r}]" for k in t_keys if k not in target]
-        _check(not miss, f"smpl_loss: term {term!r} needs {', '.join(miss)}")
-
     out = {}
     for term in terms:
-        if term == "vertices":
-            v, m = vertex_loss(pred["vertices"], target["vertices"]), target["has_smpl"]
-        elif term == "keypoints_2d":
-            v = keypoint_2d_loss(pred["keypoints_2d"], target["keypoints_2d"],
-                                 weights.openpose, weights.gt)
-            m = None
+        p_key, t_key, m_key, weight = _TERMS[term]
+        miss = [f"pred[{p_key!r}]"] if p_key not in pred else []
+        miss += [f"target[{k!r}]" for k in (t_key, m_key) if k is not None and k not in target]
+        _check(not miss, f"smpl_loss: term {term!r} needs {', '.join(miss)}")
+        p, gt = pred[p_key], target.get(t_key)
+        if term == "keypoints_2d":
+            v = keypoint_2d_loss(p, gt, weights.openpose, weights.gt)
         elif term == "keypoints_3d":
-            joints = pred["joints"]
-            n3 = target["joints_3d"].shape[1]
-            _check(joints.dim() == 3 and joints.shape[1] >= NUM_OPENPOSE + n3,
-                   f"smpl_loss: term 'keypoints_3d' needs pred['joints'] with at least "
-                   f"{NUM_OPENPOSE + n3} joints, got {tuple(joints.shape)}")
-            v = keypoint_3d_loss(joints[:, NUM_OPENPOSE:NUM_OPENPOSE + n3], target["joints_3d"])
-            m = target["has_pose_3d"]
-        elif term == "pose":
-            v, m = pose_loss(pred["rotmat"], target["rotmat"]), target["has_smpl"]
-        elif term == "betas":
-            v, m = betas_loss(pred["betas"], target["betas"]), target["has_smpl"]
-        else:  # cam
-            v, m = camera_loss(pred["cam"]), None
-        out[term] = weights.term_weight(term) * reduce_per_sample(v, m, mode)
-    total = out[terms[0]]
-    for term in terms[1:]:
-        total = total + out[term]
-    out["total"] = total
+            v = keypoint_3d_loss(p[:, NUM_OPENPOSE:NUM_OPENPOSE + gt.shape[1]], gt)
+        elif term == "cam":
+            v = camera_loss(p)
+        else:
+            v = _mean_error(p, gt, term)
+        mask = target[m_key] if m_key is not None else None
+        out[term] = getattr(weights, weight) * reduce_per_sample(v, mask, mode)
+    out["total"] = sum((out[t] for t in terms[1:]), out[terms[0]])
     return out
 
 
@@ -247,9 +195,10 @@ def gt_targets(batch: dict, gt_vertices: torch.Tensor, camera) -> dict:
 
 
 def pseudo_targets(aux_pred: dict, batch: dict, camera, detach: bool = True) -> dict:
-    """Inner-step / TTO step-0 targets (module docstring); the pseudo-label terms stay masked
-    by the GT flags (released behaviour, spec §2.3). ``detach=False`` keeps the aux graph
-    (second-order MAML: the aux network receives the meta-gradient)."""
+    """Inner-step / TTO step-0 targets: the aux prediction (``joints_3d`` = its joints[:, 25:49]
+    with conf 1) and the GT 2D keypoints; the pseudo-label terms stay masked by the GT flags
+    (released behaviour, spec §2.3). ``detach=False`` keeps the aux graph (second-order MAML:
+    the aux network receives the meta-gradient)."""
     d = (lambda t: t.detach()) if detach else (lambda t: t)  # noqa: E731
     j = d(aux_pred["joints"][:, NUM_OPENPOSE:NUM_OPENPOSE + constants.NUM_JOINTS_SMPL])
     return {

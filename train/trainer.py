@@ -35,22 +35,20 @@ from utils.options import save_options, to_dict
 from utils import runtime
 from utils.errors import OptionError
 from utils.imutils import denormalize_image
-from utils.runtime import seed_everything, select_device
 
 
-def build_networks(options, paths: DataPaths, pretrained: bool = True):
+def build_networks(o, paths: DataPaths):
     """Main and aux networks, initialised as released (decisions D5, D9)."""
     from models import build_model
     from models.checkpoints import load_aux_weights, load_backbone_weights
     mean = paths.smpl_mean_params()
-    model = build_model(options.model, options.backbone, "main", options.bbox_type, mean)
-    model_aux = build_model(options.model, options.backbone, "aux", options.bbox_type, mean)
-    if pretrained:
-        if not options.no_pretrained_backbone:
-            f = options.backbone_checkpoint or paths.backbone_checkpoint(options.backbone)
-            load_backbone_weights(f, model, options.backbone)
-        f = options.aux_checkpoint or paths.aux_checkpoint(options.model, options.backbone)
-        load_aux_weights(f, model_aux, options.model, options.backbone)
+    model = build_model(o.model, o.backbone, "main", o.bbox_type, mean)
+    model_aux = build_model(o.model, o.backbone, "aux", o.bbox_type, mean)
+    if not o.no_pretrained_backbone:
+        f = o.backbone_checkpoint or paths.backbone_checkpoint(o.backbone)
+        load_backbone_weights(f, model, o.backbone)
+    f = o.aux_checkpoint or paths.aux_checkpoint(o.model, o.backbone)
+    load_aux_weights(f, model_aux, o.model, o.backbone)
     return model, model_aux
 
 
@@ -91,10 +89,8 @@ class MetaStep:
 
     def distribute(self, sync_bn: bool = False) -> None:
         """Run the forward under DDP when a process group exists (``sync_bn``: SyncBatchNorm).
-        DDP hooks the parameters that require a gradient (the aux network's only under second
-        order); each gets one in every mode (the IEF loop feeds every head output back, even the
-        aux camera layer's), hence no ``find_unused_parameters`` (DDP stops if one goes unused).
-        """
+        Every parameter that requires a gradient gets one in every mode (the IEF loop feeds every
+        head output back), hence no ``find_unused_parameters``."""
         self.net = dist.wrap(MetaNetworks(self), self.device, sync_bn)
 
     def __call__(self, batch: dict, log_inner: bool = False) -> dict[str, torch.Tensor]:
@@ -152,10 +148,10 @@ class MetaStep:
                                  self.smpl, self.camera, batch)
                 after = smpl_loss(p, targets, self.weights, mode=o.tto_mode)["total"]
                 out["inner_loss_after"] = after.mean() if after.dim() else after
-        if log_inner:
+        if log_inner:   # the first samples, for the mesh overlays
             n = N_OVERLAYS
             few = {k: v[:n] for k, v in batch.items() if torch.is_tensor(v)}
-            out["_viz"] = {"vertices": pred["vertices"][:n].detach(),
+            out["_viz"] = {"batch": few, "vertices": pred["vertices"][:n].detach(),
                            "translation": self.camera.full_translation(pred["cam"][:n],
                                                                        few).detach()}
         out["_loss"] = loss
@@ -176,34 +172,23 @@ class MetaNetworks(torch.nn.Module):
         return self.step.forward(batch, log_inner)
 
 
-def _check_same_batches(path, data: dict, batch_size: int, world: int) -> None:
-    """A run stopped mid-epoch resumes its shuffle order at batch ``batch_idx`` of its own
-    batch size and process count; with others, samples would be skipped or repeated."""
-    saved = (data.get("batch_size", batch_size), data.get("world_size", world))
-    if saved != (batch_size, world):
-        raise OptionError(f"{path} stopped mid-epoch (batch {data['batch_idx']}) with "
-                          f"--batch_size {saved[0]} on {saved[1]} process(es); this run has "
-                          f"--batch_size {batch_size} on {world}. Resume with those, or pass "
-                          f"--pretrained_checkpoint {path} to start a new run from its weights")
-
-
 class Trainer:
     """The training loop, plain and explicit."""
 
     def __init__(self, options):
         self.options = o = options
-        self.device = select_device(o.device)
+        self.device = runtime.select_device(o.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(dist.local_rank())
             self.device = torch.device("cuda", dist.local_rank())
-        if getattr(o, "sync_bn", False) and self.device.type != "cuda":
+        if o.sync_bn and self.device.type != "cuda":
             raise SystemExit("error: --sync_bn needs CUDA (SyncBatchNorm has no CPU kernel). "
                              "Drop --sync_bn or train with --device cuda")
-        self.rank, self.world = dist.init(self.device, getattr(o, "dist_timeout", 600.0))
+        self.rank, self.world = dist.init(self.device, o.dist_timeout)
         self.main = self.rank == 0
-        seed_everything(o.seed)
+        runtime.seed_everything(o.seed)
         self.paths = DataPaths.from_options(o)
-        if getattr(o, "synthetic", False) and self.main:
+        if o.synthetic and self.main:
             from datasets.synthetic import build_world
             build_world(self.paths.root)
         dist.barrier()
@@ -215,7 +200,7 @@ class Trainer:
         self.smpl = build_smpl(self.paths, "neutral").to(self.device)
         self.model, self.model_aux = build_networks(o, self.paths)
         for net in (self.model, self.model_aux):
-            runtime.place(net, self.device, getattr(o, "memory_format", "auto"))
+            runtime.place(net, self.device, o.memory_format)
         self.optimizer = build_optimizer(o, self.model, self.model_aux)
         self.run_step = MetaStep(o, self.model, self.model_aux, self.smpl, self.optimizer,
                                  self.device)
@@ -227,6 +212,7 @@ class Trainer:
         self.sampler = EpochSampler(len(self.dataset), o.shuffle_train, o.seed, self.rank,
                                     self.world)
         self.epoch, self.batch_idx, self.step = 0, 0, 0
+        self.resume_perm: list[int] | None = None   # the stored order of a mid-epoch checkpoint
         self.n_nonfinite = self.nonfinite_run = 0
         # the outer loss of the last HISTORY steps (detached; the study reads it)
         self.history: collections.deque[torch.Tensor] = collections.deque(maxlen=HISTORY)
@@ -236,26 +222,23 @@ class Trainer:
         if o.resume:
             self.resume(o.checkpoint)
         # under torchrun: DDP (its constructor gives every rank rank 0's weights)
-        self.run_step.distribute(sync_bn=getattr(o, "sync_bn", False))
+        self.run_step.distribute(sync_bn=o.sync_bn)
         if self.main:   # the run folder only once set-up succeeded (issue #13 point 3)
             save_options(o, self.run_dir / "config.json")
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def state(self, dataset_perm) -> dict:
-        return {"model": self.model.state_dict(), "model_aux": self.model_aux.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
-                "batch_idx": self.batch_idx, "batch_size": self.options.batch_size,
-                "world_size": self.world,
-                "dataset_perm": dataset_perm, "total_step_count": self.step,
-                "options": to_dict(self.options), "rng": ckpt.rng_state(),
-                "n_nonfinite": self.n_nonfinite}
-
-    def save(self, name: str, mid_epoch: bool) -> Path | None:
+    def save(self, name: str, mid_epoch: bool) -> None:
+        """Rank 0 writes the checkpoint ``name`` (with the epoch's order when ``mid_epoch``)."""
         if not self.main:
-            return None
-        perm = list(self.sampler.perm) if mid_epoch else None
-        self.last_saved = ckpt.atomic_save(self.state(perm), self.ckpt_dir / name)
-        return self.last_saved
+            return
+        state = {"model": self.model.state_dict(), "model_aux": self.model_aux.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+                 "batch_idx": self.batch_idx, "batch_size": self.options.batch_size,
+                 "world_size": self.world,
+                 "dataset_perm": list(self.sampler.perm) if mid_epoch else None,
+                 "total_step_count": self.step, "options": to_dict(self.options),
+                 "rng": ckpt.rng_state(), "n_nonfinite": self.n_nonfinite}
+        self.last_saved = ckpt.atomic_save(state, self.ckpt_dir / name)
 
     def link(self, src: str, name: str) -> Path | None:
         """Give the checkpoint ``src`` the extra name ``name`` (a hard link; issue #13 pt 4)."""
@@ -284,8 +267,14 @@ class Trainer:
         path, data = found
         from models.checkpoints import CheckpointError, load_metahmr_state
         load_metahmr_state(data, path, self.model, self.model_aux)   # checked, strict
-        if data.get("dataset_perm") is not None:   # mid-epoch: the position is in batches
-            _check_same_batches(path, data, self.options.batch_size, self.world)
+        # mid-epoch, the position is in batches of the saved size and process count
+        bs, world = self.options.batch_size, self.world
+        saved = (data.get("batch_size", bs), data.get("world_size", world))
+        if data.get("dataset_perm") is not None and saved != (bs, world):
+            raise OptionError(f"{path} stopped mid-epoch (batch {data['batch_idx']}) with "
+                              f"--batch_size {saved[0]} on {saved[1]} process(es); this run has "
+                              f"--batch_size {bs} on {world}. Resume with those, or pass "
+                              f"--pretrained_checkpoint {path} to start a new run from its weights")
         try:   # the bookkeeping of a train.py checkpoint
             self.optimizer.load_state_dict(data["optimizer"])
             self.epoch, self.batch_idx = int(data["epoch"]), int(data["batch_idx"])
@@ -310,7 +299,7 @@ class Trainer:
     def train(self) -> None:
         """Train until ``--num_epochs`` / ``--max_steps`` / ``--time_to_run`` (under torchrun a
         failed collective stops this rank with one error line)."""
-        with dist.peer_errors(self.rank, getattr(self.options, "dist_timeout", 600.0)):
+        with dist.peer_errors(self.rank, self.options.dist_timeout):
             return self._loop()
 
     def _loop(self) -> None:
@@ -321,18 +310,15 @@ class Trainer:
             raise SystemExit(f"error: batch_size {o.batch_size} x {self.world} process(es) is "
                              f"larger than the training set ({len(self.dataset)} samples)")
         from tqdm import tqdm
-        resume_perm = getattr(self, "resume_perm", None)
         if o.max_steps and self.main and o.max_steps > (o.num_epochs - self.epoch) * per_epoch:
             print(f"note: --max_steps {o.max_steps} wins over --num_epochs {o.num_epochs} "
                   f"({per_epoch} steps per epoch): training runs "
                   f"{-(-o.max_steps // per_epoch)} epochs")
-        if o.max_steps and self.step >= o.max_steps:
-            return self.finish()
         # --max_steps, when given, decides alone how long training runs (issue #13 point 5)
         while (self.step < o.max_steps) if o.max_steps else (self.epoch < o.num_epochs):
             self.dataset.epoch = self.epoch
-            self.sampler.set_epoch(self.epoch, resume_perm, self.batch_idx, o.batch_size)
-            resume_perm = None
+            self.sampler.set_epoch(self.epoch, self.resume_perm, self.batch_idx, o.batch_size)
+            self.resume_perm = None
             loader = DataLoader(self.dataset, batch_size=o.batch_size, sampler=self.sampler,
                                 num_workers=o.num_workers, drop_last=True,
                                 pin_memory=o.pin_memory and self.device.type == "cuda",
@@ -342,7 +328,6 @@ class Trainer:
             for batch in bar:
                 batch = runtime.to_device(batch, self.device)
                 self.model.train()
-                self.last_batch = batch
                 out = self.run_step(batch, log_inner=(self.step + 1) % o.summary_steps == 0)
                 self.batch_idx += 1
                 self.step += 1
@@ -399,19 +384,16 @@ class Trainer:
             self.writer.add_scalar("train/n_nonfinite", self.n_nonfinite, self.step)
 
     def overlays(self, viz: dict) -> np.ndarray:
-        """Predicted meshes over the input crops of the last batch ([N,H,W,3] uint8)."""
+        """Predicted meshes over the input crops of ``MetaStep``'s ``_viz`` ([N,H,W,3] uint8)."""
         from utils.renderer import Renderer
         if self.renderer is None:
             self.renderer = Renderer(self.smpl.faces)
-        batch = self.last_batch
-        n = viz["vertices"].shape[0]
-        sub = {k: v[:n] for k, v in batch.items() if torch.is_tensor(v)}
-        focal, centre = self.run_step.camera.crop_intrinsics(sub)
-        imgs = denormalize_image(sub["img"].detach().float().cpu().numpy())
+        focal, centre = self.run_step.camera.crop_intrinsics(viz["batch"])
+        imgs = denormalize_image(viz["batch"]["img"].detach().float().cpu().numpy())
         verts = (viz["vertices"] + viz["translation"][:, None]).cpu().numpy()
         return np.stack([self.renderer.render(verts[i], float(focal[i]), centre[i].tolist(),
                                               np.ascontiguousarray(imgs[i]))
-                         for i in range(n)])
+                         for i in range(len(verts))])
 
     def test_and_save(self) -> None:
         """Evaluate on the configured test sets and keep a checkpoint named by the results."""
@@ -446,7 +428,7 @@ class Trainer:
     def finish(self) -> None:
         if self.writer is not None:
             self.writer.close()
-        skipped = getattr(self.dataset.dataset, "n_skipped", 0)
+        skipped = self.dataset.dataset.n_skipped
         if self.main:
             print(f"training finished at epoch {self.epoch}, step {self.step}; last checkpoint: "
                   f"{self.last_saved or 'none written'}; run folder: {self.run_dir}", flush=True)

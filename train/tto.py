@@ -1,28 +1,24 @@
 """Test-time optimisation (TTO, decisions D2 and D6; upstream-behaviour §2.5, §7.2).
 
-For a batch, from the trained weights (never modified: the adapted weights are plain tensors
-passed through :func:`torch.func.functional_call`):
-
-* step 0: one SGD step of ``inner_lr`` on the regression head with the combined loss
-  (aux pseudo-labels + 2D keypoints + camera), as the training inner step;
-* steps 1..``test_val_step``: Adam steps of ``after_innerlr`` on all weights with the raw 2D
-  loss (``--no_use_adam``: head SGD of ``after_innerlr``; ``--no_inner_step``: step 0 is an
-  Adam step too);
-* the prediction: a forward pass at the final weights (``test_val_step = -1``: no step).
+From the trained weights (never modified: the adapted weights are plain tensors passed through
+:func:`torch.func.functional_call`): step 0, one SGD step of ``inner_lr`` on the head with the
+combined loss, as the training inner step; steps 1..``test_val_step``, Adam steps of
+``after_innerlr`` on all weights with the raw 2D loss (``--no_use_adam``: head SGD;
+``--no_inner_step``: step 0 is an Adam step too); then a forward pass at the final weights.
 
 Early stop (``--adapt_val_step``, the released rule): after Adam step t, stop when
-``|loss_prev - loss_t| < adapt_tol`` (``loss_t`` the objective of step t; at t = 1 ``loss_prev``
-is the combined step-0 loss). No check under ``--no_use_adam``.
+``|loss_prev - loss_t| < adapt_tol`` (at t = 1 ``loss_prev`` is the combined step-0 loss).
 
 ``mode``: ``batch`` adapts one set of weights per batch (the released code); ``sample`` every
 sample on its own, the stop decided per sample: groups of ``chunk`` samples under
-:func:`torch.func.vmap` (1 = one at a time), run in ``workers`` CPU threads of one intra-op
-thread each.
+:func:`torch.func.vmap`, run in ``workers`` CPU threads of one intra-op thread each.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -210,45 +206,36 @@ class _Objective:
                  need: str):
         """-> loss [G], 2D loss [G], prediction {k: [B,...]}, gradients (head, rest) or None
         (``need``: gradients of the 'head' weights, of 'all', or 'none')."""
-        f = lambda h, r, x: self._f(h, r, x, stage0)  # noqa: E731
-        dims = (0, 0 if rest_batched else None, 0)
-        if need == "none":
-            with torch.no_grad():
-                loss, (l2d, pred) = (vmap(f, in_dims=dims) if self.vectorised else f)(
-                    head, rest, self.inputs)
-            grads = None
-        else:
-            fn = grad_and_value(f, argnums=0 if need == "head" else (0, 1), has_aux=True)
-            grads, (loss, (l2d, pred)) = (vmap(fn, in_dims=dims) if self.vectorised else fn)(
-                head, rest, self.inputs)
-            if need == "head":
-                grads = (grads, {})
+        f = functools.partial(self._f, stage0=stage0)
+        if need != "none":
+            f = grad_and_value(f, argnums=0 if need == "head" else (0, 1), has_aux=True)
+        if self.vectorised:
+            f = vmap(f, in_dims=(0, 0 if rest_batched else None, 0))
+        with torch.no_grad() if need == "none" else contextlib.nullcontext():
+            out = f(head, rest, self.inputs)
+        grads, (loss, (l2d, pred)) = (None, out) if need == "none" else out
+        if need == "head":
+            grads = (grads, {})
         if self.vectorised:        # vmap outputs [G,1,...] -> [B,...]
             pred = {k: v.flatten(0, 1) for k, v in pred.items()}
         return loss.reshape(-1), l2d.reshape(-1), pred, grads
 
 
-@dataclass
 class _Progress:
     """Where each of the G weight sets of a group stands, and what it has produced. ``expand``
-    maps a [G] mask to the group's B samples. A set is *done* once its prediction is final."""
+    maps [G] values to the group's B samples. A set is *done* once its prediction is final."""
 
-    expand: Callable[[Tensor], Tensor]
-    steps: Tensor                 # [G] weight updates taken
-    done: Tensor                  # [G] bool
-    stopping: Tensor              # [G] bool: the stop rule fired after the last update
-    nonfinite: Tensor             # [G] bool
-    prev_loss: Tensor | None = None      # [G] objective of the previous step
-    before: dict | None = None           # prediction at the loaded weights
-    current: dict | None = None          # last finite prediction (-> 'after' when done)
-    loss_2d_before: Tensor | None = None
-    loss_2d: Tensor | None = None        # [G] 2D loss of 'current'
-
-    @classmethod
-    def start(cls, G: int, expand, device) -> "_Progress":
-        z = torch.zeros(G, dtype=torch.bool, device=device)
-        return cls(expand, torch.zeros(G, dtype=torch.long, device=device), z, z.clone(),
-                   z.clone())
+    def __init__(self, G: int, expand: Callable[[Tensor], Tensor], device) -> None:
+        self.expand = expand
+        self.steps = torch.zeros(G, dtype=torch.long, device=device)   # weight updates taken
+        # [G] bool; stopping: the stop rule fired after the last update
+        self.done, self.stopping, self.nonfinite = (
+            torch.zeros(G, dtype=torch.bool, device=device) for _ in range(3))
+        self.prev_loss: Tensor | None = None    # [G] objective of the previous step
+        self.before: dict | None = None         # prediction at the loaded weights
+        self.current: dict | None = None        # last finite prediction (-> 'after' when done)
+        self.loss_2d_before: Tensor | None = None
+        self.loss_2d: Tensor | None = None      # [G] 2D loss of 'current'
 
     def observe(self, loss: Tensor, l2d: Tensor, pred: dict, final: bool) -> bool:
         """Take in the forward pass at the current weights. A set becomes done when its
@@ -287,15 +274,10 @@ class _Progress:
         self.prev_loss = loss
 
     def result(self) -> TTOResult:
-        e = self.expand_values
-        return TTOResult(after=self.current, before=self.before, steps=e(self.steps),
-                         nonfinite=e(self.nonfinite), loss_2d_before=e(self.loss_2d_before),
-                         loss_2d_after=e(self.loss_2d))
-
-    def expand_values(self, x: Tensor) -> Tensor:
-        """[G] values -> [B]."""
-        B = self.current["cam"].shape[0]
-        return x if x.shape[0] == B else x.expand(B).clone()
+        steps, nonfinite, loss_2d_before, loss_2d = (
+            self.expand(x).clone() for x in (self.steps, self.nonfinite, self.loss_2d_before,
+                                             self.loss_2d))
+        return TTOResult(self.current, self.before, steps, nonfinite, loss_2d_before, loss_2d)
 
 
 class _Weights:
@@ -352,7 +334,7 @@ def _adapt_group(model, state: tuple[Params, Params], smpl, camera: Camera, cfg:
     expand = (lambda m: m) if vectorised else (lambda m: m.expand(B))  # noqa: E731
     objective = _Objective(model, state[1], smpl, camera, cfg, inputs, vectorised)
     w = _Weights(model, state[0], G, vectorised)
-    progress = _Progress.start(G, expand, device)
+    progress = _Progress(G, expand, device)
     last = cfg.test_val_step + 1
     for t in range(last + 1):
         stage0 = t == 0 and not cfg.no_inner_step

@@ -1,11 +1,10 @@
 """``demo.py --video clip.mp4 --openpose_dir DIR``: the demo on a video, frame by frame.
 
-Every ``--every``-th frame from frame 0 (:func:`datasets.inputs.read_video`), named as OpenPose
-names it (``<video stem>_<i:012d>``: keypoints ``<name>_keypoints.json`` in ``--openpose_dir``;
-with ``--bbox_file`` the entry of that name, ``.jpg`` optional), runs like one image of the demo
-(:class:`train.demo.DemoRun`: its npz / obj files). ``<video stem>_overlay.mp4`` gets the overlay
-panels of each frame at ``fps / --every`` (a frame that could not be processed: unchanged, so the
-video keeps its timing); ``summary.json`` adds ``video``, ``fps``, ``every``, ``overlay_video``.
+Every ``--every``-th frame, named as OpenPose names it (:func:`datasets.inputs.read_video`; with
+``--bbox_file`` the entry of that name, ``.jpg`` optional), runs like one image of the demo
+(:class:`train.demo.DemoRun`). ``<video stem>_overlay.mp4`` gets each frame's overlay panels at
+``fps / --every`` (a frame that could not be processed: unchanged, so the video keeps its
+timing); ``summary.json`` adds ``video``, ``fps``, ``every``, ``overlay_video``.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -55,7 +56,6 @@ class Visualizer:
 
     def _image(self, b: dict, i: int) -> np.ndarray:
         """RGB uint8 background of sample i."""
-        import cv2
         if self.camera.kind == "hmr":
             return denormalize_image(b["img"][i].detach().float().cpu().numpy())
         bgr = self.dataset.read_image(int(b["sample_index"][i]))
@@ -64,7 +64,6 @@ class Visualizer:
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def __call__(self, b: dict, res) -> None:
-        import cv2
         B = res.after["vertices"].shape[0]
         for i in self._indices(B):
             img = self._image(b, i)

@@ -27,27 +27,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
     """Remove the :func:`atomic_path` temporaries of ``folder`` whose writer process is gone
-    (a kill or crash during a write leaves them); those of live processes stay. Returns the
-    removed paths."""
-    removed = []
+    (a kill or crash during a write leaves them); those of live processes stay."""
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for entry in os.scandir(folder):
             m = _TMP_NAME.match(entry.name)
             if m and entry.is_file(follow_symlinks=False) and not _alive(int(m.group(1))):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed.append(Path(entry.path))
-    return removed
+                Path(entry.path).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary name beside ``path`` to write to: renamed over ``path`` when the block ends
-    without an error, removed otherwise. A crash or kill during the write leaves the previous
-    ``path`` intact (the rename is atomic within a folder); the temporary it leaves is removed
-    by :func:`remove_stale_temporaries`."""
+    """A temporary name beside ``path`` to write to: renamed over ``path`` (atomic within a
+    folder) when the block ends without an error, removed otherwise. A crash during the write
+    leaves the previous ``path``, and a temporary :func:`remove_stale_temporaries` removes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
@@ -55,5 +49,4 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)

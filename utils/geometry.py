@@ -26,18 +26,14 @@ def _per_sample(value, batch: int, width: int, like: torch.Tensor, name: str,
     """``value`` as [B, width] with ``like``'s dtype/device: a number, [B] or [B, width]; or,
     with ``vector`` (a point or size), [width] shared by the batch or [B, width]."""
     t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    if t.dim() == 2 and t.shape == (batch, width):
+    if t.shape == (batch, width):
         return t
-    if vector:
-        if t.dim() == 1 and t.shape[0] == width:
-            return t[None].expand(batch, width)
-        raise ValueError(f"{name}: expected [{width}] or [{batch},{width}], "
-                         f"got shape {tuple(t.shape)}")
-    if t.dim() == 0:
+    if vector and t.shape == (width,):
         return t.expand(batch, width)
-    if t.dim() == 1 and t.shape[0] == batch:
-        return t[:, None].expand(batch, width)
-    raise ValueError(f"{name}: expected a number, [{batch}] or [{batch},{width}], "
+    if not vector and (t.dim() == 0 or t.shape == (batch,)):
+        return t.reshape(-1, 1).expand(batch, width)
+    expected = f"[{width}]" if vector else f"a number, [{batch}]"
+    raise ValueError(f"{name}: expected {expected} or [{batch},{width}], "
                      f"got shape {tuple(t.shape)}")
 
 
@@ -62,7 +58,7 @@ def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
     """
     if not torch.is_tensor(x):
         raise TypeError(f"rot6d_to_rotmat: expected a torch.Tensor, got {type(x).__name__}")
-    if x.numel() % 6 != 0 or x.dim() == 0 or x.shape[-1] % 6 != 0:
+    if x.dim() == 0 or x.shape[-1] % 6 != 0:
         raise ValueError(f"rot6d_to_rotmat: last dimension must be a multiple of 6, "
                          f"got shape {tuple(x.shape)}")
     x = x.reshape(-1, 3, 2)
@@ -80,13 +76,6 @@ def rotmat_to_rot6d(rotmat: torch.Tensor) -> torch.Tensor:
     return rotmat[..., :, :2].reshape(*rotmat.shape[:-2], 6)
 
 
-def _skew(v: torch.Tensor) -> torch.Tensor:
-    """[..., 3] -> [..., 3, 3] cross-product matrix [v]x."""
-    x, y, z = v.unbind(-1)
-    o = torch.zeros_like(x)
-    return torch.stack((o, -z, y, z, o, -x, -y, x, o), dim=-1).reshape(*v.shape[:-1], 3, 3)
-
-
 def batch_rodrigues(axisangle: torch.Tensor) -> torch.Tensor:
     """Axis-angle [..., 3] -> [..., 3, 3]: R = I + A [v]x + B [v]x^2, A = sin(t)/t,
     B = (1 - cos t)/t^2, t = |v|; Taylor series below t = 1e-2 (exact at 0, finite gradient)."""
@@ -96,13 +85,11 @@ def batch_rodrigues(axisangle: torch.Tensor) -> torch.Tensor:
     small = t2 < 1e-4
     t2_safe = torch.where(small, torch.ones_like(t2), t2)
     t = torch.sqrt(t2_safe)
-    a_big = torch.sin(t) / t
-    b_big = (1.0 - torch.cos(t)) / t2_safe
-    a_small = 1.0 - t2 / 6.0 + t2 * t2 / 120.0
-    b_small = 0.5 - t2 / 24.0 + t2 * t2 / 720.0
-    a = torch.where(small, a_small, a_big)
-    b = torch.where(small, b_small, b_big)
-    k = _skew(v)
+    a = torch.where(small, 1.0 - t2 / 6.0 + t2 * t2 / 120.0, torch.sin(t) / t)
+    b = torch.where(small, 0.5 - t2 / 24.0 + t2 * t2 / 720.0, (1.0 - torch.cos(t)) / t2_safe)
+    x, y, z = v.unbind(-1)
+    o = torch.zeros_like(x)
+    k = torch.stack((o, -z, y, z, o, -x, -y, x, o), dim=-1).reshape(*v.shape[:-1], 3, 3)  # [v]x
     eye = torch.eye(3, dtype=v.dtype, device=v.device).expand(k.shape)
     return eye + a * k + b * (k @ k)
 

@@ -29,8 +29,6 @@ def get_affine_transform(center, scale, rot, out_size, inv: bool = False) -> np.
     center = np.asarray(center, dtype=np.float64)
     scale = np.asarray(scale, dtype=np.float64)
     rot = np.asarray(rot, dtype=np.float64)
-    if center.shape == (2,) and scale.ndim == 0 and rot.ndim == 0:  # one sample (the dataset)
-        return _three_point_affine(center, float(scale), float(rot), out_size, inv)
     shape = np.broadcast_shapes(center.shape[:-1], scale.shape, rot.shape)
     cs = np.broadcast_to(center, shape + (2,)).reshape(-1, 2)
     ss = np.broadcast_to(scale, shape).reshape(-1)
@@ -48,18 +46,13 @@ def _three_point_affine(center: np.ndarray, scale: float, rot: float, out_size,
     crop_w, crop_h = float(out_size[0]), float(out_size[1])
     src_w = 200.0 * (scale * crop_w / crop_h)
     theta = np.pi * rot / 180.0
-    sn, cs = np.sin(theta), np.cos(theta)
-    x, y = 0.0, -0.5 * src_w
-    src_dir = np.array([x * cs - y * sn, x * sn + y * cs])
+    src_dir = -0.5 * src_w * np.array([-np.sin(theta), np.cos(theta)])   # R(θ) [0, -src_w/2]
     half = np.array([crop_w * 0.5, crop_h * 0.5])
-    src = np.zeros((3, 2), np.float32)
-    dst = np.zeros((3, 2), np.float32)
-    src[0], src[1] = center, center + src_dir
-    dst[0], dst[1] = half, half + np.array([0.0, -0.5 * crop_w])
+    src = np.float32([center, center + src_dir, [0, 0]])
+    dst = np.float32([half, half + np.array([0.0, -0.5 * crop_w]), [0, 0]])
     for p in (src, dst):                 # float32 arithmetic, as released
         d = p[0] - p[1]
-        p[2, 0] = p[1, 0] - d[1]         # (= p1_x + (-d_y), exactly)
-        p[2, 1] = p[1, 1] + d[0]
+        p[2] = p[1] + np.array([-d[1], d[0]])
     return cv2.getAffineTransform(dst, src) if inv else cv2.getAffineTransform(src, dst)
 
 
@@ -147,10 +140,9 @@ def inplane_rotation_matrix(rot) -> np.ndarray:
 def rotate_points_inplane(points, rot) -> np.ndarray:
     """points (..., J, C>=3) with xyz rotated by :func:`inplane_rotation_matrix` (new array,
     extra columns kept)."""
-    points = np.asarray(points)
-    out = np.array(points, copy=True)
-    r = inplane_rotation_matrix(rot).astype(points.dtype, copy=False)
-    out[..., :3] = points[..., :3] @ np.swapaxes(r, -1, -2)
+    out = np.array(points)
+    r = inplane_rotation_matrix(rot).astype(out.dtype, copy=False)
+    out[..., :3] = out[..., :3] @ np.swapaxes(r, -1, -2)
     return out
 
 
@@ -158,9 +150,8 @@ def rotate_root_orientation(pose, rot) -> np.ndarray:
     """pose (..., 72) axis-angle with the global orientation (0:3) rotated in-plane (§6.3 5):
     ``R_root' = inplane_rotation_matrix(rot) @ R_root`` (new array)."""
     from scipy.spatial.transform import Rotation
-    pose = np.asarray(pose)
-    out = np.array(pose, copy=True)
-    aa = pose[..., :3].astype(np.float64)          # Rodrigues
+    out = np.array(pose)
+    aa = out[..., :3].astype(np.float64)           # Rodrigues
     angle = np.linalg.norm(aa, axis=-1, keepdims=True)
     x, y, z = np.moveaxis(aa / np.maximum(angle, 1e-12), -1, 0)
     zero = np.zeros_like(x)

@@ -12,7 +12,7 @@ __all__ = ["to_strict", "dumps", "write_json"]
 
 def to_strict(obj: object) -> object:
     """A copy of ``obj`` made of JSON values only (non-finite floats -> None)."""
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+    if obj is None or isinstance(obj, (bool, str)):
         return obj
     if isinstance(obj, int):
         return int(obj)

@@ -1,10 +1,6 @@
-"""Range checks of every numeric option, run at parse time (issue #15 item 9).
-
-``check_ranges(options)`` raises :class:`utils.errors.OptionError` (one line: the option, the
-allowed range, the value given and what the range means) for the first value outside its
-range, so a bad value stops the run before anything is built, not an epoch later. Floats must
-also be finite (``--time_to_run`` may be ``inf``: no budget). Options a parser does not have are
-skipped, so one table serves train.py, eval_cliff.py, eval_hmr.py and the demo.
+"""Range checks of every numeric option, run at parse time (issue #15 item 9), so a bad value
+stops the run before anything is built. Floats must also be finite (``--time_to_run`` may be
+``inf``: no budget). Options a parser lacks are skipped: one table serves every script.
 """
 from __future__ import annotations
 
@@ -72,16 +68,16 @@ RULES: dict[str, tuple[tuple[str, Callable[[float], bool]], str]] = {
     "dist_timeout": (_gt(0), "seconds"),
     "crop_scale": (_gt(0), "a factor of the released crop size"),
 }
-_MAY_BE_INF = ("time_to_run",)
 
 
 def check_ranges(options) -> None:
-    """Raise :class:`OptionError` for the first numeric option outside its range (RULES)."""
+    """Raise :class:`OptionError` (one line: the option, its range, the value, what the range
+    means) for the first numeric option outside its range (RULES)."""
     for name, ((text, ok), meaning) in RULES.items():
         value = getattr(options, name, None)
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        finite = math.isfinite(value) or (name in _MAY_BE_INF and value == math.inf)
+        finite = math.isfinite(value) or (name == "time_to_run" and value == math.inf)
         if not finite or not ok(value):
             raise OptionError(f"--{name} must be {text}{'' if finite else ' and finite'}, got "
                               f"{value!r} ({meaning}). Pass a value in that range")

@@ -1,12 +1,9 @@
 """Command-line options of train.py, eval_cliff.py, eval_hmr.py (decisions D1).
 
-Every option the seed README uses keeps its name, meaning and default; leftovers that nothing
-reads are dropped and unknown options are an error. Every option has a type and a help line.
-Each argument group is declared by one function (``_run_options``, ``_meta_options``, ...,
-:func:`add_common` for the groups every script shares), called in the order ``--help`` shows;
-the options the benchmarks share are declared by their own functions (``add_device``,
-``add_model_options``, ``add_bbox_type``, ...).
-Range checks: :mod:`utils.option_checks`.
+Every option the seed README uses keeps its name, meaning and default; unknown options are an
+error. Each argument group is declared by one function, called in ``--help`` order; the options
+the demo and the benchmarks share have public ``add_*`` functions. Range checks:
+:mod:`utils.option_checks`.
 """
 from __future__ import annotations
 
@@ -16,8 +13,10 @@ import math
 import os
 from pathlib import Path
 
+from config import SYNTHETIC_ROOT, default_root
 from constants import crop_size
 from utils.errors import OptionError
+from utils.jsonio import write_json
 from utils.option_checks import check_ranges
 
 BACKBONES = ("resnet", "hrnet", "resnet18")
@@ -39,8 +38,7 @@ def default_workers(cap: int = 8) -> int:
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    """The groups every script shares: data and device, model, test-time optimisation, loss
-    weights."""
+    """The groups every script shares: data and device, model, TTO, loss weights."""
     _data_device_options(p.add_argument_group("data and device"))
     add_model_options(p.add_argument_group("model"))
     _tto_options(p.add_argument_group("test-time optimisation"))
@@ -48,16 +46,15 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _data_device_options(g) -> None:
-    g.add_argument("--data_root", type=str, default=os.environ.get("METAHMR_ROOT", "."),
-                   help="root of the seed README's layout (ckpt/, data/, models/); env METAHMR_ROOT")
-    g.add_argument("--img_root", type=str, default=None,
-                   help="folder holding the raw image folders (h36m, coco, pw3d, mpii, mpii3d); "
-                        "default <data_root>/datasets")
+    g.add_argument("--data_root", default=default_root(), help="root of the seed README's "
+                   "layout (ckpt/, data/, models/); env METAHMR_ROOT")
+    g.add_argument("--img_root", help="folder holding the raw image folders (h36m, coco, pw3d, "
+                   "mpii, mpii3d); default <data_root>/datasets")
     g.add_argument("--synthetic", action="store_true",
                    help="use the synthetic stand-in world in data/synthetic (built when missing)")
     add_device(g)
     add_amp(g)
-    g.add_argument("--memory_format", type=str, default="auto",
+    g.add_argument("--memory_format", default="auto",
                    choices=("auto", "channels_last", "contiguous"),
                    help="layout of the networks' convolution weights: auto = channels_last on "
                         "the CPU (about 1.3x faster there), contiguous on CUDA; the values and "
@@ -73,30 +70,30 @@ def _data_device_options(g) -> None:
 
 def add_device(g) -> None:
     """``--device`` (also the benchmarks')."""
-    g.add_argument("--device", type=str, default="auto", choices=("auto", "cpu", "cuda"),
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto = cuda when available")
 
 
 def add_amp(g) -> None:
     """``--amp`` (also ``bench/train_step.py``'s)."""
-    g.add_argument("--amp", type=str, default="off", choices=("off", "bf16", "fp16"),
+    g.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
                    help="mixed precision on CUDA")
 
 
 def add_seed(g) -> None:
     """``--seed`` (also the benchmarks', with their own default)."""
-    g.add_argument("--seed", type=int, default=2023, help="seed of python, numpy, torch, data order")
+    g.add_argument("--seed", type=int, default=2023,
+                   help="seed of python, numpy, torch, data order")
 
 
 def add_bbox_type(g, default: str | None = "square", note: str = "") -> None:
     """``--bbox_type`` (training: square; evaluation: the checkpoint's; benchmarks: rect)."""
-    g.add_argument("--bbox_type", type=str, default=default, choices=("square", "rect"),
+    g.add_argument("--bbox_type", default=default, choices=("square", "rect"),
                    help="square 224x224 or rect 256x192 crops" + note)
 
 
 def add_tto_steps(g, test_val_step: int, after_innerlr: float, note: str = "") -> None:
-    """``--test_val_step`` and ``--after_innerlr`` (training's in-training evaluation,
-    evaluation, demo: each with its released default)."""
+    """``--test_val_step`` and ``--after_innerlr``, with the caller's released defaults."""
     g.add_argument("--test_val_step", type=int, default=test_val_step,
                    help=f"extra test-time steps after step 0{note}; -1: no test-time "
                         f"optimisation (the plain network)")
@@ -106,14 +103,14 @@ def add_tto_steps(g, test_val_step: int, after_innerlr: float, note: str = "") -
 
 def add_model_options(g) -> None:
     """``--model`` and ``--backbone`` (also the benchmarks')."""
-    g.add_argument("--model", type=str, default="cliff", choices=("cliff", "hmr"),
+    g.add_argument("--model", default="cliff", choices=("cliff", "hmr"),
                    help="regressor family: cliff (bbox input, full-image camera) or hmr")
-    g.add_argument("--backbone", type=str, default="resnet", choices=BACKBONES,
+    g.add_argument("--backbone", default="resnet", choices=BACKBONES,
                    help="resnet (ResNet-50), hrnet (HRNet-W48) or resnet18 (small, extra)")
 
 
 def _tto_options(g) -> None:
-    g.add_argument("--tto_mode", type=str, default="sample", choices=("sample", "batch"),
+    g.add_argument("--tto_mode", default="sample", choices=("sample", "batch"),
                    help="sample: adapt every sample on its own (paper); batch: one adapted copy "
                         "per batch (released code; needed to reproduce its published numbers)")
     add_tto_parallel(g)
@@ -125,7 +122,8 @@ def _tto_options(g) -> None:
                    help="stop test-time steps once |loss change| < --adapt_tol")
     g.add_argument("--adapt_tol", type=float, default=2e-5, help="early-stop threshold of TTO")
     g.add_argument("--no_use_adam", action="store_true",
-                   help="TTO steps >= 1: head-only SGD of after_innerlr instead of Adam on all weights")
+                   help="TTO steps >= 1: head-only SGD of after_innerlr instead of Adam on all "
+                        "weights")
     g.add_argument("--no_inner_step", action="store_true",
                    help="TTO: skip the step-0 head SGD step (every step is 2D-loss Adam)")
 
@@ -144,7 +142,8 @@ def add_tto_parallel(g) -> None:
 
 def _loss_weight_options(g) -> None:
     g.add_argument("--shape_loss_weight", type=float, default=0.5, help="per-vertex L1 weight")
-    g.add_argument("--keypoint_loss_weight", type=float, default=5.0, help="2D and 3D keypoint weight")
+    g.add_argument("--keypoint_loss_weight", type=float, default=5.0,
+                   help="2D and 3D keypoint weight")
     g.add_argument("--pose_loss_weight", type=float, default=1.0, help="rotmat MSE weight")
     g.add_argument("--beta_loss_weight", type=float, default=0.001, help="betas MSE weight")
     g.add_argument("--openpose_train_weight", type=float, default=0.0,
@@ -154,8 +153,8 @@ def _loss_weight_options(g) -> None:
 
 
 def add_crop_scale(g, from_checkpoint: bool = False) -> None:
-    """``--crop_scale``: shared by training, evaluation and the demo (``from_checkpoint``:
-    default None, filled from the checkpoint by :func:`apply_checkpoint_options`)."""
+    """``--crop_scale`` (``from_checkpoint``: default None, filled by
+    :func:`apply_checkpoint_options`)."""
     g.add_argument("--crop_scale", type=float, default=None if from_checkpoint else 1.0,
                    help="network input crop = the bbox type's size times this (1 = the released "
                         "256x192 / 224x224, which the official checkpoints expect); smaller crops "
@@ -176,7 +175,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def _run_options(g) -> None:
-    g.add_argument("--name", type=str, default="train_coco_loss", help="experiment name")
+    g.add_argument("--name", default="train_coco_loss", help="experiment name")
     g.add_argument("--time_to_run", type=float, default=math.inf,
                    help="wall-clock budget in seconds; on expiry save current.pt and exit "
                         "(inf = no budget; written as null in config.json)")
@@ -184,15 +183,15 @@ def _run_options(g) -> None:
                    help="resume from --checkpoint, or the newest checkpoint of the run folder")
     g.add_argument("--num_workers", type=int, default=4, help="training DataLoader workers")
     _bool_pair(g, "pin_memory", True, "DataLoader pin_memory")
-    g.add_argument("--log_dir", type=str, default="logs", help="root folder of the runs")
-    g.add_argument("--checkpoint", type=str, default=None, help="checkpoint to --resume from")
-    g.add_argument("--from_json", type=str, default=None,
+    g.add_argument("--log_dir", default="logs", help="root folder of the runs")
+    g.add_argument("--checkpoint", help="checkpoint to --resume from")
+    g.add_argument("--from_json",
                    help="load all options from a config.json (command-line values are ignored)")
-    g.add_argument("--pretrained_checkpoint", type=str, default=None,
+    g.add_argument("--pretrained_checkpoint",
                    help="load model (+ model_aux, optimizer) weights before training")
-    g.add_argument("--aux_checkpoint", type=str, default=None,
+    g.add_argument("--aux_checkpoint",
                    help="aux-network init file; default: the CLIFF/HMR file of the layout")
-    g.add_argument("--backbone_checkpoint", type=str, default=None,
+    g.add_argument("--backbone_checkpoint",
                    help="main-backbone init file; default: the layout's pose_resnet/pose_hrnet")
     g.add_argument("--no_pretrained_backbone", action="store_true",
                    help="start the main backbone from random weights")
@@ -204,7 +203,7 @@ def _run_options(g) -> None:
     g.add_argument("--batch_size", type=int, default=256, help="training batch size")
     g.add_argument("--eval_batch_size", type=int, default=20,
                    help="batch size of the in-training evaluation")
-    g.add_argument("--eval_datasets", type=str, default="3dpw,h36m-p2",
+    g.add_argument("--eval_datasets", default="3dpw,h36m-p2",
                    help="comma-separated test sets of the in-training evaluation ('' = none)")
     g.add_argument("--eval_max_batches", type=int, default=0,
                    help="in-training evaluation: at most this many batches per set (0 = all)")
@@ -219,7 +218,8 @@ def _data_options(g) -> None:
     add_crop_scale(g)
     g.add_argument("--ALB", action="store_true", help="photometric augmentation of the full image")
     g.add_argument("--train_3dpw", action="store_true",
-                   help="train on the mixture with 3DPW (40/30/10/20) instead of without (50/30/20)")
+                   help="train on the mixture with 3DPW (40/30/10/20) instead of without "
+                        "(50/30/20)")
     g.add_argument("--rot_factor", type=float, default=30.0, help="rotation sigma in degrees")
     g.add_argument("--noise_factor", type=float, default=0.4, help="pixel noise U[1-n, 1+n]")
     g.add_argument("--scale_factor", type=float, default=0.25, help="scale sigma, clipped to 1+-s")
@@ -232,7 +232,7 @@ def _meta_options(g) -> None:
                    help="no inner step: plain supervised training (baseline)")
     g.add_argument("--inner_step", type=int, default=1, help="inner SGD steps per iteration")
     g.add_argument("--first_order", action="store_true", help="first-order MAML (FOMAML)")
-    g.add_argument("--aux_mode", type=str, default=None, choices=("eval", "train"),
+    g.add_argument("--aux_mode", choices=("eval", "train"),
                    help="mode of the aux network: eval (no dropout, frozen BN) or train "
                         "(dropout on, BN statistics drift, as released). Default: eval under "
                         "--first_order (it runs under no_grad), train without it (second order: "
@@ -273,10 +273,10 @@ def eval_parser(model: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=f"Meta-HMR evaluation ({model.upper()}) with TTO",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("evaluation")
-    g.add_argument("--checkpoint", type=str, default=None, help="Meta-HMR checkpoint (model, model_aux)")
-    g.add_argument("--dataset", type=str, default="h36m-p1",
+    g.add_argument("--checkpoint", help="Meta-HMR checkpoint (model, model_aux)")
+    g.add_argument("--dataset", default="h36m-p1",
                    choices=("h36m-p1", "h36m-p2", "3dpw", "mpi-inf-3dhp", "coco"), help="test set")
-    g.add_argument("--h36m_gt", type=str, default="mosh", choices=("mosh", "mocap"),
+    g.add_argument("--h36m_gt", default="mosh", choices=("mosh", "mocap"),
                    help="H36M ground truth: MoSh SMPL fit (released) or mocap joints (standard)")
     g.add_argument("--log_freq", type=int, default=8 if model == "cliff" else 50,
                    help="print running metrics every N batches")
@@ -284,12 +284,12 @@ def eval_parser(model: str) -> argparse.ArgumentParser:
     g.add_argument("--shuffle", action="store_true", help="shuffle the test set")
     g.add_argument("--num_workers", type=int, default=default_workers(),
                    help="DataLoader workers (default: the CPUs this process may use, at most 8)")
-    g.add_argument("--max_batches", type=int, default=0, help="evaluate at most N batches (0 = all)")
-    g.add_argument("--result_file", type=str, default=None,
-                   help="write per-sample errors and predictions (.npz) here")
-    g.add_argument("--json_out", type=str, default=None, help="write the final metrics as JSON")
+    g.add_argument("--max_batches", type=int, default=0,
+                   help="evaluate at most N batches (0 = all)")
+    g.add_argument("--result_file", help="write per-sample errors and predictions (.npz) here")
+    g.add_argument("--json_out", help="write the final metrics as JSON")
     g.add_argument("--viz", action="store_true", help="render meshes over the input images")
-    g.add_argument("--viz_dir", type=str, default="eval_result/img_viz", help="--viz output folder")
+    g.add_argument("--viz_dir", default="eval_result/img_viz", help="--viz output folder")
     g.add_argument("--viz_max", type=int, default=0,
                    help="render at most N samples (0 = first sample of every batch, -1 = all)")
     g.add_argument("--save_obj", action="store_true", help="with --viz, also export meshes (.obj)")
@@ -309,22 +309,20 @@ CHECKPOINT_OPTIONS = {"model": "cliff", "backbone": "resnet", "bbox_type": "rect
 
 
 def from_checkpoint(p: argparse.ArgumentParser, model_fallback: str | None = None) -> None:
-    """Evaluation / demo parsers: --model, --backbone, --bbox_type, --crop_scale default to
-    the checkpoint's values (:func:`fill_checkpoint_defaults`, :func:`apply_checkpoint_options`);
-    the help lines say so."""
+    """Evaluation / demo parsers: the :data:`CHECKPOINT_OPTIONS` default to the checkpoint's
+    values (:func:`apply_checkpoint_options`); the help lines of --model, --backbone say so."""
     p.set_defaults(model=None, backbone=None, bbox_type=None, crop_scale=None,
                    model_fallback=model_fallback)
     for a in p._actions:
-        if a.dest in ("model", "backbone") and "checkpoint's" not in (a.help or ""):
+        if a.dest in ("model", "backbone"):
             fallback = model_fallback if a.dest == "model" and model_fallback else \
                 CHECKPOINT_OPTIONS[a.dest]
             a.help = f"{a.help} (default: the checkpoint's, else {fallback})"
 
 
 def fill_checkpoint_defaults(o: argparse.Namespace) -> argparse.Namespace:
-    """Options of :data:`CHECKPOINT_OPTIONS` not given on the command line (None) get their
-    fallback values now and are listed in ``o.from_checkpoint`` (a tuple), so that
-    :func:`apply_checkpoint_options` may replace them by the checkpoint's."""
+    """Options of :data:`CHECKPOINT_OPTIONS` not given (None) get their fallback values and are
+    listed in ``o.from_checkpoint``, for :func:`apply_checkpoint_options` to replace."""
     script = getattr(o, "model_fallback", None)
     missing = tuple(n for n in CHECKPOINT_OPTIONS if getattr(o, n, None) is None)
     for n in missing:
@@ -346,11 +344,9 @@ def apply_checkpoint_options(o: argparse.Namespace, source: str, stored: dict | 
 
     stored: the options train.py recorded in the checkpoint (None for released files);
     inferred: {'model', 'backbone'} recognised from its keys (models/checkpoint_kind.py).
-    A stored value is read through its own option like a command-line value (a bad one is an
-    :class:`OptionError` naming the file, the option and the value); a value given on the
-    command line that contradicts them is an :class:`OptionError` (one line); a file that
-    records no bbox type / crop scale keeps the released values and a note says so. Re-runs
-    the option checks that depend on these values.
+    A bad stored value, or a command-line value contradicting the checkpoint, is an
+    :class:`OptionError`; a file that records no bbox type / crop scale keeps the released
+    values and a note says so.
     """
     stored = _stored_network_options(source, stored)
     known = {**{k: v for k, v in (inferred or {}).items()
@@ -409,11 +405,10 @@ def _check_network(o: argparse.Namespace) -> argparse.Namespace:
     """The combinations of network options that cannot be built."""
     if o.model == "hmr" and o.backbone == "hrnet":
         raise OptionError("--model hmr has no HRNet variant (choose --backbone resnet)")
-    if hasattr(o, "crop_scale"):
-        try:
-            crop_size(o.bbox_type, o.crop_scale)
-        except ValueError as e:
-            raise OptionError(f"--crop_scale: {e}") from None
+    try:
+        crop_size(o.bbox_type, o.crop_scale)
+    except ValueError as e:
+        raise OptionError(f"--crop_scale: {e}") from None
     return o
 
 
@@ -421,10 +416,8 @@ def resolve(options: argparse.Namespace) -> argparse.Namespace:
     """Apply --synthetic and check option combinations (errors name the options)."""
     if any(getattr(options, n, 0) is None for n in CHECKPOINT_OPTIONS):
         fill_checkpoint_defaults(options)   # an eval parser used directly (e.g. the benchmarks)
-    if getattr(options, "synthetic", False):
-        from config import SYNTHETIC_ROOT
-        if options.data_root in (".", os.environ.get("METAHMR_ROOT", ".")):
-            options.data_root = SYNTHETIC_ROOT
+    if getattr(options, "synthetic", False) and options.data_root in (".", default_root()):
+        options.data_root = SYNTHETIC_ROOT
     if getattr(options, "no_inner", False):
         options.inner_step = 0
     if hasattr(options, "aux_mode") and options.aux_mode is None:   # decisions D5
@@ -484,12 +477,11 @@ def _parse_json_values(p: argparse.ArgumentParser, data: dict, file) -> argparse
 
 
 def parse_eval(model: str, argv=None) -> argparse.Namespace:
-    return resolve(fill_checkpoint_defaults(eval_parser(model).parse_args(argv)))
+    return resolve(eval_parser(model).parse_args(argv))
 
 
 def save_options(options: argparse.Namespace, path: str | Path) -> None:
     """Write the resolved options as strict JSON (decisions D1; ``inf`` -> null)."""
-    from utils.jsonio import write_json
     write_json(path, to_dict(options), sort_keys=True)
 
 

@@ -58,13 +58,9 @@ def compute_similarity_transform_torch(S1: torch.Tensor, S2: torch.Tensor,
 
 
 def _reduce(err, reduction):
-    if reduction is None or reduction == "none":
-        return err
-    if reduction == "mean":
-        return err.mean()
-    if reduction == "sum":
-        return err.sum()
-    raise ValueError(f"reduction must be 'mean', 'sum' or None, got {reduction!r}")
+    if reduction not in ("mean", "sum", None, "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or None, got {reduction!r}")
+    return getattr(err, reduction)() if reduction in ("mean", "sum") else err
 
 
 def mpjpe(pred, gt):

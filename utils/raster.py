@@ -1,13 +1,11 @@
 """Software rasteriser (numpy): triangle meshes -> images.
 
-Renders the synthetic world's images (``datasets/synthetic_images.py``) and is the fallback of
-:class:`utils.renderer.Renderer` without GL (decisions D12). Vertices are camera coordinates,
-OpenCV convention (x right, y down, z forward); ``u = fx x/z + cx``, ``v = fy y/z + cy``. Pixel
-(r, c) is covered when its centre, the integer point (c, r), lies inside or on a projected
-triangle. Per-pixel z-buffer (perspective-correct depth); faces with a vertex at ``z <= near``
-are culled, no clipping, no back-face culling. Shading: two-sided Lambert,
-``ambient + (1 - ambient) |n.l|``, smooth (area-weighted vertex normals) or flat. All (face,
-pixel) candidates in each face's pixel box are tested at once with barycentric edge functions.
+Draws the synthetic world's images (``datasets/synthetic_images.py``) and is the fallback of
+:class:`utils.renderer.Renderer` without GL (D12). Vertices are camera coordinates, OpenCV
+convention (x right, y down, z forward); pixel (r, c) is covered when its centre (c, r) lies
+inside or on a projected triangle. Per-pixel z-buffer (perspective-correct depth); faces with a
+vertex at ``z <= near`` are culled, no clipping, no back-face culling. Two-sided Lambert
+shading ``ambient + (1 - ambient) |n.l|`` with vertex (smooth) or face normals.
 """
 from __future__ import annotations
 
@@ -64,6 +62,14 @@ def check_intrinsics(focal, center) -> tuple[float, float, float, float]:
     return fx, fy, float(cc[0]), float(cc[1])
 
 
+def check_size(height, width) -> tuple[int, int]:
+    """(height, width) as positive ints; ValueError otherwise."""
+    height, width = int(height), int(width)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    return height, width
+
+
 def _face_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
     """[F, 3] face normals of length twice the face's area."""
     return np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
@@ -75,8 +81,7 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     f = np.asarray(faces, dtype=np.int64)
     fn = _face_normals(v, f)
     vn = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(vn, f[:, k], fn)
+    np.add.at(vn, f.T, fn)              # corner 0 of every face, then corner 1, then corner 2
     norm = np.linalg.norm(vn, axis=1, keepdims=True)
     return np.divide(vn, norm, out=np.zeros_like(vn), where=norm > 0)
 
@@ -92,98 +97,82 @@ def rasterize(vertices, faces, focal, center, height: int, width: int, near: flo
     v = check_vertices(vertices)
     f = check_faces(faces, len(v))
     fx, fy, cx, cy = check_intrinsics(focal, center)
-    height, width = int(height), int(width)
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got {height}x{width}")
+    height, width = check_size(height, width)
     n_pix = height * width
     best_invz = np.zeros(n_pix)                 # 1/z of the nearest surface so far (0 = none)
     best_face = np.full(n_pix, -1, np.int64)
     best_l = np.zeros((n_pix, 2))               # screen-space barycentrics l1, l2
 
     z = v[:, 2]
-    fid = np.flatnonzero(np.all(z[f] > near, axis=1) if f.size else np.zeros(0, bool))
-    if fid.size:
-        zs = np.where(z > near, z, 1.0)
-        u = fx * v[:, 0] / zs + cx
-        w = fy * v[:, 1] / zs + cy
-        fk = f[fid]
-        (x0, x1, x2), (y0, y1, y2) = u[fk].T, w[fk].T
-        d = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)       # twice the signed area
-        xmin = np.maximum(np.ceil(np.minimum(np.minimum(x0, x1), x2)), 0)
-        xmax = np.minimum(np.floor(np.maximum(np.maximum(x0, x1), x2)), width - 1)
-        ymin = np.maximum(np.ceil(np.minimum(np.minimum(y0, y1), y2)), 0)
-        ymax = np.minimum(np.floor(np.maximum(np.maximum(y0, y1), y2)), height - 1)
-        nx = (xmax - xmin + 1).astype(np.int64)
-        ny = (ymax - ymin + 1).astype(np.int64)
-        sel = np.flatnonzero((nx > 0) & (ny > 0) & (np.abs(d) > 1e-12))
-        if sel.size:
-            dd = d[sel]
-            # l1 = a1 x + b1 y + c1, l2 = a2 x + b2 y + c2 (barycentrics of vertices 1 and 2)
-            a1 = (y2 - y0)[sel] / dd
-            b1 = -(x2 - x0)[sel] / dd
-            c1 = -(a1 * x0[sel] + b1 * y0[sel])
-            a2 = -(y1 - y0)[sel] / dd
-            b2 = (x1 - x0)[sel] / dd
-            c2 = -(a2 * x0[sel] + b2 * y0[sel])
-            iz = 1.0 / z[fk[sel]]                                 # [S, 3]
-            nxs, counts = nx[sel], nx[sel] * ny[sel]
-            xm, ym = xmin[sel].astype(np.int64), ymin[sel].astype(np.int64)
-            bounds = np.cumsum(counts)
-            start = 0
-            while start < sel.size:
-                base = bounds[start - 1] if start else 0
-                stop = int(np.searchsorted(bounds, base + _MAX_CANDIDATES, side="right"))
-                stop = max(stop, start + 1)
-                _raster_chunk(slice(start, stop), counts, nxs, xm, ym, a1, b1, c1, a2, b2, c2,
-                              iz, fid[sel], width, best_invz, best_face, best_l)
-                start = stop
+    fid = np.flatnonzero(np.all(z[f] > near, axis=1))
+    zs = np.where(z > near, z, 1.0)
+    corners = np.ascontiguousarray(f[fid].T)                    # [3, K] vertex ids
+    xs = (fx * v[:, 0] / zs + cx)[corners]                      # [3, K] projected corners
+    ys = (fy * v[:, 1] / zs + cy)[corners]
+    (x0, x1, x2), (y0, y1, y2) = xs, ys
+    d = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)           # twice the signed area
+    lo = np.maximum(np.ceil([xs.min(0), ys.min(0)]), 0)         # [2, K] pixel box, x and y
+    hi = np.minimum(np.floor([xs.max(0), ys.max(0)]), [[width - 1], [height - 1]])
+    size = hi - lo + 1
+    sel = np.flatnonzero((size > 0).all(0) & (np.abs(d) > 1e-12))
+    x0, y0, dd = x0[sel], y0[sel], d[sel]
+    # l1 = a1 x + b1 y + c1, l2 = a2 x + b2 y + c2 (barycentrics of vertices 1 and 2)
+    a1 = (y2[sel] - y0) / dd
+    b1 = -(x2[sel] - x0) / dd
+    a2 = -(y1[sel] - y0) / dd
+    b2 = (x1[sel] - x0) / dd
+    coef = np.stack([a1, b1, -(a1 * x0 + b1 * y0), a2, b2, -(a2 * x0 + b2 * y0)])   # [6, S]
+    box = np.concatenate([lo[:, sel], size[:, sel]]).astype(np.int64)     # [4, S] x, y, w, h
+    iz = 1.0 / z[f[fid[sel]]]                                             # [S, 3]
+    fid = fid[sel]
+    bounds = np.cumsum(box[2] * box[3])
+    start = 0
+    while start < sel.size:            # chunks of about _MAX_CANDIDATES (face, pixel) pairs
+        base = bounds[start - 1] if start else 0
+        stop = int(np.searchsorted(bounds, base + _MAX_CANDIDATES, side="right"))
+        stop = max(stop, start + 1)
+        _raster_chunk(box[:, start:stop], coef[:, start:stop], iz[start:stop], fid[start:stop],
+                      width, best_invz, best_face, best_l)
+        start = stop
 
     covered = best_face >= 0
     bary = np.zeros((n_pix, 3), np.float32)
     depth = np.full(n_pix, np.inf, np.float32)
-    if covered.any():
-        l1, l2 = best_l[covered, 0], best_l[covered, 1]
-        wts = np.stack([1.0 - l1 - l2, l1, l2], 1) / z[f[best_face[covered]]]
-        bary[covered] = (wts / wts.sum(1, keepdims=True)).astype(np.float32)
-        depth[covered] = (1.0 / best_invz[covered]).astype(np.float32)
+    l1, l2 = best_l[covered, 0], best_l[covered, 1]
+    wts = np.stack([1.0 - l1 - l2, l1, l2], 1) / z[f[best_face[covered]]]
+    bary[covered] = (wts / wts.sum(1, keepdims=True)).astype(np.float32)
+    depth[covered] = (1.0 / best_invz[covered]).astype(np.float32)
     return (best_face.reshape(height, width), bary.reshape(height, width, 3),
             depth.reshape(height, width))
 
 
-def _raster_chunk(sl, counts, nxs, xm, ym, a1, b1, c1, a2, b2, c2, iz, face_ids, width,
-                  best_invz, best_face, best_l) -> None:
-    """Test every (face, pixel-centre) candidate of faces ``sl``; update the z-buffer."""
-    cnt = counts[sl]
-    total = int(cnt.sum())
-    if total == 0:
-        return
-    local = np.repeat(np.arange(sl.start, sl.stop), cnt)
-    offs = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-    nxl = nxs[local]
-    px = (xm[local] + offs % nxl).astype(np.float64)
-    py = (ym[local] + offs // nxl).astype(np.float64)
+def _raster_chunk(box, coef, iz, face_ids, width, best_invz, best_face, best_l) -> None:
+    """Test every (face, pixel-centre) candidate in the pixel boxes [4, S] (x, y, w, h) with the
+    faces' edge functions coef [6, S]; update the z-buffer."""
+    x, y, w, h = box
+    counts = w * h
+    local = np.repeat(np.arange(len(counts)), counts)
+    offs = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    px = (x[local] + offs % w[local]).astype(np.float64)
+    py = (y[local] + offs // w[local]).astype(np.float64)
+    a1, b1, c1, a2, b2, c2 = coef
     l1 = a1[local] * px + b1[local] * py + c1[local]
     l2 = a2[local] * px + b2[local] * py + c2[local]
     eps = 1e-9
-    inside = (l1 >= -eps) & (l2 >= -eps) & (l1 + l2 <= 1.0 + eps)
-    if not inside.any():
-        return
-    local, px, py, l1, l2 = local[inside], px[inside], py[inside], l1[inside], l2[inside]
+    inside = np.flatnonzero((l1 >= -eps) & (l2 >= -eps) & (l1 + l2 <= 1.0 + eps))
+    local, l1, l2 = local[inside], l1[inside], l2[inside]
     izl = iz[local]
     invz = (1.0 - l1 - l2) * izl[:, 0] + l1 * izl[:, 1] + l2 * izl[:, 2]
-    pix = py.astype(np.int64) * width + px.astype(np.int64)
+    pix = py[inside].astype(np.int64) * width + px[inside].astype(np.int64)
     order = np.lexsort((-invz, pix))                 # per pixel: nearest (largest 1/z) first
-    pix_o = pix[order]
-    first = np.ones(pix_o.size, bool)
-    first[1:] = pix_o[1:] != pix_o[:-1]
+    first = np.ones(order.size, bool)
+    first[1:] = pix[order[1:]] != pix[order[:-1]]
     win = order[first]
+    win = win[invz[win] > best_invz[pix[win]]]
     p = pix[win]
-    better = invz[win] > best_invz[p]
-    win, p = win[better], p[better]
     best_invz[p] = invz[win]
     best_face[p] = face_ids[local[win]]
-    best_l[p, 0] = l1[win]
-    best_l[p, 1] = l2[win]
+    best_l[p] = np.stack([l1[win], l2[win]], 1)
 
 
 def render_mesh_software(vertices, faces, focal, center, height: int, width: int,
@@ -215,9 +204,7 @@ def render_mesh_software(vertices, faces, focal, center, height: int, width: int
 
     face_id, bary, _ = rasterize(v, f, focal, center, height, width, near=near)
     mask = face_id >= 0
-    rgb = np.zeros((int(height), int(width), 3), np.float32)
-    if not mask.any():
-        return rgb, mask
+    rgb = np.zeros((*mask.shape, 3), np.float32)
     fsel = face_id[mask]
     b = bary[mask].astype(np.float64)[..., None]                  # [P, 3, 1]
     tri = f[fsel]                                                  # [P, 3]

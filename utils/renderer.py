@@ -1,10 +1,8 @@
 """Mesh overlays for ``--viz``, training summaries and the demo (decisions D12).
 
-:class:`Renderer` draws a mesh in camera coordinates, OpenCV convention (x right, y down, z
-forward) with pinhole intrinsics and blends it over an RGB image where it covers it. Backends:
-``'pyrender'`` (offscreen GL through EGL or OSMesa: :func:`select_gl_platform`) and
-``'software'`` (:func:`utils.raster.render_mesh_software`); ``'auto'`` takes pyrender when a GL
-context can be made, else software (:attr:`Renderer.backend` records it).
+:class:`Renderer` blends a mesh in camera coordinates (OpenCV convention: x right, y down, z
+forward; pinhole intrinsics) over an RGB image, with pyrender (offscreen GL through EGL or
+OSMesa: :func:`select_gl_platform`) or :func:`utils.raster.render_mesh_software`.
 
 Known trap: creating a GL context and *later* importing triton (torchvision, timm,
 ``torch._dynamo``) segfaults; hence ``torch._dynamo`` is imported first, at the top.
@@ -12,6 +10,7 @@ Known trap: creating a GL context and *later* importing triton (torchvision, tim
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import torch._dynamo  # noqa: F401  must precede any GL context (triton/GL segfa
 import cv2
 import numpy as np
 
-from utils.raster import (as_numpy, check_faces, check_intrinsics, check_vertices,
+from utils.raster import (as_numpy, check_faces, check_intrinsics, check_size, check_vertices,
                           render_mesh_software)
 
 __all__ = ["Renderer", "make_grid", "save_obj", "draw_keypoints", "select_gl_platform",
@@ -52,18 +51,19 @@ assert (depth > 0).any(), "probe triangle not drawn"
 """
 
 
-def _probe_platform(platform: str) -> tuple[bool, str]:
-    """Try ``platform`` in a subprocess (a broken GL stack can segfault): (works, reason)."""
+def _probe_platform(platform: str) -> str | None:
+    """Why ``platform`` cannot render, None if it can (tried in a subprocess: a broken GL stack
+    can segfault)."""
     env = dict(os.environ, PYOPENGL_PLATFORM=platform)
     try:
         proc = subprocess.run([sys.executable, "-c", _PROBE_CODE], env=env, capture_output=True,
                               text=True, timeout=_PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        return False, f"timed out after {_PROBE_TIMEOUT_S} s"
+        return f"timed out after {_PROBE_TIMEOUT_S} s"
     if proc.returncode == 0:
-        return True, "ok"
+        return None
     tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-    return False, f"exit code {proc.returncode}: {tail}"
+    return f"exit code {proc.returncode}: {tail}"
 
 
 def select_gl_platform(refresh: bool = False) -> str | None:
@@ -93,8 +93,8 @@ def select_gl_platform(refresh: bool = False) -> str | None:
         candidates = _GL_CANDIDATES
     result = None
     for platform in candidates:
-        ok, why = _probe_platform(platform)
-        if ok:
+        why = _probe_platform(platform)
+        if why is None:
             result = platform
             break
         reasons.append(f"{platform}: {why}")
@@ -133,16 +133,12 @@ class Renderer:
         self.faces = check_faces(faces)
         self.requested_backend = backend
         self._holds_gl = False   # whether this renderer counts as a user of the shared context
-        self.gl_platform: str | None = None
-        self.backend = "software"
-        if backend != "software":
-            self.gl_platform = select_gl_platform()
-            if self.gl_platform is not None:
-                self.backend = "pyrender"
-            elif backend == "pyrender":
-                why = "; ".join(gl_failure_reasons()) or "no platform to try"
-                raise RuntimeError(f"pyrender backend requested but no GL context can be made "
-                                   f"({why}); use backend='software' or 'auto'")
+        self.gl_platform = None if backend == "software" else select_gl_platform()
+        self.backend = "software" if self.gl_platform is None else "pyrender"
+        if backend == "pyrender" and self.gl_platform is None:
+            why = "; ".join(gl_failure_reasons()) or "no platform to try"
+            raise RuntimeError(f"pyrender backend requested but no GL context can be made "
+                               f"({why}); use backend='software' or 'auto'")
 
     def render(self, vertices, focal_length, camera_center, image, color=DEFAULT_COLOR,
                alpha: float = 0.9) -> np.ndarray:
@@ -155,9 +151,8 @@ class Renderer:
         h, w = img.shape[:2]
         rgb, mask = self._render_layers(vertices, focal_length, camera_center, h, w, color)
         out = img.copy()
-        if mask.any():
-            blended = (1.0 - alpha) * img[mask].astype(np.float32) + alpha * 255.0 * rgb[mask]
-            out[mask] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+        blended = (1.0 - alpha) * img[mask].astype(np.float32) + alpha * 255.0 * rgb[mask]
+        out[mask] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
         return out
 
     def close(self) -> None:
@@ -167,23 +162,18 @@ class Renderer:
             _SHARED_GL.release()
 
     def __del__(self):
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # pragma: no cover
-            pass
 
     def _render_layers(self, vertices, focal_length, camera_center, height, width, color):
         """(rgb [H, W, 3] float32 in 0..1, mask [H, W] bool)."""
         v = check_vertices(vertices)
         check_faces(self.faces, len(v))
         fx, fy, cx, cy = check_intrinsics(focal_length, camera_center)
-        height, width = int(height), int(width)
-        if height <= 0 or width <= 0:
-            raise ValueError(f"image size must be positive, got {height}x{width}")
+        height, width = check_size(height, width)
         col = np.asarray(color, dtype=np.float64).reshape(-1)
         if col.size != 3 or np.any(col < 0) or np.any(col > 1):
             raise ValueError(f"color must be (r, g, b) in 0..1, got {tuple(np.asarray(color))}")
-        col = tuple(float(c) for c in col)
         if self.backend == "pyrender":
             try:
                 return self._render_pyrender(v, fx, fy, cx, cy, height, width, col)
@@ -262,10 +252,8 @@ class _SharedOffscreen:
     def delete(self) -> None:
         offscreen, self.offscreen = self.offscreen, None
         if offscreen is not None:
-            try:
+            with contextlib.suppress(Exception):   # the context may be gone already
                 offscreen.delete()
-            except Exception:  # pragma: no cover - context already gone
-                pass
 
 
 _SHARED_GL = _SharedOffscreen()

@@ -32,8 +32,7 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except zipfile.BadZipFile as e:
         raise NpzError(f"{path}: not an npz file (not a zip archive: {e}). Pass a file written "
                        f"by numpy.savez") from None
-    twice = sorted(n for n, c in collections.Counter(names).items() if c > 1)
-    if twice:
+    if twice := sorted(n for n, c in collections.Counter(names).items() if c > 1):
         raise NpzError(f"{path}: zip member(s) stored more than once: {', '.join(twice)} "
                        f"(which copy is meant is ambiguous; the file was tampered with or "
                        f"written wrongly). Re-create it with numpy.savez")

@@ -1,16 +1,11 @@
 """Restricted unpickling of every pickle the project reads (issue #15, security items 1-2).
 
-``pickle.load`` imports and calls whatever a file names (``os.system`` included). :func:`load`,
-:func:`load_file` and :func:`load_npy` (object arrays of a ``.npy``) admit only what the
-official files need and refuse anything else with :class:`UnsafePickleError` before importing
-it: numpy ``ndarray``, ``dtype`` and its subclasses, scalar types and the array reconstructors
-(``numpy[._]core.multiarray._reconstruct`` / ``scalar``, ``numpy[._]core.numeric._frombuffer``);
-``scipy.sparse`` matrix / array classes; subclasses of ``chumpy.ch.Ch`` (chumpy is imported only
-when a file names it); the basic containers of protocol 2 (``set``, ``frozenset``, ``list``,
-``dict``, ``tuple``, ``object``, ``slice``, ``complex``, ``bytes``, ``bytearray``, ``int``,
-``float``, ``bool``, ``str``, ``collections.OrderedDict``, ``copyreg._reconstructor``,
-``_codecs.encode``). Python-2 names are mapped as ``pickle`` does. :func:`referenced_globals`
-lists what a pickle names without unpickling it (to say what a refused file would import).
+``pickle.load`` imports and calls whatever a file names (``os.system`` included). :func:`load_file`
+and :func:`load_npy` admit only what the official files need, refusing anything else with
+:class:`UnsafePickleError` before importing it: numpy arrays, dtypes, scalars and their
+reconstructors; ``scipy.sparse`` matrices / arrays; ``chumpy.ch.Ch`` subclasses (chumpy is imported
+only when a file names it); the basic containers of protocol 2. Python-2 names are mapped as
+``pickle`` does. :func:`referenced_globals` lists what a pickle names without unpickling it.
 """
 from __future__ import annotations
 
@@ -18,20 +13,17 @@ import _compat_pickle
 import codecs
 import collections
 import copyreg
-import functools
 import importlib
-import importlib.util
 import io
 import os
 import pickle
 import pickletools
-from pathlib import Path
 
 import numpy as np
 
 from utils.errors import UserError
 
-__all__ = ["UnsafePickleError", "RestrictedUnpickler", "load", "load_file", "load_npy",
+__all__ = ["UnsafePickleError", "RestrictedUnpickler", "load_file", "load_npy",
            "referenced_globals"]
 
 # modules whose names are looked up at all (anything else is refused before it is imported)
@@ -43,52 +35,39 @@ _BUILTINS = {set, frozenset, list, dict, tuple, object, slice, complex, bytes, b
 _NAMED = {("copyreg", "_reconstructor"): copyreg._reconstructor,
           ("_codecs", "encode"): codecs.encode, ("codecs", "encode"): codecs.encode,
           ("collections", "OrderedDict"): collections.OrderedDict}
+_NP_HELPERS = (np._core.multiarray._reconstruct, np._core.multiarray.scalar,
+               np._core.numeric._frombuffer)   # numpy's array reconstructors
 
 
 class UnsafePickleError(UserError, pickle.UnpicklingError):
     """A pickle names something outside the allowed set (it could run code): refused."""
 
 
-@functools.lru_cache(maxsize=1)
-def _np_helpers() -> tuple:
-    """numpy's reconstructor functions (``numpy._core`` on numpy 2, ``numpy.core`` on 1.x)."""
-    core = "numpy._core" if importlib.util.find_spec("numpy._core") else "numpy.core"
-    found = []
-    for mod, names in ((".multiarray", ("_reconstruct", "scalar")), (".numeric", ("_frombuffer",))):
-        m = importlib.import_module(core + mod)
-        found += [getattr(m, n) for n in names if n in vars(m)]
-    return tuple(found)
-
-
 def _resolve(mod: str, name: str):
     """Import ``mod`` and return its ``name``; numpy 1.x / old scipy module names mapped."""
     if mod == "numpy.core" or mod.startswith("numpy.core."):
-        if importlib.util.find_spec("numpy._core"):
-            mod = "numpy._core" + mod[len("numpy.core"):]
+        mod = "numpy._core" + mod[len("numpy.core"):]
     elif mod.startswith("scipy.sparse."):     # scipy.sparse.csc -> scipy.sparse (same classes)
         mod = "scipy.sparse"
     return getattr(importlib.import_module(mod), name)
 
 
 def _admitted(module: str, obj: object) -> bool:
-    """Whether the resolved global ``obj`` (from ``module``) is on the allow list."""
+    """Whether the resolved global ``obj`` (from ``module``, one of ``_MODULES`` or
+    ``_MODULE_PREFIXES``) is on the allow list."""
     top = module.split(".")[0]
-    if top == "numpy":
-        return (obj in (np.ndarray, np.dtype) or any(obj is f for f in _np_helpers())
-                or (isinstance(obj, type) and issubclass(obj, (np.dtype, np.generic))))
-    if top == "scipy":
-        if not module.startswith("scipy.sparse"):
-            return False
-        import scipy.sparse as sp
-        bases = tuple(b for b in (getattr(sp, "spmatrix", None), getattr(sp, "sparray", None))
-                      if b is not None)
-        return isinstance(obj, type) and issubclass(obj, bases)
-    if top == "chumpy":
-        from chumpy.ch import Ch
-        return isinstance(obj, type) and issubclass(obj, Ch)
     if top == "builtins":
         return obj in _BUILTINS
-    return False
+    if top == "numpy":
+        return (obj in (np.ndarray, np.dtype) or any(obj is f for f in _NP_HELPERS)
+                or (isinstance(obj, type) and issubclass(obj, (np.dtype, np.generic))))
+    if top == "scipy":   # scipy.sparse
+        import scipy.sparse as sp
+        bases = (sp.spmatrix, sp.sparray)
+    else:                # chumpy
+        from chumpy.ch import Ch
+        bases = Ch
+    return isinstance(obj, type) and issubclass(obj, bases)
 
 
 def _py3(module: str, name: str) -> tuple[str, str]:
@@ -153,10 +132,8 @@ def referenced_globals(data: bytes, pickles: int = 1) -> list[str]:
                     mod, name = ([None, None] + stack)[-2:]
                     names.append(".".join(_py3(mod, name)) if isinstance(mod, str)
                                  and isinstance(name, str) else "<untraced>.<untraced>")
-                if op.name == "MEMOIZE":
-                    memo[len(memo)] = stack[-1] if stack else None
-                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[arg] = stack[-1] if stack else None
+                if op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[len(memo) if op.name == "MEMOIZE" else arg] = stack[-1] if stack else None
                 elif op.name in ("GET", "BINGET", "LONG_BINGET"):
                     stack.append(memo.get(arg))
                 elif op.name not in ("FRAME", "PROTO"):
@@ -169,21 +146,15 @@ def referenced_globals(data: bytes, pickles: int = 1) -> list[str]:
     return names
 
 
-def load(file, source: str = "<pickle>", what: str = "pickle"):
-    """Unpickle one object from the binary file object ``file`` through the allow list."""
-    return RestrictedUnpickler(file, source=source, what=what).load()
-
-
 def load_file(path: str | os.PathLike, what: str = "pickle"):
     """Unpickle the file at ``path`` through the allow list (``encoding='latin1'``)."""
     with open(path, "rb") as fh:
-        return load(fh, source=str(path), what=what)
+        return RestrictedUnpickler(fh, source=str(path), what=what).load()
 
 
 def load_npy(path: str | os.PathLike, what: str = "array file") -> np.ndarray:
     """``np.load`` of one ``.npy``, an object array unpickled through the allow list
     (:class:`UnsafePickleError` otherwise; numpy's ``ValueError`` for a file that is no .npy)."""
-    path = Path(path)
     with open(path, "rb") as fh:
         version = np.lib.format.read_magic(fh)
         read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
@@ -192,7 +163,7 @@ def load_npy(path: str | os.PathLike, what: str = "array file") -> np.ndarray:
         if not dtype.hasobject:
             fh.seek(0)
             return np.lib.format.read_array(fh, allow_pickle=False)
-        arr = load(fh, source=str(path), what=what)
+        arr = RestrictedUnpickler(fh, source=str(path), what=what).load()
     if not isinstance(arr, np.ndarray):
         raise UnsafePickleError(f"{path}: expected a pickled numpy array in this {what}, found "
                                 f"{type(arr).__name__}. Re-create the file with np.save")
