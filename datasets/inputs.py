@@ -21,7 +21,7 @@ __all__ = ["DemoInputError", "IMAGE_EXTS", "NUM_OPENPOSE", "list_images", "read_
            "load_bbox_file", "bboxes_for", "bbox_from_openpose", "bbox_from_xywh",
            "far_outside", "box_problem", "keypoints_problem",
            "export_dataset_inputs", "gt_to_openpose", "prepare_person", "collate",
-           "read_video"]
+           "read_video", "read_image"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 NUM_OPENPOSE = 25
@@ -36,6 +36,11 @@ def read_video(path, every: int = 1):
     """(fps, iterator of (name, [H, W, 3] uint8 RGB)): every ``every``-th frame from 0, named as
     OpenPose names it, ``<video stem>_<frame:012d>``. Raises :class:`DemoInputError` when OpenCV
     cannot open the file or it has no frame."""
+    try:   # OpenCV crashes on a name that is not valid UTF-8
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DemoInputError(f"{path}: OpenCV cannot open a video whose name is not valid "
+                             f"UTF-8. Rename it") from None
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise DemoInputError(f"{path}: cannot open this video (not a video, or a codec OpenCV "
@@ -59,6 +64,19 @@ def read_video(path, every: int = 1):
     return (fps if fps > 0 else 25.0), frames()
 
 
+def read_image(path) -> np.ndarray | None:
+    """[H, W, 3] uint8 RGB of an image file (EXIF orientation applied, as OpenPose's OpenCV
+    reader does; alpha dropped, 16-bit and grey converted), or None when it cannot be decoded.
+    The bytes are read by Python: OpenCV's own file functions fail on names that are not valid
+    UTF-8."""
+    try:
+        buf = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    return None if bgr is None or bgr.size == 0 else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def list_images(img_dir) -> list[Path]:
     """Image files (by extension, case-insensitive) directly in ``img_dir``, sorted by name."""
     return sorted(p for p in Path(img_dir).iterdir()
@@ -72,7 +90,7 @@ def read_openpose_json(path) -> list[np.ndarray]:
     try:
         with open(path, encoding="utf-8-sig") as f:   # (a byte-order mark is allowed)
             data = json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:   # (nesting too deep)
         raise DemoInputError(f"{path}: cannot read OpenPose JSON: {e}") from e
     people = data.get("people") if isinstance(data, dict) else None
     if not isinstance(people, list):
@@ -107,7 +125,7 @@ def load_bbox_file(path) -> dict[str, list]:
     try:
         with open(p, encoding="utf-8-sig") as f:   # (a byte-order mark is allowed)
             data = json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise SystemExit(f"error: --bbox_file {p}: not valid JSON: {e}") from e
     if not isinstance(data, dict):
         raise SystemExit(f"error: --bbox_file {p}: expected a JSON object "

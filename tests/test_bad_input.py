@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import pickle
 import re
@@ -462,3 +463,148 @@ def test_mean_params_file_errors_are_one_line(tmp_path):
         np.savez(tmp_path / f"{name}.npz", **{k: v for k, v in arrays.items() if v is not None})
         with pytest.raises(MeanParamsError, match=match):
             load_mean_params(tmp_path / f"{name}.npz")
+
+
+# -------------------------------------------------------------------------------------------
+# The demo's own inputs (probe of users' files): odd images, names, JSON, videos, options
+_NON_UTF8 = os.fsdecode(b"caf\xe9 photo")   # a Latin-1 file name: not valid UTF-8
+
+
+def test_demo_deeply_nested_json_is_a_reported_input_error(tmp_path):
+    """JSON nested deeper than Python's parser recursion: the keypoint file is a per-image
+    DemoInputError (a skip), the bbox file one line ``error:``, never a RecursionError."""
+    from datasets.inputs import DemoInputError, load_bbox_file, read_openpose_json
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"people": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(DemoInputError, match="deep.json: cannot read OpenPose JSON"):
+        read_openpose_json(deep)
+    with pytest.raises(SystemExit, match="^error: --bbox_file .*deep.json: not valid JSON"):
+        load_bbox_file(deep)
+
+
+def test_demo_reads_odd_image_files_by_their_pixels(tmp_path):
+    """Alpha, 16-bit, grey, EXIF-rotated images give the expected 8-bit RGB pixels; a file
+    name that is not valid UTF-8 reads (OpenCV's own reader crashed on it); an empty or
+    non-image file is None (a listed skip)."""
+    import cv2
+    from PIL import Image
+    from datasets.inputs import read_image
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    Image.fromarray(np.dstack([rgb, np.full((24, 40), 7, np.uint8)])).save(tmp_path / "a.png")
+    cv2.imwrite(str(tmp_path / "b.png"), rgb[..., ::-1].astype(np.uint16) * 257)
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "g.png")
+    im = Image.fromarray(rgb)
+    exif = im.getexif()
+    exif[0x0112] = 6                       # "rotate 90 degrees clockwise to display"
+    im.save(tmp_path / "r.jpg", exif=exif, quality=100)
+    Image.fromarray(rgb).save(os.path.join(tmp_path, _NON_UTF8 + ".png"))
+    assert np.array_equal(read_image(tmp_path / "a.png"), rgb)
+    assert np.array_equal(read_image(tmp_path / "b.png"), rgb)
+    assert np.array_equal(read_image(tmp_path / "g.png"), np.repeat(rgb[..., :1], 3, -1))
+    assert read_image(tmp_path / "r.jpg").shape == (40, 24, 3)   # as OpenPose's OpenCV sees it
+    assert np.array_equal(read_image(tmp_path / (_NON_UTF8 + ".png")), rgb)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    for name in ("empty.jpg", "text.jpg", "missing.jpg"):
+        assert read_image(tmp_path / name) is None
+
+
+def test_demo_video_names_and_frame_sizes(tmp_path):
+    """A video or output folder name that is not valid UTF-8 is one line ``error:`` (OpenCV
+    crashed on it); frames too large or too small for the mp4 codec are scaled, not an
+    OSError traceback."""
+    import cv2
+    from datasets.inputs import DemoInputError, read_video
+    from train.video import OverlayVideo
+    bad = tmp_path / (_NON_UTF8 + ".mp4")
+    bad.write_bytes(b"")
+    with pytest.raises(DemoInputError, match="not valid UTF-8"):
+        read_video(bad)
+    with pytest.raises(SystemExit, match="^error: .*not valid UTF-8"):
+        OverlayVideo(tmp_path / _NON_UTF8 / "v.mp4", 10.0)
+    for name, (h, w) in {"wide": (60, 9000), "tiny": (1, 2)}.items():
+        out = OverlayVideo(tmp_path / f"{name}.mp4", 10.0)
+        out.write(np.full((h, w, 3), 200, np.uint8))
+        out.close()
+        cap = cv2.VideoCapture(str(out.path))
+        ok, frame = cap.read()
+        cap.release()
+        assert ok and 16 <= min(frame.shape[:2]) and max(frame.shape[:2]) <= 4096, name
+
+
+def test_demo_on_a_non_utf8_image_name_and_out_dir(synthetic_root, tmp_path):
+    """The whole demo (bbox mode) on an image and into a folder whose names are not valid
+    UTF-8: the person is processed and the overlay written (OpenCV's file functions crashed)."""
+    from models import build_model
+    from train import demo
+    mean = DataPaths(synthetic_root).smpl_mean_params()
+    torch.manual_seed(0)
+    nets = {r: build_model("cliff", "resnet18", r, "rect", mean) for r in ("main", "aux")}
+    torch.save({"model": nets["main"].state_dict(), "model_aux": nets["aux"].state_dict()},
+               tmp_path / "c.pt")
+    src = _world_npz(synthetic_root, "h36m-p2")["imgname"][0]
+    img_dir, out = tmp_path / "img", tmp_path / _NON_UTF8
+    img_dir.mkdir()
+    shutil.copyfile(DataPaths(synthetic_root).image_folder("h36m-p2") / str(src),
+                    img_dir / (_NON_UTF8 + ".jpg"))
+    (tmp_path / "boxes.json").write_text(json.dumps({_NON_UTF8: [[30, 10, 60, 100]]}))
+    o = demo.parse_demo(["--checkpoint", str(tmp_path / "c.pt"), "--data_root",
+                         str(synthetic_root), "--backbone", "resnet18", "--crop_scale", "0.25",
+                         "--device", "cpu", "--render_backend", "software", "--img_dir",
+                         str(img_dir), "--bbox_file", str(tmp_path / "boxes.json"),
+                         "--out_dir", str(out)])
+    summary = demo.run_demo(o, log=lambda *a: None)
+    assert (summary["processed"], summary["people"]) == (1, 1), summary["per_image"]
+    overlay = out / (_NON_UTF8 + "_overlay.jpg")
+    assert overlay.read_bytes()[:2] == b"\xff\xd8"   # a JPEG
+    assert (out / (_NON_UTF8 + "_person0.npz")).exists()
+
+
+@pytest.mark.parametrize("script, argv, match", [
+    ("train", ["--crop_scale", "1e300"], r"--crop_scale must be in \(0, 4\]"),
+    ("demo", ["--focal_length", "inf"], "--focal_length must be >= 1 and finite"),
+    ("demo", ["--focal_length", "1e-300"], "--focal_length must be >= 1, got 1e-300"),
+    ("train", ["--eval_datasets", "3dpw,h36m"], "--eval_datasets: unknown test set.*'h36m'"),
+    ("demo", ["--every", "2"], "--every picks frames of --video"),
+    ("eval", ["--batch_size", "99999999999999999999"], "--batch_size must be at most 4294967295"),
+    ("eval", ["--amp", "bf16"], "--amp has no effect in eval_cliff.py"),
+    ("eval", ["--gt_train_weight", "0"], "--gt_train_weight has no effect in eval_cliff.py"),
+])
+def test_option_values_that_cannot_run_are_refused(script, argv, match):
+    """A crop of 1e300 x the released size (a traceback deep in the data pipeline, after the run
+    folder was made) and a focal length that is not a finite number of pixels (every person
+    non-finite) are refused when the options are read, as is a test set name that training
+    would only read at its first evaluation (a traceback, epochs later); so are options that
+    would be ignored (evaluation has no mixed precision, its TTO 2D loss weights follow
+    --use_openpose2d; images have no frames to pick) and integers beyond 32 bits (itertools
+    raised on the batch size)."""
+    from train.demo import parse_demo
+    from utils.options import parse_eval, parse_train
+    parse = {"train": parse_train, "eval": lambda a: parse_eval("cliff", a),
+             "demo": lambda a: parse_demo(["--checkpoint", "c.pt", "--img_dir", "i",
+                                           "--openpose_dir", "k", *a])}[script]
+    with pytest.raises((OptionError, SystemExit), match=match):
+        parse(argv)
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path):
+    """An output that cannot be written is refused when the options are read, not after the
+    evaluation or training it would hold (a traceback then: IsADirectoryError,
+    FileExistsError); an empty name or --name '' (the run folder would be --log_dir itself)
+    too. A new file or folder in a new folder is fine."""
+    from utils.options import parse_eval, parse_train
+    (tmp_path / "afile").write_text("")
+    ev = lambda *a: parse_eval("cliff", [str(x) for x in a])  # noqa: E731
+    for argv, match in ((["--result_file", tmp_path], "is a folder"),
+                        (["--json_out", tmp_path / "afile" / "m.json"], "afile is a file"),
+                        (["--viz", "--viz_dir", tmp_path / "afile"], "afile is a file"),
+                        (["--json_out", ""], "names no file")):
+        with pytest.raises(OptionError, match=f"^--{argv[-2].lstrip('-')} .*{match}"):
+            ev(*argv)
+    for argv, match in ((["--log_dir", tmp_path / "afile" / "sub"], "afile is a file"),
+                        (["--name", ""], "the run folder is <log_dir>/<name>"),
+                        (["--name", "../x"], "the run folder")):
+        with pytest.raises(OptionError, match=match):
+            parse_train([str(x) for x in argv])
+    ev("--json_out", tmp_path / "new" / "m.json", "--viz", "--viz_dir", tmp_path / "new" / "v")
+    assert parse_train(["--log_dir", str(tmp_path / "new"), "--name", "a/b"]).name == "a/b"

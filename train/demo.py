@@ -37,7 +37,8 @@ from config import TEST_DATASETS, DataPaths, MissingFileError, require
 from datasets.inputs import (IMAGE_EXTS, NUM_OPENPOSE, DemoInputError, bbox_from_openpose,
                              bbox_from_xywh, bboxes_for, box_problem, collate,
                              export_dataset_inputs, keypoints_problem, list_images,
-                             load_bbox_file, prepare_person, read_openpose_json, read_video)
+                             load_bbox_file, prepare_person, read_image, read_openpose_json,
+                             read_video)
 from models.smpl import build_smpl
 from train.demo_report import Summary, image_line, judge_finite
 from train.tto import TTOConfig, test_time_optimize
@@ -47,7 +48,7 @@ from utils.camera import Camera, smpl_predict
 from utils.geometry import perspective_projection, rotmat_to_axis_angle
 from utils.jsonio import write_json
 from utils.options import (add_bbox_type, add_common, add_crop_scale, add_tto_steps,
-                           fill_checkpoint_defaults, from_checkpoint, resolve)
+                           fill_checkpoint_defaults, from_checkpoint, refuse_unused, resolve)
 from utils.runtime import place, seed_everything, select_device
 
 __all__ = ["demo_parser", "parse_demo", "resolve_demo", "main", "run_demo", "prepare_person",
@@ -116,24 +117,21 @@ def demo_parser() -> argparse.ArgumentParser:
 def resolve_demo(o: argparse.Namespace) -> argparse.Namespace:
     """Check the demo's option combinations (after :func:`utils.options.resolve`) and fill the
     implied TTO settings."""
-    o = resolve(o)
-    for name, default in _UNUSED_COMMON.items():   # refused rather than ignored
-        if getattr(o, name) != default:
-            raise SystemExit(f"error: --{name} has no effect in demo.py")
+    o = refuse_unused(resolve(o), _UNUSED_COMMON, "demo.py")
     given = [n for n in ("img_dir", "openpose_dir", "bbox_file") if getattr(o, n)]
     no_source, dataset = o.openpose_dir is None and o.bbox_file is None, o.from_dataset is not None
     for bad, message in (
             (o.video is not None and (o.img_dir or o.from_dataset), "--video replaces --img_dir "
              "/ --from_dataset (its frames are the images). Give one input"),
             (o.every < 1, f"--every must be >= 1 (1 = every frame), got {o.every}"),
+            (o.video is None and o.every != 1, "--every picks frames of --video; images take "
+             "no --every (use --max_images to process fewer)"),
             (dataset and given, f"--from_dataset replaces --{', --'.join(given)}"),
             (not dataset and o.video is not None and no_source, "--video needs --openpose_dir "
              "(OpenPose's <video>_<frame:012d>_keypoints.json files) or --bbox_file"),
             (not dataset and o.video is None and (o.img_dir is None or no_source), "give "
              "--img_dir and one of --openpose_dir / --bbox_file (or --from_dataset)"),
             (o.max_images < 0, f"--max_images must be >= 0, got {o.max_images}"),
-            (o.focal_length is not None and not o.focal_length > 0,
-             f"--focal_length must be positive, got {o.focal_length}"),
             (o.min_keypoints < 2, f"--min_keypoints must be >= 2 (a box needs two points), "
              f"got {o.min_keypoints}"),
             (not o.kp_threshold >= 0, f"--kp_threshold must be >= 0 (a confidence), got "
@@ -345,8 +343,7 @@ class DemoRun:
         if not raw:
             return skip("no_people", "the keypoint / bbox entry lists no people")
         if rgb is None:
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            rgb = None if bgr is None or bgr.size == 0 else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            rgb = read_image(path)
         if rgb is None:
             return skip("unreadable_image", f"cannot read image {path} (corrupt or not an image)")
         h, w = rgb.shape[:2]
@@ -418,8 +415,10 @@ class DemoRun:
             overlay_sink(overlay)
         else:
             path = self.out_dir / f"{stem}_overlay.jpg"
-            if not cv2.imwrite(str(path), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)):
-                raise OSError(f"could not write {path}")
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+            if not ok:   # (encoded here: OpenCV's file functions fail on non-UTF-8 names)
+                raise OSError(f"could not encode {path}")
+            path.write_bytes(buf.tobytes())
             files.append(path.name)
         errors = {k: [float(r[k]) for r in records]
                   for k in ("kp_error_px_before", "kp_error_px", "kp_error_px_tto")}

@@ -16,19 +16,33 @@ import numpy as np
 __all__ = ["run_video", "OverlayVideo"]
 
 
+MAX_SIDE, MIN_SIDE = 4096, 16   # frame sides mp4v writes (it refuses widths >= 8192, 2x1)
+
+
 class OverlayVideo:
-    """An mp4 written frame by frame (RGB; opened at the first frame, whose size the rest get)."""
+    """An mp4 written frame by frame (RGB; opened at the first frame, whose size, scaled to
+    sides within [MIN_SIDE, MAX_SIDE] where needed, the rest get)."""
 
     def __init__(self, path: Path, fps: float):
         self.path, self.fps, self.writer, self.frames = path, fps, None, 0
+        try:   # (checked before any work: OpenCV crashes on such a name)
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            raise SystemExit(f"error: {path}: OpenCV cannot write a video whose path is not "
+                             f"valid UTF-8. Pass another --out_dir") from None
 
     def write(self, rgb: np.ndarray) -> None:
         if self.writer is None:
-            self.size = rgb.shape[1::-1]   # (w, h)
+            w, h = rgb.shape[1::-1]
+            f = min(1.0, MAX_SIDE / max(w, h))
+            f = max(f, MIN_SIDE / min(w, h)) if min(w, h) * f < MIN_SIDE else f
+            self.size = (max(2, round(w * f)), max(2, round(h * f)))
             self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"),
                                           self.fps, self.size)
             if not self.writer.isOpened():
-                raise OSError(f"{self.path}: OpenCV cannot write an mp4 video here")
+                raise SystemExit(f"error: {self.path}: OpenCV cannot write a {self.size[0]}x"
+                                 f"{self.size[1]} mp4 video here. Run on the frames as "
+                                 f"--img_dir instead")
         if rgb.shape[1::-1] != self.size:
             rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
         self.writer.write(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))

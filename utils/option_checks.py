@@ -66,17 +66,26 @@ RULES: dict[str, tuple[tuple[str, Callable[[float], bool]], str]] = {
     "gt_train_weight": (_ge(0), "a loss weight"),
     "time_to_run": (_gt(0), "seconds; inf = no budget"),
     "dist_timeout": (_gt(0), "seconds"),
-    "crop_scale": (_gt(0), "a factor of the released crop size"),
+    "crop_scale": (("in (0, 4]", lambda v: 0 < v <= 4), "a factor of the released crop size; "
+                   "4 is a 1024x768 crop"),
+    "focal_length": (_ge(1), "pixels"),
 }
+
+
+INT_MAX = 2 ** 32 - 1   # every count, and the seed: larger ones break itertools and torch
 
 
 def check_ranges(options) -> None:
     """Raise :class:`OptionError` (one line: the option, its range, the value, what the range
-    means) for the first numeric option outside its range (RULES)."""
+    means) for the first numeric option outside its range (RULES) or an integer above
+    :data:`INT_MAX`."""
     for name, ((text, ok), meaning) in RULES.items():
         value = getattr(options, name, None)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
+        if isinstance(value, int) and value > INT_MAX:
+            raise OptionError(f"--{name} must be at most {INT_MAX}, got {value} ({meaning}). "
+                              f"Pass a smaller value")
         finite = math.isfinite(value) or (name == "time_to_run" and value == math.inf)
         if not finite or not ok(value):
             raise OptionError(f"--{name} must be {text}{'' if finite else ' and finite'}, got "

@@ -13,7 +13,7 @@ import math
 import os
 from pathlib import Path
 
-from config import SYNTHETIC_ROOT, default_root
+from config import SYNTHETIC_ROOT, TEST_DATASETS, default_root
 from constants import crop_size
 from utils.errors import OptionError
 from utils.jsonio import write_json
@@ -300,6 +300,9 @@ def eval_parser(model: str) -> argparse.ArgumentParser:
                    help="accepted for compatibility; evaluation always takes one step 0")
     add_common(p)
     from_checkpoint(p, model_fallback=model)
+    for action in p._actions:   # (refused by parse_eval)
+        if action.dest in EVAL_UNUSED:
+            action.help = argparse.SUPPRESS
     return p
 
 
@@ -423,6 +426,11 @@ def resolve(options: argparse.Namespace) -> argparse.Namespace:
     if hasattr(options, "aux_mode") and options.aux_mode is None:   # decisions D5
         options.aux_mode = "eval" if options.first_order else "train"
     check_ranges(options)   # every numeric option in its range (utils/option_checks.py)
+    unknown = [d for d in getattr(options, "eval_datasets", "").split(",")
+               if d and d not in TEST_DATASETS]   # (else a traceback at the first evaluation)
+    if unknown:
+        raise OptionError(f"--eval_datasets: unknown test set(s) {', '.join(map(repr, unknown))}."
+                          f" Pass comma-separated names of {', '.join(TEST_DATASETS)} ('' = none)")
     return _check_network(options)
 
 
@@ -433,7 +441,7 @@ def parse_train(argv=None) -> argparse.Namespace:
         try:
             with open(options.from_json) as f:
                 data = json.load(f)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise OptionError(f"{options.from_json}: cannot read these options ({e}). Pass "
                               f"the config.json of a run (--from_json)") from None
         if not isinstance(data, dict):
@@ -443,7 +451,11 @@ def parse_train(argv=None) -> argparse.Namespace:
         if unknown:
             raise SystemExit(f"error: {options.from_json} has unknown options {unknown}")
         options = _parse_json_values(p, data, options.from_json)
-    return resolve(options)
+    name = Path(options.name)
+    if not options.name.strip() or name.is_absolute() or {".", ".."} & set(name.parts):
+        raise OptionError(f"--name {options.name!r}: the run folder is <log_dir>/<name>; pass "
+                          f"a name (no '.', '..' or leading '/')")
+    return check_outputs(resolve(options), folders=("log_dir",))
 
 
 def _parse_json_values(p: argparse.ArgumentParser, data: dict, file) -> argparse.Namespace:
@@ -476,8 +488,44 @@ def _parse_json_values(p: argparse.ArgumentParser, data: dict, file) -> argparse
     return options
 
 
+# options of the shared groups that evaluation has no use for (name -> default): the TTO 2D loss
+# weights follow --use_openpose2d, and evaluation runs in full precision
+EVAL_UNUSED = {"amp": "off", "openpose_train_weight": 0.0, "gt_train_weight": 1.0}
+
+
+def refuse_unused(o: argparse.Namespace, unused: dict, script: str) -> argparse.Namespace:
+    """An :class:`OptionError` for the first option of ``unused`` (name -> default) given
+    another value: refused rather than silently ignored."""
+    for name, default in unused.items():
+        if getattr(o, name) != default:
+            raise OptionError(f"--{name} has no effect in {script}. Drop it")
+    return o
+
+
+def check_outputs(o: argparse.Namespace, files=(), folders=()) -> argparse.Namespace:
+    """The output paths named by the options ``files`` and ``folders`` can be written (checked
+    before any work, not when the results are due): not empty, a file not a folder, no file
+    where a folder is needed. :class:`OptionError` otherwise."""
+    for name in (*files, *folders):
+        value = getattr(o, name, None)
+        if value is None:
+            continue
+        p = Path(value)
+        if not str(value).strip() or name in files and p.name in ("", ".", ".."):
+            kind = "folder" if name in folders else "file"
+            raise OptionError(f"--{name} {value!r} names no {kind}. Pass a {kind} name")
+        if name in files and p.is_dir():
+            raise OptionError(f"--{name} {p} is a folder. Pass a file name")
+        q = next(q for q in (p, *p.parents) if q.exists() or q == q.parent)
+        if (q != p or name in folders) and q.exists() and not q.is_dir():
+            raise OptionError(f"--{name} {p}: {q} is a file, not a folder. Pass another path")
+    return o
+
+
 def parse_eval(model: str, argv=None) -> argparse.Namespace:
-    return resolve(eval_parser(model).parse_args(argv))
+    o = refuse_unused(resolve(eval_parser(model).parse_args(argv)), EVAL_UNUSED,
+                      f"eval_{model}.py")
+    return check_outputs(o, ("result_file", "json_out"), ("viz_dir",) if o.viz else ())
 
 
 def save_options(options: argparse.Namespace, path: str | Path) -> None:
