@@ -209,3 +209,90 @@ def test_demo_refuses_keypoints_of_another_image(synthetic_root, demo_files, tmp
     used = img.people[0]["keypoints_full"].numpy()[:, 2]     # `few`: the far two not used
     assert (used[confident[:2]] == 0).all() and (used[confident[2:]] > 0).all()
     run.renderer.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic writes, restricted unpickling, npz reading (mutation probe)
+def test_a_failed_atomic_write_keeps_the_previous_file_and_no_temporary(tmp_path):
+    """An error during the write (a full disk, a failing torch.save) leaves the previous file
+    as it was and no temporary; a temporary naming a PID no system can have (above Linux's
+    PID_MAX_LIMIT, 2**22) is a dead writer's: removed at the next save, no traceback."""
+    from train.checkpoint import atomic_save, load_for_resume
+    from utils.atomic import atomic_path, temporary_name
+    path = atomic_save({"step": 1}, tmp_path / "current.pt")
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"half a checkpo")
+            raise OSError("disk full")
+    assert torch.load(path, map_location="cpu", weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["current.pt"]
+    huge = temporary_name(path, 10 ** 30)
+    huge.write_bytes(b"half a checkpoint")
+    assert load_for_resume(tmp_path, log=None)[1] == {"step": 1} and not huge.exists()
+
+
+def test_python2_strings_persistent_ids_and_non_arrays_in_pickles(tmp_path):
+    """The official SMPL files are Python-2 pickles whose array data are byte strings, which
+    Python 3 reads with encoding='latin1' (the pickle module's documented way for numpy);
+    a persistent id (never in the official files) and an object .npy that holds no array are
+    refused, not returned."""
+    import io
+    import pickle
+    from utils.safe_pickle import UnsafePickleError, load_file, load_npy
+    a = np.array([1.5, -2.0, 3e-300])         # its bytes are not ASCII
+    raw = pickle.dumps(a, protocol=2)
+    i = raw.index(b"\x89h") + 1               # after NEWFALSE: _codecs.encode(str, 'latin1')
+    j = raw.index(b"R", raw.index(b"\x86", i)) + 1
+    py2 = raw[:i] + b"U" + bytes([a.nbytes]) + a.tobytes() + raw[j:]   # a Python-2 str
+    (tmp_path / "py2.pkl").write_bytes(py2)
+    np.testing.assert_array_equal(pickle.loads(py2, encoding="latin1"), a)
+    np.testing.assert_array_equal(load_file(tmp_path / "py2.pkl"), a)
+
+    class Persistent(pickle.Pickler):
+        def persistent_id(self, obj):
+            return "ext" if obj == "marker" else None
+    buf = io.BytesIO()
+    Persistent(buf, protocol=2).dump({"a": "marker"})
+    (tmp_path / "pid.pkl").write_bytes(buf.getvalue())
+    with pytest.raises(UnsafePickleError, match="persistent ids"):
+        load_file(tmp_path / "pid.pkl")
+    with open(tmp_path / "list.npy", "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|O", "fortran_order": False,
+                                                  "shape": (2,)})
+        pickle.dump([1, 2], fh, protocol=2)
+    with pytest.raises(UnsafePickleError, match="expected a pickled numpy array"):
+        load_npy(tmp_path / "list.npy")
+
+
+def test_npz_that_is_no_zip_or_holds_an_object_array_is_named(tmp_path):
+    """numpy.savez writes a zip archive: any other file is an NpzError naming it, and an
+    object array (a pickle) is refused as one, naming its key."""
+    from utils.safe_npz import NpzError, read_npz
+    (tmp_path / "a.npz").write_text("not a zip")
+    with pytest.raises(NpzError, match=f"{tmp_path / 'a.npz'}: not an npz file"):
+        read_npz(tmp_path / "a.npz")
+    np.savez(tmp_path / "b.npz", ok=np.arange(2), obj=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(NpzError, match="array 'obj' is an object array, i.e. a pickle"):
+        read_npz(tmp_path / "b.npz")
+
+
+def test_what_a_checkpoint_file_is_and_resume_ties(tmp_path):
+    """A file holding no dict is no checkpoint of train.py (one error naming it); one CLIFF
+    main network (fc1 input 512 + 160: a ResNet-18 CLIFF head, no 'encoder.' trunk as in the
+    aux files) under 'model' without 'model_aux' is said to be that, not an aux checkpoint;
+    on equal modification times --resume takes current.pt (the file written last)."""
+    from models.checkpoint_kind import describe
+    from models.checkpoints import CheckpointError
+    from train.checkpoint import atomic_save, load, load_for_resume
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="holds a list, not a checkpoint dict"):
+        load(tmp_path / "list.pt")
+    main = {"layer4.0.conv2.weight": torch.zeros(1), "fc1.weight": torch.zeros(1024, 672)}
+    assert describe({"model": main}) == (
+        "this holds one CLIFF ResNet-18 network under 'model' but no 'model_aux': not a "
+        "Meta-HMR checkpoint (which holds both networks)")
+    run = tmp_path / "run"
+    for name, step in (("epoch_1.pt", 1), ("current.pt", 2)):
+        atomic_save({"step": step}, run / name)
+        os.utime(run / name, ns=(10 ** 18, 10 ** 18))
+    assert load_for_resume(run, log=None) == (run / "current.pt", {"step": 2})

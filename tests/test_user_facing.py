@@ -413,3 +413,97 @@ def test_per_image_line_reports_errors_and_warnings():
     assert first == ("[demo] a.jpg: 2 people; 2D keypoint error before -> after TTO (px): "
                      "12.3 -> 3.2, 4.0 -> 9.0")
     assert warn.startswith("warning: a.jpg person 1: TTO raised the 2D keypoint error")
+
+
+# ---------------------------------------------------------------------------------------------
+# option ranges, defaults and combinations from what the values mean (mutation probe)
+def test_option_range_edges_follow_what_the_values_mean():
+    """Independent facts: numpy seeds are 32-bit unsigned (numpy itself accepts 2**32 - 1 and
+    refuses 2**32); a pixel multiplier U[1-n, 1+n] is never negative iff n <= 1; a scale clipped
+    to [1-s, 1+s] is never 0 iff s < 1; a negative step period means nothing."""
+    from utils.options import parse_train
+    np.random.seed(2 ** 32 - 1)
+    with pytest.raises(ValueError):
+        np.random.seed(2 ** 32)
+    o = parse_train(["--seed", str(2 ** 32 - 1), "--noise_factor", "1", "--scale_factor",
+                     "0.99"])
+    assert (o.seed, o.noise_factor, o.scale_factor) == (2 ** 32 - 1, 1.0, 0.99)
+    for argv, match in ((["--seed", str(2 ** 32)], r"--seed must be in \[0, 4294967295\]"),
+                        (["--noise_factor", "1.5"], r"--noise_factor must be in \[0, 1\]"),
+                        (["--scale_factor", "1"], r"--scale_factor must be in \[0, 1\)"),
+                        (["--checkpoint_steps", "-1"], "--checkpoint_steps must be >= 0"),
+                        (["--outer_lr", "0"], "--outer_lr must be > 0, got 0.0")):
+        with pytest.raises(OptionError, match=match):
+            parse_train(argv)
+
+
+def test_resolved_training_options_follow_the_decisions(tmp_path):
+    """D14: --seed defaults to 2023 (as released) in training and evaluation; --max_steps 0 =
+    no step limit; --no_inner is inner_step 0; D5: the aux network runs in eval mode under
+    --first_order, in train mode without it, --aux_mode overrides; the released code has no
+    HMR HRNet (no aux file for it in the layout)."""
+    from config import AUX_FILES
+    from utils.options import parse_eval, parse_train
+    o = parse_train([])
+    assert (o.seed, parse_eval("cliff", []).seed, parse_eval("hmr", []).seed) == (2023,) * 3
+    assert (o.max_steps, o.inner_step, o.aux_mode) == (0, 1, "train")
+    assert parse_train(["--no_inner", "--inner_step", "3"]).inner_step == 0
+    assert parse_train(["--first_order"]).aux_mode == "eval"
+    assert parse_train(["--first_order", "--aux_mode", "train"]).aux_mode == "train"
+    assert ("hmr", "hrnet") not in AUX_FILES
+    with pytest.raises(OptionError, match="--model hmr has no HRNet variant"):
+        parse_train(["--model", "hmr", "--backbone", "hrnet"])
+
+
+def test_from_json_that_is_no_options_object_is_one_line(tmp_path, capsys, monkeypatch):
+    """A config.json holding a JSON array or number, or naming an option no script has, is one
+    line `error: ...` with exit code 2 (the project's rule for an expected mistake)."""
+    from utils.cli import run
+    from utils.options import parse_train
+    monkeypatch.delenv("METAHMR_DEBUG", raising=False)
+    for text, want in (("[1, 2]", "expected a JSON object of options"),
+                       ("3", "expected a JSON object of options"),
+                       ('{"name": "x", "banana": 1}', "has unknown options ['banana']")):
+        (tmp_path / "c.json").write_text(text)
+        with pytest.raises(SystemExit) as e:
+            run(parse_train, ["--from_json", str(tmp_path / "c.json")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and want in err, err
+
+
+def test_data_layout_root_image_folders_and_sources(tmp_path, monkeypatch):
+    """D10: the root defaults to env METAHMR_ROOT; a missing file names where it was expected
+    and where the seed README says to get it; raw images lie under --img_root when given, in
+    the released folder names (upstream-behaviour.md: 3DPW under datasets/pw3d); a missing
+    --img_root is said once for the folder."""
+    from argparse import Namespace
+    from config import DataPaths, MissingFileError
+    from utils.options import parse_train
+    monkeypatch.setenv("METAHMR_ROOT", str(tmp_path))
+    assert parse_train([]).data_root == str(tmp_path)
+    assert DataPaths.from_options(Namespace()).root == tmp_path
+    with pytest.raises(MissingFileError, match=re.escape(
+            f"SMPL neutral body model not found: expected at "
+            f"{tmp_path / 'data/smpl/SMPL_NEUTRAL.pkl'}. Get it from the SMPL website")):
+        DataPaths(tmp_path).smpl_model()
+    images = tmp_path / "elsewhere"
+    (images / "pw3d").mkdir(parents=True)
+    assert DataPaths(tmp_path, images).image_folder("3dpw") == images / "pw3d"
+    with pytest.raises(MissingFileError, match="given by --img_root, does not exist"):
+        DataPaths(tmp_path, tmp_path / "nope").image_folder("coco")
+
+
+def test_progress_lines_in_a_log_every_log_freq_and_after_the_last(monkeypatch):
+    """Issue #13 point 1: without a terminal, a line `[<desc>] <i>/<total>: ...` (i counted
+    from 1) every --log_freq iterations and after the last one; --log_freq 0: none."""
+    import io
+    import sys
+    from utils.progress import Progress
+    monkeypatch.setattr(sys, "stderr", io.StringIO())        # a log file, not a terminal
+    for freq, want in ((2, [2, 4, 5]), (0, [])):
+        lines: list[str] = []
+        bar = Progress(range(5), 5, "eval 3dpw", freq, log=lines.append)
+        for i, _ in enumerate(bar, 1):
+            bar.update(i, {"MPJPE": f"{10.0 * i:.1f}"})
+        bar.close()
+        assert lines == [f"[eval 3dpw] {i}/5: MPJPE {10.0 * i:.1f}" for i in want]

@@ -12,16 +12,21 @@ from utils.errors import OptionError
 __all__ = ["RULES", "check_ranges"]
 
 
+def _n(x: float) -> str:
+    """A bound as the user types it: an int exactly (2**32 - 1, not 4.29497e+09)."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 def _ge(lo: float) -> tuple[str, Callable[[float], bool]]:
-    return f">= {lo:g}", lambda v: v >= lo
+    return f">= {_n(lo)}", lambda v: v >= lo
 
 
 def _gt(lo: float) -> tuple[str, Callable[[float], bool]]:
-    return f"> {lo:g}", lambda v: v > lo
+    return f"> {_n(lo)}", lambda v: v > lo
 
 
 def _in(lo: float, hi: float, hi_open: bool = False) -> tuple[str, Callable[[float], bool]]:
-    return (f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}",
+    return (f"in [{_n(lo)}, {_n(hi)}{')' if hi_open else ']'}",
             lambda v: lo <= v < hi if hi_open else lo <= v <= hi)
 
 
@@ -83,10 +88,10 @@ def check_ranges(options) -> None:
         value = getattr(options, name, None)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        if isinstance(value, int) and value > INT_MAX:
-            raise OptionError(f"--{name} must be at most {INT_MAX}, got {value} ({meaning}). "
-                              f"Pass a smaller value")
         finite = math.isfinite(value) or (name == "time_to_run" and value == math.inf)
         if not finite or not ok(value):
             raise OptionError(f"--{name} must be {text}{'' if finite else ' and finite'}, got "
                               f"{value!r} ({meaning}). Pass a value in that range")
+        if isinstance(value, int) and value > INT_MAX:
+            raise OptionError(f"--{name} must be at most {INT_MAX}, got {value} ({meaning}). "
+                              f"Pass a smaller value")
