@@ -18,6 +18,7 @@ __all__ = ["DatasetError", "read_annotations", "check_annotations"]
 _SHAPES = {"part": (24, 3), "openpose": (25, 3), "pose": (72,), "S": (24, 4),
            "center": (2,), "has_smpl": (), "gender": ()}
 _SCALAR_OK = ("focal_length",)   # may hold one value for all samples
+MAX_ABS = 1e6      # no annotation (pixels, metres, radians, betas) comes near it
 _NUMERIC = ("part", "openpose", "pose", "shape", "S", "center", "scale", "has_smpl",
             "focal_length")   # must be bool / int / float arrays (not strings)
 
@@ -80,4 +81,23 @@ def check_annotations(data: dict[str, np.ndarray], fail: Callable[..., DatasetEr
             if (bad := ~ok.all(axis=1)).any():
                 raise fail(f"{key!r} contains NaN or inf (first at sample {int(np.argmax(bad))}, "
                            f"{int(bad.sum())} samples affected)", int(np.argmax(bad)))
+    for key, bad, what in _implausible(data):
+        if (bad := bad.reshape(len(bad), -1).any(axis=1)).any():
+            first = int(np.argmax(bad))
+            raise fail(f"{key!r} {what} (first at sample {first}, {int(bad.sum())} samples "
+                       f"affected): the file is damaged", first)
     return n
+
+
+def _implausible(data: dict[str, np.ndarray]):
+    """(key, per-sample mask, what) of values no annotation has: beyond :data:`MAX_ABS` (float32
+    arithmetic on them overflows to inf / NaN), a negative keypoint confidence (a negative loss
+    weight), a ``has_smpl`` other than 0 / 1."""
+    for key in (k for k in _NUMERIC if k in data and data[k].ndim):
+        yield key, np.abs(data[key].astype(np.float64)) > MAX_ABS, f"holds values beyond " \
+            f"±{MAX_ABS:g}"
+    for key, width in (("part", 3), ("openpose", 3), ("S", 4)):   # S may have no confidence
+        if key in data and data[key].shape[-1] == width:
+            yield key, data[key][..., -1] < 0, "has a negative confidence (its last column)"
+    if "has_smpl" in data:
+        yield "has_smpl", ~np.isin(data["has_smpl"], (0, 1)), "holds values other than 0 and 1"

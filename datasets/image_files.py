@@ -35,7 +35,8 @@ def _jpeg_truncated(path: str) -> bool:
 def read_image_file(path: str) -> tuple[np.ndarray | None, str]:
     """(BGR uint8 image, '') or (None, why it cannot be used)."""
     if not os.path.isfile(path):  # (a stat; spares cv2's own warning on missing files)
-        return None, "file does not exist"
+        return None, "a folder, not an image file" if os.path.isdir(path) else \
+            "file does not exist"
     if _jpeg_truncated(path):
         return None, "truncated JPEG (the file ends before its end-of-image marker)"
     # the stored pixels, as the release's decoder (jpeg4py) gives them: an EXIF orientation tag

@@ -8,6 +8,7 @@ and the COCO pose-HRNet file's missing ``stage4.2.fuse_layers.{1,2,3}`` (random,
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -90,12 +91,43 @@ def _refusal(p: Path, what: str, names: list[str]) -> str:
             f"dicts, lists, numbers, strings and tensors (e.g. vars(namespace))")
 
 
+def _damaged_member(path: Path) -> str | None:
+    """Why the torch zip at ``path`` is damaged (a member failing its CRC-32, which torch.load
+    does not check), or None; members stored without a CRC (0) are not checked."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.CRC or not info.file_size:
+                    with zf.open(info) as fh:
+                        while fh.read(1 << 24):
+                            pass
+    except Exception as e:  # noqa: BLE001 - any zip damage torch.load did not notice
+        return str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    return None
+
+
+def _zip_of_another_kind(path: Path) -> str | None:
+    """What a zip archive without the ``data.pkl`` of torch.save is (None: it has one, or it
+    cannot be read as a zip)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except Exception:  # noqa: BLE001 - a damaged zip: said as such by the caller
+        return None
+    if any(n.endswith("data.pkl") for n in names):
+        return None
+    kind = " (an .npz of numpy)" if names and all(n.endswith(".npy") for n in names) else ""
+    return (f"a zip archive{kind} without the data.pkl of torch.save (it holds "
+            f"{', '.join(names[:3]) or 'nothing'})")
+
+
 def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> object:
     """``torch.load(path, map_location='cpu', weights_only=True)`` with one-line errors:
     :class:`config.MissingFileError` for a missing file, else :class:`CheckpointError` saying
-    why (not a PyTorch file, truncated or corrupt, a pickled module, other objects, code).
-    torch's warnings about a failed file are dropped (the error says it all); the note on a
-    pickle protocol above 2 is dropped always."""
+    why (not a PyTorch file, truncated or corrupt, damaged bytes that torch.load reads without
+    noticing (a torch zip's CRC-32 checksums), a zip archive of another kind, a pickled
+    module, other objects, code). torch's warnings about a failed file are dropped (the error
+    says it all); the note on a pickle protocol above 2 is dropped always."""
     p = require(path, what)
     if p.is_dir():
         raise CheckpointError(f"{p}: is a folder, not a {what}. Pass the .pt file")
@@ -105,6 +137,9 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> object
             obj, err = torch.load(p, map_location="cpu", weights_only=True), None
         except Exception as exc:  # noqa: BLE001 - re-raised with the file name and the reason
             err = exc
+    if err is None and zipfile.is_zipfile(p) and (why := _damaged_member(p)):
+        raise CheckpointError(f"{p}: this {what} is corrupt ({why}): its bytes changed after "
+                              f"it was written. Re-download or re-create it")
     if err is None:
         for w in caught:
             if not str(w.message).startswith("Detected pickle protocol"):
@@ -122,6 +157,9 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> object
         head = fh.read(4)
     first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
     if head.startswith(b"PK"):
+        if other := _zip_of_another_kind(p):
+            raise CheckpointError(f"{p}: not a PyTorch checkpoint: {other}. Pass a {what} "
+                                  f"written by torch.save") from None
         raise CheckpointError(f"{p}: this {what} is truncated or corrupt ({first}). Re-download "
                               f"or re-create it") from None
     if head[:1] == b"\x80":   # a legacy (pre-zip) torch file
@@ -144,6 +182,24 @@ def _state(obj: object, fmt, path) -> dict:
     return rename(value, fmt.drop)
 
 
+def _dense(v: object) -> bool:
+    return torch.is_tensor(v) and v.layout == torch.strided
+
+
+def _mismatch(v: object, own: torch.Tensor) -> str | None:
+    """Why the file's value ``v`` cannot be loaded into ``own`` as it is (not a dense tensor,
+    another shape, an integer / bool / complex one for a floating-point ``own``: a silent
+    conversion), or None."""
+    if not _dense(v):
+        return f"not a dense tensor ({type(v).__name__}" + (
+            f", {v.layout})" if torch.is_tensor(v) else ")")
+    if v.shape != own.shape:
+        return f"file {tuple(v.shape)} vs model {tuple(own.shape)}"
+    if own.is_floating_point() and not v.is_floating_point():
+        return f"file {v.dtype} vs model {own.dtype}"
+    return None
+
+
 def _load_strict(module: nn.Module, state: Mapping, path, what: str,
                  may_miss: Callable[[str], bool] = lambda k: False,
                  own_keys: list[str] | None = None) -> list[str]:
@@ -155,14 +211,11 @@ def _load_strict(module: nn.Module, state: Mapping, path, what: str,
     missing = [k for k in own if k not in state and not may_miss(k)]
     tolerated = [k for k in own if k not in state and may_miss(k)]
     unexpected = [k for k in state if k not in own]
-    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" if torch.is_tensor(v)
-           else f"{k}: not a tensor ({type(v).__name__})"
-           for k, v in state.items()
-           if k in own and (not torch.is_tensor(v) or v.shape != own[k].shape)]
+    bad = [f"{k}: {why}" for k, v in state.items() if k in own and (why := _mismatch(v, own[k]))]
     if missing or unexpected or bad:
         parts = [f"{path}: {what} does not match {type(module).__name__}"]
         for name, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                           ("wrong shapes", bad)):
+                           ("wrong shapes or types", bad)):
             if keys:
                 more = f", ... ({len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
                 parts.append(f"{name} ({len(keys)}): [{', '.join(map(str, keys[:_SHOW]))}{more}]")
@@ -179,17 +232,18 @@ def _load_strict(module: nn.Module, state: Mapping, path, what: str,
 
 
 def load_metahmr_checkpoint(path: str | os.PathLike, model: nn.Module,
-                            model_aux: nn.Module | None = None) -> dict:
+                            model_aux: nn.Module | None = None, optimizer: bool = False) -> dict:
     """Load a Meta-HMR checkpoint's ``model`` (and ``model_aux`` if given) strictly; returns
     the whole checkpoint dict (optimizer and bookkeeping entries included)."""
     return load_metahmr_state(read_checkpoint(path, "Meta-HMR checkpoint"), path, model,
-                              model_aux)
+                              model_aux, optimizer)
 
 
 def load_metahmr_state(ckpt: object, path, model: nn.Module,
-                       model_aux: nn.Module | None = None) -> dict:
+                       model_aux: nn.Module | None = None, optimizer: bool = False) -> dict:
     """:func:`load_metahmr_checkpoint` of ``ckpt``, already read from ``path``. A file of
-    another role is refused saying what it is (:func:`models.checkpoint_kind.describe`)."""
+    another role is refused saying what it is (:func:`models.checkpoint_kind.describe`).
+    ``optimizer``: its Adam state must fit the networks too (train.py loads it)."""
     what = describe(ckpt)
     if what is not None and model_aux is not None:
         raise CheckpointError(f"{path}: {what}")
@@ -203,7 +257,51 @@ def load_metahmr_state(ckpt: object, path, model: nn.Module,
     if model_aux is not None:
         fmt = FORMATS["metahmr_aux"]
         _load_strict(model_aux, _state(ckpt, fmt, path), path, fmt.what)
+        if optimizer and "optimizer" in ckpt:
+            _check_optimizer(ckpt["optimizer"], path, (model, model_aux))
     return ckpt
+
+
+def _plain(v: object) -> bool:
+    """A value Adam's options may take: None, a bool, a finite number, or a tuple of them."""
+    if isinstance(v, (tuple, list)):
+        return all(_plain(x) for x in v)
+    return v is None or isinstance(v, bool) or (isinstance(v, (int, float))
+                                                and math.isfinite(v))
+
+
+def _check_optimizer(opt: object, path, nets: tuple[nn.Module, ...]) -> None:
+    """A train.py Adam state (checkpoint_layout.md: group ``g`` holds ``nets[g]``'s parameters
+    in order) that fits the networks: plain group options; per parameter, a one-value step and
+    floating-point, finite tensors of its shape (fused Adam would write out of bounds). A group
+    of another size is left to ``optimizer.load_state_dict`` (its own error)."""
+    def fail(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: ['optimizer'] {what}: the file is damaged. Pass an "
+                               f"earlier checkpoint")
+    groups = opt.get("param_groups") if isinstance(opt, Mapping) else None
+    state = opt.get("state") if isinstance(opt, Mapping) else None
+    if not isinstance(groups, list) or not isinstance(state, Mapping):
+        raise fail(f"is a {type(opt).__name__} without 'state' and 'param_groups' (as "
+                   f"torch.optim.Adam.state_dict() writes)")
+    for g, (group, net) in enumerate(zip(groups, nets)):
+        ids = group.get("params") if isinstance(group, Mapping) else None
+        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+            raise fail(f"group {g} has no list of parameter ids")
+        if bad := [k for k, v in group.items() if k != "params" and not _plain(v)]:
+            raise fail(f"group {g}: {bad[0]!r} is {group[bad[0]]!r:.40}, not a number")
+        params = list(net.parameters())
+        for i, p in zip(ids, params) if len(ids) == len(params) else ():
+            if not isinstance(entry := state.get(i, {}), Mapping):
+                raise fail(f"state of parameter {i} is a {type(entry).__name__}, not a dict")
+            for key, v in entry.items():
+                if key == "step":   # a number (torch < 1.12) or a one-value tensor
+                    v = torch.tensor(float(v)) if isinstance(v, (int, float)) else v
+                    ok = _dense(v) and v.numel() == 1 and not v.is_complex()
+                else:
+                    ok = _dense(v) and v.shape == p.shape and v.is_floating_point()
+                if not ok or not bool(torch.isfinite(v).all()):
+                    want = "one number" if key == "step" else f"a float tensor {list(p.shape)}"
+                    raise fail(f"state {key!r} of parameter {i} is not {want} and finite")
 
 
 def load_aux_weights(path: str | os.PathLike, model_aux: nn.Module, model: str = "cliff",

@@ -97,6 +97,9 @@ class MeanParamsError(UserError, ValueError):
     """``smpl_mean_params.npz`` is unreadable or has the wrong content."""
 
 
+MEAN_PARAMS_MAX = 1e3   # larger mean parameters are a damaged file
+
+
 def load_mean_params(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SPIN's ``smpl_mean_params.npz`` -> pose6d [1,144], shape [1,10], cam [1,3] (float32);
     a 72-d axis-angle ``pose`` is converted to 6D."""
@@ -105,13 +108,15 @@ def load_mean_params(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tenso
     if missing := [k for k in ("pose", "shape", "cam") if k not in f]:
         raise MeanParamsError(f"{p}: missing keys {missing} (has {sorted(f)}). Use SPIN's "
                               f"smpl_mean_params.npz")
-    try:
-        pose, shape, cam = (torch.as_tensor(np.asarray(f[k], dtype=np.float32)).reshape(1, -1)
-                            for k in ("pose", "shape", "cam"))
-    except (TypeError, ValueError) as e:
-        raise MeanParamsError(f"{p}: 'pose', 'shape' and 'cam' must be numbers ({e})") from None
-    if not all(bool(torch.isfinite(t).all()) for t in (pose, shape, cam)):
-        raise MeanParamsError(f"{p}: holds NaN or inf. Use SPIN's smpl_mean_params.npz")
+    if bad := [k for k in ("pose", "shape", "cam") if np.asarray(f[k]).dtype.kind not in "iuf"]:
+        raise MeanParamsError(f"{p}: {bad[0]!r} must be numbers, not "
+                              f"{np.asarray(f[bad[0]]).dtype}. Use SPIN's smpl_mean_params.npz")
+    pose, shape, cam = (torch.as_tensor(np.asarray(f[k], dtype=np.float32)).reshape(1, -1)
+                        for k in ("pose", "shape", "cam"))
+    # mean rotations, shape coefficients and a camera: all of order 1 (SPIN's are within +-3)
+    if not all(bool((t.abs() <= MEAN_PARAMS_MAX).all()) for t in (pose, shape, cam)):
+        raise MeanParamsError(f"{p}: holds NaN or inf, or values beyond +-{MEAN_PARAMS_MAX:g}. "
+                              f"Use SPIN's smpl_mean_params.npz")
     if pose.shape[1] == 3 * constants.NUM_JOINTS_SMPL:        # axis-angle -> 6D
         pose = rotmat_to_rot6d(batch_rodrigues(pose.reshape(-1, 3))).reshape(1, NPOSE)
     for name, t, n in (("pose", pose, NPOSE), ("shape", shape, NSHAPE), ("cam", cam, NCAM)):

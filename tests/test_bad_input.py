@@ -458,11 +458,17 @@ def test_mean_params_file_errors_are_one_line(tmp_path):
     cases = {"no_cam": ({**z, "cam": None}, r"missing keys \['cam'\]"),
              "nan": ({**z, "pose": np.full(144, np.nan)}, "NaN or inf"),
              "text": ({**z, "shape": np.array(["a"] * 10)}, "must be numbers"),
-             "short": ({**z, "cam": np.zeros(2)}, "'cam' has 2 values, expected 3")}
+             "short": ({**z, "cam": np.zeros(2)}, "'cam' has 2 values, expected 3"),
+             "complex": ({**z, "cam": np.zeros(3, complex)}, "'cam' must be numbers, not comp"),
+             "bool": ({**z, "shape": np.zeros(10, bool)}, "'shape' must be numbers, not bool"),
+             "huge": ({**z, "pose": np.full(144, 1e30)}, r"values beyond \+-1000")}
     for name, (arrays, match) in cases.items():
         np.savez(tmp_path / f"{name}.npz", **{k: v for k, v in arrays.items() if v is not None})
         with pytest.raises(MeanParamsError, match=match):
             load_mean_params(tmp_path / f"{name}.npz")
+    np.savez(tmp_path / "spin.npz", pose=np.full(144, 0.99), shape=np.full(10, -3.0),
+             cam=np.array([0.9, 0.0, 0.0]))   # values of SPIN's order of magnitude load
+    assert load_mean_params(tmp_path / "spin.npz")[2].tolist() == [[0.8999999761581421, 0, 0]]
 
 
 # -------------------------------------------------------------------------------------------
@@ -567,6 +573,7 @@ def test_demo_on_a_non_utf8_image_name_and_out_dir(synthetic_root, tmp_path):
     ("train", ["--eval_datasets", "3dpw,h36m"], "--eval_datasets: unknown test set.*'h36m'"),
     ("demo", ["--every", "2"], "--every picks frames of --video"),
     ("eval", ["--batch_size", "99999999999999999999"], "--batch_size must be at most 4294967295"),
+    ("train", ["--num_epochs", "9" * 400], "--num_epochs must be at most 4294967295"),
     ("eval", ["--amp", "bf16"], "--amp has no effect in eval_cliff.py"),
     ("eval", ["--gt_train_weight", "0"], "--gt_train_weight has no effect in eval_cliff.py"),
 ])
@@ -603,7 +610,8 @@ def test_output_paths_are_checked_before_any_work(tmp_path):
             ev(*argv)
     for argv, match in ((["--log_dir", tmp_path / "afile" / "sub"], "afile is a file"),
                         (["--name", ""], "the run folder is <log_dir>/<name>"),
-                        (["--name", "../x"], "the run folder")):
+                        (["--name", "../x"], "the run folder"),
+                        (["--name", "a\0b"], "the run folder")):
         with pytest.raises(OptionError, match=match):
             parse_train([str(x) for x in argv])
     ev("--json_out", tmp_path / "new" / "m.json", "--viz", "--viz_dir", tmp_path / "new" / "v")

@@ -166,3 +166,187 @@ def test_checkpoint_protocols_above_2_are_said_or_loaded_quietly(tmp_path):
                                                   r"protocol 4, .*Re-save it"):
             read_checkpoint(tmp_path / "p4.pt")
     assert not caught, [str(w.message) for w in caught]
+
+
+# ------------------------------------------------------------------------------------------------
+# damaged bytes that the readers themselves do not notice; files of another kind
+def _flip_member_byte(path, member: str) -> None:
+    """Flip one byte in the stored data of zip ``member`` (a valid zip otherwise)."""
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith(member))
+    data = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + int.from_bytes(data[info.header_offset + 26:
+                                                          info.header_offset + 28], "little") \
+        + int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    data[start + 5] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_checkpoint_with_changed_bytes_is_refused(tmp_path):
+    """torch.load does not check a zip's CRC-32: a changed weight would load silently."""
+    from models.checkpoints import CheckpointError, read_checkpoint
+    path = tmp_path / "c.pt"
+    w = torch.arange(64.0)
+    torch.save({"model": {"w": w}}, path)
+    _flip_member_byte(path, "data/0")
+    assert not torch.equal(torch.load(path, weights_only=True)["model"]["w"], w)
+    with pytest.raises(CheckpointError, match=r"c.pt: this checkpoint is corrupt \(Bad CRC-32 "
+                                              r"for file '.*data/0'\)") as e:
+        read_checkpoint(path)
+    assert "\n" not in str(e.value)
+    torch.serialization.set_crc32_options(False)     # a file written without checksums loads
+    try:
+        torch.save({"model": {"w": w}}, tmp_path / "nocrc.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert torch.equal(read_checkpoint(tmp_path / "nocrc.pt")["model"]["w"], w)
+
+
+def test_npz_and_checkpoint_swapped_and_damaged_npz(tmp_path):
+    from models.checkpoints import CheckpointError, read_checkpoint
+    from utils.safe_npz import NpzError, read_npz
+    npz, pt = tmp_path / "mean.npz", tmp_path / "c.pt"
+    np.savez(npz, pose=np.arange(144.0), shape=np.zeros(10))
+    torch.save({"model": {"w": torch.zeros(2)}}, pt)
+    with pytest.raises(CheckpointError, match=r"mean.npz: not a PyTorch checkpoint: a zip "
+                                              r"archive \(an .npz of numpy\) .*pose.npy"):
+        read_checkpoint(npz)
+    with pytest.raises(NpzError, match=r"c.pt: this is a PyTorch file .*not an npz"):
+        read_npz(pt)
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(NpzError, match=r"dir.npz: is a folder"):
+        read_npz(tmp_path / "dir.npz")
+    _flip_member_byte(npz, "pose.npy")
+    with pytest.raises(NpzError, match=r"mean.npz: this npz file is damaged \(array 'pose': "
+                                       r"Bad CRC-32"):
+        read_npz(npz)
+
+
+def _nets_and_state(step: bool = True):
+    """Two tiny networks and a train.py-layout checkpoint of them with an Adam state (group 0
+    the main network, group 1 the aux network)."""
+    torch.manual_seed(0)
+    model, aux = torch.nn.Linear(3, 2), torch.nn.Linear(2, 4)
+    opt = torch.optim.Adam([{"params": list(model.parameters())},
+                            {"params": list(aux.parameters()), "lr": 1e-6}])
+    if step:
+        (model(torch.ones(1, 3)).sum() + aux(torch.ones(1, 2)).sum()).backward()
+        opt.step()
+    return model, aux, {"model": model.state_dict(), "model_aux": aux.state_dict(),
+                        "optimizer": opt.state_dict()}
+
+
+def _damage(ckpt: dict, change) -> dict:
+    import copy
+    ckpt = copy.deepcopy(ckpt)
+    change(ckpt)
+    return ckpt
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: c["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)),
+     r"state 'exp_avg' of parameter 0 is not a float tensor \[2, 3\]"),
+    (lambda c: c["optimizer"]["state"][3].update(exp_avg_sq=torch.full((4,), np.nan)),
+     r"state 'exp_avg_sq' of parameter 3 .* and finite"),
+    (lambda c: c["optimizer"]["state"][1].update(step=torch.ones(2)),
+     r"state 'step' of parameter 1 is not one number"),
+    (lambda c: c["optimizer"]["param_groups"][1].update(lr="1e-6"),
+     r"group 1: 'lr' is '1e-6', not a number"),
+    (lambda c: c.update(optimizer=None), r"\['optimizer'\] is a NoneType without 'state'"),
+    (lambda c: c["model"].update(weight=c["model"]["weight"].long()),
+     r"weight: file torch.int64 vs model torch.float32"),
+    (lambda c: c["model"].update(weight=c["model"]["weight"].to_sparse()),
+     r"weight: not a dense tensor \(Tensor, torch.sparse_coo\)"),
+])
+def test_checkpoint_entries_that_do_not_fit_are_refused(tmp_path, change, match):
+    """A state of the wrong shape would make fused Adam write out of bounds (the process
+    aborts); an integer or sparse weight would be converted or crash without a word."""
+    from models.checkpoints import CheckpointError, load_metahmr_state
+    model, aux, ckpt = _nets_and_state()
+    assert load_metahmr_state(ckpt, "c.pt", model, aux, optimizer=True) is ckpt
+    _, _, fresh = _nets_and_state(step=False)     # before any step: no per-parameter state
+    assert load_metahmr_state(fresh, "c.pt", model, aux, optimizer=True) is fresh
+    damaged = _damage(ckpt, change)
+    with pytest.raises(CheckpointError, match=rf"c.pt: .*{match}") as e:
+        load_metahmr_state(damaged, "c.pt", model, aux, optimizer=True)
+    assert "\n" not in str(e.value)
+    if not match.startswith("weight"):   # evaluation reads the weights only
+        assert load_metahmr_state(damaged, "c.pt", model, aux) is damaged
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("epoch", float("inf"), r"'epoch' is inf, not a whole number >= 0"),
+    ("batch_idx", -1, r"'batch_idx' is -1"),
+    ("total_step_count", torch.tensor([1, 2]), r"'total_step_count' is tensor"),
+    ("batch_size", 0, r"'batch_size' is 0, not a whole number >= 1"),
+    ("dataset_perm", torch.arange(3), r"'dataset_perm' is Tensor, not a list"),
+    ("rng", "x", r"its 'rng' states do not load"),
+])
+def test_resume_bookkeeping_damage_is_refused(tmp_path, key, value, match):
+    from models.checkpoints import CheckpointError
+    from train import checkpoint as ckpt
+    good = {"epoch": 1, "batch_idx": 2, "total_step_count": 3, "batch_size": 2,
+            "dataset_perm": [1, 0, 2], "rng": ckpt.rng_state()}
+    ckpt.atomic_save(good, tmp_path / "previous.pt")
+    ckpt.atomic_save({**good, key: value}, tmp_path / "current.pt")
+    os.utime(tmp_path / "previous.pt", ns=(10**18,) * 2)
+    with pytest.raises(CheckpointError, match=rf"current.pt: cannot resume from it \({match}"):
+        ckpt.load(tmp_path / "current.pt")
+    path, data = ckpt.load_for_resume(tmp_path, log=None)      # the newest one that loads
+    assert path.name == "previous.pt" and data["epoch"] == 1
+
+
+def test_bad_rng_state_is_refused_and_the_generators_are_kept(tmp_path):
+    import random
+    from models.checkpoints import CheckpointError
+    from train import checkpoint as ckpt
+    state = ckpt.rng_state()                 # torch and numpy states that load, then
+    state["python"] = "(3, (1, 2), None)"    # one that random.setstate refuses
+    ckpt.atomic_save({"rng": state}, tmp_path / "current.pt")
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    with pytest.raises(CheckpointError, match=r"'rng' states do not load \("):
+        ckpt.load(tmp_path / "current.pt")
+    drawn = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    assert drawn == (random.random(), np.random.rand(), torch.rand(1).item())
+
+
+def test_a_folder_named_like_a_checkpoint(tmp_path):
+    from models.checkpoints import CheckpointError
+    from train import checkpoint as ckpt
+    (tmp_path / "current.pt").mkdir()
+    with pytest.raises(CheckpointError, match=r"no checkpoint of this run folder loads .*"
+                                              r"current.pt: is a folder"):
+        ckpt.load_for_resume(tmp_path, log=None)
+    with pytest.raises(UserError, match=r"current.pt: is a folder, so the file cannot be "
+                                        r"written there") as e:
+        ckpt.atomic_save({"step": 1}, tmp_path / "current.pt")
+    assert "\n" not in str(e.value) and os.listdir(tmp_path) == ["current.pt"]
+
+
+@pytest.mark.parametrize("key, change, match", [
+    ("pose", lambda v: _set(v, (1, 4), 1e30),              # float32 squares overflow: NaN GT
+     r"'pose' holds values beyond ±1e\+06 \(first at sample 1, 1 samples"),
+    ("openpose", lambda v: _set(v, (0, 3, 2), -0.5),       # a negative TTO loss weight
+     r"'openpose' has a negative confidence"),
+    ("has_smpl", lambda v: _set(v, 1, 2.0), r"'has_smpl' holds values other than 0 and 1"),
+])
+def test_implausible_annotation_values_are_refused(tmp_path, key, change, match):
+    from datasets.annotations import DatasetError, check_annotations
+    good = dict(imgname=np.array(["a.jpg", "b.jpg"]), part=np.ones((2, 24, 3)),
+                openpose=np.full((2, 25, 3), 0.5), pose=np.full((2, 72), 0.1),
+                shape=np.zeros((2, 10)), has_smpl=np.ones(2))
+
+    def check(data):
+        return check_annotations(data, lambda msg, index=None: DatasetError(f"ann.npz: {msg}"))
+
+    assert check(good) == 2
+    with pytest.raises(DatasetError, match=rf"ann.npz: {match}"):
+        check({**good, key: change(good[key])})
+
+
+def test_a_folder_in_place_of_an_image_is_said(tmp_path):
+    from datasets.image_files import read_image_file
+    (tmp_path / "a.jpg").mkdir()
+    assert read_image_file(str(tmp_path / "a.jpg")) == (None, "a folder, not an image file")
+    assert read_image_file(str(tmp_path / "b.jpg")) == (None, "file does not exist")

@@ -74,7 +74,38 @@ def load(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: holds a {type(data).__name__}, not a checkpoint dict. "
                               f"Pass a checkpoint written by train.py")
+    if why := _bad_bookkeeping(data):
+        raise CheckpointError(f"{path}: cannot resume from it ({why}): the file is damaged. "
+                              f"Pass an earlier checkpoint, or its weights alone with "
+                              f"--pretrained_checkpoint")
     return data
+
+
+# bookkeeping entries that are counts -> their least value
+_COUNTS = {"epoch": 0, "batch_idx": 0, "total_step_count": 0, "n_nonfinite": 0,
+           "batch_size": 1, "world_size": 1}
+
+
+def _bad_bookkeeping(data: dict) -> str | None:
+    """What is wrong with the resume entries of ``data`` (counts, the order, the RNG states,
+    tried on the generators and put back), or None."""
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+    for key, least in _COUNTS.items():
+        if key in data and not (count(v := data[key]) and v >= least):
+            return f"{key!r} is {v!r:.40}, not a whole number >= {least}"
+    perm = data.get("dataset_perm")
+    if perm is not None and not (isinstance(perm, list) and all(map(count, perm))):
+        return f"'dataset_perm' is {type(perm).__name__}, not a list of sample indices"
+    if "rng" in data:
+        saved = rng_state()
+        try:
+            set_rng_state(data["rng"])
+        except Exception as e:  # noqa: BLE001 - any malformed state
+            return f"its 'rng' states do not load ({type(e).__name__}: {e})"[:200]
+        finally:
+            set_rng_state(saved)
+    return None
 
 
 def load_for_resume(folder: str | os.PathLike, log=print) -> tuple[Path, dict] | None:
@@ -84,7 +115,8 @@ def load_for_resume(folder: str | os.PathLike, log=print) -> tuple[Path, dict] |
     from models.checkpoints import CheckpointError
     bad: list[str] = []
     remove_stale_temporaries(folder)
-    found = [p for p in Path(folder).glob("*.pt") if not p.name.startswith(".") and p.is_file()]
+    # a folder named *.pt is kept: it is said to be unreadable like a damaged file
+    found = [p for p in Path(folder).glob("*.pt") if not p.name.startswith(".") and p.exists()]
     # newest first (current.pt first on equal times)
     for path in sorted(found,
                        key=lambda p: (p.stat().st_mtime_ns, p.name == "current.pt"), reverse=True):

@@ -250,7 +250,7 @@ class Trainer:
     def load_pretrained(self, path) -> None:
         """Weights only (released Meta-HMR checkpoints included)."""
         from models.checkpoints import load_metahmr_checkpoint
-        data = load_metahmr_checkpoint(path, self.model, self.model_aux)
+        data = load_metahmr_checkpoint(path, self.model, self.model_aux, optimizer=True)
         if "optimizer" in data:
             try:
                 self.optimizer.load_state_dict(data["optimizer"])
@@ -266,7 +266,7 @@ class Trainer:
             return
         path, data = found
         from models.checkpoints import CheckpointError, load_metahmr_state
-        load_metahmr_state(data, path, self.model, self.model_aux)   # checked, strict
+        load_metahmr_state(data, path, self.model, self.model_aux, optimizer=True)   # strict
         # mid-epoch, the position is in batches of the saved size and process count
         bs, world = self.options.batch_size, self.world
         saved = (data.get("batch_size", bs), data.get("world_size", world))

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+from utils.errors import UserError
+
 # the temporary name of atomic_path: .<name>.tmp<writer's process id>
 _TMP_NAME = re.compile(r"^\..+\.tmp(\d+)$")
 
@@ -41,8 +43,12 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> None:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary name beside ``path`` to write to: renamed over ``path`` (atomic within a
     folder) when the block ends without an error, removed otherwise. A crash during the write
-    leaves the previous ``path``, and a temporary :func:`remove_stale_temporaries` removes."""
+    leaves the previous ``path``, and a temporary :func:`remove_stale_temporaries` removes.
+    A folder at ``path`` is a :class:`utils.errors.UserError` before anything is written."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, so the file cannot be written there. Remove or "
+                        f"rename the folder, or write elsewhere")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
     try:

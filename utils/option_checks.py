@@ -88,7 +88,8 @@ def check_ranges(options) -> None:
         value = getattr(options, name, None)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        finite = math.isfinite(value) or (name == "time_to_run" and value == math.inf)
+        finite = (isinstance(value, int) or math.isfinite(value)   # (an int may exceed floats)
+                  or (name == "time_to_run" and value == math.inf))
         if not finite or not ok(value):
             raise OptionError(f"--{name} must be {text}{'' if finite else ' and finite'}, got "
                               f"{value!r} ({meaning}). Pass a value in that range")

@@ -452,9 +452,10 @@ def parse_train(argv=None) -> argparse.Namespace:
             raise SystemExit(f"error: {options.from_json} has unknown options {unknown}")
         options = _parse_json_values(p, data, options.from_json)
     name = Path(options.name)
-    if not options.name.strip() or name.is_absolute() or {".", ".."} & set(name.parts):
+    if (not options.name.strip() or name.is_absolute() or {".", ".."} & set(name.parts)
+            or "\0" in options.name):
         raise OptionError(f"--name {options.name!r}: the run folder is <log_dir>/<name>; pass "
-                          f"a name (no '.', '..' or leading '/')")
+                          f"a name (no '.', '..', NUL or leading '/')")
     return check_outputs(resolve(options), folders=("log_dir",))
 
 

@@ -2,14 +2,15 @@
 
 :func:`read_npz` refuses with :class:`NpzError` (naming the file and key) an object array (a
 pickle; never in the official files), a zip member stored twice (numpy would silently take one),
-a member that is not a ``.npy`` array (numpy would return its raw bytes) and a file that is not a
-zip archive.
+a member that is not a ``.npy`` array (numpy would return its raw bytes), a file that is not a
+zip archive (a folder, a PyTorch file) and damaged bytes (a member failing its CRC-32).
 """
 from __future__ import annotations
 
 import collections
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +27,17 @@ class NpzError(UserError, ValueError):
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """All arrays of the npz at ``path``, materialised; never unpickles (module docstring)."""
     path = Path(path)
+    if path.is_dir():
+        raise NpzError(f"{path}: is a folder, not an npz file. Pass the .npz file")
     try:
         with zipfile.ZipFile(path) as zf:
             names = [i.filename for i in zf.infolist()]
     except zipfile.BadZipFile as e:
         raise NpzError(f"{path}: not an npz file (not a zip archive: {e}). Pass a file written "
                        f"by numpy.savez") from None
+    if any(n.endswith("data.pkl") for n in names) and not all(n.endswith(".npy") for n in names):
+        raise NpzError(f"{path}: this is a PyTorch file (written by torch.save), not an npz "
+                       f"file. Pass a file written by numpy.savez")
     if twice := sorted(n for n, c in collections.Counter(names).items() if c > 1):
         raise NpzError(f"{path}: zip member(s) stored more than once: {', '.join(twice)} "
                        f"(which copy is meant is ambiguous; the file was tampered with or "
@@ -45,6 +51,9 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         for key in z.files:
             try:
                 out[key] = z[key]
+            except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:   # damaged bytes
+                raise NpzError(f"{path}: this npz file is damaged (array {key!r}: {e}). "
+                               f"Re-download or re-create it") from None
             except ValueError as e:
                 if "allow_pickle" not in str(e) and "Object arrays" not in str(e):
                     raise NpzError(f"{path}: cannot read array {key!r} ({e}). Re-create the "
