@@ -780,3 +780,21 @@ def test_img_root_moves_the_image_folders(tmp_path):
     ds = BaseDataset(o, "h36m-p2", False)
     assert Path(ds.image_path(0)).parent.parent == tmp_path / "elsewhere" / "h36m"
     assert ds[0]["img"].shape == (3, 256, 192)
+
+
+def test_flip_mirrors_the_3d_joints_about_the_camera_yz_plane(world):
+    """Spec §6.3 item 4: S is gathered with J24_FLIP_PERM (written out here) and x -> -x; the
+    flipped joints still project onto the flipped 2D keypoints (x -> W - 1 - x: one pixel
+    left of the mirror of the projection about W/2, y unchanged)."""
+    perm = [5, 4, 3, 2, 1, 0, 11, 10, 9, 8, 7, 6, 12, 13, 14, 15, 16, 17, 18, 19, 21, 20, 23, 22]
+    ds = _ds(world, "h36m", True)
+    a, b = _fixed(ds, flip=0)[1], _fixed(ds, flip=1)[1]
+    np.testing.assert_allclose(b["pose_3d"].numpy(),
+                               a["pose_3d"].numpy()[perm] * [-1.0, 1.0, 1.0, 1.0], atol=1e-6)
+    S = b["pose_3d"].numpy().astype(np.float64)
+    f, w, h = float(b["focal_length"]), float(b["img_w"]), float(b["img_h"])
+    proj = f * S[:, :2] / S[:, 2:3] + [w / 2, h / 2]
+    kp = b["keypoints_full"].numpy()[25:]
+    vis = kp[:, 2] > 0
+    np.testing.assert_allclose(kp[vis, 0], proj[vis, 0] - 1.0, atol=0.1)
+    np.testing.assert_allclose(kp[vis, 1], proj[vis, 1], atol=0.1)

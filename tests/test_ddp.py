@@ -160,3 +160,24 @@ def test_a_stuck_rank_stops_the_others_within_the_timeout(synthetic_root, tmp_pa
     assert r.returncode != 0
     assert "error: rank 0: lost contact with the other ranks" in r.stderr, r.stderr[-4000:]
     assert elapsed < 120, elapsed
+
+
+def test_sync_bn_local_rank_and_peer_errors_without_a_process_group(monkeypatch):
+    """In one process: --sync_bn turns every BatchNorm into SyncBatchNorm (state_dict keys
+    kept); the GPU index is LOCAL_RANK, not the global RANK (multi-node); a RuntimeError that
+    merely mentions a timeout is not reported as a lost rank."""
+    import pytest
+    from torch import nn
+
+    from train import distributed as dist
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm1d(2)))
+    keys = list(net.state_dict())
+    out = dist.wrap(net, torch.device("cpu"), sync_bn=True)
+    assert isinstance(out[1], nn.SyncBatchNorm) and isinstance(out[2][0], nn.SyncBatchNorm)
+    assert list(out.state_dict()) == keys
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert dist.local_rank() == 1
+    with pytest.raises(RuntimeError, match="DataLoader timed out"):
+        with dist.peer_errors(0, 10.0):
+            raise RuntimeError("DataLoader timed out after 5 seconds")

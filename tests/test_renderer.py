@@ -271,3 +271,75 @@ def test_egl_renders_on_the_gpu(cuda_device, monkeypatch):
     mask = _mask(r, verts, (FX, FY), (CX, CY), H, W)
     assert mask[int(round(CY)), int(round(CX))] and not mask[0, 0]
     r.close()
+
+
+def test_raster_covers_edge_pixels_and_culls_faces_crossing_the_camera_plane():
+    """A triangle projecting to (10, 10), (20, 10), (10, 20) covers exactly the 66 pixel
+    centres with c, r >= 10 and c + r <= 30 (its three edges included); a face with one corner
+    behind the camera is culled; faces must index given vertices (an index == V is refused)."""
+    from utils.raster import rasterize
+    tri = np.array([[1.0, 1.0, 1.0], [2.0, 1.0, 1.0], [1.0, 2.0, 1.0]])
+    face_id = rasterize(tri, [[0, 1, 2]], 10.0, (0.0, 0.0), 32, 32)[0]
+    r, c = np.mgrid[:32, :32]
+    np.testing.assert_array_equal(face_id >= 0, (c >= 10) & (r >= 10) & (c + r <= 30))
+    assert (face_id >= 0).sum() == 66
+    crossing = tri.copy()
+    crossing[2, 2] = -1.0
+    assert (rasterize(crossing, [[0, 1, 2]], 10.0, (0.0, 0.0), 32, 32)[0] < 0).all()
+    with pytest.raises(ValueError, match="faces index vertex 3"):
+        rasterize(tri, [[0, 1, 3]], 10.0, (0.0, 0.0), 32, 32)
+
+
+def test_render_and_helpers_refuse_out_of_contract_arguments():
+    """The documented ranges: alpha and colour in 0..1 (a 0..255 colour is refused, not
+    clipped), make_grid of one dtype, draw_keypoints' default radius ~1% of the smaller side."""
+    verts, faces = _square(10, 40, 10, 30, 3.0)
+    r = Renderer(faces, backend="software")
+    image = np.zeros((H, W, 3), np.uint8)
+    for kw in (dict(alpha=1.5), dict(alpha=-0.1), dict(color=(255, 0, 0))):
+        with pytest.raises(ValueError, match="alpha|color"):
+            r.render(verts, (FX, FY), (CX, CY), image, **kw)
+    with pytest.raises(ValueError, match="dtype"):
+        make_grid([image, image.astype(np.float32)])
+    tall = np.zeros((100, 400, 3), np.uint8)
+    out = draw_keypoints(tall, np.array([[200.0, 50.0]]), color=(255, 255, 255))
+    assert out[50, 199:202, 0].tolist() == [255, 255, 255] and out[50, 203, 0] == 0
+
+
+def test_visualizer_names_colours_and_viz_max(tmp_path):
+    """--viz: the input panel keeps the image's colours (a BGR file read back is unchanged);
+    two images with one stem get two sets of files; --viz_max N renders N samples over all
+    batches, 0 the first of each batch."""
+    import argparse
+    import types
+
+    import cv2
+    import torch
+
+    from train.visualize import Visualizer
+    verts, faces = _square(10, 40, 10, 30, 3.0)
+    bgr = np.zeros((H, W, 3), np.uint8)
+    bgr[..., 0] = 200                                        # blue in OpenCV's BGR
+    data = types.SimpleNamespace(dataset="h36m-p2", read_image=lambda i: bgr.copy())
+    camera = types.SimpleNamespace(kind="cliff",
+                                   full_translation=lambda cam, one: torch.zeros(1, 3))
+    pred = {"vertices": torch.as_tensor(verts).expand(2, -1, -1), "cam": torch.zeros(2, 3)}
+    res = types.SimpleNamespace(before=pred, after=pred)
+
+    def run(viz_max, batches):
+        out = tmp_path / f"viz{viz_max}"
+        o = argparse.Namespace(viz_dir=out, viz_max=viz_max, save_obj=False,
+                               use_openpose2d=False, viz_backend="software")
+        viz = Visualizer(o, data, types.SimpleNamespace(faces=faces), camera)
+        for names in batches:
+            viz({"sample_index": torch.arange(2), "imgname": names,
+                 "focal_length": torch.full((2,), FX)}, res)
+        return out, sorted(p.name for p in out.glob("*_input.jpg"))
+
+    out, got = run(-1, [["a/img.jpg", "b/img.jpg"]])
+    assert len(got) == 2 and "img_input.jpg" in got
+    back = cv2.imread(str(out / "img_input.jpg")).astype(int)
+    assert np.abs(back - bgr).max() <= 3
+    assert len(run(3, [["c0.jpg", "c1.jpg"], ["c2.jpg", "c3.jpg"]])[1]) == 3
+    assert run(0, [["d0.jpg", "d1.jpg"], ["d2.jpg", "d3.jpg"]])[1] == ["d0_input.jpg",
+                                                                       "d2_input.jpg"]

@@ -295,3 +295,28 @@ def test_regressors_are_convex_and_in_the_right_joint_order(synthetic_root, smpl
     assert err[:, limbs].max() < 0.025, err
     assert err[:, [2, 3]].max() < 0.06, err            # hips: LSP's sit lower than H36M's
     assert err.max() < 0.1, err                        # neck and head top
+
+
+def test_self_parent_few_shape_components_and_wrong_regressor_rows_are_refused(
+        synthetic_root, tmp_path):
+    """Broken files that smplx would crash on (a joint its own parent: its chain is not built
+    yet; < 10 shape components for 10 betas) or silently misuse (a J_regressor_extra with 10
+    rows shifts SPIN's joint map) are one SMPLFileError naming the file and key."""
+    from models.smpl import load_smpl_data
+    bad = tmp_path / "SMPL_NEUTRAL.pkl"
+    for key, pattern in (("kintree_table", "'kintree_table' holds invalid indices"),
+                         ("shapedirs", "'shapedirs' has 5 components")):
+        d = _pkl(synthetic_root)
+        d[key] = np.array(d[key])
+        if key == "kintree_table":
+            d[key][0, 5] = 5
+        else:
+            d[key] = d[key][:, :, :5]
+        with open(bad, "wb") as fh:
+            pickle.dump(d, fh, protocol=2)
+        with pytest.raises(SMPLFileError, match=rf"SMPL_NEUTRAL.pkl: {pattern}"):
+            load_smpl_data(bad)
+    reg = tmp_path / "J_regressor_extra.npy"
+    np.save(reg, np.full((10, 6890), 1 / 6890))
+    with pytest.raises(SMPLFileError, match=r"J_regressor_extra.npy has shape \(10, 6890\)"):
+        load_regressor(reg, rows=9)

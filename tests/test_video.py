@@ -122,3 +122,18 @@ def test_video_option_errors(argv, pattern):
     from train.demo import parse_demo
     with pytest.raises(SystemExit, match=pattern):
         parse_demo(["--checkpoint", "c.pt", *argv])
+
+
+def test_overlay_video_runs_at_fps_over_every_and_stops_at_max_images(synthetic_root, clip,
+                                                                      tmp_path):
+    """The 10 fps clip read every 4th frame plays at 2.5 fps; --max_images 1 reads frame 0."""
+    from train import demo
+    from train.video import run_video
+    out = tmp_path / "out"
+    o = demo.parse_demo(_argv(synthetic_root, clip, out, "--video", clip["dir"] / "clip.mp4",
+                              "--openpose_dir", clip["kp"], "--every", 4, "--max_images", 1))
+    s = run_video(o, log=lambda m: None)
+    assert s["images"] == 1 and s["fps"] == pytest.approx(10.0)
+    cap = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(2.5, rel=1e-3)
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 1
