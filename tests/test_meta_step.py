@@ -229,3 +229,52 @@ def test_amp_runs_only_the_backbones_in_low_precision(setup):
     ref = step.forward(batch)["_loss"]
     assert amp_loss.dtype == torch.float32
     torch.testing.assert_close(amp_loss, ref, rtol=1e-6, atol=0)
+
+
+def _options_probe_argv(root, log_dir, *extra):
+    return ["--name", "probe", "--log_dir", str(log_dir), "--data_root", str(root), "--model",
+            "cliff", "--backbone", "resnet18", "--bbox_type", "rect", "--crop_scale", "0.25",
+            "--num_workers", "0", "--first_order", "--no_pretrained_backbone", "--device",
+            "cpu", *extra]
+
+
+def test_max_steps_ending_an_epoch_runs_the_epoch_end(synthetic_root, tmp_path, monkeypatch):
+    """--max_steps reached on the last batch of an epoch: that epoch is complete, so its end
+    runs as without --max_steps (epoch counted, --test_epochs evaluation, epoch-end save)."""
+    from train.trainer import Trainer
+    from utils.options import parse_train
+    tested = []
+    monkeypatch.setattr(Trainer, "test_and_save", lambda self: tested.append(self.epoch))
+    tr = Trainer(parse_train(_options_probe_argv(
+        synthetic_root, tmp_path, "--batch_size", "4", "--max_steps", "1", "--test_epochs", "1")))
+    assert len(tr.dataset) // 4 == 1      # one batch per epoch: the only step ends epoch 0
+    tr.train()
+    assert (tr.step, tr.epoch, tested) == (1, 1, [1])
+    saved = torch.load(tmp_path / "probe" / "checkpoints" / "current.pt", map_location="cpu",
+                       weights_only=True)
+    assert (saved["epoch"], saved["batch_idx"], saved["dataset_perm"]) == (1, 0, None)
+
+
+def test_checkpoint_without_resume_is_refused(synthetic_root, tmp_path):
+    """train.py --checkpoint names the file to --resume from; without --resume it would be
+    silently ignored (training from scratch), so it is a one-line error, before any folder."""
+    from train.trainer import Trainer
+    from utils.errors import OptionError
+    from utils.options import parse_train
+    with pytest.raises(OptionError, match="--checkpoint .*--resume.*--pretrained_checkpoint"):
+        Trainer(parse_train(_options_probe_argv(synthetic_root, tmp_path, "--checkpoint",
+                                                str(tmp_path / "c.pt"))))
+    assert not (tmp_path / "probe").exists()
+
+
+def test_h36m_gt_on_another_test_set_is_refused(synthetic_root, tmp_path):
+    """eval: --h36m_gt mocap only changes the H36M ground truth; on 3DPW it would be silently
+    ignored, so it is a one-line error (before the checkpoint is read)."""
+    from train.evaluation import main
+    from utils.errors import OptionError
+    from utils.options import parse_eval
+    o = parse_eval("cliff", ["--checkpoint", str(tmp_path / "none.pt"), "--data_root",
+                             str(synthetic_root), "--dataset", "3dpw", "--h36m_gt", "mocap",
+                             "--device", "cpu"])
+    with pytest.raises(OptionError, match="--h36m_gt mocap applies to H36M"):
+        main(o)

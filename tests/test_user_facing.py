@@ -146,9 +146,9 @@ def test_max_steps_wins_and_checkpoints_are_written_once(synthetic_root, tmp_pat
     tr = Trainer(parse_train(_train_argv(
         synthetic_root, tmp_path, "--num_epochs", "1", "--max_steps", "1000",
         "--test_epochs", "1", "--eval_datasets", "3dpw", "--eval_batch_size", "2",
-        "--eval_max_batches", "1", "--test_val_step", "0")))
-    per_epoch = len(tr.dataset) // 4
-    assert 1 <= per_epoch <= 10
+        "--eval_max_batches", "1", "--test_val_step", "0", "--batch_size", "2")))
+    per_epoch = len(tr.dataset) // 2
+    assert 2 <= per_epoch <= 10   # (so that the last step is mid-epoch)
     tr.options.max_steps = total = per_epoch + 1
     tr.train()
     assert tr.step == total and tr.epoch == 1

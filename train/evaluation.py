@@ -29,6 +29,7 @@ from train.tto import TTOConfig, test_time_optimize
 from train.visualize import Visualizer
 from utils.atomic import atomic_path
 from utils.camera import Camera
+from utils.errors import OptionError
 from utils.pose_utils import mpjpe as _mpjpe, pve as _pve, reconstruction_error
 
 METRICS = ("MPJPE", "PA-MPJPE", "PVE")
@@ -383,6 +384,9 @@ def write_result_file(path, arrays: dict) -> Path:
 def main(options) -> dict:
     """Evaluate a checkpoint on a test set; print the metrics and write the requested files."""
     o = options
+    if o.h36m_gt != "mosh" and o.dataset not in MOCAP_DATASETS:   # (else silently ignored)
+        raise OptionError(f"--h36m_gt {o.h36m_gt} applies to H36M ({', '.join(MOCAP_DATASETS)}), "
+                          f"not --dataset {o.dataset}. Drop --h36m_gt")
     seed_everything(o.seed)
     device = select_device(o.device)
     paths = DataPaths.from_options(o)

@@ -177,6 +177,10 @@ class Trainer:
 
     def __init__(self, options):
         self.options = o = options
+        if o.checkpoint and not o.resume:   # (else silently ignored)
+            raise OptionError(f"--checkpoint {o.checkpoint} is the checkpoint to --resume from. "
+                              f"Add --resume, or pass --pretrained_checkpoint to start a new "
+                              f"run from its weights")
         self.device = runtime.select_device(o.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(dist.local_rank())
@@ -339,8 +343,9 @@ class Trainer:
                     self.save("current.pt", mid_epoch=True)
                     print(f"time_to_run reached: saved {self.ckpt_dir / 'current.pt'}")
                     return self.finish()
-                if o.max_steps and self.step >= o.max_steps:
-                    self.save("current.pt", mid_epoch=self.batch_idx < per_epoch)
+                # (a last step that ends an epoch goes through the epoch end: save, test)
+                if o.max_steps and self.step >= o.max_steps and self.batch_idx < per_epoch:
+                    self.save("current.pt", mid_epoch=True)
                     return self.finish()
             self.epoch += 1
             self.batch_idx = 0
