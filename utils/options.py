@@ -57,8 +57,8 @@ def _data_device_options(g) -> None:
     g.add_argument("--memory_format", default="auto",
                    choices=("auto", "channels_last", "contiguous"),
                    help="layout of the networks' convolution weights: auto = channels_last on "
-                        "the CPU (about 1.3x faster there), contiguous on CUDA; the values and "
-                        "the checkpoints are the same either way")
+                        "the CPU (about 1.3x faster there), contiguous on CUDA; checkpoints load "
+                        "either way, results agree to float rounding (other kernels)")
     add_seed(g)
     g.add_argument("--skip_bad_images", action="store_true",
                    help="skip unreadable images (counted and reported) instead of failing; "
