@@ -41,7 +41,9 @@ def read_image_file(path: str) -> tuple[np.ndarray | None, str]:
         return None, "truncated JPEG (the file ends before its end-of-image marker)"
     # the stored pixels, as the release's decoder (jpeg4py) gives them: an EXIF orientation tag
     # would turn the image away from the npz keypoints and boxes
-    img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    # (bytes read by Python: OpenCV's own file functions crash on names not valid UTF-8)
+    buf = np.fromfile(path, dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if buf.size else None
     if img is None or img.size == 0:
         return None, "file exists but could not be decoded (corrupt or not an image)"
     if min(h := img.shape[0], w := img.shape[1]) < MIN_IMAGE_SIDE:

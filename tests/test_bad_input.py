@@ -616,3 +616,16 @@ def test_output_paths_are_checked_before_any_work(tmp_path):
             parse_train([str(x) for x in argv])
     ev("--json_out", tmp_path / "new" / "m.json", "--viz", "--viz_dir", tmp_path / "new" / "v")
     assert parse_train(["--log_dir", str(tmp_path / "new"), "--name", "a/b"]).name == "a/b"
+
+
+def test_dataset_image_with_a_non_utf8_name_is_read(tmp_path):
+    """A dataset image whose name is not valid UTF-8 gives its stored pixels (OpenCV's own
+    reader crashes the process on such a name); an EXIF tag is ignored, as for every dataset
+    image."""
+    import cv2
+    from datasets.image_files import read_image_file
+    rgb = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    path = tmp_path / (_NON_UTF8 + ".png")
+    path.write_bytes(cv2.imencode(".png", rgb)[1].tobytes())
+    img, why = read_image_file(str(path))
+    assert why == "" and np.array_equal(img, rgb)
