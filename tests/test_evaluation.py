@@ -449,3 +449,35 @@ def test_collect_keeps_the_adapted_camera_and_the_nonfinite_flags():
     want_pose = np.zeros((2, 72))
     want_pose[1, 2] = np.pi / 2
     np.testing.assert_allclose(got["pose"], want_pose, atol=1e-5)
+
+
+def test_every_image_skipped_is_a_one_line_error(capsys):
+    """--skip_bad_images with every image of the test set unreadable: nothing to score is the
+    user's files, so one line `error: ...` naming an unreadable image and exit code 2 through
+    the entry scripts' wrapper, not a traceback."""
+    from utils.cli import run
+    t = ev._Tally("3dpw")
+    t.skipped = [{"sample_index": i, "imgname": f"/d/img_{i}.jpg", "reason": "corrupt"}
+                 for i in range(2)]
+    with pytest.raises(SystemExit) as e:
+        run(lambda argv: t.summary(2, 0), [])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "/d/img_0.jpg" in err[0], err
+
+
+def test_tto_adam_step_of_channels_last_weights_with_contiguous_grads():
+    """--memory_format channels_last (the CPU default) with --tto_chunk > 1: vmap returns the
+    per-sample gradients of a [G, C, K, H, W] weight contiguous, the weight itself channels-last.
+    Adam's first step moves every entry by lr against the sign of its own gradient, whatever
+    the layouts (fused Adam used to pair the two by memory position)."""
+    from types import SimpleNamespace
+    from train.tto import _Weights
+    torch.manual_seed(0)
+    w = torch.randn(2, 4, 3, 5, 5).permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    weights = _Weights(SimpleNamespace(head_param_names=["head"]),
+                       {"head": torch.zeros(3), "conv": w}, 2, vectorised=False)
+    g = torch.randn(2, 4, 3, 5, 5)   # contiguous
+    assert weights.rest["conv"].stride() != g.stride()
+    weights.adam_step(({"head": torch.ones(3)}, {"conv": g}), 0.1, clean=True)
+    torch.testing.assert_close(weights.leaves["conv"].detach(), w - 0.1 * torch.sign(g))

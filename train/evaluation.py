@@ -29,7 +29,7 @@ from train.tto import TTOConfig, test_time_optimize
 from train.visualize import Visualizer
 from utils.atomic import atomic_path
 from utils.camera import Camera
-from utils.errors import OptionError
+from utils.errors import OptionError, UserError
 from utils.pose_utils import mpjpe as _mpjpe, pve as _pve, reconstruction_error
 
 METRICS = ("MPJPE", "PA-MPJPE", "PVE")
@@ -325,9 +325,14 @@ class _Tally:
         arrays = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in self.keep.items()}
         n = len(arrays["mpjpe"])
         if n == 0:
-            raise RuntimeError(f"evaluation of {self.dataset}: no sample was evaluated "
-                               f"(dataset of {n_dataset} samples, max_batches={max_batches}, "
-                               f"{len(self.skipped)} skipped as unreadable)")
+            what = (f"evaluation of {self.dataset}: no sample was evaluated (dataset of "
+                    f"{n_dataset} samples, max_batches={max_batches}, {len(self.skipped)} "
+                    f"skipped as unreadable)")
+            if self.skipped:   # every image read was unreadable: the user's files (exit 2)
+                s = self.skipped[0]
+                raise UserError(f"{what}, e.g. {s['imgname']} ({s['reason']}). Replace the "
+                                f"images, or check --data_root")
+            raise RuntimeError(what)
         out: dict = {}
         for m in METRICS:
             if m == "PVE" and self.dataset in NO_MESH_DATASETS:

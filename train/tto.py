@@ -318,7 +318,11 @@ class _Weights:
         gh, gr = grads
         for k, v in self.leaves.items():
             g = gh.get(k, gr.get(k))
-            v.grad = None if g is None else g.detach() if clean else torch.nan_to_num(g.detach())
+            if g is not None:
+                g = g.detach() if clean else torch.nan_to_num(g.detach())
+                if g.stride() != v.stride():   # fused Adam pairs their memory elementwise:
+                    g = torch.empty_like(v).copy_(g)   # vmap's grads of channels_last weights
+            v.grad = g
         self.adam.step()
         for v in self.leaves.values():   # free now: the next gradients are new tensors
             v.grad = None
