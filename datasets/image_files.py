@@ -7,7 +7,7 @@ import os
 import cv2
 import numpy as np
 
-__all__ = ["MIN_IMAGE_SIDE", "read_image_file"]
+__all__ = ["MIN_IMAGE_SIDE", "decode_image", "read_image_file"]
 
 MIN_IMAGE_SIDE = 2     # pixels; a smaller image has no person to crop
 
@@ -32,6 +32,18 @@ def _jpeg_truncated(path: str) -> bool:
     return False
 
 
+def decode_image(path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
+    """The BGR image of the file at ``path`` decoded with ``flags``, or None (unreadable, not an
+    image). The bytes are read by Python: OpenCV's own file functions crash on names that are
+    not valid UTF-8."""
+    try:
+        buf = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    img = cv2.imdecode(buf, flags) if buf.size else None
+    return None if img is None or img.size == 0 else img
+
+
 def read_image_file(path: str) -> tuple[np.ndarray | None, str]:
     """(BGR uint8 image, '') or (None, why it cannot be used)."""
     if not os.path.isfile(path):  # (a stat; spares cv2's own warning on missing files)
@@ -41,10 +53,8 @@ def read_image_file(path: str) -> tuple[np.ndarray | None, str]:
         return None, "truncated JPEG (the file ends before its end-of-image marker)"
     # the stored pixels, as the release's decoder (jpeg4py) gives them: an EXIF orientation tag
     # would turn the image away from the npz keypoints and boxes
-    # (bytes read by Python: OpenCV's own file functions crash on names not valid UTF-8)
-    buf = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if buf.size else None
-    if img is None or img.size == 0:
+    img = decode_image(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None:
         return None, "file exists but could not be decoded (corrupt or not an image)"
     if min(h := img.shape[0], w := img.shape[1]) < MIN_IMAGE_SIDE:
         return None, f"image is {w}x{h} pixels, too small to crop a person from"

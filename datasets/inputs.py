@@ -14,6 +14,7 @@ import torch
 import constants
 from config import DataPaths, require
 from datasets.annotations import DatasetError, check_annotations, read_annotations
+from datasets.image_files import decode_image
 from utils import imutils
 from utils.jsonio import dumps
 
@@ -66,15 +67,10 @@ def read_video(path, every: int = 1):
 
 def read_image(path) -> np.ndarray | None:
     """[H, W, 3] uint8 RGB of an image file (EXIF orientation applied, as OpenPose's OpenCV
-    reader does; alpha dropped, 16-bit and grey converted), or None when it cannot be decoded.
-    The bytes are read by Python: OpenCV's own file functions fail on names that are not valid
-    UTF-8."""
-    try:
-        buf = np.fromfile(path, dtype=np.uint8)
-    except OSError:
-        return None
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-    return None if bgr is None or bgr.size == 0 else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    reader does; alpha dropped, 16-bit and grey converted), or None when it cannot be decoded
+    (:func:`datasets.image_files.decode_image`: names not valid UTF-8 too)."""
+    bgr = decode_image(path, cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def list_images(img_dir) -> list[Path]:
