@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from config import DataPaths, MissingFileError
-from constants import crop_size
+from constants import options_crop_size
 from utils import options as project_options
 from utils.jsonio import dumps, write_json
 from utils.runtime import compile_backbone, place, select_device
@@ -112,7 +112,7 @@ def setup(args, o: argparse.Namespace, device: torch.device, compile_aux: bool =
             for role in ("main", "aux")]
     for net in nets[:(2 if compile_aux else 1) if args.compile else 0]:
         compile_backbone(net)
-    batch = synthetic_batch(args.batch_size, crop_size(o.bbox_type), device, args.seed)
+    batch = synthetic_batch(args.batch_size, options_crop_size(o), device, args.seed)
     for net in nets:
         calibrate_batchnorm(net, batch)
     return nets[0], nets[1], build_smpl(paths, "neutral").to(device), batch
@@ -206,6 +206,7 @@ def network_parser(doc: str, batch_size: int, batch_help: str, modes, iters: int
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     project_options.add_model_options(p)
     project_options.add_bbox_type(p, "rect", " (rect: the README's)")
+    project_options.add_crop_scale(p)
     project_options.add_device(p)
     project_options.add_seed(p)
     p.set_defaults(seed=0)
@@ -238,6 +239,10 @@ def parse_bench_args(p: argparse.ArgumentParser, argv, modes) -> argparse.Namesp
         p.error("--model hmr has no HRNet variant (choose --backbone resnet or resnet18)")
     if args.iters < 1 or args.warmup < 0 or args.batch_size < 1:
         p.error("--iters and --batch_size must be >= 1, --warmup >= 0")
+    try:
+        options_crop_size(args)
+    except ValueError as e:
+        p.error(f"--crop_scale: {e}")
     return args
 
 
@@ -272,7 +277,7 @@ def bench_main(args, script: str, measure_mode, run, report) -> int:
     device = select_device(args.device)
     res, config = run(args, results, device)
     res.update(machine=machine_info(device), config={
-        **config, "crop_hw": list(crop_size(args.bbox_type)), "iters": args.iters,
+        **config, "crop_hw": list(options_crop_size(args)), "iters": args.iters,
         "warmup": args.warmup, "isolated_processes": not args.in_process, "weights": "random",
         "inputs": "synthetic random batch",
         "body_model": "given root" if args.smpl_root else "synthetic stand-in (SMPL format)"})

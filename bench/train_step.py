@@ -25,7 +25,8 @@ MODES = {"plain": ["--no_inner"], "meta_fo_batch": ["--first_order", "--tto_mode
          "meta_fo_sample": ["--first_order", "--tto_mode", "sample"],
          "meta_so": ["--tto_mode", "sample"]}
 # the options of train.py this benchmark sets from its own command line
-TRAIN_KEYS = ("model", "backbone", "batch_size", "bbox_type", "device", "amp", "inner_step", "seed")
+TRAIN_KEYS = ("model", "backbone", "batch_size", "bbox_type", "crop_scale", "device", "amp",
+              "inner_step", "seed")
 # the figures that the interleaved timing replaces (the isolated ones are kept as isolated_*)
 TIMES = ("s_per_iter", "cpu_s_per_iter", "times_s", "cpu_times_s", "mean_s", "min_s", "max_s")
 

@@ -23,8 +23,8 @@ from utils import options as project_options  # noqa: E402
 MODES = ("batch", "sample")
 README_TTO = ["--inner_lr", "1e-5", "--after_innerlr", "1e-5", "--inner_step", "1"]
 # the options of eval_cliff.py / eval_hmr.py this benchmark sets from its own command line
-EVAL_KEYS = ("backbone", "batch_size", "bbox_type", "device", "seed", "tto_chunk", "tto_workers",
-             "test_val_step", "adapt_val_step")
+EVAL_KEYS = ("backbone", "batch_size", "bbox_type", "crop_scale", "device", "seed", "tto_chunk",
+             "tto_workers", "test_val_step", "adapt_val_step")
 
 
 def parse_args(argv=None):

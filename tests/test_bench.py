@@ -29,7 +29,8 @@ def test_train_step_reports_every_mode_against_plain(synthetic_root, tmp_path):
     out = tmp_path / "train_step.json"
     text = _run("train_step.py", "--backbone", "resnet18", "--bbox_type", "square",
                 "--batch_size", 2, "--device", "cpu", "--iters", 1, "--warmup", 0,
-                "--in_process", "--smpl_root", synthetic_root, "--json", out)
+                "--crop_scale", 0.25, "--in_process", "--smpl_root", synthetic_root,
+                "--json", out)
     res = json.loads(out.read_text())
     modes = res["modes"]
     assert set(modes) == {"plain", "meta_fo_batch", "meta_fo_sample", "meta_so"}
@@ -40,6 +41,7 @@ def test_train_step_reports_every_mode_against_plain(synthetic_root, tmp_path):
         assert name in text
     assert modes["plain"]["ratio_to_plain"] == pytest.approx(1.0)
     assert res["machine"]["device"] == "cpu"
+    assert res["config"]["crop_hw"] == [56, 56] and "crop 56x56" in text   # 224 x 0.25
 
 
 def test_tto_reports_both_modes_at_the_asked_steps(synthetic_root, tmp_path):
@@ -47,7 +49,7 @@ def test_tto_reports_both_modes_at_the_asked_steps(synthetic_root, tmp_path):
     out = tmp_path / "tto.json"
     _run("tto.py", "--backbone", "resnet18", "--bbox_type", "square", "--batch_size", 2,
          "--device", "cpu", "--test_val_step", 2, "--iters", 1, "--warmup", 0,
-         "--tto_workers", 2, "--smpl_root", synthetic_root, "--json", out)
+         "--crop_scale", 0.25, "--tto_workers", 2, "--smpl_root", synthetic_root, "--json", out)
     res = json.loads(out.read_text())
     b, s = res["modes"]["batch"], res["modes"]["sample"]
     for m in (b, s):
@@ -56,6 +58,7 @@ def test_tto_reports_both_modes_at_the_asked_steps(synthetic_root, tmp_path):
     assert res["ratios"]["sample_over_batch_time"] == pytest.approx(
         s["s_per_batch"] / b["s_per_batch"])
     assert res["config"]["tto_workers"] == 2 and res["config"]["isolated_processes"]
+    assert res["config"]["crop_hw"] == [56, 56] and res["config"]["crop_scale"] == 0.25
 
 
 def test_data_speed_measures_the_training_pipeline(synthetic_root, tmp_path):
