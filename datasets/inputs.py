@@ -20,13 +20,14 @@ from utils.jsonio import dumps
 
 __all__ = ["DemoInputError", "IMAGE_EXTS", "NUM_OPENPOSE", "list_images", "read_openpose_json",
            "load_bbox_file", "bboxes_for", "bbox_from_openpose", "bbox_from_xywh",
-           "far_outside", "box_problem", "keypoints_problem",
+           "far_outside", "box_problem", "keypoints_problem", "keypoint_box_problem",
            "export_dataset_inputs", "gt_to_openpose", "prepare_person", "collate",
            "read_video", "read_image"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 NUM_OPENPOSE = 25
 FAR_OUTSIDE = 0.5   # keypoints beyond this fraction of the image's larger side outside it
+MIN_BOX_SIDE = 2.0  # pixels: a box (or the keypoints' span) smaller on every side holds no person
 
 
 class DemoInputError(ValueError):
@@ -93,7 +94,10 @@ def read_openpose_json(path) -> list[np.ndarray]:
         raise DemoInputError(f"{path}: expected an object with a 'people' list (OpenPose format)")
     out = []
     for i, person in enumerate(people):
-        arr = _array(person.get("pose_keypoints_2d") if isinstance(person, dict) else None)
+        if not isinstance(person, dict) or "pose_keypoints_2d" not in person:
+            raise DemoInputError(f"{path}: people[{i}] has no 'pose_keypoints_2d' (the BODY_25 "
+                                 f"body keypoints OpenPose writes with --write_json)")
+        arr = _array(person["pose_keypoints_2d"])
         if arr is None or arr.shape != (3 * NUM_OPENPOSE,):
             raise DemoInputError(f"{path}: people[{i}].pose_keypoints_2d must be a flat list of "
                                  f"{3 * NUM_OPENPOSE} numbers (BODY_25 x, y, c), got shape "
@@ -178,13 +182,33 @@ def box_problem(box, image_hw) -> str | None:
     x, y, bw, bh = (float(v) for v in box)
     h, w = image_hw
     shown = [x, y, bw, bh]
-    if not (bw >= 2 and bh >= 2):
-        return f"width and height must be at least 2 px, got {shown}"
+    if not (bw >= MIN_BOX_SIDE and bh >= MIN_BOX_SIDE):
+        return f"width and height must be at least {MIN_BOX_SIDE:g} px, got {shown}"
     if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
         return f"{shown} lies outside the {w}x{h} image"
     if far_outside([[x, y], [x + bw, y + bh]], image_hw).any():
         return (f"{shown} reaches far outside the {w}x{h} image (more than {FAR_OUTSIDE:g} x "
                 f"its larger side beyond the border): not a box of this image")
+    return None
+
+
+def keypoint_box_problem(kp25) -> str | None:
+    """Why the keypoints used for one person's box ([25, 3], confidence > 0: the output of
+    :func:`bbox_from_openpose`) give no box to crop, or None: all within [-1, 1] (coordinates
+    normalised by OpenPose's ``--keypoint_scale`` 3 or 4, not pixels), or a span under
+    ``MIN_BOX_SIDE`` px on both axes (coinciding points: no person)."""
+    kp = np.asarray(kp25, dtype=np.float64)
+    xy = kp[kp[:, 2] > 0, :2]
+    if not len(xy):
+        return "no confident keypoint"
+    if (np.abs(xy) <= 1.0).all():
+        return ("its confident keypoints all lie within [-1, 1]: normalised coordinates "
+                "(OpenPose --keypoint_scale 3 or 4)? The demo needs pixels (OpenPose's "
+                "default, --keypoint_scale 0)")
+    w, h = xy.max(0) - xy.min(0)
+    if not max(w, h) >= MIN_BOX_SIDE:
+        return (f"its confident keypoints span {w:.3g} x {h:.3g} px (under {MIN_BOX_SIDE:g} px): "
+                f"no person to crop")
     return None
 
 
@@ -214,7 +238,8 @@ def export_dataset_inputs(paths: DataPaths, dataset: str, out_dir, max_images: i
                           keypoints: str = "openpose") -> tuple[Path, Path]:
     """Copy images of a test set (``config.TEST_DATASETS``) and write their keypoints as
     OpenPose BODY_25 JSON files (in the stored image's pixels); returns (image folder, keypoint
-    folder): ``out_dir/images/<name>.jpg`` and ``out_dir/openpose/<name>_keypoints.json``
+    folder): ``out_dir/images/<name>.jpg`` (``.png``, its stored pixels, for an image with an EXIF
+    orientation tag: :func:`_copy_as_stored`) and ``out_dir/openpose/<name>_keypoints.json``
     (``<name>``: ``<sequence>-<frame>`` for 3DPW, the image stem otherwise) for the first
     ``max_images`` samples (0: all). keypoints: 'openpose' (the npz array) or 'gt'
     (:func:`gt_to_openpose`). A bad npz, a set without 'openpose' or a missing image raise
@@ -243,12 +268,37 @@ def export_dataset_inputs(paths: DataPaths, dataset: str, out_dir, max_images: i
         if not (img_root / rel).is_file():
             raise DatasetError(f"{npz}, sample {i}: image {img_root / rel} does not exist. "
                                f"Restore the {dataset} images under {img_root}")
-        shutil.copyfile(img_root / rel, img_out / f"{name}{rel.suffix}")
+        _copy_as_stored(img_root / rel, img_out / name, rel.suffix)
         person = {"person_id": [-1], "pose_keypoints_2d": np.asarray(kp_all[i], float)
                   .reshape(-1).tolist()}
         (kp_out / f"{name}_keypoints.json").write_text(
             dumps({"version": 1.3, "people": [person]}))   # strict JSON
     return img_out, kp_out
+
+
+def _copy_as_stored(src: Path, dst_stem: Path, suffix: str) -> Path:
+    """Copy a dataset image to ``dst_stem`` + ``suffix``, or, when it carries an EXIF orientation
+    tag that turns it, write its stored pixels as ``dst_stem.png`` (lossless): the dataset's
+    keypoints are in the stored pixels (its reader ignores the tag, as the release's decoder),
+    the demo reads photos upright (as OpenPose does)."""
+    from PIL import Image
+    try:   # cheap test (no decode) before the exact one
+        with Image.open(src) as im:
+            tagged = im.getexif().get(0x0112, 1) != 1
+    except Exception:  # noqa: BLE001 - not readable by Pillow: OpenCV decides below if needed
+        tagged = False
+    if tagged:
+        stored = decode_image(src, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        shown = decode_image(src, cv2.IMREAD_COLOR)
+        if stored is not None and (shown is None or not np.array_equal(stored, shown)):
+            ok, buf = cv2.imencode(".png", stored)   # (Python writes: non-UTF-8 names)
+            if ok:
+                dst = dst_stem.with_name(dst_stem.name + ".png")
+                dst.write_bytes(buf.tobytes())
+                return dst
+    dst = dst_stem.with_name(dst_stem.name + suffix)
+    shutil.copyfile(src, dst)
+    return dst
 
 
 # OpenPose slot <- GT-24 joint (spec §4.3 names): the limbs, nose, eyes, ears

@@ -488,6 +488,17 @@ def test_demo_deeply_nested_json_is_a_reported_input_error(tmp_path):
         load_bbox_file(deep)
 
 
+def test_demo_keypoint_file_without_body_keypoints_names_the_key(tmp_path):
+    """An OpenPose person without 'pose_keypoints_2d' (OpenPose run without its body model, or
+    a hand-made file) is a DemoInputError naming the key, not 'got shape None'."""
+    from datasets.inputs import DemoInputError, read_openpose_json
+    for person in ({"person_id": [-1], "face_keypoints_2d": []}, [1.0, 2.0]):
+        (tmp_path / "k.json").write_text(json.dumps({"version": 1.3, "people": [person]}))
+        with pytest.raises(DemoInputError, match=r"k.json: people\[0\] has no "
+                                                 r"'pose_keypoints_2d'.*--write_json"):
+            read_openpose_json(tmp_path / "k.json")
+
+
 def test_demo_reads_odd_image_files_by_their_pixels(tmp_path):
     """Alpha, 16-bit, grey, EXIF-rotated images give the expected 8-bit RGB pixels; a file
     name that is not valid UTF-8 reads (OpenCV's own reader crashed on it); an empty or

@@ -131,6 +131,8 @@ def _load(out, name):
 def test_bad_inputs_reported_and_counted(run, inputs):
     s, logs = run["summary"], "\n".join(run["logs"])
     assert s["images"] == 5                              # notes.txt is not an image
+    assert s["ignored"] == ["notes.txt"]                  # ... and summary.json says so
+    assert "1 folder entries ignored (not image files)" in logs
     assert s["processed"] == 1 and s["people"] == 2       # b: 2 usable people of 3
     assert s["people_skipped"] == 1                       # b's faint person
     expected = {"no_keypoint_file": 1, "unreadable_image": 1, "no_people": 1,
@@ -436,6 +438,41 @@ def test_openpose_json_parsing(tmp_path):
     assert n == 2 and kp0[2, 2] == 0
     np.testing.assert_allclose(center, [20, 50])
     assert scale == pytest.approx(max(20 * 4 / 3, 60) / 200 * 1.2)
+
+
+def test_export_keeps_the_stored_pixels_of_an_exif_rotated_dataset_image(synthetic_root,
+                                                                          tmp_path):
+    """A dataset image with an EXIF orientation tag (COCO has some): its annotations are in the
+    stored pixels (the dataset reader ignores the tag), while the demo reads photos upright. The
+    exported image must show the demo those stored pixels, which the exported keypoints are
+    in; an untagged image is copied byte for byte."""
+    from PIL import Image
+    from datasets.image_files import read_image_file
+    paths = DataPaths(Path(synthetic_root))
+    z = _npz(synthetic_root)
+    rel = [Path(str(n)) for n in z["imgname"][:2]]
+    img_root = tmp_path / "images"
+    folder = paths.image_folder(DATASET).relative_to(paths.images_dir)
+    for r in rel:
+        (img_root / folder / r).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(paths.image_folder(DATASET) / r, img_root / folder / r)
+    tagged = img_root / folder / rel[0]
+    with Image.open(tagged) as im:
+        stored = np.asarray(im.convert("RGB"))[:, :96]   # (not square: a turn shows)
+    exif = Image.Exif()
+    exif[0x0112] = 6                        # "rotate 90 degrees clockwise to display"
+    Image.fromarray(stored).save(tagged, exif=exif.tobytes(), quality=95)
+    h, w = stored.shape[:2]
+    assert h != w and demo_inputs.read_image(tagged).shape[:2] == (w, h)   # shown turned
+    img, kp = demo_inputs.export_dataset_inputs(DataPaths(Path(synthetic_root), img_root),
+                                                DATASET, tmp_path / "out", max_images=2)
+    (first,), (second,) = (sorted(img.glob(f"{r.stem}.*")) for r in rel)
+    bgr, why = read_image_file(str(tagged))           # the pixels of the npz annotations
+    assert why == "" and bgr.shape[:2] == (h, w)
+    assert np.array_equal(demo_inputs.read_image(first), bgr[..., ::-1])
+    assert second.read_bytes() == (img_root / folder / rel[1]).read_bytes()
+    np.testing.assert_allclose(
+        demo_inputs.read_openpose_json(kp / f"{rel[0].stem}_keypoints.json")[0], z["openpose"][0])
 
 
 def test_export_dataset_inputs(synthetic_root, tmp_path):

@@ -211,6 +211,36 @@ def test_demo_refuses_keypoints_of_another_image(synthetic_root, demo_files, tmp
     run.renderer.close()
 
 
+def test_demo_refuses_normalised_or_sub_pixel_keypoints(synthetic_root, demo_files, tmp_path):
+    """OpenPose run with --keypoint_scale 3 writes a person's pixel keypoints divided by the
+    image size ([0, 1]), with 4 mapped to [-1, 1]: not pixels of the 128x128 image, refused per
+    person naming the option (they were cropped from a sub-pixel box); keypoints spanning
+    under 2 px are refused as a box under 2 px is; the pixel keypoints are used."""
+    from datasets.inputs import bbox_from_openpose, keypoint_box_problem
+    from train import demo
+    op, size = demo_files["openpose"], 128.0
+    scale3, scale4, dot = op.copy(), op.copy(), op.copy()
+    scale3[:, :2] = op[:, :2] / size
+    scale4[:, :2] = op[:, :2] / size * 2 - 1
+    dot[:, :2] = [60.0, 70.0] + np.linspace(0.0, 1.5, 25)[:, None]   # a 1.5 px span
+    kp = tmp_path / "kp"
+    kp.mkdir()
+    (kp / "a_keypoints.json").write_text(json.dumps({"version": 1.3, "people": [
+        {"pose_keypoints_2d": p.reshape(-1).tolist()} for p in (scale3, scale4, dot, op)]}))
+    assert keypoint_box_problem(bbox_from_openpose(op, 0.1, (128, 128))[3]) is None
+    logs: list[str] = []
+    run = demo.DemoRun(_demo_options(synthetic_root, demo_files, tmp_path / "out",
+                                     "--openpose_dir", kp), log=logs.append)
+    img = run.load(demo_files["dir"] / "img" / "a.jpg")
+    text = "\n".join(logs)
+    assert img.person_ids == [3]
+    for i in (0, 1):
+        assert f"person {i}: its confident keypoints all lie within [-1, 1]" in text
+    assert text.count("--keypoint_scale 3 or 4") == 2
+    assert "person 2: its confident keypoints span 1.5 x 1.5 px (under 2 px)" in text
+    run.renderer.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # atomic writes, restricted unpickling, npz reading (mutation probe)
 def test_a_failed_atomic_write_keeps_the_previous_file_and_no_temporary(tmp_path):

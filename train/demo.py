@@ -36,9 +36,9 @@ import constants
 from config import TEST_DATASETS, DataPaths, MissingFileError, require
 from datasets.inputs import (IMAGE_EXTS, NUM_OPENPOSE, DemoInputError, bbox_from_openpose,
                              bbox_from_xywh, bboxes_for, box_problem, collate,
-                             export_dataset_inputs, keypoints_problem, list_images,
-                             load_bbox_file, prepare_person, read_image, read_openpose_json,
-                             read_video)
+                             export_dataset_inputs, keypoint_box_problem, keypoints_problem,
+                             list_images, load_bbox_file, prepare_person, read_image,
+                             read_openpose_json, read_video)
 from models.smpl import build_smpl
 from train.demo_report import Summary, image_line, judge_finite
 from train.tto import TTOConfig, test_time_optimize
@@ -293,6 +293,7 @@ class DemoRun:
         if self.tto and not require(o.openpose_dir,
                                     "OpenPose keypoint folder (--openpose_dir)").is_dir():
             raise SystemExit(f"error: --openpose_dir {o.openpose_dir} is not a folder")
+        other = []   # --img_dir entries that are not image files: said, and in summary.json
         if video is None:
             images = list_images(o.img_dir)
             names = {p.name for p in Path(o.img_dir).iterdir()}
@@ -324,7 +325,8 @@ class DemoRun:
         self.camera, self.cfg, self.o = Camera.from_options(o), TTOConfig.from_options(o), o
         self.renderer = Renderer(self.faces, backend=o.render_backend)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.summary = Summary(images=0 if video else len(self.inputs))   # frames: as read
+        self.summary = Summary(images=0 if video else len(self.inputs),   # frames: as read
+                               ignored=other)
 
     def load(self, path: Path, rgb: np.ndarray | None = None) -> _Image | None:
         """One image (or video frame ``rgb`` named ``path``) and its people; bad input is
@@ -367,7 +369,8 @@ class DemoRun:
     def _box(self, path: Path, i: int, item: np.ndarray, hw: tuple) -> tuple[tuple, str]:
         """Entry ``i`` of an image of ``hw`` (height, width) -> ((center, scale, keypoints or
         None), '') or (None, why it is unusable): a bad box (:func:`box_problem`), keypoints of
-        another image (:func:`keypoints_problem`), too few confident keypoints, an empty box. A
+        another image (:func:`keypoints_problem`), too few confident keypoints, no box
+        (:func:`keypoint_box_problem`: normalised coordinates, a span under 2 px). A
         few confident keypoints far outside the image are ignored, with a warning."""
         if not self.tto:
             why = box_problem(item, hw)
@@ -382,8 +385,8 @@ class DemoRun:
         if n < o.min_keypoints:
             return None, (f"person {i}: {n} keypoints with confidence > {o.kp_threshold} "
                           f"(need {o.min_keypoints})")
-        if not scale > 0:
-            return None, f"person {i}: its confident keypoints coincide (empty box)"
+        if why := keypoint_box_problem(kp):
+            return None, f"person {i}: {why}"
         return (center, scale, kp), ""
 
     def _write(self, img: _Image, records: list[dict], overlay_sink=None) -> None:

@@ -101,6 +101,7 @@ class Summary:
     tto_rejected: int = 0
     skipped: dict = field(default_factory=lambda: {k: 0 for k in SKIP_REASONS})
     per_image: dict = field(default_factory=dict)   # image name -> status / message
+    ignored: list = field(default_factory=list)     # --img_dir entries that are not images
 
     def skip(self, image: Path, reason: str, message: str, log) -> None:
         self.skipped[reason] += 1
@@ -111,6 +112,8 @@ class Summary:
         lines = [f"Demo summary: {self.images} images, {self.processed} processed "
                  f"({self.people} people), {sum(self.skipped.values())} skipped"]
         lines += [f"  {v} x {SKIP_REASONS[k]}" for k, v in self.skipped.items() if v]
+        lines += [f"  {len(self.ignored)} folder entries ignored (not image files)"] \
+            if self.ignored else []
         for n, text in ((self.people_skipped, "people skipped (too few confident keypoints, "
                          "an invalid box, a non-finite prediction) in processed images"),
                         (self.tto_rejected, "people whose TTO raised the 2D error or diverged "
