@@ -1,9 +1,13 @@
-"""SPIN-format npz annotations: read without unpickling (:func:`utils.safe_npz.read_npz`: object
-arrays and duplicated zip members are refused), then checked (:func:`check_annotations`) before
-any sample is used. Problems raise :class:`DatasetError` naming the file, sample and problem.
+"""SPIN-format npz annotations: read without unpickling code (:func:`utils.safe_npz.read_npz`:
+duplicated zip members are refused; object arrays, which files written over the years by other
+scripts hold, are read through the restricted unpickler and must hold text or numbers), made
+plain (:func:`read_annotations`: text as ``str`` arrays, Windows path separators as ``/``), then
+checked (:func:`check_annotations`) before any sample is used. Keys nothing reads are left
+unchecked. Problems raise :class:`DatasetError` naming the file, sample and problem.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -18,9 +22,11 @@ __all__ = ["DatasetError", "read_annotations", "check_annotations"]
 _SHAPES = {"part": (24, 3), "openpose": (25, 3), "pose": (72,), "S": (24, 4),
            "center": (2,), "has_smpl": (), "gender": ()}
 _SCALAR_OK = ("focal_length",)   # may hold one value for all samples
+_TEXT = ("imgname", "gender", "maskname", "partname")   # read as str arrays
 MAX_ABS = 1e6      # no annotation (pixels, metres, radians, betas) comes near it
 _NUMERIC = ("part", "openpose", "pose", "shape", "S", "center", "scale", "has_smpl",
             "focal_length")   # must be bool / int / float arrays (not strings)
+KNOWN_KEYS = (*_TEXT, *_NUMERIC)   # what BaseDataset reads; other keys are not checked
 
 
 class DatasetError(UserError, ValueError):
@@ -28,24 +34,58 @@ class DatasetError(UserError, ValueError):
 
 
 def read_annotations(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of an npz, materialised, never unpickled."""
+    """All arrays of an npz, materialised, no code unpickled; the text keys (``imgname``,
+    ``gender``, ``maskname``, ``partname``) as ``str`` arrays (bytes decoded like file names),
+    ``imgname`` with ``/`` for Windows' ``\\``; an object array as text or numbers."""
     try:
-        return read_npz(path)
+        data = read_npz(path, objects=True)
     except NpzError as e:
+        raise DatasetError(str(e)) from None
+    except UserError as e:   # an object array naming something unsafe (utils.safe_pickle)
         raise DatasetError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - any unreadable-file error, re-raised with the name
         raise DatasetError(f"{path}: cannot read this annotation file ({type(e).__name__}: "
                            f"{e}). Re-create it with numpy.savez") from e
+    for key in [k for k in data if k in KNOWN_KEYS]:
+        data[key] = _plain(path, key, data[key])
+    if "imgname" in data and data["imgname"].dtype.kind == "U":
+        data["imgname"] = np.char.replace(data["imgname"], "\\", "/")
+    return data
+
+
+def _plain(path: Path, key: str, arr: np.ndarray) -> np.ndarray:
+    """``arr`` with text as ``str`` (bytes decoded as file names are: UTF-8, other bytes kept
+    through surrogate escapes) and an object array as text or numbers."""
+    if arr.dtype.kind == "O":
+        items = arr.reshape(-1).tolist()
+        if all(isinstance(x, (str, bytes)) for x in items):
+            arr = np.array([x if isinstance(x, str) else os.fsdecode(x) for x in items],
+                           dtype=str).reshape(arr.shape)
+        elif all(isinstance(x, (bool, int, float, np.number, np.bool_)) for x in items):
+            arr = arr.astype(np.float64)
+        elif all(isinstance(x, np.ndarray) and x.dtype.kind in "biuf" for x in items) and \
+                len({x.shape for x in items}) == 1 and arr.ndim == 1:
+            arr = np.stack(items) if items else arr.astype(np.float64)
+        else:
+            kinds = sorted({type(x).__name__ for x in items})
+            raise DatasetError(f"{path}: {key!r} is an object array holding {', '.join(kinds)}; "
+                               f"expected text or numbers. Re-create the file with a string or "
+                               f"numeric array (e.g. np.asarray(list_of_str, dtype=str))")
+    if key in _TEXT and arr.dtype.kind == "S":
+        arr = np.char.decode(arr, "utf-8", "surrogateescape")
+    return arr
 
 
 def check_annotations(data: dict[str, np.ndarray], fail: Callable[..., DatasetError]) -> int:
     """Check what :class:`BaseDataset` relies on: required keys (``imgname``, ``part``; ``pose``
     only with ``shape``), one entry per sample (``focal_length`` may be a scalar), per-sample
-    shapes, numbers (not strings) in the numeric keys, no NaN / inf. ``fail(message,
-    index=None)`` makes the error. Returns N."""
+    shapes, numbers (not strings) in the numeric keys, no NaN / inf. Keys that nothing reads
+    (not in :data:`KNOWN_KEYS`) are not checked. ``fail(message, index=None)`` makes the error.
+    Returns N."""
+    present, data = sorted(data), {k: v for k, v in data.items() if k in KNOWN_KEYS}
     for key in ("imgname", "part"):
         if key not in data:
-            raise fail(f"missing required key {key!r} (keys present: {sorted(data)})")
+            raise fail(f"missing required key {key!r} (keys present: {present})")
     if ("pose" in data) != ("shape" in data):
         have, miss = ("pose", "shape") if "pose" in data else ("shape", "pose")
         raise fail(f"has {have!r} but no {miss!r}: SMPL needs both")

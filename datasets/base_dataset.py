@@ -190,12 +190,27 @@ class BaseDataset(Dataset):
             self._bad_image(index, why)
         return img
 
+    def _named_with_folder(self, index: int) -> str | None:
+        """The existing file that a missing image means when its imgname starts with the
+        image folder itself ('pw3d/...' or 'datasets/pw3d/...'), else None."""
+        for base in (self.img_dir.parent, self.img_dir.parent.parent):
+            path = os.path.join(base, self.imgname[index])
+            if os.path.isfile(path) and Path(path).resolve().is_relative_to(
+                    self.img_dir.resolve()):
+                return path
+        return None
+
     def _bad_image(self, index: int, why: str) -> None:
         """Raise for an unreadable image, or warn once (``skip_bad_images``)."""
         path = self.image_path(index)
         if not self.skip_bad_images:
             what = ("replace bad images by the next readable one" if self.is_train else
                     "leave such samples out of the metrics")
+            if why == "file does not exist" and (found := self._named_with_folder(index)):
+                raise self._fail(f"cannot read image {path}: {why}, but {found} does: this "
+                                 f"file's imgname starts with the image folder, which is "
+                                 f"joined already. Remove that prefix from its imgname "
+                                 f"(names relative to {self.img_dir})", index)
             raise self._fail(f"cannot read image {path}: {why}. Replace the file, or pass "
                              f"--skip_bad_images to {what}", index)
         if not self._warned_skip:

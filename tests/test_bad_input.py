@@ -77,13 +77,16 @@ def _root(tmp: Path, world: Path, name: str, data: dict | None = None, is_train=
 # -------------------------------------------------------------------------------------------
 # Security: nothing in a data file runs
 def test_npz_object_array_is_refused_and_never_unpickled(synthetic_root, tmp_path):
+    """Object arrays of annotation files are read through the restricted unpickler (text and
+    numbers only): one naming os.system is refused before anything runs."""
     marker = tmp_path / "marker"
     data = _world_npz(synthetic_root, "3dpw")
     planted = np.empty(len(data["imgname"]), dtype=object)
     planted[:] = [_Planted(marker)] * len(planted)
     data["gender"] = planted
     root = _root(tmp_path, synthetic_root, "3dpw", data)
-    with pytest.raises(DatasetError, match=r"3dpw_test.*npz: array 'gender' is an object array"):
+    with pytest.raises(DatasetError, match=r"3dpw_test.*npz \(array 'gender'\): refused to "
+                                           r"load .* names \w+\.system"):
         BaseDataset(_opts(), "3dpw", False, DataPaths(root))
     assert not marker.exists()
 
@@ -282,6 +285,96 @@ def test_evaluation_skips_and_lists(synthetic_root, tmp_path):
         assert part[m] == pytest.approx(full["per_sample"][k][keep].mean(), rel=1e-5)
     text = ev.format_results("3dpw", part)
     assert "1 sample(s) left out of the metrics" in text and "truncated JPEG" in text
+
+
+@pytest.fixture(scope="module")
+def eval_nets(synthetic_root):
+    """Random-weight ResNet-18 CLIFF main and aux networks."""
+    from models import build_model
+    mean = DataPaths(synthetic_root).smpl_mean_params()
+    torch.manual_seed(0)
+    return [build_model(model="cliff", backbone="resnet18", role=r, bbox_type="rect",
+                        mean_params=mean) for r in ("main", "aux")]
+
+
+def _eval_argv(root, name, *extra):
+    return ["--data_root", str(root), "--dataset", name, "--backbone", "resnet18",
+            "--batch_size", "2", "--test_val_step", "-1", "--device", "cpu", "--num_workers",
+            "0", "--log_freq", "0", "--crop_scale", "0.25", "--max_batches", "1", *extra]
+
+
+@pytest.mark.parametrize("name, drop, h36m_gt, match", [
+    ("3dpw", ("pose", "shape", "has_smpl"), "mosh", r"3dpw_test.*has no 'pose'/'shape'"),
+    ("h36m-p2", ("pose", "shape", "has_smpl"), "mosh", r"no 'pose'/'shape'.*--h36m_gt mocap"),
+    ("mpi-inf-3dhp", ("S",), "mosh", r"mpi_inf_3dhp_valid.*has no 'S' \(GT 3D joints\)"),
+    ("h36m-p2", ("S",), "mocap", r"has no 'S' \(GT 3D joints\)"),
+])
+def test_test_set_without_the_gt_its_protocol_scores_is_refused(synthetic_root, tmp_path, name,
+                                                                   drop, h36m_gt, match,
+                                                                   eval_nets):
+    """A test set lacking the GT its metrics are computed from (the SMPL mesh, or the 3D
+    joints 'S') was scored against zeros (wrong numbers, PA-MPJPE 0): now one line."""
+    from train import evaluation as ev
+    from utils.options import parse_eval
+    data = _world_npz(synthetic_root, name)
+    for k in drop:
+        data.pop(k)
+    root = _root(tmp_path, synthetic_root, name, data)
+    o = parse_eval("cliff", _eval_argv(root, name, "--h36m_gt", h36m_gt))
+    with pytest.raises(DatasetError, match=match):
+        ev.evaluate(*eval_nets, o, name, max_batches=1, log=lambda s: None)
+
+
+def test_h36m_with_only_mocap_joints_has_no_pve(synthetic_root, tmp_path, eval_nets, capsys):
+    """SPIN's h36m_valid_protocol2.npz layout (no pose/shape) under --h36m_gt mocap: MPJPE and
+    PA-MPJPE from 'S', as with the full file (no TTO: the prediction does not read the GT);
+    PVE is not available: not in the results, said on stdout, null in --json_out."""
+    from train import evaluation as ev
+    from utils.options import parse_eval
+    data = _world_npz(synthetic_root, "h36m-p2")
+    for k in ("pose", "shape", "has_smpl", "gender"):
+        data.pop(k)
+    root = _root(tmp_path, synthetic_root, "h36m-p2", data)
+    ckpt = tmp_path / "c.pt"
+    torch.save({"model": eval_nets[0].state_dict(), "model_aux": eval_nets[1].state_dict()},
+               ckpt)
+    part = ev.main(parse_eval("cliff", _eval_argv(
+        root, "h36m-p2", "--h36m_gt", "mocap", "--checkpoint", str(ckpt), "--json_out",
+        str(tmp_path / "m.json"))))
+    assert "PVE" not in part and "PVE: not available" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
+    assert metrics["PVE"] is None and metrics["PVE_before"] is None
+    o = parse_eval("cliff", _eval_argv(synthetic_root, "h36m-p2", "--h36m_gt", "mocap"))
+    full = ev.evaluate(*eval_nets, o, "h36m-p2", max_batches=1, log=lambda s: None)
+    assert np.isfinite(full["PVE"])
+    for m in ("MPJPE", "PA-MPJPE"):
+        assert part[m] == pytest.approx(full[m], rel=1e-6) and part[m] > 1
+
+
+def test_training_reads_its_test_sets_at_the_start(synthetic_root, tmp_path):
+    """The in-training evaluation's test sets were first read at the first test epoch (days
+    into a run): a missing or unusable one now stops train.py at the start, with the way to
+    train without it; no run folder is left."""
+    from train.trainer import Trainer
+    from utils.options import parse_train
+    data = _world_npz(synthetic_root, "3dpw")
+    for k in ("pose", "shape", "has_smpl"):
+        data.pop(k)
+    root = _root(tmp_path / "root", synthetic_root, "3dpw", data)
+    (root / "models").symlink_to(synthetic_root / "models")
+    for split in ("train", "test"):
+        for f in DATASET_FILES[split].values():
+            if not (root / "data" / "datasets" / f).exists():
+                (root / "data" / "datasets" / f).symlink_to(
+                    synthetic_root / "data" / "datasets" / f)
+    argv = ["--name", "run", "--log_dir", str(tmp_path / "logs"), "--data_root", str(root),
+            "--backbone", "resnet18", "--bbox_type", "rect", "--crop_scale", "0.25",
+            "--batch_size", "2", "--num_workers", "0", "--device", "cpu",
+            "--no_pretrained_backbone", "--first_order", "--eval_datasets", "h36m-p2,3dpw"]
+    with pytest.raises(DatasetError, match=r"3dpw_test.*has no 'pose'/'shape'.*test set '3dpw' "
+                                           r"of --eval_datasets.*--eval_datasets '' trains"):
+        Trainer(parse_train(argv))
+    assert not (tmp_path / "logs").exists()
 
 
 def test_openpose2d_without_openpose_and_missing_S_note(synthetic_root, tmp_path, capsys):

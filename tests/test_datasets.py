@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -564,6 +565,77 @@ def test_gender_other_than_m_or_f(tmp_path, bad):
     assert "sample 1" in str(err)
     make_npz_and_images(tmp_path, "h36m", True, n=3, extra=gender)
     assert _ds(tmp_path, "h36m", True).gender.tolist() == [0, 1, 1]
+
+
+def _variant(data: dict, variant: str, folder: Path) -> dict:
+    """``data`` (a 3-sample file of make_npz_and_images) as other writers store it."""
+    names = data["imgname"]
+    if variant == "bytes":               # Python 2's str, numpy 'S'
+        data.update(imgname=names.astype("S"), gender=data["gender"].astype("S"))
+    elif variant == "object":            # lists saved as object arrays (pickled)
+        data.update(imgname=names.astype(object),
+                    gender=np.array([g.encode() for g in data["gender"]], dtype=object))
+    elif variant == "windows":
+        data["imgname"] = np.array([n.replace("/", "\\") for n in names])
+    elif variant == "latin1":            # a file name that is not UTF-8, stored as bytes
+        raw = names[0].encode().replace(b".png", b"\xe9.png")
+        os.rename(folder / names[0], folder / os.fsdecode(raw))
+        data["imgname"] = np.array([raw] + [n.encode() for n in names[1:]])
+    elif variant == "loose":             # scale (N, 1), float32, keys nothing reads
+        n = len(names)
+        data.update(scale=data["scale"][:, None], center=data["center"].astype(np.float32),
+                    pose=data["pose"].astype(np.float32), meta=np.array("v1"),
+                    seq_names=np.array(["a", "b"] * n), cam_t=np.full((n, 3), np.nan))
+    return data
+
+
+@pytest.mark.parametrize("variant, compressed", [
+    ("bytes", False), ("object", False), ("windows", False), ("latin1", False),
+    ("loose", True)])
+def test_annotation_files_of_other_writers(tmp_path, variant, compressed):
+    """SPIN-format files written over the years by other numpy versions and scripts read as
+    the plain file does: every sample names the image file written for it (on disk), with the
+    plain file's keypoints, SMPL, 3D joints and gender ('m' 0, 'f' 1, as written)."""
+    npz = make_npz_and_images(tmp_path, "3dpw", False, n=3)
+    folder = tmp_path / "datasets" / DATASET_FOLDERS["3dpw"]
+    ref = _ds(tmp_path, "3dpw", False)
+    expect = [ref[i] for i in range(3)]
+    with np.load(npz) as z:
+        data = _variant({k: z[k] for k in z.files}, variant, folder)
+    (np.savez_compressed if compressed else np.savez)(npz, **data)
+    ds = _ds(tmp_path, "3dpw", False)
+    assert ds.gender.tolist() == [0, 1, 0]
+    for i in range(3):
+        assert os.path.samefile(ds.image_path(i), next(folder.glob(f"seq{i % 2}/img_{i:03d}*")))
+        item = ds[i]
+        for key in ("img", "keypoints", "pose", "betas", "pose_3d", "center", "scale"):
+            torch.testing.assert_close(item[key], expect[i][key], rtol=0, atol=0)
+
+
+def test_object_array_of_other_things_is_one_line(tmp_path):
+    """An object array that holds neither text nor numbers (here dicts, which the restricted
+    unpickler may build) is named, key and content, not passed on."""
+    npz = make_npz_and_images(tmp_path, "h36m", True, n=2)
+    with np.load(npz) as z:
+        data = {k: z[k] for k in z.files}
+    data["imgname"] = np.array([{"file": n} for n in data["imgname"]], dtype=object)
+    np.savez(npz, **data)
+    _expect(tmp_path, "h36m", r"'imgname' is an object array holding dict; expected text or "
+                              r"numbers")
+
+
+def test_imgname_that_starts_with_the_image_folder(tmp_path):
+    """imgname is relative to the dataset's image folder: a name that repeats the folder
+    ('h36m/...', or 'datasets/h36m/...' from the root) is said to, naming the file it meant."""
+    npz = make_npz_and_images(tmp_path, "h36m", True, n=2)
+    with np.load(npz) as z:
+        data = {k: z[k] for k in z.files}
+    for prefix in ("h36m/", "datasets/h36m/"):
+        np.savez(npz, **{**data, "imgname": np.char.add(prefix, data["imgname"])})
+        with pytest.raises(DatasetError, match=rf"h36m/{prefix}seq0/img_000.png: file does "
+                                               r"not exist, but \S*/datasets/h36m/seq0/img_000"
+                                               r".png does: .*Remove that prefix"):
+            _ds(tmp_path, "h36m", True)[0]
 
 
 def test_gender_codes(tmp_path):

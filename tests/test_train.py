@@ -3,6 +3,7 @@ aux gradients follow --first_order, non-finite losses are handled (DDP: tests/te
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -164,15 +165,17 @@ C.atomic_save({{"step": 2, "w": torch.zeros(3)}}, {str(path)!r})
 def test_in_training_evaluation_writes_log_and_named_checkpoint(synthetic_root, tmp_path,
                                                                 device):
     tr = _trainer(synthetic_root, tmp_path, device, "--first_order", "--batch_size", "4",
-                  "--num_epochs", "1", "--test_epochs", "1", "--eval_datasets", "3dpw",
+                  "--num_epochs", "1", "--test_epochs", "1", "--eval_datasets", "3dpw,mpi-inf-3dhp",
                   "--eval_batch_size", "2", "--eval_max_batches", "1", "--test_val_step", "1",
                   "--after_innerlr", "1e-5")
     tr.train()
     run = tmp_path / "t"
     log = (run / "test_log.txt").read_text()
     assert "3dpw MPJPE" in log and "PA-MPJPE" in log
-    named = list((run / "checkpoints").glob("previous_1_3dpw_mp*_pa*_pve*.pt"))
+    assert re.search(r"mpi-inf-3dhp MPJPE [\d.]+ PA-MPJPE [\d.]+ PVE n/a$", log.strip())
+    named = list((run / "checkpoints").glob("previous_1_3dpw_mp*_pa*_pve*_mpiinf3dhp_mp*.pt"))
     assert len(named) == 1 and (run / "checkpoints" / "previous.pt").is_file()
+    assert re.fullmatch(r".*_mpiinf3dhp_mp[\d.]+_pa[\d.]+\.pt", named[0].name)  # no PVE there
     data = torch.load(named[0], map_location="cpu", weights_only=True)
     assert {"model", "model_aux", "optimizer", "epoch", "options"} <= set(data)
     assert data["epoch"] == 1 and data["options"]["model"] == "cliff"

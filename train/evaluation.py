@@ -9,7 +9,11 @@ Joints, each centred on its pelvis (a no-op on SPIN's pelvis-centred files):
   mesh (female where ``gender == 1``, else male), the prediction's likewise on its neutral mesh;
 * MPI-INF-3DHP: ``pose_3d[:, J24_TO_J17]`` against the prediction's 17 regressed joints; no PVE;
 * ``--h36m_gt mocap`` (h36m-p1/p2): SPIN's protocol, the 14 mocap joints of
-  ``pose_3d[:, J24_TO_J14]``; PVE still against the MoSh mesh.
+  ``pose_3d[:, J24_TO_J14]``; PVE still against the MoSh mesh (not available for a file with
+  only the mocap ``S``, e.g. SPIN's ``h36m_valid_protocol2.npz``).
+
+A test set without the GT its protocol scores against (``pose``/``shape`` for a mesh, ``S`` for
+joints) is refused (:func:`check_ground_truth`), rather than scored against zeros.
 """
 from __future__ import annotations
 
@@ -69,18 +73,51 @@ def errors_mm(pred_joints, gt_joints, pred_vertices=None, gt_vertices=None) -> d
     return out
 
 
+def check_ground_truth(ds, dataset: str, h36m_gt: str = "mosh") -> bool:
+    """Raise :class:`DatasetError` when the test set ``ds`` (a ``BaseDataset``) lacks the GT
+    its protocol scores the joints against; return whether it has a GT mesh (PVE)."""
+    from datasets.annotations import DatasetError
+    from_s = dataset in NO_MESH_DATASETS or (h36m_gt == "mocap" and dataset in MOCAP_DATASETS)
+    where = f"{dataset} ({ds.npz_file})"
+    if from_s and not ds.has_pose_3d:
+        raise DatasetError(f"{where}: has no 'S' (GT 3D joints), which the {dataset} protocol "
+                           f"scores against. Use the seed README's file of this test set")
+    if not from_s and not ds.has_pose_shape:
+        mocap = (" (a file with only the mocap joints 'S', such as SPIN's "
+                 "h36m_valid_protocol2.npz, is scored with --h36m_gt mocap; PVE is then not "
+                 "available)" if dataset in MOCAP_DATASETS and ds.has_pose_3d else "")
+        raise DatasetError(f"{where}: has no 'pose'/'shape' (GT SMPL), which the {dataset} "
+                           f"protocol scores against (joints and PVE from the GT mesh). Use the "
+                           f"seed README's file of this test set{mocap}")
+    return dataset not in NO_MESH_DATASETS and bool(ds.has_pose_shape)
+
+
+def check_test_set(o, dataset: str, paths: DataPaths) -> None:
+    """Read the test set ``dataset`` as the in-training evaluation will (its files, checks and
+    GT), so that a missing or unusable file stops train.py at the start, not at the first test
+    epoch; the error says how to train without it."""
+    from datasets import BaseDataset
+    try:
+        check_ground_truth(BaseDataset(o, dataset, is_train=False, paths=paths), dataset,
+                           getattr(o, "h36m_gt", "mosh"))
+    except UserError as e:
+        raise type(e)(f"{e} (test set {dataset!r} of --eval_datasets, the in-training "
+                      f"evaluation; --eval_datasets '' trains without it)") from None
+
+
 class EvalTargets(nn.Module):
     """Ground truth of the evaluation protocols (module docstring): ``J_regressor_h36m``
     [17,6890] as a buffer and the male / female SMPL models of the GT meshes (none for
-    MPI-INF-3DHP), so ``.to(device)`` moves everything."""
+    MPI-INF-3DHP or without ``mesh``: no PVE), so ``.to(device)`` moves everything."""
 
-    def __init__(self, paths: DataPaths, dataset: str, h36m_gt: str = "mosh"):
+    def __init__(self, paths: DataPaths, dataset: str, h36m_gt: str = "mosh", mesh: bool = True):
         super().__init__()
         self.dataset = dataset
         self.mocap = h36m_gt == "mocap" and dataset in MOCAP_DATASETS
         from models.smpl import build_smpl, load_regressor
         self.register_buffer("j_regressor", load_regressor(paths.j_regressor_h36m(), rows=17))
-        self.has_mesh = dataset not in NO_MESH_DATASETS
+        self.mpi = dataset in NO_MESH_DATASETS   # 17 joints of S
+        self.has_mesh = mesh and not self.mpi
         if self.has_mesh:
             self.smpl_male = build_smpl(paths, "male")
             self.smpl_female = build_smpl(paths, "female")
@@ -107,7 +144,7 @@ class EvalTargets(nn.Module):
         """GT of a batch: {'joints': [B,14|17,3] centred, 'vertices': [B,V,3] or None}."""
         verts = self.gt_vertices(batch["pose"], batch["betas"], batch["gender"]) \
             if self.has_mesh else None
-        if not self.has_mesh:   # centred on its pelvis (a no-op on the SPIN file, see above)
+        if self.mpi:   # centred on its pelvis (a no-op on the SPIN file, see above)
             joints = batch["pose_3d"][:, constants.J24_TO_J17, :3]
             joints = joints - joints[:, MPI_PELVIS_J17:MPI_PELVIS_J17 + 1]
         elif self.mocap:   # SPIN's protocol: as stored (pelvis-centred), here centred anyway
@@ -121,7 +158,7 @@ class EvalTargets(nn.Module):
     def score(self, pred_vertices: torch.Tensor, targets: dict) -> tuple[dict, torch.Tensor]:
         """Errors of a predicted (neutral) mesh [B,V,3] -> (errors_mm dict, [B,17,3] joints)."""
         j17 = h36m_joints(self.j_regressor, pred_vertices)
-        pj = centred(j17) if self.has_mesh else centred(j17, constants.H36M_TO_J17)
+        pj = centred(j17, constants.H36M_TO_J17) if self.mpi else centred(j17)
         return errors_mm(pj, targets["joints"], pred_vertices, targets["vertices"]), j17
 
 
@@ -202,10 +239,12 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
     smpl = smpl if smpl is not None else _neutral_smpl(paths, device)
     ds, loader = _test_loader(o, dataset_name, paths, device, batch_size, num_workers,
                               max_batches)
-    targets_model = EvalTargets(paths, dataset_name, getattr(o, "h36m_gt", "mosh")).to(device)
+    h36m_gt = getattr(o, "h36m_gt", "mosh")
+    mesh = check_ground_truth(ds, dataset_name, h36m_gt)
+    targets_model = EvalTargets(paths, dataset_name, h36m_gt, mesh).to(device)
     camera, cfg = Camera.from_options(o), TTOConfig.from_options(o)
     viz = Visualizer(o, ds, smpl, camera) if getattr(o, "viz", False) else None
-    tally = _Tally(dataset_name)
+    tally = _Tally(dataset_name, pve=mesh)
     total = min(len(loader), max_batches) if max_batches else len(loader)
     # a live bar in a terminal; otherwise a line every --log_freq batches (issue #13 point 1)
     bar = Progress(loader, total, f"eval {dataset_name}", int(getattr(o, "log_freq", 0) or 0),
@@ -281,8 +320,8 @@ class _Tally:
     """What the evaluation of one test set has seen so far: per-sample errors and predictions,
     the TTO 2D losses, steps and time, the skipped samples."""
 
-    def __init__(self, dataset: str):
-        self.dataset = dataset
+    def __init__(self, dataset: str, pve: bool = True):
+        self.dataset, self.pve = dataset, pve
         self.keep = {k: [] for k in (
             "imgname", "sample_index", "tto_steps", "nonfinite", "pred_joints", "pose", "betas",
             "camera", "translation", *(f"{_KEY[m]}{s}" for m in METRICS for s in ("", "_before")))}
@@ -315,7 +354,7 @@ class _Tally:
         """The running values a progress line / the bar shows (mm, TTO steps, s per image)."""
         n = self.n
         out = {m: f"{self.err_sum[m] / n:.2f}" for m in METRICS
-               if self.dataset not in NO_MESH_DATASETS or m != "PVE"} if n else {}
+               if self.pve or m != "PVE"} if n else {}
         out.update({"samples": str(n), "TTO steps": f"{self.steps_sum / max(n, 1):.2f}",
                     "s/img": f"{self.tto_time / max(n, 1):.3f}"})
         return out
@@ -335,7 +374,7 @@ class _Tally:
             raise RuntimeError(what)
         out: dict = {}
         for m in METRICS:
-            if m == "PVE" and self.dataset in NO_MESH_DATASETS:
+            if m == "PVE" and not self.pve:
                 continue
             out[m] = float(arrays[_KEY[m]].mean())
             out[m + "_before"] = float(arrays[_KEY[m] + "_before"].mean())
@@ -414,11 +453,12 @@ def main(options) -> dict:
     res = evaluate(model, model_aux, o, o.dataset, paths=paths, device=device, smpl=smpl,
                    max_batches=o.max_batches)
     print(format_results(o.dataset, res))
-    if getattr(o, "json_out", None):   # strict JSON: a missing value (NaN) is null
+    if getattr(o, "json_out", None):   # strict JSON: a metric the set does not have is null
         from utils.jsonio import write_json
         from utils.options import to_dict
-        write_json(o.json_out, {"dataset": o.dataset, "metrics": res, "options": to_dict(o)},
-                   sort_keys=True)
+        metrics = {**{f"{m}{w}": None for m in METRICS for w in ("", "_before")}, **res}
+        write_json(o.json_out, {"dataset": o.dataset, "metrics": metrics,
+                                "options": to_dict(o)}, sort_keys=True)
     return res
 
 
@@ -428,6 +468,8 @@ def format_results(dataset: str, r: dict) -> str:
     for m in METRICS:
         if m in r:
             lines.append(f"{m}: {r[m]:.2f} mm (before TTO: {r[m + '_before']:.2f})")
+        else:   # PVE without a GT mesh
+            lines.append(f"{m}: not available (the {dataset} file has no GT mesh)")
     lines.append(f"TTO: {r['mean_tto_steps']:.2f} steps per sample on average, "
                  f"{r['n_nonfinite']} non-finite, {r['tto_s_per_image']:.3f} s per image; "
                  f"2D loss {r['loss_2d_before']:.6f} -> {r['loss_2d_after']:.6f}")

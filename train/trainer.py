@@ -212,6 +212,9 @@ class Trainer:
         from datasets import MixedDataset
         mixture = MixedDataset(o, paths=self.paths)
         check_occluders(mixture)   # a bad occluder file: an error now, not at the first batch
+        from train.evaluation import check_test_set   # likewise the in-training test sets
+        for name in (d for d in o.eval_datasets.split(",") if d):
+            check_test_set(o, name, self.paths)
         self.dataset = SeededDataset(mixture, o.seed)
         self.sampler = EpochSampler(len(self.dataset), o.shuffle_train, o.seed, self.rank,
                                     self.world)
@@ -417,12 +420,13 @@ class Trainer:
                                 step=self.step) for ds in names}
         self.model.train()
         tag = "_".join(f"{ds.replace('-p2', '').replace('-', '')}_mp{r['MPJPE']:.2f}"
-                       f"_pa{r['PA-MPJPE']:.2f}_pve{r.get('PVE', float('nan')):.2f}"
-                       for ds, r in results.items())
+                       f"_pa{r['PA-MPJPE']:.2f}" + (f"_pve{r['PVE']:.2f}" if "PVE" in r else "")
+                       for ds, r in results.items())   # (no PVE: a set without GT mesh)
         with open(self.run_dir / "test_log.txt", "a") as f:
             f.write(f"epoch {self.epoch} step {self.step}: " + ", ".join(
-                f"{ds} MPJPE {r['MPJPE']:.2f} PA-MPJPE {r['PA-MPJPE']:.2f} "
-                f"PVE {r.get('PVE', float('nan')):.2f}" for ds, r in results.items()) + "\n")
+                f"{ds} MPJPE {r['MPJPE']:.2f} PA-MPJPE {r['PA-MPJPE']:.2f} PVE "
+                + (f"{r['PVE']:.2f}" if "PVE" in r else "n/a") for ds, r in results.items())
+                + "\n")
         kept = self.link("previous.pt", f"previous_{self.epoch}_{tag}.pt")
         print(f"epoch {self.epoch}, step {self.step}: " + "; ".join(
             f"{ds} " + ", ".join(f"{m} {r[m]:.2f}" for m in ("MPJPE", "PA-MPJPE", "PVE")

@@ -1,9 +1,12 @@
 """Reading an ``.npz`` without ever unpickling it (issue #15, items 1 and 5).
 
 :func:`read_npz` refuses with :class:`NpzError` (naming the file and key) an object array (a
-pickle; never in the official files), a zip member stored twice (numpy would silently take one),
-a member that is not a ``.npy`` array (numpy would return its raw bytes), a file that is not a
-zip archive (a folder, a PyTorch file) and damaged bytes (a member failing its CRC-32).
+pickle; never in the official model files) unless ``objects=True``, which unpickles it through
+the allow list of :mod:`utils.safe_pickle` (numpy arrays, scalars and basic containers only;
+dataset annotations written by other scripts may hold file names as object arrays), a zip
+member stored twice (numpy would silently take one), a member that is not a ``.npy`` array
+(numpy would return its raw bytes), a file that is not a zip archive (a folder, a PyTorch file)
+and damaged bytes (a member failing its CRC-32).
 """
 from __future__ import annotations
 
@@ -24,8 +27,9 @@ class NpzError(UserError, ValueError):
     """An npz file that cannot be read safely; the message names the file and the key."""
 
 
-def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All arrays of the npz at ``path``, materialised; never unpickles (module docstring)."""
+def read_npz(path: str | os.PathLike, objects: bool = False) -> dict[str, np.ndarray]:
+    """All arrays of the npz at ``path``, materialised; never unpickles, but with ``objects``
+    reads object arrays through the restricted unpickler (module docstring)."""
     path = Path(path)
     if path.is_dir():
         raise NpzError(f"{path}: is a folder, not an npz file. Pass the .npz file")
@@ -58,8 +62,26 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 if "allow_pickle" not in str(e) and "Object arrays" not in str(e):
                     raise NpzError(f"{path}: cannot read array {key!r} ({e}). Re-create the "
                                    f"file with numpy.savez") from None
+                if objects:
+                    out[key] = _restricted_member(path, key)
+                    continue
                 raise NpzError(f"{path}: array {key!r} is an object array, i.e. a pickle, "
                                f"which could run code when loaded; refused. Store it as a "
                                f"numeric or string array (np.savez of e.g. "
                                f"arr.astype(str)) instead") from None
     return out
+
+
+def _restricted_member(path: Path, key: str) -> np.ndarray:
+    """The object array ``key`` of the npz, unpickled through :mod:`utils.safe_pickle`'s allow
+    list (anything else is an ``UnsafePickleError``, never run)."""
+    from utils.safe_pickle import UnsafePickleError, read_npy
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as fh:
+            return read_npy(fh, f"{path} (array {key!r})", "npz array")
+    except UnsafePickleError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged pickle: named, not a traceback
+        raise NpzError(f"{path}: cannot read the object array {key!r} ({type(e).__name__}: "
+                       f"{e}). Re-create the file with numpy.savez of string or numeric "
+                       f"arrays") from None

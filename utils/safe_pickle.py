@@ -23,7 +23,7 @@ import numpy as np
 
 from utils.errors import UserError
 
-__all__ = ["UnsafePickleError", "RestrictedUnpickler", "load_file", "load_npy",
+__all__ = ["UnsafePickleError", "RestrictedUnpickler", "load_file", "load_npy", "read_npy",
            "referenced_globals"]
 
 # modules whose names are looked up at all (anything else is refused before it is imported)
@@ -156,15 +156,21 @@ def load_npy(path: str | os.PathLike, what: str = "array file") -> np.ndarray:
     """``np.load`` of one ``.npy``, an object array unpickled through the allow list
     (:class:`UnsafePickleError` otherwise; numpy's ``ValueError`` for a file that is no .npy)."""
     with open(path, "rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        _shape, _fortran, dtype = read_header(fh)
-        if not dtype.hasobject:
-            fh.seek(0)
-            return np.lib.format.read_array(fh, allow_pickle=False)
-        arr = RestrictedUnpickler(fh, source=str(path), what=what).load()
+        return read_npy(fh, str(path), what)
+
+
+def read_npy(fh, source: str = "<npy>", what: str = "array file") -> np.ndarray:
+    """:func:`load_npy` of an open binary file (e.g. an npz member); ``source`` names it in
+    the errors."""
+    version = np.lib.format.read_magic(fh)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    _shape, _fortran, dtype = read_header(fh)
+    if not dtype.hasobject:
+        fh.seek(0)
+        return np.lib.format.read_array(fh, allow_pickle=False)
+    arr = RestrictedUnpickler(fh, source=source, what=what).load()
     if not isinstance(arr, np.ndarray):
-        raise UnsafePickleError(f"{path}: expected a pickled numpy array in this {what}, found "
+        raise UnsafePickleError(f"{source}: expected a pickled numpy array in this {what}, found "
                                 f"{type(arr).__name__}. Re-create the file with np.save")
     return arr
