@@ -165,6 +165,10 @@ class SMPL(smplx.SMPL):
                                     f"expected [9, {NUM_VERTS}]")
         self.register_buffer("J_regressor_extra", extra.to(self.dtype))
         self.register_buffer("joint_map", torch.tensor(constants.JOINT_MAP, dtype=torch.long))
+        # the kinematic tree stays on the host (a plain attribute, not a buffer): smplx's lbs
+        # indexes a Python list with parents[i] for each of the 23 joints, which on a CUDA
+        # tensor is a .item(), a device synchronisation, 23 per forward pass
+        object.__setattr__(self, "parents", self._buffers.pop("parents"))
 
     def forward(self, betas: Optional[torch.Tensor] = None,
                 body_pose: Optional[torch.Tensor] = None,

@@ -188,6 +188,10 @@ class Trainer:
         if o.sync_bn and self.device.type != "cuda":
             raise SystemExit("error: --sync_bn needs CUDA (SyncBatchNorm has no CPU kernel). "
                              "Drop --sync_bn or train with --device cuda")
+        if o.amp != "off" and self.device.type != "cuda":   # (else silently float32)
+            raise OptionError(f"--amp {o.amp} is mixed precision on CUDA, and this run is on the "
+                              f"CPU (--device {o.device}), where it would train in float32. "
+                              f"Drop --amp, or train with --device cuda")
         self.rank, self.world = dist.init(self.device, o.dist_timeout)
         self.main = self.rank == 0
         runtime.seed_everything(o.seed)

@@ -237,25 +237,32 @@ class _Progress:
         self.loss_2d_before: Tensor | None = None
         self.loss_2d: Tensor | None = None      # [G] 2D loss of 'current'
 
-    def observe(self, loss: Tensor, l2d: Tensor, pred: dict, final: bool) -> bool:
+    def observe(self, loss: Tensor, l2d: Tensor, pred: dict, final: bool) -> Tensor:
         """Take in the forward pass at the current weights. A set becomes done when its
         prediction is final (early stop fired, or the last pass), or non-finite (it keeps its
-        last finite prediction). Returns whether every set's pass was finite."""
+        last finite prediction). Returns whether every set's pass was finite (a 0-dim bool
+        tensor: read on the host together with :meth:`flags`)."""
         finite = torch.isfinite(loss) & torch.isfinite(l2d) & self._finite(pred)
         active = ~self.done
         if self.before is None:
             self.before = {k: v.clone() for k, v in pred.items()}
             self.current = {k: v.clone() for k, v in pred.items()}
             self.loss_2d_before, self.loss_2d = l2d.clone(), l2d.clone()
-        else:
-            take = active & finite
-            m = self.expand(take)
-            for k in self.current:
-                self.current[k][m] = pred[k][m]
-            self.loss_2d = torch.where(take, l2d, self.loss_2d)
+        else:   # torch.where, not boolean-mask indexing (nonzero: a CUDA sync per key)
+            m = self.expand(active & finite)
+            self.current = {k: torch.where(m.reshape(-1, *[1] * (v.dim() - 1)), pred[k], v)
+                            for k, v in self.current.items()}
+            self.loss_2d = torch.where(active & finite, l2d, self.loss_2d)
         self.nonfinite |= active & ~finite
         self.done |= active & (~finite | self.stopping | final)
-        return bool(finite.all())
+        return finite.all()
+
+    def flags(self, clean: Tensor) -> tuple[bool, bool, bool]:
+        """(every set done, ``clean``, every set done or stopping) read on the host at once: the
+        one device synchronisation of a TTO step."""
+        done, ok, idle = torch.stack([self.done.all(), clean,
+                                      (self.stopping | self.done).all()]).tolist()
+        return done, ok, idle
 
     def _finite(self, pred: dict) -> Tensor:
         """[G] bool: every predicted vertex and camera value of the set is finite."""
@@ -340,22 +347,25 @@ def _adapt_group(model, state: tuple[Params, Params], smpl, camera: Camera, cfg:
     w = _Weights(model, state[0], G, vectorised)
     progress = _Progress(G, expand, device)
     last = cfg.test_val_step + 1
+    idle = False    # every set done or stopping: the next pass needs no gradients
     for t in range(last + 1):
         stage0 = t == 0 and not cfg.no_inner_step
         adam = not stage0 and not cfg.no_use_adam
         final = t == last
-        need = "none" if final or bool((progress.stopping | progress.done).all()) else \
-            "all" if adam else "head"
+        need = "none" if final or idle else "all" if adam else "head"
         loss, l2d, pred, grads = objective(w.head, w.rest, w.rest_batched, stage0, need)
         clean = progress.observe(loss, l2d, pred, final)
         if observer is not None:
             observer(t, {k: v.clone() for k, v in progress.current.items()})
-        if bool(progress.done.all()):
+        # counted before the update (a no-op when every set is done), so that the three flags
+        # this step's control flow needs are read in one synchronisation
+        progress.updated(loss, adam, cfg)
+        done, clean, idle = progress.flags(clean)
+        if done:
             break
         if adam:
             w.adam_step(grads, cfg.after_innerlr, clean)
         else:
             w.sgd(grads[0], cfg.inner_lr if stage0 else cfg.after_innerlr)
         del grads    # not alive during the next pass
-        progress.updated(loss, adam, cfg)
     return progress.result()

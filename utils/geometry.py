@@ -8,6 +8,7 @@ crop cameras are ``[s, tx, ty]`` (weak-perspective scale and translation).
 """
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -25,7 +26,10 @@ def _per_sample(value, batch: int, width: int, like: torch.Tensor, name: str,
                 vector: bool = False) -> torch.Tensor:
     """``value`` as [B, width] with ``like``'s dtype/device: a number, [B] or [B, width]; or,
     with ``vector`` (a point or size), [width] shared by the batch or [B, width]."""
-    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if isinstance(value, numbers.Real):   # no host-to-device copy (a CUDA sync) for a number
+        t = torch.full((), value, dtype=like.dtype, device=like.device)
+    else:
+        t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if t.shape == (batch, width):
         return t
     if vector and t.shape == (width,):
@@ -221,11 +225,12 @@ def project_crop(joints: torch.Tensor, crop_cam: torch.Tensor, crop_hw: Sequence
 
 
 def _crop_wh(crop_hw, like: torch.Tensor) -> torch.Tensor:
-    """(h, w) -> tensor [w, h] with ``like``'s dtype/device."""
+    """(h, w) -> tensor [w, h] with ``like``'s dtype/device, filled on the device (torch.tensor
+    of a list would be a host-to-device copy, which synchronises CUDA, in every projection)."""
     if len(crop_hw) != 2:
         raise ValueError(f"crop_hw must be (h, w), got {crop_hw!r}")
-    return torch.tensor([float(crop_hw[1]), float(crop_hw[0])], dtype=like.dtype,
-                        device=like.device)
+    return torch.stack([torch.full((), float(x), dtype=like.dtype, device=like.device)
+                        for x in (crop_hw[1], crop_hw[0])])
 
 
 def _normalise_xy(xy: torch.Tensor, crop_hw) -> torch.Tensor:

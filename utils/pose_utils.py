@@ -7,6 +7,8 @@ torch tensors and return the same kind, in the input units.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -52,9 +54,18 @@ def compute_similarity_transform_batch(S1, S2, return_transform: bool = False):
 
 def compute_similarity_transform_torch(S1: torch.Tensor, S2: torch.Tensor,
                                        return_transform: bool = False):
-    """:func:`compute_similarity_transform_batch` in torch (device and dtype of S1)."""
+    """:func:`compute_similarity_transform_batch` in torch (device and dtype of S1), computed in
+    float32 at least and outside autocast: torch.linalg has no float16 / bfloat16 SVD or det,
+    and autocast would hand them its low-precision matmul outputs."""
     _check_pair(S1, S2, "compute_similarity_transform_torch")
-    return _procrustes(S1, S2, return_transform)
+    dtype = torch.promote_types(S1.dtype, torch.float32)
+    kind = S1.device.type
+    with (torch.autocast(kind, enabled=False) if torch.amp.is_autocast_available(kind)
+          else contextlib.nullcontext()):
+        out = _procrustes(S1.to(dtype), S2.to(dtype), return_transform)
+    if not return_transform:
+        return out.to(S1.dtype)
+    return out[0].to(S1.dtype), out[1]
 
 
 def _reduce(err, reduction):
