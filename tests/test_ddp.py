@@ -1,10 +1,11 @@
 """Multi-process training under torchrun + DistributedDataParallel, on the CPU (gloo, 2 ranks).
 
-Independent facts: data parallelism means every rank applies the optimizer step to the mean of
-the ranks' gradients. The reference below computes each rank's gradient in this one process with
-plain autograd (no DDP, no process group), averages them by hand and takes the Adam step; the
-ranks must hold those weights (and both ranks the same ones), also for the aux network's
-meta-gradient under second order.
+Independent facts: data parallelism means every rank applies the optimizer step to the gradient
+of the global batch (the ranks' batches together). The reference below computes it in this one
+process with plain autograd (no DDP, no process group) and takes the Adam step; the ranks must
+hold those weights (and both ranks the same ones), also for the aux network's meta-gradient
+under second order. (It is the mean of the ranks' own gradients only when every rank has as
+many samples of each masked loss term: tests/test_ddp_edges.py.)
 
 BatchNorm and dropout: the networks run in eval mode in the comparison. In train mode a forward
 is not a function of (weights, batch) alone: dropout draws from each process's RNG, and BatchNorm
@@ -49,7 +50,8 @@ def _load(path):
 
 
 def _reference(root, tmp_path, steps: int, extra) -> tuple[dict, dict, list, dict]:
-    """One process: per step, each rank's gradient by plain autograd, their mean, Adam.
+    """One process: per step, the global batch's gradient by plain autograd (and each rank's own
+    gradient), Adam.
     Also, per parameter, a mask of the elements whose mean gradient was, at some step, near
     zero (below 1e-5 of the tensor's largest: rounding-level flips seen were below 1e-6)."""
     import ddp_worker
@@ -67,8 +69,10 @@ def _reference(root, tmp_path, steps: int, extra) -> tuple[dict, dict, list, dic
             batch = ddp_worker.fixed_batch(tr.dataset, s, r, 2, BATCH)
             loss = tr.run_step.forward(batch)["_loss"]
             per_rank.append(torch.autograd.grad(loss, [p for _, p in named]))
-        for (k, p), g0, g1 in zip(named, *per_rank):
-            p.grad = (g0 + g1) / 2
+        both = ddp_worker.fixed_batch(tr.dataset, s, 0, 1, 2 * BATCH)   # rank 0's + rank 1's
+        mean = torch.autograd.grad(tr.run_step.forward(both)["_loss"], [p for _, p in named])
+        for (k, p), g in zip(named, mean):
+            p.grad = g
             tiny = p.grad.abs() <= 1e-5 * p.grad.abs().max()
             near_zero[k] = tiny | near_zero.get(k, tiny)
         tr.optimizer.step()
@@ -77,9 +81,11 @@ def _reference(root, tmp_path, steps: int, extra) -> tuple[dict, dict, list, dic
         dict(zip([k for k, _ in named], g)) for g in per_rank], near_zero
 
 
-def test_ranks_apply_the_mean_gradient(synthetic_root, tmp_path):
+def test_ranks_apply_the_global_batch_gradient(synthetic_root, tmp_path):
     """Second order (per-sample inner step): the main network's and the aux network's
-    meta-gradients are both averaged. (First order: the resume test below.)"""
+    meta-gradients are both the global batch's (its two ranks hold different numbers of samples
+    with 3D joints at the last step, so that is not the mean of the ranks' own gradients).
+    (First order: the resume test below.)"""
     # --aux_mode eval: under second order the aux network runs in train mode by default
     order, extra, steps = "second", ["--tto_mode", "sample", "--aux_mode", "eval"], 2
     r = torchrun(tmp_path, f"steps:{steps}", _argv(synthetic_root, tmp_path, "ddp", *extra))
@@ -117,6 +123,10 @@ def test_ranks_apply_the_mean_gradient(synthetic_root, tmp_path):
         spread = max(float((local[0][k] - ref_grads[k]).abs().max() / ref_grads[k].abs().max())
                      for k in keys if ref_grads[k].abs().max() > 0)
         assert spread > 0.05, (prefix, spread)
+    # ... and their mean is not the global batch's (each rank's own masked mean of the 3D term)
+    own = max(float(((local[0][k] + local[1][k]) / 2 - g).abs().max() / g.abs().max())
+              for k, g in ref_grads.items() if k.startswith("model/") and g.abs().max() > 0)
+    assert own > 0.05, own
 
 
 def test_torchrun_train_resume_continues_at_the_same_step(synthetic_root, tmp_path):

@@ -38,6 +38,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def sum_over_ranks(value: int, device: torch.device) -> int:
+    """``value`` summed over the ranks (one tiny all-reduce; the value when not distributed)."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([float(value)], device=device, dtype=torch.float64)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -51,6 +60,22 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t)
     return bool(t.item() > 0)
+
+
+def mask_counts(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """Per mask key, the divisor that makes DDP's average of the ranks' masked batch means the
+    masked mean of the global batch: (the masked samples of all ranks, at least 1) / world size
+    (one tiny all-reduce). None when not distributed (every batch divides by its own count).
+    Each rank's own count would weight a term by the rank's share: a rank without 3D samples
+    would halve the 3D term of the others (README: a step on N ranks is one step on their
+    global batch)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return None
+    keys = list(masks)
+    t = torch.stack([masks[k].float().sum() for k in keys])
+    dist.all_reduce(t)
+    t = t.clamp(min=1.0) / dist.get_world_size()
+    return {k: t[i] for i, k in enumerate(keys)}
 
 
 def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:

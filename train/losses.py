@@ -100,10 +100,12 @@ def camera_loss(pred_cam: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # reduction
 def reduce_per_sample(values: torch.Tensor, mask: torch.Tensor | None = None,
-                      mode: str = "batch") -> torch.Tensor:
+                      mode: str = "batch", count: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample values [B] (optional bool/float mask [B]) -> the loss of ``mode`` (module
     docstring; 'batch' without a mask: the mean over B). Masked-out samples give exactly 0
-    even if their value is non-finite."""
+    even if their value is non-finite. ``count`` ('batch' with a mask): the divisor instead of
+    this batch's ``sum(mask)`` (under DDP the global count / world size, so that the ranks'
+    average is the masked mean of the global batch)."""
     if mask is None:
         m = torch.ones_like(values)
     else:
@@ -115,7 +117,9 @@ def reduce_per_sample(values: torch.Tensor, mask: torch.Tensor | None = None,
     if mode == "sample":
         return v
     if mode == "batch":
-        return v.sum() / m.sum().clamp(min=1.0) if mask is not None else v.mean()
+        if mask is None:
+            return v.mean()
+        return v.sum() / (m.sum().clamp(min=1.0) if count is None else count)
     raise ValueError(f"reduce_per_sample: mode must be 'batch' or 'sample', got {mode!r}")
 
 
@@ -144,7 +148,7 @@ class LossWeights:
 
 
 def smpl_loss(pred: dict, target: dict, weights: LossWeights | None = None, mode: str = "batch",
-              terms=ALL_TERMS) -> dict:
+              terms=ALL_TERMS, counts: dict | None = None) -> dict:
     """The Meta-HMR loss: weighted sum of the requested terms.
 
     pred: 'vertices' [B,V,3], 'keypoints_2d' [B,49,2] (normalised), 'joints' [B,49,3]
@@ -153,6 +157,7 @@ def smpl_loss(pred: dict, target: dict, weights: LossWeights | None = None, mode
     'has_smpl' [B], 'has_pose_3d' [B] (masks: vertices / pose / betas by has_smpl, keypoints_3d
     by has_pose_3d); only the keys of the requested terms are needed, else a ValueError names
     the term. Returns {term: weighted value, ..., 'total': sum}, 0-dim ('batch') or [B].
+    ``counts`` ('batch'): mask key -> the divisor of its masked terms (:func:`reduce_per_sample`).
     """
     weights = weights if weights is not None else LossWeights()
     if isinstance(terms, str):
@@ -176,7 +181,8 @@ def smpl_loss(pred: dict, target: dict, weights: LossWeights | None = None, mode
         else:
             v = _mean_error(p, gt, term)
         mask = target[m_key] if m_key is not None else None
-        out[term] = getattr(weights, weight) * reduce_per_sample(v, mask, mode)
+        count = counts.get(m_key) if counts and m_key is not None else None
+        out[term] = getattr(weights, weight) * reduce_per_sample(v, mask, mode, count)
     out["total"] = sum((out[t] for t in terms[1:]), out[terms[0]])
     return out
 

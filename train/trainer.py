@@ -138,7 +138,9 @@ class MetaStep:
                                     o.inner_step, o.tto_mode, o.first_order)
         pred = smpl_predict(run_head(self.model, features, bbox_info, fast), self.smpl,
                             self.camera, batch)
-        losses = smpl_loss(pred, gt, self.weights, mode="batch")
+        # under DDP, the masked terms divide by the global count (the global batch's loss)
+        counts = dist.mask_counts({k: gt[k] for k in ("has_smpl", "has_pose_3d")})
+        losses = smpl_loss(pred, gt, self.weights, mode="batch", counts=counts)
         loss = constants.OUTER_LOSS_SCALE * losses["total"]
         out = {f"loss_{k}": v.detach() for k, v in losses.items() if k != "total"}
         out.update(loss=loss.detach(), **log)
@@ -222,6 +224,11 @@ class Trainer:
         self.dataset = SeededDataset(mixture, o.seed)
         self.sampler = EpochSampler(len(self.dataset), o.shuffle_train, o.seed, self.rank,
                                     self.world)
+        if len(self.dataset) < o.batch_size * self.world:   # before the run folder is made
+            raise OptionError(f"--batch_size {o.batch_size} (per process) x {self.world} "
+                              f"process(es) is larger than the training set "
+                              f"({len(self.dataset)} samples): not one step per epoch. Lower "
+                              f"--batch_size or run fewer processes")
         self.epoch, self.batch_idx, self.step = 0, 0, 0
         self.resume_perm: list[int] | None = None   # the stored order of a mid-epoch checkpoint
         self.n_nonfinite = self.nonfinite_run = 0
@@ -266,7 +273,8 @@ class Trainer:
             try:
                 self.optimizer.load_state_dict(data["optimizer"])
             except ValueError as e:
-                print(f"note: optimizer state of {path} not loaded ({e})")
+                if self.main:
+                    print(f"note: optimizer state of {path} not loaded ({e})")
 
     def resume(self, path=None) -> None:
         found = ((path, ckpt.load(path)) if path else   # newest that loads (issue #15 item 10)
@@ -305,6 +313,11 @@ class Trainer:
         if self.main:
             print(f"resumed from {path}: epoch {self.epoch}, batch {self.batch_idx}, "
                   f"step {self.step}")
+            if saved != (bs, world):   # at an epoch end (mid-epoch: refused above)
+                print(f"note: {path} was trained with --batch_size {saved[0]} on {saved[1]} "
+                      f"process(es) (global batch {saved[0] * saved[1]}); this run continues "
+                      f"with --batch_size {bs} on {world} (global batch {bs * world}), at the "
+                      f"same learning rates, each epoch's order shared over {world} process(es)")
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> None:
@@ -316,10 +329,7 @@ class Trainer:
     def _loop(self) -> None:
         o = self.options
         start_time = time.time()
-        per_epoch = len(self.dataset) // (o.batch_size * self.world)
-        if per_epoch == 0:
-            raise SystemExit(f"error: batch_size {o.batch_size} x {self.world} process(es) is "
-                             f"larger than the training set ({len(self.dataset)} samples)")
+        per_epoch = len(self.dataset) // (o.batch_size * self.world)   # >= 1 (__init__)
         from tqdm import tqdm
         if o.max_steps and self.main and o.max_steps > (o.num_epochs - self.epoch) * per_epoch:
             print(f"note: --max_steps {o.max_steps} wins over --num_epochs {o.num_epochs} "
@@ -348,7 +358,8 @@ class Trainer:
                 if math.isfinite(o.time_to_run) and dist.any_rank(   # all ranks stop together
                         time.time() - start_time > o.time_to_run, self.device):
                     self.save("current.pt", mid_epoch=True)
-                    print(f"time_to_run reached: saved {self.ckpt_dir / 'current.pt'}")
+                    if self.main:
+                        print(f"time_to_run reached: saved {self.ckpt_dir / 'current.pt'}")
                     return self.finish()
                 # (a last step that ends an epoch goes through the epoch end: save, test)
                 if o.max_steps and self.step >= o.max_steps and self.batch_idx < per_epoch:
@@ -369,8 +380,9 @@ class Trainer:
         if out.get("skipped"):
             self.n_nonfinite += 1
             self.nonfinite_run += 1
-            print(f"warning: non-finite loss at step {self.step}; step skipped "
-                  f"({self.n_nonfinite} so far)")
+            if self.main:   # the same on every rank (dist.any_rank decided)
+                print(f"warning: non-finite loss at step {self.step}; step skipped "
+                      f"({self.n_nonfinite} so far)")
             if self.nonfinite_run >= o.max_nonfinite:
                 raise FloatingPointError(f"{self.nonfinite_run} consecutive non-finite losses "
                                          f"(step {self.step}); stopping. Lower --outer_lr / "
@@ -441,7 +453,7 @@ class Trainer:
     def finish(self) -> None:
         if self.writer is not None:
             self.writer.close()
-        skipped = self.dataset.dataset.n_skipped
+        skipped = dist.sum_over_ranks(self.dataset.dataset.n_skipped, self.device)
         if self.main:
             print(f"training finished at epoch {self.epoch}, step {self.step}; last checkpoint: "
                   f"{self.last_saved or 'none written'}; run folder: {self.run_dir}", flush=True)

@@ -200,7 +200,9 @@ def _run_options(g) -> None:
     g.add_argument("--max_steps", type=int, default=0,
                    help="train exactly this many iterations in total, however many epochs that "
                         "takes; wins over --num_epochs (0 = no limit: --num_epochs decides)")
-    g.add_argument("--batch_size", type=int, default=256, help="training batch size")
+    g.add_argument("--batch_size", type=int, default=256,
+                   help="training batch size per process (under torchrun N processes train on a "
+                        "global batch of N times it)")
     g.add_argument("--eval_batch_size", type=int, default=20,
                    help="batch size of the in-training evaluation")
     g.add_argument("--eval_datasets", default="3dpw,h36m-p2",
