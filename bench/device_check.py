@@ -23,7 +23,7 @@ from utils.jsonio import write_json  # noqa: E402
 PY = sys.executable
 TEST_FILES = ["tests/test_models.py", "tests/test_inner.py", "tests/test_tto.py",
               "tests/test_train.py", "tests/test_evaluation.py", "tests/test_demo.py",
-              "tests/test_renderer.py"]
+              "tests/test_renderer.py", "tests/test_host_sync.py"]
 README_TRAIN = ["--batch_size", "30", "--test_epochs", "5", "--bbox_type", "rect",
                 "--inner_lr", "1e-5", "--outer_lr", "1e-4", "--after_innerlr", "1e-5",
                 "--inner_step", "1", "--test_val_step", "14", "--first_order",

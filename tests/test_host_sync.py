@@ -178,3 +178,36 @@ def test_amp_on_the_cpu_is_refused(synthetic_root, tmp_path):
                                               f"Drop --amp, or train with --device cuda$"):
             Trainer(parse_train([*argv, "--amp", amp]))
     assert not (tmp_path / "amp").exists()
+
+
+def test_a_training_step_on_cuda_synchronises_as_counted(synthetic_root, smpl_neutral,
+                                                        cuda_device):
+    """On a GPU (``METAHMR_TEST_DEVICE=cuda``; ``bench/device_check.sh`` runs it): CUDA's own
+    detector (``torch.cuda.set_sync_debug_mode('warn')``) sees, per meta step, the loss's finite
+    check and at most one blocking copy per SMPL forward pass (smplx's ``joints[:, parents]``
+    with the host-held kinematic tree), nothing more."""
+    import warnings
+    from train.trainer import MetaStep, build_optimizer
+    o, model_, aux, batch = _networks(synthetic_root, "cliff")
+    opts = argparse.Namespace(**{**vars(o), "first_order": True, "inner_step": 1,
+                                 "tto_mode": "sample", "aux_mode": None, "amp": "off"})
+    smpl = copy.deepcopy(smpl_neutral).to(cuda_device)
+    model_, aux = model_.to(cuda_device), aux.to(cuda_device)
+    batch = {k: v.to(cuda_device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    step = MetaStep(opts, model_, aux, smpl, build_optimizer(opts, model_, aux), cuda_device)
+    step(batch)    # Adam's state, cuDNN's choices
+    passes = []
+    hook = smpl.register_forward_hook(lambda *a: passes.append(1))
+    torch.cuda.synchronize()
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            out = step(batch)
+            torch.cuda.set_sync_debug_mode("default")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        hook.remove()
+    syncs = [str(w.message) for w in seen if "synchroniz" in str(w.message)]
+    assert not out.get("skipped") and passes
+    assert 1 <= len(syncs) <= 1 + len(passes), syncs
