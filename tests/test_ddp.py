@@ -191,3 +191,48 @@ def test_sync_bn_local_rank_and_peer_errors_without_a_process_group(monkeypatch)
     with pytest.raises(RuntimeError, match="DataLoader timed out"):
         with dist.peer_errors(0, 10.0):
             raise RuntimeError("DataLoader timed out after 5 seconds")
+
+
+def test_sigterm_to_every_process_stops_all_ranks_at_one_step(synthetic_root, tmp_path):
+    """SIGTERM to the whole job (a cluster's scancel or preemption signals every process:
+    torchrun, which passes it on once more, and both ranks): the ranks agree on one step, rank
+    0 saves current.pt there, every process ends within a minute (no rank left waiting in a
+    collective) and no process of the run is left."""
+    import os
+    import signal
+    args = _argv(synthetic_root, tmp_path, "term", "--first_order", "--batch_size", "1",
+                 "--max_steps", "40", "--summary_steps", "1")
+    run = tmp_path / "term"
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", "train.py", *args], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    t0 = time.time()
+    while not list((run / "tensorboard").glob("events.out.tfevents.*")):   # step 1 logged
+        assert p.poll() is None and time.time() - t0 < 300, p.communicate()
+        time.sleep(0.05)
+    sent = time.time()
+    os.killpg(p.pid, signal.SIGTERM)
+    try:
+        out, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise
+    assert time.time() - sent < 60
+    saved = _load(run / "checkpoints" / "current.pt")
+    step = saved["total_step_count"]
+    assert 1 <= step < 40 and saved["world_size"] == 2
+    assert f"training stopped by SIGTERM at epoch {saved['epoch']}, step {step}" in out, err
+    assert "lost contact" not in err and "stopping at once" not in err
+    assert [f.name for f in (run / "checkpoints").iterdir()] == ["current.pt"]
+    time.sleep(1)
+    left = [d.name for d in Path("/proc").iterdir() if d.name.isdigit()
+            and _cmdline_holds(d, str(run))]
+    assert left == []
+
+
+def _cmdline_holds(proc: Path, text: str) -> bool:
+    try:
+        return text.encode() in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False

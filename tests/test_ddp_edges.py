@@ -49,7 +49,8 @@ def test_rank0_output_all_ranks_counts_and_resume_on_another_process_count(synth
     out = r.stdout
     assert out.count("training finished") == 1, out[-3000:]
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "tensorboard"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoints", "config.json",
+                                                     "tensorboard"]   # (.lock: one run at a time)
     assert len(list((run / "tensorboard").iterdir())) == 1
     # resume at the epoch end on one process: continued, and said
     ck = run / "checkpoints" / "current.pt"

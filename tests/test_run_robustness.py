@@ -9,6 +9,7 @@ NaN is not a finite number.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -326,3 +327,203 @@ def test_what_a_checkpoint_file_is_and_resume_ties(tmp_path):
         atomic_save({"step": step}, run / name)
         os.utime(run / name, ns=(10 ** 18, 10 ** 18))
     assert load_for_resume(run, log=None) == (run / "current.pt", {"step": 2})
+
+
+# ---------------------------------------------------------------------------------------------
+# the run folder on a real machine: full disks, files in the way, two runs, changed options
+def _train_argv(root, log_dir, name, *extra):
+    return ["--name", name, "--log_dir", str(log_dir), "--data_root", str(root),
+            "--backbone", "resnet18", "--bbox_type", "rect", "--model", "cliff",
+            "--crop_scale", "0.25", "--batch_size", "1", "--num_workers", "0", "--first_order",
+            "--no_pretrained_backbone", "--device", "cpu", *extra]
+
+
+class _FullDisk:
+    """A binary file whose writes fail as on a full disk after ``room`` bytes (what
+    ``write(2)`` does there: ENOSPC)."""
+
+    def __init__(self, path, room: int):
+        self.f, self.room = open(path, "wb"), room
+
+    def write(self, data) -> int:
+        if self.room < len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_previous(tmp_path,
+                                                                                  monkeypatch,
+                                                                                  capsys):
+    """torch.save on a disk that fills up half way (its zip writer turns the ENOSPC into a
+    RuntimeError): the previous checkpoint loads unchanged, no temporary is left, and train.py's
+    wrapper prints one line naming the file and the system's cause, with a non-zero status."""
+    import train.checkpoint as C
+    from utils.cli import run
+    path = C.atomic_save({"step": 1, "w": torch.ones(1000)}, tmp_path / "current.pt")
+    monkeypatch.setattr(C, "open", lambda p, mode: _FullDisk(p, 2000), raising=False)
+    with pytest.raises(SystemExit) as e:
+        run(lambda argv: C.atomic_save({"step": 2, "w": torch.zeros(1000)}, path), [])
+    assert e.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and os.strerror(errno.ENOSPC) in err[0], err
+    monkeypatch.undo()
+    data = C.load(path)
+    assert data["step"] == 1 and torch.equal(data["w"], torch.ones(1000))
+    assert [p.name for p in tmp_path.iterdir()] == ["current.pt"]
+
+
+def test_json_files_are_replaced_whole_and_a_device_is_written_in_place(tmp_path, monkeypatch):
+    """config.json on a full disk: the previous file stays whole (a half-written one would not
+    parse), no temporary; /dev/full (a device that always answers ENOSPC) is written in place,
+    not renamed over, and its failure is one WriteError naming it."""
+    from pathlib import Path as P
+    from utils.atomic import WriteError
+    from utils.jsonio import write_json
+    f = write_json(tmp_path / "config.json", {"outer_lr": 1e-4})
+    real = P.write_text
+
+    def half(self, text, *a, **k):
+        real(self, text[: len(text) // 2], *a, **k)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(P, "write_text", half)
+    with pytest.raises(WriteError, match=r"config.json: cannot be written: No space left"):
+        write_json(f, {"outer_lr": 1e-5, "long": "x" * 1000})
+    monkeypatch.undo()
+    assert json.loads(f.read_text()) == {"outer_lr": 1e-4}
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+    if os.path.exists("/dev/full"):
+        with pytest.raises(WriteError, match=r"/dev/full: cannot be written: No space left"):
+            write_json("/dev/full", {"a": 1})
+        assert P("/dev/full").is_char_device()
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda run: (run / "tensorboard").write_text("x"), r"tensorboard is a file, not a folder"),
+    (lambda run: (run / "checkpoints").write_text("x"), r"checkpoints is a file, not a folder"),
+    (lambda run: (run / "config.json").mkdir(), r"config.json: is a folder"),
+    (lambda run: (run / "checkpoints" / "current.pt").mkdir(parents=True), r"current.pt: is a fo"),
+])
+def test_a_run_folder_that_cannot_hold_the_run_fails_before_the_set_up(synthetic_root, tmp_path,
+                                                                       monkeypatch, make, match):
+    """A file where the run's tensorboard/ or checkpoints/ goes, a folder where its config.json
+    or current.pt goes: one error before the networks are built (it came at the first summary
+    or checkpoint, up to an epoch later), and nothing written."""
+    import models.smpl
+    from train.trainer import Trainer
+    from utils.options import parse_train
+    run = tmp_path / "r"
+    run.mkdir()
+    make(run)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    monkeypatch.setattr(models.smpl, "build_smpl", lambda *a, **k: pytest.fail("set-up ran"))
+    with pytest.raises(UserError, match=match):
+        Trainer(parse_train(_train_argv(synthetic_root, tmp_path, "r")))
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+def test_a_run_folder_name_that_is_not_utf8_is_refused_at_once(synthetic_root, tmp_path):
+    """TensorBoard encodes its folder as UTF-8, so a run under a name that is not (bytes 0xff
+    0xfe, as a Linux file name may be) failed at its first summary; now one option error."""
+    from utils.options import parse_train
+    odd = os.fsdecode(bytes(tmp_path) + b"/l\xff\xfe")
+    with pytest.raises(OptionError, match="not valid UTF-8"):
+        parse_train(_train_argv(synthetic_root, odd, "r"))
+    with pytest.raises(OptionError, match="not valid UTF-8"):
+        parse_train(_train_argv(synthetic_root, tmp_path, os.fsdecode(b"r\xff")))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_runs_in_one_run_folder_at_once_are_refused(synthetic_root, tmp_path):
+    """Another process holds the run folder (a run started with the same --name): the second
+    run stops with one error naming that process, before writing anything; once the holder
+    has ended (even by SIGKILL), the folder is free again."""
+    from train.trainer import Trainer
+    from utils.options import parse_train
+    run = tmp_path / "same"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from train.checkpoint import lock_run_folder; "
+         f"f = lock_run_folder({str(run)!r}); print('held', flush=True); time.sleep(120)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=rf"in use by another training run \(pid "
+                                            rf"{holder.pid} on "):
+            Trainer(parse_train(_train_argv(synthetic_root, tmp_path, "same")))
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    tr = Trainer(parse_train(_train_argv(synthetic_root, tmp_path, "same")))
+    assert (run / "config.json").is_file() and tr.lock is not None
+
+
+def test_resume_with_changed_options_uses_them_and_says_so(synthetic_root, tmp_path, capsys):
+    """--resume with another --outer_lr / --aux_lr: Adam continues with its saved moments at
+    the rates of the command line (load_state_dict put the saved rates back, silently keeping
+    1e-4), and a note lists what changed."""
+    from train.trainer import Trainer
+    from utils.options import parse_train
+    argv = _train_argv(synthetic_root, tmp_path, "lr", "--outer_lr", "1e-4", "--max_steps", "1",
+                       "--checkpoint_steps", "1")
+    Trainer(parse_train(argv)).train()
+    saved = torch.load(tmp_path / "lr" / "checkpoints" / "current.pt", map_location="cpu",
+                       weights_only=True)["optimizer"]
+    capsys.readouterr()
+    tr = Trainer(parse_train(argv + ["--resume", "--outer_lr", "3e-5", "--aux_lr", "2e-6"]))
+    assert [g["lr"] for g in tr.optimizer.param_groups] == [3e-5, 2e-6]
+    state = tr.optimizer.state_dict()["state"]
+    assert state.keys() == saved["state"].keys()
+    for i in state:
+        for k, v in state[i].items():
+            assert torch.equal(v, saved["state"][i][k]), (i, k)
+    out = capsys.readouterr().out
+    assert "note: options changed" in out and "--outer_lr 0.0001 -> 3e-05" in out
+    assert "--aux_lr 1e-06 -> 2e-06" in out
+
+
+def test_a_tensorboard_write_that_fails_is_one_line(synthetic_root, tmp_path, monkeypatch,
+                                                    capsys):
+    """TensorBoard's writer thread meets a full disk at the first summary: train.py prints one
+    line naming the tensorboard folder, the cause and where to continue from (the thread's own
+    traceback is not printed), exit status non-zero."""
+    from tensorboard.compat.tensorflow_stub.io import gfile
+    from utils.cli import run
+    from train.trainer import main
+    from utils.options import parse_train
+
+    def full(self, filename, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(gfile.LocalFileSystem, "write", full)
+    argv = _train_argv(synthetic_root, tmp_path, "tb", "--max_steps", "2", "--summary_steps", "1")
+    with pytest.raises(SystemExit) as e:
+        run(lambda a: main(parse_train(a)), argv)
+    assert e.value.code != 0
+    err = [line for line in capsys.readouterr().err.splitlines()
+           if line.strip() and not line.startswith("epoch 0")]
+    assert len(err) == 1, err
+    assert err[0].startswith(f"error: {tmp_path / 'tb' / 'tensorboard'}: cannot be written: "
+                             f"{os.strerror(errno.ENOSPC)}") and "--resume" in err[0]
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line(capsys):
+    """Ctrl-C where nothing handles it (set-up, an evaluation, the demo): one line, the shell's
+    status of a SIGINT death (128 + 2), no KeyboardInterrupt traceback."""
+    import signal
+    from utils.cli import run
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as e:
+        run(interrupted, [])
+    assert e.value.code == 128 + signal.SIGINT
+    assert capsys.readouterr().err.strip() == "interrupted (Ctrl-C)"

@@ -112,13 +112,39 @@ def _run(args, **kw):
                           text=True, **kw)
 
 
-def test_sigkill_and_resume_is_bit_exact(synthetic_root, tmp_path):
-    # batch 1 on the 4-sample world: 4 steps per epoch; the first checkpoint (step 3) is mid-epoch
-    steps, small = "6", ["--batch_size", "1", "--first_order"]
-    ref = _run(_argv(synthetic_root, tmp_path, "ref", "--max_steps", steps, *small), timeout=600)
+# batch 1 on the 4-sample world: 4 steps per epoch; small crops for speed; every step logged
+# (the signal tests wait for the first TensorBoard event; logging draws dropout masks too, so
+# the runs compared must log alike)
+STOP_STEPS = "6"
+STOP_ARGS = ["--batch_size", "1", "--first_order", "--crop_scale", "0.25", "--summary_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic_root, tmp_path_factory) -> dict:
+    """The final checkpoint of a run of STOP_STEPS steps that nothing interrupted."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    ref = _run(_argv(synthetic_root, tmp, "ref", "--max_steps", STOP_STEPS, *STOP_ARGS),
+               timeout=600)
     assert ref.returncode == 0, ref.stderr[-3000:]
-    args = _argv(synthetic_root, tmp_path, "killed", "--max_steps", steps,
-                 "--checkpoint_steps", "3", *small)
+    return torch.load(tmp / "ref" / "checkpoints" / "current.pt", map_location="cpu",
+                      weights_only=True)
+
+
+def _same_state(a: dict, b: dict) -> None:
+    """Both networks and Adam's state bit for bit, at the same step."""
+    assert b["total_step_count"] == a["total_step_count"] == int(STOP_STEPS)
+    for net in ("model", "model_aux"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), (net, k)
+    for i, s in a["optimizer"]["state"].items():
+        for k, v in s.items():
+            assert torch.equal(v, b["optimizer"]["state"][i][k]), (i, k)
+
+
+def test_sigkill_and_resume_is_bit_exact(synthetic_root, tmp_path, uninterrupted):
+    # the first checkpoint (step 3) is mid-epoch
+    args = _argv(synthetic_root, tmp_path, "killed", "--max_steps", STOP_STEPS,
+                 "--checkpoint_steps", "3", *STOP_ARGS)
     p = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ck = tmp_path / "killed" / "checkpoints" / "current.pt"
@@ -129,16 +155,112 @@ def test_sigkill_and_resume_is_bit_exact(synthetic_root, tmp_path):
     p.wait()
     assert ck.exists()
     saved = torch.load(ck, map_location="cpu", weights_only=True)
-    assert saved["total_step_count"] < int(steps)
+    assert saved["total_step_count"] < int(STOP_STEPS)
     assert saved["dataset_perm"] is not None      # the kill came mid-epoch
     res = _run(args + ["--resume"], timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    a = torch.load(tmp_path / "ref" / "checkpoints" / "current.pt", map_location="cpu",
-                   weights_only=True)
-    b = torch.load(ck, map_location="cpu", weights_only=True)
-    assert b["total_step_count"] == a["total_step_count"] == int(steps)
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    _same_state(uninterrupted, torch.load(ck, map_location="cpu", weights_only=True))
+
+
+def _signal_after_first_step(args, run: Path, sig: int) -> tuple[subprocess.CompletedProcess,
+                                                                  float]:
+    """train.py ``args`` (STOP_ARGS: --summary_steps 1), sent ``sig`` once its first step is logged
+    (the first TensorBoard event file); (the finished process, seconds from signal to exit)."""
+    p = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not list((run / "tensorboard").glob("events.out.tfevents.*")):
+        assert p.poll() is None and time.time() - t0 < 300, p.communicate()
+        time.sleep(0.05)
+    sent = time.time()
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=300)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err), time.time() - sent
+
+
+def test_sigterm_saves_the_step_reached_and_resume_is_bit_exact(synthetic_root, tmp_path,
+                                                                uninterrupted):
+    """SIGTERM (a cluster's preemption, scancel, timeout) during training: the run stops after
+    the step in progress with current.pt at that step and no temporary, exits with the shell's
+    status of a SIGTERM death (128 + 15) and no traceback; --resume then ends exactly where
+    the uninterrupted run ends."""
+    args = _argv(synthetic_root, tmp_path, "term", "--max_steps", STOP_STEPS, *STOP_ARGS)
+    run = tmp_path / "term"
+    r, took = _signal_after_first_step(args, run, signal.SIGTERM)
+    assert r.returncode == 128 + signal.SIGTERM, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "SIGTERM received" in r.stderr
+    saved = torch.load(run / "checkpoints" / "current.pt", map_location="cpu",
+                       weights_only=True)
+    step = saved["total_step_count"]
+    assert 1 <= step < int(STOP_STEPS)
+    assert f"training stopped by SIGTERM at epoch {saved['epoch']}, step {step}" in r.stdout
+    assert "--resume" in r.stdout
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["current.pt"]
+    assert took < 60
+    res = _run(args + ["--resume"], timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"step {step}" in res.stdout and "note: options changed" not in res.stdout
+    _same_state(uninterrupted, torch.load(run / "checkpoints" / "current.pt",
+                                          map_location="cpu", weights_only=True))
+
+
+def _processes_naming(text: str) -> list[int]:
+    """PIDs of the processes whose command line holds ``text`` (forked DataLoader workers
+    carry their parent's)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and text.encode() in (d / "cmdline").read_bytes():
+                found.append(int(d.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_ctrl_c_stops_with_a_checkpoint_one_message_and_no_workers_left(synthetic_root,
+                                                                        tmp_path):
+    """SIGINT (Ctrl-C): a checkpoint at the step reached, exit status 128 + 2, the stop said
+    in lines without a traceback, and no DataLoader worker left running."""
+    run = tmp_path / "ctrl_c"
+    args = _argv(synthetic_root, tmp_path, "ctrl_c", "--max_steps", "40", *STOP_ARGS,
+                 "--num_workers", "2")
+    r, _ = _signal_after_first_step(args, run, signal.SIGINT)
+    assert r.returncode == 128 + signal.SIGINT, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr
+    saved = torch.load(run / "checkpoints" / "current.pt", map_location="cpu",
+                       weights_only=True)
+    assert 1 <= saved["total_step_count"] < 40
+    assert "training stopped by SIGINT" in r.stdout
+    t0 = time.time()
+    while _processes_naming(str(run)) and time.time() - t0 < 10:
+        time.sleep(0.2)
+    assert _processes_naming(str(run)) == []
+
+
+def test_stop_request_waits_for_the_loop_and_a_later_repeat_stops_at_once(monkeypatch):
+    """The first SIGTERM only sets the flag; the same signal again at once (torchrun passing
+    a Ctrl-C on to its workers) is that one request; later, it stops at once with 128 + 15.
+    A forked child (a DataLoader worker) ignores the signals; the previous handlers are back
+    at the end."""
+    import utils.stop as S
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    clock = [100.0]
+    monkeypatch.setattr(S.time, "monotonic", lambda: clock[0])
+    with S.StopRequest(announce=False) as stop:
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        stop._pid = -1                         # as in a forked worker
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum is None
+        stop._pid = os.getpid()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+        clock[0] += 0.2
+        os.kill(os.getpid(), signal.SIGINT)    # a repeat within the second: the same request
+        clock[0] += 5
+        with pytest.raises(SystemExit) as e:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert e.value.code == 128 + signal.SIGTERM
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
 def test_kill_during_checkpoint_write_keeps_previous(tmp_path):

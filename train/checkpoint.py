@@ -45,6 +45,39 @@ def link_as(src: str | os.PathLike, path: str | os.PathLike) -> Path:
     return path
 
 
+def lock_run_folder(folder: str | os.PathLike):
+    """Hold ``folder`` for this process: a POSIX lock on ``folder/.lock`` (the holder's PID and
+    host written in it), released by the system when the process ends, also on a kill, and not
+    inherited by forked DataLoader workers. A folder held by another run is a ``UserError``:
+    two runs with one ``--name`` would overwrite each other's checkpoints and mix their logs.
+    Returns the open lock file (keep it open for the run's life)."""
+    import errno
+    import fcntl
+    import socket
+    from utils.errors import UserError
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+")
+    try:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EAGAIN):   # no locks here (some network FS)
+            print(f"note: {folder} cannot be locked ({e.strerror}); two runs with this --name "
+                  f"at once would not be detected")
+            return f
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UserError(f"{folder}: in use by another training run ({holder}); two runs in one "
+                        f"run folder would overwrite each other's checkpoints. Wait for it to "
+                        f"end or stop it, or pass another --name") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    return f
+
+
 def rng_state() -> dict:
     """RNG states as weights_only-safe values."""
     np_state = np.random.get_state()

@@ -15,6 +15,7 @@ Under ``--amp`` (CUDA) only the backbones run in bf16 / fp16; heads, SMPL and lo
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -33,7 +34,9 @@ from train.losses import LossWeights, gt_targets, pseudo_targets, smpl_loss
 from utils.camera import Camera, smpl_predict
 from utils.options import save_options, to_dict
 from utils import runtime
-from utils.errors import OptionError
+from utils.atomic import WriteError, check_folder, write_error
+from utils.errors import OptionError, UserError
+from utils.stop import StopRequest, exit_code
 from utils.imutils import denormalize_image
 
 
@@ -55,6 +58,7 @@ def build_networks(o, paths: DataPaths):
 N_OVERLAYS = 4   # mesh overlays logged per summary with --log_images
 HISTORY = 10_000   # steps of outer loss kept in memory by the trainer
 EVAL_WAIT_S = 48 * 3600.0   # how long the other ranks wait for rank 0's in-training evaluation
+RESUME_OPTIONS = ("resume", "checkpoint", "from_json")   # differ on resume by nature
 
 
 def build_optimizer(o, model, model_aux, lr_scale: float = 1.0) -> torch.optim.Optimizer:
@@ -174,6 +178,25 @@ class MetaNetworks(torch.nn.Module):
         return self.step.forward(batch, log_inner)
 
 
+@contextlib.contextmanager
+def quiet_writer_thread():
+    """TensorBoard's writer thread dies on a failed write (a full disk) and Python prints its
+    traceback; the trainer reports that error as one line (:meth:`Trainer.writing`), so the
+    thread's own report is left out. Other threads' errors are printed as before."""
+    import threading
+    previous = threading.excepthook
+
+    def hook(args):
+        if not (type(args.thread).__name__ == "_AsyncWriterThread"
+                and isinstance(args.exc_value, OSError)):
+            previous(args)
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
 class Trainer:
     """The training loop, plain and explicit."""
 
@@ -205,6 +228,9 @@ class Trainer:
         self.run_dir = Path(o.log_dir).absolute() / o.name
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.last_saved: Path | None = None
+        self.stop = StopRequest(announce=False)   # replaced by the loop's (SIGTERM / SIGINT)
+        if self.main:   # before the set-up's work: a run folder that cannot be written
+            self.check_run_folder()
 
         from models.smpl import build_smpl
         self.smpl = build_smpl(self.paths, "neutral").to(self.device)
@@ -242,7 +268,37 @@ class Trainer:
         # under torchrun: DDP (its constructor gives every rank rank 0's weights)
         self.run_step.distribute(sync_bn=o.sync_bn)
         if self.main:   # the run folder only once set-up succeeded (issue #13 point 3)
+            if not o.resume and any(self.ckpt_dir.glob("*.pt")):
+                print(f"note: {self.ckpt_dir} holds the checkpoints of an earlier run; this run "
+                      f"starts anew (no --resume) and overwrites current.pt")
+            self.lock = ckpt.lock_run_folder(self.run_dir)   # one run per folder at a time
+            for folder in (self.ckpt_dir, self.run_dir / "tensorboard"):
+                with self.writing(folder, training=False):
+                    folder.mkdir(parents=True, exist_ok=True)
             save_options(o, self.run_dir / "config.json")
+
+    def check_run_folder(self) -> None:
+        """The run folder can hold this run's files (checked before any work): no file where
+        one of its folders goes, no folder where one of its files goes, writable."""
+        for f in ("config.json", "test_log.txt", "checkpoints/current.pt"):
+            if (self.run_dir / f).is_dir():
+                raise UserError(f"{self.run_dir / f}: is a folder, so the run cannot write its "
+                                f"{f} there. Remove or rename the folder, or pass another --name")
+        for folder in (self.ckpt_dir, self.run_dir / "tensorboard"):
+            check_folder(folder)
+
+    @contextlib.contextmanager
+    def writing(self, path: Path, training: bool = True):
+        """A system error while writing ``path`` (a full disk, ...) is one line naming it and,
+        once ``training``, where to continue from."""
+        try:
+            yield
+        except OSError as e:
+            text = str(e if isinstance(e, WriteError) else write_error(path, e, atomic=False))
+            if training:
+                text += (f". Training stopped at step {self.step}; the checkpoints in "
+                         f"{self.ckpt_dir} are unchanged: continue from the newest with --resume")
+            raise WriteError(text) from None
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, name: str, mid_epoch: bool) -> None:
@@ -256,13 +312,15 @@ class Trainer:
                  "dataset_perm": list(self.sampler.perm) if mid_epoch else None,
                  "total_step_count": self.step, "options": to_dict(self.options),
                  "rng": ckpt.rng_state(), "n_nonfinite": self.n_nonfinite}
-        self.last_saved = ckpt.atomic_save(state, self.ckpt_dir / name)
+        with self.writing(self.ckpt_dir / name):
+            self.last_saved = ckpt.atomic_save(state, self.ckpt_dir / name)
 
     def link(self, src: str, name: str) -> Path | None:
         """Give the checkpoint ``src`` the extra name ``name`` (a hard link; issue #13 pt 4)."""
         if not self.main:
             return None
-        self.last_saved = ckpt.link_as(self.ckpt_dir / src, self.ckpt_dir / name)
+        with self.writing(self.ckpt_dir / name):
+            self.last_saved = ckpt.link_as(self.ckpt_dir / src, self.ckpt_dir / name)
         return self.last_saved
 
     def load_pretrained(self, path) -> None:
@@ -271,10 +329,20 @@ class Trainer:
         data = load_metahmr_checkpoint(path, self.model, self.model_aux, optimizer=True)
         if "optimizer" in data:
             try:
-                self.optimizer.load_state_dict(data["optimizer"])
+                self.load_optimizer(data["optimizer"])
             except ValueError as e:
                 if self.main:
                     print(f"note: optimizer state of {path} not loaded ({e})")
+
+    def load_optimizer(self, state: dict) -> None:
+        """Adam's state (moments, step counts) from ``state``; its hyperparameters (lr, betas,
+        eps, ...) stay those of this run's options (``load_state_dict`` alone would put back the
+        saved ones, so that e.g. ``--resume --outer_lr 1e-5`` kept the old rate)."""
+        options = [{k: v for k, v in g.items() if k != "params"}
+                   for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state)
+        for group, values in zip(self.optimizer.param_groups, options):
+            group.update(values)
 
     def resume(self, path=None) -> None:
         found = ((path, ckpt.load(path)) if path else   # newest that loads (issue #15 item 10)
@@ -295,7 +363,7 @@ class Trainer:
                               f"--batch_size {bs} on {world}. Resume with those, or pass "
                               f"--pretrained_checkpoint {path} to start a new run from its weights")
         try:   # the bookkeeping of a train.py checkpoint
-            self.optimizer.load_state_dict(data["optimizer"])
+            self.load_optimizer(data["optimizer"])
             self.epoch, self.batch_idx = int(data["epoch"]), int(data["batch_idx"])
             self.step = int(data["total_step_count"])
             self.n_nonfinite = int(data.get("n_nonfinite", 0))
@@ -318,13 +386,33 @@ class Trainer:
                       f"process(es) (global batch {saved[0] * saved[1]}); this run continues "
                       f"with --batch_size {bs} on {world} (global batch {bs * world}), at the "
                       f"same learning rates, each epoch's order shared over {world} process(es)")
+            recorded, now = data.get("options"), to_dict(self.options)
+            if isinstance(recorded, dict):   # said, not silent: this run uses its own options
+                changed = [f"--{k} {recorded[k]!r} -> {now[k]!r}" for k in sorted(now)
+                           if k in recorded and recorded[k] != now[k]
+                           and k not in RESUME_OPTIONS + ("batch_size",)]   # (said above)
+                if changed:
+                    print(f"note: options changed since {Path(path).name} was saved (this run "
+                          f"uses the new values): " + ", ".join(changed))
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> None:
         """Train until ``--num_epochs`` / ``--max_steps`` / ``--time_to_run`` (under torchrun a
-        failed collective stops this rank with one error line)."""
-        with dist.peer_errors(self.rank, self.options.dist_timeout):
+        failed collective stops this rank with one error line). SIGTERM / SIGINT stop it at the
+        next step with a checkpoint (:meth:`stopped`; ``utils/stop.py``)."""
+        with dist.peer_errors(self.rank, self.options.dist_timeout), \
+                StopRequest(announce=self.main) as self.stop, quiet_writer_thread():
             return self._loop()
+
+    def stop_requested(self) -> bool:
+        """Whether a stop signal arrived on any rank (every rank asks at the same points, so
+        that all stop at the same step)."""
+        return dist.any_rank(self.stop.signum is not None, self.device)
+
+    def stopped(self, where: str) -> None:
+        """End of a run stopped by a signal: the state is saved; exit status 128 + signal."""
+        self.finish(f"stopped by {self.stop.name}" + (f" {where}" if where else ""))
+        raise SystemExit(exit_code(self.stop.signum or 15))
 
     def _loop(self) -> None:
         o = self.options
@@ -365,11 +453,23 @@ class Trainer:
                 if o.max_steps and self.step >= o.max_steps and self.batch_idx < per_epoch:
                     self.save("current.pt", mid_epoch=True)
                     return self.finish()
+                # SIGTERM / SIGINT: stop here, where a checkpoint resumes exactly (the epoch's
+                # last step goes through the epoch end first)
+                if self.batch_idx < per_epoch and self.stop_requested():
+                    self.save("current.pt", mid_epoch=True)
+                    return self.stopped("")
             self.epoch += 1
             self.batch_idx = 0
             self.save("current.pt", mid_epoch=False)
-            if self.epoch > o.test_start_epoch and (self.epoch % o.test_epochs == 0
-                                                   or self.epoch % o.save_epochs == 0):
+            test = self.epoch > o.test_start_epoch and (self.epoch % o.test_epochs == 0
+                                                       or self.epoch % o.save_epochs == 0)
+            more = (self.step < o.max_steps) if o.max_steps else (self.epoch < o.num_epochs)
+            if (test or more) and self.stop_requested():
+                if test:   # the evaluation (hours on the real test sets) is not waited for
+                    self.link("current.pt", "previous.pt")
+                return self.stopped(f"before the in-training evaluation of epoch {self.epoch} "
+                                    f"(not run)" if test else "")
+            if test:
                 self.test_and_save()
         return self.finish()
 
@@ -394,18 +494,23 @@ class Trainer:
         if self.step % 10 == 0 or self.step == 1:
             bar.set_postfix(loss=f"{float(out['loss']):.4f}")
         if self.step % o.summary_steps == 0:
-            if self.writer is None:
-                from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-            for k, v in out.items():
-                if torch.is_tensor(v):
-                    self.writer.add_scalar(f"train/{k}", float(v), self.step)
-            if o.log_images and "_viz" in out:
-                self.writer.add_images("train/mesh", self.overlays(out["_viz"]), self.step,
-                                       dataformats="NHWC")
-            for i, g in enumerate(self.optimizer.param_groups):
-                self.writer.add_scalar(f"lr/group{i}", g["lr"], self.step)
-            self.writer.add_scalar("train/n_nonfinite", self.n_nonfinite, self.step)
+            with self.writing(self.run_dir / "tensorboard"):
+                self.log_summary(out)
+
+    def log_summary(self, out: dict) -> None:
+        """TensorBoard scalars (and with ``--log_images`` mesh overlays) of one step."""
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        for k, v in out.items():
+            if torch.is_tensor(v):
+                self.writer.add_scalar(f"train/{k}", float(v), self.step)
+        if self.options.log_images and "_viz" in out:
+            self.writer.add_images("train/mesh", self.overlays(out["_viz"]), self.step,
+                                   dataformats="NHWC")
+        for i, g in enumerate(self.optimizer.param_groups):
+            self.writer.add_scalar(f"lr/group{i}", g["lr"], self.step)
+        self.writer.add_scalar("train/n_nonfinite", self.n_nonfinite, self.step)
 
     def overlays(self, viz: dict) -> np.ndarray:
         """Predicted meshes over the input crops of ``MetaStep``'s ``_viz`` ([N,H,W,3] uint8)."""
@@ -438,7 +543,8 @@ class Trainer:
         tag = "_".join(f"{ds.replace('-p2', '').replace('-', '')}_mp{r['MPJPE']:.2f}"
                        f"_pa{r['PA-MPJPE']:.2f}" + (f"_pve{r['PVE']:.2f}" if "PVE" in r else "")
                        for ds, r in results.items())   # (no PVE: a set without GT mesh)
-        with open(self.run_dir / "test_log.txt", "a") as f:
+        with self.writing(self.run_dir / "test_log.txt"), \
+                open(self.run_dir / "test_log.txt", "a") as f:
             f.write(f"epoch {self.epoch} step {self.step}: " + ", ".join(
                 f"{ds} MPJPE {r['MPJPE']:.2f} PA-MPJPE {r['PA-MPJPE']:.2f} PVE "
                 + (f"{r['PVE']:.2f}" if "PVE" in r else "n/a") for ds, r in results.items())
@@ -450,13 +556,16 @@ class Trainer:
               + f"\ncheckpoint: {kept}", flush=True)
         dist.wait_for_main(f"eval_{self.epoch}", EVAL_WAIT_S)
 
-    def finish(self) -> None:
+    def finish(self, how: str = "finished") -> None:
         if self.writer is not None:
-            self.writer.close()
+            with self.writing(self.run_dir / "tensorboard"):
+                self.writer.close()
         skipped = dist.sum_over_ranks(self.dataset.dataset.n_skipped, self.device)
         if self.main:
-            print(f"training finished at epoch {self.epoch}, step {self.step}; last checkpoint: "
-                  f"{self.last_saved or 'none written'}; run folder: {self.run_dir}", flush=True)
+            resume = "; continue with the same command plus --resume" if how != "finished" else ""
+            print(f"training {how} at epoch {self.epoch}, step {self.step}; last checkpoint: "
+                  f"{self.last_saved or 'none written'}; run folder: {self.run_dir}{resume}",
+                  flush=True)
             if self.n_nonfinite:
                 print(f"{self.n_nonfinite} step(s) skipped for non-finite losses")
             if skipped:

@@ -22,7 +22,8 @@ def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) 
     """``main(argv)`` (default ``sys.argv[1:]``) with one-line errors; returns what it returns.
 
     A :class:`UserError`, or a ``SystemExit`` whose message starts with ``error:``, prints one
-    line and raises ``SystemExit(2)``; anything else (a bug) propagates. ``--debug`` in argv
+    line and raises ``SystemExit(2)``; Ctrl-C (``KeyboardInterrupt``) prints ``interrupted``
+    and raises ``SystemExit(130)``; anything else (a bug) propagates. ``--debug`` in argv
     (removed before ``main``) or ``METAHMR_DEBUG`` set (not empty, not 0) re-raises instead.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -38,3 +39,8 @@ def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) 
         if debug or not (isinstance(e.code, str) and e.code.startswith("error:")):
             raise
         raise _fail(e.code) from None
+    except KeyboardInterrupt:   # Ctrl-C outside a loop that handles it: no traceback
+        if debug:
+            raise
+        print("\ninterrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None

@@ -37,8 +37,20 @@ def dumps(obj: object, **kwargs) -> str:
 
 def write_json(path: str | os.PathLike, obj: object, indent: int | None = 2,
                sort_keys: bool = False) -> Path:
-    """Write ``obj`` as strict JSON to ``path`` (parent folders created); returns the path."""
+    """Write ``obj`` as strict JSON to ``path`` (parent folders created); returns the path.
+    A file is replaced atomically (:func:`utils.atomic.atomic_path`: a failed write leaves the
+    previous file); a link or a path that is no regular file (``/dev/stdout``, a pipe) is
+    written in place, as before. A failed write is one :class:`utils.atomic.WriteError`
+    naming ``path``."""
+    from utils.atomic import atomic_path, write_error
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
+    text = dumps(obj, indent=indent, sort_keys=sort_keys) + "\n"
+    if path.is_symlink() or path.exists() and not path.is_file() and not path.is_dir():
+        try:
+            path.write_text(text)
+        except OSError as e:
+            raise write_error(path, e, atomic=False) from None
+        return path
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
     return path

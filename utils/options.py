@@ -458,6 +458,12 @@ def parse_train(argv=None) -> argparse.Namespace:
             or "\0" in options.name):
         raise OptionError(f"--name {options.name!r}: the run folder is <log_dir>/<name>; pass "
                           f"a name (no '.', '..', NUL or leading '/')")
+    try:   # TensorBoard encodes its paths as UTF-8 (it failed at the first summary step)
+        str(Path(options.log_dir) / options.name).encode("utf-8")
+    except UnicodeEncodeError:
+        raise OptionError(f"--log_dir {options.log_dir!r} --name {options.name!r}: the run "
+                          f"folder's name is not valid UTF-8, and TensorBoard cannot write "
+                          f"there. Pass a UTF-8 --log_dir and --name") from None
     return check_outputs(resolve(options), folders=("log_dir",))
 
 
