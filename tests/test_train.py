@@ -263,6 +263,21 @@ def test_stop_request_waits_for_the_loop_and_a_later_repeat_stops_at_once(monkey
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
+def test_logging_does_not_change_the_training(synthetic_root, tmp_path, device):
+    """The same run with a summary every step and with none ends with the same weights: the
+    logging pass (inner loss after the inner step, head in train mode) drew dropout masks from
+    the training's random stream, so --summary_steps changed the result."""
+    weights = []
+    for every in ("1", "1000"):
+        tr = _trainer(synthetic_root, tmp_path / every, device, "--first_order", "--max_steps",
+                      "2", "--summary_steps", every, "--crop_scale", "0.25")
+        tr.train()
+        weights.append(tr.model.state_dict())
+    assert (tmp_path / "1" / "t" / "tensorboard").is_dir()    # it did log, every step
+    for k, v in weights[0].items():
+        assert torch.equal(v, weights[1][k]), k
+
+
 def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
     from train.checkpoint import atomic_save, load
     path = tmp_path / "current.pt"

@@ -148,8 +148,11 @@ class MetaStep:
         loss = constants.OUTER_LOSS_SCALE * losses["total"]
         out = {f"loss_{k}": v.detach() for k, v in losses.items() if k != "total"}
         out.update(loss=loss.detach(), **log)
-        if self.meta and log_inner:
-            with torch.no_grad():   # the inner loss at the adapted weights (logging only)
+        if self.meta and log_inner:   # the inner loss at the adapted weights (logging only;
+            # its dropout draws are forked off, so that logging never changes the training)
+            dev = features.device
+            with torch.no_grad(), torch.random.fork_rng(
+                    devices=[dev] if dev.type == "cuda" else [], device_type="cuda"):
                 p = smpl_predict(run_head(self.model, features.detach(), bbox_info, fast),
                                  self.smpl, self.camera, batch)
                 after = smpl_loss(p, targets, self.weights, mode=o.tto_mode)["total"]
