@@ -5,7 +5,7 @@
 ACTION:
   ``steps:N``  build the Trainer, put both networks in eval mode and run N iterations of
                ``Trainer.run_step`` on the fixed batches of :func:`fixed_batch`; save this rank's
-               weights and last gradients to OUT_DIR/rank<R>.pt.
+               weights and last gradients (and its torch random state) to OUT_DIR/rank<R>.pt.
   ``train``    ``Trainer.train()`` as train.py runs it; save this rank's weights.
   ``hang``     ``Trainer.train()``, except that rank 1 never takes its first step (a stuck rank).
 """
@@ -50,7 +50,8 @@ def main(argv: list[str]) -> None:
     grads = {f"{n}/{k}": p.grad for n, net in (("model", tr.model), ("model_aux", tr.model_aux))
              for k, p in net.named_parameters() if p.grad is not None}
     torch.save({"model": tr.model.state_dict(), "model_aux": tr.model_aux.state_dict(),
-                "grads": grads, "step": tr.step}, out / f"rank{tr.rank}.pt")
+                "grads": grads, "step": tr.step, "rng": torch.get_rng_state()},
+               out / f"rank{tr.rank}.pt")
 
 
 if __name__ == "__main__":

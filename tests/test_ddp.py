@@ -151,6 +151,11 @@ def test_torchrun_train_resume_continues_at_the_same_step(synthetic_root, tmp_pa
     assert "step 3" in second.stdout
     c = _load(tmp_path / "part" / "rank0.pt")
     assert c["step"] == 4
+    # each rank its own dropout stream (alike, sample j of each rank's batch drew the same
+    # masks), resumed as it was: the resumed ranks end in the uninterrupted ranks' states
+    assert not torch.equal(a["rng"], b["rng"])
+    for r, ref_rank in ((0, a), (1, b)):
+        assert torch.equal(_load(tmp_path / "part" / f"rank{r}.pt")["rng"], ref_rank["rng"]), r
     saved, ref = _load(ck), _load(tmp_path / "full" / "checkpoints" / "current.pt")
     assert saved["total_step_count"] == ref["total_step_count"] == 4
     from models import build_model

@@ -87,3 +87,16 @@ def test_a_training_set_smaller_than_the_processes_batch_is_refused_before_the_r
     with pytest.raises(OptionError, match=r"--batch_size 5 \(per process\) x 1 process"):
         _trainer(synthetic_root, tmp_path, "small", "--batch_size", "5")
     assert not (Path(tmp_path) / "small").exists()
+
+
+def test_a_damaged_rank_random_state_is_refused():
+    """A checkpoint's per-rank random states must be what ``rank_rng_states`` writes (uint8, the
+    device's state size): anything else is a ValueError (one line through the trainer), not a
+    crash inside torch.set_rng_state."""
+    from train.distributed import check_rank_states
+    cpu = torch.device("cpu")
+    good = torch.get_rng_state()
+    check_rank_states([good, good.clone()], cpu)
+    for bad in ([good[:-1]], [good.float()], good, [good, "x"]):
+        with pytest.raises(ValueError, match="rng_ranks are not"):
+            check_rank_states(bad, cpu)

@@ -62,6 +62,47 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def rank_rng_states(device: torch.device) -> list[torch.Tensor] | None:
+    """Every rank's torch random state (the CPU's, then the device's on CUDA: dropout draws
+    from it) as one uint8 tensor each, gathered on every rank; None when not distributed. A
+    checkpoint keeps them all, so that each rank resumes its own dropout stream."""
+    if not dist.is_initialized():
+        return None
+    mine = torch.get_rng_state()
+    if device.type == "cuda":
+        mine = torch.cat([mine, torch.cuda.get_rng_state(device)])
+    mine = mine.to(device)
+    states = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(states, mine)
+    return [s.cpu() for s in states]
+
+
+def seed_rank(device: torch.device, seed: int, rank: int, step: int,
+              states: list[torch.Tensor] | None = None) -> None:
+    """Give this rank its own torch random stream (every rank was seeded alike, so sample j of
+    every rank's batch drew the same dropout masks): the state saved for ``rank`` in
+    ``states`` (:func:`rank_rng_states`, a resumed run on as many processes), else one seeded
+    from (``seed``, ``step``, ``rank``) (:func:`check_rank_states` has checked ``states``)."""
+    if states is None or rank >= len(states):
+        torch.manual_seed(seed + 1_000_003 * step + rank)
+        return
+    n = torch.get_rng_state().numel()
+    torch.set_rng_state(states[rank][:n].clone())
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(states[rank][n:].clone(), device)
+
+
+def check_rank_states(states, device: torch.device) -> None:
+    """ValueError unless ``states`` (a checkpoint's ``rng_ranks``) holds random states of this
+    device kind, as :func:`rank_rng_states` writes them."""
+    want = torch.get_rng_state().numel() + (
+        torch.cuda.get_rng_state(device).numel() if device.type == "cuda" else 0)
+    if not isinstance(states, list) or not all(
+            torch.is_tensor(t) and t.dtype == torch.uint8 and t.shape == (want,) for t in states):
+        raise ValueError(f"its rng_ranks are not {want}-byte random states of the "
+                         f"{device.type} device")
+
+
 def mask_counts(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     """Per mask key, the divisor that makes DDP's average of the ranks' masked batch means the
     masked mean of the global batch: (the masked samples of all ranks, at least 1) / world size

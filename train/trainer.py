@@ -260,6 +260,7 @@ class Trainer:
                               f"--batch_size or run fewer processes")
         self.epoch, self.batch_idx, self.step = 0, 0, 0
         self.resume_perm: list[int] | None = None   # the stored order of a mid-epoch checkpoint
+        self.rng_ranks: list | None = None   # the ranks' random states of a resumed checkpoint
         self.n_nonfinite = self.nonfinite_run = 0
         # the outer loss of the last HISTORY steps (detached; the study reads it)
         self.history: collections.deque[torch.Tensor] = collections.deque(maxlen=HISTORY)
@@ -268,8 +269,11 @@ class Trainer:
             self.load_pretrained(o.pretrained_checkpoint)
         if o.resume:
             self.resume(o.checkpoint)
-        # under torchrun: DDP (its constructor gives every rank rank 0's weights)
+        # under torchrun: DDP (its constructor gives every rank rank 0's weights), and each
+        # rank its own dropout stream (a resumed run on as many processes: its saved one)
         self.run_step.distribute(sync_bn=o.sync_bn)
+        if self.world > 1:
+            dist.seed_rank(self.device, o.seed, self.rank, self.step, self.rng_ranks)
         if self.main:   # the run folder only once set-up succeeded (issue #13 point 3)
             if not o.resume and any(self.ckpt_dir.glob("*.pt")):
                 print(f"note: {self.ckpt_dir} holds the checkpoints of an earlier run; this run "
@@ -306,6 +310,7 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, name: str, mid_epoch: bool) -> None:
         """Rank 0 writes the checkpoint ``name`` (with the epoch's order when ``mid_epoch``)."""
+        rng_ranks = dist.rank_rng_states(self.device)   # (a collective: before the return)
         if not self.main:
             return
         state = {"model": self.model.state_dict(), "model_aux": self.model_aux.state_dict(),
@@ -314,7 +319,8 @@ class Trainer:
                  "world_size": self.world,
                  "dataset_perm": list(self.sampler.perm) if mid_epoch else None,
                  "total_step_count": self.step, "options": to_dict(self.options),
-                 "rng": ckpt.rng_state(), "n_nonfinite": self.n_nonfinite}
+                 "rng": ckpt.rng_state(), "n_nonfinite": self.n_nonfinite,
+                 **({"rng_ranks": rng_ranks} if rng_ranks else {})}
         with self.writing(self.ckpt_dir / name):
             self.last_saved = ckpt.atomic_save(state, self.ckpt_dir / name)
 
@@ -376,6 +382,9 @@ class Trainer:
                 raise ValueError("its dataset_perm is not an order of this training set")
             if "rng" in data:
                 ckpt.set_rng_state(data["rng"])
+            if saved[1] == world and "rng_ranks" in data:   # each rank's own torch stream
+                dist.check_rank_states(data["rng_ranks"], self.device)   # (set in __init__)
+                self.rng_ranks = data["rng_ranks"]
         except (KeyError, TypeError, ValueError) as e:
             what = f"no {e}" if isinstance(e, KeyError) else str(e)
             raise CheckpointError(f"{path}: cannot resume from it ({what}). --resume needs a "
@@ -444,7 +453,8 @@ class Trainer:
                 self.batch_idx += 1
                 self.step += 1
                 self.account(out, bar)
-                if self.main and o.checkpoint_steps > 0 and self.step % o.checkpoint_steps == 0:
+                if o.checkpoint_steps > 0 and self.step % o.checkpoint_steps == 0:   # (all ranks:
+                    # save() gathers their random states first)
                     self.save("current.pt", mid_epoch=self.batch_idx < per_epoch)
                 if math.isfinite(o.time_to_run) and dist.any_rank(   # all ranks stop together
                         time.time() - start_time > o.time_to_run, self.device):
