@@ -3,7 +3,7 @@
     python bench/train_step.py --model cliff --backbone resnet --batch_size 4 --device cpu \
                                [--iters 10] [--warmup 2] [--amp off|bf16|fp16] [--json out.json]
 
-One ``train.trainer.MetaStep`` iteration per call on random-weight networks and a synthetic
+One ``train.meta_step.MetaStep`` iteration per call on random-weight networks and a synthetic
 batch, in the modes of ``MODES`` (plain; first order per batch, as released, and per sample;
 second order): seconds per iteration (medians; all modes round-robin in one process), peak
 memory (one child process per mode), ratios to ``plain``. Adam runs at lr 0 unless
@@ -56,7 +56,7 @@ def time_steps(args, modes: list[str]) -> dict[str, dict]:
     """``MetaStep`` of each of ``modes`` timed round-robin in this process, on one network pair
     (the main one training), SMPL, batch and Adam (built as Trainer builds it; lr 0 unless
     ``--train_lr``)."""
-    from train.trainer import MetaStep, build_optimizer
+    from train.meta_step import MetaStep, build_optimizer
     device = common.select_device(args.device)
     o = train_options(args, modes[0])
     model, model_aux, smpl, batch = common.setup(args, o, device)

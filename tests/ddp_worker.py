@@ -7,10 +7,12 @@ ACTION:
                ``Trainer.run_step`` on the fixed batches of :func:`fixed_batch`; save this rank's
                weights and last gradients (and its torch random state) to OUT_DIR/rank<R>.pt.
   ``train``    ``Trainer.train()`` as train.py runs it; save this rank's weights.
+  ``train:snapshots``  the same, and every checkpoint written is kept as current_step<N>.pt.
   ``hang``     ``Trainer.train()``, except that rank 1 never takes its first step (a stuck rank).
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -46,6 +48,13 @@ def main(argv: list[str]) -> None:
             time.sleep(3600)
         tr.train()
     else:
+        if action == "train:snapshots":    # every checkpoint written is also kept as
+            save = tr.save                  # current_step<N>.pt
+            def tr_save(name, mid_epoch):   # noqa: E306
+                save(name, mid_epoch)
+                if tr.main:
+                    shutil.copyfile(tr.ckpt_dir / name, tr.ckpt_dir / f"current_step{tr.step}.pt")
+            tr.save = tr_save
         tr.train()
     grads = {f"{n}/{k}": p.grad for n, net in (("model", tr.model), ("model_aux", tr.model_aux))
              for k, p in net.named_parameters() if p.grad is not None}

@@ -15,6 +15,8 @@ dropout) it can, and the comparison isolates what DDP must do: average the gradi
 """
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,11 +40,20 @@ def _argv(root, log_dir, name, *extra):
 
 
 def torchrun(out_dir, action: str, args, nproc: int = 2, timeout: float = 300):
-    """Run tests/ddp_worker.py under torchrun (free port: --standalone)."""
+    """Run tests/ddp_worker.py under torchrun (free port: --standalone). On a timeout the whole
+    process group is killed: workers hung in a collective would outlive torchrun."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            "--nproc_per_node", str(nproc), str(WORKER), str(out_dir), action, *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _load(path):
@@ -130,23 +141,22 @@ def test_ranks_apply_the_global_batch_gradient(synthetic_root, tmp_path):
 
 
 def test_torchrun_train_resume_continues_at_the_same_step(synthetic_root, tmp_path):
-    """Two ranks train 4 steps; a run stopped at step 3 and resumed under torchrun reaches the
-    same weights at the same step; checkpoints keep the released key names (no 'module.')."""
-    # 4 samples / (2 ranks x batch 1): 2 steps per epoch; the stop at step 3 is mid-epoch
-    small = ["--first_order", "--batch_size", "1"]
-    full = torchrun(tmp_path / "full", "train", _argv(synthetic_root, tmp_path, "full",
-                                                      "--max_steps", "4", *small))
+    """Two ranks train 4 steps, keeping the checkpoint written at step 3; a run resumed from it
+    under torchrun reaches the same weights at the same step; checkpoints keep the released key
+    names (no 'module.')."""
+    # 4 samples / (2 ranks x batch 1): 2 steps per epoch; the checkpoint at step 3 is mid-epoch
+    small = ["--first_order", "--batch_size", "1", "--max_steps", "4"]
+    full = torchrun(tmp_path / "full", "train:snapshots", _argv(
+        synthetic_root, tmp_path, "full", "--checkpoint_steps", "3", *small))
     assert full.returncode == 0, full.stderr[-4000:]
     a, b = _load(tmp_path / "full" / "rank0.pt"), _load(tmp_path / "full" / "rank1.pt")
     for k in a["model"]:   # BN running statistics: each rank's last batch (DDP hands rank 0's
         if not k.endswith(BN_STATS):   # to every rank at the start of the next forward)
             assert torch.equal(a["model"][k], b["model"][k]), k
-    args = _argv(synthetic_root, tmp_path, "resumed", *small, "--checkpoint_steps", "3")
-    first = torchrun(tmp_path / "part", "train", args + ["--max_steps", "3"])
-    assert first.returncode == 0, first.stderr[-4000:]
-    ck = tmp_path / "resumed" / "checkpoints" / "current.pt"
-    assert _load(ck)["total_step_count"] == 3 and _load(ck)["dataset_perm"] is not None
-    second = torchrun(tmp_path / "part", "train", args + ["--max_steps", "4", "--resume"])
+    ck3 = tmp_path / "full" / "checkpoints" / "current_step3.pt"
+    assert _load(ck3)["total_step_count"] == 3 and _load(ck3)["dataset_perm"] is not None
+    second = torchrun(tmp_path / "part", "train", _argv(
+        synthetic_root, tmp_path, "resumed", *small, "--resume", "--checkpoint", str(ck3)))
     assert second.returncode == 0, second.stderr[-4000:]
     assert "step 3" in second.stdout
     c = _load(tmp_path / "part" / "rank0.pt")
@@ -156,7 +166,8 @@ def test_torchrun_train_resume_continues_at_the_same_step(synthetic_root, tmp_pa
     assert not torch.equal(a["rng"], b["rng"])
     for r, ref_rank in ((0, a), (1, b)):
         assert torch.equal(_load(tmp_path / "part" / f"rank{r}.pt")["rng"], ref_rank["rng"]), r
-    saved, ref = _load(ck), _load(tmp_path / "full" / "checkpoints" / "current.pt")
+    saved = _load(tmp_path / "resumed" / "checkpoints" / "current.pt")
+    ref = _load(tmp_path / "full" / "checkpoints" / "current.pt")
     assert saved["total_step_count"] == ref["total_step_count"] == 4
     from models import build_model
     for net, role in (("model", "main"), ("model_aux", "aux")):

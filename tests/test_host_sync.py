@@ -84,7 +84,7 @@ def test_a_training_step_reads_one_value(synthetic_root, smpl_neutral, model):
     the finite check of the loss that decides whether the step is skipped. The projections made
     their crop size (and HMR its focal length) with torch.tensor: 5 (CLIFF) and 14 (HMR)
     host-to-device copies per step."""
-    from train.trainer import MetaStep, build_optimizer
+    from train.meta_step import MetaStep, build_optimizer
     o, model_, aux, batch = _networks(synthetic_root, model)
     opts = argparse.Namespace(**{**vars(o), "first_order": True, "inner_step": 1,
                                  "tto_mode": "sample", "aux_mode": None, "amp": "off"})
@@ -93,7 +93,7 @@ def test_a_training_step_reads_one_value(synthetic_root, smpl_neutral, model):
     with host_reads() as reads:
         out = step(batch)
     assert not out.get("skipped") and torch.isfinite(out["loss"])
-    assert list(reads) == [next(k for k in reads if k.startswith("__bool__ trainer.py"))], reads
+    assert list(reads) == [next(k for k in reads if k.startswith("__bool__ meta_step.py"))], reads
     assert sum(reads.values()) == 1
 
 
@@ -187,7 +187,7 @@ def test_a_training_step_on_cuda_synchronises_as_counted(synthetic_root, smpl_ne
     check and at most one blocking copy per SMPL forward pass (smplx's ``joints[:, parents]``
     with the host-held kinematic tree), nothing more."""
     import warnings
-    from train.trainer import MetaStep, build_optimizer
+    from train.meta_step import MetaStep, build_optimizer
     o, model_, aux, batch = _networks(synthetic_root, "cliff")
     opts = argparse.Namespace(**{**vars(o), "first_order": True, "inner_step": 1,
                                  "tto_mode": "sample", "aux_mode": None, "amp": "off"})

@@ -1,4 +1,4 @@
-"""One training iteration (train/trainer.py MetaStep) against the method written out with plain
+"""One training iteration (train/meta_step.py MetaStep) against the method written out with plain
 autograd: the outer loss at the adapted weights, x60, its gradients, the optimizer's groups,
 accumulated per-sample inner steps with dropout, the aux network's mode, an HMR run."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from train.inner import inner_adapt, run_head
 from train.losses import INNER_TERMS, LossWeights, gt_targets, pseudo_targets, smpl_loss
-from train.trainer import MetaStep, build_optimizer
+from train.meta_step import MetaStep, build_optimizer
 from utils.camera import Camera, smpl_predict
 
 CPU = torch.device("cpu")

@@ -87,7 +87,7 @@ def test_nonfinite_losses_are_skipped_then_stop(synthetic_root, tmp_path, monkey
     tr = _trainer(synthetic_root, tmp_path, device, "--max_nonfinite", "3", "--first_order")
     batch = _first_batch(tr)
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
-    import train.trainer as T
+    import train.meta_step as T
     real = T.smpl_loss
 
     def nan_loss(*a, **k):
@@ -319,7 +319,7 @@ def test_in_training_evaluation_writes_log_and_named_checkpoint(synthetic_root, 
 
 
 def test_log_images_writes_mesh_overlays(synthetic_root, tmp_path, monkeypatch, device):
-    import train.trainer as T
+    import train.meta_step as T
     monkeypatch.setattr(T, "N_OVERLAYS", 2)     # fewer overlays than samples in the batch
     tr = _trainer(synthetic_root, tmp_path, device, "--first_order", "--max_steps", "1",
                   "--summary_steps", "1", "--log_images", "--batch_size", "4")
