@@ -55,21 +55,7 @@ class Trainer:
 
     def __init__(self, options):
         self.options = o = options
-        if o.checkpoint and not o.resume:   # (else silently ignored)
-            raise OptionError(f"--checkpoint {o.checkpoint} is the checkpoint to --resume from. "
-                              f"Add --resume, or pass --pretrained_checkpoint to start a new "
-                              f"run from its weights")
-        self.device = runtime.select_device(o.device)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(dist.local_rank())
-            self.device = torch.device("cuda", dist.local_rank())
-        if o.sync_bn and self.device.type != "cuda":
-            raise SystemExit("error: --sync_bn needs CUDA (SyncBatchNorm has no CPU kernel). "
-                             "Drop --sync_bn or train with --device cuda")
-        if o.amp != "off" and self.device.type != "cuda":   # (else silently float32)
-            raise OptionError(f"--amp {o.amp} is mixed precision on CUDA, and this run is on the "
-                              f"CPU (--device {o.device}), where it would train in float32. "
-                              f"Drop --amp, or train with --device cuda")
+        self.device = self.select_device()
         self.rank, self.world = dist.init(self.device, o.dist_timeout)
         self.main = self.rank == 0
         runtime.seed_everything(o.seed)
@@ -125,14 +111,40 @@ class Trainer:
         if self.world > 1:
             dist.seed_rank(self.device, o.seed, self.rank, self.step, self.rng_ranks)
         if self.main:   # the run folder only once set-up succeeded (issue #13 point 3)
-            if not o.resume and any(self.ckpt_dir.glob("*.pt")):
-                print(f"note: {self.ckpt_dir} holds the checkpoints of an earlier run; this run "
-                      f"starts anew (no --resume) and overwrites current.pt")
-            self.lock = ckpt.lock_run_folder(self.run_dir)   # one run per folder at a time
-            for folder in (self.ckpt_dir, self.run_dir / "tensorboard"):
-                with self.writing(folder, training=False):
-                    folder.mkdir(parents=True, exist_ok=True)
-            save_options(o, self.run_dir / "config.json")
+            self.make_run_folder()
+
+    def select_device(self) -> torch.device:
+        """The device of this process (under torchrun its LOCAL_RANK's GPU), after the checks
+        of the options that need CUDA or a --resume."""
+        o = self.options
+        if o.checkpoint and not o.resume:   # (else silently ignored)
+            raise OptionError(f"--checkpoint {o.checkpoint} is the checkpoint to --resume from. "
+                              f"Add --resume, or pass --pretrained_checkpoint to start a new "
+                              f"run from its weights")
+        device = runtime.select_device(o.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(dist.local_rank())
+            device = torch.device("cuda", dist.local_rank())
+        if o.sync_bn and device.type != "cuda":
+            raise SystemExit("error: --sync_bn needs CUDA (SyncBatchNorm has no CPU kernel). "
+                             "Drop --sync_bn or train with --device cuda")
+        if o.amp != "off" and device.type != "cuda":   # (else silently float32)
+            raise OptionError(f"--amp {o.amp} is mixed precision on CUDA, and this run is on the "
+                              f"CPU (--device {o.device}), where it would train in float32. "
+                              f"Drop --amp, or train with --device cuda")
+        return device
+
+    def make_run_folder(self) -> None:
+        """Rank 0: lock the run folder (one run at a time), make its folders, write
+        config.json."""
+        if not self.options.resume and any(self.ckpt_dir.glob("*.pt")):
+            print(f"note: {self.ckpt_dir} holds the checkpoints of an earlier run; this run "
+                  f"starts anew (no --resume) and overwrites current.pt")
+        self.lock = ckpt.lock_run_folder(self.run_dir)   # one run per folder at a time
+        for folder in (self.ckpt_dir, self.run_dir / "tensorboard"):
+            with self.writing(folder, training=False):
+                folder.mkdir(parents=True, exist_ok=True)
+        save_options(self.options, self.run_dir / "config.json")
 
     def check_run_folder(self) -> None:
         """The run folder can hold this run's files (checked before any work): no file where
