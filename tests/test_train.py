@@ -435,3 +435,12 @@ def test_rng_state_round_trip():
     set_rng_state(state)
     b = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_cuda_process_set_up(synthetic_root, tmp_path, cuda_device, capsys):
+    """On a GPU: cuDNN picks its kernels by timing (fixed crop sizes), and --sync_bn in a single
+    process says that it does nothing there instead of being silently ignored."""
+    torch.backends.cudnn.benchmark = False
+    tr = _trainer(synthetic_root, tmp_path, cuda_device, "--sync_bn", "--first_order")
+    assert torch.backends.cudnn.benchmark and tr.world == 1
+    assert "note: --sync_bn has no effect in a single process" in capsys.readouterr().out

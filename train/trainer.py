@@ -58,6 +58,9 @@ class Trainer:
         self.device = self.select_device()
         self.rank, self.world = dist.init(self.device, o.dist_timeout)
         self.main = self.rank == 0
+        if o.sync_bn and self.world == 1:
+            print("note: --sync_bn has no effect in a single process (it synchronises the "
+                  "BatchNorm statistics of torchrun's processes)")
         runtime.seed_everything(o.seed)
         self.paths = DataPaths.from_options(o)
         if o.synthetic and self.main:

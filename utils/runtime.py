@@ -10,9 +10,11 @@ import torch
 def select_device(name: str) -> torch.device:
     """'auto' | 'cpu' | 'cuda' -> a device (decisions D11); a clear exit when CUDA is missing."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA device is available")
+    if name == "cuda":   # the crops have a fixed size: cuDNN times its kernels once per shape
+        torch.backends.cudnn.benchmark = True
     return torch.device(name)
 
 
