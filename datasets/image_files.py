@@ -7,7 +7,7 @@ import os
 import cv2
 import numpy as np
 
-__all__ = ["MIN_IMAGE_SIDE", "decode_image", "read_image_file"]
+__all__ = ["MIN_IMAGE_SIDE", "decode_image", "opencv_can_open", "read_image_file"]
 
 MIN_IMAGE_SIDE = 2     # pixels; a smaller image has no person to crop
 
@@ -30,6 +30,16 @@ def _jpeg_truncated(path: str) -> bool:
     except (OSError, SyntaxError):
         return True
     return False
+
+
+def opencv_can_open(path) -> bool:
+    """Whether OpenCV's own file functions (video I/O) can take ``path``: they crash the process
+    on a name that is not valid UTF-8."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def decode_image(path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:

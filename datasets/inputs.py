@@ -14,7 +14,7 @@ import torch
 import constants
 from config import DataPaths, require
 from datasets.annotations import DatasetError, check_annotations, read_annotations
-from datasets.image_files import decode_image
+from datasets.image_files import decode_image, opencv_can_open
 from utils import imutils
 from utils.jsonio import dumps
 
@@ -38,11 +38,9 @@ def read_video(path, every: int = 1):
     """(fps, iterator of (name, [H, W, 3] uint8 RGB)): every ``every``-th frame from 0, named as
     OpenPose names it, ``<video stem>_<frame:012d>``. Raises :class:`DemoInputError` when OpenCV
     cannot open the file or it has no frame."""
-    try:   # OpenCV crashes on a name that is not valid UTF-8
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
+    if not opencv_can_open(path):
         raise DemoInputError(f"{path}: OpenCV cannot open a video whose name is not valid "
-                             f"UTF-8. Rename it") from None
+                             f"UTF-8. Rename it")
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise DemoInputError(f"{path}: cannot open this video (not a video, or a codec OpenCV "

@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from datasets.image_files import opencv_can_open
+
 __all__ = ["run_video", "OverlayVideo"]
 
 
@@ -25,11 +27,9 @@ class OverlayVideo:
 
     def __init__(self, path: Path, fps: float):
         self.path, self.fps, self.writer, self.frames = path, fps, None, 0
-        try:   # (checked before any work: OpenCV crashes on such a name)
-            str(path).encode("utf-8")
-        except UnicodeEncodeError:
+        if not opencv_can_open(path):   # (checked before any work)
             raise SystemExit(f"error: {path}: OpenCV cannot write a video whose path is not "
-                             f"valid UTF-8. Pass another --out_dir") from None
+                             f"valid UTF-8. Pass another --out_dir")
 
     def write(self, rgb: np.ndarray) -> None:
         if self.writer is None:
