@@ -206,8 +206,8 @@ def test_sigterm_saves_the_step_reached_and_resume_is_bit_exact(synthetic_root, 
     _resume(args)
     out = capsys.readouterr().out
     assert f"step {step}" in out and "note: options changed" not in out
-    _same_state(uninterrupted, torch.load(run / "checkpoints" / "current.pt",
-                                          map_location="cpu", weights_only=True))
+    ck = run / "checkpoints" / "current.pt"
+    _same_state(uninterrupted, torch.load(ck, map_location="cpu", weights_only=True))
 
 
 def _processes_naming(text: str) -> list[int]:
