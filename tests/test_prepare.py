@@ -444,3 +444,54 @@ def test_part_visibility_and_focal_on_a_hand_made_frame():
     np.testing.assert_allclose(out["part"][0, :7, :2], uv, atol=1e-12)
     np.testing.assert_array_equal(out["part"][0, 7], [0, 0, 0])
     assert out["focal_length"].tolist() == [64.0]
+
+
+def _py2(x, memo: dict) -> bytes:
+    """Protocol-2 opcodes of ``x`` as Python 2.7 + numpy 1.x write them: bytes -> str
+    (SHORT_BINSTRING / BINSTRING), arrays -> numpy.core.multiarray._reconstruct + raw-byte str."""
+    import struct
+
+    def glob(mod, name):
+        if (mod, name) in memo:
+            return b"h" + bytes([memo[mod, name]])
+        memo[mod, name] = len(memo)
+        return f"c{mod}\n{name}\n".encode() + b"q" + bytes([memo[mod, name]])
+    if x is None or isinstance(x, bool):
+        return {None: b"N", True: b"\x88", False: b"\x89"}[x]
+    if isinstance(x, int):
+        return b"K" + bytes([x]) if 0 <= x < 256 else b"J" + struct.pack("<i", x)
+    if isinstance(x, bytes):
+        return (b"U" + bytes([len(x)]) if len(x) < 256 else b"T" + struct.pack("<I", len(x))) + x
+    if isinstance(x, tuple):
+        return b"(" + b"".join(_py2(e, memo) for e in x) + b"t"
+    if isinstance(x, list):
+        return b"](" + b"".join(_py2(e, memo) for e in x) + b"e"
+    if isinstance(x, dict):
+        return b"}(" + b"".join(_py2(k, memo) + _py2(v, memo) for k, v in x.items()) + b"u"
+    a = np.ascontiguousarray(x)
+    dtype = (glob("numpy", "dtype") + _py2((a.dtype.str[1:].encode(), 0, 1), memo) + b"R"
+             + _py2((3, b"|" if a.itemsize == 1 else b"<", None, None, None, -1, -1, 0), memo)
+             + b"b")
+    return (glob("numpy.core.multiarray", "_reconstruct") + glob("numpy", "ndarray")
+            + _py2((0,), memo) + _py2(b"b", memo) + b"\x87R(" + _py2(1, memo)
+            + _py2(a.shape, memo) + dtype + b"\x89" + _py2(a.tobytes(), memo) + b"tb")
+
+
+def test_python2_numpy1_sequence_files_give_the_same_npz(raw, prepared, synthetic_root, models,
+                                                         tmp_path):
+    # the official files: Python 2.7 + numpy 1.x pickles (numpy.core names, arrays' bytes as
+    # Python-2 str, str keys, bool campose_valid, keys the tool does not read)
+    r = _copy(raw, tmp_path)
+    for f in sorted((r / "sequenceFiles").rglob("*.pkl")):
+        d = pickle.loads(f.read_bytes())
+        d["campose_valid"] = [v.astype(bool) for v in d["campose_valid"]]
+        d["v_template_clothed"] = [np.zeros((4, 3)) for _ in d["genders"]]
+        enc = lambda v: v.encode() if isinstance(v, str) else v  # noqa: E731
+        data = b"\x80\x02" + _py2({k.encode(): [enc(e) for e in v] if isinstance(v, list)
+                                   else enc(v) for k, v in d.items()}, {}) + b"."
+        assert b"cnumpy.core.multiarray\n_reconstruct\n" in data and b"_codecs" not in data
+        f.write_bytes(data)
+    prepare_3dpw(r, tmp_path / "out", with_focal_length=True, models=models, log=None)
+    for name in ("test", "train"):
+        rel = Path("data") / "datasets" / DATASET_FILES[name]["3dpw"]
+        assert (tmp_path / "out" / rel).read_bytes() == (prepared[0] / rel).read_bytes()
