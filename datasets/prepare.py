@@ -58,8 +58,10 @@ def main(argv=None) -> dict:
     env = os.environ.get("METAHMR_ROOT")
     data_root = a.data_root or (Path(env) if env else None) or a.out or Path(".")
     out = a.out or data_root
-    if bad := [s for s in a.train_splits if s not in ("train", "validation", "test")]:
-        raise SystemExit(f"error: --train_splits {','.join(bad)}: unknown 3DPW split. "
+    if bad := [s for s in a.train_splits if s not in ("train", "validation")]:
+        what = ("the evaluation's split (training on it would leak the test set into the "
+                "model)" if bad == ["test"] else "unknown 3DPW split")
+        raise SystemExit(f"error: --train_splits {','.join(bad)}: {what}. "
                          "Use train and/or validation")
     if bad := [s for s in a.sets if s not in ("test", "train")]:
         raise SystemExit(f"error: --sets {','.join(bad)}: unknown. Use test and/or train")

@@ -412,6 +412,10 @@ def test_cli_errors_are_one_line(raw, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run(main, ["3dpw", "--raw", str(r), "--train_splits", "val"])
     assert e.value.code == 2 and "--train_splits val" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:   # the test split is the evaluation's: never trained on
+        run(main, ["3dpw", "--raw", str(r), "--train_splits", "train,test"])
+    assert e.value.code == 2 and "--train_splits test: the evaluation's split" in \
+        capsys.readouterr().err
 
 
 def test_part_visibility_and_focal_on_a_hand_made_frame():
