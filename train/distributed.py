@@ -55,11 +55,7 @@ def cleanup() -> None:
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True when ``flag`` is true on any rank (one tiny all-reduce; the flag itself when not
     distributed). Ranks must take the same branch around DDP's backward."""
-    if not dist.is_initialized():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
+    return sum_over_ranks(int(flag), device) > 0
 
 
 def rank_rng_states(device: torch.device) -> list[torch.Tensor] | None:
