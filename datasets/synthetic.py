@@ -32,6 +32,7 @@ import os
 import pickle
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -40,8 +41,8 @@ import numpy as np
 import config
 from config import DATASET_FOLDERS, DataPaths
 from datasets.synthetic_images import occluder_patches
-from datasets.synthetic_sets import DATASET_SPECS, expected_keys, mean_pose, write_dataset
-from utils.atomic import atomic_path
+from datasets.synthetic_sets import (DATASET_SPECS, expected_keys, mean_pose, write_dataset,
+                                     write_file)
 from utils.cli import run
 from utils.errors import OptionError, UserError
 from utils.jsonio import dumps as strict_dumps
@@ -50,38 +51,27 @@ __all__ = ["build_world", "write_body_files", "DEFAULT_SIZES", "TINY_SIZES", "DE
            "TINY_IMG_SIZE", "GENERATOR_VERSION", "DATASET_SPECS", "expected_keys", "main"]
 
 GENERATOR_VERSION = 1
-DEFAULT_IMG_SIZE = 256
-TINY_IMG_SIZE = 128
-MANIFEST = "synthetic_world.json"
-MARKER = ".complete"
+DEFAULT_IMG_SIZE, TINY_IMG_SIZE = 256, 128
+MANIFEST, MARKER = "synthetic_world.json", ".complete"
 DEFAULT_SIZES = {"train/h36m": 160, "train/mpii": 80, "train/coco": 80, "train/mpi-inf-3dhp": 80,
                  "train/3dpw": 80, "test/3dpw": 80, "test/h36m-p1": 40, "test/h36m-p2": 40,
                  "test/mpi-inf-3dhp": 40, "test/coco": 40}
 TINY_SIZES = {k: 4 for k in DEFAULT_SIZES}
 
 
-def _save_npy(path: Path, arr: np.ndarray, allow_pickle: bool = False) -> None:
-    """``np.save``, atomically (a concurrent writer never leaves a half-written file)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, arr, allow_pickle=allow_pickle)
-
-
 def write_body_files(paths: DataPaths, genders=("neutral", "male", "female")) -> None:
-    """The body model of each of ``genders`` (``data/smpl/SMPL_<GENDER>.pkl``), the regressors
-    ``data/J_regressor_{extra,h36m}.npy`` and ``data/smpl_mean_params.npz``: all the files that
-    :class:`models.smpl.SMPL` and the networks' mean parameters read (the benchmarks write only
-    the neutral model's). Each file is written atomically."""
+    """The body model of each of ``genders``, the regressors and the mean parameters, each
+    written atomically: all that :class:`models.smpl.SMPL` and the networks read (the benchmarks
+    write only the neutral model's)."""
     from datasets import synthetic_body as sb
     models = {g: sb.build_body_model(g) for g in genders}
     for gender, model in models.items():
-        path = paths.smpl_dir / f"SMPL_{gender.upper()}.pkl"
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            pickle.dump(model.data, fh, protocol=2)
-    extra, h36m = sb.extra_regressors(models["neutral"])
-    _save_npy(paths.data_dir / "J_regressor_extra.npy", extra)
-    _save_npy(paths.data_dir / "J_regressor_h36m.npy", h36m)
-    with atomic_path(paths.data_dir / "smpl_mean_params.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **sb.mean_params(mean_pose()))
+        write_file(paths.smpl_dir / f"SMPL_{gender.upper()}.pkl",
+                   partial(pickle.dump, model.data, protocol=2))
+    for name, reg in zip(("extra", "h36m"), sb.extra_regressors(models["neutral"])):
+        write_file(paths.data_dir / f"J_regressor_{name}.npy", partial(np.save, arr=reg))
+    write_file(paths.data_dir / "smpl_mean_params.npz",
+               partial(np.savez, **sb.mean_params(mean_pose())))
 
 
 def _write_weights(root: Path, weights, paths: DataPaths, log) -> None:
@@ -105,8 +95,7 @@ def build_world(root: str | os.PathLike = config.SYNTHETIC_ROOT, sizes: dict | N
     rebuilt. A data tree that this generator did not write is never overwritten.
     """
     root, t_start, log = Path(root), time.time(), log or (lambda _: None)
-    paths = DataPaths(root)
-    manifest_path, marker = root / MANIFEST, root / MARKER
+    paths, manifest_path, marker = DataPaths(root), root / MANIFEST, root / MARKER
     want = {"version": GENERATOR_VERSION, "seed": 0 if seed is None else int(seed),
             "img_size": DEFAULT_IMG_SIZE if img_size is None else int(img_size),
             "sizes": dict(DEFAULT_SIZES)}
@@ -133,27 +122,25 @@ def build_world(root: str | os.PathLike = config.SYNTHETIC_ROOT, sizes: dict | N
             _write_weights(root, weights, paths, log)
         return root
     previous = manifest_path.exists()     # an earlier (maybe partial) synthetic build
-    foreign = [] if previous else [
-        p for p in (paths.smpl_dir / "SMPL_NEUTRAL.pkl", paths.data_dir / "datasets",
-                    *(paths.images_dir / d for d in set(DATASET_FOLDERS.values())))
-        if p.exists() and (p.is_file() or any(p.iterdir()))]
-    if foreign:
-        raise UserError(f"{root} holds a data tree that the synthetic generator did not "
-                           f"write ({foreign[0]}; no {MANIFEST}); refusing to overwrite "
-                           "it. Choose another --root for the synthetic world.")
+    folders = [paths.images_dir / d for d in set(DATASET_FOLDERS.values())]
+    if not previous and (foreign := [
+            p for p in (paths.smpl_dir / "SMPL_NEUTRAL.pkl", paths.data_dir / "datasets", *folders)
+            if p.exists() and (p.is_file() or any(p.iterdir()))]):
+        raise UserError(f"{root} holds a data tree that the synthetic generator did not write "
+                        f"({foreign[0]}; no {MANIFEST}); refusing to overwrite it. Choose "
+                        "another --root for the synthetic world.")
     log(f"building the synthetic world in {root} (seed {want['seed']}, images "
         f"{want['img_size']} px, {sum(want['sizes'].values())} samples)")
     root.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
     manifest_path.write_text(strict_dumps({**want, "complete": False}, indent=2))
-    if previous:                                     # stale images of an earlier build
-        for name in set(DATASET_FOLDERS.values()):
-            if (paths.images_dir / name).is_dir():
-                shutil.rmtree(paths.images_dir / name)
+    for folder in folders if previous else ():       # stale images of an earlier build
+        if folder.is_dir():
+            shutil.rmtree(folder)
     t0 = time.time()
     write_body_files(paths)
-    _save_npy(paths.data_dir / "VOC" / "pascal_occluders.npy",
-              occluder_patches(np.random.default_rng([want["seed"], 7])), allow_pickle=True)
+    write_file(paths.data_dir / "VOC" / "pascal_occluders.npy", partial(
+        np.save, arr=occluder_patches(np.random.default_rng([want["seed"], 7])), allow_pickle=True))
     log(f"  body models, regressors, mean params, occluders ({time.time() - t0:.1f} s)")
     import torch
     from models.smpl import build_smpl
@@ -203,11 +190,9 @@ def main(argv=None) -> Path:
     a = p.parse_args(argv)
     sizes = {k: v if (n := a.n_train if k.startswith("train/") else a.n_test) is None else n
              for k, v in (TINY_SIZES if a.tiny else DEFAULT_SIZES).items()} | a.sizes
-    img_size = a.img_size if a.img_size is not None else (TINY_IMG_SIZE if a.tiny
-                                                          else DEFAULT_IMG_SIZE)
-    weights = tuple(w.strip() for w in a.weights.split(",") if w.strip())
+    img_size = (TINY_IMG_SIZE if a.tiny else DEFAULT_IMG_SIZE) if a.img_size is None else a.img_size
     root = build_world(a.root, sizes=sizes, img_size=img_size, seed=a.seed, force=a.force,
-                       weights=weights)
+                       weights=[w.strip() for w in a.weights.split(",")])
     if a.raw:
         from datasets.synthetic_raw import write_raw_3dpw
         write_raw_3dpw(root, seed=a.seed)

@@ -17,13 +17,13 @@ from collections import namedtuple
 import numpy as np
 import scipy.sparse
 from scipy.optimize import nnls
+from scipy.spatial.transform import Rotation
 
 import constants
 from datasets.synthetic_tube import (N_SEG, N_VERTS, PART_NAMES, PARTS, faces, shape_params,
                                      signed_volume, surface)
 
-__all__ = ["GENDER_PRESETS", "BodyModel", "build_body_model", "extra_regressors",
-           "mean_params"]
+__all__ = ["GENDER_PRESETS", "BodyModel", "build_body_model", "extra_regressors", "mean_params"]
 
 UINT32_MAX = 4294967295                 # the official kintree_table root marker
 GENDER_PRESETS = {"neutral": {}, "male": dict(height=0.6, shoulders=1.0, hips=-0.8, chest=0.5,
@@ -74,8 +74,7 @@ def _landmark_targets(joints, marks) -> dict:
     t = {"nose": (nose + np.array([0.0, 0.0, 0.03]), "torso")}
     for side, sgn in (("r", -1.0), ("l", 1.0)):
         t[f"{side}eye"] = (np.array([sgn * 0.032 * hs, nose[1] + 0.03 * hs, 0.14 * hs]), "torso")
-        t[f"{side}ear"] = (np.array([sgn * 0.09 * hs, nose[1] + 0.01 * hs, joints[15][2]]),
-                           "torso")
+        t[f"{side}ear"] = (np.array([sgn * 0.09 * hs, nose[1] + 0.01 * hs, joints[15][2]]), "torso")
     for side, sgn, s in (("L", 1.0, "l"), ("R", -1.0, "r")):
         toe, heel = marks[f"toe_{s}"], marks[f"heel_{s}"]
         t[f"{side}BigToe"] = (toe + np.array([-sgn * 0.02, -0.02, 0.0]), f"foot_{s}")
@@ -95,18 +94,16 @@ def _permutation(verts, part, targets) -> tuple[np.ndarray, dict]:
     from smplx.vertex_ids import vertex_ids
     ids = vertex_ids["smplh"]
     order, pos = np.arange(len(verts)), np.arange(len(verts))     # pos[old] = new
-    taken, chosen = set(), {}
+    taken = set()
     for name, (target, part_name) in targets.items():
         cand = np.flatnonzero(part == PART_NAMES.index(part_name))
         cand = cand[np.argsort(np.linalg.norm(verts[cand] - target, axis=1))]
         old = next(int(c) for c in cand if int(c) not in taken)
         taken.add(old)
-        new, cur = ids[name], pos[old]
-        other = order[new]
+        new, cur, other = ids[name], pos[old], order[ids[name]]
         order[new], order[cur] = old, other
         pos[old], pos[other] = new, cur
-        chosen[name] = new
-    return order, chosen
+    return order, {name: ids[name] for name in targets}
 
 
 def build_body_model(gender: str = "neutral") -> BodyModel:
@@ -116,16 +113,13 @@ def build_body_model(gender: str = "neutral") -> BodyModel:
     part = np.concatenate([[0], np.repeat([r.part for r in rings], N_SEG),   # + the poles
                            [PART_NAMES.index("foot_r")]])
     tris = faces()
-    if signed_volume(verts, tris) < 0:
-        tris = tris[:, ::-1].copy()
+    tris = tris if signed_volume(verts, tris) >= 0 else tris[:, ::-1].copy()   # wound outward
     weights, jreg = _skinning(rings, joints, marks)
     # landmarks chosen on the neutral body, so that every gender shares the permutation
     verts_n, _, joints_n, marks_n, _ = surface(shape_params(None))
     order, chosen = _permutation(verts_n, part, _landmark_targets(joints_n, marks_n))
-    shapedirs = np.zeros((N_VERTS, 3, 10))     # central differences, one unit per parameter
-    for k, name in enumerate(p0):
-        hi, lo = {**p0, name: p0[name] + 1.0}, {**p0, name: p0[name] - 1.0}
-        shapedirs[:, :, k] = (surface(hi)[0] - surface(lo)[0]) / 2.0
+    shapedirs = np.stack([(surface({**p0, k: p0[k] + 1.0})[0] - surface({**p0, k: p0[k] - 1.0})[0])
+                          / 2.0 for k in p0], -1)     # central differences, one unit each
     # pose blend shapes: a bulge around each bent joint j (rows 9 (j - 1) + {0, 4, 8}: trace(R)
     # - 3) along the ring normals, on the visible surface only
     posedirs, radial_all = np.zeros((N_VERTS, 3, 207)), np.pad(radial, ((1, 1), (0, 0)))
@@ -151,15 +145,13 @@ def _regress_points(model: BodyModel, targets: list, radius: float = 0.09) -> np
     """Rows of convex vertex weights reproducing each target point (within 2 mm), from the
     vertices of the given parts near it: min |V^T w - p|^2 + (10 (1^T w - 1))^2 + 3e-4 |w|^2,
     w >= 0 (NNLS; the ridge spreads the weight over many nearby vertices)."""
-    v = model.data["v_template"]
-    out = np.zeros((len(targets), N_VERTS))
+    v, out = model.data["v_template"], np.zeros((len(targets), N_VERTS))
     for i, (p, parts) in enumerate(targets):
         ok = np.isin(model.part, [PART_NAMES.index(n) for n in parts])
         d, r = np.linalg.norm(v - p, axis=1), radius
         while True:
             cand = np.flatnonzero(ok & (d < r))
-            if len(cand) >= 8:
-                k = len(cand)
+            if (k := len(cand)) >= 8:
                 A = np.concatenate([v[cand].T, 10.0 * np.ones((1, k)), np.sqrt(3e-4) * np.eye(k)])
                 w, _ = nnls(A, np.concatenate([p, [10.0], np.zeros(k)]), maxiter=50 * k)
                 w[w < 1e-4 * w.max()] = 0.0
@@ -176,19 +168,17 @@ def _regress_points(model: BodyModel, targets: list, radius: float = 0.09) -> np
 
 
 def extra_regressors(model: BodyModel) -> tuple[np.ndarray, np.ndarray]:
-    """(J_regressor_extra [9, 6890], J_regressor_h36m [17, 6890]) for the (neutral) model:
-    convex vertex weights reproducing, within 2 mm, where those datasets put each joint relative
-    to SMPL's skeleton (e.g. LSP hips a little below and outside SMPL's, the H36M 'Neck/Nose' in
-    the lower face). Rows: SPIN's 9 extra joints; the 17 H36M joints as SPIN's H36M_TO_J17 reads
-    them, with anatomical sides (rows 1-3 the left leg, 4-6 the right: H36M's names of rows 1-3
-    have the legs swapped, H36M_TO_J14[0] = 6 is LSP's right ankle; 11-13 the left arm, 14-16
-    the right)."""
+    """(J_regressor_extra [9, 6890], J_regressor_h36m [17, 6890]) for the (neutral) model: convex
+    vertex weights reproducing, within 2 mm, where those datasets put each joint relative to SMPL's
+    skeleton (e.g. LSP hips a little below and outside SMPL's, the H36M 'Neck/Nose' in the lower
+    face). Rows: SPIN's 9 extra joints; the 17 H36M joints as SPIN's H36M_TO_J17 reads them, with
+    anatomical sides (rows 1-3 the left leg, 4-6 the right: H36M's names of rows 1-3 have the legs
+    swapped, H36M_TO_J14[0] = 6 is LSP's right ankle; 11-13 the left arm, 14-16 the right)."""
     J, v = np.asarray(model.data["J"]), model.data["v_template"]
     crown = v[model.part == 0][np.argmax(v[model.part == 0][:, 1])]
     nose = v[model.landmarks["nose"]]
     torso, legs = ("torso",), ("torso", "leg_l", "leg_r")
-    leg_l, leg_r, arm_l, arm_r = (("leg_l", "torso"), ("leg_r", "torso"), ("arm_l", "torso"),
-                                  ("arm_r", "torso"))
+    leg_l, leg_r, arm_l, arm_r = ((n, "torso") for n in ("leg_l", "leg_r", "arm_l", "arm_r"))
     extra = [
         (J[2] + np.array([-0.012, -0.03, 0.0]), leg_r),                     # right hip (LSP)
         (J[1] + np.array([0.012, -0.03, 0.0]), leg_l),                       # left hip (LSP)
@@ -218,10 +208,6 @@ def extra_regressors(model: BodyModel) -> tuple[np.ndarray, np.ndarray]:
 def mean_params(mean_pose_aa: np.ndarray) -> dict:
     """``smpl_mean_params.npz`` (SPIN's keys) for the [72] axis-angle pose ``mean_pose_aa``
     (global orientation in the camera frame first): pose (144,) 6D, shape (10,), cam (3,)."""
-    import torch
-    from scipy.spatial.transform import Rotation
-
-    from utils.geometry import rotmat_to_rot6d
     R = Rotation.from_rotvec(np.asarray(mean_pose_aa, dtype=np.float64).reshape(24, 3))
-    pose6d = rotmat_to_rot6d(torch.from_numpy(R.as_matrix())).numpy()
-    return {"pose": pose6d.reshape(144), "shape": np.zeros(10), "cam": np.array([0.9, 0.0, 0.0])}
+    return {"pose": R.as_matrix()[:, :, :2].reshape(144), "shape": np.zeros(10),   # 6D
+            "cam": np.array([0.9, 0.0, 0.0])}

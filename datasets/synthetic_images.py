@@ -28,22 +28,19 @@ def _smooth_noise(rng: np.random.Generator, std: float, n: int, h: int, w: int) 
 
 def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """[H, W, 3] uint8 RGB: gradient + low-frequency noise + shapes + optional floor."""
-    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    ang = rng.uniform(0, 2 * math.pi)
+    c0, c1, ang = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3), rng.uniform(0, 2 * math.pi)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     t = (np.cos(ang) * xx / w + np.sin(ang) * yy / h)
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
     img += _smooth_noise(rng, 25, 4, h, w)
     if rng.uniform() < 0.6:   # a floor below a horizon
-        horizon = int(h * rng.uniform(0.45, 0.8))
-        floor = rng.uniform(0, 255, 3)
+        horizon, floor = int(h * rng.uniform(0.45, 0.8)), rng.uniform(0, 255, 3)
         ramp = np.linspace(0.8, 1.2, h - horizon, dtype=np.float32)[:, None, None]
         img[horizon:] = 0.3 * img[horizon:] + 0.7 * floor[None, None] * ramp
     img = np.clip(img, 0, 255).astype(np.uint8)
     for _ in range(int(rng.integers(3, 10))):
-        col = tuple(float(c) for c in rng.uniform(0, 255, 3))
-        kind = rng.integers(0, 3)
+        col, kind = tuple(float(c) for c in rng.uniform(0, 255, 3)), rng.integers(0, 3)
         p = (int(rng.uniform(0, w)), int(rng.uniform(0, h)))
         s = max(2, int(rng.uniform(0.05, 0.3) * min(h, w)))
         if kind == 0:
@@ -97,20 +94,16 @@ def occluder_patches(rng: np.random.Generator, count: int = 40) -> np.ndarray:
         mask = np.zeros((h, w), np.uint8)
         for _ in range(int(rng.integers(1, 4))):
             if rng.integers(0, 2) == 0:   # an ellipse
-                c = (int(rng.uniform(0.3, 0.7) * w), int(rng.uniform(0.3, 0.7) * h))
-                ax = (max(2, int(rng.uniform(0.2, 0.5) * w)),
-                      max(2, int(rng.uniform(0.2, 0.5) * h)))
+                c = tuple(int(rng.uniform(0.3, 0.7) * s) for s in (w, h))
+                ax = tuple(max(2, int(rng.uniform(0.2, 0.5) * s)) for s in (w, h))
                 cv2.ellipse(mask, c, ax, float(rng.uniform(0, 180)), 0, 360, 255, -1, cv2.LINE_AA)
             else:                         # a polygon
                 k = int(rng.integers(3, 8))
-                ang = np.sort(rng.uniform(0, 2 * np.pi, k))
-                rad = rng.uniform(0.25, 0.5, k)
+                ang, rad = np.sort(rng.uniform(0, 2 * np.pi, k)), rng.uniform(0.25, 0.5, k)
                 pts = np.stack([w / 2 + rad * w * np.cos(ang), h / 2 + rad * h * np.sin(ang)], 1)
                 cv2.fillPoly(mask, [pts.astype(np.int32)], 255, cv2.LINE_AA)
         if mask.max() == 0:
             mask[h // 4:3 * h // 4, w // 4:3 * w // 4] = 255
-        base = rng.uniform(0, 255, 3)
-        low = _smooth_noise(rng, 30, 3, h, w)
-        rgb = np.clip(base + low + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
-        arr[i] = np.dstack([rgb, mask])
+        rgb = rng.uniform(0, 255, 3) + _smooth_noise(rng, 30, 3, h, w) + rng.normal(0, 8, (h, w, 3))
+        arr[i] = np.dstack([np.clip(rgb, 0, 255).astype(np.uint8), mask])
     return arr

@@ -4,13 +4,12 @@
     python -m datasets.prepare 3dpw --raw data/synthetic/datasets/pw3d --out /tmp/pw3d \
         --data_root data/synthetic --with_focal_length
 
-:func:`write_raw_3dpw` turns the world's 3DPW npz files back into what the official download
-holds (:mod:`datasets.pw3d_raw`), to test the preparation tool end to end: the world's images
-as ``imageFiles/<sequence>/image_%05d.jpg`` and ``sequenceFiles/{test,train}/<sequence>.pkl``,
-an actor per subject, ``campose_valid`` true exactly at the frames with an image, random
-world-to-camera ``cam_poses`` per frame, world-frame ``poses`` and ``trans`` that reproduce the
-npz ``S``. A second camera under a sequence name goes to ``<sequence>_<k>.pkl`` (a file has one
-``cam_intrinsics``).
+:func:`write_raw_3dpw` turns the world's 3DPW npz files back into what the official download holds
+(:mod:`datasets.pw3d_raw`), to test the preparation tool end to end: the world's images as
+``imageFiles/<sequence>/image_%05d.jpg`` and ``sequenceFiles/{test,train}/<sequence>.pkl``, an actor
+per subject, ``campose_valid`` true exactly at the frames with an image, random world-to-camera
+``cam_poses`` per frame, world-frame ``poses`` and ``trans`` that reproduce the npz ``S``. A second
+camera under a sequence name goes to ``<sequence>_<k>.pkl`` (a file has one ``cam_intrinsics``).
 """
 from __future__ import annotations
 
@@ -19,6 +18,7 @@ import pickle
 import re
 import shutil
 import zlib
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from config import DATASET_FOLDERS, DataPaths
 from datasets.pw3d_raw import BODY25_FROM_COCO18
-from utils.atomic import atomic_path
+from datasets.synthetic_sets import write_file
 from utils.safe_npz import read_npz
 
 __all__ = ["write_raw_3dpw"]
@@ -101,8 +101,7 @@ def _write_split(d: dict, split: str, images: Path, out: Path, models: dict,
             "cam_poses": cam, "img_frame_ids": np.arange(n),
             "cam_intrinsics": np.array([[f, 0, w / 2.0], [0, f, h / 2.0], [0, 0, 1.0]])}
         path = out / "sequenceFiles" / split / f"{stem}.pkl"
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            pickle.dump(seq_file, fh, protocol=2)
+        write_file(path, partial(pickle.dump, seq_file, protocol=2))
         for i in (i for idx in actors.values() for i in idx):    # the images, linked
             src, dst = images / str(d["imgname"][i]), out / str(d["imgname"][i])
             if dst.exists() and os.path.samefile(src, dst):
@@ -119,10 +118,9 @@ def _write_split(d: dict, split: str, images: Path, out: Path, models: dict,
 
 def write_raw_3dpw(root: str | os.PathLike, out: str | os.PathLike | None = None,
                    seed: int = 0, log: Callable | None = print) -> Path:
-    """Write the world's (under data root ``root``) 3DPW test and train sets under ``out``
-    (default: the world's image folder ``<root>/datasets/pw3d``, which then holds imageFiles/
-    and sequenceFiles/) in the official layout, with camera poses from ``seed``; returns
-    ``out``."""
+    """Write the world's (under data root ``root``) 3DPW test and train sets under ``out`` (default:
+    the world's image folder ``<root>/datasets/pw3d``, which then holds imageFiles/ and
+    sequenceFiles/) in the official layout, with camera poses from ``seed``; returns ``out``."""
     import torch
     from models.smpl import build_smpl
     paths, log = DataPaths(root), log or (lambda _: None)

@@ -1,19 +1,20 @@
 """The synthetic world's data sets: how each mimics its real one, and how one is generated.
 
 :data:`DATASET_SPECS` holds a :class:`DatasetSpec` per ``'<split>/<name>'`` of
-``config.DATASET_FILES``. :func:`write_dataset` draws a set from one numpy generator (seeded by
-the world seed and the set's name): image names in the real set's style, a subject per sequence
-(gender (H36M: the real subject's), shape, clothes, background, image size, focal length), a
-pose per sample, then per sample the camera translation that puts the body in view, the exact
-annotations and the image (:mod:`datasets.synthetic_images`); conventions:
-:mod:`datasets.synthetic`.
+``config.DATASET_FILES``. :func:`write_dataset` draws a set from one numpy generator (seeded by the
+world seed and the set's name): image names in the real set's style, a subject per sequence (gender
+(H36M: the real subject's), shape, clothes, background, image size, focal length), a pose per
+sample, then per sample the camera translation that puts the body in view, the exact annotations and
+the image (:mod:`datasets.synthetic_images`); conventions: :mod:`datasets.synthetic`.
 """
 from __future__ import annotations
 
 import math
 import zlib
 from collections import namedtuple
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -23,7 +24,8 @@ from config import DATASET_FILES, DATASET_FOLDERS, DataPaths
 from datasets.synthetic_images import background, clothes, draw_body
 from utils.atomic import atomic_path
 
-__all__ = ["DatasetSpec", "DATASET_SPECS", "expected_keys", "mean_pose", "write_dataset"]
+__all__ = ["DatasetSpec", "DATASET_SPECS", "expected_keys", "mean_pose", "write_dataset",
+           "write_file"]
 
 
 # How one synthetic set mimics its real one: split, name (config.DATASET_FILES), aspects (W, H)
@@ -83,6 +85,12 @@ _MID = np.array([_REST.get(j, (0.0, 0.0, 0.0)) for j in range(1, 24)], dtype=np.
 _CHUNK = 128                     # bodies posed at a time (bounded memory)
 
 
+def write_file(path: Path, write: Callable) -> None:
+    """``write(fh)`` into ``path`` atomically (a concurrent writer never leaves half a file)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
+
+
 def expected_keys(key: str) -> set[str]:
     """The npz keys the synthetic set ``'<split>/<name>'`` carries."""
     s = DATASET_SPECS[key]
@@ -94,21 +102,17 @@ def expected_keys(key: str) -> set[str]:
 
 def _image_names(spec: DatasetSpec, n: int, rng) -> tuple[list[str], list[int]]:
     """Image names in the real set's style and the sequence id of every sample."""
-    names, seqs = [], []
-    for i in range(n):
-        q, k = divmod(i, 10)                 # 10 samples per sequence
-        if spec.name.startswith("h36m"):
-            subjects = (1, 5, 6, 7, 8) if spec.split == "train" else (9, 11)
+    train, p2, pool, names = spec.split == "train", spec.name == "h36m-p2", _PW3D[spec.split], []
+    subjects, coco = ((1, 5, 6, 7, 8), "train2014") if train else ((9, 11), "val2014")
+    for q, k in (divmod(i, 10) for i in range(n)):        # 10 samples per sequence
+        if spec.name.startswith("h36m"):                    # p1 and p2 share the folder
             act = _H36M_ACTIONS[(q // len(subjects)) % len(_H36M_ACTIONS)]
-            cam = _H36M_CAMS[3] if spec.name == "h36m-p2" else _H36M_CAMS[q % 4]
-            sub = 2 if spec.name == "h36m-p2" else 1     # p1 and p2 share the folder
-            names.append(f"images/S{subjects[q % len(subjects)]}_{act}_{sub}.{cam}_"
-                         f"{k * 5 + 1:06d}.jpg")
+            names.append(f"images/S{subjects[q % len(subjects)]}_{act}_{2 if p2 else 1}."
+                         f"{_H36M_CAMS[3 if p2 else q % 4]}_{k * 5 + 1:06d}.jpg")
         elif spec.name == "3dpw":
-            pool = _PW3D[spec.split]
             names.append(f"imageFiles/{pool[q % len(pool)]}/image_"
                          f"{(q // len(pool)) * 1000 + k * 3:05d}.jpg")
-        elif spec.name == "mpi-inf-3dhp" and spec.split == "train":
+        elif spec.name == "mpi-inf-3dhp" and train:
             names.append(f"S{q % 8 + 1}/Seq{q // 8 % 2 + 1}/imageFrames/video_{q % 9}/"
                          f"frame_{k * 10 + 1:06d}.jpg")
         elif spec.name == "mpi-inf-3dhp":
@@ -117,13 +121,11 @@ def _image_names(spec: DatasetSpec, n: int, rng) -> tuple[list[str], list[int]]:
         elif spec.name == "mpii":
             names.append(f"images/{int(rng.integers(1e8, 1e9)):09d}.jpg")
         else:  # coco
-            split = "train2014" if spec.split == "train" else "val2014"
-            names.append(f"{split}/COCO_{split}_{int(rng.integers(1e5, 6e5)):012d}.jpg")
-        seqs.append(q if spec.per_sequence else i)
+            names.append(f"{coco}/COCO_{coco}_{int(rng.integers(1e5, 6e5)):012d}.jpg")
     if len(set(names)) != len(names):   # random ids collided: make them unique
         names = [f"{Path(s).parent}/{Path(s).stem}_{i}{Path(s).suffix}"
                  for i, s in enumerate(names)]
-    return names, seqs
+    return names, [i // 10 if spec.per_sequence else i for i in range(n)]
 
 
 def _rot(axis: str, a: float) -> np.ndarray:
@@ -135,8 +137,7 @@ def _rot(axis: str, a: float) -> np.ndarray:
 
 def mean_pose() -> np.ndarray:
     """[72] axis-angle: upright facing the camera (camera frame), the resting body pose."""
-    return np.concatenate([Rotation.from_matrix(_rot("x", math.pi)).as_rotvec(),
-                           _MID.reshape(69)])
+    return np.concatenate([Rotation.from_matrix(_rot("x", math.pi)).as_rotvec(), _MID.reshape(69)])
 
 
 def _project(points: np.ndarray, f: float, w: int, h: int) -> np.ndarray:
@@ -151,10 +152,8 @@ def _place(verts: np.ndarray, root: np.ndarray, f: float, w: int, h: int, fill: 
     ext_x, ext_y = np.ptp(rel[:, 0]), np.ptp(rel[:, 1])
     z = max(f * max(ext_x / w, ext_y / h) / fill, 1.2 + max(0.0, -rel[:, 2].min()))
     mid = (rel.max(0) + rel.min(0)) / 2
-    free_x = max(0.0, (1 - ext_x * f / z / w)) * w / 2
-    free_y = max(0.0, (1 - ext_y * f / z / h)) * h / 2
-    u = w / 2.0 + rng.uniform(-0.8, 0.8) * free_x
-    v = h / 2.0 + rng.uniform(-0.8, 0.8) * free_y
+    u, v = (s / 2.0 + rng.uniform(-0.8, 0.8) * (max(0.0, (1 - e * f / z / s)) * s / 2)
+            for e, s in ((ext_x, w), (ext_y, h)))       # centre: shifted within the free room
     t = np.array([(u - w / 2.0) * z / f - mid[0], (v - h / 2.0) * z / f - mid[1], z]) - root
     for _ in range(3):   # keep the projected body inside (perspective: the above is approximate)
         uv = _project(verts + t, f, w, h)
@@ -174,8 +173,7 @@ def _pose_bodies(models: dict, spec: DatasetSpec, gender, betas, pose, index: ra
     (float64), with the gendered model where the set stores the gender, else the neutral."""
     import torch
     idx = np.asarray(index)
-    verts, joints, root = np.zeros((len(idx), 6890, 3)), np.zeros((len(idx), 49, 3)), \
-        np.zeros((len(idx), 3))
+    verts, joints, root = (np.zeros((len(idx), *s)) for s in ((6890, 3), (49, 3), (3,)))
     model = np.array([("male" if gender[i] == "m" else "female") if spec.gendered else "neutral"
                       for i in idx])
     for name in np.unique(model):
@@ -191,17 +189,14 @@ def _pose_bodies(models: dict, spec: DatasetSpec, gender, betas, pose, index: ra
 
 def _sequences(spec: DatasetSpec, names: list[str], seqs: list[int], img_size: int,
                rng: np.random.Generator) -> dict[int, dict]:
-    """Per sequence: the subject's gender, shape and clothes, the background seed, the image
-    size (one of the set's aspects) and the focal length (the diagonal, jittered where the set
-    stores it)."""
+    """Per sequence: the subject (gender, betas, clothes), background seed, image size (one of
+    the set's aspects) and focal length (the diagonal, jittered where the set stores it)."""
     seq = {}
     for q in sorted(set(seqs)):
         a = spec.aspect[int(rng.integers(len(spec.aspect)))]
         w, h = (max(2, int(round(x * img_size / 2.0)) * 2) for x in a)   # even
-        if spec.name.startswith("h36m"):
-            gender = _H36M_GENDER[int(names[seqs.index(q)].split("/")[1].split("_")[0][1:])]
-        else:
-            gender = "m" if rng.uniform() < 0.5 else "f"
+        gender = _H36M_GENDER[int(names[seqs.index(q)].split("/")[1].split("_")[0][1:])] \
+            if spec.name.startswith("h36m") else "m" if rng.uniform() < 0.5 else "f"
         seq[q] = dict(gender=gender, betas=np.clip(rng.normal(0, 0.8, 10), -2.5, 2.5),
                       clothes=clothes(rng), bg_seed=int(rng.integers(2 ** 31)), w=w, h=h,
                       f=math.sqrt(w * w + h * h) * (rng.uniform(0.85, 1.15) if spec.focal
@@ -255,9 +250,8 @@ def write_dataset(key: str, n: int, img_size: int, paths: DataPaths, models: dic
         pose[i, 3:] = np.clip(_MID + spec.spread * half * x, _LO, _HI).reshape(69)
     faces = models["neutral"].faces.astype(np.int64)
     lbs_w = models["neutral"].lbs_weights.double().numpy()
-    ann = {"part": np.zeros((n, 24, 3)), "openpose": np.zeros((n, 25, 3)),
-           "S": np.zeros((n, 24, 4)), "center": np.zeros((n, 2)), "scale": np.zeros(n),
-           "focal_length": np.zeros(n)}
+    ann = {k: np.zeros((n, *s)) for k, s in (("part", (24, 3)), ("openpose", (25, 3)),
+           ("S", (24, 4)), ("center", (2,)), ("scale", ()), ("focal_length", ()))}
     backgrounds: dict[int, np.ndarray] = {}
     for i in range(n):
         if i % _CHUNK == 0:
@@ -284,6 +278,5 @@ def write_dataset(key: str, n: int, img_size: int, paths: DataPaths, models: dic
             "has_smpl": np.ones(n), "S": ann["S"], "gender": np.array(gender),
             "focal_length": ann["focal_length"]}      # the real set's keys, in SPIN's order
     npz = paths.data_dir / "datasets" / DATASET_FILES[spec.split][spec.name]
-    with atomic_path(npz) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **{k: v for k, v in data.items() if k in expected_keys(key)})
+    write_file(npz, partial(np.savez, **{k: v for k, v in data.items() if k in expected_keys(key)}))
     return npz

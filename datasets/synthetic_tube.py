@@ -79,17 +79,15 @@ Ring = namedtuple("Ring", "centre ru rv part joint ref", defaults=(None, None))
 
 def shape_params(values: dict | None) -> dict:
     """All of :data:`SHAPE_PARAMS`, 0 unless given in ``values``."""
-    for k in values or {}:
-        if k not in SHAPE_PARAMS:
-            raise ValueError(f"unknown shape parameter {k!r}; expected one of {SHAPE_PARAMS}")
+    if bad := [k for k in values or {} if k not in SHAPE_PARAMS]:
+        raise ValueError(f"unknown shape parameter {bad[0]!r}; expected one of {SHAPE_PARAMS}")
     return {k: float((values or {}).get(k, 0.0)) for k in SHAPE_PARAMS}
 
 
 def keyframes(p: dict) -> tuple[dict, np.ndarray, dict]:
     """For parameters ``p``: (parts: name -> (list of (centre, ru, rv, joint), (cap_start,
     cap_end)), joints [24, 3], landmarks name -> point, and 'head_scale')."""
-    girth, limb_g, hand_g = 1.0 + 0.12 * p["girth"], 1.0 + 0.08 * p["girth"], \
-        1.0 + 0.02 * p["girth"]
+    girth, limb_g, hand_g = (1.0 + k * p["girth"] for k in (0.12, 0.08, 0.02))
     head_s, neck_up, sh_w, hip_w = 1.0 + 0.06 * p["head"], 0.015 * p["neck"], \
         0.018 * p["shoulders"], 0.012 * p["hips"]
     legs, arms, belly, chest = 1.0 + 0.05 * p["legs"], 1.0 + 0.05 * p["arms"], \
@@ -134,10 +132,8 @@ def keyframes(p: dict) -> tuple[dict, np.ndarray, dict]:
         marks[f"toe_{side}"] = foot[-1][0] + np.array([0.0, 0.0, _FOOT_CAPS[1]])
         marks[f"heel_{side}"] = foot[0][0] - np.array([0.0, 0.0, _FOOT_CAPS[0]])
     joints = np.zeros((24, 3))
-    for kfs, _ in parts.values():
-        for c, _, _, j in kfs:
-            if j is not None:
-                joints[j] = c
+    for j, c in ((j, c) for kfs, _ in parts.values() for c, _, _, j in kfs if j is not None):
+        joints[j] = c
     # everything scaled about the origin by the height factor
     scale = 1.0 + 0.055 * p["height"]
     parts = {name: ([(c * scale, ru * scale, rv * scale, j) for c, ru, rv, j in kfs],
@@ -165,9 +161,8 @@ def _ring_layout() -> dict:
         kfs = parts[name][0]
         fixed += len(kfs) + 2 * N_CAP - (i == 0) - (i == len(PARTS) - 1) + \
             len(_CONNECTORS.get(name, ()))
-        for k in range(len(kfs) - 1):
-            seg_len.append(float(np.linalg.norm(kfs[k + 1][0] - kfs[k][0])))
-            keys.append((name, k))
+        seg_len += [float(np.linalg.norm(b[0] - a[0])) for a, b in zip(kfs, kfs[1:])]
+        keys += [(name, k) for k in range(len(kfs) - 1)]
     budget = N_RINGS - fixed
     share = np.asarray(seg_len) / sum(seg_len) * budget
     counts = np.floor(share).astype(int)     # the rest to the largest remainders
@@ -192,16 +187,13 @@ def _rings(p: dict) -> tuple[list[Ring], np.ndarray, np.ndarray, np.ndarray, dic
                 rings.append(Ring(kf[0] + axis * np.sin(phi), max(kf[1] * np.cos(phi), R_MIN),
                                   max(kf[2] * np.cos(phi), R_MIN), pid, None, ref))
         cap(kfs[0], -a0, range(N_CAP - 1 if i == 0 else N_CAP, 0, -1))
-        cs = [k[0] for k in kfs]
-        ext = [2 * cs[0] - cs[1]] + cs + [2 * cs[-1] - cs[-2]]
-        rad = [np.array(k[1:3]) for k in kfs]
-        rext = [rad[0]] + rad + [rad[-1]]
-        for k in range(len(kfs)):           # keyframe rings and the interpolated ones
-            rings.append(Ring(cs[k], kfs[k][1], kfs[k][2], pid, kfs[k][3], ref))
-            n = layout[(name, k)] if k < len(kfs) - 1 else 0
+        ext = [2 * kfs[0][0] - kfs[1][0], *(k[0] for k in kfs), 2 * kfs[-1][0] - kfs[-2][0]]
+        rext = [np.array(k[1:3]) for k in (kfs[0], *kfs, kfs[-1])]
+        for k, (c, ru, rv, j) in enumerate(kfs):    # keyframe rings and the interpolated ones
+            rings.append(Ring(c, ru, rv, pid, j, ref))
+            n = layout.get((name, k), 0)
             for m in range(1, n + 1):
-                c = _catmull_rom(ext[k], ext[k + 1], ext[k + 2], ext[k + 3], m / (n + 1))
-                r = _catmull_rom(rext[k], rext[k + 1], rext[k + 2], rext[k + 3], m / (n + 1))
+                c, r = (_catmull_rom(*e[k:k + 4], m / (n + 1)) for e in (ext, rext))
                 rings.append(Ring(c, max(r[0], R_MIN), max(r[1], R_MIN), pid, None, ref))
         cap(kfs[-1], a1, range(1, N_CAP if i == last else N_CAP + 1))
         rings += [Ring(joints[j].copy(), R_MIN, R_MIN, PART_NAMES.index("hidden"))
@@ -226,11 +218,8 @@ def surface(p: dict):
         ti = t[i] / norms[i] if norms[i] > 1e-12 else last_t
         ref = r.ref if r.ref is not None else last_u
         ui = ref - (ref @ ti) * ti
-        if ui @ ui < 0.04:   # reference nearly along the tangent: pick another
-            for alt in np.eye(3):
-                ui = alt - (alt @ ti) * ti
-                if ui @ ui >= 0.25:
-                    break
+        if ui @ ui < 0.04:   # reference nearly along the tangent: the first axis far from it
+            ui = next(x for a in np.eye(3) if (x := a - (a @ ti) * ti) @ x >= 0.25)
         tang[i] = last_t = ti
         u[i] = last_u = ui / math.sqrt(ui @ ui)
     v = np.cross(tang, u)
@@ -253,8 +242,7 @@ def surface(p: dict):
 def faces() -> np.ndarray:
     """UV-sphere triangles (ring order) [13776, 3], wound outward for the tube."""
     k, S, south = np.arange(N_SEG), N_SEG, 1 + N_RINGS * N_SEG
-    a = 1 + np.arange(N_RINGS)[:, None] * S + k         # vertex k of every ring
-    b = 1 + np.arange(N_RINGS)[:, None] * S + (k + 1) % S
+    a, b = (1 + np.arange(N_RINGS)[:, None] * S + m for m in (k, (k + 1) % S))   # k, k + 1
     quads = np.stack([a[:-1], b[:-1], b[1:], a[:-1], b[1:], a[1:]], -1).reshape(-1, 3)
     return np.concatenate([np.stack([np.zeros(S, np.int64), b[0], a[0]], 1), quads,
                            np.stack([np.full(S, south), a[-1], b[-1]], 1)]).astype(np.int64)
