@@ -1,18 +1,7 @@
-"""The data layout of the seed README under one root (decisions D10): ``--data_root`` (default
-``.`` or env ``METAHMR_ROOT``), images under ``--img_root`` (default ``<data_root>/datasets``).
-A missing file is a :class:`MissingFileError` naming it, where it was expected and where the
-seed README says to get it.
-
-Layout (``${ROOT}``)::
-
-    ckpt/{cliff_hrnet_3dpw,cliff_hrnet_h36m,hmr_resnet_3dpw,hmr_resnet_h36m}.pt
-    data/smpl_mean_params.npz, data/J_regressor_h36m.npy, data/J_regressor_extra.npy
-    data/datasets/*.npz                     (SPIN-format annotations)
-    data/VOC/pascal_occluders.npy
-    data/smpl/SMPL_{NEUTRAL,MALE,FEMALE}.pkl
-    models/backbones/{pose_hrnet_w48_256x192.pth, pose_resnet.pth}
-    models/ckpt/{hmr.pt, res50-PA45.7_MJE72.0_MVE85.3_3dpw.pt, hr48-PA43.0_MJE69.0_MVE81.2_3dpw.pt}
-    datasets/{h36m,coco,pw3d,mpii,mpii3d}/  (raw images; ``--img_root`` moves this)
+"""The data layout of the seed README under one root (decisions D10; the tree: README.md, "With
+the real data"): ``--data_root`` (default ``.`` or env ``METAHMR_ROOT``), images under
+``--img_root`` (default ``<data_root>/datasets``). A missing file is a :class:`MissingFileError`
+naming it, where it was expected and where the seed README says to get it.
 """
 from __future__ import annotations
 
@@ -101,8 +90,7 @@ class DataPaths:
 
     def __post_init__(self):   # accept str paths
         object.__setattr__(self, "root", Path(self.root))
-        if self.img_root is not None:
-            object.__setattr__(self, "img_root", Path(self.img_root))
+        object.__setattr__(self, "img_root", None if self.img_root is None else Path(self.img_root))
 
     @classmethod
     def from_options(cls, options) -> "DataPaths":
@@ -141,8 +129,7 @@ class DataPaths:
 
     def smpl_model(self, gender: str = "neutral") -> Path:
         return self._require(self.smpl_dir / f"SMPL_{gender.upper()}.pkl",
-                             f"SMPL {gender} body model",
-                             _SMPL_SRC)
+                             f"SMPL {gender} body model", _SMPL_SRC)
 
     def smpl_mean_params(self) -> Path:
         return self._require(self.data_dir / "smpl_mean_params.npz", "SMPL mean parameters",

@@ -1,7 +1,5 @@
-"""Constants shared by the whole project (SPIN / CLIFF conventions).
-
-One place for each fact: crop sizes, focal length, normalisation, joint names and maps,
-flip permutations and evaluation joint subsets.
+"""Constants shared by the whole project (SPIN / CLIFF conventions), one place for each fact:
+crop sizes, focal length, normalisation, joint names and maps, flip permutations, joint subsets.
 """
 from __future__ import annotations
 

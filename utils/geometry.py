@@ -22,10 +22,11 @@ __all__ = ["rot6d_to_rotmat", "rotmat_to_rot6d", "batch_rodrigues", "rotmat_to_q
            "normalize_keypoints_2d"]
 
 
-def _per_sample(value, batch: int, width: int, like: torch.Tensor, name: str,
-                vector: bool = False) -> torch.Tensor:
-    """``value`` as [B, width] with ``like``'s dtype/device: a number, [B] or [B, width]; or,
-    with ``vector`` (a point or size), [width] shared by the batch or [B, width]."""
+def _per_sample(value, width: int, like: torch.Tensor, name: str, vector: bool = False
+                ) -> torch.Tensor:
+    """``value`` as [B, width] with ``like``'s dtype/device (B = ``like.shape[0]``): a number,
+    [B] or [B, width]; or, with ``vector`` (a point or size), [width] shared by the batch."""
+    batch = like.shape[0]
     if isinstance(value, numbers.Real):   # no host-to-device copy (a CUDA sync) for a number
         t = torch.full((), value, dtype=like.dtype, device=like.device)
     else:
@@ -41,11 +42,13 @@ def _per_sample(value, batch: int, width: int, like: torch.Tensor, name: str,
                      f"got shape {tuple(t.shape)}")
 
 
-def _check_last(x: torch.Tensor, size: int, name: str) -> None:
+def _check_last(x: torch.Tensor, size: int, name: str, multiple: bool = False) -> None:
+    """``x`` is a tensor whose last dimension is ``size`` (``multiple``: a multiple of it)."""
     if not torch.is_tensor(x):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 0 or x.shape[-1] != size:
-        raise ValueError(f"{name}: expected last dimension {size}, got shape {tuple(x.shape)}")
+    if x.dim() == 0 or (x.shape[-1] % size if multiple else x.shape[-1] != size):
+        what = "last dimension must be a multiple of" if multiple else "expected last dimension"
+        raise ValueError(f"{name}: {what} {size}, got shape {tuple(x.shape)}")
 
 
 def _check_rotmat(r: torch.Tensor, name: str) -> None:
@@ -54,17 +57,11 @@ def _check_rotmat(r: torch.Tensor, name: str) -> None:
 
 
 def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
-    """6D representation [B, 6k] (or [..., 6m]) -> [B*k, 3, 3] rotations, in order (SPIN).
-
-    Read as ``reshape(-1, 3, 2)``: columns a1 = entries (0, 2, 4), a2 = (1, 3, 5) (identity
-    [1, 0, 0, 1, 0, 0]); Gram-Schmidt b1 = a1/|a1|, b2 = normalise(a2 - (b1.a2) b1),
-    b3 = b1 x b2; R = [b1 b2 b3] (columns).
-    """
-    if not torch.is_tensor(x):
-        raise TypeError(f"rot6d_to_rotmat: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 0 or x.shape[-1] % 6 != 0:
-        raise ValueError(f"rot6d_to_rotmat: last dimension must be a multiple of 6, "
-                         f"got shape {tuple(x.shape)}")
+    """6D representation [B, 6k] (or [..., 6m]) -> [B*k, 3, 3] rotations, in order (SPIN): read
+    as ``reshape(-1, 3, 2)``, columns a1 = entries (0, 2, 4), a2 = (1, 3, 5) (identity
+    [1, 0, 0, 1, 0, 0]); Gram-Schmidt b1 = a1/|a1|, b2 = normalise(a2 - (b1.a2) b1), b3 = b1 x b2;
+    R = [b1 b2 b3] (columns)."""
+    _check_last(x, 6, "rot6d_to_rotmat", multiple=True)
     x = x.reshape(-1, 3, 2)
     a1, a2 = x[:, :, 0], x[:, :, 1]
     b1 = F.normalize(a1, dim=-1)
@@ -108,12 +105,10 @@ def rotmat_to_quat(rotmat: torch.Tensor) -> torch.Tensor:
                       1 - m00 + m11 - m22, 1 - m00 - m11 + m22), dim=-1)
     r = torch.sqrt(sq.clamp(min=0.25))          # 2|q_k|; only the largest (>= 1) is used
     # candidate k (rows) equals 4 q_k * (w, x, y, z)
-    cand = torch.stack((
-        torch.stack((sq[..., 0], m21 - m12, m02 - m20, m10 - m01), dim=-1),
-        torch.stack((m21 - m12, sq[..., 1], m10 + m01, m02 + m20), dim=-1),
-        torch.stack((m02 - m20, m10 + m01, sq[..., 2], m21 + m12), dim=-1),
-        torch.stack((m10 - m01, m02 + m20, m21 + m12, sq[..., 3]), dim=-1),
-    ), dim=-2)                                   # [..., 4, 4]
+    cand = torch.stack((sq[..., 0], m21 - m12, m02 - m20, m10 - m01,
+                        m21 - m12, sq[..., 1], m10 + m01, m02 + m20,
+                        m02 - m20, m10 + m01, sq[..., 2], m21 + m12,
+                        m10 - m01, m02 + m20, m21 + m12, sq[..., 3]), dim=-1).unflatten(-1, (4, 4))
     cand = cand / (2.0 * r[..., None])
     best = sq.argmax(dim=-1)                     # [...]
     q = torch.gather(cand, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
@@ -137,19 +132,15 @@ def rotmat_to_axis_angle(rotmat: torch.Tensor) -> torch.Tensor:
 
 def cam_crop2full(crop_cam: torch.Tensor, center: torch.Tensor, scale: torch.Tensor,
                   full_img_shape: torch.Tensor, focal_length) -> torch.Tensor:
-    """CLIFF: crop camera [B, 3] (s, tx, ty) -> full-image translation [B, 3].
-
-    center [B, 2] or [2] bbox centre (cx, cy) px; scale [B] bbox height / 200; full_img_shape
-    [B, 2] or [2] (h, w); focal_length [B] or float. With bs = 200 scale s + 1e-9:
-    (2 (cx - w/2) / bs + tx, 2 (cy - h/2) / bs + ty, 2 f / bs).
-    """
+    """CLIFF: crop camera [B, 3] (s, tx, ty) -> full-image translation [B, 3]: center [B, 2] or
+    [2] bbox centre (cx, cy) px; scale [B] bbox height / 200; full_img_shape [B, 2] or [2] (h, w);
+    focal_length [B] or float. With bs = 200 scale s + 1e-9:
+    (2 (cx - w/2) / bs + tx, 2 (cy - h/2) / bs + ty, 2 f / bs)."""
     _check_last(crop_cam, 3, "cam_crop2full crop_cam")
-    bsz = crop_cam.shape[0]
-    center = _per_sample(center, bsz, 2, crop_cam, "cam_crop2full center", vector=True)
-    hw = _per_sample(full_img_shape, bsz, 2, crop_cam, "cam_crop2full full_img_shape",
-                     vector=True)
-    scale = _per_sample(scale, bsz, 1, crop_cam, "cam_crop2full scale")[:, 0]
-    f = _per_sample(focal_length, bsz, 1, crop_cam, "cam_crop2full focal_length")[:, 0]
+    center = _per_sample(center, 2, crop_cam, "cam_crop2full center", vector=True)
+    hw = _per_sample(full_img_shape, 2, crop_cam, "cam_crop2full full_img_shape", vector=True)
+    scale = _per_sample(scale, 1, crop_cam, "cam_crop2full scale")[:, 0]
+    f = _per_sample(focal_length, 1, crop_cam, "cam_crop2full focal_length")[:, 0]
     (h, w), (cx, cy) = hw.unbind(-1), center.unbind(-1)
     bs = scale * 200.0 * crop_cam[:, 0] + 1e-9
     tz = 2.0 * f / bs
@@ -163,9 +154,8 @@ def crop_cam_to_translation(crop_cam: torch.Tensor, bbox_size, focal_length=cons
     """HMR: crop camera [B, 3] (s, tx, ty) -> [B, 3] (tx, ty, 2 f / (bbox_size s + 1e-9));
     bbox_size, focal_length: float or [B]."""
     _check_last(crop_cam, 3, "crop_cam_to_translation crop_cam")
-    bsz = crop_cam.shape[0]
-    size = _per_sample(bbox_size, bsz, 1, crop_cam, "crop_cam_to_translation bbox_size")[:, 0]
-    f = _per_sample(focal_length, bsz, 1, crop_cam, "crop_cam_to_translation focal_length")[:, 0]
+    size = _per_sample(bbox_size, 1, crop_cam, "crop_cam_to_translation bbox_size")[:, 0]
+    f = _per_sample(focal_length, 1, crop_cam, "crop_cam_to_translation focal_length")[:, 0]
     tz = 2.0 * f / (size * crop_cam[:, 0] + 1e-9)
     return torch.stack((crop_cam[:, 1], crop_cam[:, 2], tz), dim=-1)
 
@@ -179,13 +169,11 @@ def perspective_projection(points: torch.Tensor, rotation: torch.Tensor | None,
     if points.dim() != 3:
         raise ValueError(f"perspective_projection: points must be [B,N,3], "
                          f"got {tuple(points.shape)}")
-    bsz = points.shape[0]
     if rotation is not None:
         points = points @ rotation.transpose(-1, -2)
     points = points + translation[:, None, :]
-    f = _per_sample(focal_length, bsz, 2, points, "perspective_projection focal_length")
-    c = _per_sample(camera_center, bsz, 2, points, "perspective_projection camera_center",
-                    vector=True)
+    f = _per_sample(focal_length, 2, points, "perspective_projection focal_length")
+    c = _per_sample(camera_center, 2, points, "perspective_projection camera_center", vector=True)
     xy = points[..., :2] / points[..., 2:3]
     return xy * f[:, None, :] + c[:, None, :]
 
@@ -193,16 +181,14 @@ def perspective_projection(points: torch.Tensor, rotation: torch.Tensor | None,
 def project_full_to_crop(joints: torch.Tensor, cam_t_full: torch.Tensor, focal_length,
                          img_hw: torch.Tensor, crop_trans: torch.Tensor,
                          crop_hw: Sequence[int]) -> torch.Tensor:
-    """CLIFF keypoints: joints [B, J, 3] -> [B, J, 2] normalised crop coordinates.
-
-    Projected with K = [[f, 0, w/2], [0, f, h/2]] and translation cam_t_full [B, 3]
-    (:func:`cam_crop2full`), mapped by crop_trans [B, 2, 3] (full-image -> crop pixels, the
-    un-rotated map of §4.4), then x -> 2x/crop_w - 1, y -> 2y/crop_h - 1. focal_length [B] or
-    float; img_hw [B, 2] (h, w); crop_hw (h, w).
-    """
+    """CLIFF keypoints: joints [B, J, 3] -> [B, J, 2] normalised crop coordinates: projected with
+    K = [[f, 0, w/2], [0, f, h/2]] and translation cam_t_full [B, 3] (:func:`cam_crop2full`),
+    mapped by crop_trans [B, 2, 3] (full-image -> crop pixels, the un-rotated map of §4.4), then
+    x -> 2x/crop_w - 1, y -> 2y/crop_h - 1. focal_length [B] or float; img_hw [B, 2] (h, w);
+    crop_hw (h, w)."""
     _check_last(joints, 3, "project_full_to_crop joints")
     bsz = joints.shape[0]
-    hw = _per_sample(img_hw, bsz, 2, joints, "project_full_to_crop img_hw", vector=True)
+    hw = _per_sample(img_hw, 2, joints, "project_full_to_crop img_hw", vector=True)
     center = torch.stack((hw[:, 1], hw[:, 0]), dim=-1) / 2.0
     full = perspective_projection(joints, None, cam_t_full, focal_length, center)  # [B,J,2]
     crop_trans = torch.as_tensor(crop_trans, dtype=joints.dtype, device=joints.device)
@@ -210,7 +196,7 @@ def project_full_to_crop(joints: torch.Tensor, cam_t_full: torch.Tensor, focal_l
         raise ValueError(f"project_full_to_crop: crop_trans must be [{bsz},2,3], "
                          f"got {tuple(crop_trans.shape)}")
     crop = full @ crop_trans[:, :, :2].transpose(-1, -2) + crop_trans[:, None, :, 2]
-    return _normalise_xy(crop, crop_hw)
+    return 2.0 * crop / _crop_wh(crop_hw, crop) - 1.0
 
 
 def project_crop(joints: torch.Tensor, crop_cam: torch.Tensor, crop_hw: Sequence[int],
@@ -233,12 +219,8 @@ def _crop_wh(crop_hw, like: torch.Tensor) -> torch.Tensor:
                         for x in (crop_hw[1], crop_hw[0])])
 
 
-def _normalise_xy(xy: torch.Tensor, crop_hw) -> torch.Tensor:
-    return 2.0 * xy / _crop_wh(crop_hw, xy) - 1.0
-
-
 def normalize_keypoints_2d(kp: torch.Tensor, crop_hw: Sequence[int]) -> torch.Tensor:
     """kp [B, J, 3] (x, y, conf) in crop pixels -> [B, J, 3] with x -> 2x/crop_w - 1,
     y -> 2y/crop_h - 1, conf unchanged; crop_hw (h, w)."""
     _check_last(kp, 3, "normalize_keypoints_2d")
-    return torch.cat((_normalise_xy(kp[..., :2], crop_hw), kp[..., 2:]), dim=-1)
+    return torch.cat((2.0 * kp[..., :2] / _crop_wh(crop_hw, kp) - 1.0, kp[..., 2:]), dim=-1)

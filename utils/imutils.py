@@ -11,30 +11,22 @@ import numpy as np
 
 import constants
 
-__all__ = [
-    "get_affine_transform", "transform_points", "bbox_from_keypoints", "bbox_info",
-    "diagonal_focal", "flip_keypoints_2d", "flip_joints_3d", "flip_smpl_pose",
-    "rotate_points_inplane", "rotate_root_orientation", "inplane_rotation_matrix",
-    "normalize_image", "photometric_augment",
-]
+__all__ = ["get_affine_transform", "transform_points", "bbox_from_keypoints", "bbox_info",
+           "diagonal_focal", "flip_keypoints_2d", "flip_joints_3d", "flip_smpl_pose",
+           "rotate_points_inplane", "rotate_root_orientation", "inplane_rotation_matrix",
+           "normalize_image", "photometric_augment"]
 
 
 def get_affine_transform(center, scale, rot, out_size, inv: bool = False) -> np.ndarray:
-    """Full image -> crop similarity (crop -> full with ``inv``), built as released (§6.3 5).
-
+    """Full image -> crop similarity (crop -> full with ``inv``), built as released (§6.3 5):
     center (..., 2) px, scale (...), rot (...) degrees, out_size (crop_w, crop_h) -> (..., 2, 3)
     float64. Geometrically x' = k R(θ)(x - c) + crop/2 with k = crop_h / (200 scale); numerically
-    :func:`_three_point_affine`, which rounds differently (~1e-5 px) and decides the pixels.
-    """
+    :func:`_three_point_affine`, which rounds differently (~1e-5 px) and decides the pixels."""
     center = np.asarray(center, dtype=np.float64)
-    scale = np.asarray(scale, dtype=np.float64)
-    rot = np.asarray(rot, dtype=np.float64)
-    shape = np.broadcast_shapes(center.shape[:-1], scale.shape, rot.shape)
-    cs = np.broadcast_to(center, shape + (2,)).reshape(-1, 2)
-    ss = np.broadcast_to(scale, shape).reshape(-1)
-    rs = np.broadcast_to(rot, shape).reshape(-1)
-    out = [_three_point_affine(c, float(s), float(r), out_size, inv) for c, s, r in zip(cs, ss, rs)]
-    return np.stack(out).reshape(shape + (2, 3)) if out else np.empty(shape + (2, 3))
+    cx, cy, scale, rot = np.broadcast_arrays(center[..., 0], center[..., 1], scale, rot)
+    out = [_three_point_affine(np.array([x, y]), float(s), float(r), out_size, inv)
+           for x, y, s, r in zip(cx.flat, cy.flat, scale.flat, rot.flat)]
+    return np.reshape(out, cx.shape + (2, 3))
 
 
 def _three_point_affine(center: np.ndarray, scale: float, rot: float, out_size,
@@ -58,28 +50,23 @@ def _three_point_affine(center: np.ndarray, scale: float, rot: float, out_size,
 
 def transform_points(points, trans) -> np.ndarray:
     """points (..., N, 2) through 2x3 affine maps trans (..., 2, 3) -> (..., N, 2)."""
-    points = np.asarray(points)
-    trans = np.asarray(trans)
+    points, trans = np.asarray(points), np.asarray(trans)
     return points @ np.swapaxes(trans[..., :2], -1, -2) + trans[..., None, :, 2]
 
 
 def bbox_from_keypoints(keypoints, aspect_ratio: float = constants.CROP_ASPECT_RATIO,
                         factor: float = constants.BBOX_SCALE_FACTOR):
-    """(center, scale) of the tight box of the keypoints with confidence > 0 (§6.3 item 2).
-
+    """(center, scale) of the tight box of the keypoints with confidence > 0 (§6.3 item 2):
     keypoints (..., J, 3) px -> center (..., 2) = box centre, scale (...) =
     ``max(w aspect_ratio, h) / 200 factor`` (both float64, NaN with no keypoint visible) and
-    n_visible (...) int.
-    """
+    n_visible (...) int."""
     kp = np.asarray(keypoints, dtype=np.float64)
     vis = kp[..., 2] > 0
     n_vis = vis.sum(-1)
-    xy = kp[..., :2]
-    lo = np.where(vis[..., None], xy, np.inf).min(-2)
-    hi = np.where(vis[..., None], xy, -np.inf).max(-2)
+    lo = np.where(vis[..., None], kp[..., :2], np.inf).min(-2)
+    hi = np.where(vis[..., None], kp[..., :2], -np.inf).max(-2)
     with np.errstate(invalid="ignore"):
-        center = (lo + hi) / 2
-        wh = hi - lo
+        center, wh = (lo + hi) / 2, hi - lo
         scale = np.maximum(wh[..., 0] * aspect_ratio, wh[..., 1]) / 200.0 * factor
     none = n_vis == 0
     return np.where(none[..., None], np.nan, center), np.where(none, np.nan, scale), n_vis
@@ -94,11 +81,9 @@ def diagonal_focal(img_h, img_w) -> np.ndarray:
 def bbox_info(center, scale, img_h, img_w, focal) -> np.ndarray:
     """CLIFF bbox input (§4.2): center (..., 2), scale, img_h, img_w, focal (...) -> (..., 3)
     float64 ``[(cx - W/2)/f 2.8, (cy - H/2)/f 2.8, (200 s - 0.24 f) / (0.06 f)]``."""
-    center = np.asarray(center, dtype=np.float64)
-    s, f, w, h = (np.asarray(a, dtype=np.float64) for a in (scale, focal, img_w, img_h))
+    c, s, f, w, h = (np.asarray(a, dtype=np.float64) for a in (center, scale, focal, img_w, img_h))
     b = constants.BBOX_INFO_SCALE
-    return np.stack(np.broadcast_arrays((center[..., 0] - w / 2) / f * b,
-                                        (center[..., 1] - h / 2) / f * b,
+    return np.stack(np.broadcast_arrays((c[..., 0] - w / 2) / f * b, (c[..., 1] - h / 2) / f * b,
                                         (s * 200 - 0.24 * f) / (0.06 * f)), -1)
 
 
@@ -121,8 +106,7 @@ def flip_joints_3d(joints, perm=constants.J24_FLIP_PERM) -> np.ndarray:
 def flip_smpl_pose(pose) -> np.ndarray:
     """Mirrored SMPL axis-angle pose (..., 72) (new array): joints permuted, y and z negated."""
     out = np.array(np.asarray(pose)[..., constants.SMPL_POSE_FLIP_PERM], copy=True)
-    out[..., 1::3] *= -1
-    out[..., 2::3] *= -1
+    out[..., np.arange(out.shape[-1]) % 3 > 0] *= -1   # y and z of every joint
     return out
 
 
@@ -130,11 +114,8 @@ def inplane_rotation_matrix(rot) -> np.ndarray:
     """Rotation by -rot (degrees, (...)) about the camera z axis -> (..., 3, 3) float64: the
     2D crop map's rotation, applied to 3D quantities."""
     t = -np.deg2rad(np.asarray(rot, dtype=np.float64))
-    c, s = np.cos(t), np.sin(t)
-    m = np.zeros(t.shape + (3, 3))
-    m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1] = c, -s, s, c
-    m[..., 2, 2] = 1.0
-    return m
+    c, s, zero, one = np.cos(t), np.sin(t), np.zeros_like(t), np.ones_like(t)
+    return np.stack([c, -s, zero, s, c, zero, zero, zero, one], -1).reshape(t.shape + (3, 3))
 
 
 def rotate_points_inplane(points, rot) -> np.ndarray:

@@ -37,11 +37,10 @@ def dumps(obj: object, **kwargs) -> str:
 
 def write_json(path: str | os.PathLike, obj: object, indent: int | None = 2,
                sort_keys: bool = False) -> Path:
-    """Write ``obj`` as strict JSON to ``path`` (parent folders created); returns the path.
-    A file is replaced atomically (:func:`utils.atomic.atomic_path`: a failed write leaves the
-    previous file); a link or a path that is no regular file (``/dev/stdout``, a pipe) is
-    written in place, as before. A failed write is one :class:`utils.atomic.WriteError`
-    naming ``path``."""
+    """Write ``obj`` as strict JSON to ``path`` (parent folders created); returns the path. A file
+    is replaced atomically (:func:`utils.atomic.atomic_path`: a failed write leaves the previous
+    file); a link or a path that is no regular file (``/dev/stdout``, a pipe) is written in place.
+    A failed write is one :class:`utils.atomic.WriteError` naming ``path``."""
     from utils.atomic import atomic_path, write_error
     path = Path(path)
     text = dumps(obj, indent=indent, sort_keys=sort_keys) + "\n"

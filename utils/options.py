@@ -1,9 +1,8 @@
 """Command-line options of train.py, eval_cliff.py, eval_hmr.py (decisions D1).
 
 Every option the seed README uses keeps its name, meaning and default; unknown options are an
-error. Each argument group is declared by one function, called in ``--help`` order; the options
-the demo and the benchmarks share have public ``add_*`` functions. Range checks:
-:mod:`utils.option_checks`.
+error. Argument groups are declared in ``--help`` order; the options the demo and the benchmarks
+share have public ``add_*`` functions. Range checks: :mod:`utils.option_checks`.
 """
 from __future__ import annotations
 
@@ -39,13 +38,7 @@ def default_workers(cap: int = 8) -> int:
 
 def add_common(p: argparse.ArgumentParser) -> None:
     """The groups every script shares: data and device, model, TTO, loss weights."""
-    _data_device_options(p.add_argument_group("data and device"))
-    add_model_options(p.add_argument_group("model"))
-    _tto_options(p.add_argument_group("test-time optimisation"))
-    _loss_weight_options(p.add_argument_group("loss weights"))
-
-
-def _data_device_options(g) -> None:
+    g = p.add_argument_group("data and device")
     g.add_argument("--data_root", default=default_root(), help="root of the seed README's "
                    "layout (ckpt/, data/, models/); env METAHMR_ROOT")
     g.add_argument("--img_root", help="folder holding the raw image folders (h36m, coco, pw3d, "
@@ -54,18 +47,43 @@ def _data_device_options(g) -> None:
                    help="use the synthetic stand-in world in data/synthetic (built when missing)")
     add_device(g)
     add_amp(g)
-    g.add_argument("--memory_format", default="auto",
-                   choices=("auto", "channels_last", "contiguous"),
-                   help="layout of the networks' convolution weights: auto = channels_last on "
-                        "the CPU (about 1.3x faster there), contiguous on CUDA; checkpoints load "
-                        "either way, results agree to float rounding (other kernels)")
+    g.add_argument("--memory_format", default="auto", choices=("auto", "channels_last",
+                   "contiguous"), help="layout of the networks' convolution weights: auto = "
+                   "channels_last on the CPU (about 1.3x faster there), contiguous on CUDA; "
+                   "checkpoints load either way, results agree to float rounding (other kernels)")
     add_seed(g)
-    g.add_argument("--skip_bad_images", action="store_true",
-                   help="skip unreadable images (counted and reported) instead of failing; "
-                        "evaluation leaves them out of the metrics and lists them")
-    g.add_argument("--debug", action="store_true",
-                   help="on an error, show the full traceback instead of one line (also env "
-                        "METAHMR_DEBUG=1)")
+    g.add_argument("--skip_bad_images", action="store_true", help="skip unreadable images "
+                   "(counted and reported) instead of failing; evaluation leaves them out of the "
+                   "metrics and lists them")
+    g.add_argument("--debug", action="store_true", help="on an error, show the full traceback "
+                   "instead of one line (also env METAHMR_DEBUG=1)")
+    add_model_options(p.add_argument_group("model"))
+    g = p.add_argument_group("test-time optimisation")
+    g.add_argument("--tto_mode", default="sample", choices=("sample", "batch"),
+                   help="sample: adapt every sample on its own (paper); batch: one adapted copy "
+                        "per batch (released code; needed to reproduce its published numbers)")
+    add_tto_parallel(g)
+    g.add_argument("--inner_lr", type=float, default=1e-5,
+                   help="SGD step of the head fast weights (training inner step and TTO step 0)")
+    g.add_argument("--use_openpose2d", action="store_true",
+                   help="test-time 2D loss on OpenPose keypoints instead of GT 2D keypoints")
+    g.add_argument("--adapt_val_step", action="store_true",
+                   help="stop test-time steps once |loss change| < --adapt_tol")
+    g.add_argument("--adapt_tol", type=float, default=2e-5, help="early-stop threshold of TTO")
+    g.add_argument("--no_use_adam", action="store_true", help="TTO steps >= 1: head-only SGD of "
+                   "after_innerlr instead of Adam on all weights")
+    g.add_argument("--no_inner_step", action="store_true",
+                   help="TTO: skip the step-0 head SGD step (every step is 2D-loss Adam)")
+    g = p.add_argument_group("loss weights")
+    g.add_argument("--shape_loss_weight", type=float, default=0.5, help="per-vertex L1 weight")
+    g.add_argument("--keypoint_loss_weight", type=float, default=5.0,
+                   help="2D and 3D keypoint weight")
+    g.add_argument("--pose_loss_weight", type=float, default=1.0, help="rotmat MSE weight")
+    g.add_argument("--beta_loss_weight", type=float, default=0.001, help="betas MSE weight")
+    g.add_argument("--openpose_train_weight", type=float, default=0.0,
+                   help="confidence multiplier of the 25 OpenPose joints in the training 2D loss")
+    g.add_argument("--gt_train_weight", type=float, default=1.0,
+                   help="confidence multiplier of the 24 GT joints in the training 2D loss")
 
 
 def add_device(g) -> None:
@@ -94,9 +112,8 @@ def add_bbox_type(g, default: str | None = "square", note: str = "") -> None:
 
 def add_tto_steps(g, test_val_step: int, after_innerlr: float, note: str = "") -> None:
     """``--test_val_step`` and ``--after_innerlr``, with the caller's released defaults."""
-    g.add_argument("--test_val_step", type=int, default=test_val_step,
-                   help=f"extra test-time steps after step 0{note}; -1: no test-time "
-                        f"optimisation (the plain network)")
+    g.add_argument("--test_val_step", type=int, default=test_val_step, help=f"extra test-time "
+                   f"steps after step 0{note}; -1: no test-time optimisation (the plain network)")
     g.add_argument("--after_innerlr", type=float, default=after_innerlr,
                    help=f"test-time Adam lr for steps >= 1{note}")
 
@@ -109,67 +126,64 @@ def add_model_options(g) -> None:
                    help="resnet (ResNet-50), hrnet (HRNet-W48) or resnet18 (small, extra)")
 
 
-def _tto_options(g) -> None:
-    g.add_argument("--tto_mode", default="sample", choices=("sample", "batch"),
-                   help="sample: adapt every sample on its own (paper); batch: one adapted copy "
-                        "per batch (released code; needed to reproduce its published numbers)")
-    add_tto_parallel(g)
-    g.add_argument("--inner_lr", type=float, default=1e-5,
-                   help="SGD step of the head fast weights (training inner step and TTO step 0)")
-    g.add_argument("--use_openpose2d", action="store_true",
-                   help="test-time 2D loss on OpenPose keypoints instead of GT 2D keypoints")
-    g.add_argument("--adapt_val_step", action="store_true",
-                   help="stop test-time steps once |loss change| < --adapt_tol")
-    g.add_argument("--adapt_tol", type=float, default=2e-5, help="early-stop threshold of TTO")
-    g.add_argument("--no_use_adam", action="store_true",
-                   help="TTO steps >= 1: head-only SGD of after_innerlr instead of Adam on all "
-                        "weights")
-    g.add_argument("--no_inner_step", action="store_true",
-                   help="TTO: skip the step-0 head SGD step (every step is 2D-loss Adam)")
-
-
 def add_tto_parallel(g) -> None:
     """``--tto_chunk`` and ``--tto_workers`` (also ``bench/tto.py``'s)."""
-    g.add_argument("--tto_chunk", type=int, default=0,
-                   help="sample mode: samples adapted together under vmap; 0 = auto (whole batch "
-                        "on CUDA, one at a time on the CPU, where a loop is faster), "
-                        "1 = one at a time (least memory)")
-    g.add_argument("--tto_workers", type=int, default=0,
-                   help="sample mode: chunks adapted concurrently in this many threads of one "
-                        "intra-op thread each; 0 = auto (the torch thread count on the CPU, 1 on "
-                        "CUDA); each worker holds its own adapted weights and Adam state")
-
-
-def _loss_weight_options(g) -> None:
-    g.add_argument("--shape_loss_weight", type=float, default=0.5, help="per-vertex L1 weight")
-    g.add_argument("--keypoint_loss_weight", type=float, default=5.0,
-                   help="2D and 3D keypoint weight")
-    g.add_argument("--pose_loss_weight", type=float, default=1.0, help="rotmat MSE weight")
-    g.add_argument("--beta_loss_weight", type=float, default=0.001, help="betas MSE weight")
-    g.add_argument("--openpose_train_weight", type=float, default=0.0,
-                   help="confidence multiplier of the 25 OpenPose joints in the training 2D loss")
-    g.add_argument("--gt_train_weight", type=float, default=1.0,
-                   help="confidence multiplier of the 24 GT joints in the training 2D loss")
+    g.add_argument("--tto_chunk", type=int, default=0, help="sample mode: samples adapted "
+                   "together under vmap; 0 = auto (whole batch on CUDA, one at a time on the CPU, "
+                   "where a loop is faster), 1 = one at a time (least memory)")
+    g.add_argument("--tto_workers", type=int, default=0, help="sample mode: chunks adapted "
+                   "concurrently in this many threads of one intra-op thread each; 0 = auto (the "
+                   "torch thread count on the CPU, 1 on CUDA); each worker holds its own adapted "
+                   "weights and Adam state")
 
 
 def add_crop_scale(g, from_checkpoint: bool = False) -> None:
-    """``--crop_scale`` (``from_checkpoint``: default None, filled by
-    :func:`apply_checkpoint_options`)."""
+    """``--crop_scale`` (``from_checkpoint``: default None, :func:`apply_checkpoint_options`)."""
     g.add_argument("--crop_scale", type=float, default=None if from_checkpoint else 1.0,
                    help="network input crop = the bbox type's size times this (1 = the released "
                         "256x192 / 224x224, which the official checkpoints expect); smaller crops "
                         "make quick CPU experiments (the synthetic study uses 0.25: 64x48). "
-                        + ("Default: the checkpoint's value, else 1" if from_checkpoint else
-                           "Evaluate with the value the model was trained with"))
+                   + ("Default: the checkpoint's value, else 1" if from_checkpoint else
+                      "Evaluate with the value the model was trained with"))
 
 
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Meta-HMR training (dual networks, meta inner step)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _run_options(p.add_argument_group("run"))
-    _meta_options(p.add_argument_group("meta-learning"))
-    _distributed_options(p.add_argument_group("multi-GPU (torchrun + DDP)"))
-    _logging_options(p.add_argument_group("logging and checkpoints"))
+    g = p.add_argument_group("meta-learning")
+    g.add_argument("--no_inner", action="store_true",
+                   help="no inner step: plain supervised training (baseline)")
+    g.add_argument("--inner_step", type=int, default=1, help="inner SGD steps per iteration")
+    g.add_argument("--first_order", action="store_true", help="first-order MAML (FOMAML)")
+    g.add_argument("--aux_mode", choices=("eval", "train"), help="mode of the aux network: eval "
+                   "(no dropout, frozen BN) or train (dropout on, BN statistics drift, as "
+                   "released). Default: eval under --first_order (it runs under no_grad), train "
+                   "without it (second order: it receives the meta-gradient, as released)")
+    g.add_argument("--outer_lr", type=float, default=1e-4, help="Adam lr of the main network")
+    g.add_argument("--beta1", type=float, default=0.9, help="Adam beta1 (main network)")
+    g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (main network)")
+    g.add_argument("--eps_adam", type=float, default=1e-8, help="Adam eps (main network)")
+    g.add_argument("--aux_lr", type=float, default=1e-6, help="Adam lr of the aux network")
+    g.add_argument("--no_learn_loss", action="store_true", help="leave the aux net out of Adam")
+    add_tto_steps(g, 0, 2e-7, " (in-training evaluation)")
+    g.add_argument("--max_nonfinite", type=int, default=5,
+                   help="stop after this many consecutive non-finite losses")
+    g = p.add_argument_group("multi-GPU (torchrun + DDP)")
+    g.add_argument("--sync_bn", action="store_true", help="under torchrun on CUDA: BatchNorm "
+                   "statistics over all ranks (SyncBatchNorm) instead of each rank's own batch")
+    g.add_argument("--dist_timeout", type=float, default=600.0,
+                   help="under torchrun: seconds a rank waits in a collective for its peers "
+                        "before it stops with an error (a dead or stuck rank)")
+    g = p.add_argument_group("logging and checkpoints")
+    g.add_argument("--summary_steps", type=int, default=100, help="TensorBoard scalar period")
+    g.add_argument("--log_images", action="store_true",
+                   help="render mesh overlays to TensorBoard every summary_steps")
+    g.add_argument("--checkpoint_steps", type=int, default=1000,
+                   help="write current.pt every N iterations (0 = only at epoch ends)")
+    g.add_argument("--test_epochs", type=int, default=50, help="evaluate + save every N epochs")
+    g.add_argument("--save_epochs", type=int, default=50, help="also save/test every N epochs")
+    g.add_argument("--test_start_epoch", type=int, default=0, help="no test/save before this epoch")
     add_common(p)
     return p
 
@@ -200,74 +214,27 @@ def _run_options(g) -> None:
     g.add_argument("--max_steps", type=int, default=0,
                    help="train exactly this many iterations in total, however many epochs that "
                         "takes; wins over --num_epochs (0 = no limit: --num_epochs decides)")
-    g.add_argument("--batch_size", type=int, default=256,
-                   help="training batch size per process (under torchrun N processes train on a "
-                        "global batch of N times it)")
+    g.add_argument("--batch_size", type=int, default=256, help="training batch size per process "
+                   "(under torchrun N processes train on a global batch of N times it)")
     g.add_argument("--eval_batch_size", type=int, default=20,
                    help="batch size of the in-training evaluation")
     g.add_argument("--eval_datasets", default="3dpw,h36m-p2",
                    help="comma-separated test sets of the in-training evaluation ('' = none)")
     g.add_argument("--eval_max_batches", type=int, default=0,
                    help="in-training evaluation: at most this many batches per set (0 = all)")
-    _data_options(g)
-
-
-def _data_options(g) -> None:
-    """Training data: occluders, crops, augmentation, the mixture."""
+    # training data: occluders, crops, augmentation, the mixture
     g.add_argument("--syn_occ", action="store_true",
                    help="paste Pascal VOC occluders on H36M and MPI-INF-3DHP training crops")
     add_bbox_type(g)
     add_crop_scale(g)
     g.add_argument("--ALB", action="store_true", help="photometric augmentation of the full image")
-    g.add_argument("--train_3dpw", action="store_true",
-                   help="train on the mixture with 3DPW (40/30/10/20) instead of without "
-                        "(50/30/20)")
+    g.add_argument("--train_3dpw", action="store_true", help="train on the mixture with 3DPW "
+                   "(40/30/10/20) instead of without (50/30/20)")
     g.add_argument("--rot_factor", type=float, default=30.0, help="rotation sigma in degrees")
     g.add_argument("--noise_factor", type=float, default=0.4, help="pixel noise U[1-n, 1+n]")
     g.add_argument("--scale_factor", type=float, default=0.25, help="scale sigma, clipped to 1+-s")
     g.add_argument("--ignore_3d", action="store_true", help="ignore 3D and SMPL supervision")
     _bool_pair(g, "shuffle_train", True, "shuffle the training data")
-
-
-def _meta_options(g) -> None:
-    g.add_argument("--no_inner", action="store_true",
-                   help="no inner step: plain supervised training (baseline)")
-    g.add_argument("--inner_step", type=int, default=1, help="inner SGD steps per iteration")
-    g.add_argument("--first_order", action="store_true", help="first-order MAML (FOMAML)")
-    g.add_argument("--aux_mode", choices=("eval", "train"),
-                   help="mode of the aux network: eval (no dropout, frozen BN) or train "
-                        "(dropout on, BN statistics drift, as released). Default: eval under "
-                        "--first_order (it runs under no_grad), train without it (second order: "
-                        "it receives the meta-gradient, as released)")
-    g.add_argument("--outer_lr", type=float, default=1e-4, help="Adam lr of the main network")
-    g.add_argument("--beta1", type=float, default=0.9, help="Adam beta1 (main network)")
-    g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (main network)")
-    g.add_argument("--eps_adam", type=float, default=1e-8, help="Adam eps (main network)")
-    g.add_argument("--aux_lr", type=float, default=1e-6, help="Adam lr of the aux network")
-    g.add_argument("--no_learn_loss", action="store_true", help="leave the aux net out of Adam")
-    add_tto_steps(g, 0, 2e-7, " (in-training evaluation)")
-    g.add_argument("--max_nonfinite", type=int, default=5,
-                   help="stop after this many consecutive non-finite losses")
-
-
-def _distributed_options(g) -> None:
-    g.add_argument("--sync_bn", action="store_true",
-                   help="under torchrun on CUDA: BatchNorm statistics over all ranks "
-                        "(SyncBatchNorm) instead of each rank's own batch")
-    g.add_argument("--dist_timeout", type=float, default=600.0,
-                   help="under torchrun: seconds a rank waits in a collective for its peers "
-                        "before it stops with an error (a dead or stuck rank)")
-
-
-def _logging_options(g) -> None:
-    g.add_argument("--summary_steps", type=int, default=100, help="TensorBoard scalar period")
-    g.add_argument("--log_images", action="store_true",
-                   help="render mesh overlays to TensorBoard every summary_steps")
-    g.add_argument("--checkpoint_steps", type=int, default=1000,
-                   help="write current.pt every N iterations (0 = only at epoch ends)")
-    g.add_argument("--test_epochs", type=int, default=50, help="evaluate + save every N epochs")
-    g.add_argument("--save_epochs", type=int, default=50, help="also save/test every N epochs")
-    g.add_argument("--test_start_epoch", type=int, default=0, help="no test/save before this epoch")
 
 
 def eval_parser(model: str) -> argparse.ArgumentParser:
@@ -316,23 +283,20 @@ CHECKPOINT_OPTIONS = {"model": "cliff", "backbone": "resnet", "bbox_type": "rect
 def from_checkpoint(p: argparse.ArgumentParser, model_fallback: str | None = None) -> None:
     """Evaluation / demo parsers: the :data:`CHECKPOINT_OPTIONS` default to the checkpoint's
     values (:func:`apply_checkpoint_options`); the help lines of --model, --backbone say so."""
-    p.set_defaults(model=None, backbone=None, bbox_type=None, crop_scale=None,
-                   model_fallback=model_fallback)
+    p.set_defaults(**dict.fromkeys(CHECKPOINT_OPTIONS), model_fallback=model_fallback)
+    fallback = vars(fill_checkpoint_defaults(argparse.Namespace(model_fallback=model_fallback)))
     for a in p._actions:
         if a.dest in ("model", "backbone"):
-            fallback = model_fallback if a.dest == "model" and model_fallback else \
-                CHECKPOINT_OPTIONS[a.dest]
-            a.help = f"{a.help} (default: the checkpoint's, else {fallback})"
+            a.help = f"{a.help} (default: the checkpoint's, else {fallback[a.dest]})"
 
 
 def fill_checkpoint_defaults(o: argparse.Namespace) -> argparse.Namespace:
     """Options of :data:`CHECKPOINT_OPTIONS` not given (None) get their fallback values and are
     listed in ``o.from_checkpoint``, for :func:`apply_checkpoint_options` to replace."""
     script = getattr(o, "model_fallback", None)
-    missing = tuple(n for n in CHECKPOINT_OPTIONS if getattr(o, n, None) is None)
-    for n in missing:
+    o.from_checkpoint = tuple(n for n in CHECKPOINT_OPTIONS if getattr(o, n, None) is None)
+    for n in o.from_checkpoint:
         setattr(o, n, script if n == "model" and script else CHECKPOINT_OPTIONS[n])
-    o.from_checkpoint = missing
     return o
 
 
@@ -344,15 +308,11 @@ def _same(a, b) -> bool:
 
 def apply_checkpoint_options(o: argparse.Namespace, source: str, stored: dict | None,
                              inferred: dict | None, log=print) -> argparse.Namespace:
-    """Take --model / --backbone / --bbox_type / --crop_scale from a checkpoint where the
-    command line did not give them (``o.from_checkpoint``, :func:`fill_checkpoint_defaults`).
-
-    stored: the options train.py recorded in the checkpoint (None for released files);
-    inferred: {'model', 'backbone'} recognised from its keys (models/checkpoint_kind.py).
-    A bad stored value, or a command-line value contradicting the checkpoint, is an
-    :class:`OptionError`; a file that records no bbox type / crop scale keeps the released
-    values and a note says so.
-    """
+    """Take the :data:`CHECKPOINT_OPTIONS` the command line did not give (``o.from_checkpoint``)
+    from a checkpoint: ``stored``, the options train.py recorded in it (None for released files),
+    else ``inferred`` {'model', 'backbone'} from its keys (models/checkpoint_kind.py). A bad stored
+    value or a contradicting command-line value is an :class:`OptionError`; a file recording no
+    bbox type / crop scale keeps the released values, with a note."""
     stored = _stored_network_options(source, stored)
     known = {**{k: v for k, v in (inferred or {}).items()
                 if k in ("model", "backbone") and v is not None}, **stored}
@@ -360,15 +320,12 @@ def apply_checkpoint_options(o: argparse.Namespace, source: str, stored: dict | 
     script = getattr(o, "model_fallback", None)
     if "model" in free and script and known.get("model", script) != script:
         raise OptionError(f"{source}: this is a {known['model'].upper()} checkpoint; evaluate "
-                          f"it with eval_{known['model']}.py (this script is for "
-                          f"{script.upper()})")
+                          f"it with eval_{known['model']}.py (this script is for {script.upper()})")
     for name in CHECKPOINT_OPTIONS:
         given, have = getattr(o, name), known.get(name)
-        if have is None:
-            continue
-        if name in free:
+        if have is not None and name in free:
             setattr(o, name, have)
-        elif not _same(given, have):
+        elif have is not None and not _same(given, have):
             how = "was trained with" if name in stored else "holds a network of"
             shown = f"{have:g}" if isinstance(have, float) else have
             raise OptionError(f"{source}: --{name} {given} contradicts the checkpoint, which "
@@ -391,9 +348,8 @@ def _stored_network_options(source: str, stored: dict | None) -> dict:
     if not stored:
         return {}
     p = argparse.ArgumentParser(add_help=False)
-    add_model_options(p)
-    add_bbox_type(p)
-    add_crop_scale(p)
+    for add in (add_model_options, add_bbox_type, add_crop_scale):
+        add(p)
     what = f"{source}: its recorded training options"
     try:
         parsed = _parse_json_values(p, stored, what)
@@ -443,12 +399,12 @@ def parse_train(argv=None) -> argparse.Namespace:
         try:
             with open(options.from_json) as f:
                 data = json.load(f)
+            problem = None if isinstance(data, dict) else "expected a JSON object of options"
         except (OSError, ValueError, RecursionError) as e:
-            raise OptionError(f"{options.from_json}: cannot read these options ({e}). Pass "
-                              f"the config.json of a run (--from_json)") from None
-        if not isinstance(data, dict):
-            raise OptionError(f"{options.from_json}: expected a JSON object of options. Pass "
-                              f"the config.json of a run (--from_json)")
+            problem = f"cannot read these options ({e})"
+        if problem:
+            raise OptionError(f"{options.from_json}: {problem}. Pass the config.json of a run "
+                              f"(--from_json)")
         unknown = sorted(set(data) - set(vars(options)))
         if unknown:
             raise SystemExit(f"error: {options.from_json} has unknown options {unknown}")
@@ -492,8 +448,7 @@ def _parse_json_values(p: argparse.ArgumentParser, data: dict, file) -> argparse
         raise OptionError(f"{file}: {message}")
     p.error = error
     options = p.parse_args(argv)
-    for k, v in nulls.items():
-        setattr(options, k, v)
+    vars(options).update(nulls)
     return options
 
 
@@ -512,9 +467,8 @@ def refuse_unused(o: argparse.Namespace, unused: dict, script: str) -> argparse.
 
 
 def check_outputs(o: argparse.Namespace, files=(), folders=()) -> argparse.Namespace:
-    """The output paths named by the options ``files`` and ``folders`` can be written (checked
-    before any work, not when the results are due): not empty, a file not a folder, no file
-    where a folder is needed. :class:`OptionError` otherwise."""
+    """The output paths of the options ``files`` and ``folders`` can be written (checked before any
+    work): not empty, a file not a folder, no file where a folder is needed; else OptionError."""
     for name in (*files, *folders):
         value = getattr(o, name, None)
         if value is None:
@@ -532,8 +486,7 @@ def check_outputs(o: argparse.Namespace, files=(), folders=()) -> argparse.Names
 
 
 def parse_eval(model: str, argv=None) -> argparse.Namespace:
-    o = refuse_unused(resolve(eval_parser(model).parse_args(argv)), EVAL_UNUSED,
-                      f"eval_{model}.py")
+    o = refuse_unused(resolve(eval_parser(model).parse_args(argv)), EVAL_UNUSED, f"eval_{model}.py")
     return check_outputs(o, ("result_file", "json_out"), ("viz_dir",) if o.viz else ())
 
 

@@ -15,8 +15,7 @@ class Progress:
     def __init__(self, iterable: Iterable, total: int, desc: str, log_freq: int = 0,
                  log: Callable[[str], object] | None = None, unit: str = "it"):
         from tqdm import tqdm
-        self.total, self.desc, self.log_freq = total, desc, log_freq
-        self.log = log or print
+        self.total, self.desc, self.log_freq, self.log = total, desc, log_freq, log or print
         try:
             self.interactive = sys.stderr.isatty()
         except (AttributeError, ValueError):   # no stderr, or a closed one

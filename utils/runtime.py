@@ -47,8 +47,7 @@ def seed_everything(seed: int) -> None:
 
 def adam(params, **kwargs) -> torch.optim.Optimizer:
     """``torch.optim.Adam``, fused (one kernel per step: the same update up to rounding) where
-    torch supports it, else the default. Per-sample TTO steps the whole network for every sample;
-    the step was a quarter of its time (bench/tto.py)."""
+    torch supports it: per-sample TTO steps it for every sample (a quarter of its time before)."""
     params = list(params)
     try:
         return torch.optim.Adam(params, fused=True, **kwargs)
@@ -57,9 +56,8 @@ def adam(params, **kwargs) -> torch.optim.Optimizer:
 
 
 def compile_backbone(net: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile`` of ``net.extract_features`` in place (parameters and state_dict keys
-    unchanged). Only the benchmarks' ``--compile`` offers it: on the CPU it gains nothing
-    reliable (README). A deep copy of ``net`` still calls the original's compiled backbone (TTO
-    worker threads copy the network: use one worker)."""
+    """``torch.compile`` of ``net.extract_features`` in place (state_dict unchanged), for the
+    benchmarks' ``--compile`` only: on the CPU it gains nothing reliable (README). A deep copy of
+    ``net`` still calls the original's compiled backbone (TTO workers copy it: use one worker)."""
     net.extract_features = torch.compile(net.extract_features)
     return net
