@@ -27,10 +27,8 @@ POSE_HRNET_HEATMAPS = 24               # channels of the (unused) final_layer of
 
 
 def resnet_trunk(arch: str) -> "OrderedDict[str, nn.Module]":
-    """torchvision ResNet trunk modules by name (register in order), ``arch`` 'resnet' (50) or
-    'resnet18'; Bottleneck stride on conv2, as SPIN/CLIFF."""
+    """torchvision's trunk modules (in order) of ResNet-50 ('resnet') or -18, as SPIN/CLIFF."""
     import torchvision
-
     net = {"resnet": torchvision.models.resnet50, "resnet18": torchvision.models.resnet18}[arch](
         weights=None)
     return OrderedDict((name, getattr(net, name)) for name in RESNET_TRUNK)
@@ -46,7 +44,6 @@ def resnet_features(m: nn.Module, img: torch.Tensor) -> torch.Tensor:
 def hrnet_w48(**kwargs) -> nn.Module:
     """timm's ``hrnet_w48``; ``num_classes=0``: CLIFF's encoder, [B,3,H,W] -> [B, 2048]."""
     from timm.models.hrnet import HighResolutionNet, cfg_cls
-
     return HighResolutionNet(cfg_cls["hrnet_w48"], **kwargs)
 
 
@@ -65,11 +62,7 @@ class PoseHRNet(nn.Module):
             layers = [m for _ in range(3 - i) for m in (
                 nn.Conv2d(c, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))]
             self.add_module(f"downsample_stage_{i + 1}", nn.Sequential(*layers))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Upstream pose-HRNet init: conv weights N(0, 0.001²), conv biases 0, BN 1/0."""
-        for mod in self.modules():
+        for mod in self.modules():   # upstream init: conv weights N(0, 0.001²), biases 0, BN 1/0
             if isinstance(mod, nn.Conv2d):
                 nn.init.normal_(mod.weight, std=0.001)
                 if mod.bias is not None:

@@ -22,7 +22,7 @@ class Format(NamedTuple):
 
 
 _CLIFF_RES = ("model", ("module.", "encoder."), "CLIFF ResNet checkpoint ['model']")
-_HMR = ("model", ("^module.",), "HMR checkpoint ['model']", "SPIN's hmr.pt")
+_RESNETS = ("resnet", "resnet18")
 FORMATS = {   # role -> Format; models.checkpoints loads by it, describe() names misplaced files
     "metahmr": Format("model", ("^module.",), "['model'] (main network)"),
     "metahmr_aux": Format("model_aux", ("^module.",), "['model_aux'] (aux network)"),
@@ -30,19 +30,17 @@ FORMATS = {   # role -> Format; models.checkpoints loads by it, describe() names
     ("aux", "cliff", "resnet18"): Format(*_CLIFF_RES, "cliff_res18"),
     ("aux", "cliff", "hrnet"): Format("model", ("module.",), "CLIFF HRNet checkpoint ['model']",
                                       "hr48-…"),
-    ("aux", "hmr", "resnet"): Format(*_HMR),
-    ("aux", "hmr", "resnet18"): Format(*_HMR),
-    ("backbone", "resnet"): Format("state_dict", ("backbone.",), "resnet backbone trunk",
-                                   "pose_resnet.pth"),
-    ("backbone", "resnet18"): Format("state_dict", ("backbone.",), "resnet18 backbone trunk",
-                                     "pose_resnet.pth"),
+    **{("aux", "hmr", bb): Format("model", ("^module.",), "HMR checkpoint ['model']",
+                                  "SPIN's hmr.pt") for bb in _RESNETS},
+    **{("backbone", bb): Format("state_dict", ("backbone.",), f"{bb} backbone trunk",
+                                "pose_resnet.pth") for bb in _RESNETS},
     ("backbone", "hrnet"): Format(None, (), "pose-HRNet trunk", "pose_hrnet_w48_256x192.pth"),
 }
 _FEATURE = {"resnet": 2048, "resnet18": 512, "hrnet": 720}
 _HEAD_EXTRA = {160: "cliff", 157: "hmr"}
 _NAMES = {"cliff": "CLIFF", "hmr": "HMR", "resnet": "ResNet-50", "resnet18": "ResNet-18",
           "hrnet": "HRNet-W48"}
-_NOT_OURS = "not a Meta-HMR training checkpoint; pass it as"
+_PASS_AS = "this is {} ({}), not a Meta-HMR training checkpoint; pass it as {} to train.py"
 
 
 def rename(state: Mapping, drop: tuple) -> dict:
@@ -101,28 +99,25 @@ def describe(obj: object) -> str | None:
             and (net := network_of(obj["model"])) is not None:
         name, bb = _NAMES[net["backbone"]], net["backbone"]
         if net["model"] == "cliff" and net["encoder"]:
-            return (f"this is a CLIFF {name} auxiliary checkpoint "
-                    f"({FORMATS['aux', 'cliff', bb].source}), {_NOT_OURS} --aux_checkpoint to "
-                    f"train.py")
+            return _PASS_AS.format(f"a CLIFF {name} auxiliary checkpoint",
+                                   FORMATS["aux", "cliff", bb].source, "--aux_checkpoint")
         if net["model"] == "hmr":
-            return (f"this is an HMR {name} auxiliary checkpoint "
-                    f"({FORMATS['aux', 'hmr', 'resnet'].source}), {_NOT_OURS} --aux_checkpoint to "
-                    f"train.py --model hmr")
+            return _PASS_AS.format(f"an HMR {name} auxiliary checkpoint",
+                                   FORMATS["aux", "hmr", "resnet"].source,
+                                   "--aux_checkpoint") + " --model hmr"
         return (f"this holds one {_label(net)} network under 'model' but no 'model_aux': "
                 f"not a Meta-HMR checkpoint (which holds both networks)")
     if isinstance(obj.get("state_dict"), Mapping):
         keys = {k for k in rename(obj["state_dict"], FORMATS["backbone", "resnet"].drop)
                 if isinstance(k, str)}
         if (bb := _backbone(keys)) is not None and "fc1.weight" not in keys:
-            return (f"this is a pretrained {_NAMES[bb]} backbone "
-                    f"({FORMATS['backbone', bb].source}), {_NOT_OURS} --backbone_checkpoint to "
-                    f"train.py")
+            return _PASS_AS.format(f"a pretrained {_NAMES[bb]} backbone",
+                                   FORMATS["backbone", bb].source, "--backbone_checkpoint")
     keys = {k for k in obj if isinstance(k, str)}
     bb = _backbone(keys)
     if bb == "hrnet" and "fc1.weight" not in keys and "conv1.weight" in keys:
-        return (f"this is a pretrained HRNet-W48 pose backbone "
-                f"({FORMATS['backbone', 'hrnet'].source}), {_NOT_OURS} --backbone_checkpoint to "
-                f"train.py")
+        return _PASS_AS.format("a pretrained HRNet-W48 pose backbone",
+                               FORMATS["backbone", "hrnet"].source, "--backbone_checkpoint")
     if bb is not None:
         return (f"this is the bare state dict of one {_label(network_of(obj))} network, not a "
                 f"Meta-HMR checkpoint (a dict with 'model' and 'model_aux' written by train.py)")

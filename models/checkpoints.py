@@ -21,17 +21,14 @@ import torch
 import torch.nn as nn
 
 import config
-from config import require
 from utils import safe_pickle
 from utils.atomic import atomic_path
 from utils.errors import UserError
 
+from .backbones import HRNET_TRUNK as HRNET_TRUNK_PREFIXES   # the HRNet trunk's modules
 from .checkpoint_kind import FORMATS, describe, metahmr_network, rename
-from .regressor import Regressor, build_model
+from .regressor import INIT_BUFFERS, Regressor, build_model
 
-INIT_BUFFERS = ("init_pose", "init_shape", "init_cam")
-HRNET_TRUNK_PREFIXES = ("conv1", "bn1", "conv2", "bn2", "layer1", "transition1", "transition2",
-                        "transition3", "stage2", "stage3", "stage4")
 _COCO_ABSENT = re.compile(r"^stage4\.2\.fuse_layers\.[123]\.")
 _COUNTER = ".num_batches_tracked"   # BN batch counters: may be absent from backbone files
 _SHOW = 12
@@ -42,27 +39,6 @@ _CODE_MODULES = ("os", "posix", "nt", "sys", "subprocess", "builtins", "__builti
 
 class CheckpointError(UserError, RuntimeError):
     """A weight file does not match the network it is loaded into (message names file + keys)."""
-
-
-def _pickles(path: Path) -> tuple[list[bytes], int]:
-    """The pickle bytes of a checkpoint (a torch zip's ``data.pkl`` members, else the whole
-    file) and how many consecutive pickles to read (a legacy torch file stores five)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return [zf.read(n) for n in zf.namelist() if n.endswith("data.pkl")], 1
-    except Exception:  # noqa: BLE001 - not a (readable) zip: the file itself
-        return [path.read_bytes()], 5
-
-
-def _unsafe_globals(data: list[bytes], pickles: int) -> list[str]:
-    """Names the checkpoint pickles ``data`` would import beyond torch's weights-only set, read
-    with :func:`utils.safe_pickle.referenced_globals` (never run; every pickle protocol)."""
-    try:   # torch's weights-only allow list (a private helper; by prefix where it is missing)
-        safe = set(torch._weights_only_unpickler._get_allowed_globals()).__contains__
-    except AttributeError:
-        safe = lambda n: n.startswith(("collections.", "torch."))   # noqa: E731
-    names = [n for d in data for n in safe_pickle.referenced_globals(d, pickles)]
-    return [n for n in dict.fromkeys(names) if not safe(n)]
 
 
 def _refusal(p: Path, what: str, names: list[str]) -> str:
@@ -91,44 +67,53 @@ def _refusal(p: Path, what: str, names: list[str]) -> str:
             f"dicts, lists, numbers, strings and tensors (e.g. vars(namespace))")
 
 
-def _damaged_member(path: Path) -> str | None:
-    """Why the torch zip at ``path`` is damaged (a member failing its CRC-32, which torch.load
-    does not check), or None; members stored without a CRC (0) are not checked."""
+def _load_error(p: Path, what: str, err: Exception) -> str:
+    """Why torch.load failed on ``p``: names beyond torch's weights-only set in its pickles (read
+    with :func:`utils.safe_pickle.referenced_globals`, never run; every protocol), a protocol
+    above 3, a zip archive of another kind, truncated or corrupt bytes, not a PyTorch file."""
+    names = None   # a torch zip's data.pkl members, else the file (a legacy one stores five)
     try:
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if info.CRC or not info.file_size:
-                    with zf.open(info) as fh:
-                        while fh.read(1 << 24):
-                            pass
-    except Exception as e:  # noqa: BLE001 - any zip damage torch.load did not notice
-        return str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-    return None
-
-
-def _zip_of_another_kind(path: Path) -> str | None:
-    """What a zip archive without the ``data.pkl`` of torch.save is (None: it has one, or it
-    cannot be read as a zip)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(p) as zf:
             names = zf.namelist()
-    except Exception:  # noqa: BLE001 - a damaged zip: said as such by the caller
-        return None
-    if any(n.endswith("data.pkl") for n in names):
-        return None
-    kind = " (an .npz of numpy)" if names and all(n.endswith(".npy") for n in names) else ""
-    return (f"a zip archive{kind} without the data.pkl of torch.save (it holds "
-            f"{', '.join(names[:3]) or 'nothing'})")
+            data, pickles = [zf.read(n) for n in names if n.endswith("data.pkl")], 1
+    except Exception:  # noqa: BLE001 - not a (readable) zip: the file itself
+        data, pickles = [p.read_bytes()], 5
+    try:   # torch's weights-only allow list (a private helper; by prefix where it is missing)
+        safe = set(torch._weights_only_unpickler._get_allowed_globals()).__contains__
+    except AttributeError:
+        safe = lambda n: n.startswith(("collections.", "torch."))   # noqa: E731
+    found = [n for d in data for n in safe_pickle.referenced_globals(d, pickles)]
+    if unsafe := [n for n in dict.fromkeys(found) if not safe(n)]:
+        return _refusal(p, what, unsafe)
+    proto = data[0][1] if data and len(data[0]) > 1 and data[0][:1] == b"\x80" else 0
+    if proto > 3 and "Unsupported operand" in str(err):
+        return (f"{p}: this {what} uses pickle protocol {proto}, which torch.load("
+                f"weights_only=True) cannot read. Re-save it with torch.save's default protocol "
+                f"(no pickle_protocol argument)")
+    with open(p, "rb") as fh:
+        head = fh.read(4)
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
+    if head.startswith(b"PK"):
+        if names is not None and not any(n.endswith("data.pkl") for n in names):
+            kind = " (an .npz of numpy)" if names and all(n.endswith(".npy") for n in names) else ""
+            return (f"{p}: not a PyTorch checkpoint: a zip archive{kind} without the data.pkl of "
+                    f"torch.save (it holds {', '.join(names[:3]) or 'nothing'}). Pass a {what} "
+                    f"written by torch.save")
+        return f"{p}: this {what} is truncated or corrupt ({first}). Re-download or re-create it"
+    if head[:1] == b"\x80":   # a legacy (pre-zip) torch file
+        return (f"{p}: cannot read this {what} ({type(err).__name__}: {first}). Re-download or "
+                f"re-create it")
+    return (f"{p}: not a PyTorch checkpoint (it starts with {head!r}: neither a zip archive nor a "
+            f"pickle). Pass a file written by torch.save, e.g. a {what} of the Meta-HMR README "
+            f"(https://github.com/fmx789/Meta-HMR) or of train.py")
 
 
 def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> object:
-    """``torch.load(path, map_location='cpu', weights_only=True)`` with one-line errors:
-    :class:`config.MissingFileError` for a missing file, else :class:`CheckpointError` saying
-    why (not a PyTorch file, truncated or corrupt, damaged bytes that torch.load reads without
-    noticing (a torch zip's CRC-32 checksums), a zip archive of another kind, a pickled
-    module, other objects, code). torch's warnings about a failed file are dropped (the error
-    says it all); the note on a pickle protocol above 2 is dropped always."""
-    p = require(path, what)
+    """``torch.load(path, map_location='cpu', weights_only=True)`` with one-line errors
+    (:class:`config.MissingFileError`, else :class:`CheckpointError`: :func:`_load_error`, or
+    damaged bytes that torch.load reads without noticing: a torch zip's CRC-32 checksums), and
+    without torch's warnings on a failed file or on a pickle protocol above 2."""
+    p = config.require(path, what)
     if p.is_dir():
         raise CheckpointError(f"{p}: is a folder, not a {what}. Pass the .pt file")
     with warnings.catch_warnings(record=True) as caught:
@@ -137,38 +122,24 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> object
             obj, err = torch.load(p, map_location="cpu", weights_only=True), None
         except Exception as exc:  # noqa: BLE001 - re-raised with the file name and the reason
             err = exc
-    if err is None and zipfile.is_zipfile(p) and (why := _damaged_member(p)):
-        raise CheckpointError(f"{p}: this {what} is corrupt ({why}): its bytes changed after "
-                              f"it was written. Re-download or re-create it")
-    if err is None:
-        for w in caught:
-            if not str(w.message).startswith("Detected pickle protocol"):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return obj
-    data, pickles = _pickles(p)
-    if names := _unsafe_globals(data, pickles):
-        raise CheckpointError(_refusal(p, what, names)) from None
-    proto = data[0][1] if data and len(data[0]) > 1 and data[0][:1] == b"\x80" else 0
-    if proto > 3 and "Unsupported operand" in str(err):
-        raise CheckpointError(f"{p}: this {what} uses pickle protocol {proto}, which "
-                              f"torch.load(weights_only=True) cannot read. Re-save it with "
-                              f"torch.save's default protocol (no pickle_protocol argument)")
-    with open(p, "rb") as fh:
-        head = fh.read(4)
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
-    if head.startswith(b"PK"):
-        if other := _zip_of_another_kind(p):
-            raise CheckpointError(f"{p}: not a PyTorch checkpoint: {other}. Pass a {what} "
-                                  f"written by torch.save") from None
-        raise CheckpointError(f"{p}: this {what} is truncated or corrupt ({first}). Re-download "
-                              f"or re-create it") from None
-    if head[:1] == b"\x80":   # a legacy (pre-zip) torch file
-        raise CheckpointError(f"{p}: cannot read this {what} ({type(err).__name__}: {first}). "
-                              f"Re-download or re-create it") from None
-    raise CheckpointError(f"{p}: not a PyTorch checkpoint (it starts with {head!r}: neither a "
-                          f"zip archive nor a pickle). Pass a file written by torch.save, e.g. "
-                          f"a {what} of the Meta-HMR README (https://github.com/fmx789/Meta-HMR) "
-                          f"or of train.py") from None
+    if err is not None:
+        raise CheckpointError(_load_error(p, what, err)) from None
+    if zipfile.is_zipfile(p):
+        try:   # every member's CRC-32 (torch.load checks none; stored without one (0): skipped)
+            with zipfile.ZipFile(p) as zf:
+                for info in zf.infolist():
+                    if info.CRC or not info.file_size:
+                        with zf.open(info) as fh:
+                            while fh.read(1 << 24):
+                                pass
+        except Exception as e:  # noqa: BLE001 - any zip damage torch.load did not notice
+            why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{p}: this {what} is corrupt ({why}): its bytes changed "
+                                  f"after it was written. Re-download or re-create it") from None
+    for w in caught:
+        if not str(w.message).startswith("Detected pickle protocol"):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return obj
 
 
 def _state(obj: object, fmt, path) -> dict:
@@ -187,9 +158,8 @@ def _dense(v: object) -> bool:
 
 
 def _mismatch(v: object, own: torch.Tensor) -> str | None:
-    """Why the file's value ``v`` cannot be loaded into ``own`` as it is (not a dense tensor,
-    another shape, an integer / bool / complex one for a floating-point ``own``: a silent
-    conversion), or None."""
+    """Why the file's ``v`` cannot load into ``own`` as it is (not dense, another shape, not
+    floating-point for a floating-point ``own``: a silent conversion), or None."""
     if not _dense(v):
         return f"not a dense tensor ({type(v).__name__}" + (
             f", {v.layout})" if torch.is_tensor(v) else ")")
@@ -203,8 +173,8 @@ def _mismatch(v: object, own: torch.Tensor) -> str | None:
 def _load_strict(module: nn.Module, state: Mapping, path, what: str,
                  may_miss: Callable[[str], bool] = lambda k: False,
                  own_keys: list[str] | None = None) -> list[str]:
-    """Load ``state`` into ``module`` (all of it, or its ``own_keys``) after checking keys and
-    shapes; returns the tolerated misses."""
+    """Load ``state`` into ``module`` (or its ``own_keys``) once keys and shapes fit; returns
+    the tolerated misses."""
     own = module.state_dict()
     if own_keys is not None:
         own = {k: own[k] for k in own_keys}
@@ -266,8 +236,7 @@ def _plain(v: object) -> bool:
     """A value Adam's options may take: None, a bool, a finite number, or a tuple of them."""
     if isinstance(v, (tuple, list)):
         return all(_plain(x) for x in v)
-    return v is None or isinstance(v, bool) or (isinstance(v, (int, float))
-                                                and math.isfinite(v))
+    return v is None or isinstance(v, bool) or (isinstance(v, (int, float)) and math.isfinite(v))
 
 
 def _check_optimizer(opt: object, path, nets: tuple[nn.Module, ...]) -> None:
@@ -333,22 +302,20 @@ def load_backbone_weights(path: str | os.PathLike, model: Regressor,
                                                           nn.Module):
             raise CheckpointError(f"{path}: expected a plain HRNet state_dict and a CLIFF-HRNet "
                                   f"main network (with .backbone)")
+        model = model.backbone
+        trunk = [k for k in model.state_dict() if k.split(".")[0] in HRNET_TRUNK_PREFIXES]
         state = {k: v for k, v in obj.items() if k.split(".")[0] in HRNET_TRUNK_PREFIXES}
-        if not state:
-            raise CheckpointError(f"{path}: no HRNet trunk key (conv1, layer1, stage2, ...) found;"
-                                  f" keys must be unprefixed, e.g. 'conv1.weight'")
-        target = model.backbone
-        trunk = [k for k in target.state_dict() if k.split(".")[0] in HRNET_TRUNK_PREFIXES]
-        return _load_strict(target, state, path, fmt.what, own_keys=trunk,
-                            may_miss=lambda k: k.endswith(_COUNTER) or bool(_COCO_ABSENT.match(k)))
-    trunk = model.trunk_state_keys()
-    keep = set(trunk)
-    state = {k: v for k, v in _state(obj, fmt, path).items() if k in keep}
+        empty = ("no HRNet trunk key (conv1, layer1, stage2, ...) found; keys must be "
+                 "unprefixed, e.g. 'conv1.weight'")
+    else:
+        trunk = model.trunk_state_keys()
+        state = {k: v for k, v in _state(obj, fmt, path).items() if k in trunk}
+        empty = (f"no {backbone} trunk key found (expected e.g. 'backbone.conv1.weight' under "
+                 f"'state_dict')")
     if not state:
-        raise CheckpointError(f"{path}: no {backbone} trunk key found (expected e.g. "
-                              f"'backbone.conv1.weight' under 'state_dict')")
-    return _load_strict(model, state, path, fmt.what, may_miss=lambda k: k.endswith(_COUNTER),
-                        own_keys=trunk)
+        raise CheckpointError(f"{path}: {empty}")
+    return _load_strict(model, state, path, fmt.what, own_keys=trunk,   # no COCO key in ResNets
+                        may_miss=lambda k: k.endswith(_COUNTER) or bool(_COCO_ABSENT.match(k)))
 
 
 # -- weight files in the released formats: the study's exports, the synthetic world's stand-ins --
@@ -382,10 +349,12 @@ def write_standin_weights(root: str | os.PathLike, backbones=("resnet18", "resne
     {label: path}, labels like 'backbone/resnet', 'aux/cliff/resnet'."""
     root, out = Path(root), {}
 
-    def save(label: str, file: str, seed: int, build: Callable, to_file: Callable) -> None:
+    def save(model: str, role: str, seed: int, to_file: Callable, **kwargs) -> None:
+        label, file = ((f"backbone/{bb}", config.BACKBONE_FILES[bb]) if role == "main"
+                       else (f"aux/{model}/{bb}", config.AUX_FILES[model, bb]))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = build()
+            net = build_model(model, bb, role, **kwargs)
         with atomic_path(root / file) as tmp:
             torch.save(to_file(net), tmp)
         out[label] = root / file
@@ -395,18 +364,14 @@ def write_standin_weights(root: str | os.PathLike, backbones=("resnet18", "resne
             raise ValueError(f"unknown backbone {bb!r}: expected some of "
                              f"{sorted(config.BACKBONE_FILES)}")
         s = seed + 10 * i
-        save(f"backbone/{bb}", config.BACKBONE_FILES[bb], s,
-             lambda: build_model("cliff", bb, "main"),
+        save("cliff", "main", s,
              (lambda n: _hrnet_backbone_file(n, s)) if bb == "hrnet" else resnet_backbone_file)
-        save(f"aux/cliff/{bb}", config.AUX_FILES["cliff", bb], s + 1,
-             lambda: build_model("cliff", bb, "aux", mean_params=mean_params),
-             (lambda n: {"model": {"module." + k: v for k, v in n.state_dict().items()}})
-             if bb == "hrnet" else resnet_aux_file)
+        save("cliff", "aux", s + 1, resnet_aux_file if bb != "hrnet" else
+             lambda n: {"model": {"module." + k: v for k, v in n.state_dict().items()}},
+             mean_params=mean_params)
         if ("hmr", bb) in config.AUX_FILES:
-            save(f"aux/hmr/{bb}", config.AUX_FILES["hmr", bb], s + 2,
-                 lambda: build_model("hmr", bb, "aux"),
-                 lambda n: {"model": {k: v for k, v in n.state_dict().items()
-                                      if k not in INIT_BUFFERS}})
+            save("hmr", "aux", s + 2, lambda n: {
+                "model": {k: v for k, v in n.state_dict().items() if k not in INIT_BUFFERS}})
     return out
 
 

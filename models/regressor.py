@@ -28,6 +28,7 @@ NSHAPE = constants.NUM_BETAS               # 10
 NCAM = 3
 NBBOX = 3                                  # CLIFF bbox_info
 HIDDEN = 1024
+INIT_BUFFERS = ("init_pose", "init_shape", "init_cam")
 HEAD_LAYERS = ("fc1", "fc2", "decpose", "decshape", "deccam")
 HEAD_PARAM_NAMES = tuple(f"{layer}.{p}" for layer in HEAD_LAYERS for p in ("weight", "bias"))
 MODELS = ("cliff", "hmr")
@@ -45,11 +46,9 @@ class RegressorOutput(NamedTuple):
 
 @dataclass(frozen=True)
 class LowRankDelta:
-    """A per-sample weight update as factors, dW[i] = u[i]ᵀ v[i]; u [B, R, out], v [B, R, in].
-
-    An SGD step of the head is a sum of outer products, dW = -lr Σ_t g_t x_tᵀ (R = n_iter per
-    step), so the adapted layer maps x to W x + u[i]ᵀ (v[i] x) without B weight matrices.
-    """
+    """A per-sample weight update as factors, dW[i] = u[i]ᵀ v[i]; u [B, R, out], v [B, R, in]:
+    an SGD step of the head is a sum of outer products, dW = -lr Σ_t g_t x_tᵀ (R = n_iter per
+    step), so the adapted layer maps x to W x + u[i]ᵀ (v[i] x) without B weight matrices."""
 
     u: torch.Tensor
     v: torch.Tensor
@@ -85,12 +84,6 @@ def batched_linear(x: torch.Tensor, weight: torch.Tensor,
         return torch.bmm(x.unsqueeze(1), weight.transpose(1, 2)).squeeze(1)
     bias = bias.unsqueeze(-2).expand(x.shape[0], 1, weight.shape[1])   # [B, 1, out]
     return torch.baddbmm(bias, x.unsqueeze(1), weight.transpose(1, 2)).squeeze(1)
-
-
-def identity_mean_params() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stand-ins: identity 6D pose [1,144], zero shape [1,10], zero cam [1,3]."""
-    pose = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0]).repeat(constants.NUM_JOINTS_SMPL)
-    return pose[None], torch.zeros(1, NSHAPE), torch.zeros(1, NCAM)
 
 
 class MeanParamsError(UserError, ValueError):
@@ -132,7 +125,7 @@ class Regressor(nn.Module):
     then the modules). model 'cliff' | 'hmr'; backbone 'resnet' | 'hrnet' (cliff only) |
     'resnet18'; role 'main' (10 IEF iterations) | 'aux' (3); bbox_type 'rect' (256×192) |
     'square' (224²), the crop size only; mean_params: smpl_mean_params.npz, or None for
-    :func:`identity_mean_params`. Attributes: model_type, backbone_name, role,
+    the identity pose, zero shape and cam. Attributes: model_type, backbone_name, role,
     bbox_type, use_bbox_info, feature_dim, n_iter."""
 
     head_param_names = HEAD_PARAM_NAMES
@@ -153,8 +146,10 @@ class Regressor(nn.Module):
             model, backbone, role, bbox_type)
         self.use_bbox_info = model == "cliff"
         self.n_iter = DEFAULT_N_ITER[role] if n_iter is None else int(n_iter)
-        init = identity_mean_params() if mean_params is None else load_mean_params(mean_params)
-        for name, value in zip(("init_pose", "init_shape", "init_cam"), init):
+        init = load_mean_params(mean_params) if mean_params is not None else (   # stand-ins
+            torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0]).repeat(constants.NUM_JOINTS_SMPL)[None],
+            torch.zeros(1, NSHAPE), torch.zeros(1, NCAM))
+        for name, value in zip(INIT_BUFFERS, init):
             self.register_buffer(name, value)
 
         # released order: ResNet trunk or HRNet encoder.*, then the head, then HRNet backbone.*
@@ -177,7 +172,6 @@ class Regressor(nn.Module):
         if backbone == "hrnet" and role == "main":
             self.backbone = backbones.PoseHRNet()
 
-    # -- structure ---------------------------------------------------------------------------
     @property
     def crop_size(self) -> tuple[int, int]:
         """(H, W) of the input crop: (256, 192) rect, (224, 224) square."""
@@ -189,10 +183,9 @@ class Regressor(nn.Module):
 
     def trunk_state_keys(self) -> list[str]:
         """state_dict keys of the encoder (everything but the init buffers and the head)."""
-        skip = {"init_pose", "init_shape", "init_cam", *HEAD_LAYERS}
+        skip = {*INIT_BUFFERS, *HEAD_LAYERS}
         return [k for k in self.state_dict() if k.split(".")[0] not in skip]
 
-    # -- forward -----------------------------------------------------------------------------
     def extract_features(self, img: torch.Tensor) -> torch.Tensor:
         """img [B, 3, H, W] (ImageNet-normalised crop) -> features [B, feature_dim]."""
         if img.dim() != 4 or img.shape[1] != 3:
@@ -227,7 +220,6 @@ class Regressor(nn.Module):
                 got = None if bbox_info is None else tuple(bbox_info.shape)
                 raise ValueError(f"CLIFF needs bbox_info [B={batch}, 3], got {got}")
             parts.append(bbox_info.to(features.dtype))
-        n_iter = self.n_iter if n_iter is None else n_iter
 
         pose, shape, cam = (t.expand(batch, -1) for t in
                             (self.init_pose, self.init_shape, self.init_cam))
@@ -245,16 +237,14 @@ class Regressor(nn.Module):
                 record.setdefault(name, []).append((x, y))
             return y
 
-        for _ in range(n_iter):
-            x = torch.cat(parts + [pose, shape, cam], dim=1)
-            x = self.drop1(lin("fc1", x))
+        for _ in range(self.n_iter if n_iter is None else n_iter):
+            x = self.drop1(lin("fc1", torch.cat(parts + [pose, shape, cam], dim=1)))
             x = self.drop2(lin("fc2", x))
             pose = lin("decpose", x) + pose
             shape = lin("decshape", x) + shape
             cam = lin("deccam", x) + cam
         rotmat = rot6d_to_rotmat(pose).view(batch, constants.NUM_JOINTS_SMPL, 3, 3)
         return RegressorOutput(rotmat, shape, cam, pose)
-
 
 
 build_model = Regressor   # the public constructor

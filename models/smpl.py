@@ -14,13 +14,11 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import smplx
 import torch
 from smplx.lbs import vertices2joints
-from smplx.utils import Struct
 
 import constants
 from config import DataPaths
@@ -34,11 +32,8 @@ NUM_VERTS = 6890
 NUM_SOURCE_JOINTS = 54          # 24 SMPL + 21 smplx vertex joints + 9 extra
 _EXPECTED = {  # key -> expected shape (None: any size on that axis)
     "v_template": (NUM_VERTS, 3), "f": (None, 3), "J_regressor": (24, NUM_VERTS),
-    "weights": (NUM_VERTS, 24), "posedirs": (NUM_VERTS, 3, 207),
-    "shapedirs": (NUM_VERTS, 3, None), "kintree_table": (2, 24),
-}
-
-
+    "weights": (NUM_VERTS, 24), "posedirs": (NUM_VERTS, 3, 207), "shapedirs": (NUM_VERTS, 3, None),
+    "kintree_table": (2, 24)}
 _USE_OFFICIAL = "Use the official SMPL_*.pkl of the seed README (or the synthetic world's)"
 
 
@@ -47,41 +42,15 @@ class SMPLFileError(UserError, ValueError):
 
 
 @dataclass
-class SMPLOutput:
-    """vertices [B, 6890, 3]; joints [B, 49, 3] (SPIN order); smpl_joints [B, 24, 3] (posed
-    skeleton); the inputs (betas [B, 10], global_orient, body_pose) echoed back."""
-    vertices: torch.Tensor
-    joints: torch.Tensor
-    smpl_joints: torch.Tensor
-    betas: Optional[torch.Tensor] = None
-    global_orient: Optional[torch.Tensor] = None
-    body_pose: Optional[torch.Tensor] = None
-    full_pose: Optional[torch.Tensor] = None
+class SMPLOutput(smplx.utils.SMPLOutput):
+    """smplx's output with joints [B, 49, 3] (SPIN order) and smpl_joints [B, 24, 3] (posed
+    skeleton); vertices [B, 6890, 3]; the inputs (betas [B, 10], global_orient, body_pose)."""
+    smpl_joints: torch.Tensor | None = None
 
 
 def _dense(x) -> np.ndarray:
     """numpy array from a numpy or chumpy (``.r``) value."""
     return np.asarray(x.r if hasattr(x, "r") and not isinstance(x, np.ndarray) else x)
-
-
-def _numeric(path: Path, key: str, value) -> np.ndarray:
-    """``value`` of SMPL file ``key`` as a numeric numpy array (a scipy.sparse matrix: its stored
-    values, with its shape), finite; :class:`SMPLFileError` naming the file and key otherwise."""
-    kind = type(value).__module__.split(".")[0]
-    if not isinstance(value, np.ndarray) and kind not in ("scipy", "chumpy"):
-        raise SMPLFileError(f"SMPL model {path}: {key!r} is a {type(value).__name__}, not an "
-                            f"array. {_USE_OFFICIAL}")
-    try:
-        values = np.asarray(value.data if kind == "scipy" else _dense(value))
-    except Exception as e:   # noqa: BLE001 - a damaged chumpy / sparse object
-        raise SMPLFileError(f"SMPL model {path}: {key!r} cannot be read as an array "
-                            f"({type(e).__name__}: {e}). {_USE_OFFICIAL}") from None
-    if values.dtype.kind not in "biuf":
-        raise SMPLFileError(f"SMPL model {path}: {key!r} has dtype {values.dtype}, expected "
-                            f"numbers. {_USE_OFFICIAL}")
-    if not np.isfinite(values).all():
-        raise SMPLFileError(f"SMPL model {path}: {key!r} holds NaN or inf. {_USE_OFFICIAL}")
-    return value if kind == "scipy" else values
 
 
 def load_smpl_data(path: str | os.PathLike) -> dict:
@@ -102,8 +71,22 @@ def load_smpl_data(path: str | os.PathLike) -> dict:
         if key not in data:
             raise SMPLFileError(f"SMPL model {path}: missing key {key!r} "
                                 f"(keys present: {sorted(data)})")
-        arrays[key] = arr = _numeric(path, key, data[key])
-        got = tuple(arr.shape)
+        value, kind = data[key], type(data[key]).__module__.split(".")[0]
+        if not isinstance(value, np.ndarray) and kind not in ("scipy", "chumpy"):
+            raise SMPLFileError(f"SMPL model {path}: {key!r} is a {type(value).__name__}, not an "
+                                f"array. {_USE_OFFICIAL}")
+        try:   # a scipy.sparse matrix: its stored values (checked), with its shape
+            values = np.asarray(value.data if kind == "scipy" else _dense(value))
+        except Exception as e:   # noqa: BLE001 - a damaged chumpy / sparse object
+            raise SMPLFileError(f"SMPL model {path}: {key!r} cannot be read as an array "
+                                f"({type(e).__name__}: {e}). {_USE_OFFICIAL}") from None
+        if values.dtype.kind not in "biuf":
+            raise SMPLFileError(f"SMPL model {path}: {key!r} has dtype {values.dtype}, expected "
+                                f"numbers. {_USE_OFFICIAL}")
+        if not np.isfinite(values).all():
+            raise SMPLFileError(f"SMPL model {path}: {key!r} holds NaN or inf. {_USE_OFFICIAL}")
+        arrays[key] = value if kind == "scipy" else values
+        got = tuple(arrays[key].shape)
         if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
             want = "x".join("N" if s is None else str(s) for s in shape)
             raise SMPLFileError(f"SMPL model {path}: {key!r} has shape {got}, expected {want}")
@@ -153,8 +136,8 @@ class SMPL(smplx.SMPL):
         data = {k: (v if k in ("bs_style", "bs_type") or "scipy.sparse" in str(type(v))
                     else _dense(v)) for k, v in load_smpl_data(path).items()}
         with contextlib.redirect_stdout(io.StringIO()):   # smplx warns on 10-beta files
-            super().__init__(model_path=str(path), data_struct=Struct(**data), gender=gender,
-                             **kwargs)
+            super().__init__(model_path=str(path), gender=gender,
+                             data_struct=smplx.utils.Struct(**data), **kwargs)
         self.model_file = str(path)
         if isinstance(joint_regressor_extra, (str, os.PathLike)):
             extra = load_regressor(joint_regressor_extra, rows=9)
@@ -170,9 +153,8 @@ class SMPL(smplx.SMPL):
         # tensor is a .item(), a device synchronisation, 23 per forward pass
         object.__setattr__(self, "parents", self._buffers.pop("parents"))
 
-    def forward(self, betas: Optional[torch.Tensor] = None,
-                body_pose: Optional[torch.Tensor] = None,
-                global_orient: Optional[torch.Tensor] = None, pose2rot: bool = True,
+    def forward(self, betas: torch.Tensor | None = None, body_pose: torch.Tensor | None = None,
+                global_orient: torch.Tensor | None = None, pose2rot: bool = True,
                 **kwargs) -> SMPLOutput:
         """betas [B, 10]; body_pose [B, 69] / global_orient [B, 3] (``pose2rot``) or
         [B, 23, 3, 3] / [B, 1, 3, 3]; missing inputs use the module's parameters."""
@@ -189,10 +171,8 @@ class SMPL(smplx.SMPL):
                               pose2rot=pose2rot, **kwargs)
         extra = vertices2joints(self.J_regressor_extra, out.vertices)
         source = torch.cat([out.joints, extra], dim=1)            # [B, 54, 3]
-        return SMPLOutput(vertices=out.vertices, joints=source[:, self.joint_map],
-                          smpl_joints=out.joints[:, :24], betas=out.betas,
-                          global_orient=out.global_orient, body_pose=out.body_pose,
-                          full_pose=out.full_pose)
+        return SMPLOutput(**{**vars(out), "joints": source[:, self.joint_map]},
+                          smpl_joints=out.joints[:, :24])
 
 
 def build_smpl(paths: DataPaths, gender: str = "neutral", **kwargs) -> SMPL:

@@ -17,38 +17,35 @@ _TMP_NAME = re.compile(r"^\..+\.tmp(\d+)$")
 
 
 class WriteError(UserError, OSError):
-    """A file that could not be written; the message names it and the cause (the system's
-    error, e.g. ``No space left on device (ENOSPC)``). Also an ``OSError``."""
+    """A file that could not be written (an ``OSError``); the message names it and the system's
+    error, e.g. ``No space left on device (ENOSPC)``."""
 
 
 def _os_error(e: BaseException | None) -> OSError | None:
     """``e`` or the first exception it arose from that is an ``OSError`` (``torch.save`` turns a
     failed write into a ``RuntimeError`` of its zip writer), else None."""
     seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, OSError):
-            return e
+    while e is not None and not isinstance(e, OSError) and id(e) not in seen:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
-    return None
+    return e if isinstance(e, OSError) else None
 
 
 def write_error(path: str | os.PathLike, e: OSError, atomic: bool = True) -> WriteError:
     """The one-line :class:`WriteError` of ``path`` for the system error ``e`` (``atomic``: the
     write was :func:`atomic_path`'s, so the previous version of the file is unchanged)."""
-    cause = _cause(e)
     other = e.filename not in (None, os.fspath(path)) and not _TMP_NAME.match(
         Path(os.fsdecode(e.filename)).name)
-    return WriteError(f"{path}: cannot be written: {cause}" + (f": {e.filename}" if other else "")
+    return WriteError(f"{path}: cannot be written: {_cause(e)}"
+                      + (f": {e.filename}" if other else "")
                       + (". The previous version of the file, if any, is unchanged" if atomic
                          else "") + ". Free space, make the folder writable, or write elsewhere")
 
 
 def check_folder(folder: str | os.PathLike, probe: bool = True) -> None:
     """:class:`WriteError` when ``folder`` cannot be made (a file in its way) or, with
-    ``probe``, no file can be created in it or in the nearest existing folder above it (a
-    read-only file system, no permission): an unnamed temporary file is made there and
-    removed, so nothing is left behind."""
+    ``probe``, no file can be created in it or the nearest existing folder above it (read-only,
+    no permission): an unnamed temporary file is made there and removed, leaving nothing."""
     folder = Path(folder)
     q = next(q for q in (folder, *folder.parents) if q.exists() or q == q.parent)
     if not q.is_dir():
@@ -57,8 +54,7 @@ def check_folder(folder: str | os.PathLike, probe: bool = True) -> None:
     if probe:
         import tempfile
         try:
-            with tempfile.TemporaryFile(dir=q):
-                pass
+            tempfile.TemporaryFile(dir=q).close()
         except OSError as e:
             raise WriteError(f"{folder}: cannot be written: {_cause(e)} in {q}. Make it "
                              f"writable, or write elsewhere") from None
@@ -99,11 +95,10 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> None:
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary name beside ``path`` to write to: renamed over ``path`` (atomic within a
-    folder) when the block ends without an error, removed otherwise. A crash during the write
-    leaves the previous ``path``, and a temporary :func:`remove_stale_temporaries` removes.
-    A folder at ``path`` is a :class:`utils.errors.UserError` before anything is written; a
-    failed write (a system error in the block, also one wrapped by ``torch.save``) is a
-    :class:`WriteError` naming ``path``."""
+    folder) when the block ends without an error, removed otherwise (a crash leaves the old
+    ``path`` and a temporary that :func:`remove_stale_temporaries` removes). A folder at ``path``
+    is a :class:`utils.errors.UserError` before anything is written; a system error in the
+    block (also one wrapped by ``torch.save``) a :class:`WriteError` naming ``path``."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder, so the file cannot be written there. Remove or "
@@ -114,10 +109,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
-    except WriteError:
-        raise
     except Exception as e:
-        if (os_error := _os_error(e)) is None:
+        if isinstance(e, WriteError) or (os_error := _os_error(e)) is None:
             raise
         raise write_error(path, os_error) from e
     finally:

@@ -1,12 +1,10 @@
 """Reading an ``.npz`` without ever unpickling it (issue #15, items 1 and 5).
 
 :func:`read_npz` refuses with :class:`NpzError` (naming the file and key) an object array (a
-pickle; never in the official model files) unless ``objects=True``, which unpickles it through
-the allow list of :mod:`utils.safe_pickle` (numpy arrays, scalars and basic containers only;
-dataset annotations written by other scripts may hold file names as object arrays), a zip
-member stored twice (numpy would silently take one), a member that is not a ``.npy`` array
-(numpy would return its raw bytes), a file that is not a zip archive (a folder, a PyTorch file)
-and damaged bytes (a member failing its CRC-32).
+pickle; with ``objects=True`` unpickled through :mod:`utils.safe_pickle`'s allow list instead:
+annotations of other scripts may hold file names so), a zip member stored twice (numpy would
+take one) or not a ``.npy`` (numpy would return its raw bytes), a file that is not a zip archive
+(a folder, a PyTorch file) and damaged bytes (a member failing its CRC-32).
 """
 from __future__ import annotations
 
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.errors import UserError
+from utils.safe_pickle import UnsafePickleError, read_npy
 
 __all__ = ["NpzError", "read_npz"]
 
@@ -35,7 +34,7 @@ def read_npz(path: str | os.PathLike, objects: bool = False) -> dict[str, np.nda
         raise NpzError(f"{path}: is a folder, not an npz file. Pass the .npz file")
     try:
         with zipfile.ZipFile(path) as zf:
-            names = [i.filename for i in zf.infolist()]
+            names = zf.namelist()
     except zipfile.BadZipFile as e:
         raise NpzError(f"{path}: not an npz file (not a zip archive: {e}). Pass a file written "
                        f"by numpy.savez") from None
@@ -62,26 +61,18 @@ def read_npz(path: str | os.PathLike, objects: bool = False) -> dict[str, np.nda
                 if "allow_pickle" not in str(e) and "Object arrays" not in str(e):
                     raise NpzError(f"{path}: cannot read array {key!r} ({e}). Re-create the "
                                    f"file with numpy.savez") from None
-                if objects:
-                    out[key] = _restricted_member(path, key)
-                    continue
-                raise NpzError(f"{path}: array {key!r} is an object array, i.e. a pickle, "
-                               f"which could run code when loaded; refused. Store it as a "
-                               f"numeric or string array (np.savez of e.g. "
-                               f"arr.astype(str)) instead") from None
+                if not objects:
+                    raise NpzError(f"{path}: array {key!r} is an object array, i.e. a pickle, "
+                                   f"which could run code when loaded; refused. Store it as a "
+                                   f"numeric or string array (np.savez of e.g. "
+                                   f"arr.astype(str)) instead") from None
+                try:   # through the allow list: anything else is an UnsafePickleError, never run
+                    with z.zip.open(f"{key}.npy") as fh:
+                        out[key] = read_npy(fh, f"{path} (array {key!r})", "npz array")
+                except UnsafePickleError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - a damaged pickle: named, not a traceback
+                    raise NpzError(f"{path}: cannot read the object array {key!r} "
+                                   f"({type(e).__name__}: {e}). Re-create the file with "
+                                   f"numpy.savez of string or numeric arrays") from None
     return out
-
-
-def _restricted_member(path: Path, key: str) -> np.ndarray:
-    """The object array ``key`` of the npz, unpickled through :mod:`utils.safe_pickle`'s allow
-    list (anything else is an ``UnsafePickleError``, never run)."""
-    from utils.safe_pickle import UnsafePickleError, read_npy
-    try:
-        with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as fh:
-            return read_npy(fh, f"{path} (array {key!r})", "npz array")
-    except UnsafePickleError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a damaged pickle: named, not a traceback
-        raise NpzError(f"{path}: cannot read the object array {key!r} ({type(e).__name__}: "
-                       f"{e}). Re-create the file with numpy.savez of string or numeric "
-                       f"arrays") from None

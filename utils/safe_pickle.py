@@ -53,28 +53,22 @@ def _resolve(mod: str, name: str):
 
 
 def _admitted(module: str, obj: object) -> bool:
-    """Whether the resolved global ``obj`` (from ``module``, one of ``_MODULES`` or
-    ``_MODULE_PREFIXES``) is on the allow list."""
+    """Whether ``obj`` (from ``module``: ``_MODULES`` / ``_MODULE_PREFIXES``) is allowed."""
     top = module.split(".")[0]
     if top == "builtins":
         return obj in _BUILTINS
     if top == "numpy":
         return (obj in (np.ndarray, np.dtype) or any(obj is f for f in _NP_HELPERS)
                 or (isinstance(obj, type) and issubclass(obj, (np.dtype, np.generic))))
-    if top == "scipy":   # scipy.sparse
-        import scipy.sparse as sp
-        bases = (sp.spmatrix, sp.sparray)
-    else:                # chumpy
-        from chumpy.ch import Ch
-        bases = Ch
+    bases = ((_resolve("scipy.sparse", "spmatrix"), _resolve("scipy.sparse", "sparray"))
+             if top == "scipy" else _resolve("chumpy.ch", "Ch"))   # scipy.sparse or chumpy
     return isinstance(obj, type) and issubclass(obj, bases)
 
 
 def _py3(module: str, name: str) -> tuple[str, str]:
     """The Python-3 module and name of a pickled global (Python-2 names mapped as pickle does)."""
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        return _compat_pickle.NAME_MAPPING[module, name]
-    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+    return _compat_pickle.NAME_MAPPING.get(
+        (module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -82,8 +76,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     (its role, e.g. "SMPL body model") go into the error messages."""
 
     def __init__(self, file, source: str = "<pickle>", what: str = "pickle", **kwargs):
-        kwargs.setdefault("encoding", "latin1")
-        super().__init__(file, **kwargs)
+        super().__init__(file, **{"encoding": "latin1", **kwargs})
         self.source, self.what = str(source), what
 
     def _refuse(self, module: str, name: str) -> UnsafePickleError:
@@ -160,12 +153,10 @@ def load_npy(path: str | os.PathLike, what: str = "array file") -> np.ndarray:
 
 
 def read_npy(fh, source: str = "<npy>", what: str = "array file") -> np.ndarray:
-    """:func:`load_npy` of an open binary file (e.g. an npz member); ``source`` names it in
-    the errors."""
+    """:func:`load_npy` of an open binary file (e.g. an npz member), named ``source`` in errors."""
     version = np.lib.format.read_magic(fh)
-    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                   else np.lib.format.read_array_header_2_0)
-    _shape, _fortran, dtype = read_header(fh)
+    _shape, _fortran, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)(fh)
     if not dtype.hasobject:
         fh.seek(0)
         return np.lib.format.read_array(fh, allow_pickle=False)

@@ -4,12 +4,10 @@
 ``with StopRequest() as stop:`` installs the handlers (in the main thread; the previous ones are
 put back at the end). The first signal only sets ``stop.signum`` (and prints one line): the loop
 polls it between steps, saves and exits with ``128 + signal`` (143 for SIGTERM, 130 for SIGINT).
-A second signal, later than ``REPEAT_S`` after the first, stops at once (``SystemExit``) without
-waiting for the safe point. Earlier repeats are the same request delivered twice: torchrun passes
-the terminal's Ctrl-C on to its workers, which the terminal already signalled.
-
-Processes forked while the handlers are installed (DataLoader workers) inherit them and ignore the
-signals: the main process ends them when it stops.
+A second signal, later than ``REPEAT_S`` after the first, stops at once (``SystemExit``); earlier
+repeats are the same request delivered twice (torchrun passes the terminal's Ctrl-C on to its
+workers, which the terminal already signalled). Processes forked meanwhile (DataLoader workers)
+inherit the handlers and ignore the signals: the main process ends them when it stops.
 """
 from __future__ import annotations
 
@@ -35,9 +33,7 @@ class StopRequest:
 
     def __init__(self, announce: bool = True):
         self.signum: int | None = None
-        self.announce = announce
-        self._first = 0.0
-        self._pid = os.getpid()
+        self.announce, self._first, self._pid = announce, 0.0, os.getpid()
         self._previous: dict[int, object] = {}
 
     @property
