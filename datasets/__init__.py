@@ -11,10 +11,9 @@ __all__ = list(_EXPORTS)
 
 
 def __getattr__(name):
-    if name in _EXPORTS:
-        value = globals()[name] = getattr(importlib.import_module(_EXPORTS[name]), name)
-        return value
-    raise AttributeError(f"module 'datasets' has no attribute {name!r}")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'datasets' has no attribute {name!r}")
+    return globals().setdefault(name, getattr(importlib.import_module(_EXPORTS[name]), name))
 
 
 def __dir__():

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from utils.errors import UserError
-from utils.safe_npz import NpzError, read_npz
+from utils.safe_npz import read_npz
 
 __all__ = ["DatasetError", "read_annotations", "check_annotations"]
 
@@ -24,6 +24,7 @@ _SHAPES = {"part": (24, 3), "openpose": (25, 3), "pose": (72,), "S": (24, 4),
 _SCALAR_OK = ("focal_length",)   # may hold one value for all samples
 _TEXT = ("imgname", "gender", "maskname", "partname")   # read as str arrays
 MAX_ABS = 1e6      # no annotation (pixels, metres, radians, betas) comes near it
+_NAN = "contains NaN or inf"
 _NUMERIC = ("part", "openpose", "pose", "shape", "S", "center", "scale", "has_smpl",
             "focal_length")   # must be bool / int / float arrays (not strings)
 KNOWN_KEYS = (*_TEXT, *_NUMERIC)   # what BaseDataset reads; other keys are not checked
@@ -34,20 +35,16 @@ class DatasetError(UserError, ValueError):
 
 
 def read_annotations(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of an npz, materialised, no code unpickled; the text keys (``imgname``,
-    ``gender``, ``maskname``, ``partname``) as ``str`` arrays (bytes decoded like file names),
-    ``imgname`` with ``/`` for Windows' ``\\``; an object array as text or numbers."""
+    """All arrays of an npz, materialised, no code unpickled; the keys BaseDataset reads made plain
+    (:func:`_plain`), ``imgname`` with ``/`` for Windows' ``\\``."""
     try:
         data = read_npz(path, objects=True)
-    except NpzError as e:
-        raise DatasetError(str(e)) from None
-    except UserError as e:   # an object array naming something unsafe (utils.safe_pickle)
+    except UserError as e:   # a bad npz, or an object array naming something unsafe (safe_pickle)
         raise DatasetError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - any unreadable-file error, re-raised with the name
         raise DatasetError(f"{path}: cannot read this annotation file ({type(e).__name__}: "
                            f"{e}). Re-create it with numpy.savez") from e
-    for key in [k for k in data if k in KNOWN_KEYS]:
-        data[key] = _plain(path, key, data[key])
+    data.update({k: _plain(path, k, v) for k, v in data.items() if k in KNOWN_KEYS})
     if "imgname" in data and data["imgname"].dtype.kind == "U":
         data["imgname"] = np.char.replace(data["imgname"], "\\", "/")
     return data
@@ -55,7 +52,7 @@ def read_annotations(path: Path) -> dict[str, np.ndarray]:
 
 def _plain(path: Path, key: str, arr: np.ndarray) -> np.ndarray:
     """``arr`` with text as ``str`` (bytes decoded as file names are: UTF-8, other bytes kept
-    through surrogate escapes) and an object array as text or numbers."""
+    through surrogate escapes) and an object array as text or numbers (else an error)."""
     if arr.dtype.kind == "O":
         items = arr.reshape(-1).tolist()
         if all(isinstance(x, (str, bytes)) for x in items):
@@ -77,11 +74,9 @@ def _plain(path: Path, key: str, arr: np.ndarray) -> np.ndarray:
 
 
 def check_annotations(data: dict[str, np.ndarray], fail: Callable[..., DatasetError]) -> int:
-    """Check what :class:`BaseDataset` relies on: required keys (``imgname``, ``part``; ``pose``
-    only with ``shape``), one entry per sample (``focal_length`` may be a scalar), per-sample
-    shapes, numbers (not strings) in the numeric keys, no NaN / inf. Keys that nothing reads
-    (not in :data:`KNOWN_KEYS`) are not checked. ``fail(message, index=None)`` makes the error.
-    Returns N."""
+    """Check what :class:`BaseDataset` relies on (keys, lengths, shapes, dtypes, plausible values;
+    keys outside :data:`KNOWN_KEYS` are not checked); ``fail(message, index=None)`` makes the
+    error. Returns N."""
     present, data = sorted(data), {k: v for k, v in data.items() if k in KNOWN_KEYS}
     for key in ("imgname", "part"):
         if key not in data:
@@ -105,9 +100,8 @@ def check_annotations(data: dict[str, np.ndarray], fail: Callable[..., DatasetEr
     if text := [k for k in _NUMERIC if k in data and data[k].dtype.kind not in "biuf"]:
         raise fail(f"{text[0]!r} has dtype {data[text[0]].dtype}, expected numbers (bool, int "
                    f"or float). Re-create the file with numeric arrays (e.g. arr.astype(float))")
-    for key, shape in _SHAPES.items():
-        got = data[key].shape if key in data else None
-        if got is not None and got[1:] != shape and not (key == "S" and got[1:] == (24, 3)):
+    for key, shape in ((k, s) for k, s in _SHAPES.items() if k in data):
+        if (got := data[key].shape)[1:] != shape and not (key == "S" and got[1:] == (24, 3)):
             want = f"(N, {', '.join(map(str, shape))})" if shape else "(N,)"
             raise fail(f"{key!r} has shape {got}, expected {want}")
     if "shape" in data and (data["shape"].ndim != 2 or data["shape"].shape[1] < 10):
@@ -115,27 +109,24 @@ def check_annotations(data: dict[str, np.ndarray], fail: Callable[..., DatasetEr
     if "focal_length" in data and data["focal_length"].size not in (1, n):
         raise fail(f"'focal_length' has shape {data['focal_length'].shape}, expected "
                    f"a scalar or one value per sample ({n})")
-    for key, arr in data.items():   # no NaN / inf in the numeric annotations
-        if arr.dtype.kind in "fc":
-            ok = np.isfinite(arr.reshape(len(arr), -1) if arr.ndim else arr.reshape(1, 1))
-            if (bad := ~ok.all(axis=1)).any():
-                raise fail(f"{key!r} contains NaN or inf (first at sample {int(np.argmax(bad))}, "
-                           f"{int(bad.sum())} samples affected)", int(np.argmax(bad)))
     for key, bad, what in _implausible(data):
         if (bad := bad.reshape(len(bad), -1).any(axis=1)).any():
-            first = int(np.argmax(bad))
+            first, tail = int(np.argmax(bad)), "" if what == _NAN else ": the file is damaged"
             raise fail(f"{key!r} {what} (first at sample {first}, {int(bad.sum())} samples "
-                       f"affected): the file is damaged", first)
+                       f"affected){tail}", first)
     return n
 
 
 def _implausible(data: dict[str, np.ndarray]):
-    """(key, per-sample mask, what) of values no annotation has: beyond :data:`MAX_ABS` (float32
-    arithmetic on them overflows to inf / NaN), a negative keypoint confidence (a negative loss
-    weight), a ``has_smpl`` other than 0 / 1."""
+    """(key, per-sample mask, what) of values no annotation has: NaN / inf, beyond :data:`MAX_ABS`
+    (float32 arithmetic on them overflows to inf / NaN), a negative keypoint confidence (a
+    negative loss weight), a ``has_smpl`` other than 0 / 1."""
+    for key, arr in data.items():
+        if arr.dtype.kind in "fc":
+            yield key, ~np.isfinite(np.atleast_1d(arr)), _NAN
     for key in (k for k in _NUMERIC if k in data and data[k].ndim):
-        yield key, np.abs(data[key].astype(np.float64)) > MAX_ABS, f"holds values beyond " \
-            f"±{MAX_ABS:g}"
+        big = np.abs(data[key].astype(np.float64)) > MAX_ABS
+        yield key, big, f"holds values beyond ±{MAX_ABS:g}"
     for key, width in (("part", 3), ("openpose", 3), ("S", 4)):   # S may have no confidence
         if key in data and data[key].shape[-1] == width:
             yield key, data[key][..., -1] < 0, "has a negative confidence (its last column)"

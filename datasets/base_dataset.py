@@ -37,8 +37,7 @@ _NOTED: set[str] = set()         # test files whose missing 'S' was already said
 
 
 def _opt(options, name, default):
-    value = getattr(options, name, default)
-    return default if value is None else value
+    return default if (value := getattr(options, name, default)) is None else value
 
 
 def _first(bad: np.ndarray) -> int:
@@ -62,12 +61,11 @@ class BaseDataset(Dataset):
         self.scale_factor = float(_opt(options, "scale_factor", 0.25))
         # training only, like every augmentation (§6.3): a test set keeps its 3D labels, which
         # the test-time pseudo-label loss masks by, and its pixels
-        self.ignore_3d, self.use_alb = (bool(_opt(options, k, False)) and self.is_train
-                                        for k in ("ignore_3d", "ALB"))
+        self.ignore_3d, self.use_alb, syn_occ = (bool(_opt(options, k, False)) and self.is_train
+                                                 for k in ("ignore_3d", "ALB", "syn_occ"))
+        self.use_syn_occ = syn_occ and dataset in OCCLUDED_DATASETS
         self.skip_bad_images = bool(_opt(options, "skip_bad_images", False))
         self.half_size = dataset in HALF_SIZE_DATASETS
-        self.use_syn_occ = (bool(_opt(options, "syn_occ", False)) and self.is_train
-                            and dataset in OCCLUDED_DATASETS)
         self.npz_file = self.paths.dataset_npz(dataset, self.is_train)
         self.img_dir = self.paths.image_folder(dataset)
         # occluders: only needed (and only required to exist) when they will be used (D8)
@@ -141,10 +139,10 @@ class BaseDataset(Dataset):
                 raise self._fail(f"'focal_length' is not positive ({f[_first(f <= 0)]})",
                                  _first(f <= 0))
             self.focal_length = f / 2 if self.half_size else f
-        self.maskname = data["maskname"].astype(str) if "maskname" in data else None
+        self.maskname, self.partname = (data[k].astype(str) if k in data else np.full(n, "")
+                                        for k in ("maskname", "partname"))
         if not self.is_train:
             self._check_test_inputs(data)
-        self.partname = data["partname"].astype(str) if "partname" in data else None
 
     def _check_test_inputs(self, data: dict) -> None:
         """Test sets: the inputs test-time optimisation reads must be there (issue #15 item 8)."""
@@ -193,12 +191,10 @@ class BaseDataset(Dataset):
     def _named_with_folder(self, index: int) -> str | None:
         """The existing file that a missing image means when its imgname starts with the
         image folder itself ('pw3d/...' or 'datasets/pw3d/...'), else None."""
-        for base in (self.img_dir.parent, self.img_dir.parent.parent):
-            path = os.path.join(base, self.imgname[index])
-            if os.path.isfile(path) and Path(path).resolve().is_relative_to(
-                    self.img_dir.resolve()):
-                return path
-        return None
+        paths = (os.path.join(base, self.imgname[index])
+                 for base in (self.img_dir.parent, self.img_dir.parent.parent))
+        return next((p for p in paths if os.path.isfile(p)
+                     and Path(p).resolve().is_relative_to(self.img_dir.resolve())), None)
 
     def _bad_image(self, index: int, why: str) -> None:
         """Raise for an unreadable image, or warn once (``skip_bad_images``)."""
@@ -224,15 +220,12 @@ class BaseDataset(Dataset):
         released order (rot zeroed 60% of the time); a test set: (0, None, 0, 1)."""
         if not self.is_train:
             return 0, None, 0.0, 1.0
+        rf, sf = self.rot_factor, self.scale_factor
         flip = 1 if np.random.uniform() <= 0.5 else 0
         pn = np.random.uniform(1 - self.noise_factor, 1 + self.noise_factor, 3)
-        rot = min(2 * self.rot_factor, max(-2 * self.rot_factor,
-                                           np.random.randn() * self.rot_factor))
-        sc = min(1 + self.scale_factor, max(1 - self.scale_factor,
-                                            np.random.randn() * self.scale_factor + 1))
-        if np.random.uniform() <= 0.6:
-            rot = 0.0
-        return flip, pn, float(rot), float(sc)
+        rot = min(2 * rf, max(-2 * rf, np.random.randn() * rf))
+        sc = min(1 + sf, max(1 - sf, np.random.randn() * sf + 1))
+        return flip, pn, 0.0 if np.random.uniform() <= 0.6 else float(rot), float(sc)
 
     def __getitem__(self, index):
         index = int(index)
@@ -272,29 +265,25 @@ class BaseDataset(Dataset):
             pose_3d = imutils.rotate_points_inplane(pose_3d, rot)
         if rot != 0.0 and self.has_pose_shape:
             pose = imutils.rotate_root_orientation(pose, rot)
-        out_size = (self.crop_w, self.crop_h)
-        full_trans = imutils.get_affine_transform(center, scale, rot, out_size)
-        crop_trans = imutils.get_affine_transform(center, scale, 0.0, out_size)
-        inv_trans = imutils.get_affine_transform(center, scale, 0.0, out_size, inv=True)
+        full_trans, crop_trans, inv_trans = (
+            imutils.get_affine_transform(center, scale, r, (self.crop_w, self.crop_h), inv=inv)
+            for r, inv in ((rot, False), (0.0, False), (0.0, True)))
         img_t = self._crop(img, full_trans, pn)
         kp_crop = keypoints.copy()
         kp_crop[:, :2] = imutils.transform_points(keypoints[:, :2].astype(np.float64), full_trans)
         focal = (float(self.focal_length[index]) if self.focal_length is not None
                  else float(imutils.diagonal_focal(img_h, img_w)))
         f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
-        item = {"img": img_t}
-        item.update({k: f32(v) for k, v in dict(
+        return dict(img=img_t, **{k: f32(v) for k, v in dict(
             keypoints=kp_crop, keypoints_full=keypoints, pose=pose, betas=betas, pose_3d=pose_3d,
             has_smpl=self.has_smpl[index], has_pose_3d=self.has_pose_3d, scale=scale,
             center=center, orig_shape=[img_h, img_w], img_h=img_h, img_w=img_w,
             focal_length=focal, bbox_info=imutils.bbox_info(center, scale, img_h, img_w, focal),
-            full_trans=full_trans, crop_trans=crop_trans, inv_trans=inv_trans).items()})
-        item.update(is_flipped=int(flip), rot_angle=f32(rot), scale_factor=f32(sc),
-                    gender=int(self.gender[index]), sample_index=index,
-                    dataset_name=self.dataset, imgname=self.image_path(index),
-                    maskname="" if self.maskname is None else str(self.maskname[index]),
-                    partname="" if self.partname is None else str(self.partname[index]))
-        return item
+            full_trans=full_trans, crop_trans=crop_trans, inv_trans=inv_trans).items()},
+            is_flipped=int(flip), rot_angle=f32(rot), scale_factor=f32(sc),
+            gender=int(self.gender[index]), sample_index=index, dataset_name=self.dataset,
+            imgname=self.image_path(index), maskname=str(self.maskname[index]),
+            partname=str(self.partname[index]))
 
     def _crop(self, img: np.ndarray, full_trans: np.ndarray, pn) -> torch.Tensor:
         """(--ALB,) the affine crop, (occluders,) pixel noise, ImageNet normalisation: CHW
@@ -314,10 +303,7 @@ def collate_skipping(items: list[dict]) -> dict:
     """``collate_fn`` for test sets read with ``skip_bad_images``: skipped items are left out
     and listed under ``batch['skipped']`` (sample_index, imgname, reason); a batch of only
     skipped samples has no other key."""
-    from torch.utils.data import default_collate
     good = [it for it in items if not it.get("skipped")]
     bad = [{k: it[k] for k in ("sample_index", "imgname", "reason")}
            for it in items if it.get("skipped")]
-    batch = default_collate(good) if good else {}
-    batch["skipped"] = bad
-    return batch
+    return {**(torch.utils.data.default_collate(good) if good else {}), "skipped": bad}

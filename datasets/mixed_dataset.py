@@ -25,13 +25,10 @@ _SPLIT_INTO = ("coco", "mpii")
 def mixture_partition(ratios: Mapping[str, float], lengths: Mapping[str, int]) -> dict[str, float]:
     """{name: probability} (sums to 1) from the constants' ``ratios`` ('lsp_coco_mpii' split
     over coco and mpii by ``lengths``)."""
-    out: dict[str, float] = {}
+    out, total = {}, sum(lengths.get(k, 0) for k in _SPLIT_INTO)
     for name, r in ratios.items():
-        if name == _SPLIT_KEY:
-            total = sum(lengths[k] for k in _SPLIT_INTO)
-            out.update({k: r * lengths[k] / total for k in _SPLIT_INTO})
-        else:
-            out[name] = r
+        out.update({k: r * lengths[k] / total for k in _SPLIT_INTO} if name == _SPLIT_KEY
+                   else {name: r})
     return out
 
 
@@ -43,8 +40,7 @@ class MixedDataset(Dataset):
     def __init__(self, options, paths: DataPaths | None = None, use_3dpw: bool | None = None,
                  *, datasets: Mapping[str, Dataset] | None = None):
         super().__init__()
-        if use_3dpw is None:
-            use_3dpw = bool(getattr(options, "train_3dpw", False))
+        use_3dpw = bool(getattr(options, "train_3dpw", False)) if use_3dpw is None else use_3dpw
         ratios = constants.MIX_WITH_3DPW if use_3dpw else constants.MIX_WITHOUT_3DPW
         names = [n for r in ratios for n in (_SPLIT_INTO if r == _SPLIT_KEY else (r,))]
         if datasets is None:
@@ -52,8 +48,7 @@ class MixedDataset(Dataset):
             datasets = {n: BaseDataset(options, n, is_train=True, paths=paths) for n in names}
         if missing := [n for n in names if n not in datasets]:
             raise ValueError(f"MixedDataset needs datasets {names}; missing {missing}")
-        self.names = names
-        self.datasets = [datasets[n] for n in names]
+        self.names, self.datasets = names, [datasets[n] for n in names]
         self.lengths = [len(d) for d in self.datasets]
         if empty := [n for n, m in zip(names, self.lengths) if m == 0]:
             raise ValueError(f"MixedDataset: empty dataset(s) {empty}")

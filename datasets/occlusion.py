@@ -62,8 +62,7 @@ def load_occluders(path: str | os.PathLike) -> tuple[np.ndarray, ...]:
 
 
 class SyntheticOcclusion:
-    """Pastes random occluders of ``path`` (``pascal_occluders.npy``, read on first use) onto
-    crops."""
+    """Pastes random occluders of ``path`` (pascal_occluders.npy, read on first use) on crops."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
@@ -114,19 +113,14 @@ def _paste_over(src: np.ndarray, dst: np.ndarray, center):
     touched ((rows, cols), alpha (h, w)), or None if the patch lies outside."""
     sh, sw = src.shape[:2]
     dh, dw = dst.shape[:2]
-    cx, cy = int(np.round(center[0])), int(np.round(center[1]))
-    x0, y0 = cx - sw // 2, cy - sh // 2
-    x1, y1 = x0 + sw, y0 + sh
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, dw), min(y1, dh)
+    x0, y0 = int(np.round(center[0])) - sw // 2, int(np.round(center[1])) - sh // 2
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x0 + sw, dw), min(y0 + sh, dh)
     if cx0 >= cx1 or cy0 >= cy1:
         return None
     patch = src[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
     region = (slice(cy0, cy1), slice(cx0, cx1))
     # round(a/255 * src + (1 - a/255) * dst) in exact integer arithmetic (max 255*255 < 2^16)
     a = patch[..., 3:4].astype(np.uint16)
-    acc = patch[..., :3].astype(np.uint16) * a
-    acc += dst[region].astype(np.uint16) * (255 - a)
-    acc += 127
-    acc //= 255
-    dst[region] = acc.astype(np.uint8)
+    acc = patch[..., :3].astype(np.uint16) * a + dst[region].astype(np.uint16) * (255 - a)
+    dst[region] = ((acc + 127) // 255).astype(np.uint8)
     return region, patch[..., 3].astype(np.float32) * (1.0 / 255.0)

@@ -24,9 +24,8 @@ def _csv(text: str) -> tuple:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m datasets.prepare",
-                                description="Build SPIN-format npz annotations from an "
-                                            "official dataset release.")
+    p = argparse.ArgumentParser(prog="python -m datasets.prepare", description="Build SPIN-format "
+                                "npz annotations from an official dataset release.")
     sub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET",
                            help="the dataset to prepare (3dpw)")
     q = sub.add_parser("3dpw", help="3DPW: sequenceFiles/*.pkl + imageFiles/ -> npz",
@@ -55,8 +54,7 @@ def main(argv=None) -> dict:
     from datasets.prepare_3dpw import prepare_3dpw
     from models.smpl import SMPLFileError
     a = build_parser().parse_args(argv)
-    env = os.environ.get("METAHMR_ROOT")
-    data_root = a.data_root or (Path(env) if env else None) or a.out or Path(".")
+    data_root = a.data_root or Path(os.environ.get("METAHMR_ROOT") or a.out or ".")
     out = a.out or data_root
     if bad := [s for s in a.train_splits if s not in ("train", "validation")]:
         what = ("the evaluation's split (training on it would leak the test set into the "
@@ -70,8 +68,7 @@ def main(argv=None) -> dict:
           flush=True)
     try:
         result = prepare_3dpw(a.raw, out, data_root=data_root, sets=a.sets,
-                              train_splits=a.train_splits,
-                              with_focal_length=a.with_focal_length)
+                              train_splits=a.train_splits, with_focal_length=a.with_focal_length)
     except (MissingFileError, SMPLFileError) as e:
         raise SystemExit(f"error: {e}. The body models come from --data_root "
                          "(or METAHMR_ROOT, else --out)") from None

@@ -97,12 +97,6 @@ def openpose_from_coco18(poses2d: np.ndarray) -> np.ndarray:
     return np.where((idx >= 0)[:, None], coco[:, idx], 0.0)
 
 
-def _check_images(raw: Path, seq: Sequence) -> dict[int, tuple[int, int]]:
-    """(W, H) of the image of every frame valid for some actor (errors name the file)."""
-    return {int(f): image_size(raw / image_name(seq.name, int(f)))
-            for f in np.flatnonzero(seq.valid.any(0))}
-
-
 def _gt_joints(seqs: list[Sequence], models: dict) -> dict:
     """{(sequence index, actor): [M, 24, 3]} camera-frame GT joints (float64) at the actor's
     valid frames, posed per gender over all sequences at once, SMPL_CHUNK bodies at a time."""
@@ -110,15 +104,13 @@ def _gt_joints(seqs: list[Sequence], models: dict) -> dict:
     t = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64)  # noqa: E731
     out = {}
     for gender, code in (("male", "m"), ("female", "f")):
-        items = [(i, a, np.flatnonzero(q.valid[a])) for i, q in enumerate(seqs)
+        items = [(i, a, q, np.flatnonzero(q.valid[a])) for i, q in enumerate(seqs)
                  for a in range(q.n_actors) if q.genders[a] == code]
         if not items:
             continue
-        betas = np.concatenate([np.repeat(seqs[i].betas[a][None], len(f), 0)
-                                for i, a, f in items])
-        pose = np.concatenate([seqs[i].poses[a, f] for i, a, f in items])
-        trans = np.concatenate([seqs[i].trans[a, f] for i, a, f in items])
-        cam = np.concatenate([seqs[i].cam_poses[f] for i, a, f in items])
+        betas, pose, trans, cam = (np.concatenate(x) for x in zip(*[
+            (np.repeat(q.betas[a][None], len(f), 0), q.poses[a, f], q.trans[a, f], q.cam_poses[f])
+            for _, a, q, f in items]))
         S = np.zeros((len(pose), 24, 3))
         for s in range(0, len(pose), SMPL_CHUNK):
             c = slice(s, s + SMPL_CHUNK)
@@ -127,9 +119,8 @@ def _gt_joints(seqs: list[Sequence], models: dict) -> dict:
                                    global_orient=t(pose[c, :3]), transl=t(trans[c])).joints
             S[c] = np.einsum("mij,mkj->mki", cam[c, :3, :3], j[:, 25:].numpy())
             S[c] += cam[c, None, :3, 3]
-        ends = np.cumsum([len(f) for _, _, f in items])
-        for (i, a, _), part in zip(items, np.split(S, ends[:-1])):
-            out[i, a] = part
+        ends = np.cumsum([len(f) for *_, f in items])
+        out.update(zip([(i, a) for i, a, *_ in items], np.split(S, ends[:-1])))
     return out
 
 
@@ -141,19 +132,16 @@ def _convert(seq: Sequence, sizes: dict, joints: list, with_focal: bool,
     for a in range(seq.n_actors):
         summary.skipped[SKIP_INVALID] += int((~seq.valid[a]).sum())
         frames, S = np.flatnonzero(seq.valid[a]), joints[a]
-        p = S @ seq.K.T
-        z = S[..., 2]
+        p, z = S @ seq.K.T, S[..., 2]
         front = z > 1e-9
         uv = np.where(front[..., None], p[..., :2] / np.where(front, z, 1.0)[..., None], 0.0)
         wh = np.array([sizes[int(f)] for f in frames], dtype=np.float64).reshape(-1, 2)  # [M, 2]
         inside = front & (uv >= 0).all(-1) & (uv <= (wh - 1)[:, None]).all(-1)
         part = np.concatenate([uv, inside[..., None].astype(np.float64)], -1)
-        openpose = openpose_from_coco18(seq.poses2d[a, frames])
         center, scale, has_2d = spin_box(np.transpose(seq.poses2d[a, frames], (0, 2, 1)))
-        has_gt = inside.any(1)
+        keep = has_2d & inside.any(1)
         summary.skipped[SKIP_NO_2D] += int((~has_2d).sum())
-        summary.skipped[SKIP_NO_GT] += int((has_2d & ~has_gt).sum())
-        keep = has_2d & has_gt
+        summary.skipped[SKIP_NO_GT] += int((has_2d & ~keep).sum())
         k = frames[keep]
         summary.kept += len(k)
         sample = {
@@ -163,7 +151,7 @@ def _convert(seq: Sequence, sizes: dict, joints: list, with_focal: bool,
             "pose": camera_frame_pose(seq.poses[a, k], seq.cam_poses[k, :3, :3]),
             "shape": np.repeat(seq.betas[a][None], len(k), 0),
             "gender": np.array([seq.genders[a]] * len(k), dtype=str),
-            "openpose": openpose[keep]}
+            "openpose": openpose_from_coco18(seq.poses2d[a, k])}
         if with_focal:
             sample["focal_length"] = np.full(len(k), seq.K[0, 0])
         out.append(sample)
@@ -188,9 +176,11 @@ def prepare_3dpw(raw: str | os.PathLike, out: str | os.PathLike,
     plan = {}
     for name in sets:
         splits = ("test",) if name == "test" else tuple(train_splits)
-        summary = SetSummary(name, splits)
         seqs = [read_sequence(f) for s in splits for f in sequence_files(raw, s)]
-        plan[name] = (summary, [(q, _check_images(raw, q)) for q in seqs])
+        # (W, H) of the image of every frame valid for some actor (errors name the file)
+        sizes = [{int(f): image_size(raw / image_name(q.name, int(f)))
+                  for f in np.flatnonzero(q.valid.any(0))} for q in seqs]
+        plan[name] = (SetSummary(name, splits), list(zip(seqs, sizes)))
     if models is None:
         import torch
         from models.smpl import build_smpl
@@ -198,12 +188,10 @@ def prepare_3dpw(raw: str | os.PathLike, out: str | os.PathLike,
         models = {g: build_smpl(paths, g, dtype=torch.float64) for g in ("male", "female")}
     files = {}
     for name, (summary, seqs) in plan.items():
-        parts = []
-        joints = _gt_joints([q for q, _ in seqs], models)
+        parts, joints = [], _gt_joints([q for q, _ in seqs], models)
+        summary.files, summary.actors = len(seqs), sum(q.n_actors for q, _ in seqs)
+        summary.sequences.update(q.name for q, _ in seqs)
         for i, (seq, sizes) in enumerate(seqs):
-            summary.files += 1
-            summary.sequences.add(seq.name)
-            summary.actors += seq.n_actors
             parts += _convert(seq, sizes, [joints[i, a] for a in range(seq.n_actors)],
                               with_focal_length, summary)
         if summary.kept == 0:

@@ -97,9 +97,8 @@ def _array(path: Path, what: str, x, shape: tuple) -> np.ndarray:
 
 
 def _per_actor(path: Path, data: dict, key: str, n_actors: int) -> list:
-    v = data[key]
-    if not isinstance(v, (list, tuple, np.ndarray)) or len(v) != n_actors:
-        got = len(v) if isinstance(v, (list, tuple, np.ndarray)) else type(v).__name__
+    got = len(v) if isinstance(v := data[key], (list, tuple, np.ndarray)) else type(v).__name__
+    if got != n_actors:
         raise RawDataError(f"{path}: {key!r} holds {got} entries but 'genders' names "
                            f"{n_actors} actors; every per-actor key needs one entry per actor. "
                            "Re-download the file")
@@ -156,10 +155,9 @@ def _check_finite(seq: Sequence) -> None:
     """NaN / inf in a valid frame (invalid frames are never read)."""
     for a in range(seq.n_actors):
         f = np.flatnonzero(seq.valid[a])
-        for key, arr, who in (("poses", seq.poses[a], f" of actor {a}"),
-                              ("trans", seq.trans[a], f" of actor {a}"),
-                              ("poses2d", seq.poses2d[a], f" of actor {a}"),
-                              ("cam_poses", seq.cam_poses, "")):
+        for key in ("poses", "trans", "poses2d", "cam_poses"):
+            arr, who = ((seq.cam_poses, "") if key == "cam_poses"
+                        else (getattr(seq, key)[a], f" of actor {a}"))
             if (bad := ~np.isfinite(arr[f]).all(tuple(range(1, arr.ndim)))).any():
                 raise RawDataError(f"{seq.file}: {key!r}{who} holds NaN/inf in valid frame "
                                    f"{int(f[np.argmax(bad)])}. Re-download the file")

@@ -31,8 +31,7 @@ class Camera:
 
     @classmethod
     def from_options(cls, options) -> "Camera":
-        h, w = options_crop_size(options)
-        return cls(options.model, h, w)
+        return cls(options.model, *options_crop_size(options))
 
     def img_hw(self, batch: dict) -> Tensor:
         """[B,2] full-image (h, w)."""
@@ -52,13 +51,11 @@ class Camera:
         B = batch["img"].shape[0]
         if self.kind == "cliff":
             A = batch["crop_trans"].float()                 # [B,2,3] = [[k,0,a],[0,k,b]]
-            k = A[:, 0, 0]
             centre = torch.stack([batch["img_w"], batch["img_h"]], -1).float() / 2
             principal = (A[:, :, :2] @ centre[..., None])[..., 0] + A[:, :, 2]
-            return k * batch["focal_length"].float(), principal
+            return A[:, 0, 0] * batch["focal_length"].float(), principal
         f = torch.full((B,), FOCAL_LENGTH, device=batch["img"].device)
-        c = torch.tensor([self.crop_w / 2, self.crop_h / 2], device=f.device).expand(B, 2)
-        return f, c
+        return f, torch.tensor([self.crop_w / 2, self.crop_h / 2], device=f.device).expand(B, 2)
 
     def project(self, joints: Tensor, cam: Tensor, batch: dict) -> Tensor:
         """joints [B,J,3], cam [B,3] -> [B,J,2] normalised crop coordinates."""

@@ -18,15 +18,14 @@ __all__ = ["compute_similarity_transform_batch", "compute_similarity_transform_t
 _EPS = 1e-12
 
 
-def _check_pair(S1, S2, name: str) -> None:
+def _check_pair(S1, S2, name: str, what: str = "arrays of the same shape [B,N,3]") -> None:
     if S1.shape != S2.shape or S1.ndim != 3 or S1.shape[-1] != 3:
-        raise ValueError(f"{name}: expected two arrays of the same shape [B,N,3], "
-                         f"got {tuple(S1.shape)} and {tuple(S2.shape)}")
+        raise ValueError(f"{name}: expected two {what}, got {tuple(S1.shape)} and "
+                         f"{tuple(S2.shape)}")
 
 
-def _procrustes(S1, S2, return_transform: bool):
-    """S1, S2 [B, N, 3] (numpy or torch) -> S1_hat [B, N, 3], and (scale [B], R [B,3,3],
-    t [B,3]) with ``return_transform``."""
+def _procrustes(S1, S2):
+    """S1, S2 [B, N, 3] (numpy or torch) -> S1_hat [B, N, 3], (scale [B], R [B,3,3], t [B,3])."""
     xp = torch if torch.is_tensor(S1) else np
     mu1, mu2 = S1.mean(1, keepdims=True), S2.mean(1, keepdims=True)
     X1, X2 = S1 - mu1, S2 - mu2
@@ -39,7 +38,7 @@ def _procrustes(S1, S2, return_transform: bool):
     scale = (sig * z).sum(1) / (X1 ** 2).sum((1, 2)).clip(min=_EPS)
     t = mu2[:, 0] - scale[:, None] * (mu1 @ R.swapaxes(1, 2))[:, 0]
     S1_hat = scale[:, None, None] * (S1 @ R.swapaxes(1, 2)) + t[:, None, :]
-    return (S1_hat, (scale, R, t)) if return_transform else S1_hat
+    return S1_hat, (scale, R, t)
 
 
 def compute_similarity_transform_batch(S1, S2, return_transform: bool = False):
@@ -48,8 +47,8 @@ def compute_similarity_transform_batch(S1, S2, return_transform: bool = False):
     S1, S2 = np.asarray(S1), np.asarray(S2)
     _check_pair(S1, S2, "compute_similarity_transform_batch")
     dtype = S1.dtype if np.issubdtype(S1.dtype, np.floating) else np.float64
-    out = _procrustes(S1.astype(np.float64), S2.astype(np.float64), True)
-    return (out[0].astype(dtype), out[1]) if return_transform else out[0].astype(dtype)
+    hat, transform = _procrustes(S1.astype(np.float64), S2.astype(np.float64))
+    return (hat.astype(dtype), transform) if return_transform else hat.astype(dtype)
 
 
 def compute_similarity_transform_torch(S1: torch.Tensor, S2: torch.Tensor,
@@ -62,24 +61,14 @@ def compute_similarity_transform_torch(S1: torch.Tensor, S2: torch.Tensor,
     kind = S1.device.type
     with (torch.autocast(kind, enabled=False) if torch.amp.is_autocast_available(kind)
           else contextlib.nullcontext()):
-        out = _procrustes(S1.to(dtype), S2.to(dtype), return_transform)
-    if not return_transform:
-        return out.to(S1.dtype)
-    return out[0].to(S1.dtype), out[1]
-
-
-def _reduce(err, reduction):
-    if reduction not in ("mean", "sum", None, "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or None, got {reduction!r}")
-    return getattr(err, reduction)() if reduction in ("mean", "sum") else err
+        hat, transform = _procrustes(S1.to(dtype), S2.to(dtype))
+    return (hat.to(S1.dtype), transform) if return_transform else hat.to(S1.dtype)
 
 
 def mpjpe(pred, gt):
     """Mean Euclidean distance per sample, no alignment: pred, gt [B, N, 3] -> [B] (MPJPE of
     pelvis-centred joints; PVE of vertices: :func:`pve` is this function)."""
-    if pred.shape != gt.shape or pred.shape[-1] != 3 or pred.ndim != 3:
-        raise ValueError(f"mpjpe: expected two [B,N,3] of the same shape, "
-                         f"got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    _check_pair(pred, gt, "mpjpe", "[B,N,3] of the same shape")
     if torch.is_tensor(pred):
         return torch.linalg.vector_norm(pred - gt, dim=-1).mean(-1)
     return np.sqrt(((np.asarray(pred) - np.asarray(gt)) ** 2).sum(-1)).mean(-1)
@@ -91,8 +80,10 @@ pve = mpjpe
 def reconstruction_error(S1, S2, reduction: str | None = "mean"):
     """PA-MPJPE: S1 (prediction), S2 (GT) [B, J, 3], numpy or torch; the per-sample errors
     after Procrustes, reduced by ``reduction`` ('mean' / 'sum' -> scalar, None -> [B])."""
-    if torch.is_tensor(S1):
-        S2 = torch.as_tensor(S2).to(S1)
-        return _reduce(mpjpe(compute_similarity_transform_torch(S1, S2), S2), reduction)
-    S2 = np.asarray(S2)
-    return _reduce(mpjpe(compute_similarity_transform_batch(S1, S2), S2), reduction)
+    tensor = torch.is_tensor(S1)
+    S2 = torch.as_tensor(S2).to(S1) if tensor else np.asarray(S2)
+    align = compute_similarity_transform_torch if tensor else compute_similarity_transform_batch
+    err = mpjpe(align(S1, S2), S2)
+    if reduction not in ("mean", "sum", None, "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or None, got {reduction!r}")
+    return getattr(err, reduction)() if reduction in ("mean", "sum") else err
