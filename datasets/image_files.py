@@ -7,7 +7,7 @@ import os
 import cv2
 import numpy as np
 
-__all__ = ["MIN_IMAGE_SIDE", "decode_image", "opencv_can_open", "read_image_file"]
+__all__ = ["MIN_IMAGE_SIDE", "decode_image", "opencv_can_open", "read_image_file", "write_image"]
 
 MIN_IMAGE_SIDE = 2     # pixels; a smaller image has no person to crop
 
@@ -19,8 +19,7 @@ def _jpeg_truncated(path: str) -> bool:
     with open(path, "rb") as fh:
         if fh.read(2) != b"\xff\xd8":
             return False
-        fh.seek(0, os.SEEK_END)
-        fh.seek(max(0, fh.tell() - 1024))
+        fh.seek(max(0, os.path.getsize(path) - 1024))
         if fh.read().rstrip(b"\x00").endswith(b"\xff\xd9"):
             return False
     from PIL import Image
@@ -34,12 +33,8 @@ def _jpeg_truncated(path: str) -> bool:
 
 def opencv_can_open(path) -> bool:
     """Whether OpenCV's own file functions (video I/O) can take ``path``: they crash the process
-    on a name that is not valid UTF-8."""
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    on a name that is not valid UTF-8 (one holding surrogates: undecodable bytes)."""
+    return not any("\ud800" <= c <= "\udfff" for c in str(path))
 
 
 def decode_image(path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
@@ -52,6 +47,15 @@ def decode_image(path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
         return None
     img = cv2.imdecode(buf, flags) if buf.size else None
     return None if img is None or img.size == 0 else img
+
+
+def write_image(path, bgr: np.ndarray) -> bool:
+    """Encode ``bgr`` by the suffix of ``path`` and write it (by Python, as :func:`decode_image`
+    reads); False when it cannot be encoded."""
+    ok, buf = cv2.imencode(path.suffix, bgr)
+    if ok:
+        path.write_bytes(buf.tobytes())
+    return ok
 
 
 def read_image_file(path: str) -> tuple[np.ndarray | None, str]:

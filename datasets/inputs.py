@@ -14,15 +14,14 @@ import torch
 import constants
 from config import DataPaths, require
 from datasets.annotations import DatasetError, check_annotations, read_annotations
-from datasets.image_files import decode_image, opencv_can_open
+from datasets.image_files import decode_image, opencv_can_open, write_image
 from utils import imutils
 from utils.jsonio import dumps
 
 __all__ = ["DemoInputError", "IMAGE_EXTS", "NUM_OPENPOSE", "list_images", "read_openpose_json",
-           "load_bbox_file", "bboxes_for", "bbox_from_openpose", "bbox_from_xywh",
-           "far_outside", "box_problem", "keypoints_problem", "keypoint_box_problem",
-           "export_dataset_inputs", "gt_to_openpose", "prepare_person", "collate",
-           "read_video", "read_image"]
+           "load_bbox_file", "bboxes_for", "bbox_from_openpose", "bbox_from_xywh", "far_outside",
+           "box_problem", "keypoints_problem", "keypoint_box_problem", "export_dataset_inputs",
+           "gt_to_openpose", "prepare_person", "collate", "read_video", "read_image", "sample_name"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 NUM_OPENPOSE = 25
@@ -120,9 +119,8 @@ def load_bbox_file(path) -> dict[str, list]:
     must exist (:class:`config.MissingFileError`) and be a JSON object; the entries are checked
     per image (:func:`bboxes_for`), so one bad entry skips one image."""
     p = require(path, "bbox file (--bbox_file)")
-    try:
-        with open(p, encoding="utf-8-sig") as f:   # (a byte-order mark is allowed)
-            data = json.load(f)
+    try:   # (a byte-order mark is allowed)
+        data = json.loads(p.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError, RecursionError) as e:
         raise SystemExit(f"error: --bbox_file {p}: not valid JSON: {e}") from e
     if not isinstance(data, dict):
@@ -135,14 +133,11 @@ def bboxes_for(entries: dict, image: Path) -> list[np.ndarray] | None:
     """The [4] float64 (x, y, w, h) boxes of ``image`` (looked up by file name, then stem); None
     without an entry. Raises :class:`DemoInputError` when the entry is not a list of 4-number
     lists (a single [x, y, w, h] is accepted too)."""
-    key = image.name if image.name in entries else image.stem if image.stem in entries else None
-    if key is None:
+    if (key := next((k for k in (image.name, image.stem) if k in entries), None)) is None:
         return None
-    arr = _array(entries[key])
-    if arr is not None and arr.shape == (4,):
-        arr = arr[None]
-    if arr is not None and arr.size == 0:
+    if (arr := _array(entries[key])) is not None and arr.size == 0:
         return []
+    arr = arr[None] if arr is not None and arr.shape == (4,) else arr
     if arr is None or arr.ndim != 2 or arr.shape[1] != 4 or not np.isfinite(arr).all():
         raise DemoInputError(f"bbox entry {key!r}: expected a list of [x, y, w, h] boxes, "
                              f"got {entries[key]!r:.200}")
@@ -177,9 +172,8 @@ def box_problem(box, image_hw) -> str | None:
     """Why a detector box (x, y, w, h) cannot be used on an image of ``image_hw`` (height,
     width), or None: a side under 2 px, the box outside the image, or a corner
     :func:`far_outside` it (e.g. 1e300: its crop and camera would not be finite)."""
-    x, y, bw, bh = (float(v) for v in box)
+    x, y, bw, bh = shown = [float(v) for v in box]
     h, w = image_hw
-    shown = [x, y, bw, bh]
     if not (bw >= MIN_BOX_SIDE and bh >= MIN_BOX_SIDE):
         return f"width and height must be at least {MIN_BOX_SIDE:g} px, got {shown}"
     if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
@@ -238,21 +232,17 @@ def export_dataset_inputs(paths: DataPaths, dataset: str, out_dir, max_images: i
     OpenPose BODY_25 JSON files (in the stored image's pixels); returns (image folder, keypoint
     folder): ``out_dir/images/<name>.jpg`` (``.png``, its stored pixels, for an image with an EXIF
     orientation tag: :func:`_copy_as_stored`) and ``out_dir/openpose/<name>_keypoints.json``
-    (``<name>``: ``<sequence>-<frame>`` for 3DPW, the image stem otherwise) for the first
-    ``max_images`` samples (0: all). keypoints: 'openpose' (the npz array) or 'gt'
-    (:func:`gt_to_openpose`). A bad npz, a set without 'openpose' or a missing image raise
-    :class:`DatasetError`."""
+    (:func:`sample_name`) for the first ``max_images`` samples (0: all). keypoints: 'openpose'
+    (the npz array) or 'gt' (:func:`gt_to_openpose`). A bad npz, a set without 'openpose' or a
+    missing image raise :class:`DatasetError`."""
     npz = paths.dataset_npz(dataset, is_train=False)
     data = read_annotations(npz)
     n = check_annotations(data, lambda msg, index=None: DatasetError(f"{npz}: {msg}"))
-    if keypoints == "openpose":
-        if "openpose" not in data:
-            raise DatasetError(f"{npz}: no 'openpose' keypoints in this {dataset} test set, so "
-                               f"--from_dataset cannot use it. Choose a set with them, or run "
-                               f"on --img_dir with --openpose_dir / --bbox_file")
-        kp_all = data["openpose"]
-    else:
-        kp_all = gt_to_openpose(data["part"])
+    if keypoints == "openpose" and "openpose" not in data:
+        raise DatasetError(f"{npz}: no 'openpose' keypoints in this {dataset} test set, so "
+                           f"--from_dataset cannot use it. Choose a set with them, or run "
+                           f"on --img_dir with --openpose_dir / --bbox_file")
+    kp_all = data["openpose"] if keypoints == "openpose" else gt_to_openpose(data["part"])
     img_root, out = paths.image_folder(dataset), Path(out_dir)
     img_out, kp_out = out / "images", out / "openpose"
     img_out.mkdir(parents=True, exist_ok=True)
@@ -260,21 +250,28 @@ def export_dataset_inputs(paths: DataPaths, dataset: str, out_dir, max_images: i
     names: set[str] = set()
     for i in range(min(n, max_images) if max_images else n):
         rel = Path(str(data["imgname"][i]))
-        name = f"{rel.parent.name}-{rel.stem}" if dataset == "3dpw" else rel.stem
-        name = f"{name}_{i}" if name in names else name
-        names.add(name)
+        name = sample_name(rel, dataset, i, names)
         if not (img_root / rel).is_file():
             raise DatasetError(f"{npz}, sample {i}: image {img_root / rel} does not exist. "
                                f"Restore the {dataset} images under {img_root}")
         _copy_as_stored(img_root / rel, img_out / name, rel.suffix)
-        person = {"person_id": [-1], "pose_keypoints_2d": np.asarray(kp_all[i], float)
-                  .reshape(-1).tolist()}
-        (kp_out / f"{name}_keypoints.json").write_text(
-            dumps({"version": 1.3, "people": [person]}))   # strict JSON
+        kp = np.asarray(kp_all[i], float).reshape(-1).tolist()
+        (kp_out / f"{name}_keypoints.json").write_text(dumps(   # strict JSON
+            {"version": 1.3, "people": [{"person_id": [-1], "pose_keypoints_2d": kp}]}))
     return img_out, kp_out
 
 
-def _copy_as_stored(src: Path, dst_stem: Path, suffix: str) -> Path:
+def sample_name(imgname, dataset: str, index: int, names: set) -> str:
+    """A test-set sample's file name stem: ``<sequence>-<frame>`` for 3DPW, else the image stem;
+    ``_<index>`` appended when ``names`` (which gets it) already holds the name."""
+    p = Path(str(imgname))
+    name = f"{p.parent.name}-{p.stem}" if dataset == "3dpw" else p.stem
+    name = f"{name}_{index}" if name in names else name
+    names.add(name)
+    return name
+
+
+def _copy_as_stored(src: Path, dst_stem: Path, suffix: str) -> None:
     """Copy a dataset image to ``dst_stem`` + ``suffix``, or, when it carries an EXIF orientation
     tag that turns it, write its stored pixels as ``dst_stem.png`` (lossless): the dataset's
     keypoints are in the stored pixels (its reader ignores the tag, as the release's decoder),
@@ -289,14 +286,9 @@ def _copy_as_stored(src: Path, dst_stem: Path, suffix: str) -> Path:
         stored = decode_image(src, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         shown = decode_image(src, cv2.IMREAD_COLOR)
         if stored is not None and (shown is None or not np.array_equal(stored, shown)):
-            ok, buf = cv2.imencode(".png", stored)   # (Python writes: non-UTF-8 names)
-            if ok:
-                dst = dst_stem.with_name(dst_stem.name + ".png")
-                dst.write_bytes(buf.tobytes())
-                return dst
-    dst = dst_stem.with_name(dst_stem.name + suffix)
-    shutil.copyfile(src, dst)
-    return dst
+            if write_image(dst_stem.with_name(dst_stem.name + ".png"), stored):
+                return
+    shutil.copyfile(src, dst_stem.with_name(dst_stem.name + suffix))
 
 
 # OpenPose slot <- GT-24 joint (spec §4.3 names): the limbs, nose, eyes, ears

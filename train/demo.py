@@ -1,13 +1,12 @@
 """Mesh recovery with test-time optimisation on a user's own images (``demo.py``; its outputs:
 the README's "Demo on your own images").
 
-For every person of every image in ``--img_dir``: a bounding box from its OpenPose keypoints
+For every person of every image in ``--img_dir``: a box from its OpenPose keypoints
 (``--openpose_dir``) or a detector box (``--bbox_file``); the network input as the datasets build
-it at evaluation (:func:`prepare_person`); TTO on the keypoints, or one forward pass without
-them (:func:`predict`); the better prediction before / after TTO (:mod:`train.demo_report`);
-per-person npz files (:func:`person_record`), an overlay (:func:`render_people`) and
-``summary.json``. ``--video``: per frame (:mod:`train.video`); ``--from_dataset``: a test set's
-images and keypoints, written to ``<out_dir>/inputs/``.
+it at evaluation (:func:`prepare_person`); TTO on the keypoints, or one forward pass without them
+(:func:`predict`); the better prediction before / after TTO (:mod:`train.demo_report`); npz files
+(:func:`person_record`), an overlay (:func:`render_people`) and ``summary.json``. ``--video``:
+per frame (:mod:`train.video`); ``--from_dataset``: a test set's inputs, in ``<out_dir>/inputs/``.
 
 TTO runs as evaluation's with ``--use_openpose2d``. The released code masks step 0's aux
 pseudo-labels by the GT flags ``has_smpl`` / ``has_pose_3d``; an in-the-wild image has no GT,
@@ -34,6 +33,7 @@ from tqdm import tqdm
 
 import constants
 from config import TEST_DATASETS, DataPaths, MissingFileError, require
+from datasets.image_files import write_image
 from datasets.inputs import (IMAGE_EXTS, NUM_OPENPOSE, DemoInputError, bbox_from_openpose,
                              bbox_from_xywh, bboxes_for, box_problem, collate,
                              export_dataset_inputs, keypoint_box_problem, keypoints_problem,
@@ -65,10 +65,9 @@ _IMPLIED_COMMON = ("use_openpose2d", "skip_bad_images")
 def demo_parser() -> argparse.ArgumentParser:
     """Options of demo.py: the evaluation scripts' shared groups (data and device, model,
     test-time optimisation, loss weights; :mod:`utils.options`) plus the demo's own."""
-    p = argparse.ArgumentParser(
-        description="Meta-HMR demo: SMPL meshes (with test-time optimisation on OpenPose "
-                    "keypoints) for every person in a folder of images",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description="Meta-HMR demo: SMPL meshes (with test-time "
+                                "optimisation on OpenPose keypoints) for every person in a folder "
+                                "of images", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("demo")
     g.add_argument("--checkpoint", required=True, help="Meta-HMR checkpoint with 'model' and "
                    "'model_aux' (e.g. ckpt/cliff_hrnet_3dpw.pt, or a train.py checkpoint)")
@@ -169,9 +168,8 @@ def predict(model, model_aux, batch: dict, smpl, camera, cfg, tto: bool) -> Pred
     with torch.no_grad():
         out = model(batch["img"], batch["bbox_info"] if model.use_bbox_info else None)
         pred = {k: v.detach() for k, v in smpl_predict(out, smpl, camera, batch).items()}
-    B, dev = batch["img"].shape[0], batch["img"].device
-    return Prediction(pred, pred, torch.zeros(B, dtype=torch.long, device=dev),
-                      torch.zeros(B, dtype=torch.bool, device=dev), False)
+    zeros = torch.zeros(batch["img"].shape[0], dtype=torch.long, device=batch["img"].device)
+    return Prediction(pred, pred, zeros, zeros.bool(), False)
 
 
 def image_camera(camera, cam: torch.Tensor, batch: dict):
@@ -295,20 +293,19 @@ class DemoRun:
             raise SystemExit(f"error: --openpose_dir {o.openpose_dir} is not a folder")
         other = []   # --img_dir entries that are not image files: said, and in summary.json
         if video is None:
-            images = list_images(o.img_dir)
-            names = {p.name for p in Path(o.img_dir).iterdir()}
-            if other := sorted(names - {p.name for p in images}):   # said, not silently skipped
-                log(f"[demo] {Path(o.img_dir)}: ignoring {len(other)} entries that are not image "
-                    f"files ({', '.join(IMAGE_EXTS)}): {', '.join(other[:5])}"
+            images, img_dir = list_images(o.img_dir), Path(o.img_dir)
+            if other := sorted({p.name for p in img_dir.iterdir()} - {p.name for p in images}):
+                log(f"[demo] {img_dir}: ignoring {len(other)} entries that are not image files "
+                    f"({', '.join(IMAGE_EXTS)}): {', '.join(other[:5])}"
                     f"{' ...' if len(other) > 5 else ''}")
             self.inputs = images[:o.max_images or None]
             if not self.inputs:
-                raise SystemExit(f"error: no image ({', '.join(IMAGE_EXTS)}) in {Path(o.img_dir)}")
+                raise SystemExit(f"error: no image ({', '.join(IMAGE_EXTS)}) in {img_dir}")
             stems = collections.Counter(p.stem for p in self.inputs)
             if same := sorted(p.name for p in self.inputs if stems[p.stem] > 1):
-                raise SystemExit(f"error: {', '.join(same[:6])} in {Path(o.img_dir)} share a name "
-                                 f"(their keypoint files and outputs are named by it). Rename or "
-                                 f"move all but one")
+                raise SystemExit(f"error: {', '.join(same[:6])} in {img_dir} share a name (their "
+                                 f"keypoint files and outputs are named by it). Rename or move all "
+                                 f"but one")
         else:
             try:
                 self.inputs = read_video(video, o.every)
@@ -344,17 +341,16 @@ class DemoRun:
             return skip("bad_annotation", str(e))
         if not raw:
             return skip("no_people", "the keypoint / bbox entry lists no people")
-        if rgb is None:
-            rgb = read_image(path)
+        rgb = read_image(path) if rgb is None else rgb
         if rgb is None:
             return skip("unreadable_image", f"cannot read image {path} (corrupt or not an image)")
         h, w = rgb.shape[:2]
         focal = float(o.focal_length) if o.focal_length else float(imutils.diagonal_focal(h, w))
         people, ids, dropped = [], [], []
         for i, item in enumerate(raw):
-            box, why = self._box(path, i, item, (h, w))
-            if why:
-                dropped.append(why)
+            box = self._box(path, i, item, (h, w))
+            if isinstance(box, str):
+                dropped.append(f"{'person' if self.tto else 'box'} {i}: {box}")
                 continue
             center, scale, kp = box
             people.append(prepare_person(rgb, center, scale, focal, o.bbox_type, kp, o.crop_scale))
@@ -366,35 +362,29 @@ class DemoRun:
             self.log(f"[demo] {path.name}: skipped " + "; ".join(dropped))
         return _Image(path, rgb, people, ids)
 
-    def _box(self, path: Path, i: int, item: np.ndarray, hw: tuple) -> tuple[tuple, str]:
-        """Entry ``i`` of an image of ``hw`` (height, width) -> ((center, scale, keypoints or
-        None), '') or (None, why it is unusable): a bad box (:func:`box_problem`), keypoints of
-        another image (:func:`keypoints_problem`), too few confident keypoints, no box
-        (:func:`keypoint_box_problem`: normalised coordinates, a span under 2 px). A
-        few confident keypoints far outside the image are ignored, with a warning."""
+    def _box(self, path: Path, i: int, item: np.ndarray, hw: tuple) -> tuple | str:
+        """Entry ``i`` of an image of ``hw`` (height, width) -> (center, scale, keypoints or None),
+        or why it is unusable (:func:`box_problem`, :func:`keypoints_problem`, too few confident
+        keypoints, :func:`keypoint_box_problem`); a few confident keypoints far outside the image
+        are ignored, with a warning."""
         if not self.tto:
-            why = box_problem(item, hw)
-            return (None, f"box {i}: {why}") if why else ((*bbox_from_xywh(item), None), "")
+            return box_problem(item, hw) or (*bbox_from_xywh(item), None)
         o = self.o
         if why := keypoints_problem(item, o.kp_threshold, hw):
-            return None, f"person {i}: {why}"
+            return why
         center, scale, n, kp = bbox_from_openpose(item, o.kp_threshold, hw)
         if far := int(((np.asarray(item)[:, 2] > o.kp_threshold) & (kp[:, 2] == 0)).sum()):
             self.log(f"warning: {path.name} person {i}: {far} confident keypoint(s) far "
                      f"outside the image ignored")
         if n < o.min_keypoints:
-            return None, (f"person {i}: {n} keypoints with confidence > {o.kp_threshold} "
-                          f"(need {o.min_keypoints})")
-        if why := keypoint_box_problem(kp):
-            return None, f"person {i}: {why}"
-        return (center, scale, kp), ""
+            return f"{n} keypoints with confidence > {o.kp_threshold} (need {o.min_keypoints})"
+        return keypoint_box_problem(kp) or (center, scale, kp)
 
     def _write(self, img: _Image, records: list[dict], overlay_sink=None) -> None:
         """Write the npz (and obj) files and the overlay of one image, then log and count it.
-        Each record keeps the better of the predictions before / after TTO
-        (:func:`~train.demo_report.judge_tto`); the overlay's right panel shows the kept one. A
-        person whose kept prediction is not finite is dropped (logged, counted); an image left
-        without people is skipped."""
+        Each record keeps the better prediction (:func:`~train.demo_report.judge_finite`: the
+        overlay's right panel shows it; a non-finite one is dropped, an image left without
+        people is skipped)."""
         from utils.renderer import make_grid, save_obj
         o, stem, files, summary = self.o, img.path.stem, [], self.summary
         judged, dropped = judge_finite(img.person_ids, records)
@@ -418,17 +408,14 @@ class DemoRun:
             overlay_sink(overlay)
         else:
             path = self.out_dir / f"{stem}_overlay.jpg"
-            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-            if not ok:   # (encoded here: OpenCV's file functions fail on non-UTF-8 names)
+            if not write_image(path, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)):
                 raise OSError(f"could not encode {path}")
-            path.write_bytes(buf.tobytes())
             files.append(path.name)
         errors = {k: [float(r[k]) for r in records]
                   for k in ("kp_error_px_before", "kp_error_px", "kp_error_px_tto")}
         summary.per_image[img.path.name] = status = {
-            "status": "ok", "people": len(records), "files": files,
-            "person_status": list(statuses), **errors,
-            "tto_steps": [int(r["tto_steps"]) for r in records]}
+            "status": "ok", "people": len(records), "files": files, "person_status": list(statuses),
+            **errors, "tto_steps": [int(r["tto_steps"]) for r in records]}
         self.log(image_line(img.path.name, status))
         summary.tto_rejected += sum(st in ("tto_worse", "tto_diverged") for st in statuses)
         summary.processed += 1

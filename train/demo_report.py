@@ -112,13 +112,11 @@ class Summary:
         lines = [f"Demo summary: {self.images} images, {self.processed} processed "
                  f"({self.people} people), {sum(self.skipped.values())} skipped"]
         lines += [f"  {v} x {SKIP_REASONS[k]}" for k, v in self.skipped.items() if v]
-        lines += [f"  {len(self.ignored)} folder entries ignored (not image files)"] \
-            if self.ignored else []
-        for n, text in ((self.people_skipped, "people skipped (too few confident keypoints, "
-                         "an invalid box, a non-finite prediction) in processed images"),
-                        (self.tto_rejected, "people whose TTO raised the 2D error or diverged "
-                         "(prediction before TTO kept)"),
-                        (self.nonfinite, "people whose TTO went non-finite (last finite "
-                         "prediction kept)")):
-            lines += [f"  {n} {text}"] if n else []
-        return "\n".join(lines)
+        counts = ((len(self.ignored), "folder entries ignored (not image files)"),
+                  (self.people_skipped, "people skipped (too few confident keypoints, an invalid "
+                   "box, a non-finite prediction) in processed images"),
+                  (self.tto_rejected, "people whose TTO raised the 2D error or diverged "
+                   "(prediction before TTO kept)"),
+                  (self.nonfinite, "people whose TTO went non-finite (last finite prediction "
+                   "kept)"))
+        return "\n".join(lines + [f"  {n} {text}" for n, text in counts if n])

@@ -34,8 +34,7 @@ class OverlayVideo:
     def write(self, rgb: np.ndarray) -> None:
         if self.writer is None:
             w, h = rgb.shape[1::-1]
-            f = min(1.0, MAX_SIDE / max(w, h))
-            f = max(f, MIN_SIDE / min(w, h)) if min(w, h) * f < MIN_SIDE else f
+            f = max(min(1.0, MAX_SIDE / max(w, h)), MIN_SIDE / min(w, h))
             self.size = (max(2, round(w * f)), max(2, round(h * f)))
             self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"),
                                           self.fps, self.size)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 import constants
+from datasets.inputs import sample_name
 from utils.camera import Camera
 from utils.imutils import denormalize_image
 
@@ -20,8 +21,7 @@ class Visualizer:
     5000 and the crop centre. Files in ``--viz_dir``: ``<name>_input.jpg``, ``_before.jpg``,
     ``_ours_gt.jpg`` (``_ours_openpose.jpg`` with --use_openpose2d), ``_compare.jpg`` (the three
     side by side) and, with ``--save_obj``, ``<name>.obj`` (the adapted mesh, camera
-    coordinates). ``<name>``: ``<sequence>-<frame>`` for 3DPW, else the image stem
-    (``_<sample index>`` appended when a name repeats).
+    coordinates). ``<name>``: :func:`datasets.inputs.sample_name`.
     """
 
     AFTER_GT = (0.65, 0.74, 0.86)       # light blue
@@ -39,20 +39,11 @@ class Visualizer:
         self.color = self.AFTER_OPENPOSE if getattr(o, "use_openpose2d", False) else self.AFTER_GT
         self.faces = np.asarray(smpl.faces, np.int64)
         self.renderer = Renderer(self.faces, backend=getattr(o, "viz_backend", "auto"))
-        self.count = 0
-        self.names: set[str] = set()
+        self.count, self.names = 0, set()
 
     def _indices(self, B: int) -> range:
         return range(1 if self.max == 0 else B if self.max < 0 else
                      min(B, max(0, self.max - self.count)))
-
-    def _name(self, imgname: str, index: int) -> str:
-        p = Path(imgname)
-        name = f"{p.parent.name}-{p.stem}" if self.dataset.dataset == "3dpw" else p.stem
-        if name in self.names:
-            name = f"{name}_{index}"
-        self.names.add(name)
-        return name
 
     def _image(self, b: dict, i: int) -> np.ndarray:
         """RGB uint8 background of sample i."""
@@ -64,15 +55,14 @@ class Visualizer:
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def __call__(self, b: dict, res) -> None:
-        B = res.after["vertices"].shape[0]
-        for i in self._indices(B):
+        for i in self._indices(res.after["vertices"].shape[0]):
             img = self._image(b, i)
-            h, w = img.shape[:2]
             if self.camera.kind == "hmr":
                 f, c = constants.FOCAL_LENGTH, (self.camera.crop_w / 2.0, self.camera.crop_h / 2.0)
             else:
-                f, c = float(b["focal_length"][i]), (w / 2.0, h / 2.0)
-            name = self._name(str(b["imgname"][i]), int(b["sample_index"][i]))
+                f, c = float(b["focal_length"][i]), (img.shape[1] / 2.0, img.shape[0] / 2.0)
+            name = sample_name(b["imgname"][i], self.dataset.dataset, int(b["sample_index"][i]),
+                               self.names)
             out = {"input": img}
             one = {k: v[i:i + 1] for k, v in b.items() if torch.is_tensor(v)}
             for tag, pred, col in (("before", res.before, self.BEFORE),
