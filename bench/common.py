@@ -2,22 +2,21 @@
 
 Random-weight networks, synthetic inputs and the synthetic SMPL-format body model (written once
 into ``$METAHMR_BENCH_CACHE``): no data file is needed. Each mode runs in a fresh child process
-(the script re-runs itself with ``--_child``), so that its peak memory is its own.
+(``multiprocessing`` spawn), so that its peak memory is its own.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import multiprocessing
 import os
 import platform
 import re
 import resource
-import shlex
 import statistics
-import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +25,10 @@ import torch
 from config import DataPaths, MissingFileError
 from constants import options_crop_size
 from utils import options as project_options
-from utils.jsonio import dumps, write_json
+from utils.jsonio import to_strict, write_json
 from utils.runtime import compile_backbone, place, select_device
 
 REPO = Path(__file__).resolve().parents[1]
-CHILD_MARK = "@@BENCH_RESULT@@ "     # prefix of the child's result line on stdout
 
 
 def _proc(key: str, path: str = "/proc/self/status") -> int | str | None:
@@ -169,25 +167,23 @@ def measure(fns: dict, args, device: torch.device, unit: str) -> dict[str, dict]
         except OSError:
             method = "ru_maxrss - RSS at start (upper bound: peak not resettable)"
         base = _proc("VmRSS") or 0
-    times = {k: [] for k in fns}
+    wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
     for i in range(args.warmup + args.iters):
         for k, fn in fns.items():
             with stopwatch(device) as t:
                 fn()
             if i >= args.warmup:
-                times[k].append(t)
+                wall[k].append(t["wall_s"])
+                cpu[k].append(t["cpu_s"])
     peak = (torch.cuda.max_memory_allocated(device) if cuda
             else _proc("VmHWM") if method.startswith("RSS")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    figures = {}
-    for k, t in times.items():
-        wall, cpu = [x["wall_s"] for x in t], [x["cpu_s"] for x in t]
-        figures[k] = {f"s_per_{unit}": statistics.median(wall),
-                      f"cpu_s_per_{unit}": statistics.median(cpu),
-                      "peak_mb": max(peak - base, 0) / 2**20, "peak_total_mb": peak / 2**20,
-                      "times_s": wall, "cpu_times_s": cpu, "mean_s": statistics.fmean(wall),
-                      "min_s": min(wall), "max_s": max(wall), "memory_method": method}
-    return figures
+    return {k: {f"s_per_{unit}": statistics.median(wall[k]),
+                f"cpu_s_per_{unit}": statistics.median(cpu[k]),
+                "peak_mb": max(peak - base, 0) / 2**20, "peak_total_mb": peak / 2**20,
+                "times_s": wall[k], "cpu_times_s": cpu[k], "mean_s": statistics.fmean(wall[k]),
+                "min_s": min(wall[k]), "max_s": max(wall[k]), "memory_method": method}
+            for k in fns}
 
 
 def add_ratios(modes: dict, base: str, unit: str, time_key: str) -> None:
@@ -225,7 +221,6 @@ def network_parser(doc: str, batch_size: int, batch_help: str, modes, iters: int
     add("--in_process", action="store_true", help="measure every mode in this process (faster; "
         "on the CPU a mode's peak memory can then be hidden by an earlier one's)")
     add("--json", default=None, help="also write the figures to this file")
-    add("--_child", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -246,17 +241,19 @@ def parse_bench_args(p: argparse.ArgumentParser, argv, modes) -> argparse.Namesp
     return args
 
 
-def bench_main(args, script: str, measure_mode, run, report) -> int:
-    """Entry of train_step.py and tto.py: a child (``--_child``) prints one mode's figures on a
-    marked line; the parent measures every mode (a child each unless ``--in_process``), gets
-    the result and its config from ``run``, prints the table (``report``), writes ``--json``."""
-    child = json.loads(args._child) if args._child else None
-    args = argparse.Namespace(**child["options"]) if child else args
+def _measure_in_child(measure_mode, args, mode: str):
+    """One mode's figures, as strict JSON values, in a child process of ``bench_main``."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    if child:
-        print(CHILD_MARK + dumps(measure_mode(args, child["mode"])), flush=True)
-        return 0
+    return to_strict(measure_mode(args, mode))
+
+
+def bench_main(args, measure_mode, run, report) -> int:
+    """Entry of train_step.py and tto.py: measures every mode (``measure_mode``; a spawned child
+    process each unless ``--in_process``), gets the result and its config from ``run``, prints
+    the table (``report``), writes ``--json``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     body_model_root(args.smpl_root)        # written once, before the children start
     results = {}
     for mode in args.mode_list:
@@ -264,16 +261,11 @@ def bench_main(args, script: str, measure_mode, run, report) -> int:
         if args.in_process:
             results[mode] = measure_mode(args, mode)
             continue
-        cmd = [sys.executable, script, "--_child", dumps({"mode": mode, "options": vars(args)})]
-        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
-        lines = proc.stdout.splitlines()
-        marked = [ln[len(CHILD_MARK):] for ln in lines if ln.startswith(CHILD_MARK)]
-        if other := [ln for ln in lines if not ln.startswith(CHILD_MARK)]:
-            print("\n".join(other))
-        if proc.returncode != 0 or not marked:
-            raise RuntimeError(f"mode {mode!r} failed (exit code {proc.returncode}); its "
-                               f"traceback is above. Command: {shlex.join(cmd)}")
-        results[mode] = json.loads(marked[-1])
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            try:
+                results[mode] = child.submit(_measure_in_child, measure_mode, args, mode).result()
+            except Exception as e:
+                raise RuntimeError(f"mode {mode!r} failed; its traceback is above") from e
     device = select_device(args.device)
     res, config = run(args, results, device)
     res.update(machine=machine_info(device), config={

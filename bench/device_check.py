@@ -24,11 +24,10 @@ PY = sys.executable
 TEST_FILES = ["tests/test_models.py", "tests/test_inner.py", "tests/test_tto.py",
               "tests/test_train.py", "tests/test_evaluation.py", "tests/test_demo.py",
               "tests/test_renderer.py", "tests/test_host_sync.py"]
-README_TRAIN = ["--batch_size", "30", "--test_epochs", "5", "--bbox_type", "rect",
-                "--inner_lr", "1e-5", "--outer_lr", "1e-4", "--after_innerlr", "1e-5",
-                "--inner_step", "1", "--test_val_step", "14", "--first_order",
-                "--backbone", "resnet", "--adapt_val_step", "--model", "cliff", "--syn_occ",
-                "--num_epochs", "30", "--summary_steps", "1000"]
+README_TRAIN = ("--batch_size 30 --test_epochs 5 --bbox_type rect --inner_lr 1e-5 --outer_lr 1e-4 "
+                "--after_innerlr 1e-5 --inner_step 1 --test_val_step 14 --first_order --backbone "
+                "resnet --adapt_val_step --model cliff --syn_occ --num_epochs 30 --summary_steps "
+                "1000").split()
 FIGURES = {"train_step": {"s_per_iter": 4, "images_per_s": 1, "ratio_to_plain": 2, "peak_mb": None},
            "tto": {"images_per_s": 2, "peak_mb": None}}   # figures in the table (digits)
 

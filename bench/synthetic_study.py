@@ -12,7 +12,6 @@ reused (delete ``runs/<name>`` to retrain). The numbers say nothing about the re
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import gc
@@ -22,6 +21,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -73,9 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.set_defaults(crop_scale=0.25, device="cpu")
     a = p.parse_args(argv)
     for name, _, smallest, _ in INT_OPTIONS:
-        if getattr(a, name) < smallest:
-            raise OptionError(f"--{name} {getattr(a, name)} is below {smallest}. Pass {smallest} "
-                              f"or more")
+        if (value := getattr(a, name)) < smallest:
+            raise OptionError(f"--{name} {value} is below {smallest}. Pass {smallest} or more")
     if a.n_train < a.batch_size:
         raise OptionError(f"--n_train {a.n_train} is smaller than --batch_size {a.batch_size}. "
                           f"Pass a larger --n_train or a smaller --batch_size")
@@ -172,7 +171,6 @@ def train_networks(a, world: Path) -> tuple[dict, torch.nn.Module]:
             "meta": train_stage(a, "meta", [*common, *meta], a.steps, after_aux)}, aux
 
 
-@contextlib.contextmanager
 def traced_tto(n: int):
     """Inside, ``evaluate`` with ``--test_val_step k`` (k <= n) takes its TTO result from one run
     of ``n`` steps per batch (no early stop): the prediction after k + 1 updates, kept by an
@@ -193,11 +191,7 @@ def traced_tto(n: int):
         return res if k == n else dataclasses.replace(
             res, after=trace[min(k + 1, len(trace) - 1)], steps=torch.clamp(res.steps, max=k + 1),
             loss_2d_after=torch.full_like(res.loss_2d_after, float("nan")))
-    ev.test_time_optimize = traced
-    try:
-        yield
-    finally:
-        ev.test_time_optimize = tto
+    return mock.patch.object(ev, "test_time_optimize", traced)
 
 
 def evaluate_models(a, nets: dict, aux, device) -> tuple[dict, list[dict], dict]:
@@ -261,8 +255,7 @@ def plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(len(TEST_SETS), len(SHOWN), figsize=(9, 3.3 * len(TEST_SETS)),
                              squeeze=False)
     x = list(range(s["tto_steps"] + 2))
-    for (i, ds), (j, metric) in ((d, m) for d in enumerate(TEST_SETS) for m in enumerate(SHOWN)):
-        ax = axes[i][j]
+    for ax, (ds, metric) in zip(axes.flat, ((d, m) for d in TEST_SETS for m in SHOWN)):
         for model, mode in ((m, md) for m in MODELS for md in MODES):
             ax.plot(x, _curve(rows, ds, model, mode, metric),
                     {"sample": "-o", "batch": "--s"}[mode], ms=4, label=f"{model}, TTO {mode}",

@@ -66,17 +66,16 @@ def time_steps(args, modes: list[str]) -> dict[str, dict]:
              for m in modes}
     outs = {m: [] for m in modes}
 
-    def call(m: str):
-        def one():
-            model_aux.requires_grad_(steps[m].aux_grad)
-            out = steps[m](batch)
-            outs[m].append((float(out["loss"]), bool(out.get("skipped", False))))
-        return one
+    def one(m: str):
+        model_aux.requires_grad_(steps[m].aux_grad)
+        out = steps[m](batch)
+        outs[m].append((float(out["loss"]), bool(out.get("skipped", False))))
 
+    fns = {m: (lambda m=m: one(m)) for m in modes}
     return {m: {**r, "images_per_s": args.batch_size / r["s_per_iter"],
                 "loss_first": outs[m][0][0], "loss_last": outs[m][-1][0],
                 "skipped_steps": sum(s for _, s in outs[m])}
-            for m, r in common.measure({m: call(m) for m in modes}, args, device, "iter").items()}
+            for m, r in common.measure(fns, args, device, "iter").items()}
 
 
 def measure_mode(args, mode: str) -> dict:
@@ -90,9 +89,8 @@ def run(args, modes: dict, device):
         for m, t in time_steps(args, args.mode_list).items():
             r = modes[m]
             r.update(isolated_s_per_iter=r["s_per_iter"],
-                     isolated_cpu_s_per_iter=r["cpu_s_per_iter"])
-            r.update({k: t[k] for k in TIMES}, images_per_s=t["images_per_s"],
-                     interleaved_skipped_steps=t["skipped_steps"])
+                     isolated_cpu_s_per_iter=r["cpu_s_per_iter"], **{k: t[k] for k in TIMES},
+                     images_per_s=t["images_per_s"], interleaved_skipped_steps=t["skipped_steps"])
     common.add_ratios(modes, "plain", "iter", "ratio_to_plain")
     return {"modes": modes}, {
         **{k: getattr(args, k) for k in TRAIN_KEYS if k != "device"},
@@ -114,4 +112,4 @@ def report(res: dict) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(common.bench_main(parse_args(), __file__, measure_mode, run, report))
+    raise SystemExit(common.bench_main(parse_args(), measure_mode, run, report))

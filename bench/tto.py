@@ -97,4 +97,4 @@ def report(res: dict) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(common.bench_main(parse_args(), __file__, measure_mode, run, report))
+    raise SystemExit(common.bench_main(parse_args(), measure_mode, run, report))

@@ -4,8 +4,8 @@ Draws the synthetic world's images (``datasets/synthetic_images.py``) and is the
 :class:`utils.renderer.Renderer` without GL (D12). Vertices are camera coordinates, OpenCV
 convention (x right, y down, z forward); pixel (r, c) is covered when its centre (c, r) lies
 inside or on a projected triangle. Per-pixel z-buffer (perspective-correct depth); faces with a
-vertex at ``z <= near`` are culled, no clipping, no back-face culling. Two-sided Lambert
-shading ``ambient + (1 - ambient) |n.l|`` with vertex (smooth) or face normals.
+vertex at ``z <= 1e-3`` are culled, no clipping, no back-face culling. Two-sided Lambert
+shading ``ambient + (1 - ambient) |n.l|`` with smooth (vertex) normals.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 __all__ = ["rasterize", "render_mesh_software", "vertex_normals"]
 
 _MAX_CANDIDATES = 4_000_000   # (face, pixel) pairs per chunk: bounds the memory (~ 200 MB)
+_NEAR = 1e-3                  # faces with a vertex at z <= this are culled
 
 
 def as_numpy(x) -> np.ndarray:
@@ -70,23 +71,18 @@ def check_size(height, width) -> tuple[int, int]:
     return height, width
 
 
-def _face_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """[F, 3] face normals of length twice the face's area."""
-    return np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-
-
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals. vertices [V,3], faces [F,3] -> [V,3] (0 if isolated)."""
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(faces, dtype=np.int64)
-    fn = _face_normals(v, f)
     vn = np.zeros_like(v)
-    np.add.at(vn, f.T, fn)              # corner 0 of every face, then corner 1, then corner 2
+    # face normals (length: twice the area) to corner 0 of every face, then corner 1, corner 2
+    np.add.at(vn, f.T, np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]))
     norm = np.linalg.norm(vn, axis=1, keepdims=True)
     return np.divide(vn, norm, out=np.zeros_like(vn), where=norm > 0)
 
 
-def rasterize(vertices, faces, focal, center, height: int, width: int, near: float = 1e-3
+def rasterize(vertices, faces, focal, center, height: int, width: int
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which face covers each pixel, where, at what depth.
 
@@ -104,8 +100,8 @@ def rasterize(vertices, faces, focal, center, height: int, width: int, near: flo
     best_l = np.zeros((n_pix, 2))               # screen-space barycentrics l1, l2
 
     z = v[:, 2]
-    fid = np.flatnonzero(np.all(z[f] > near, axis=1))
-    zs = np.where(z > near, z, 1.0)
+    fid = np.flatnonzero(np.all(z[f] > _NEAR, axis=1))
+    zs = np.where(z > _NEAR, z, 1.0)
     corners = np.ascontiguousarray(f[fid].T)                    # [3, K] vertex ids
     xs = (fx * v[:, 0] / zs + cx)[corners]                      # [3, K] projected corners
     ys = (fy * v[:, 1] / zs + cy)[corners]
@@ -117,20 +113,16 @@ def rasterize(vertices, faces, focal, center, height: int, width: int, near: flo
     sel = np.flatnonzero((size > 0).all(0) & (np.abs(d) > 1e-12))
     x0, y0, dd = x0[sel], y0[sel], d[sel]
     # l1 = a1 x + b1 y + c1, l2 = a2 x + b2 y + c2 (barycentrics of vertices 1 and 2)
-    a1 = (y2[sel] - y0) / dd
-    b1 = -(x2[sel] - x0) / dd
-    a2 = -(y1[sel] - y0) / dd
-    b2 = (x1[sel] - x0) / dd
+    a1, b1 = (y2[sel] - y0) / dd, -(x2[sel] - x0) / dd
+    a2, b2 = -(y1[sel] - y0) / dd, (x1[sel] - x0) / dd
     coef = np.stack([a1, b1, -(a1 * x0 + b1 * y0), a2, b2, -(a2 * x0 + b2 * y0)])   # [6, S]
     box = np.concatenate([lo[:, sel], size[:, sel]]).astype(np.int64)     # [4, S] x, y, w, h
     iz = 1.0 / z[f[fid[sel]]]                                             # [S, 3]
     fid = fid[sel]
-    bounds = np.cumsum(box[2] * box[3])
-    start = 0
+    bounds, start = np.cumsum(box[2] * box[3]), 0
     while start < sel.size:            # chunks of about _MAX_CANDIDATES (face, pixel) pairs
         base = bounds[start - 1] if start else 0
-        stop = int(np.searchsorted(bounds, base + _MAX_CANDIDATES, side="right"))
-        stop = max(stop, start + 1)
+        stop = max(start + 1, int(np.searchsorted(bounds, base + _MAX_CANDIDATES, "right")))
         _raster_chunk(box[:, start:stop], coef[:, start:stop], iz[start:stop], fid[start:stop],
                       width, best_invz, best_face, best_l)
         start = stop
@@ -158,8 +150,7 @@ def _raster_chunk(box, coef, iz, face_ids, width, best_invz, best_face, best_l) 
     a1, b1, c1, a2, b2, c2 = coef
     l1 = a1[local] * px + b1[local] * py + c1[local]
     l2 = a2[local] * px + b2[local] * py + c2[local]
-    eps = 1e-9
-    inside = np.flatnonzero((l1 >= -eps) & (l2 >= -eps) & (l1 + l2 <= 1.0 + eps))
+    inside = np.flatnonzero((l1 >= -1e-9) & (l2 >= -1e-9) & (l1 + l2 <= 1.0 + 1e-9))
     local, l1, l2 = local[inside], l1[inside], l2[inside]
     izl = iz[local]
     invz = (1.0 - l1 - l2) * izl[:, 0] + l1 * izl[:, 1] + l2 * izl[:, 2]
@@ -178,13 +169,12 @@ def _raster_chunk(box, coef, iz, face_ids, width, best_invz, best_face, best_l) 
 def render_mesh_software(vertices, faces, focal, center, height: int, width: int,
                          color: Sequence[float] = (0.8, 0.8, 0.8),
                          light_dir: Sequence[float] = (0.0, 0.0, 1.0), ambient: float = 0.3,
-                         vertex_colors=None, smooth: bool = True, near: float = 1e-3
-                         ) -> tuple[np.ndarray, np.ndarray]:
+                         vertex_colors=None) -> tuple[np.ndarray, np.ndarray]:
     """Shaded mesh (arguments of :func:`rasterize`).
 
     color: RGB in 0..1 (unless ``vertex_colors`` [V, 3] in 0..1 are interpolated);
-    light_dir: where the directional light travels (camera frame); ambient: 0..1; smooth:
-    vertex (True) or face normals. Returns rgb [H, W, 3] float32 in 0..1 (0 empty), mask [H, W].
+    light_dir: where the directional light travels (camera frame); ambient: 0..1; smooth
+    (vertex) normals. Returns rgb [H, W, 3] float32 in 0..1 (0 empty), mask [H, W].
     """
     v = check_vertices(vertices)
     f = check_faces(faces, len(v))
@@ -202,13 +192,12 @@ def render_mesh_software(vertices, faces, focal, center, height: int, width: int
         if vc.shape != (len(v), 3):
             raise ValueError(f"vertex_colors must have shape [{len(v)}, 3], got {vc.shape}")
 
-    face_id, bary, _ = rasterize(v, f, focal, center, height, width, near=near)
+    face_id, bary, _ = rasterize(v, f, focal, center, height, width)
     mask = face_id >= 0
     rgb = np.zeros((*mask.shape, 3), np.float32)
-    fsel = face_id[mask]
     b = bary[mask].astype(np.float64)[..., None]                  # [P, 3, 1]
-    tri = f[fsel]                                                  # [P, 3]
-    n = (vertex_normals(v, f)[tri] * b).sum(1) if smooth else _face_normals(v, f)[fsel]
+    tri = f[face_id[mask]]                                         # [P, 3]
+    n = (vertex_normals(v, f)[tri] * b).sum(1)
     norm = np.linalg.norm(n, axis=1)
     lam = np.abs(n @ light) / np.maximum(norm, 1e-12)
     lam[norm == 0] = 1.0

@@ -30,7 +30,6 @@ __all__ = ["Renderer", "make_grid", "save_obj", "draw_keypoints", "select_gl_pla
            "DEFAULT_COLOR"]
 
 DEFAULT_COLOR = (0.65, 0.74, 0.86)   # light blue, RGB in 0..1
-_GL_CANDIDATES = ("egl", "osmesa")
 _UNSET = object()
 _GL_PLATFORM_CACHE: object = _UNSET   # str (working platform) or None (no GL), once probed
 _GL_PLATFORM_CACHE_REASONS: list[str] = []   # why each probed platform failed
@@ -54,10 +53,10 @@ assert (depth > 0).any(), "probe triangle not drawn"
 def _probe_platform(platform: str) -> str | None:
     """Why ``platform`` cannot render, None if it can (tried in a subprocess: a broken GL stack
     can segfault)."""
-    env = dict(os.environ, PYOPENGL_PLATFORM=platform)
     try:
-        proc = subprocess.run([sys.executable, "-c", _PROBE_CODE], env=env, capture_output=True,
-                              text=True, timeout=_PROBE_TIMEOUT_S)
+        proc = subprocess.run([sys.executable, "-c", _PROBE_CODE], capture_output=True, text=True,
+                              env=dict(os.environ, PYOPENGL_PLATFORM=platform),
+                              timeout=_PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return f"timed out after {_PROBE_TIMEOUT_S} s"
     if proc.returncode == 0:
@@ -77,10 +76,9 @@ def select_gl_platform(refresh: bool = False) -> str | None:
     global _GL_PLATFORM_CACHE
     if _GL_PLATFORM_CACHE is not _UNSET and not refresh:
         return _GL_PLATFORM_CACHE  # type: ignore[return-value]
-    reasons = []
-    env_platform = os.environ.get("PYOPENGL_PLATFORM")
-    if env_platform:
-        candidates: tuple[str, ...] = (env_platform,)
+    reasons, candidates = [], ("egl", "osmesa")
+    if env_platform := os.environ.get("PYOPENGL_PLATFORM"):
+        candidates = (env_platform,)
     elif "OpenGL" in sys.modules:       # PyOpenGL fixed its platform at import
         import OpenGL.platform
         name = type(OpenGL.platform.PLATFORM).__name__
@@ -89,12 +87,9 @@ def select_gl_platform(refresh: bool = False) -> str | None:
         if not chosen:
             reasons.append(f"PyOpenGL already imported with platform {name}, which pyrender "
                            "cannot use offscreen")
-    else:
-        candidates = _GL_CANDIDATES
     result = None
     for platform in candidates:
-        why = _probe_platform(platform)
-        if why is None:
+        if (why := _probe_platform(platform)) is None:
             result = platform
             break
         reasons.append(f"{platform}: {why}")
@@ -243,10 +238,8 @@ class _SharedOffscreen:
     def render(self, scene, height: int, width: int):
         import pyrender
         if self.offscreen is None:
-            self.offscreen = pyrender.OffscreenRenderer(viewport_width=width,
-                                                        viewport_height=height)
-        else:
-            self.offscreen.viewport_width, self.offscreen.viewport_height = width, height
+            self.offscreen = pyrender.OffscreenRenderer(width, height)
+        self.offscreen.viewport_width, self.offscreen.viewport_height = width, height
         return self.offscreen.render(scene, flags=pyrender.RenderFlags.RGBA)
 
     def delete(self) -> None:
