@@ -21,7 +21,7 @@ from utils.jsonio import dumps
 __all__ = ["DemoInputError", "IMAGE_EXTS", "NUM_OPENPOSE", "list_images", "read_openpose_json",
            "load_bbox_file", "bboxes_for", "bbox_from_openpose", "bbox_from_xywh", "far_outside",
            "box_problem", "keypoints_problem", "keypoint_box_problem", "export_dataset_inputs",
-           "gt_to_openpose", "prepare_person", "collate", "read_video", "read_image", "sample_name"]
+           "prepare_person", "collate", "read_video", "read_image", "sample_name"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 NUM_OPENPOSE = 25
@@ -226,23 +226,22 @@ def bbox_from_xywh(box):
     return center, float(scale)
 
 
-def export_dataset_inputs(paths: DataPaths, dataset: str, out_dir, max_images: int = 0,
-                          keypoints: str = "openpose") -> tuple[Path, Path]:
+def export_dataset_inputs(paths: DataPaths, dataset: str, out_dir,
+                          max_images: int = 0) -> tuple[Path, Path]:
     """Copy images of a test set (``config.TEST_DATASETS``) and write their keypoints as
     OpenPose BODY_25 JSON files (in the stored image's pixels); returns (image folder, keypoint
     folder): ``out_dir/images/<name>.jpg`` (``.png``, its stored pixels, for an image with an EXIF
     orientation tag: :func:`_copy_as_stored`) and ``out_dir/openpose/<name>_keypoints.json``
-    (:func:`sample_name`) for the first ``max_images`` samples (0: all). keypoints: 'openpose'
-    (the npz array) or 'gt' (:func:`gt_to_openpose`). A bad npz, a set without 'openpose' or a
-    missing image raise :class:`DatasetError`."""
+    (:func:`sample_name`) for the first ``max_images`` samples (0: all), from the npz's
+    'openpose' array. A bad npz, a set without 'openpose' or a missing image raise
+    :class:`DatasetError`."""
     npz = paths.dataset_npz(dataset, is_train=False)
     data = read_annotations(npz)
     n = check_annotations(data, lambda msg, index=None: DatasetError(f"{npz}: {msg}"))
-    if keypoints == "openpose" and "openpose" not in data:
+    if "openpose" not in data:
         raise DatasetError(f"{npz}: no 'openpose' keypoints in this {dataset} test set, so "
                            f"--from_dataset cannot use it. Choose a set with them, or run "
                            f"on --img_dir with --openpose_dir / --bbox_file")
-    kp_all = data["openpose"] if keypoints == "openpose" else gt_to_openpose(data["part"])
     img_root, out = paths.image_folder(dataset), Path(out_dir)
     img_out, kp_out = out / "images", out / "openpose"
     img_out.mkdir(parents=True, exist_ok=True)
@@ -255,7 +254,7 @@ def export_dataset_inputs(paths: DataPaths, dataset: str, out_dir, max_images: i
             raise DatasetError(f"{npz}, sample {i}: image {img_root / rel} does not exist. "
                                f"Restore the {dataset} images under {img_root}")
         _copy_as_stored(img_root / rel, img_out / name, rel.suffix)
-        kp = np.asarray(kp_all[i], float).reshape(-1).tolist()
+        kp = np.asarray(data["openpose"][i], float).reshape(-1).tolist()
         (kp_out / f"{name}_keypoints.json").write_text(dumps(   # strict JSON
             {"version": 1.3, "people": [{"person_id": [-1], "pose_keypoints_2d": kp}]}))
     return img_out, kp_out
@@ -289,21 +288,6 @@ def _copy_as_stored(src: Path, dst_stem: Path, suffix: str) -> None:
             if write_image(dst_stem.with_name(dst_stem.name + ".png"), stored):
                 return
     shutil.copyfile(src, dst_stem.with_name(dst_stem.name + suffix))
-
-
-# OpenPose slot <- GT-24 joint (spec §4.3 names): the limbs, nose, eyes, ears
-_GT_TO_OP = {0: 19, 2: 8, 3: 7, 4: 6, 5: 9, 6: 10, 7: 11, 9: 2, 10: 1, 11: 0, 12: 3, 13: 4,
-             14: 5, 15: 21, 16: 20, 17: 23, 18: 22}
-
-
-def gt_to_openpose(part) -> np.ndarray:
-    """[..., 24, 3] GT 2D joints -> [..., 25, 3] in OpenPose BODY_25 order. Only the joints both
-    skeletons name are filled (limbs, nose, eyes, ears); the neck, mid-hip and feet slots stay 0
-    (confidence 0: ignored by the bbox and the TTO loss)."""
-    part = np.asarray(part, dtype=np.float64)
-    op = np.zeros(part.shape[:-2] + (NUM_OPENPOSE, 3))
-    op[..., list(_GT_TO_OP), :] = part[..., list(_GT_TO_OP.values()), :]
-    return op
 
 
 def prepare_person(img_rgb: np.ndarray, center, scale: float, focal: float, bbox_type: str,
