@@ -3,8 +3,7 @@
 A checkpoint is one plain dict (safe to load with ``weights_only=True``) with the released keys
 (``model``, ``model_aux``, ``optimizer``, ``epoch``, ``batch_idx``, ``batch_size``,
 ``total_step_count``, ``options``) plus ``dataset_perm`` (the sampler's permutation of the
-current epoch, None at an epoch end) and ``rng`` (torch / numpy / python states).
-"""
+current epoch, None at an epoch end) and ``rng`` (torch / numpy / python states)."""
 from __future__ import annotations
 
 import os
@@ -30,8 +29,7 @@ def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
 
 def link_as(src: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Give the file ``src`` the extra name ``path``, atomically: a hard link (a later
-    :func:`atomic_save` over ``src`` leaves ``path`` intact), or a copy where the file system
-    has no hard links."""
+    :func:`atomic_save` over ``src`` leaves ``path`` intact), or a copy where there are none."""
     import shutil
     src, path = Path(src), Path(path)
     if src.resolve() == path.resolve():
@@ -46,11 +44,9 @@ def link_as(src: str | os.PathLike, path: str | os.PathLike) -> Path:
 
 
 def lock_run_folder(folder: str | os.PathLike):
-    """Hold ``folder`` for this process: a POSIX lock on ``folder/.lock`` (the holder's PID and
-    host written in it), released by the system when the process ends, also on a kill, and not
-    inherited by forked DataLoader workers. A folder held by another run is a ``UserError``:
-    two runs with one ``--name`` would overwrite each other's checkpoints and mix their logs.
-    Returns the open lock file (keep it open for the run's life)."""
+    """Hold ``folder`` for this process (a ``UserError`` when another run holds it): a POSIX
+    lock on ``folder/.lock`` (holding the PID and host), released by the system when the process
+    ends, also on a kill, not inherited by forked DataLoader workers. Returns the open file."""
     import errno
     import fcntl
     import socket
@@ -71,8 +67,7 @@ def lock_run_folder(folder: str | os.PathLike):
         raise UserError(f"{folder}: in use by another training run ({holder}); two runs in one "
                         f"run folder would overwrite each other's checkpoints. Wait for it to "
                         f"end or stop it, or pass another --name") from None
-    f.seek(0)
-    f.truncate()
+    f.truncate(0)
     f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     f.flush()
     return f
@@ -81,12 +76,10 @@ def lock_run_folder(folder: str | os.PathLike):
 def rng_state() -> dict:
     """RNG states as weights_only-safe values."""
     np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": repr(random.getstate()),
-    }
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": repr(random.getstate())}
 
 
 def set_rng_state(state: dict) -> None:
@@ -100,8 +93,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def load(path: str | os.PathLike) -> dict:
-    """Load a checkpoint on the CPU with the one-line errors of
-    :func:`models.checkpoints.read_checkpoint`."""
+    """Load a checkpoint on the CPU, with the one-line errors of ``read_checkpoint``."""
     from models.checkpoints import CheckpointError, read_checkpoint
     data = read_checkpoint(path, "training checkpoint")
     if not isinstance(data, dict):
@@ -146,7 +138,7 @@ def load_for_resume(folder: str | os.PathLike, log=print) -> tuple[Path, dict] |
     Unreadable files are skipped with a message (``CheckpointError`` when all are); temporaries
     of saves (hidden files) are never picked, and removed when their writer is gone."""
     from models.checkpoints import CheckpointError
-    bad: list[str] = []
+    log, bad = log or (lambda text: None), []
     remove_stale_temporaries(folder)
     # a folder named *.pt is kept: it is said to be unreadable like a damaged file
     found = [p for p in Path(folder).glob("*.pt") if not p.name.startswith(".") and p.exists()]
@@ -157,10 +149,9 @@ def load_for_resume(folder: str | os.PathLike, log=print) -> tuple[Path, dict] |
             data = load(path)
         except CheckpointError as e:
             bad.append(str(e))
-            if log is not None:
-                log(f"warning: --resume: skipping unreadable checkpoint {e}")
+            log(f"warning: --resume: skipping unreadable checkpoint {e}")
             continue
-        if bad and log is not None:
+        if bad:
             log(f"--resume: using {path}, the newest checkpoint that loads")
         return path, data
     if bad:

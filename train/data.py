@@ -2,8 +2,7 @@
 
 The permutation of an epoch is a function of (seed, epoch) and is stored in mid-epoch
 checkpoints; every sample's augmentation draws are seeded by (seed, epoch, index), so a resumed
-run sees exactly the batches the uninterrupted run would have seen, with any number of workers.
-"""
+run sees exactly the batches the uninterrupted run would have seen, with any number of workers."""
 from __future__ import annotations
 
 import random
@@ -14,8 +13,8 @@ from torch.utils.data import Dataset, Sampler
 
 
 def check_occluders(dataset: Dataset) -> None:
-    """Read now every occluder file that ``dataset`` (or each of its ``.datasets``) will paste
-    from: a bad file stops the run before its folder is written."""
+    """Read every occluder file of ``dataset`` (or its ``.datasets``) now, before the run's
+    folder is written."""
     for d in getattr(dataset, "datasets", [dataset]):
         if getattr(d, "occluder", None) is not None:
             d.occluder.check()
@@ -39,8 +38,7 @@ class SeededDataset(Dataset):
 
 class EpochSampler(Sampler[int]):
     """Per-epoch permutation from (seed, epoch), sharded over DDP ranks, resumable mid-epoch
-    (:meth:`set_epoch`: a stored permutation, checked by the trainer, and the batches already
-    done skipped)."""
+    (:meth:`set_epoch` with a stored permutation and the batches already done)."""
 
     def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
         self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world

@@ -2,8 +2,7 @@
 
 Nothing here acts in a plain ``python train.py`` run. A rank that dies or hangs does not leave
 the others waiting forever: every collective has the ``--dist_timeout`` (gloo raises when a
-peer's connection drops, NCCL aborts the communicator), and torchrun stops the other workers.
-"""
+peer's connection drops, NCCL aborts the communicator), and torchrun stops the other workers."""
 from __future__ import annotations
 
 import contextlib
@@ -21,11 +20,10 @@ def init(device: torch.device, timeout_s: float = 600.0) -> tuple[int, int]:
     if not {"RANK", "WORLD_SIZE"} <= os.environ.keys() or not dist.is_available():
         return 0, 1
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        cuda = device.type == "cuda"
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend,
-                                timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None,
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -59,9 +57,8 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def rank_rng_states(device: torch.device) -> list[torch.Tensor] | None:
-    """Every rank's torch random state (the CPU's, then the device's on CUDA: dropout draws
-    from it) as one uint8 tensor each, gathered on every rank; None when not distributed. A
-    checkpoint keeps them all, so that each rank resumes its own dropout stream."""
+    """Every rank's torch random state (the CPU's, then on CUDA the device's: dropout draws from
+    it) as one uint8 tensor each, gathered on every rank (None when not distributed)."""
     if not dist.is_initialized():
         return None
     mine = torch.get_rng_state()
@@ -75,10 +72,9 @@ def rank_rng_states(device: torch.device) -> list[torch.Tensor] | None:
 
 def seed_rank(device: torch.device, seed: int, rank: int, step: int,
               states: list[torch.Tensor] | None = None) -> None:
-    """Give this rank its own torch random stream (every rank was seeded alike, so sample j of
-    every rank's batch drew the same dropout masks): the state saved for ``rank`` in
-    ``states`` (:func:`rank_rng_states`, a resumed run on as many processes), else one seeded
-    from (``seed``, ``step``, ``rank``) (:func:`check_rank_states` has checked ``states``)."""
+    """Give this rank its own torch random stream (else sample j of every rank's batch draws
+    the same dropout masks): its state in ``states`` (:func:`rank_rng_states`, checked by
+    :func:`check_rank_states`) on resume, else one seeded from (``seed``, ``step``, ``rank``)."""
     if states is None or rank >= len(states):
         torch.manual_seed(seed + 1_000_003 * step + rank)
         return
@@ -101,18 +97,14 @@ def check_rank_states(states, device: torch.device) -> None:
 
 def mask_counts(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     """Per mask key, the divisor that makes DDP's average of the ranks' masked batch means the
-    masked mean of the global batch: (the masked samples of all ranks, at least 1) / world size
-    (one tiny all-reduce). None when not distributed (every batch divides by its own count).
-    Each rank's own count would weight a term by the rank's share: a rank without 3D samples
-    would halve the 3D term of the others (README: a step on N ranks is one step on their
-    global batch)."""
+    masked mean of the global batch: (masked samples of all ranks, at least 1) / world size (one
+    tiny all-reduce; None when not distributed). Each rank's own count would weight a term by
+    the rank's share (README: a step on N ranks is one step on their global batch)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return None
-    keys = list(masks)
-    t = torch.stack([masks[k].float().sum() for k in keys])
+    t = torch.stack([m.float().sum() for m in masks.values()])
     dist.all_reduce(t)
-    t = t.clamp(min=1.0) / dist.get_world_size()
-    return {k: t[i] for i, k in enumerate(keys)}
+    return dict(zip(masks, t.clamp(min=1.0) / dist.get_world_size()))
 
 
 def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
@@ -129,9 +121,8 @@ def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.M
 
 def wait_for_main(key: str, timeout_s: float) -> None:
     """End of a section that rank 0 runs alone (the in-training evaluation, hours long): rank 0
-    marks ``key`` done in the rendezvous store, the others wait for the mark up to
-    ``timeout_s``. A store wait is not a collective, so the process group's timeout (meant for
-    dead peers) does not cut it short; a failed rank 0 ends the others through torchrun."""
+    marks ``key`` done in the rendezvous store, the others wait for it up to ``timeout_s`` (not
+    a collective: the process group's timeout does not cut it short)."""
     if not dist.is_initialized():
         return
     store = dist.distributed_c10d._get_default_store()
@@ -148,9 +139,8 @@ PEER_FAILURE_MARKS = ("gloo", "NCCL", "Timed out", "timed out", "Connection clos
 
 @contextlib.contextmanager
 def peer_errors(rank: int, timeout_s: float):
-    """Turn a failed collective (a peer died, or hung past the process group's timeout: a
-    ``DistError`` of NCCL or the store, or gloo's ``RuntimeError``) into one ``error:`` line
-    naming this rank, instead of a long backend traceback."""
+    """A failed collective (a peer died or hung past the timeout: a ``DistError`` of NCCL or the
+    store, or gloo's ``RuntimeError``) as one ``error:`` line naming this rank, not a traceback."""
     try:
         yield
     except RuntimeError as e:

@@ -4,8 +4,7 @@ The main network is never copied: the head's adapted weights (``fc1, fc2, decpos
 deccam``) are plain tensors passed to it, one set per batch (``batch`` mode, as released) or
 per-sample additive updates (:class:`FastDelta`, ``sample`` mode). One backward to the head
 layers' outputs gives every sample its own gradient: a sum of one outer product per IEF
-iteration, kept as low-rank factors (:class:`models.LowRankDelta`).
-"""
+iteration, kept as low-rank factors (:class:`models.LowRankDelta`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,11 +27,9 @@ def run_head(model, features: Tensor, bbox_info: Tensor | None, params=None,
     [B] also work) or a :class:`FastDelta`. ``record``: see :meth:`Regressor.forward`."""
     kwargs = {"features": features, "bbox_info": bbox_info if model.use_bbox_info else None,
               "record": record}
-    if params is None:
-        return model(**kwargs)
-    if isinstance(params, FastDelta):
-        return model(**kwargs, head_delta=params.delta)
-    return functional_call(model, params, (), kwargs, strict=False)
+    if isinstance(params, dict):
+        return functional_call(model, params, (), kwargs, strict=False)
+    return model(**kwargs, head_delta=getattr(params, "delta", None))   # None or a FastDelta
 
 
 @dataclass
@@ -53,11 +50,9 @@ def inner_adapt(model, features: Tensor, bbox_info: Tensor | None, batch: dict, 
                 first_order: bool) -> tuple["Params | FastDelta", dict[str, Tensor]]:
     """``steps`` SGD steps of ``lr`` on the head fast weights (module docstring) with the inner
     (pseudo-label) loss, from ``features`` [B,D] (computed once per iteration, decisions D4).
-    ``first_order``: FOMAML (gradients detached); otherwise the graph is kept (MAML).
-
-    Returns the fast weights (for :func:`run_head`) and, detached, 'inner_loss' (before the
-    first step) and 'inner_grad_norm' (of the first step).
-    """
+    ``first_order``: FOMAML (gradients detached); otherwise the graph is kept (MAML). Returns
+    the fast weights (for :func:`run_head`) and, detached, the first step's 'inner_loss' (before
+    it) and 'inner_grad_norm'."""
     B = features.shape[0]
     fast: Params | FastDelta = (FastDelta({}) if mode == "sample"   # W + 0 for every sample
                                 else dict(model.head_params()))
@@ -105,19 +100,15 @@ def _head_gradients(loss: Tensor, record: dict, create_graph: bool) -> dict:
 
     The weight gradient is Σ_t g_tᵀ x_t and, the samples not interacting in the head, sample
     i's share of it is Σ_t g_it x_itᵀ: the per-sample gradients of a summed per-sample loss
-    come from the same backward. Both in float32 (under autocast the activations may be
-    float16 / bfloat16), so the updates are built in float32.
+    come from the same backward. Both in float32 (under autocast the activations may not be).
     """
-    layers = list(record)
-    outputs = [y for name in layers for _, y in record[name]]
-    grads = torch.autograd.grad(loss, outputs, create_graph=create_graph, allow_unused=True)
-    out, i = {}, 0
-    for name in layers:
-        calls = record[name]
+    outputs = [y for calls in record.values() for _, y in calls]
+    grads = iter(torch.autograd.grad(loss, outputs, create_graph=create_graph, allow_unused=True))
+    out = {}
+    for name, calls in record.items():   # (zip takes the next len(calls) grads)
         g = torch.stack([torch.zeros_like(y) if gr is None else gr
-                         for (_, y), gr in zip(calls, grads[i:i + len(calls)])], dim=1)
+                         for (_, y), gr in zip(calls, grads)], dim=1)
         out[name] = (g.float(), torch.stack([x for x, _ in calls], dim=1).float())
-        i += len(calls)
     return out
 
 

@@ -10,8 +10,7 @@
 5. Outer loss: the supervised loss at the adapted weights, x60; Adam on the main network
    (and the aux group unless ``--no_learn_loss``).
 
-Under ``--amp`` (CUDA) only the backbones run in bf16 / fp16; heads, SMPL and losses in float32.
-"""
+Under ``--amp`` (CUDA) only the backbones run in bf16 / fp16; heads, SMPL and losses in float32."""
 from __future__ import annotations
 
 import torch
@@ -59,8 +58,7 @@ class MetaStep:
     def __init__(self, options, model, model_aux, smpl, optimizer, device: torch.device):
         o = self.options = options
         self.model, self.model_aux, self.smpl, self.optimizer = model, model_aux, smpl, optimizer
-        self.camera = Camera.from_options(o)
-        self.weights = LossWeights.from_options(o)
+        self.camera, self.weights = Camera.from_options(o), LossWeights.from_options(o)
         self.meta = o.inner_step > 0
         self.aux_grad = self.meta and not o.first_order
         # D5: aux in eval mode and frozen under --first_order, train mode (as released) otherwise
@@ -94,9 +92,8 @@ class MetaStep:
         return out
 
     def _backbone(self, net, img: torch.Tensor) -> torch.Tensor:
-        """``net``'s features [B, D] in float32; under ``--amp`` computed in low precision. The
-        heads, SMPL and the losses stay in float32: the adapted weights differ from the others
-        by lr ~1e-5 times a gradient, below bf16's and fp16's resolution."""
+        """``net``'s features [B, D] in float32, under ``--amp`` computed in low precision (not the
+        heads: adapted weights differ by lr ~1e-5 x a gradient, below bf16 / fp16 resolution)."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             return net.extract_features(img).float()

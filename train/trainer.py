@@ -33,9 +33,8 @@ RESUME_OPTIONS = ("resume", "checkpoint", "from_json")   # differ on resume by n
 
 @contextlib.contextmanager
 def quiet_writer_thread():
-    """TensorBoard's writer thread dies on a failed write (a full disk) and Python prints its
-    traceback; the trainer reports that error as one line (:meth:`Trainer.writing`), so the
-    thread's own report is left out. Other threads' errors are printed as before."""
+    """Leave out the traceback of TensorBoard's writer thread dying on a failed write (a full
+    disk): the trainer reports that error as one line (:meth:`Trainer.writing`)."""
     import threading
     previous = threading.excepthook
 
@@ -87,7 +86,8 @@ class Trainer:
         mixture = MixedDataset(o, paths=self.paths)
         check_occluders(mixture)   # a bad occluder file: an error now, not at the first batch
         from train.evaluation import check_test_set   # likewise the in-training test sets
-        for name in (d for d in o.eval_datasets.split(",") if d):
+        self.eval_names = [d for d in o.eval_datasets.split(",") if d]
+        for name in self.eval_names:
             check_test_set(o, name, self.paths)
         self.dataset = SeededDataset(mixture, o.seed)
         self.sampler = EpochSampler(len(self.dataset), o.shuffle_train, o.seed, self.rank,
@@ -101,15 +101,13 @@ class Trainer:
         self.resume_perm: list[int] | None = None   # the stored order of a mid-epoch checkpoint
         self.rng_ranks: list | None = None   # the ranks' random states of a resumed checkpoint
         self.n_nonfinite = self.nonfinite_run = 0
-        # the outer loss of the last HISTORY steps (detached; the study reads it)
-        self.history: collections.deque[torch.Tensor] = collections.deque(maxlen=HISTORY)
+        self.history = collections.deque(maxlen=HISTORY)   # outer losses (detached; for the study)
         self.writer = self.renderer = None
         if o.pretrained_checkpoint:
             self.load_pretrained(o.pretrained_checkpoint)
         if o.resume:
             self.resume(o.checkpoint)
-        # under torchrun: DDP (its constructor gives every rank rank 0's weights), and each
-        # rank its own dropout stream (a resumed run on as many processes: its saved one)
+        # under torchrun: DDP (gives every rank rank 0's weights), each rank its dropout stream
         self.run_step.distribute(sync_bn=o.sync_bn)
         if self.world > 1:
             dist.seed_rank(self.device, o.seed, self.rank, self.step, self.rng_ranks)
@@ -117,8 +115,7 @@ class Trainer:
             self.make_run_folder()
 
     def select_device(self) -> torch.device:
-        """The device of this process (under torchrun its LOCAL_RANK's GPU), after the checks
-        of the options that need CUDA or a --resume."""
+        """This process's device (under torchrun its LOCAL_RANK's GPU), options checked first."""
         o = self.options
         if o.checkpoint and not o.resume:   # (else silently ignored)
             raise OptionError(f"--checkpoint {o.checkpoint} is the checkpoint to --resume from. "
@@ -138,8 +135,7 @@ class Trainer:
         return device
 
     def make_run_folder(self) -> None:
-        """Rank 0: lock the run folder (one run at a time), make its folders, write
-        config.json."""
+        """Rank 0: lock the run folder (one run at a time), make its folders, write config.json."""
         if not self.options.resume and any(self.ckpt_dir.glob("*.pt")):
             print(f"note: {self.ckpt_dir} holds the checkpoints of an earlier run; this run "
                   f"starts anew (no --resume) and overwrites current.pt")
@@ -150,8 +146,7 @@ class Trainer:
         save_options(self.options, self.run_dir / "config.json")
 
     def check_run_folder(self) -> None:
-        """The run folder can hold this run's files (checked before any work): no file where
-        one of its folders goes, no folder where one of its files goes, writable."""
+        """Before any work: no folder where a file of the run goes, its folders writable."""
         for f in ("config.json", "test_log.txt", "checkpoints/current.pt"):
             if (self.run_dir / f).is_dir():
                 raise UserError(f"{self.run_dir / f}: is a folder, so the run cannot write its "
@@ -209,13 +204,11 @@ class Trainer:
                     print(f"note: optimizer state of {path} not loaded ({e})")
 
     def load_optimizer(self, state: dict) -> None:
-        """Adam's state (moments, step counts) from ``state``; its hyperparameters (lr, betas,
-        eps, ...) stay those of this run's options (``load_state_dict`` alone would put back the
-        saved ones, so that e.g. ``--resume --outer_lr 1e-5`` kept the old rate)."""
-        options = [{k: v for k, v in g.items() if k != "params"}
-                   for g in self.optimizer.param_groups]
+        """Adam's state (moments, step counts) from ``state``, with this run's hyperparameters
+        (``load_state_dict`` alone would put back the saved lr: ``--resume --outer_lr`` ignored)."""
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state)
-        for group, values in zip(self.optimizer.param_groups, options):
+        for group, values in zip(self.optimizer.param_groups, hyper):
             group.update(values)
 
     def resume(self, path=None) -> None:
@@ -241,9 +234,8 @@ class Trainer:
             self.epoch, self.batch_idx = int(data["epoch"]), int(data["batch_idx"])
             self.step = int(data["total_step_count"])
             self.n_nonfinite = int(data.get("n_nonfinite", 0))
-            self.resume_perm = data.get("dataset_perm")
-            if self.resume_perm is not None and sorted(self.resume_perm) != list(
-                    range(len(self.dataset))):
+            perm = self.resume_perm = data.get("dataset_perm")
+            if perm is not None and sorted(perm) != list(range(len(self.dataset))):
                 raise ValueError("its dataset_perm is not an order of this training set")
             if "rng" in data:
                 ckpt.set_rng_state(data["rng"])
@@ -255,35 +247,32 @@ class Trainer:
             raise CheckpointError(f"{path}: cannot resume from it ({what}). --resume needs a "
                                   f"checkpoint written by train.py for this run; pass its weights "
                                   f"with --pretrained_checkpoint instead") from None
-        if self.main:
-            print(f"resumed from {path}: epoch {self.epoch}, batch {self.batch_idx}, "
-                  f"step {self.step}")
-            if saved != (bs, world):   # at an epoch end (mid-epoch: refused above)
-                print(f"note: {path} was trained with --batch_size {saved[0]} on {saved[1]} "
-                      f"process(es) (global batch {saved[0] * saved[1]}); this run continues "
-                      f"with --batch_size {bs} on {world} (global batch {bs * world}), at the "
-                      f"same learning rates, each epoch's order shared over {world} process(es)")
-            recorded, now = data.get("options"), to_dict(self.options)
-            if isinstance(recorded, dict):   # said, not silent: this run uses its own options
-                changed = [f"--{k} {recorded[k]!r} -> {now[k]!r}" for k in sorted(now)
-                           if k in recorded and recorded[k] != now[k]
-                           and k not in RESUME_OPTIONS + ("batch_size",)]   # (said above)
-                if changed:
-                    print(f"note: options changed since {Path(path).name} was saved (this run "
-                          f"uses the new values): " + ", ".join(changed))
+        if not self.main:
+            return
+        print(f"resumed from {path}: epoch {self.epoch}, batch {self.batch_idx}, step {self.step}")
+        if saved != (bs, world):   # at an epoch end (mid-epoch: refused above)
+            print(f"note: {path} was trained with --batch_size {saved[0]} on {saved[1]} "
+                  f"process(es) (global batch {saved[0] * saved[1]}); this run continues "
+                  f"with --batch_size {bs} on {world} (global batch {bs * world}), at the "
+                  f"same learning rates, each epoch's order shared over {world} process(es)")
+        recorded, now = data.get("options"), to_dict(self.options)
+        if isinstance(recorded, dict):   # said, not silent: this run uses its own options
+            changed = [f"--{k} {recorded[k]!r} -> {now[k]!r}" for k in sorted(now) if k in recorded
+                       and recorded[k] != now[k] and k not in RESUME_OPTIONS + ("batch_size",)]
+            if changed:
+                print(f"note: options changed since {Path(path).name} was saved (this run "
+                      f"uses the new values): " + ", ".join(changed))
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> None:
-        """Train until ``--num_epochs`` / ``--max_steps`` / ``--time_to_run`` (under torchrun a
-        failed collective stops this rank with one error line). SIGTERM / SIGINT stop it at the
-        next step with a checkpoint (:meth:`stopped`; ``utils/stop.py``)."""
+        """Train until ``--num_epochs`` / ``--max_steps`` / ``--time_to_run``; SIGTERM / SIGINT
+        stop at the next step with a checkpoint, a failed collective with one error line."""
         with dist.peer_errors(self.rank, self.options.dist_timeout), \
                 StopRequest(announce=self.main) as self.stop, quiet_writer_thread():
             return self._loop()
 
     def stop_requested(self) -> bool:
-        """Whether a stop signal arrived on any rank (every rank asks at the same points, so
-        that all stop at the same step)."""
+        """Whether a stop signal arrived on any rank (all ranks ask at the same steps)."""
         return dist.any_rank(self.stop.signum is not None, self.device)
 
     def stopped(self, where: str) -> None:
@@ -318,8 +307,7 @@ class Trainer:
                 self.batch_idx += 1
                 self.step += 1
                 self.account(out, bar)
-                if o.checkpoint_steps > 0 and self.step % o.checkpoint_steps == 0:   # (all ranks:
-                    # save() gathers their random states first)
+                if o.checkpoint_steps > 0 and self.step % o.checkpoint_steps == 0:   # (all ranks)
                     self.save("current.pt", mid_epoch=self.batch_idx < per_epoch)
                 if math.isfinite(o.time_to_run) and dist.any_rank(   # all ranks stop together
                         time.time() - start_time > o.time_to_run, self.device):
@@ -331,8 +319,7 @@ class Trainer:
                 if o.max_steps and self.step >= o.max_steps and self.batch_idx < per_epoch:
                     self.save("current.pt", mid_epoch=True)
                     return self.finish()
-                # SIGTERM / SIGINT: stop here, where a checkpoint resumes exactly (the epoch's
-                # last step goes through the epoch end first)
+                # SIGTERM / SIGINT: stop here, where a checkpoint resumes exactly
                 if self.batch_idx < per_epoch and self.stop_requested():
                     self.save("current.pt", mid_epoch=True)
                     return self.stopped("")
@@ -406,17 +393,16 @@ class Trainer:
         """Evaluate on the configured test sets and keep a checkpoint named by the results."""
         o = self.options
         self.link("current.pt", "previous.pt")   # the epoch-end state just saved as current.pt
-        names = [d for d in o.eval_datasets.split(",") if d]
-        if not self.main or not names:
-            if names:   # rank 0 evaluates alone; no collective timeout while waiting for it
-                dist.wait_for_main(f"eval_{self.epoch}", EVAL_WAIT_S)
+        if not self.eval_names:
             return
+        if not self.main:   # rank 0 evaluates alone; no collective timeout while waiting for it
+            return dist.wait_for_main(f"eval_{self.epoch}", EVAL_WAIT_S)
         from train.evaluation import evaluate
         self.model.eval()
         results = {ds: evaluate(self.model, self.model_aux, o, ds, paths=self.paths,
                                 device=self.device, smpl=self.smpl, writer=self.writer,
                                 batch_size=o.eval_batch_size, max_batches=o.eval_max_batches,
-                                step=self.step) for ds in names}
+                                step=self.step) for ds in self.eval_names}
         self.model.train()
         tag = "_".join(f"{ds.replace('-p2', '').replace('-', '')}_mp{r['MPJPE']:.2f}"
                        f"_pa{r['PA-MPJPE']:.2f}" + (f"_pve{r['PVE']:.2f}" if "PVE" in r else "")
