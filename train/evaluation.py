@@ -40,12 +40,10 @@ METRICS = ("MPJPE", "PA-MPJPE", "PVE")
 _KEY = {"MPJPE": "mpjpe", "PA-MPJPE": "pa_mpjpe", "PVE": "pve"}
 NO_MESH_DATASETS = ("mpi-inf-3dhp",)   # GT is 3D joints only: no PVE
 MOCAP_DATASETS = ("h36m-p1", "h36m-p2")
-MPI_PELVIS_J17 = 14   # J24_TO_J17[14] = GT-24 'Pelvis (MPII)'; H36M_TO_J17[14] = H36M pelvis
-GT24_PELVIS = constants.J24_TO_J17[MPI_PELVIS_J17]
+GT24_PELVIS = constants.J24_TO_J17[14]   # 'Pelvis (MPII)'; H36M_TO_J17[14] = H36M pelvis
 
 
-# ------------------------------------------------------------------------------------------------
-# Metrics (pure functions)
+# Metrics (pure functions) -------------------------------------------------------------------------
 def h36m_joints(j_regressor: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
     """[17,V] regressor, [B,V,3] vertices -> [B,17,3] H36M joints."""
     return torch.einsum("jv,bvc->bjc", j_regressor.to(vertices.dtype), vertices)
@@ -64,13 +62,9 @@ def errors_mm(pred_joints, gt_joints, pred_vertices=None, gt_vertices=None) -> d
     without vertices)}, each [B] float64 numpy."""
     pj, gj, pv, gv = (None if x is None else torch.as_tensor(x).detach().double().cpu().numpy()
                       for x in (pred_joints, gt_joints, pred_vertices, gt_vertices))
-    out = {"mpjpe": 1000.0 * _mpjpe(pj, gj),
-           "pa_mpjpe": 1000.0 * reconstruction_error(pj, gj, reduction=None)}
-    if pv is not None and gv is not None:
-        out["pve"] = 1000.0 * _pve(pv, gv)
-    else:
-        out["pve"] = np.full(len(pj), np.nan)
-    return out
+    return {"mpjpe": 1000.0 * _mpjpe(pj, gj),
+            "pa_mpjpe": 1000.0 * reconstruction_error(pj, gj, reduction=None),
+            "pve": np.full(len(pj), np.nan) if pv is None or gv is None else 1000.0 * _pve(pv, gv)}
 
 
 def check_ground_truth(ds, dataset: str, h36m_gt: str = "mosh") -> bool:
@@ -112,7 +106,6 @@ class EvalTargets(nn.Module):
 
     def __init__(self, paths: DataPaths, dataset: str, h36m_gt: str = "mosh", mesh: bool = True):
         super().__init__()
-        self.dataset = dataset
         self.mocap = h36m_gt == "mocap" and dataset in MOCAP_DATASETS
         from models.smpl import build_smpl, load_regressor
         self.register_buffer("j_regressor", load_regressor(paths.j_regressor_h36m(), rows=17))
@@ -128,15 +121,11 @@ class EvalTargets(nn.Module):
         from utils.geometry import batch_rodrigues
         B = pose.shape[0]
         rot = batch_rodrigues(pose.reshape(-1, 3)).reshape(B, 24, 3, 3)
-
-        def run(smpl):
-            return smpl(betas=betas, body_pose=rot[:, 1:], global_orient=rot[:, :1],
-                        pose2rot=False).vertices
-
-        verts = run(self.smpl_male)
+        args = dict(betas=betas, body_pose=rot[:, 1:], global_orient=rot[:, :1], pose2rot=False)
+        verts = self.smpl_male(**args).vertices
         female = gender == 1
         if bool(female.any()):
-            verts = torch.where(female[:, None, None], run(self.smpl_female), verts)
+            verts = torch.where(female[:, None, None], self.smpl_female(**args).vertices, verts)
         return verts
 
     @torch.no_grad()
@@ -144,12 +133,10 @@ class EvalTargets(nn.Module):
         """GT of a batch: {'joints': [B,14|17,3] centred, 'vertices': [B,V,3] or None}."""
         verts = self.gt_vertices(batch["pose"], batch["betas"], batch["gender"]) \
             if self.has_mesh else None
-        if self.mpi:   # centred on its pelvis (a no-op on the SPIN file, see above)
-            joints = batch["pose_3d"][:, constants.J24_TO_J17, :3]
-            joints = joints - joints[:, MPI_PELVIS_J17:MPI_PELVIS_J17 + 1]
-        elif self.mocap:   # SPIN's protocol: as stored (pelvis-centred), here centred anyway
+        if self.mpi or self.mocap:   # S: centred on its pelvis (a no-op on SPIN's files)
             s = batch["pose_3d"][:, :, :3]
-            joints = s[:, constants.J24_TO_J14] - s[:, GT24_PELVIS, None]
+            order = constants.J24_TO_J17 if self.mpi else constants.J24_TO_J14
+            joints = s[:, order] - s[:, GT24_PELVIS, None]
         else:
             joints = centred(h36m_joints(self.j_regressor, verts))
         return {"joints": joints, "vertices": verts}
@@ -162,8 +149,7 @@ class EvalTargets(nn.Module):
         return errors_mm(pj, targets["joints"], pred_vertices, targets["vertices"]), j17
 
 
-# ------------------------------------------------------------------------------------------------
-# Networks and setup
+# Networks and setup -------------------------------------------------------------------------------
 def read_eval_checkpoint(o, paths: DataPaths, log=print):
     """Read ``--checkpoint`` once -> (path, checkpoint dict), taking the options it decides
     (issue #13 point 7): ``--model``, ``--backbone``, ``--bbox_type``, ``--crop_scale`` not
@@ -199,8 +185,7 @@ def build_eval_networks(options, paths: DataPaths, checkpoint_path,
     else:
         load_metahmr_state(data, checkpoint_path, model, model_aux)
     model.eval()
-    model_aux.eval()
-    model_aux.requires_grad_(False)
+    model_aux.eval().requires_grad_(False)
     return model, model_aux
 
 
@@ -216,12 +201,11 @@ def _neutral_smpl(paths: DataPaths, device: torch.device):
     return _SMPL_CACHE[key]
 
 
-# ------------------------------------------------------------------------------------------------
-# The evaluation loop
+# The evaluation loop ------------------------------------------------------------------------------
 def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | None = None,
              device=None, smpl=None, writer=None, max_batches: int = 0, log=print,
-             batch_size: int | None = None, num_workers: int | None = None,
-             step: int | None = None, return_per_sample: bool = False) -> dict:
+             batch_size: int | None = None, step: int | None = None,
+             return_per_sample: bool = False) -> dict:
     """TTO + metrics over a test set (upstream-behaviour §7).
 
     ``options``: the eval options, or the training ones (``eval_batch_size`` passed as
@@ -237,8 +221,8 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
     paths = paths if paths is not None else DataPaths.from_options(o)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     smpl = smpl if smpl is not None else _neutral_smpl(paths, device)
-    ds, loader = _test_loader(o, dataset_name, paths, device, batch_size, num_workers,
-                              max_batches)
+    ds, loader = _test_loader(o, dataset_name, paths, device,
+                              batch_size if batch_size is not None else o.batch_size, max_batches)
     h36m_gt = getattr(o, "h36m_gt", "mosh")
     mesh = check_ground_truth(ds, dataset_name, h36m_gt)
     targets_model = EvalTargets(paths, dataset_name, h36m_gt, mesh).to(device)
@@ -247,8 +231,8 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
     tally = _Tally(dataset_name, pve=mesh)
     total = min(len(loader), max_batches) if max_batches else len(loader)
     # a live bar in a terminal; otherwise a line every --log_freq batches (issue #13 point 1)
-    bar = Progress(loader, total, f"eval {dataset_name}", int(getattr(o, "log_freq", 0) or 0),
-                   log, unit="batch")
+    bar = Progress(loader, total, f"eval {dataset_name}", getattr(o, "log_freq", 0), log,
+                   unit="batch")
     try:
         with _read_only(model, model_aux):
             for i, batch in enumerate(bar):
@@ -282,20 +266,17 @@ def evaluate(model, model_aux, options, dataset_name: str, paths: DataPaths | No
     return res_dict
 
 
-def _test_loader(o, dataset_name: str, paths: DataPaths, device, batch_size, num_workers,
+def _test_loader(o, dataset_name: str, paths: DataPaths, device, batch_size: int,
                  max_batches: int):
     """The test set (no augmentation) and its DataLoader, in order unless ``--shuffle``;
     unreadable images are left out of the batches and listed (``batch['skipped']``)."""
     from datasets import BaseDataset
     from datasets.base_dataset import collate_skipping
-    bs = int(batch_size if batch_size is not None else o.batch_size)
-    nw = int(num_workers if num_workers is not None else getattr(o, "num_workers", 0))
     ds = BaseDataset(o, dataset_name, is_train=False, paths=paths)
-    n_batches = -(-len(ds) // bs)
-    nw = min(nw, n_batches if not max_batches else min(n_batches, max_batches))
-    gen = torch.Generator().manual_seed(int(getattr(o, "seed", 0)))
-    return ds, DataLoader(ds, batch_size=bs, shuffle=bool(getattr(o, "shuffle", False)),
-                          num_workers=nw, drop_last=False, generator=gen,
+    n_batches = -(-len(ds) // batch_size)
+    return ds, DataLoader(ds, batch_size=batch_size, shuffle=getattr(o, "shuffle", False),
+                          num_workers=min(o.num_workers, n_batches, max_batches or n_batches),
+                          generator=torch.Generator().manual_seed(o.seed),
                           pin_memory=device.type == "cuda", collate_fn=collate_skipping)
 
 
@@ -305,8 +286,7 @@ def _read_only(model, model_aux):
     afterwards (the trainer evaluates between steps)."""
     modes = (model.training, model_aux.training, [p.requires_grad for p in model_aux.parameters()])
     model.eval()
-    model_aux.eval()
-    model_aux.requires_grad_(False)
+    model_aux.eval().requires_grad_(False)
     try:
         yield
     finally:
@@ -321,13 +301,12 @@ class _Tally:
     the TTO 2D losses, steps and time, the skipped samples."""
 
     def __init__(self, dataset: str, pve: bool = True):
-        self.dataset, self.pve = dataset, pve
+        self.dataset, self.metrics = dataset, [m for m in METRICS if pve or m != "PVE"]
         self.keep = {k: [] for k in (
             "imgname", "sample_index", "tto_steps", "nonfinite", "pred_joints", "pose", "betas",
             "camera", "translation", *(f"{_KEY[m]}{s}" for m in METRICS for s in ("", "_before")))}
         self.loss_sum, self.loss_n = {"before": 0.0, "after": 0.0}, {"before": 0, "after": 0}
-        self.err_sum = {m: 0.0 for m in METRICS}
-        self.tto_time, self.n, self.steps_sum = 0.0, 0, 0.0
+        self.tto_time = 0.0
         self.skipped: list[dict] = []
 
     def add(self, b: dict, res, targets_model, camera: Camera, tto_s: float) -> None:
@@ -335,7 +314,7 @@ class _Tally:
         tgt = targets_model.targets(b)
         err_after, j17 = targets_model.score(res.after["vertices"], tgt)
         err_before, _ = targets_model.score(res.before["vertices"], tgt)
-        for k in ("mpjpe", "pa_mpjpe", "pve"):
+        for k in _KEY.values():
             self.keep[k].append(err_after[k])
             self.keep[k + "_before"].append(err_before[k])
         for when, loss in (("before", res.loss_2d_before), ("after", res.loss_2d_after)):
@@ -344,18 +323,16 @@ class _Tally:
             self.loss_sum[when] += float(loss[ok].sum())
             self.loss_n[when] += int(ok.sum())
         _collect(self.keep, b, res, j17, camera)
-        self.n += b["img"].shape[0]
-        for m in METRICS:
-            self.err_sum[m] += float(np.sum(err_after[_KEY[m]]))
-        self.steps_sum += float(res.steps.detach().float().sum())
         self.tto_time += tto_s
+
+    def _sum(self, key: str) -> float:
+        return sum(float(np.sum(v)) for v in self.keep[key])
 
     def running(self) -> dict:
         """The running values a progress line / the bar shows (mm, TTO steps, s per image)."""
-        n = self.n
-        out = {m: f"{self.err_sum[m] / n:.2f}" for m in METRICS
-               if self.pve or m != "PVE"} if n else {}
-        out.update({"samples": str(n), "TTO steps": f"{self.steps_sum / max(n, 1):.2f}",
+        n = sum(len(v) for v in self.keep["mpjpe"])
+        out = {m: f"{self._sum(_KEY[m]) / n:.2f}" for m in self.metrics} if n else {}
+        out.update({"samples": str(n), "TTO steps": f"{self._sum('tto_steps') / max(n, 1):.2f}",
                     "s/img": f"{self.tto_time / max(n, 1):.3f}"})
         return out
 
@@ -372,12 +349,8 @@ class _Tally:
                 raise UserError(f"{what}, e.g. {s['imgname']} ({s['reason']}). Replace the "
                                 f"images, or check --data_root")
             raise RuntimeError(what)
-        out: dict = {}
-        for m in METRICS:
-            if m == "PVE" and not self.pve:
-                continue
-            out[m] = float(arrays[_KEY[m]].mean())
-            out[m + "_before"] = float(arrays[_KEY[m] + "_before"].mean())
+        out = {m + w: float(arrays[_KEY[m] + w].mean()) for m in self.metrics
+               for w in ("", "_before")}
         out.update(n=n, n_nonfinite=int(arrays["nonfinite"].sum()),
                    mean_tto_steps=float(arrays["tto_steps"].mean()),
                    loss_2d_before=self.loss_sum["before"] / max(self.loss_n["before"], 1),
@@ -423,8 +396,7 @@ def write_result_file(path, arrays: dict) -> Path:
     return path
 
 
-# ------------------------------------------------------------------------------------------------
-# eval_cliff.py / eval_hmr.py
+# eval_cliff.py / eval_hmr.py ----------------------------------------------------------------------
 def main(options) -> dict:
     """Evaluate a checkpoint on a test set; print the metrics and write the requested files."""
     o = options
@@ -434,7 +406,7 @@ def main(options) -> dict:
     seed_everything(o.seed)
     device = select_device(o.device)
     paths = DataPaths.from_options(o)
-    if getattr(o, "synthetic", False):
+    if o.synthetic:
         from datasets.synthetic import build_world
         build_world(paths.root)
     if not o.checkpoint:
@@ -449,11 +421,10 @@ def main(options) -> dict:
     del data
     for net in (model, model_aux):
         place(net, device, o.memory_format)
-    smpl = _neutral_smpl(paths, device)
-    res = evaluate(model, model_aux, o, o.dataset, paths=paths, device=device, smpl=smpl,
+    res = evaluate(model, model_aux, o, o.dataset, paths=paths, device=device,
                    max_batches=o.max_batches)
     print(format_results(o.dataset, res))
-    if getattr(o, "json_out", None):   # strict JSON: a metric the set does not have is null
+    if o.json_out:   # strict JSON: a metric the set does not have is null
         from utils.jsonio import write_json
         from utils.options import to_dict
         metrics = {**{f"{m}{w}": None for m in METRICS for w in ("", "_before")}, **res}

@@ -44,8 +44,7 @@ def _check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
-# ----------------------------------------------------------------------------------------------
-# per-sample terms
+# per-sample terms ---------------------------------------------------------------------------------
 def _keypoints_checked(pred: torch.Tensor, gt: torch.Tensor, name: str, d: int) -> torch.Tensor:
     """Check pred [B,J,d] and gt [B,J,d+1] (+ conf); gt in pred's dtype."""
     _check(pred.dim() == 3 and pred.shape[-1] == d,
@@ -57,30 +56,28 @@ def _keypoints_checked(pred: torch.Tensor, gt: torch.Tensor, name: str, d: int) 
 
 
 def keypoint_2d_loss(pred: torch.Tensor, gt: torch.Tensor, openpose_weight: float = 0.0,
-                     gt_weight: float = 1.0, num_openpose: int = NUM_OPENPOSE) -> torch.Tensor:
+                     gt_weight: float = 1.0) -> torch.Tensor:
     """Confidence-weighted squared 2D error per sample: pred [B, J, 2] and gt [B, J, 3] (+ conf)
-    in normalised crop coords; conf[:, :num_openpose] *= openpose_weight, the rest *= gt_weight;
-    [B] = sum conf (p - g)^2 / (J * 2), zero-confidence entries included (SPIN, spec §9.2-16).
-    """
+    in normalised crop coords; conf[:, :25] (OpenPose) *= openpose_weight, the rest *= gt_weight;
+    [B] = sum conf (p - g)^2 / (J * 2), zero-confidence entries included (SPIN, spec §9.2-16)."""
     gt = _keypoints_checked(pred, gt, "keypoint_2d_loss", 2)
     j = pred.shape[1]
     w = torch.full((j,), float(gt_weight), dtype=pred.dtype, device=pred.device)
-    w[:min(num_openpose, j)] = float(openpose_weight)
+    w[:NUM_OPENPOSE] = float(openpose_weight)
     conf = gt[..., 2] * w                                              # [B, J]
     sq = ((pred - gt[..., :2]) ** 2).sum(-1)                           # [B, J]
     return (conf * sq).sum(-1) / (j * 2)
 
 
-def keypoint_3d_loss(pred: torch.Tensor, gt: torch.Tensor, rhip: int = constants.GT24_RHIP,
-                     lhip: int = constants.GT24_LHIP) -> torch.Tensor:
+def keypoint_3d_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """Hip-centred, confidence-weighted squared 3D error per sample: pred [B, 24, 3] (the
-    model's joints[:, 25:49]), gt [B, 24, 4] (+ conf), each centred on its own midpoint of
-    joints ``rhip`` and ``lhip``; [B] = sum conf d^2 / (24 * 3)."""
+    model's joints[:, 25:49]), gt [B, 24, 4] (+ conf), each centred on its own midpoint of the
+    GT-24 hips; [B] = sum conf d^2 / (24 * 3)."""
     gt = _keypoints_checked(pred, gt, "keypoint_3d_loss", 3)
-    conf, g = gt[..., 3], gt[..., :3]
+    rhip, lhip, g = constants.GT24_RHIP, constants.GT24_LHIP, gt[..., :3]
     g = g - 0.5 * (g[:, rhip] + g[:, lhip])[:, None]
     p = pred - 0.5 * (pred[:, rhip] + pred[:, lhip])[:, None]
-    return (conf * ((p - g) ** 2).sum(-1)).sum(-1) / (pred.shape[1] * 3)
+    return (gt[..., 3] * ((p - g) ** 2).sum(-1)).sum(-1) / (pred.shape[1] * 3)
 
 
 def _mean_error(pred: torch.Tensor, gt: torch.Tensor, term: str) -> torch.Tensor:
@@ -97,34 +94,29 @@ def camera_loss(pred_cam: torch.Tensor) -> torch.Tensor:
     return torch.exp(-10.0 * pred_cam[:, 0]) ** 2
 
 
-# ----------------------------------------------------------------------------------------------
-# reduction
+# reduction ----------------------------------------------------------------------------------------
 def reduce_per_sample(values: torch.Tensor, mask: torch.Tensor | None = None,
                       mode: str = "batch", count: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample values [B] (optional bool/float mask [B]) -> the loss of ``mode`` (module
-    docstring; 'batch' without a mask: the mean over B). Masked-out samples give exactly 0
-    even if their value is non-finite. ``count`` ('batch' with a mask): the divisor instead of
-    this batch's ``sum(mask)`` (under DDP the global count / world size, so that the ranks'
-    average is the masked mean of the global batch)."""
-    if mask is None:
-        m = torch.ones_like(values)
-    else:
+    docstring; 'batch' without a mask: the mean over B); masked-out samples give exactly 0 even
+    if non-finite. ``count`` ('batch' with a mask): the divisor instead of ``sum(mask)`` (under
+    DDP the global count / world size: the ranks' average is the global masked mean)."""
+    if mask is not None:
         _check(mask.shape == values.shape,
                f"reduce_per_sample: mask {tuple(mask.shape)} does not match values "
                f"{tuple(values.shape)}")
-        m = mask.to(device=values.device, dtype=values.dtype)
+    _check(mode in ("batch", "sample"),
+           f"reduce_per_sample: mode must be 'batch' or 'sample', got {mode!r}")
+    if mask is None:
+        return values.mean() if mode == "batch" else values
+    m = mask.to(device=values.device, dtype=values.dtype)
     v = torch.where(m != 0, values * m, torch.zeros_like(values))
     if mode == "sample":
         return v
-    if mode == "batch":
-        if mask is None:
-            return v.mean()
-        return v.sum() / (m.sum().clamp(min=1.0) if count is None else count)
-    raise ValueError(f"reduce_per_sample: mode must be 'batch' or 'sample', got {mode!r}")
+    return v.sum() / (m.sum().clamp(min=1.0) if count is None else count)
 
 
-# ----------------------------------------------------------------------------------------------
-# weights and the combined loss
+# weights and the combined loss --------------------------------------------------------------------
 @dataclass(frozen=True)
 class LossWeights:
     """Term weights (spec §5): identical in the inner and outer steps."""
@@ -181,23 +173,23 @@ def smpl_loss(pred: dict, target: dict, weights: LossWeights | None = None, mode
         else:
             v = _mean_error(p, gt, term)
         mask = target[m_key] if m_key is not None else None
-        count = counts.get(m_key) if counts and m_key is not None else None
+        count = (counts or {}).get(m_key)
         out[term] = getattr(weights, weight) * reduce_per_sample(v, mask, mode, count)
     out["total"] = sum((out[t] for t in terms[1:]), out[terms[0]])
     return out
 
 
+def _targets(batch: dict, camera, joints_3d, vertices, rotmat, betas) -> dict:
+    return {"keypoints_2d": camera.target_keypoints(batch), "joints_3d": joints_3d,
+            "vertices": vertices, "rotmat": rotmat, "betas": betas,
+            "has_smpl": batch["has_smpl"], "has_pose_3d": batch["has_pose_3d"]}
+
+
 def gt_targets(batch: dict, gt_vertices: torch.Tensor, camera) -> dict:
     """Supervised targets of the outer loss (``camera``: :class:`utils.camera.Camera`)."""
     pose = batch["pose"]
-    return {
-        "keypoints_2d": camera.target_keypoints(batch),
-        "joints_3d": batch["pose_3d"],
-        "vertices": gt_vertices,
-        "rotmat": batch_rodrigues(pose.reshape(-1, 3)).reshape(pose.shape[0], 24, 3, 3),
-        "betas": batch["betas"],
-        "has_smpl": batch["has_smpl"], "has_pose_3d": batch["has_pose_3d"],
-    }
+    rotmat = batch_rodrigues(pose.reshape(-1, 3)).reshape(pose.shape[0], 24, 3, 3)
+    return _targets(batch, camera, batch["pose_3d"], gt_vertices, rotmat, batch["betas"])
 
 
 def pseudo_targets(aux_pred: dict, batch: dict, camera, detach: bool = True) -> dict:
@@ -205,16 +197,11 @@ def pseudo_targets(aux_pred: dict, batch: dict, camera, detach: bool = True) -> 
     with conf 1) and the GT 2D keypoints; the pseudo-label terms stay masked by the GT flags
     (released behaviour, spec §2.3). ``detach=False`` keeps the aux graph (second-order MAML:
     the aux network receives the meta-gradient)."""
-    d = (lambda t: t.detach()) if detach else (lambda t: t)  # noqa: E731
-    j = d(aux_pred["joints"][:, NUM_OPENPOSE:NUM_OPENPOSE + constants.NUM_JOINTS_SMPL])
-    return {
-        "keypoints_2d": camera.target_keypoints(batch),
-        "joints_3d": torch.cat([j, torch.ones_like(j[..., :1])], dim=-1),
-        "vertices": d(aux_pred["vertices"]),
-        "rotmat": d(aux_pred["rotmat"]),
-        "betas": d(aux_pred["betas"]),
-        "has_smpl": batch["has_smpl"], "has_pose_3d": batch["has_pose_3d"],
-    }
+    aux = [aux_pred["joints"][:, NUM_OPENPOSE:NUM_OPENPOSE + constants.NUM_JOINTS_SMPL],
+           *(aux_pred[k] for k in ("vertices", "rotmat", "betas"))]
+    j, vertices, rotmat, betas = [t.detach() for t in aux] if detach else aux
+    return _targets(batch, camera, torch.cat([j, torch.ones_like(j[..., :1])], dim=-1),
+                    vertices, rotmat, betas)
 
 
 def total(losses: dict) -> torch.Tensor:

@@ -57,16 +57,14 @@ class TTOConfig:
 
     @classmethod
     def from_options(cls, o) -> "TTOConfig":
-        w = LossWeights.from_options(o)
         # the test-time 2D loss uses GT keypoints, or OpenPose ones with --use_openpose2d
-        w = dataclasses.replace(w, openpose=1.0 if o.use_openpose2d else 0.0,
-                                gt=0.0 if o.use_openpose2d else 1.0)
-        return cls(inner_lr=o.inner_lr, after_innerlr=o.after_innerlr,
-                   test_val_step=o.test_val_step, adapt_val_step=o.adapt_val_step,
-                   adapt_tol=getattr(o, "adapt_tol", 2e-5), no_use_adam=o.no_use_adam,
-                   no_inner_step=o.no_inner_step, use_openpose2d=o.use_openpose2d,
-                   mode=getattr(o, "tto_mode", "sample"), chunk=getattr(o, "tto_chunk", 0),
-                   workers=getattr(o, "tto_workers", 0), weights=w)
+        op = o.use_openpose2d
+        w = dataclasses.replace(LossWeights.from_options(o), openpose=1.0 if op else 0.0,
+                                gt=0.0 if op else 1.0)
+        same = ("inner_lr", "after_innerlr", "test_val_step", "adapt_val_step", "adapt_tol",
+                "no_use_adam", "no_inner_step", "use_openpose2d")
+        return cls(**{k: getattr(o, k) for k in same}, mode=o.tto_mode, chunk=o.tto_chunk,
+                   workers=o.tto_workers, weights=w)
 
 
 @dataclass
@@ -110,34 +108,31 @@ def test_time_optimize(model, model_aux, batch: dict, smpl, camera: Camera, cfg:
         raise ValueError(f"unknown tto_mode {cfg.mode!r}")
     # auto chunk: vectorised on accelerators; on the CPU grouped convolutions are slower than
     # a loop (decisions D2)
-    chunk = cfg.chunk if cfg.chunk > 0 else B if batch["img"].device.type != "cpu" else 1
+    cpu = batch["img"].device.type == "cpu"
+    chunk = cfg.chunk if cfg.chunk > 0 else 1 if cpu else B
     groups = [{k: v[s:s + chunk] for k, v in inputs.items()} for s in range(0, B, chunk)]
     if cfg.workers < 0:
         raise ValueError(f"tto_workers must be >= 0, got {cfg.workers}")
     # threads adapting groups concurrently (0: one per intra-op thread on the CPU, 1 elsewhere)
-    workers = cfg.workers or (torch.get_num_threads() if batch["img"].device.type == "cpu" else 1)
-    workers = max(1, min(workers, len(groups)))
+    workers = max(1, min(cfg.workers or (torch.get_num_threads() if cpu else 1), len(groups)))
+
+    def run(group: dict, net=model, observer: Observer | None = None) -> TTOResult:
+        return _adapt_group(net, state, smpl, camera, cfg, group, chunk > 1, observer)
+
     if observer is not None:
-        return _observed_groups(model, state, smpl, camera, cfg, groups, chunk > 1, observer)
+        return _observed_groups(run, groups, observer)
     if workers == 1:
-        return TTOResult.cat([_adapt_group(model, state, smpl, camera, cfg, g, chunk > 1)
-                              for g in groups])
-    return TTOResult.cat(_parallel_groups(model, state, smpl, camera, cfg, groups, chunk > 1,
-                                          workers))
+        return TTOResult.cat([run(g) for g in groups])
+    return TTOResult.cat(_parallel_groups(run, model, groups, workers))
 
 
 test_time_optimize.__test__ = False  # not a pytest test, despite its name
 
 
-def _observed_groups(model, state, smpl, camera, cfg, groups, vectorised, observer):
+def _observed_groups(run, groups: list[dict], observer: Observer) -> TTOResult:
     """Groups one after the other, their per-step predictions joined for ``observer``."""
-    traces: list[list[dict]] = []
-    parts = []
-    for g in groups:
-        trace: list[dict] = []
-        parts.append(_adapt_group(model, state, smpl, camera, cfg, g, vectorised,
-                                  lambda t, pred: trace.append(pred)))
-        traces.append(trace)
+    traces: list[list[dict]] = [[] for _ in groups]
+    parts = [run(g, observer=lambda t, pred: tr.append(pred)) for g, tr in zip(groups, traces)]
     n = max(len(tr) for tr in traces)     # a group that stopped early repeats its last one
     for t in range(n):
         observer(t, {k: torch.cat([tr[min(t, len(tr) - 1)][k] for tr in traces])
@@ -155,9 +150,8 @@ def stateless_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _parallel_groups(model, state, smpl, camera: Camera, cfg: TTOConfig, groups: list[dict],
-                     vectorised: bool, workers: int) -> list[TTOResult]:
-    """Adapt the groups in ``workers`` threads of one intra-op thread each (CPU): every group
+def _parallel_groups(run, model, groups: list[dict], workers: int) -> list[TTOResult]:
+    """``run`` the groups in ``workers`` threads of one intra-op thread each (CPU): every group
     as in a loop, only the float rounding of the (single-threaded) kernels can differ."""
     local = threading.local()
 
@@ -165,7 +159,7 @@ def _parallel_groups(model, state, smpl, camera: Camera, cfg: TTOConfig, groups:
         if not hasattr(local, "net"):
             torch.set_num_threads(1)
             local.net = stateless_copy(model)
-        return _adapt_group(local.net, state, smpl, camera, cfg, group, vectorised)
+        return run(group, local.net)
 
     threads = torch.get_num_threads()
     try:
@@ -175,8 +169,7 @@ def _parallel_groups(model, state, smpl, camera: Camera, cfg: TTOConfig, groups:
         torch.set_num_threads(threads)   # some backends share the setting between threads
 
 
-# ------------------------------------------------------------------------------------------------
-# One group: G independent weight sets for its B samples (G = 1, or G = B under vmap)
+# One group: G independent weight sets for its B samples (G = 1, or G = B under vmap) --------------
 class _Objective:
     """The group's loss, 2D loss and prediction as functions of (head, rest) weights; ``model``
     only provides the structure. ``vectorised``: every sample its own weights (a leading
@@ -192,10 +185,9 @@ class _Objective:
     def _f(self, head: Params, rest: Params, inputs: dict, stage0: bool):
         if self.vectorised:   # one sample -> a batch of one
             inputs = {k: v.unsqueeze(0) for k, v in inputs.items()}
-        out = functional_call(self.model, {**self.buffers, **rest, **head}, (),
-                              {"img": inputs["img"], "bbox_info":
-                               inputs["bbox_info"] if self.model.use_bbox_info else None},
-                              strict=False)
+        bbox_info = inputs["bbox_info"] if self.model.use_bbox_info else None
+        out = functional_call(self.model, {**self.buffers, **rest, **head},
+                              (inputs["img"], bbox_info), strict=False)
         pred = smpl_predict(out, self.smpl, self.camera, inputs)
         l2d = smpl_loss(pred, inputs, self.weights_2d, terms=TTO_TERMS)["total"]
         loss = smpl_loss(pred, inputs, self.weights, terms=INNER_TERMS)["total"] if stage0 \
@@ -222,11 +214,11 @@ class _Objective:
 
 
 class _Progress:
-    """Where each of the G weight sets of a group stands, and what it has produced. ``expand``
-    maps [G] values to the group's B samples. A set is *done* once its prediction is final."""
+    """Where each of the G weight sets of a group of B samples stands, and what it has
+    produced. A set is *done* once its prediction is final."""
 
-    def __init__(self, G: int, expand: Callable[[Tensor], Tensor], device) -> None:
-        self.expand = expand
+    def __init__(self, G: int, B: int, device) -> None:
+        self.B = B
         self.steps = torch.zeros(G, dtype=torch.long, device=device)   # weight updates taken
         # [G] bool; stopping: the stop rule fired after the last update
         self.done, self.stopping, self.nonfinite = (
@@ -238,18 +230,16 @@ class _Progress:
         self.loss_2d: Tensor | None = None      # [G] 2D loss of 'current'
 
     def observe(self, loss: Tensor, l2d: Tensor, pred: dict, final: bool) -> Tensor:
-        """Take in the forward pass at the current weights. A set becomes done when its
-        prediction is final (early stop fired, or the last pass), or non-finite (it keeps its
-        last finite prediction). Returns whether every set's pass was finite (a 0-dim bool
-        tensor: read on the host together with :meth:`flags`)."""
+        """Take in the forward pass at the current weights. A set is done once its prediction is
+        final (early stop fired, or the last pass) or non-finite (it keeps its last finite one).
+        -> whether every set's pass was finite (0-dim bool, read by :meth:`flags`)."""
         finite = torch.isfinite(loss) & torch.isfinite(l2d) & self._finite(pred)
         active = ~self.done
         if self.before is None:
-            self.before = {k: v.clone() for k, v in pred.items()}
-            self.current = {k: v.clone() for k, v in pred.items()}
+            self.before, self.current = ({k: v.clone() for k, v in pred.items()} for _ in range(2))
             self.loss_2d_before, self.loss_2d = l2d.clone(), l2d.clone()
         else:   # torch.where, not boolean-mask indexing (nonzero: a CUDA sync per key)
-            m = self.expand(active & finite)
+            m = (active & finite).expand(self.B)
             self.current = {k: torch.where(m.reshape(-1, *[1] * (v.dim() - 1)), pred[k], v)
                             for k, v in self.current.items()}
             self.loss_2d = torch.where(active & finite, l2d, self.loss_2d)
@@ -260,9 +250,8 @@ class _Progress:
     def flags(self, clean: Tensor) -> tuple[bool, bool, bool]:
         """(every set done, ``clean``, every set done or stopping) read on the host at once: the
         one device synchronisation of a TTO step."""
-        done, ok, idle = torch.stack([self.done.all(), clean,
-                                      (self.stopping | self.done).all()]).tolist()
-        return done, ok, idle
+        return tuple(torch.stack([self.done.all(), clean,
+                                  (self.stopping | self.done).all()]).tolist())
 
     def _finite(self, pred: dict) -> Tensor:
         """[G] bool: every predicted vertex and camera value of the set is finite."""
@@ -281,10 +270,9 @@ class _Progress:
         self.prev_loss = loss
 
     def result(self) -> TTOResult:
-        steps, nonfinite, loss_2d_before, loss_2d = (
-            self.expand(x).clone() for x in (self.steps, self.nonfinite, self.loss_2d_before,
-                                             self.loss_2d))
-        return TTOResult(self.current, self.before, steps, nonfinite, loss_2d_before, loss_2d)
+        return TTOResult(self.current, self.before, *(
+            x.expand(self.B).clone() for x in (self.steps, self.nonfinite, self.loss_2d_before,
+                                               self.loss_2d)))
 
 
 class _Weights:
@@ -342,10 +330,9 @@ def _adapt_group(model, state: tuple[Params, Params], smpl, camera: Camera, cfg:
     then (t <= test_val_step) updates; the pass after the last update or a stop predicts."""
     B, device = inputs["img"].shape[0], inputs["img"].device
     G = B if vectorised else 1
-    expand = (lambda m: m) if vectorised else (lambda m: m.expand(B))  # noqa: E731
     objective = _Objective(model, state[1], smpl, camera, cfg, inputs, vectorised)
     w = _Weights(model, state[0], G, vectorised)
-    progress = _Progress(G, expand, device)
+    progress = _Progress(G, B, device)
     last = cfg.test_val_step + 1
     idle = False    # every set done or stopping: the next pass needs no gradients
     for t in range(last + 1):
