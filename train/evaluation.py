@@ -306,7 +306,7 @@ class _Tally:
             "imgname", "sample_index", "tto_steps", "nonfinite", "pred_joints", "pose", "betas",
             "camera", "translation", *(f"{_KEY[m]}{s}" for m in METRICS for s in ("", "_before")))}
         self.loss_sum, self.loss_n = {"before": 0.0, "after": 0.0}, {"before": 0, "after": 0}
-        self.tto_time = 0.0
+        self.tto_time, self.n, self.sums = 0.0, 0, dict.fromkeys((*_KEY.values(), "tto_steps"), 0.0)
         self.skipped: list[dict] = []
 
     def add(self, b: dict, res, targets_model, camera: Camera, tto_s: float) -> None:
@@ -324,15 +324,15 @@ class _Tally:
             self.loss_n[when] += int(ok.sum())
         _collect(self.keep, b, res, j17, camera)
         self.tto_time += tto_s
-
-    def _sum(self, key: str) -> float:
-        return sum(float(np.sum(v)) for v in self.keep[key])
+        self.n += len(err_after["mpjpe"])
+        for k in self.sums:   # running sums: the progress line must not re-add every batch
+            self.sums[k] += float(np.sum(self.keep[k][-1]))
 
     def running(self) -> dict:
         """The running values a progress line / the bar shows (mm, TTO steps, s per image)."""
-        n = sum(len(v) for v in self.keep["mpjpe"])
-        out = {m: f"{self._sum(_KEY[m]) / n:.2f}" for m in self.metrics} if n else {}
-        out.update({"samples": str(n), "TTO steps": f"{self._sum('tto_steps') / max(n, 1):.2f}",
+        n, sums = self.n, self.sums
+        out = {m: f"{sums[_KEY[m]] / n:.2f}" for m in self.metrics} if n else {}
+        out.update({"samples": str(n), "TTO steps": f"{sums['tto_steps'] / max(n, 1):.2f}",
                     "s/img": f"{self.tto_time / max(n, 1):.3f}"})
         return out
 
