@@ -71,21 +71,7 @@ def load_smpl_data(path: str | os.PathLike) -> dict:
         if key not in data:
             raise SMPLFileError(f"SMPL model {path}: missing key {key!r} "
                                 f"(keys present: {sorted(data)})")
-        value, kind = data[key], type(data[key]).__module__.split(".")[0]
-        if not isinstance(value, np.ndarray) and kind not in ("scipy", "chumpy"):
-            raise SMPLFileError(f"SMPL model {path}: {key!r} is a {type(value).__name__}, not an "
-                                f"array. {_USE_OFFICIAL}")
-        try:   # a scipy.sparse matrix: its stored values (checked), with its shape
-            values = np.asarray(value.data if kind == "scipy" else _dense(value))
-        except Exception as e:   # noqa: BLE001 - a damaged chumpy / sparse object
-            raise SMPLFileError(f"SMPL model {path}: {key!r} cannot be read as an array "
-                                f"({type(e).__name__}: {e}). {_USE_OFFICIAL}") from None
-        if values.dtype.kind not in "biuf":
-            raise SMPLFileError(f"SMPL model {path}: {key!r} has dtype {values.dtype}, expected "
-                                f"numbers. {_USE_OFFICIAL}")
-        if not np.isfinite(values).all():
-            raise SMPLFileError(f"SMPL model {path}: {key!r} holds NaN or inf. {_USE_OFFICIAL}")
-        arrays[key] = value if kind == "scipy" else values
+        arrays[key] = _numeric(path, key, data[key])
         got = tuple(arrays[key].shape)
         if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
             want = "x".join("N" if s is None else str(s) for s in shape)
@@ -101,6 +87,27 @@ def load_smpl_data(path: str | os.PathLike) -> dict:
             raise SMPLFileError(f"SMPL model {path}: {key!r} holds invalid indices ({what}). "
                                 f"{_USE_OFFICIAL}")
     return data
+
+
+def _numeric(path: Path, key: str, value) -> np.ndarray:
+    """``value`` of SMPL file ``key`` as a numeric numpy array (a scipy.sparse matrix: its stored
+    values checked, the matrix returned), finite; :class:`SMPLFileError` naming the file and key
+    otherwise."""
+    kind = type(value).__module__.split(".")[0]
+    if not isinstance(value, np.ndarray) and kind not in ("scipy", "chumpy"):
+        raise SMPLFileError(f"SMPL model {path}: {key!r} is a {type(value).__name__}, not an "
+                            f"array. {_USE_OFFICIAL}")
+    try:
+        values = np.asarray(value.data if kind == "scipy" else _dense(value))
+    except Exception as e:   # noqa: BLE001 - a damaged chumpy / sparse object
+        raise SMPLFileError(f"SMPL model {path}: {key!r} cannot be read as an array "
+                            f"({type(e).__name__}: {e}). {_USE_OFFICIAL}") from None
+    if values.dtype.kind not in "biuf":
+        raise SMPLFileError(f"SMPL model {path}: {key!r} has dtype {values.dtype}, expected "
+                            f"numbers. {_USE_OFFICIAL}")
+    if not np.isfinite(values).all():
+        raise SMPLFileError(f"SMPL model {path}: {key!r} holds NaN or inf. {_USE_OFFICIAL}")
+    return value if kind == "scipy" else values
 
 
 def load_regressor(path: str | os.PathLike, rows: int | None = None) -> torch.Tensor:
