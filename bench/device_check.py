@@ -150,18 +150,20 @@ def main(argv=None) -> int:
     import torch
     cuda, a.out, t0, results = torch.cuda.is_available(), a.out.resolve(), time.time(), {}
     (a.out / "logs_steps").mkdir(parents=True, exist_ok=True)
-    for step in plan(a, cuda):
+    device = torch.cuda.get_device_name(0) if cuda else "cpu (no CUDA device)"
+    steps = plan(a, cuda)
+    for step in steps:   # the JSON after every step: a run cut short keeps the figures so far
         print(f"[{time.time() - t0:6.0f} s] {step['name']} ...", flush=True)
         results[step["name"]] = run_step(step, cuda, a.out / "logs_steps")
-    device = torch.cuda.get_device_name(0) if cuda else "cpu (no CUDA device)"
-    total = time.time() - t0
-    print(f"\ndevice check on {device}{' (--quick)' if a.quick else ''}: {total:.0f} s")
+        summary = {"device": device, "quick": a.quick, "total_s": round(time.time() - t0, 1),
+                   "torch": torch.__version__, "complete": len(results) == len(steps),
+                   "steps": results}
+        write_json(a.out / "device_check.json", summary)
+    print(f"\ndevice check on {device}{' (--quick)' if a.quick else ''}: {time.time() - t0:.0f} s")
     print(f"{'step':<26}{'status':<9}{'s':>7}  figures")
     for name, r in results.items():
         print(f"{name:<26}{r['status']:<9}{r['seconds']:>7.1f}  {short(r)}")
-    summary = {"device": device, "quick": a.quick, "total_s": round(total, 1),
-               "torch": torch.__version__, "steps": results}
-    print(f"wrote {write_json(a.out / 'device_check.json', summary)}")
+    print(f"wrote {a.out / 'device_check.json'}")
     return 0 if all(r["status"] != "failed" for r in results.values()) else 1
 
 

@@ -4,5 +4,5 @@
 # Without CUDA the CUDA steps are reported as skipped; --quick is a toy-size dry run on any device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
+PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 exec "$PYTHON" bench/device_check.py "$@"

@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, *args, timeout: int = 600) -> str:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ,   # the repository first, then what was on the path (e.g. --target wheels)
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *map(str, args)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"

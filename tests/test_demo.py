@@ -332,7 +332,8 @@ def test_bbox_file_mode_cli(synthetic_root, ckpt, inputs, tmp_path):
                            *_argv(synthetic_root, ckpt, out, "--img_dir", img,
                                   "--bbox_file", tmp_path / "boxes.json")],
                           cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [str(REPO), os.environ.get("PYTHONPATH", "")])})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Demo summary: 3 images, 2 processed (2 people), 1 skipped" in proc.stdout
     s = json.loads((out / "summary.json").read_text())

@@ -25,7 +25,7 @@ def test_cuda_steps_are_skipped_without_a_gpu(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads((tmp_path / "device_check.json").read_text(),
                       parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
-    assert list(data["steps"]) == STEPS
+    assert list(data["steps"]) == STEPS and data["complete"] is True
     assert all(s["status"] == "skipped" and "needs CUDA" in s["why"]
                for s in data["steps"].values())
     for name in STEPS:                      # one table row per step
@@ -54,3 +54,24 @@ def test_eval_figures_in_a_plain_interpreter(tmp_path):
                            text=True, timeout=120, env=env)
     gl = probe.stdout.strip().splitlines()[-1]
     assert res["figures"]["gl"] == (gl if gl != "None" else "none (software rasteriser)")
+
+
+def test_a_run_cut_short_keeps_the_figures_of_the_steps_done(tmp_path, monkeypatch):
+    """The lent GPU machine's call has a time limit (bench/device_run.sh ends the check with
+    ``timeout``): device_check.json is rewritten after every step, marked incomplete until the
+    last one, so the steps done before the cut are kept."""
+    from bench import device_check
+    done = []
+
+    def fake_step(step, cuda, log_dir):
+        if len(done) == 2:
+            raise KeyboardInterrupt      # the run is stopped during the third step
+        done.append(step["name"])
+        return {"status": "ok", "seconds": 1.0, "figures": {"MPJPE": 12.5}}
+
+    monkeypatch.setattr(device_check, "run_step", fake_step)
+    with pytest.raises(KeyboardInterrupt):
+        device_check.main(["--out", str(tmp_path)])
+    data = json.loads((tmp_path / "device_check.json").read_text())
+    assert list(data["steps"]) == STEPS[:2] == done and data["complete"] is False
+    assert data["steps"][STEPS[1]]["figures"] == {"MPJPE": 12.5}
