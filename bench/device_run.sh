@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-device_check_out}"
 LIMIT="${1:-540}"
 mkdir -p "$OUT"
+rm -rf /tmp/device_check   # a warm machine's earlier run: no stale figures
 if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
 egl=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 if [ -f "$egl" ]; then export __EGL_VENDOR_LIBRARY_FILENAMES="$egl"; fi
