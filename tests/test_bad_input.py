@@ -14,8 +14,6 @@ import os
 import pickle
 import re
 import shutil
-import subprocess
-import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -28,6 +26,7 @@ from config import DATASET_FILES, DataPaths, MissingFileError
 from datasets import BaseDataset, DatasetError
 from datasets.base_dataset import collate_skipping
 from utils.errors import OptionError, UserError
+import forkrun  # noqa: E402  the project's commands, forked from a warm server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -481,8 +480,7 @@ def test_cli_run_one_line_and_debug(capsys, monkeypatch):
 
 def _script(*argv, timeout=120):
     env = {**os.environ, "METAHMR_DEBUG": ""}
-    return subprocess.run([sys.executable, *map(str, argv)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    return forkrun.run(argv, cwd=REPO, timeout=timeout, env=env)
 
 
 def test_entry_scripts_print_one_line(synthetic_root, tmp_path):

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import forkrun  # noqa: E402  the project's commands, forked from a warm server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,8 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _run(script: str, *args, timeout: int = 600) -> str:
     env = {**os.environ,   # the repository first, then what was on the path (e.g. --target wheels)
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *map(str, args)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = forkrun.run([REPO / "bench" / script, *args], cwd=REPO, env=env, timeout=timeout)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 

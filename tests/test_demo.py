@@ -25,8 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -39,6 +37,7 @@ from utils.errors import UserError
 from conftest import TEST_DEVICE  # noqa: E402
 from datasets import inputs as demo_inputs
 from train import demo
+import forkrun  # noqa: E402  the project's commands, forked from a warm server
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "h36m-p2"
@@ -328,12 +327,10 @@ def test_bbox_file_mode_cli(synthetic_root, ckpt, inputs, tmp_path):
                                                  [5000, 5000, 50, 50]]}
     (tmp_path / "boxes.json").write_text("\ufeff" + json.dumps(boxes), encoding="utf-8")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(REPO / "demo.py"),
-                           *_argv(synthetic_root, ckpt, out, "--img_dir", img,
-                                  "--bbox_file", tmp_path / "boxes.json")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                              [str(REPO), os.environ.get("PYTHONPATH", "")])})
+    proc = forkrun.run([REPO / "demo.py", *_argv(synthetic_root, ckpt, out, "--img_dir", img,
+                                                 "--bbox_file", tmp_path / "boxes.json")],
+                       cwd=REPO, timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                           [str(REPO), os.environ.get("PYTHONPATH", "")])})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Demo summary: 3 images, 2 processed (2 people), 1 skipped" in proc.stdout
     s = json.loads((out / "summary.json").read_text())

@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -26,6 +24,7 @@ from config import DATASET_FILES, DataPaths
 from datasets.prepare_3dpw import SKIP_INVALID, SKIP_NO_2D, SKIP_NO_GT, prepare_3dpw
 from datasets.pw3d_raw import RawDataError, load_pickle
 from datasets.synthetic_raw import write_raw_3dpw
+import forkrun  # noqa: E402  the project's commands, forked from a warm server
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ_TEST = "downtown_walking_00"            # the tiny world's 3DPW test sequence
@@ -138,10 +137,8 @@ def test_round_trip_gives_the_world_npz(prepared, synthetic_root):
 
 
 def test_cli_default_has_no_focal_length(raw, synthetic_root, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "datasets.prepare", "3dpw", "--raw", str(raw),
-                        "--out", str(tmp_path), "--data_root", str(synthetic_root),
-                        "--sets", "test"], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+    r = forkrun.run(["-m", "datasets.prepare", "3dpw", "--raw", raw, "--out", tmp_path,
+                     "--data_root", synthetic_root, "--sets", "test"], cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "4 frames kept" in r.stdout and "campose_valid false: 6" in r.stdout
     p = _npz(tmp_path / "data" / "datasets" / DATASET_FILES["test"]["3dpw"])

@@ -15,8 +15,6 @@ import hashlib
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from datasets.synthetic import (DATASET_SPECS, MANIFEST, MARKER, build_world, ex
 from models.smpl import build_smpl
 from utils.errors import OptionError, UserError
 from utils.raster import rasterize, render_mesh_software
+import forkrun  # noqa: E402  the project's commands, forked from a warm server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -319,10 +318,9 @@ def test_cli_bad_sizes_is_one_line_exit_2(tmp_path):
     """``python -m datasets.synthetic`` with a too small set: one ``error:`` line, code 2,
     nothing written."""
     root = tmp_path / "w"
-    p = subprocess.run([sys.executable, "-m", "datasets.synthetic", "--root", str(root),
-                        "--sizes", "train/h36m=1", "--weights", ""], cwd=REPO,
-                       capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "METAHMR_DEBUG": ""})
+    p = forkrun.run(["-m", "datasets.synthetic", "--root", root, "--sizes", "train/h36m=1",
+                     "--weights", ""], cwd=REPO, timeout=120,
+                    env={**os.environ, "METAHMR_DEBUG": ""})
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2, p.stderr[-2000:]
     assert lines == ["error: sizes['train/h36m'] = 1: every set needs at least 2 samples"], lines

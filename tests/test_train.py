@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import forkrun  # noqa: E402  the project's commands, forked from a warm server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,8 +109,7 @@ def test_nonfinite_losses_are_skipped_then_stop(synthetic_root, tmp_path, monkey
 
 
 def _run(args, **kw):
-    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True,
-                          text=True, **kw)
+    return forkrun.run(["train.py", *args], cwd=ROOT, **kw)
 
 
 # batch 1 on the 4-sample world: 4 steps per epoch; small crops for speed; every step logged
@@ -299,7 +299,7 @@ def dying_save(obj, f):
 torch.save = dying_save
 C.atomic_save({{"step": 2, "w": torch.zeros(3)}}, {str(path)!r})
 """
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT)
+    r = forkrun.run(["-c", code], cwd=ROOT)
     assert r.returncode == -signal.SIGKILL
     data = load(path)
     assert data["step"] == 1 and torch.equal(data["w"], torch.ones(3))

@@ -1,0 +1,185 @@
+"""Run a command line of the project (``python train.py ...``, ``-m datasets.prepare``, ``-c``)
+as its own process, forked from a warm server instead of started from scratch.
+
+A fresh interpreter spends about 4 s importing torch, torchvision, OpenCV and smplx before the
+command does anything, and the suite runs dozens of commands. ``run`` hands the command to a
+server process that imported those third-party libraries once (and nothing of
+the project, which each child imports afresh). The child is still a separate process, so what the
+tests check is what a user's shell sees: its exit status (``-N`` when killed by signal N), its
+own stdout and stderr, its environment and working folder, and a traceback only when the command
+would print one. It runs like the interpreter would: ``sys.argv``, ``sys.path[0]`` (the script's
+folder, or the working folder for ``-m``/``-c``) and ``$PYTHONPATH`` as given, ``__main__``,
+atexit handlers and non-daemon threads at the end.
+
+``METAHMR_TEST_FORK=0`` starts every command as a fresh interpreter (``subprocess.run``) instead.
+Commands whose point is the interpreter's start itself (the GL/triton import order, a missing
+package, torchrun) use ``subprocess`` directly.
+"""
+from __future__ import annotations
+
+import atexit
+import io
+import json
+import os
+import runpy
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+# imported once by the server; slow to import and free of project state
+PRELOAD = ["numpy", "scipy.optimize", "scipy.spatial", "cv2", "PIL.Image", "tqdm", "torch",
+           "torch._dynamo", "torchvision", "torchvision.models", "smplx",
+           "torch.utils.tensorboard"]
+_SERVER: list[subprocess.Popen] = []
+_PENDING: list[bytes] = [b""]                    # answer bytes read, not yet used
+_LOCK = threading.Lock()
+
+
+def _exit_code(exc: SystemExit) -> int:
+    """The interpreter's exit status for ``exc`` (a non-int code is printed to stderr, status 1)."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _uncaught(exc: BaseException) -> int:
+    """Print ``exc``'s traceback from the command's own first frame on, as the interpreter does;
+    its exit status (an uncaught KeyboardInterrupt ends the process by SIGINT, as there)."""
+    tb = exc.__traceback__
+    while tb is not None and (tb.tb_frame.f_code.co_filename == __file__
+                              or tb.tb_frame.f_code.co_filename.startswith("<frozen runpy")):
+        tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb)
+    if isinstance(exc, KeyboardInterrupt):
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return 1
+
+
+def _child(argv: list[str], cwd: str, env: dict, out: str, err: str, base_path: list) -> None:
+    """In the forked child: become ``python *argv`` in ``cwd`` with ``env``, output to files."""
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8")
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True)
+    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if argv[0] in ("-m", "-c"):
+        first, sys.argv = ("" if argv[0] == "-c" else cwd), [argv[0], *argv[2:]]
+    else:
+        script = os.path.abspath(argv[0])
+        first, sys.argv = os.path.dirname(script), [argv[0], *argv[1:]]
+    sys.path[:] = [first, *[os.path.abspath(p) for p in extra], *base_path]
+    try:
+        if argv[0] == "-m":
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        elif argv[0] == "-c":
+            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
+        else:
+            runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except BaseException as exc:                        # what the interpreter prints
+        code = _uncaught(exc)
+    for t in threading.enumerate():                     # the interpreter waits for these
+        if t is not threading.current_thread() and not t.daemon:
+            t.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def serve() -> None:
+    """The server: import PRELOAD, then for each request line on stdin fork a child, answer its
+    pid, wait for it and answer its exit status. Ends when stdin closes."""
+    import importlib
+    own = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    base = [p for p in sys.path[1:] if os.path.abspath(p) not in own]
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:                             # the child's own import will say so
+            pass
+    for line in sys.stdin:
+        req = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _child(req["argv"], req["cwd"], req["env"], req["out"], req["err"], base)
+        print(json.dumps({"pid": pid}), flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
+
+
+def _server() -> subprocess.Popen:
+    if not _SERVER or _SERVER[0].poll() is not None:
+        _SERVER[:] = [subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, bufsize=0, cwd=os.getcwd())]
+        _PENDING[:] = [b""]
+    return _SERVER[0]
+
+
+def _answer(server: subprocess.Popen, timeout: float | None) -> dict | None:
+    """The server's next answer line, or None when ``timeout`` seconds pass first (read from the
+    pipe itself: an answer already read stays in ``_PENDING``, never hidden in a buffer)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while b"\n" not in _PENDING[0]:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not select.select([server.stdout], [], [], left)[0]:
+            return None
+        chunk = os.read(server.stdout.fileno(), 65536)
+        if not chunk:
+            raise RuntimeError("the forkrun server ended; run with METAHMR_TEST_FORK=0 to see why")
+        _PENDING[0] += chunk
+    line, _PENDING[0] = _PENDING[0].split(b"\n", 1)
+    return json.loads(line)
+
+
+def run(argv: list, *, cwd, env: dict | None = None, timeout: float | None = None
+        ) -> subprocess.CompletedProcess:
+    """``python *argv`` in ``cwd`` (``env``: the whole environment, ``os.environ`` by default),
+    as ``subprocess.run(..., capture_output=True, text=True, timeout=timeout)`` returns it."""
+    argv = [str(a) for a in argv]
+    env = dict(os.environ if env is None else env)
+    cmd = [sys.executable, *argv]
+    if os.environ.get("METAHMR_TEST_FORK", "1") == "0":
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    with _LOCK, tempfile.TemporaryDirectory(prefix="forkrun_") as tmp:
+        out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
+        server = _server()
+        server.stdin.write(json.dumps({"argv": argv, "cwd": str(Path(cwd).resolve()), "env": env,
+                                       "out": str(out), "err": str(err)}).encode() + b"\n")
+        pid = _answer(server, None)["pid"]
+        done = _answer(server, timeout)
+        if done is None:
+            os.kill(pid, 9)
+            _answer(server, None)
+            raise subprocess.TimeoutExpired(cmd, timeout, output=out.read_text(errors="replace"),
+                                            stderr=err.read_text(errors="replace"))
+        return subprocess.CompletedProcess(cmd, done["returncode"],
+                                           out.read_text(errors="replace"),
+                                           err.read_text(errors="replace"))
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,68 @@
+"""The suite's command runner (tests/forkrun.py) against the fact it stands in for: the same
+command started as a fresh interpreter. Exit status, stdout, stderr (tracebacks included) must be
+identical, or the command-line tests would check something a user's shell never sees."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import forkrun
+
+REPO = Path(__file__).resolve().parents[1]
+
+CASES = {
+    "exit_status": ["-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"],
+    "exit_message": ["-c", "import sys; sys.exit('error: no such file')"],
+    "traceback": ["-c", "def f():\n    return 1 / 0\nprint('before')\nf()"],
+    "ctrl_c": ["-c", "raise KeyboardInterrupt"],
+    "killed": ["-c", "import os, signal; print('x', flush=True); os.kill(os.getpid(), signal.SIGKILL)"],
+    "argv_and_path": ["-c", "import sys, os; print(sys.argv, sys.path[0] == '', os.getcwd())", "a b"],
+    "module": ["-m", "json.tool", "--no-such-option"],
+    "script_folder_first": ["{probe}", "--x", "1"],
+    "atexit_and_threads": ["-c", "import atexit, threading, time\n"
+                                 "atexit.register(lambda: print('atexit'))\n"
+                                 "threading.Thread(target=lambda: (time.sleep(0.2), print('thread'))"
+                                 ").start()\nprint('main')"],
+    "environment": ["-c", "import os; print(os.environ['FORKRUN_PROBE'], 'PYTHONPATH' in os.environ)"],
+}
+PROBE = "import sys, os\nprint(sys.argv, sys.path[0] == os.path.dirname(os.path.abspath(__file__)))\n"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_forked_command_is_what_a_fresh_interpreter_gives(name, tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    argv = [a.format(probe=probe) for a in CASES[name]]
+    env = {**os.environ, "FORKRUN_PROBE": "seen"}
+    env.pop("PYTHONPATH", None)
+    fresh = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=60)
+    forked = forkrun.run(argv, cwd=REPO, env=env, timeout=60)
+    assert (forked.returncode, forked.stdout, forked.stderr) == \
+        (fresh.returncode, fresh.stdout, fresh.stderr)
+    assert forked.returncode == {"exit_status": 3, "exit_message": 1, "traceback": 1,
+                                 "ctrl_c": -signal.SIGINT, "killed": -signal.SIGKILL,
+                                 "module": 2}.get(name, 0)
+
+
+def test_pythonpath_comes_after_the_script_folder(tmp_path):
+    (tmp_path / "extra_mod.py").write_text("NAME = 'extra'\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    r = forkrun.run(["-c", "import sys, extra_mod; print(extra_mod.NAME, sys.path[1])"],
+                    cwd=REPO, env=env, timeout=60)
+    assert (r.returncode, r.stdout) == (0, f"extra {tmp_path}\n"), r.stderr
+    r = forkrun.run(["-c", "import extra_mod"], cwd=REPO, timeout=60)     # not on the path
+    assert r.returncode == 1 and "ModuleNotFoundError" in r.stderr
+
+
+def test_a_command_past_its_timeout_is_killed():
+    with pytest.raises(subprocess.TimeoutExpired):
+        forkrun.run(["-c", "import time; print('started', flush=True); time.sleep(60)"],
+                    cwd=REPO, timeout=1)
+    r = forkrun.run(["-c", "print('next')"], cwd=REPO, timeout=60)     # the server goes on
+    assert (r.returncode, r.stdout) == (0, "next\n")
