@@ -66,8 +66,12 @@ def _uncaught(exc: BaseException) -> int:
     return 1
 
 
-def _child(argv: list[str], cwd: str, env: dict, out: str, err: str, base_path: list) -> None:
-    """In the forked child: become ``python *argv`` in ``cwd`` with ``env``, output to files."""
+def _child(argv: list[str], cwd: str, env: dict, out: str, err: str, base_path: list,
+           new_session: bool) -> None:
+    """In the forked child: become ``python *argv`` in ``cwd`` with ``env``, output to files
+    (``new_session``: in a session and process group of its own, as ``start_new_session``)."""
+    if new_session:
+        os.setsid()
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
@@ -120,11 +124,14 @@ def serve() -> None:
             importlib.import_module(name)
         except ImportError:                             # the child's own import will say so
             pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)       # a Ctrl-C of pytest reaches the child
     for line in sys.stdin:
         req = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            _child(req["argv"], req["cwd"], req["env"], req["out"], req["err"], base)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            _child(req["argv"], req["cwd"], req["env"], req["out"], req["err"], base,
+                   req["new_session"])
         print(json.dumps({"pid": pid}), flush=True)
         _, status = os.waitpid(pid, 0)
         print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
@@ -154,25 +161,41 @@ def _answer(server: subprocess.Popen, timeout: float | None) -> dict | None:
     return json.loads(line)
 
 
-def run(argv: list, *, cwd, env: dict | None = None, timeout: float | None = None
-        ) -> subprocess.CompletedProcess:
+def _fresh(cmd: list, cwd, env: dict, timeout: float | None, new_session: bool
+           ) -> subprocess.CompletedProcess:
+    """``cmd`` as a fresh interpreter; past ``timeout`` killed (its group with ``new_session``)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=new_session)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        (os.killpg if new_session else os.kill)(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def run(argv: list, *, cwd, env: dict | None = None, timeout: float | None = None,
+        new_session: bool = False) -> subprocess.CompletedProcess:
     """``python *argv`` in ``cwd`` (``env``: the whole environment, ``os.environ`` by default),
-    as ``subprocess.run(..., capture_output=True, text=True, timeout=timeout)`` returns it."""
+    as ``subprocess.run(..., capture_output=True, text=True, timeout=timeout,
+    start_new_session=new_session)`` returns it. Past ``timeout`` the command is killed (with
+    ``new_session``, its whole process group: e.g. torchrun's workers) and TimeoutExpired raised."""
     argv = [str(a) for a in argv]
     env = dict(os.environ if env is None else env)
     cmd = [sys.executable, *argv]
     if os.environ.get("METAHMR_TEST_FORK", "1") == "0":
-        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        return _fresh(cmd, cwd, env, timeout, new_session)
     with _LOCK, tempfile.TemporaryDirectory(prefix="forkrun_") as tmp:
         out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
         server = _server()
         server.stdin.write(json.dumps({"argv": argv, "cwd": str(Path(cwd).resolve()), "env": env,
-                                       "out": str(out), "err": str(err)}).encode() + b"\n")
+                                       "out": str(out), "err": str(err),
+                                       "new_session": new_session}).encode() + b"\n")
         pid = _answer(server, None)["pid"]
         done = _answer(server, timeout)
         if done is None:
-            os.kill(pid, 9)
+            (os.killpg if new_session else os.kill)(pid, signal.SIGKILL)
             _answer(server, None)
             raise subprocess.TimeoutExpired(cmd, timeout, output=out.read_text(errors="replace"),
                                             stderr=err.read_text(errors="replace"))

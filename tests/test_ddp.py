@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+import forkrun  # noqa: E402  the project's commands, forked from a warm server
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("ddp_worker.py")
 BATCH = 2
@@ -43,17 +45,9 @@ def torchrun(out_dir, action: str, args, nproc: int = 2, timeout: float = 300):
     """Run tests/ddp_worker.py under torchrun (free port: --standalone). On a timeout the whole
     process group is killed: workers hung in a collective would outlive torchrun."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc_per_node", str(nproc), str(WORKER), str(out_dir), action, *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return forkrun.run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                        nproc, WORKER, out_dir, action, *args], cwd=ROOT, timeout=timeout,
+                       new_session=True)
 
 
 def _load(path):
@@ -214,8 +208,6 @@ def test_sigterm_to_every_process_stops_all_ranks_at_one_step(synthetic_root, tm
     torchrun, which passes it on once more, and both ranks): the ranks agree on one step, rank
     0 saves current.pt there, every process ends within a minute (no rank left waiting in a
     collective) and no process of the run is left."""
-    import os
-    import signal
     args = _argv(synthetic_root, tmp_path, "term", "--first_order", "--batch_size", "1",
                  "--max_steps", "40", "--summary_steps", "1")
     run = tmp_path / "term"

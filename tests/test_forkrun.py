@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,28 @@ def test_a_command_past_its_timeout_is_killed():
                     cwd=REPO, timeout=1)
     r = forkrun.run(["-c", "print('next')"], cwd=REPO, timeout=60)     # the server goes on
     assert (r.returncode, r.stdout) == (0, "next\n")
+
+
+@pytest.mark.parametrize("fork", ["1", "0"])
+def test_past_its_timeout_a_new_session_command_is_killed_with_its_children(fork, tmp_path,
+                                                                            monkeypatch):
+    """torchrun's case: the command's own children (its workers) must not outlive the timeout."""
+    monkeypatch.setenv("METAHMR_TEST_FORK", fork)
+    pid_file = tmp_path / "pid"
+    code = ("import subprocess, sys, time\n"
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            f"open({str(pid_file)!r}, 'w').write(str(c.pid))\ntime.sleep(60)")
+    with pytest.raises(subprocess.TimeoutExpired):
+        forkrun.run(["-c", code], cwd=REPO, timeout=3, new_session=True)
+    child = int(pid_file.read_text())
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as f:          # a zombie waiting for init is gone too
+            if f.read().split(") ")[1].startswith("Z"):
+                break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the command's child outlived the timeout")
