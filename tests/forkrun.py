@@ -3,17 +3,19 @@ as its own process, forked from a warm server instead of started from scratch.
 
 A fresh interpreter spends about 4 s importing torch, torchvision, OpenCV and smplx before the
 command does anything, and the suite runs dozens of commands. ``run`` hands the command to a
-server process that imported those third-party libraries once (and nothing of
-the project, which each child imports afresh). The child is still a separate process, so what the
-tests check is what a user's shell sees: its exit status (``-N`` when killed by signal N), its
-own stdout and stderr, its environment and working folder, and a traceback only when the command
-would print one. It runs like the interpreter would: ``sys.argv``, ``sys.path[0]`` (the script's
-folder, or the working folder for ``-m``/``-c``) and ``$PYTHONPATH`` as given, ``__main__``,
-atexit handlers and non-daemon threads at the end.
+server process that imported those third-party libraries once (and nothing of the project, which
+each child imports afresh). The child is still a separate process, so what the tests check is
+what a user's shell sees: its exit status (``-N`` when killed by signal N), its own stdout and
+stderr, its environment and working folder, and a traceback only when the command would print
+one. It runs like the interpreter would: ``sys.argv``, ``sys.path[0]`` (the script's folder, or
+the working folder for ``-m``/``-c``) and ``$PYTHONPATH`` as given, ``__main__``,
+``$PYTHONUNBUFFERED``, atexit handlers and non-daemon threads at the end
+(tests/test_forkrun.py compares each with a fresh interpreter).
 
-``METAHMR_TEST_FORK=0`` starts every command as a fresh interpreter (``subprocess.run``) instead.
-Commands whose point is the interpreter's start itself (the GL/triton import order, a missing
-package, torchrun) use ``subprocess`` directly.
+``METAHMR_TEST_FORK=0`` starts every command as a fresh interpreter instead. Tests whose subject
+is the interpreter's start itself (the GL/triton import order, a plain interpreter), or that
+signal a running command and look for its DataLoader workers by command line, start fresh
+interpreters with ``subprocess``; torchrun's workers are its own fresh interpreters.
 """
 from __future__ import annotations
 
@@ -79,9 +81,12 @@ def _child(argv: list[str], cwd: str, env: dict, out: str, err: str, base_path: 
     for fd, path in ((1, out), (2, err)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
-    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8")
+    unbuffered = bool(env.get("PYTHONUNBUFFERED"))
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                  write_through=unbuffered)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
-                                  errors="backslashreplace", line_buffering=True)
+                                  errors="backslashreplace", line_buffering=True,
+                                  write_through=unbuffered)
     extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if argv[0] in ("-m", "-c"):
         first, sys.argv = ("" if argv[0] == "-c" else cwd), [argv[0], *argv[2:]]

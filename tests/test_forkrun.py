@@ -61,10 +61,14 @@ def test_pythonpath_comes_after_the_script_folder(tmp_path):
     assert r.returncode == 1 and "ModuleNotFoundError" in r.stderr
 
 
-def test_a_command_past_its_timeout_is_killed():
-    with pytest.raises(subprocess.TimeoutExpired):
-        forkrun.run(["-c", "import time; print('started', flush=True); time.sleep(60)"],
-                    cwd=REPO, timeout=1)
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_a_command_past_its_timeout_is_killed(unbuffered):
+    """... with what it wrote so far (an unflushed print only under $PYTHONUNBUFFERED)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
+    with pytest.raises(subprocess.TimeoutExpired) as e:
+        forkrun.run(["-c", "import time; print('started'); time.sleep(60)"], cwd=REPO,
+                    timeout=1, env=env)
+    assert e.value.output == ("started\n" if unbuffered else "")
     r = forkrun.run(["-c", "print('next')"], cwd=REPO, timeout=60)     # the server goes on
     assert (r.returncode, r.stdout) == (0, "next\n")
 
