@@ -12,7 +12,9 @@ the working folder for ``-m``/``-c``) and ``$PYTHONPATH`` as given, ``__main__``
 ``$PYTHONUNBUFFERED``, atexit handlers and non-daemon threads at the end
 (tests/test_forkrun.py compares each with a fresh interpreter).
 
-``METAHMR_TEST_FORK=0`` starts every command as a fresh interpreter instead. Tests whose subject
+``METAHMR_TEST_FORK=0`` starts every command as a fresh interpreter instead, and so does a machine
+with CUDA: a process that has touched the CUDA driver cannot hand it on through fork, and nothing
+proves the server's imports never do (a GPU is not there to check it on). Tests whose subject
 is the interpreter's start itself (the GL/triton import order, a plain interpreter), or that
 signal a running command and look for its DataLoader workers by command line, start fresh
 interpreters with ``subprocess``; torchrun's workers are its own fresh interpreters.
@@ -166,6 +168,11 @@ def _answer(server: subprocess.Popen, timeout: float | None) -> dict | None:
     return json.loads(line)
 
 
+def _has_cuda() -> bool:
+    import torch                                        # the suite's conftest has imported it
+    return torch.cuda.is_available()
+
+
 def _fresh(cmd: list, cwd, env: dict, timeout: float | None, new_session: bool
            ) -> subprocess.CompletedProcess:
     """``cmd`` as a fresh interpreter; past ``timeout`` killed (its group with ``new_session``)."""
@@ -189,7 +196,7 @@ def run(argv: list, *, cwd, env: dict | None = None, timeout: float | None = Non
     argv = [str(a) for a in argv]
     env = dict(os.environ if env is None else env)
     cmd = [sys.executable, *argv]
-    if os.environ.get("METAHMR_TEST_FORK", "1") == "0":
+    if os.environ.get("METAHMR_TEST_FORK", "1") == "0" or _has_cuda():
         return _fresh(cmd, cwd, env, timeout, new_session)
     with _LOCK, tempfile.TemporaryDirectory(prefix="forkrun_") as tmp:
         out, err = Path(tmp, "stdout"), Path(tmp, "stderr")

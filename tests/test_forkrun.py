@@ -96,3 +96,15 @@ def test_past_its_timeout_a_new_session_command_is_killed_with_its_children(fork
         time.sleep(0.05)
     else:
         raise AssertionError("the command's child outlived the timeout")
+
+
+@pytest.mark.parametrize("why", ["forked", "METAHMR_TEST_FORK=0", "cuda"])
+def test_fresh_interpreters_without_fork_or_with_cuda(why, monkeypatch):
+    """A forked command starts with torch imported (the server's); with METAHMR_TEST_FORK=0, and
+    on a machine with CUDA (a driver touched before a fork is lost to the child), it does not."""
+    if why == "METAHMR_TEST_FORK=0":
+        monkeypatch.setenv("METAHMR_TEST_FORK", "0")
+    if why == "cuda":
+        monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    r = forkrun.run(["-c", "import sys; print('torch' in sys.modules)"], cwd=REPO, timeout=60)
+    assert (r.returncode, r.stdout) == (0, f"{why == 'forked'}\n"), r.stderr
