@@ -15,6 +15,7 @@ import pytest
 import forkrun
 
 REPO = Path(__file__).resolve().parents[1]
+HAS_CUDA = forkrun._has_cuda
 
 CASES = {
     "exit_status": ["-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"],
@@ -32,6 +33,14 @@ CASES = {
     "environment": ["-c", "import os; print(os.environ['FORKRUN_PROBE'], 'PYTHONPATH' in os.environ)"],
 }
 PROBE = "import sys, os\nprint(sys.argv, sys.path[0] == os.path.dirname(os.path.abspath(__file__)))\n"
+
+
+@pytest.fixture(autouse=True)
+def forked(monkeypatch):
+    """The forked path, whatever the suite runs with ($METAHMR_TEST_FORK, a GPU): the commands
+    here never touch CUDA. A test that wants otherwise sets it again."""
+    monkeypatch.setenv("METAHMR_TEST_FORK", "1")
+    monkeypatch.setattr(forkrun, "_has_cuda", lambda: False)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -105,6 +114,7 @@ def test_fresh_interpreters_without_fork_or_with_cuda(why, monkeypatch):
     if why == "METAHMR_TEST_FORK=0":
         monkeypatch.setenv("METAHMR_TEST_FORK", "0")
     if why == "cuda":
+        monkeypatch.setattr(forkrun, "_has_cuda", HAS_CUDA)    # its own check, fooled below
         monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     r = forkrun.run(["-c", "import sys; print('torch' in sys.modules)"], cwd=REPO, timeout=60)
     assert (r.returncode, r.stdout) == (0, f"{why == 'forked'}\n"), r.stderr
