@@ -89,7 +89,7 @@ def _child(argv: list[str], cwd: str, env: dict, out: str, err: str, base_path: 
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
                                   errors="backslashreplace", line_buffering=True,
                                   write_through=unbuffered)
-    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    extra = env["PYTHONPATH"].split(os.pathsep) if env.get("PYTHONPATH") else []  # "" = cwd
     if argv[0] in ("-m", "-c"):
         first, sys.argv = ("" if argv[0] == "-c" else cwd), [argv[0], *argv[2:]]
     else:

@@ -30,6 +30,7 @@ CASES = {
                                  "atexit.register(lambda: print('atexit'))\n"
                                  "threading.Thread(target=lambda: (time.sleep(0.2), print('thread'))"
                                  ").start()\nprint('main')"],
+    "empty_pythonpath_entry": ["-c", "import sys; print(sys.path[:3])"],
     "environment": ["-c", "import os; print(os.environ['FORKRUN_PROBE'], 'PYTHONPATH' in os.environ)"],
 }
 PROBE = "import sys, os\nprint(sys.argv, sys.path[0] == os.path.dirname(os.path.abspath(__file__)))\n"
@@ -50,6 +51,8 @@ def test_a_forked_command_is_what_a_fresh_interpreter_gives(name, tmp_path):
     argv = [a.format(probe=probe) for a in CASES[name]]
     env = {**os.environ, "FORKRUN_PROBE": "seen"}
     env.pop("PYTHONPATH", None)
+    if name == "empty_pythonpath_entry":                # an empty entry is the working folder
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), ""])
     fresh = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=60)
     forked = forkrun.run(argv, cwd=REPO, env=env, timeout=60)
