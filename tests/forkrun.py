@@ -10,13 +10,13 @@ stderr, its environment and working folder, and a traceback only when the comman
 one. It runs like the interpreter would: ``sys.argv``, ``sys.path[0]`` (the script's folder, or
 the working folder for ``-m``/``-c``) and ``$PYTHONPATH`` as given, ``__main__``,
 ``$PYTHONUNBUFFERED``, atexit handlers and non-daemon threads at the end
-(tests/test_forkrun.py compares each with a fresh interpreter).
+(tests/test_forkrun.py compares each with a fresh interpreter). ``run`` waits for the command;
+``start`` returns a handle to signal it while it runs (the ``subprocess.Popen`` calls it replaces).
 
 ``METAHMR_TEST_FORK=0`` starts every command as a fresh interpreter instead, and so does a machine
 with CUDA: a process that has touched the CUDA driver cannot hand it on through fork, and nothing
 proves the server's imports never do (a GPU is not there to check it on). Tests whose subject
-is the interpreter's start itself (the GL/triton import order, a plain interpreter), or that
-signal a running command and look for its DataLoader workers by command line, start fresh
+is the interpreter's start itself (the GL/triton import order, a plain interpreter) start fresh
 interpreters with ``subprocess``; torchrun's workers are its own fresh interpreters.
 """
 from __future__ import annotations
@@ -126,17 +126,21 @@ def serve() -> None:
     import importlib
     own = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
     base = [p for p in sys.path[1:] if os.path.abspath(p) not in own]
-    for name in PRELOAD:
+    preload = os.environ.get("FORKRUN_PRELOAD")        # (comma-separated; tests of forkrun)
+    for name in PRELOAD if preload is None else filter(None, preload.split(",")):
         try:
             importlib.import_module(name)
         except ImportError:                             # the child's own import will say so
             pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)       # a Ctrl-C of pytest reaches the child
+    # a Ctrl-C of pytest reaches the child, which starts as a fresh interpreter would: taking it
+    # as KeyboardInterrupt, or ignoring it when it was ignored (a background job of a script)
+    inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
     for line in sys.stdin:
         req = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, signal.SIG_IGN if inherited == signal.SIG_IGN
+                          else signal.default_int_handler)
             _child(req["argv"], req["cwd"], req["env"], req["out"], req["err"], base,
                    req["new_session"])
         print(json.dumps({"pid": pid}), flush=True)
@@ -173,18 +177,81 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _fresh(cmd: list, cwd, env: dict, timeout: float | None, new_session: bool
-           ) -> subprocess.CompletedProcess:
-    """``cmd`` as a fresh interpreter; past ``timeout`` killed (its group with ``new_session``)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=new_session)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        (os.killpg if new_session else os.kill)(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+class Forked:
+    """A command :func:`start` forked from the server: the part of ``subprocess.Popen`` the tests
+    use (``pid``, ``args``, ``returncode``, ``poll``, ``wait``, ``send_signal``, ``kill``,
+    ``communicate``; stdout and stderr as text, read when it has ended)."""
+
+    def __init__(self, cmd: list, argv: list, cwd, env: dict, new_session: bool):
+        self.args, self.returncode, self.new_session, self._output = cmd, None, new_session, None
+        self._tmp = tempfile.TemporaryDirectory(prefix="forkrun_")
+        self._out, self._err = Path(self._tmp.name, "stdout"), Path(self._tmp.name, "stderr")
+        self._server = _server()
+        self._server.stdin.write(json.dumps({
+            "argv": argv, "cwd": str(Path(cwd).resolve()), "env": env, "out": str(self._out),
+            "err": str(self._err), "new_session": new_session}).encode() + b"\n")
+        self.pid = _answer(self._server, None)["pid"]
+
+    def _ended(self, timeout: float | None) -> bool:
+        if self.returncode is None:
+            done = _answer(self._server, timeout)
+            if done is None:
+                return False
+            self.returncode = done["returncode"]
+        return True
+
+    def poll(self) -> int | None:
+        self._ended(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._ended(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL to the command (to its whole process group when it has a session of its own)."""
+        if self.poll() is None:
+            (os.killpg if self.new_session else os.kill)(self.pid, signal.SIGKILL)
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """(stdout, stderr) once it has ended; past ``timeout`` TimeoutExpired with the output so
+        far (the command keeps running, as with Popen)."""
+        if self._output is None:
+            ended = self._ended(timeout)
+            out, err = (f.read_text(errors="replace") for f in (self._out, self._err))
+            if not ended:
+                raise subprocess.TimeoutExpired(self.args, timeout, output=out, stderr=err)
+            self._output = out, err
+            self._tmp.cleanup()
+        return self._output
+
+
+_RUNNING: list[Forked] = []                      # the server runs one command at a time
+
+
+def start(argv: list, *, cwd, env: dict | None = None, new_session: bool = False):
+    """``python *argv`` in ``cwd`` started, not waited for (``env``: the whole environment,
+    ``os.environ`` by default): a :class:`Forked`, or with a fresh interpreter (see the module
+    docstring) the ``subprocess.Popen(..., stdout=PIPE, stderr=PIPE, text=True,
+    start_new_session=new_session)`` it stands in for. A forked command a test left running is
+    killed when the next one starts."""
+    argv = [str(a) for a in argv]
+    env = dict(os.environ if env is None else env)
+    cmd = [sys.executable, *argv]
+    if os.environ.get("METAHMR_TEST_FORK", "1") == "0" or _has_cuda():
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=new_session)
+    with _LOCK:
+        for left in _RUNNING:
+            left.kill()
+            left.communicate()
+        _RUNNING[:] = [Forked(cmd, argv, cwd, env, new_session)]
+        return _RUNNING[0]
 
 
 def run(argv: list, *, cwd, env: dict | None = None, timeout: float | None = None,
@@ -193,27 +260,14 @@ def run(argv: list, *, cwd, env: dict | None = None, timeout: float | None = Non
     as ``subprocess.run(..., capture_output=True, text=True, timeout=timeout,
     start_new_session=new_session)`` returns it. Past ``timeout`` the command is killed (with
     ``new_session``, its whole process group: e.g. torchrun's workers) and TimeoutExpired raised."""
-    argv = [str(a) for a in argv]
-    env = dict(os.environ if env is None else env)
-    cmd = [sys.executable, *argv]
-    if os.environ.get("METAHMR_TEST_FORK", "1") == "0" or _has_cuda():
-        return _fresh(cmd, cwd, env, timeout, new_session)
-    with _LOCK, tempfile.TemporaryDirectory(prefix="forkrun_") as tmp:
-        out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
-        server = _server()
-        server.stdin.write(json.dumps({"argv": argv, "cwd": str(Path(cwd).resolve()), "env": env,
-                                       "out": str(out), "err": str(err),
-                                       "new_session": new_session}).encode() + b"\n")
-        pid = _answer(server, None)["pid"]
-        done = _answer(server, timeout)
-        if done is None:
-            (os.killpg if new_session else os.kill)(pid, signal.SIGKILL)
-            _answer(server, None)
-            raise subprocess.TimeoutExpired(cmd, timeout, output=out.read_text(errors="replace"),
-                                            stderr=err.read_text(errors="replace"))
-        return subprocess.CompletedProcess(cmd, done["returncode"],
-                                           out.read_text(errors="replace"),
-                                           err.read_text(errors="replace"))
+    proc = start(argv, cwd=cwd, env=env, new_session=new_session)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        (os.killpg if new_session else os.kill)(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise subprocess.TimeoutExpired(proc.args, timeout, output=out, stderr=err) from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -211,14 +210,14 @@ def test_sigterm_to_every_process_stops_all_ranks_at_one_step(synthetic_root, tm
     args = _argv(synthetic_root, tmp_path, "term", "--first_order", "--batch_size", "1",
                  "--max_steps", "40", "--summary_steps", "1")
     run = tmp_path / "term"
-    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node", "2", "train.py", *args], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = forkrun.start(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                       "train.py", *args], cwd=ROOT, new_session=True)
     t0 = time.time()
     while not list((run / "tensorboard").glob("events.out.tfevents.*")):   # step 1 logged
         assert p.poll() is None and time.time() - t0 < 300, p.communicate()
         time.sleep(0.05)
+    ranks = set(_processes_holding(f"--log_dir\0{tmp_path}\0")) - {p.pid}   # not torchrun
+    assert len(ranks) == 2
     sent = time.time()
     os.killpg(p.pid, signal.SIGTERM)
     try:
@@ -234,13 +233,17 @@ def test_sigterm_to_every_process_stops_all_ranks_at_one_step(synthetic_root, tm
     assert "lost contact" not in err and "stopping at once" not in err
     assert [f.name for f in (run / "checkpoints").iterdir()] == ["current.pt"]
     time.sleep(1)
-    left = [d.name for d in Path("/proc").iterdir() if d.name.isdigit()
-            and _cmdline_holds(d, str(run))]
-    assert left == []
+    assert _processes_holding(f"--log_dir\0{tmp_path}\0") == []
 
 
-def _cmdline_holds(proc: Path, text: str) -> bool:
-    try:
-        return text.encode() in (proc / "cmdline").read_bytes()
-    except OSError:
-        return False
+def _processes_holding(text: str) -> list[int]:
+    """The running processes whose command line (arguments separated by NUL; a zombie's is
+    empty) holds ``text``."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and text.encode() in (d / "cmdline").read_bytes():
+                found.append(int(d.name))
+        except OSError:
+            pass
+    return found

@@ -121,3 +121,68 @@ def test_fresh_interpreters_without_fork_or_with_cuda(why, monkeypatch):
         monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     r = forkrun.run(["-c", "import sys; print('torch' in sys.modules)"], cwd=REPO, timeout=60)
     assert (r.returncode, r.stdout) == (0, f"{why == 'forked'}\n"), r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_a_started_command_signalled_while_it_runs_is_what_a_fresh_interpreter_gives(sig,
+                                                                                    tmp_path):
+    """``start``: running (``poll`` None) until the signal, then the same exit status, stdout and
+    stderr as a fresh interpreter signalled at the same point (Ctrl-C: KeyboardInterrupt's
+    traceback and death by SIGINT; nothing when this process ignores SIGINT, as a background
+    job of a script does, and its children inherit that)."""
+    ignored = sig == signal.SIGINT and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    results = []
+    for fresh in (True, False):
+        ready = tmp_path / f"ready{fresh}"
+        code = (f"import time\nprint('started', flush=True)\nopen({str(ready)!r}, 'w')\n"
+                f"time.sleep({3 if ignored else 60})")
+        p = (subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) if fresh
+             else forkrun.start(["-c", code], cwd=REPO))
+        while not ready.exists():
+            assert p.poll() is None
+            time.sleep(0.02)
+        assert p.poll() is None
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=60)
+        results.append((p.returncode, out, err))
+    assert results[1] == results[0]
+    assert results[1][:2] == (0 if ignored else -sig, "started\n")
+
+
+def test_a_command_ignores_sigint_when_its_parent_did(monkeypatch):
+    """The interpreter keeps an inherited SIG_IGN of SIGINT (no KeyboardInterrupt); so does a
+    command forked from a server started with SIGINT ignored."""
+    probe = "import signal; print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)"
+    warm = forkrun._SERVER[:]                       # the suite's server, kept for later tests
+    monkeypatch.setenv("FORKRUN_PRELOAD", "")       # (servers that import nothing: quick)
+    try:
+        for ignore in (False, True):
+            before = signal.signal(signal.SIGINT, signal.SIG_IGN if ignore else
+                                   signal.default_int_handler)
+            forkrun._SERVER.clear()                 # the next one starts with this disposition
+            try:
+                fresh = subprocess.run([sys.executable, "-c", probe], capture_output=True,
+                                       text=True, timeout=60)
+                forked = forkrun.run(["-c", probe], cwd=REPO, timeout=60)
+            finally:
+                signal.signal(signal.SIGINT, before)
+                for server in forkrun._SERVER:
+                    server.stdin.close()            # it ends at the end of its input
+                    server.wait(timeout=60)
+                    server.stdout.close()
+            assert (forked.returncode, forked.stdout) == (fresh.returncode, fresh.stdout) \
+                == (0, f"{ignore}\n")
+    finally:
+        forkrun._SERVER[:] = warm
+
+
+def test_a_started_command_left_running_is_killed_when_the_next_one_starts():
+    """The server runs one command at a time: a test that left one running does not block the
+    rest of the suite."""
+    left = forkrun.start(["-c", "import time; time.sleep(60)"], cwd=REPO)
+    with pytest.raises(subprocess.TimeoutExpired):
+        left.wait(timeout=0.2)
+    r = forkrun.run(["-c", "print('next')"], cwd=REPO, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "next\n")
+    assert left.poll() == -signal.SIGKILL

@@ -15,12 +15,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import forkrun  # the project's commands, forked from a warm server
 from config import DataPaths
 from utils.errors import OptionError, UserError
 
@@ -450,12 +452,14 @@ def test_two_runs_in_one_run_folder_at_once_are_refused(synthetic_root, tmp_path
     from train.trainer import Trainer
     from utils.options import parse_train
     run = tmp_path / "same"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from train.checkpoint import lock_run_folder; "
-         f"f = lock_run_folder({str(run)!r}); print('held', flush=True); time.sleep(120)"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    held = tmp_path / "held"
+    holder = forkrun.start(["-c", "import time; from train.checkpoint import lock_run_folder; "
+                            f"f = lock_run_folder({str(run)!r}); open({str(held)!r}, 'w'); "
+                            "time.sleep(120)"], cwd=REPO)
     try:
-        assert holder.stdout.readline().strip() == "held"
+        while not held.exists():
+            assert holder.poll() is None, holder.communicate()
+            time.sleep(0.02)
         with pytest.raises(UserError, match=rf"in use by another training run \(pid "
                                             rf"{holder.pid} on "):
             Trainer(parse_train(_train_argv(synthetic_root, tmp_path, "same")))

@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -144,14 +143,13 @@ def test_sigkill_and_resume_is_bit_exact(synthetic_root, tmp_path, uninterrupted
     # the first checkpoint (step 3) is mid-epoch
     args = _argv(synthetic_root, tmp_path, "killed", "--max_steps", STOP_STEPS,
                  "--checkpoint_steps", "3", *STOP_ARGS)
-    p = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = forkrun.start(["train.py", *args], cwd=ROOT)
     ck = tmp_path / "killed" / "checkpoints" / "current.pt"
     t0 = time.time()
     while not ck.exists() and time.time() - t0 < 300 and p.poll() is None:
         time.sleep(0.05)
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
+    p.kill()
+    assert p.wait() == -signal.SIGKILL
     assert ck.exists()
     saved = torch.load(ck, map_location="cpu", weights_only=True)
     assert saved["total_step_count"] < int(STOP_STEPS)
@@ -168,19 +166,20 @@ def _resume(args) -> None:
 
 
 def _signal_after_first_step(args, run: Path, sig: int) -> tuple[subprocess.CompletedProcess,
-                                                                  float]:
+                                                                  float, list[int]]:
     """train.py ``args`` (STOP_ARGS: --summary_steps 1), sent ``sig`` once its first step is logged
-    (the first TensorBoard event file); (the finished process, seconds from signal to exit)."""
-    p = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    (the first TensorBoard event file); (the finished process, seconds from signal to exit, the
+    PIDs of its child processes when the signal was sent)."""
+    p = forkrun.start(["train.py", *args], cwd=ROOT)
     t0 = time.time()
     while not list((run / "tensorboard").glob("events.out.tfevents.*")):
         assert p.poll() is None and time.time() - t0 < 300, p.communicate()
         time.sleep(0.05)
+    children = _running({p.pid}, parent=True)
     sent = time.time()
     p.send_signal(sig)
     out, err = p.communicate(timeout=300)
-    return subprocess.CompletedProcess(p.args, p.returncode, out, err), time.time() - sent
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err), time.time() - sent, children
 
 
 def test_sigterm_saves_the_step_reached_and_resume_is_bit_exact(synthetic_root, tmp_path,
@@ -191,7 +190,7 @@ def test_sigterm_saves_the_step_reached_and_resume_is_bit_exact(synthetic_root, 
     the uninterrupted run ends."""
     args = _argv(synthetic_root, tmp_path, "term", "--max_steps", STOP_STEPS, *STOP_ARGS)
     run = tmp_path / "term"
-    r, took = _signal_after_first_step(args, run, signal.SIGTERM)
+    r, took, _ = _signal_after_first_step(args, run, signal.SIGTERM)
     assert r.returncode == 128 + signal.SIGTERM, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "SIGTERM received" in r.stderr
     saved = torch.load(run / "checkpoints" / "current.pt", map_location="cpu",
@@ -210,15 +209,17 @@ def test_sigterm_saves_the_step_reached_and_resume_is_bit_exact(synthetic_root, 
     _same_state(uninterrupted, torch.load(ck, map_location="cpu", weights_only=True))
 
 
-def _processes_naming(text: str) -> list[int]:
-    """PIDs of the processes whose command line holds ``text`` (forked DataLoader workers
-    carry their parent's)."""
+def _running(pids: set[int], parent: bool = False) -> list[int]:
+    """Of ``pids`` (``parent``: of their children), the processes that are running: not gone,
+    not zombies."""
     found = []
     for d in Path("/proc").iterdir():
         try:
-            if d.name.isdigit() and text.encode() in (d / "cmdline").read_bytes():
-                found.append(int(d.name))
-        except OSError:
+            if d.name.isdigit():
+                stat = (d / "stat").read_text().rsplit(")", 1)[1].split()   # state, ppid, ...
+                if (int(stat[1]) if parent else int(d.name)) in pids and stat[0] != "Z":
+                    found.append(int(d.name))
+        except (OSError, IndexError, ValueError):
             pass
     return found
 
@@ -230,7 +231,8 @@ def test_ctrl_c_stops_with_a_checkpoint_one_message_and_no_workers_left(syntheti
     run = tmp_path / "ctrl_c"
     args = _argv(synthetic_root, tmp_path, "ctrl_c", "--max_steps", "40", *STOP_ARGS,
                  "--num_workers", "2")
-    r, _ = _signal_after_first_step(args, run, signal.SIGINT)
+    r, _, workers = _signal_after_first_step(args, run, signal.SIGINT)
+    assert len(workers) == 2                 # the DataLoader workers, running at the signal
     assert r.returncode == 128 + signal.SIGINT, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr
     saved = torch.load(run / "checkpoints" / "current.pt", map_location="cpu",
@@ -238,9 +240,9 @@ def test_ctrl_c_stops_with_a_checkpoint_one_message_and_no_workers_left(syntheti
     assert 1 <= saved["total_step_count"] < 40
     assert "training stopped by SIGINT" in r.stdout
     t0 = time.time()
-    while _processes_naming(str(run)) and time.time() - t0 < 10:
+    while _running(set(workers)) and time.time() - t0 < 10:
         time.sleep(0.2)
-    assert _processes_naming(str(run)) == []
+    assert _running(set(workers)) == []
 
 
 def test_stop_request_waits_for_the_loop_and_a_later_repeat_stops_at_once(monkeypatch):
