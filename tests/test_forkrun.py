@@ -95,7 +95,7 @@ def test_past_its_timeout_a_new_session_command_is_killed_with_its_children(fork
             "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
             f"open({str(pid_file)!r}, 'w').write(str(c.pid))\ntime.sleep(60)")
     with pytest.raises(subprocess.TimeoutExpired):
-        forkrun.run(["-c", code], cwd=REPO, timeout=3, new_session=True)
+        forkrun.run(["-c", code], cwd=REPO, timeout=1.5, new_session=True)
     child = int(pid_file.read_text())
     for _ in range(100):
         try:
@@ -135,7 +135,7 @@ def test_a_started_command_signalled_while_it_runs_is_what_a_fresh_interpreter_g
     for fresh in (True, False):
         ready = tmp_path / f"ready{fresh}"
         code = (f"import time\nprint('started', flush=True)\nopen({str(ready)!r}, 'w')\n"
-                f"time.sleep({3 if ignored else 60})")
+                f"time.sleep({1 if ignored else 60})")
         p = (subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) if fresh
              else forkrun.start(["-c", code], cwd=REPO))
