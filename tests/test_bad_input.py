@@ -244,6 +244,18 @@ def test_tiny_image_is_a_named_error(synthetic_root, tmp_path):
         ds[0]
 
 
+def test_3dpw_image_too_thin_to_halve_is_a_named_error(synthetic_root, tmp_path):
+    """3DPW images are halved before cropping: one readable at 3 px high is 1 px after, and
+    is refused by name, as an image of that size would be."""
+    import cv2
+    root = _root(tmp_path, synthetic_root, "3dpw", copy_images=True)
+    ds = BaseDataset(_opts(), "3dpw", False, DataPaths(root))
+    path = Path(ds.image_path(0))
+    cv2.imwrite(str(path), np.zeros((3, 200, 3), np.uint8))
+    with pytest.raises(DatasetError, match=f"{path}: image is 200x3 pixels, too small to halve"):
+        ds[0]
+
+
 def test_test_set_leaves_skipped_samples_out(synthetic_root, tmp_path):
     """A test set never scores another sample in place of an unreadable one."""
     root = _root(tmp_path, synthetic_root, "3dpw", copy_images=True)
