@@ -315,6 +315,25 @@ def test_image_camera_reproduces_the_network_projection(kind):
     np.testing.assert_allclose(norm, camera.project(joints, cam, batch).numpy(), atol=1e-4)
 
 
+def test_bbox_entries_are_lists_of_four_finite_numbers():
+    """A --bbox_file entry, looked up by file name then stem: a list of [x, y, w, h] boxes, or one
+    box; anything else is a DemoInputError naming the entry (that image is skipped)."""
+    entries = {"a.jpg": [[1, 2, 3, 4], [5, 6, 7, 8.5]], "b": [1, 2, 3, 4], "c.png": [],
+               "s": "1 2 3 4", "ragged": [[1, 2, 3, 4], [1, 2]], "three": [1, 2, 3],
+               "nan": [[1, 2, float("nan"), 4]], "bool": [[True, False, True, True]],
+               "nested": [[[1, 2, 3, 4]]]}
+    got = demo_inputs.bboxes_for(entries, Path("x/a.jpg"))
+    np.testing.assert_array_equal(np.stack(got), [[1, 2, 3, 4], [5, 6, 7, 8.5]])
+    np.testing.assert_array_equal(np.stack(demo_inputs.bboxes_for(entries, Path("b.jpg"))),
+                                  [[1, 2, 3, 4]])
+    assert demo_inputs.bboxes_for(entries, Path("c.png")) == []
+    assert demo_inputs.bboxes_for(entries, Path("none.jpg")) is None
+    for key in ("s", "ragged", "three", "nan", "bool", "nested"):
+        with pytest.raises(demo_inputs.DemoInputError, match=f"bbox entry '{key}': expected a "
+                                                             f"list of \\[x, y, w, h\\] boxes"):
+            demo_inputs.bboxes_for(entries, Path(f"{key}.jpg"))
+
+
 def test_bbox_file_mode_cli(synthetic_root, ckpt, inputs, tmp_path):
     """The entry script: boxes from a bbox file, one forward pass, no TTO."""
     img = tmp_path / "img"
