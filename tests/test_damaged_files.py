@@ -154,6 +154,16 @@ def test_stack_global_through_the_memo_is_named(tmp_path):
     _assert_refused(path, marker, r"os\.system")
 
 
+def test_stack_global_on_an_object_is_untraced_not_named_from_its_text():
+    """A STACK_GLOBAL whose module operand is the object a GLOBAL pushed (not a string) cannot
+    be named: it is reported untraced (so refused), never as the GLOBAL's text."""
+    from utils.safe_pickle import referenced_globals
+    data = b"\x80\x04cos\nsystem\n\x8c\x04path\x93."
+    assert referenced_globals(data) == ["os.system", "<untraced>.<untraced>"]
+    data = b"\x80\x04\x8c\x02os\x8c\x04path\x93."     # two strings: named
+    assert referenced_globals(data) == ["os.path"]
+
+
 def test_checkpoint_protocols_above_2_are_said_or_loaded_quietly(tmp_path):
     from models.checkpoints import CheckpointError, read_checkpoint
     state = {"model": {"w": torch.arange(3.0)}}

@@ -431,9 +431,12 @@ def test_options():
     for bad in (["--img_dir", "i"],                                          # no keypoints/bbox
                 ["--img_dir", "i", "--openpose_dir", "k", "--amp", "bf16"],  # unused option
                 ["--from_dataset", "3dpw", "--img_dir", "i"],
-                ["--img_dir", "i", "--openpose_dir", "k", "--batch_size", "0"]):
+                ["--img_dir", "i", "--openpose_dir", "k", "--batch_size", "0"],
+                ["--img_dir", "i", "--openpose_dir", "k", "--min_keypoints", "1"]):
         with pytest.raises((SystemExit, UserError)):   # both reach the user as one line
             demo.parse_demo(["--checkpoint", "c.pt", *bad])
+    assert demo.parse_demo(["--checkpoint", "c.pt", "--img_dir", "i", "--openpose_dir", "k",
+                            "--min_keypoints", "2"]).min_keypoints == 2   # two points: a box
     with pytest.raises(SystemExit):   # argparse: the two sources exclude each other
         demo.demo_parser().parse_args(["--checkpoint", "c", "--img_dir", "i",
                                        "--openpose_dir", "k", "--bbox_file", "b"])
