@@ -151,6 +151,33 @@ def test_occluder_file_with_code_is_refused(tmp_path):
     assert [o.shape for o in got] == [(4, 4, 4), (3, 5, 4)] and got[1][0, 0, 0] == 7
 
 
+def test_joint_regressor_holding_objects_is_refused_and_never_unpickled(tmp_path):
+    from models.smpl import SMPLFileError, load_regressor
+    marker, path = tmp_path / "marker", tmp_path / "J_regressor_extra.npy"
+    arr = np.empty((1, 2), dtype=object)
+    arr[:] = _Planted(marker)
+    np.save(path, arr, allow_pickle=True)
+    with pytest.raises(SMPLFileError, match="cannot read joint regressor .*J_regressor_extra"):
+        load_regressor(path)
+    assert not marker.exists()
+
+
+def test_occluders_of_another_dtype_are_checked_then_made_uint8(tmp_path):
+    """Float RGBA patches within 0..255 load as uint8 (truncated as numpy casts); values
+    outside 0..255, or a non-numeric dtype, are named, never wrapped round silently."""
+    from datasets.occlusion import OccluderFileError, load_occluders
+    path = tmp_path / "pascal_occluders.npy"
+    np.save(path, np.full((2, 3, 5, 4), 200.7))
+    got = load_occluders(path)
+    assert [(o.dtype, o.shape) for o in got] == [(np.uint8, (3, 5, 4))] * 2
+    assert (got[0] == 200).all()
+    for i, bad in enumerate((np.full((1, 3, 5, 4), 300.0), np.full((1, 3, 5, 4), -1, np.int16),
+                             np.full((1, 3, 5, 4), "x"))):
+        np.save(path := tmp_path / f"occluders{i}.npy", bad)
+        with pytest.raises(OccluderFileError, match=r"occluder 0 has dtype .* outside 0..255"):
+            load_occluders(path)
+
+
 def test_checkpoint_messages(tmp_path):
     from models.checkpoints import CheckpointError, read_checkpoint
     marker = tmp_path / "marker"

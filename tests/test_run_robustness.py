@@ -318,6 +318,7 @@ def test_what_a_checkpoint_file_is_and_resume_ties(tmp_path):
     from models.checkpoints import CheckpointError
     from train.checkpoint import atomic_save, load, load_for_resume
     torch.save([1, 2], tmp_path / "list.pt")
+    assert describe([1, 2]) is None and describe(torch.zeros(2)) is None   # nothing to name
     with pytest.raises(CheckpointError, match="holds a list, not a checkpoint dict"):
         load(tmp_path / "list.pt")
     main = {"layer4.0.conv2.weight": torch.zeros(1), "fc1.weight": torch.zeros(1024, 672)}
