@@ -167,10 +167,12 @@ def test_occluders_of_another_dtype_are_checked_then_made_uint8(tmp_path):
     outside 0..255, or a non-numeric dtype, are named, never wrapped round silently."""
     from datasets.occlusion import OccluderFileError, load_occluders
     path = tmp_path / "pascal_occluders.npy"
-    np.save(path, np.full((2, 3, 5, 4), 200.7))
+    patches = np.full((2, 3, 5, 4), 200.7)
+    patches[:, :, :, 3] = [0.0, 255.0, 0.0, 255.0, 0.0]   # alpha at both ends of the range
+    np.save(path, patches)
     got = load_occluders(path)
     assert [(o.dtype, o.shape) for o in got] == [(np.uint8, (3, 5, 4))] * 2
-    assert (got[0] == 200).all()
+    assert (got[1][..., :3] == 200).all() and got[1][0, :, 3].tolist() == [0, 255, 0, 255, 0]
     for i, bad in enumerate((np.full((1, 3, 5, 4), 300.0), np.full((1, 3, 5, 4), -1, np.int16),
                              np.full((1, 3, 5, 4), "x"))):
         np.save(path := tmp_path / f"occluders{i}.npy", bad)
