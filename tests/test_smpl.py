@@ -304,12 +304,16 @@ def test_self_parent_few_shape_components_and_wrong_regressor_rows_are_refused(
     rows shifts SPIN's joint map) are one SMPLFileError naming the file and key."""
     from models.smpl import load_smpl_data
     bad = tmp_path / "SMPL_NEUTRAL.pkl"
-    for key, pattern in (("kintree_table", "'kintree_table' holds invalid indices"),
+    for key, pattern in (("kintree_table", r"'kintree_table' holds invalid indices \(a joint's "
+                                           r"parent \(row 0\) must be an earlier joint"),
+                         ("f", r"'f' holds invalid indices \(vertex indices must be 0..6889"),
                          ("shapedirs", "'shapedirs' has 5 components")):
         d = _pkl(synthetic_root)
         d[key] = np.array(d[key])
         if key == "kintree_table":
             d[key][0, 5] = 5
+        elif key == "f":
+            d[key][7, 1] = 6890
         else:
             d[key] = d[key][:, :, :5]
         with open(bad, "wb") as fh:
